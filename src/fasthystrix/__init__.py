@@ -1,0 +1,93 @@
+"""fasthystrix: latency and fault tolerance for Python services, with hystrix-go's semantics.
+
+Wrap each call to a dependency in a command: ``fasthystrix.do(name, run, fallback)``
+runs ``run`` under that name's circuit breaker, concurrency limit, timeout and
+rolling metrics, and answers with ``fallback(err)`` when it fails, times out,
+is rejected or short-circuited.
+"""
+
+from __future__ import annotations
+
+from . import _impl, metric_collector
+from ._clock import get_clock, set_clock
+from ._command import do_c, go, go_c
+from ._config import (
+    DEFAULT_ERROR_PERCENT_THRESHOLD,
+    DEFAULT_ISOLATION,
+    DEFAULT_MAX_CONCURRENT_REQUESTS,
+    DEFAULT_REQUEST_VOLUME_THRESHOLD,
+    DEFAULT_SLEEP_WINDOW,
+    DEFAULT_TIMEOUT,
+    CommandConfig,
+    Settings,
+    get_defaults,
+    set_defaults,
+)
+from ._context import Context
+from ._errors import (
+    CircuitError,
+    CircuitOpenError,
+    ContextCanceledError,
+    ContextDeadlineExceededError,
+    ErrCircuitOpen,
+    ErrMaxConcurrency,
+    ErrTimeout,
+    FallbackError,
+    MaxConcurrencyError,
+    TimeoutError,
+)
+from ._metrics import MetricsSnapshot
+from ._registry import configure, configure_command, flush, get_circuit, get_circuit_settings
+from .metric_collector import MetricCollector, MetricResult
+
+__version__ = "0.1.0"
+
+#: The live hot-path implementation: ``"compiled"`` or ``"pure"``.
+implementation: str = _impl.current().name
+
+#: Run ``run()`` as command ``name``; see the README. Bound to the live implementation's fast path.
+do = _impl.current().do
+
+CircuitBreaker = _impl.current().CircuitBreaker
+
+__all__ = [
+    "DEFAULT_ERROR_PERCENT_THRESHOLD",
+    "DEFAULT_ISOLATION",
+    "DEFAULT_MAX_CONCURRENT_REQUESTS",
+    "DEFAULT_REQUEST_VOLUME_THRESHOLD",
+    "DEFAULT_SLEEP_WINDOW",
+    "DEFAULT_TIMEOUT",
+    "CircuitBreaker",
+    "CircuitError",
+    "CircuitOpenError",
+    "CommandConfig",
+    "Context",
+    "ContextCanceledError",
+    "ContextDeadlineExceededError",
+    "ErrCircuitOpen",
+    "ErrMaxConcurrency",
+    "ErrTimeout",
+    "FallbackError",
+    "MaxConcurrencyError",
+    "MetricCollector",
+    "MetricResult",
+    "MetricsSnapshot",
+    "Settings",
+    "TimeoutError",
+    "__version__",
+    "configure",
+    "configure_command",
+    "do",
+    "do_c",
+    "flush",
+    "get_circuit",
+    "get_circuit_settings",
+    "get_clock",
+    "get_defaults",
+    "go",
+    "go_c",
+    "implementation",
+    "metric_collector",
+    "set_clock",
+    "set_defaults",
+]

@@ -1,0 +1,446 @@
+"""Circuit state, concurrency tickets and the semaphore-mode ``do()`` path (pure-Python twin).
+
+One lock per circuit guards its state (open flag, tickets, rolling window); it
+is held for a few attribute updates, never while user code (run, fallback,
+collectors, log handlers) runs. Metrics are recorded synchronously before a
+command returns, so the next call sees its outcome and its ticket is back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ._context import Context
+from ._errors import (
+    CircuitOpenError,
+    ContextCanceledError,
+    ContextDeadlineExceededError,
+    FallbackError,
+    MaxConcurrencyError,
+)
+from ._errors import TimeoutError as CommandTimeoutError
+from ._log import logger
+from ._metrics import MetricsSnapshot
+
+__all__ = ["CircuitBreaker", "bind", "do"]
+
+# Event indices (see _rolling_py).
+SUCCESS = 0
+FAILURE = 1
+REJECTED = 2
+SHORT_CIRCUIT = 3
+TIMEOUT = 4
+CONTEXT_CANCELED = 5
+CONTEXT_DEADLINE_EXCEEDED = 6
+FALLBACK_SUCCESS = 7
+FALLBACK_FAILURE = 8
+NO_EVENT = -1
+
+# Admission verdicts; a positive verdict is a trial request, numbered by the
+# open episode it may close.
+ADMITTED = 0
+REJECTED_VERDICT = -1
+SHORT_CIRCUITED = -2
+TRIPPED = -3  # short-circuited by the call that found the circuit unhealthy and opened it
+
+_NS_PER_US = 1000
+NOT_STARTED = -1  # "start" of a command that never ran (its context was already done)
+
+# Set by the registry (bind): the circuits table, the creator, and the thread-mode executor.
+_circuits: dict[str, CircuitBreaker] = {}
+_get_or_create: Callable[[str], CircuitBreaker] | None = None
+_run_threaded: Callable[..., Any] | None = None
+
+
+def bind(
+    circuits: dict[str, CircuitBreaker],
+    get_or_create: Callable[[str], CircuitBreaker],
+    run_threaded: Callable[..., Any],
+) -> None:
+    """Connect the fast path to the registry's table and to thread isolation (called once at import)."""
+    global _circuits, _get_or_create, _run_threaded
+    _circuits = circuits
+    _get_or_create = get_or_create
+    _run_threaded = run_threaded
+
+
+def check_arguments(name: object, run: object, fallback: object) -> None:
+    """Raise ``TypeError`` for a non-string name or a non-callable run/fallback."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, not {name!r}")
+    if not callable(run):
+        raise TypeError(f"run must be callable, not {run!r}")
+    if fallback is not None and not callable(fallback):
+        raise TypeError(f"fallback must be callable or None, not {fallback!r}")
+
+
+def do(name: str, run: Callable[[], Any], fallback: Callable[[BaseException], Any] | None = None) -> Any:
+    """Run ``run()`` as command ``name``; see :func:`fasthystrix.do`."""
+    if not isinstance(name, str) or not callable(run) or (fallback is not None and not callable(fallback)):
+        check_arguments(name, run, fallback)
+    circuit = _circuits.get(name)
+    if circuit is None:
+        circuit = _get_or_create(name)  # type: ignore[misc]
+    return circuit.execute(run, fallback)
+
+
+def classify(exc: BaseException) -> int:
+    """The event of an error raised by ``run``: context errors are context events, all else failure."""
+    if isinstance(exc, ContextCanceledError):
+        return CONTEXT_CANCELED
+    if isinstance(exc, ContextDeadlineExceededError):
+        return CONTEXT_DEADLINE_EXCEEDED
+    return FAILURE
+
+
+def error_for(event: int) -> BaseException:
+    """A fresh error instance for an outcome fasthystrix decided itself."""
+    if event == SHORT_CIRCUIT:
+        return CircuitOpenError()
+    if event == REJECTED:
+        return MaxConcurrencyError()
+    if event == TIMEOUT:
+        return CommandTimeoutError()
+    if event == CONTEXT_CANCELED:
+        return ContextCanceledError()
+    return ContextDeadlineExceededError()
+
+
+def context_outcome(ctx: Context, timeout_at: int, end: int) -> int:
+    """Which deadline passed first by ``end``: ``TIMEOUT``, a context event, or ``NO_EVENT``.
+
+    Both clocks are the same monotonic clock, so "first" is decided by the
+    recorded instants rather than by which thread happened to wake up first.
+    """
+    cancel_at = ctx._cancel_ns
+    deadline = ctx._deadline_ns
+    ctx_at = None
+    ctx_event = NO_EVENT
+    if deadline is not None and deadline <= end:
+        ctx_at, ctx_event = deadline, CONTEXT_DEADLINE_EXCEEDED
+    if cancel_at is not None and cancel_at <= end and (ctx_at is None or cancel_at < ctx_at):
+        ctx_at, ctx_event = cancel_at, CONTEXT_CANCELED
+    if end > timeout_at and (ctx_at is None or timeout_at < ctx_at):
+        return TIMEOUT
+    return ctx_event
+
+
+class CircuitBreaker:
+    """The circuit of one command name: state, tickets, rolling metrics and the fast path.
+
+    Get one with :func:`fasthystrix.get_circuit`; circuits are created on first
+    use and shared by every caller of that name.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_clock",
+        "_collectors",
+        "_default",
+        "_episode",
+        "_force_open",
+        "_in_use",
+        "_lock",
+        "_metrics",
+        "_open",
+        "_opened_ns",
+        "_settings",
+        "_workers",
+        "name",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        settings: Any,
+        default_collector: Any,
+        collectors: list[Any],
+        clock: Callable[[], int],
+    ) -> None:
+        self.name = name
+        self._settings = settings
+        self._default = default_collector
+        self._metrics = default_collector._rolling
+        self._lock = default_collector._lock
+        self._collectors = tuple(collectors)
+        self._clock = clock
+        self._open = False
+        self._force_open = False
+        self._opened_ns = 0
+        self._episode = 0
+        self._in_use = 0
+        self._workers: Any = None
+
+    def __repr__(self) -> str:
+        state = "forced open" if self._force_open else "open" if self._open else "closed"
+        return f"<CircuitBreaker {self.name!r} {state} tickets={self._in_use}>"
+
+    # -- public API ----------------------------------------------------------------
+
+    @property
+    def settings(self) -> Any:
+        """The settings new calls of this command use."""
+        return self._settings
+
+    @property
+    def force_open(self) -> bool:
+        """When true every call is short-circuited (no trial request), until set back to false."""
+        return self._force_open
+
+    @force_open.setter
+    def force_open(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"force_open must be a bool, not {value!r}")
+        with self._lock:
+            self._force_open = value
+
+    def is_open(self) -> bool:
+        """Whether calls are short-circuited now; like hystrix-go, may trip an unhealthy circuit."""
+        with self._lock:
+            opened = self._is_open_locked(self._clock(), self._settings)
+            tripped = opened is None
+        if tripped:
+            logger.warning("opening circuit %s", self.name)
+        return opened is not False
+
+    def allow_request(self) -> bool:
+        """hystrix-go's ``AllowRequest``: closed, or open with this call taking the trial slot."""
+        now = self._clock()
+        with self._lock:
+            opened = self._is_open_locked(now, self._settings)
+            trial = opened is True and self._allow_single_test_locked(now, self._settings)
+        if opened is None:
+            logger.warning("opening circuit %s", self.name)
+        if trial:
+            logger.info("allowing single test to possibly close circuit %s", self.name)
+        return opened is False or trial
+
+    @property
+    def tickets_in_use(self) -> int:
+        """Concurrency tickets currently taken (commands whose run has not ended)."""
+        return self._in_use
+
+    def state(self) -> str:
+        """``"closed"``, ``"open"`` or ``"forced-open"``, read without side effects."""
+        return "forced-open" if self._force_open else "open" if self._open else "closed"
+
+    def metrics(self) -> MetricsSnapshot:
+        """A snapshot of the rolling window: counts, error percent, tickets, latencies."""
+        snapshot: MetricsSnapshot = self._default.snapshot(self._in_use, self._clock())
+        return snapshot
+
+    # -- state machine (lock held) ----------------------------------------------------
+
+    def _is_open_locked(self, now: int, settings: Any) -> bool | None:
+        """``True`` if open, ``False`` if closed, ``None`` if this check just tripped it."""
+        if self._open or self._force_open:
+            return True
+        requests, errors = self._metrics.health(now)
+        if requests == 0 or requests < settings.request_volume_threshold:
+            return False
+        # errors / requests * 100 rounded half up >= threshold, in integers.
+        if (errors * 200 + requests) // (2 * requests) < settings.error_percent_threshold:
+            return False
+        self._open = True
+        self._opened_ns = now
+        self._episode += 1
+        return None
+
+    def _allow_single_test_locked(self, now: int, settings: Any) -> bool:
+        if self._open and now > self._opened_ns + settings.sleep_window_ns:
+            self._opened_ns = now
+            return True
+        return False
+
+    def _admit_locked(self, now: int, settings: Any) -> int:
+        opened = self._is_open_locked(now, settings)
+        verdict = ADMITTED
+        if opened is not False:
+            if opened is None:
+                return TRIPPED
+            # Only take the trial slot if the trial can run (a ticket is free).
+            if self._in_use >= settings.max_concurrent_requests or not self._allow_single_test_locked(
+                now, settings
+            ):
+                return SHORT_CIRCUITED
+            verdict = self._episode
+        if self._in_use >= settings.max_concurrent_requests:
+            return REJECTED_VERDICT
+        self._in_use += 1
+        self._metrics.record_executed(now, self._in_use)
+        return verdict
+
+    # -- building blocks shared with thread isolation -----------------------------------
+
+    def _acquire(self, now: int, settings: Any) -> int:
+        """Check the circuit and take a ticket; a verdict (>= 0: admitted, > 0: trial)."""
+        with self._lock:
+            verdict = self._admit_locked(now, settings)
+        if verdict == TRIPPED:
+            logger.warning("opening circuit %s", self.name)
+        elif verdict > 0:
+            logger.info("allowing single test to possibly close circuit %s", self.name)
+        return verdict
+
+    def _release(self) -> None:
+        """Give a ticket back."""
+        with self._lock:
+            self._in_use -= 1
+
+    def _report(
+        self, event: int, fallback_event: int, now: int, run_us: int, total_us: int, trial: int, release: bool
+    ) -> None:
+        """Record one finished command (releasing its ticket if ``release``), then tell the collectors."""
+        closed = False
+        with self._lock:
+            if release:
+                self._in_use -= 1
+            # Only the trial of the current open episode closes the circuit (hystrix-go let any
+            # success close it, even one that started before the circuit opened).
+            if trial > 0 and event == SUCCESS and self._open and trial == self._episode:
+                self._open = False
+                self._metrics.reset()
+                closed = True
+            self._metrics.record(event, fallback_event, now, run_us, total_us)
+            in_use = self._in_use
+        if closed:
+            logger.info("closing circuit %s", self.name)
+        if closed or self._collectors:
+            self._notify(closed, event, fallback_event, run_us, total_us, in_use)
+
+    def _notify(self, closed: bool, event: int, fallback_event: int, run_us: int, total_us: int, in_use: int) -> None:
+        from .metric_collector import MetricResult
+
+        maximum = self._settings.max_concurrent_requests
+        result = None
+        for collector in self._collectors:
+            try:
+                if closed:
+                    collector.reset()
+                if result is None:
+                    result = MetricResult.from_event(
+                        event, fallback_event, run_us, total_us, in_use / maximum if maximum > 0 else 0.0
+                    )
+                collector.update(result)
+            except Exception:
+                logger.exception("metric collector %r failed for circuit %s", collector, self.name)
+
+    def _finish(
+        self,
+        event: int,
+        err: BaseException,
+        start: int,
+        run_us: int,
+        trial: int,
+        fallback: Callable[..., Any] | None,
+        ctx: Context | None,
+        release: bool,
+    ) -> Any:
+        """Complete a command that did not succeed: fallback, report, then return or raise.
+
+        The ticket (if ``release``) goes back before the fallback runs, as in
+        hystrix-go: the fallback is not the dependency and must not hold its slot.
+        Must be called from the ``except`` clause that caught ``err`` when ``err``
+        is run's own exception, so that a bare ``raise`` keeps its traceback.
+        """
+        if fallback is None:
+            self._report(event, NO_EVENT, self._clock(), run_us, self._total_us(event, start), trial, release)
+            raise err
+        if release:
+            self._release()
+        try:
+            value = fallback(err) if ctx is None else fallback(ctx, err)
+        except Exception as fallback_err:
+            self._report(event, FALLBACK_FAILURE, self._clock(), run_us, self._total_us(event, start), trial, False)
+            raise FallbackError(fallback_err, err) from fallback_err
+        except BaseException:
+            self._report(event, FALLBACK_FAILURE, self._clock(), run_us, self._total_us(event, start), trial, False)
+            raise
+        self._report(event, FALLBACK_SUCCESS, self._clock(), run_us, self._total_us(event, start), trial, False)
+        return value
+
+    def _total_us(self, event: int, start: int) -> int:
+        # Short-circuits and rejections never ran: no latency sample (hystrix-go recorded zeros).
+        if event == SHORT_CIRCUIT or event == REJECTED or start == NOT_STARTED:
+            return -1
+        return (self._clock() - start) // _NS_PER_US
+
+    # -- the semaphore-mode fast path ----------------------------------------------------
+
+    def execute(self, run: Callable[[], Any], fallback: Callable[[BaseException], Any] | None) -> Any:
+        """Run one command (``do()``): on this thread in semaphore mode, else on a worker."""
+        settings = self._settings
+        if not settings.semaphore:
+            return _run_threaded(self, settings, run, fallback, None)  # type: ignore[misc]
+        clock = self._clock
+        start = clock()
+        verdict = self._acquire(start, settings)
+        if verdict < 0:
+            event = REJECTED if verdict == REJECTED_VERDICT else SHORT_CIRCUIT
+            return self._finish(event, error_for(event), start, -1, 0, fallback, None, False)
+        try:
+            value = run()
+        except BaseException as exc:
+            end = clock()
+            if not isinstance(exc, Exception):
+                # KeyboardInterrupt, SystemExit...: count a failure, give the ticket back, propagate.
+                self._report(FAILURE, NO_EVENT, end, (end - start) // _NS_PER_US, (end - start) // _NS_PER_US, verdict, True)
+                raise
+            if end - start > settings.timeout_ns:
+                # It would have timed out had a timer been watching: a timeout, whatever run did.
+                return self._finish(TIMEOUT, CommandTimeoutError(), start, -1, verdict, fallback, None, True)
+            return self._finish(classify(exc), exc, start, (end - start) // _NS_PER_US, verdict, fallback, None, True)
+        end = clock()
+        elapsed = end - start
+        if elapsed > settings.timeout_ns:
+            return self._finish(TIMEOUT, CommandTimeoutError(), start, -1, verdict, fallback, None, True)
+        if verdict == 0 and not self._collectors:
+            # The common case, inlined: give the ticket back and count the success.
+            with self._lock:
+                self._in_use -= 1
+                self._metrics.record(SUCCESS, NO_EVENT, end, elapsed // _NS_PER_US, elapsed // _NS_PER_US)
+            return value
+        self._report(SUCCESS, NO_EVENT, end, elapsed // _NS_PER_US, elapsed // _NS_PER_US, verdict, True)
+        return value
+
+    def execute_c(
+        self, ctx: Context, run: Callable[[Context], Any], fallback: Callable[[Context, BaseException], Any] | None
+    ) -> Any:
+        """Run one command with a context (``do_c()``): ``run(ctx)``, ``fallback(ctx, err)``."""
+        settings = self._settings
+        if not settings.semaphore:
+            return _run_threaded(self, settings, run, fallback, ctx)  # type: ignore[misc]
+        clock = self._clock
+        start = clock()
+        kind = ctx._done_kind(start)
+        if kind is not None:
+            # Already done: nothing runs (hystrix-go raced its two goroutines here).
+            event = CONTEXT_CANCELED if kind == "canceled" else CONTEXT_DEADLINE_EXCEEDED
+            return self._finish(event, error_for(event), NOT_STARTED, -1, 0, fallback, ctx, False)
+        verdict = self._acquire(start, settings)
+        if verdict < 0:
+            event = REJECTED if verdict == REJECTED_VERDICT else SHORT_CIRCUIT
+            return self._finish(event, error_for(event), start, -1, 0, fallback, ctx, False)
+        timeout_at = start + settings.timeout_ns
+        child = Context(ctx, timeout_at)
+        try:
+            value = run(child)
+        except BaseException as exc:
+            end = clock()
+            child.cancel()
+            if not isinstance(exc, Exception):
+                self._report(FAILURE, NO_EVENT, end, (end - start) // _NS_PER_US, (end - start) // _NS_PER_US, verdict, True)
+                raise
+            late = context_outcome(ctx, timeout_at, end)
+            if late != NO_EVENT:
+                return self._finish(late, error_for(late), start, -1, verdict, fallback, ctx, True)
+            return self._finish(classify(exc), exc, start, (end - start) // _NS_PER_US, verdict, fallback, ctx, True)
+        end = clock()
+        child.cancel()
+        late = context_outcome(ctx, timeout_at, end)
+        if late != NO_EVENT:
+            return self._finish(late, error_for(late), start, -1, verdict, fallback, ctx, True)
+        elapsed = (end - start) // _NS_PER_US
+        self._report(SUCCESS, NO_EVENT, end, elapsed, elapsed, verdict, True)
+        return value

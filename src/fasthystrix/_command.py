@@ -1,0 +1,357 @@
+"""Thread isolation and the asynchronous front (``go``/``go_c``), on top of a circuit's primitives.
+
+A thread-mode command hands ``run`` to one of the circuit's worker threads and
+waits for it until its deadline. Whoever decides the outcome first (the run
+finishing, the deadline, the context) wins exactly once, under the command's
+lock; the loser does nothing. The ticket stays taken until ``run`` really
+ends (hystrix-go gave it back at the timeout, so real concurrency could exceed
+the limit, issue #81).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from . import _impl
+from ._context import Context
+from ._log import logger
+from ._workers import timer
+
+__all__ = ["do", "do_c", "go", "go_c", "run_threaded"]
+
+SUCCESS = 0
+FAILURE = 1
+REJECTED = 2
+SHORT_CIRCUIT = 3
+TIMEOUT = 4
+CONTEXT_CANCELED = 5
+CONTEXT_DEADLINE_EXCEEDED = 6
+NO_EVENT = -1
+NOT_STARTED = -1
+
+PENDING = 0
+DONE = 1
+EXPIRED = 2
+
+_NS_PER_US = 1000
+
+
+def _expired_outcome(ctx: Context | None, deadline: int, now: int) -> int:
+    """The event that ended a command still running at ``now``, or ``NO_EVENT`` if none has yet."""
+    if ctx is not None:
+        event: int = _impl.current().context_outcome(ctx, deadline, now)
+        if event != NO_EVENT:
+            return event
+    return TIMEOUT if now >= deadline else NO_EVENT
+
+
+def _finished_outcome(ctx: Context | None, deadline: int, end: int) -> int:
+    """For a run that ended at ``end``: a deadline that passed before it, or ``NO_EVENT``."""
+    if ctx is not None:
+        event: int = _impl.current().context_outcome(ctx, deadline, end)
+        return event
+    return TIMEOUT if end > deadline else NO_EVENT
+
+
+class _Execution:
+    """One thread-mode command in flight: shared by the caller (or timer) and the worker."""
+
+    __slots__ = (
+        "circuit",
+        "ctx",
+        "deadline",
+        "end",
+        "error",
+        "fallback",
+        "future",
+        "lock",
+        "run",
+        "start",
+        "state",
+        "value",
+        "verdict",
+        "wake",
+    )
+
+    def __init__(
+        self,
+        circuit: Any,
+        run: Callable[..., Any],
+        fallback: Callable[..., Any] | None,
+        ctx: Context | None,
+        start: int,
+        deadline: int,
+        verdict: int,
+        future: Future[Any] | None,
+    ) -> None:
+        self.circuit = circuit
+        self.run = run
+        self.fallback = fallback
+        self.ctx = ctx
+        self.start = start
+        self.deadline = deadline
+        self.verdict = verdict
+        self.future = future
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.state = PENDING
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.end = 0
+
+    def is_pending(self) -> bool:
+        return self.state == PENDING
+
+    def work(self) -> None:
+        """Worker side: run, give the ticket back, then claim the outcome if nobody else has."""
+        circuit = self.circuit
+        value: Any = None
+        error: BaseException | None = None
+        ctx = self.ctx
+        child = None
+        try:
+            if ctx is None:
+                value = self.run()
+            else:
+                child = Context(ctx, self.deadline)
+                value = self.run(child)
+        except BaseException as exc:
+            error = exc
+        end = circuit._clock()
+        if child is not None:
+            child.cancel()
+        # The run has really ended: only now may another call have its ticket.
+        circuit._release()
+        with self.lock:
+            won = self.state == PENDING
+            if won:
+                self.state = DONE
+                self.value, self.error, self.end = value, error, end
+        if not won:
+            if error is not None and not isinstance(error, Exception):
+                logger.error("run of %s raised %r after its command had ended", circuit.name, error)
+            return
+        if self.future is None:
+            self.wake.set()
+        else:
+            _resolve(self.future, self.complete)
+
+    def complete(self) -> Any:
+        """Report a finished run and produce the command's result (fallback included)."""
+        circuit = self.circuit
+        error = self.error
+        end = self.end
+        late = _finished_outcome(self.ctx, self.deadline, end)
+        if late != NO_EVENT:
+            return circuit._finish(
+                late, _impl.current().error_for(late), self.start, -1, self.verdict, self.fallback, self.ctx, False
+            )
+        run_us = (end - self.start) // _NS_PER_US
+        if error is None:
+            circuit._report(SUCCESS, NO_EVENT, end, run_us, run_us, self.verdict, False)
+            return self.value
+        if not isinstance(error, Exception):
+            circuit._report(FAILURE, NO_EVENT, end, run_us, run_us, self.verdict, False)
+            raise error
+        event = _impl.current().classify(error)
+        return circuit._finish(event, error, self.start, run_us, self.verdict, self.fallback, self.ctx, False)
+
+    def expire(self) -> None:
+        """Timer or context side (``go``): end the command if its deadline or context has passed."""
+        now = self.circuit._clock()
+        with self.lock:
+            if self.state != PENDING:
+                return
+            event = _expired_outcome(self.ctx, self.deadline, now)
+            if event == NO_EVENT:
+                return
+            self.state = EXPIRED
+        future = self.future
+        assert future is not None
+        task = _expired_task(self.circuit, event, self.start, self.verdict, self.fallback, self.ctx, future)
+        if self.fallback is None:
+            task()  # nothing slow to run: resolve right here
+        else:
+            self.circuit._workers.submit(task)
+
+
+def _expired_task(
+    circuit: Any, event: int, start: int, verdict: int, fallback: Any, ctx: Context | None, future: Future[Any]
+) -> Callable[[], None]:
+    def task() -> None:
+        _resolve(
+            future,
+            lambda: circuit._finish(event, _impl.current().error_for(event), start, -1, verdict, fallback, ctx, False),
+        )
+
+    return task
+
+
+def _resolve(future: Future[Any], produce: Callable[[], Any]) -> None:
+    try:
+        value = produce()
+    except BaseException as exc:
+        future.set_exception(exc)
+    else:
+        future.set_result(value)
+
+
+def run_threaded(circuit: Any, settings: Any, run: Callable[..., Any], fallback: Any, ctx: Context | None) -> Any:
+    """``do``/``do_c`` in thread isolation: run on a worker, wait here until done or the deadline."""
+    clock = circuit._clock
+    start = clock()
+    if ctx is not None:
+        kind = ctx._done_kind(start)
+        if kind is not None:
+            event = CONTEXT_CANCELED if kind == "canceled" else CONTEXT_DEADLINE_EXCEEDED
+            return circuit._finish(event, _impl.current().error_for(event), NOT_STARTED, -1, 0, fallback, ctx, False)
+    verdict = circuit._acquire(start, settings)
+    if verdict < 0:
+        event = REJECTED if verdict == -1 else SHORT_CIRCUIT
+        return circuit._finish(event, _impl.current().error_for(event), start, -1, 0, fallback, ctx, False)
+    deadline = start + settings.timeout_ns
+    execution = _Execution(circuit, run, fallback, ctx, start, deadline, verdict, None)
+    watch = ctx is not None and ctx is not Context.background()
+    if watch:
+        assert ctx is not None
+        ctx._add_done_callback(execution.wake.set)
+    try:
+        circuit._workers.submit(execution.work)
+    except BaseException:
+        circuit._release()
+        raise
+    wait_until = deadline
+    if ctx is not None and ctx._deadline_ns is not None and ctx._deadline_ns < wait_until:
+        wait_until = ctx._deadline_ns
+    wake = execution.wake
+    try:
+        while True:
+            remaining = wait_until - clock()
+            if remaining > 0:
+                wake.wait(remaining / 1e9)
+            with execution.lock:
+                if execution.state == DONE:
+                    break
+                event = _expired_outcome(ctx, deadline, clock())
+                if event != NO_EVENT:
+                    execution.state = EXPIRED
+                    break
+                wake.clear()
+    except BaseException:
+        # Interrupted while waiting (KeyboardInterrupt): the worker still owns and returns the ticket.
+        with execution.lock:
+            if execution.state == PENDING:
+                execution.state = EXPIRED
+        raise
+    finally:
+        if watch:
+            assert ctx is not None
+            ctx._remove_done_callback(execution.wake.set)
+    if execution.state == EXPIRED:
+        return circuit._finish(event, _impl.current().error_for(event), start, -1, verdict, fallback, ctx, False)
+    return execution.complete()
+
+
+def _go(circuit: Any, run: Callable[..., Any], fallback: Any, ctx: Context | None) -> Future[Any]:
+    future: Future[Any] = Future()
+    future.set_running_or_notify_cancel()
+    settings = circuit._settings
+    clock = circuit._clock
+    start = clock()
+    event = NO_EVENT
+    verdict = 0
+    if ctx is not None:
+        kind = ctx._done_kind(start)
+        if kind is not None:
+            event = CONTEXT_CANCELED if kind == "canceled" else CONTEXT_DEADLINE_EXCEEDED
+            start = NOT_STARTED
+    if event == NO_EVENT:
+        verdict = circuit._acquire(start, settings)
+        if verdict < 0:
+            event = REJECTED if verdict == -1 else SHORT_CIRCUIT
+    if event != NO_EVENT:
+        task = _expired_task(circuit, event, start, 0, fallback, ctx, future)
+        if fallback is None:
+            task()
+        else:
+            circuit._workers.submit(task)
+        return future
+    deadline = start + settings.timeout_ns
+    execution = _Execution(circuit, run, fallback, ctx, start, deadline, verdict, future)
+    try:
+        circuit._workers.submit(execution.work)
+    except BaseException:
+        circuit._release()
+        raise
+    wait_until = deadline
+    if ctx is not None and ctx is not Context.background():
+        if ctx._deadline_ns is not None and ctx._deadline_ns < wait_until:
+            wait_until = ctx._deadline_ns
+        if not ctx._add_done_callback(execution.expire):
+            execution.expire()
+        future.add_done_callback(lambda _: ctx._remove_done_callback(execution.expire))
+    timer.schedule(wait_until, execution.expire, execution.is_pending)
+    return future
+
+
+def _check(name: object, run: object, fallback: object) -> Any:
+    _impl.current().check_arguments(name, run, fallback)
+    from ._registry import get_or_create
+
+    return get_or_create(name)  # type: ignore[arg-type]
+
+
+def _check_ctx(ctx: object) -> None:
+    if not isinstance(ctx, Context):
+        raise TypeError(f"ctx must be a fasthystrix.Context, not {ctx!r}")
+
+
+def do(name: str, run: Callable[[], Any], fallback: Callable[[BaseException], Any] | None = None) -> Any:
+    """Run ``run()`` as command ``name`` under its circuit, tickets, timeout and metrics.
+
+    Returns run's value; when run fails, times out, is rejected or
+    short-circuited, returns ``fallback(err)`` (or raises ``err`` without a
+    fallback). A failing fallback raises :class:`FallbackError`.
+    """
+    return _impl.current().do(name, run, fallback)
+
+
+def do_c(
+    ctx: Context,
+    name: str,
+    run: Callable[[Context], Any],
+    fallback: Callable[[Context, BaseException], Any] | None = None,
+) -> Any:
+    """Like :func:`do` with a context: ``run(ctx)`` and ``fallback(ctx, err)``.
+
+    ``run`` receives a child of ``ctx`` whose deadline is the command's timeout
+    (or ``ctx``'s deadline if earlier), so it can hand ``ctx.remaining()`` to its I/O.
+    """
+    _check_ctx(ctx)
+    circuit = _check(name, run, fallback)
+    return circuit.execute_c(ctx, run, fallback)
+
+
+def go(name: str, run: Callable[[], Any], fallback: Callable[[BaseException], Any] | None = None) -> Future[Any]:
+    """Start command ``name`` and return a future of what :func:`do` would return or raise.
+
+    ``run`` always executes on a worker thread; the future resolves when the
+    command finishes or at its timeout, whichever comes first.
+    """
+    circuit = _check(name, run, fallback)
+    return _go(circuit, run, fallback, None)
+
+
+def go_c(
+    ctx: Context,
+    name: str,
+    run: Callable[[Context], Any],
+    fallback: Callable[[Context, BaseException], Any] | None = None,
+) -> Future[Any]:
+    """Like :func:`go` with a context: ``run(ctx)`` and ``fallback(ctx, err)``; cancelling ``ctx`` ends it."""
+    _check_ctx(ctx)
+    circuit = _check(name, run, fallback)
+    return _go(circuit, run, fallback, ctx)

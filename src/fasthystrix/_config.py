@@ -1,0 +1,201 @@
+"""Per-command configuration: :class:`CommandConfig` in, :class:`Settings` out.
+
+Times are milliseconds (an ``int``) or a :class:`datetime.timedelta`, as in
+hystrix-go's ``CommandConfig``; ``None`` means "the default at configure time".
+Unlike hystrix-go, ``0`` is a real value (e.g. ``max_concurrent_requests=0``
+rejects every call) and negative values are refused instead of wrapping or
+panicking later.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Literal, Union
+
+__all__ = [
+    "DEFAULT_ERROR_PERCENT_THRESHOLD",
+    "DEFAULT_ISOLATION",
+    "DEFAULT_MAX_CONCURRENT_REQUESTS",
+    "DEFAULT_REQUEST_VOLUME_THRESHOLD",
+    "DEFAULT_SLEEP_WINDOW",
+    "DEFAULT_TIMEOUT",
+    "CommandConfig",
+    "Isolation",
+    "Settings",
+    "get_defaults",
+    "set_defaults",
+]
+
+Isolation = Literal["thread", "semaphore"]
+Duration = Union[int, timedelta]
+
+#: hystrix-go's defaults (milliseconds, counts, percent).
+DEFAULT_TIMEOUT = 1000
+DEFAULT_MAX_CONCURRENT_REQUESTS = 10
+DEFAULT_REQUEST_VOLUME_THRESHOLD = 20
+DEFAULT_SLEEP_WINDOW = 5000
+DEFAULT_ERROR_PERCENT_THRESHOLD = 50
+DEFAULT_ISOLATION: Isolation = "thread"
+
+_ISOLATIONS = ("thread", "semaphore")
+_NS_PER_MS = 1_000_000
+_ONE_US = timedelta(microseconds=1)
+
+
+def _duration_ns(field_name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, timedelta)):
+        raise TypeError(
+            f"{field_name} must be an int (milliseconds) or a datetime.timedelta, not {value!r}"
+        )
+    if isinstance(value, timedelta):
+        ns = (value // _ONE_US) * 1000
+    else:
+        ns = value * _NS_PER_MS
+    if ns < 0:
+        raise ValueError(f"{field_name} must not be negative, got {value!r}")
+    return ns
+
+
+def _count(field_name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{field_name} must be an int, not {value!r}")
+    if value < 0:
+        raise ValueError(f"{field_name} must not be negative, got {value!r}")
+    return value
+
+
+def _percent(field_name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{field_name} must be an int, not {value!r}")
+    if not 1 <= value <= 100:
+        raise ValueError(f"{field_name} must be between 1 and 100, got {value!r}")
+    return value
+
+
+def _isolation(field_name: str, value: object) -> Isolation:
+    if not isinstance(value, str):
+        raise TypeError(f"{field_name} must be 'thread' or 'semaphore', not {value!r}")
+    if value not in _ISOLATIONS:
+        raise ValueError(f"{field_name} must be 'thread' or 'semaphore', got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class CommandConfig:
+    """What a command's settings should be; ``None`` fields take the current defaults.
+
+    Values are validated here, so a bad config raises ``TypeError``/``ValueError``
+    (naming the field and the value) before anything is changed.
+    """
+
+    timeout: Duration | None = None
+    max_concurrent_requests: int | None = None
+    request_volume_threshold: int | None = None
+    sleep_window: Duration | None = None
+    error_percent_threshold: int | None = None
+    isolation: Isolation | None = None
+
+    def __post_init__(self) -> None:
+        if self.timeout is not None:
+            _duration_ns("timeout", self.timeout)
+        if self.max_concurrent_requests is not None:
+            _count("max_concurrent_requests", self.max_concurrent_requests)
+        if self.request_volume_threshold is not None:
+            _count("request_volume_threshold", self.request_volume_threshold)
+        if self.sleep_window is not None:
+            _duration_ns("sleep_window", self.sleep_window)
+        if self.error_percent_threshold is not None:
+            _percent("error_percent_threshold", self.error_percent_threshold)
+        if self.isolation is not None:
+            _isolation("isolation", self.isolation)
+
+    @classmethod
+    def from_mapping(cls, mapping: object) -> CommandConfig:
+        """Build from a ``CommandConfig`` or a mapping of its field names (e.g. parsed JSON)."""
+        if isinstance(mapping, CommandConfig):
+            return mapping
+        if not isinstance(mapping, dict):
+            raise TypeError(f"config must be a CommandConfig or a dict, not {mapping!r}")
+        unknown = set(mapping) - _FIELDS
+        if unknown:
+            raise ValueError(f"unknown CommandConfig field(s): {sorted(map(str, unknown))}")
+        return cls(**mapping)
+
+
+_FIELDS = frozenset(CommandConfig.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A command's effective settings; times are ``timedelta`` like hystrix-go's ``time.Duration``."""
+
+    timeout: timedelta
+    max_concurrent_requests: int
+    request_volume_threshold: int
+    sleep_window: timedelta
+    error_percent_threshold: int
+    isolation: Isolation
+    # Integer copies read on the hot path, so a call never converts a timedelta.
+    timeout_ns: int = field(init=False, repr=False, compare=False)
+    sleep_window_ns: int = field(init=False, repr=False, compare=False)
+    semaphore: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "timeout_ns", (self.timeout // _ONE_US) * 1000)
+        object.__setattr__(self, "sleep_window_ns", (self.sleep_window // _ONE_US) * 1000)
+        object.__setattr__(self, "semaphore", self.isolation == "semaphore")
+
+    @classmethod
+    def from_config(cls, config: CommandConfig, defaults: Settings) -> Settings:
+        """Resolve ``config`` against ``defaults`` (``None`` fields take the default)."""
+
+        def pick(value: object, default: object) -> object:
+            return default if value is None else value
+
+        timeout = pick(config.timeout, defaults.timeout)
+        sleep_window = pick(config.sleep_window, defaults.sleep_window)
+        return cls(
+            timeout=timeout if isinstance(timeout, timedelta) else timedelta(milliseconds=timeout),  # type: ignore[arg-type]
+            max_concurrent_requests=pick(config.max_concurrent_requests, defaults.max_concurrent_requests),  # type: ignore[arg-type]
+            request_volume_threshold=pick(config.request_volume_threshold, defaults.request_volume_threshold),  # type: ignore[arg-type]
+            sleep_window=sleep_window if isinstance(sleep_window, timedelta) else timedelta(milliseconds=sleep_window),  # type: ignore[arg-type]
+            error_percent_threshold=pick(config.error_percent_threshold, defaults.error_percent_threshold),  # type: ignore[arg-type]
+            isolation=pick(config.isolation, defaults.isolation),  # type: ignore[arg-type]
+        )
+
+
+_HYSTRIX_DEFAULTS = Settings(
+    timeout=timedelta(milliseconds=DEFAULT_TIMEOUT),
+    max_concurrent_requests=DEFAULT_MAX_CONCURRENT_REQUESTS,
+    request_volume_threshold=DEFAULT_REQUEST_VOLUME_THRESHOLD,
+    sleep_window=timedelta(milliseconds=DEFAULT_SLEEP_WINDOW),
+    error_percent_threshold=DEFAULT_ERROR_PERCENT_THRESHOLD,
+    isolation=DEFAULT_ISOLATION,
+)
+_defaults = _HYSTRIX_DEFAULTS
+_defaults_lock = threading.Lock()
+
+
+def get_defaults() -> Settings:
+    """The settings a command gets for every field its config leaves ``None``."""
+    return _defaults
+
+
+def set_defaults(config: CommandConfig | None = None) -> Settings:
+    """Change the defaults for commands configured (or first used) from now on.
+
+    Fields left ``None`` keep their current default; ``set_defaults()`` with no
+    argument restores hystrix-go's defaults. Already configured commands keep
+    their settings, as in hystrix-go. Returns the new defaults.
+    """
+    global _defaults
+    with _defaults_lock:
+        if config is None:
+            _defaults = _HYSTRIX_DEFAULTS
+        else:
+            if not isinstance(config, CommandConfig):
+                raise TypeError(f"config must be a CommandConfig, not {config!r}")
+            _defaults = Settings.from_config(config, _defaults)
+        return _defaults

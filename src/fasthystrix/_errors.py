@@ -1,0 +1,96 @@
+"""The exceptions fasthystrix raises, with hystrix-go's messages.
+
+Every failing call raises a *fresh* instance: a shared module-level exception
+object would accumulate tracebacks (and keep frames alive) across calls.
+The ``Err*`` aliases name the classes, so ``except ErrTimeout`` and
+``isinstance(err, ErrTimeout)`` read like hystrix-go's ``err == ErrTimeout``.
+"""
+
+from __future__ import annotations
+
+import builtins
+
+__all__ = [
+    "CircuitError",
+    "CircuitOpenError",
+    "ContextCanceledError",
+    "ContextDeadlineExceededError",
+    "ErrCircuitOpen",
+    "ErrMaxConcurrency",
+    "ErrTimeout",
+    "FallbackError",
+    "MaxConcurrencyError",
+    "TimeoutError",
+]
+
+
+class CircuitError(Exception):
+    """Base of the errors a command itself produces; ``str()`` is ``"hystrix: " + message``."""
+
+    message: str = "circuit error"
+
+    def __init__(self, message: str | None = None) -> None:
+        if message is not None:
+            self.message = message
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return "hystrix: " + self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+    def __reduce__(self) -> tuple[type[CircuitError], tuple[str]]:
+        return (type(self), (self.message,))
+
+
+class CircuitOpenError(CircuitError):
+    """The circuit is open (tripped or forced): the call was short-circuited."""
+
+    message = "circuit open"
+
+
+class MaxConcurrencyError(CircuitError):
+    """Every concurrency ticket of the command was taken: the call was rejected."""
+
+    message = "max concurrency"
+
+
+class TimeoutError(CircuitError, builtins.TimeoutError):  # noqa: A001 - hystrix-go's name
+    """The command did not finish within its timeout."""
+
+    message = "timeout"
+
+
+class ContextCanceledError(Exception):
+    """The command's context was cancelled before the command finished."""
+
+    def __init__(self) -> None:
+        super().__init__("context canceled")
+
+
+class ContextDeadlineExceededError(builtins.TimeoutError):
+    """The command's context deadline passed before the command finished."""
+
+    def __init__(self) -> None:
+        super().__init__("context deadline exceeded")
+
+
+class FallbackError(Exception):
+    """The fallback failed; keeps both the fallback's and the run's error."""
+
+    fallback_error: BaseException
+    run_error: BaseException
+
+    def __init__(self, fallback_error: BaseException, run_error: BaseException) -> None:
+        self.fallback_error = fallback_error
+        self.run_error = run_error
+        super().__init__(f"fallback failed with '{fallback_error}'. run error was '{run_error}'")
+
+    def __reduce__(self) -> tuple[type[FallbackError], tuple[BaseException, BaseException]]:
+        return (type(self), (self.fallback_error, self.run_error))
+
+
+ErrCircuitOpen = CircuitOpenError
+ErrMaxConcurrency = MaxConcurrencyError
+ErrTimeout = TimeoutError

@@ -1,0 +1,94 @@
+"""The one switch between the compiled modules and their pure-Python twins.
+
+All compiled or all pure, never a mix. ``FASTHYSTRIX_NO_EXTENSIONS=1``, a
+non-CPython interpreter, or a failed import of a compiled module selects pure.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from types import ModuleType
+from typing import Any
+
+from . import _circuit_py, _rolling_py
+
+__all__ = ["EVENT_NAMES", "Implementation", "available", "current", "select"]
+
+EVENT_NAMES = _rolling_py.EVENT_NAMES
+
+# Compiled modules, by the pure twin they replace. Empty until the compiled hot path lands.
+COMPILED_MODULES: tuple[str, ...] = ()
+
+
+class Implementation:
+    """One consistent set of hot-path modules (``name`` is ``"compiled"`` or ``"pure"``)."""
+
+    def __init__(self, name: str, circuit: ModuleType, rolling: ModuleType) -> None:
+        self.name = name
+        self.CircuitBreaker: Any = circuit.CircuitBreaker
+        self.do: Any = circuit.do
+        self.bind: Any = circuit.bind
+        self.check_arguments: Any = circuit.check_arguments
+        self.classify: Any = circuit.classify
+        self.error_for: Any = circuit.error_for
+        self.context_outcome: Any = circuit.context_outcome
+        self.RollingMetrics: Any = rolling.RollingMetrics
+        self.summarize: Any = rolling.summarize
+
+    def __repr__(self) -> str:
+        return f"<fasthystrix implementation {self.name!r}>"
+
+
+PURE = Implementation("pure", _circuit_py, _rolling_py)
+
+
+def _load_compiled() -> tuple[Implementation | None, str]:
+    if os.environ.get("FASTHYSTRIX_NO_EXTENSIONS", "") not in ("", "0"):
+        return None, "FASTHYSTRIX_NO_EXTENSIONS is set"
+    if sys.implementation.name != "cpython":
+        return None, f"{sys.implementation.name} runs the pure implementation"
+    if not COMPILED_MODULES:
+        return None, "this version has no compiled modules"
+    try:  # pragma: no cover - exercised once the compiled modules exist
+        from . import _circuit, _rolling  # type: ignore[attr-defined]
+    except ImportError as exc:  # pragma: no cover
+        return None, f"compiled modules not importable: {exc}"
+    return Implementation("compiled", _circuit, _rolling), ""  # pragma: no cover
+
+
+COMPILED, WHY_PURE = _load_compiled()
+_current = COMPILED or PURE
+
+
+def current() -> Implementation:
+    """The live implementation."""
+    return _current
+
+
+def available() -> dict[str, Implementation]:
+    """Every implementation importable in this process, by name."""
+    found = {"pure": PURE}
+    if COMPILED is not None:
+        found["compiled"] = COMPILED  # pragma: no cover
+    return found
+
+
+def select(name: str) -> Implementation:
+    """Switch the live implementation (for tests and benchmarks); call ``flush()`` afterwards.
+
+    Circuits created before the switch keep their implementation until flushed.
+    """
+    global _current
+    impls = available()
+    if name not in impls:
+        raise ValueError(f"implementation {name!r} is not available here ({WHY_PURE or 'unknown name'})")
+    _current = impls[name]
+    package = sys.modules.get(__package__ or "fasthystrix")
+    if package is not None and hasattr(package, "do"):
+        package.do = _current.do
+        package.implementation = _current.name
+    from . import _registry
+
+    _registry.bind_current()
+    return _current

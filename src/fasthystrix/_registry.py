@@ -1,0 +1,157 @@
+"""The process-wide tables: settings per command name and circuits per command name."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from . import _clock, _impl
+from ._command import run_threaded
+from ._config import CommandConfig, Settings, get_defaults
+from ._workers import WorkerPool, timer
+from .metric_collector import DefaultMetricCollector, registry
+
+__all__ = [
+    "configure",
+    "configure_command",
+    "flush",
+    "get_circuit",
+    "get_circuit_settings",
+    "get_or_create",
+    "get_settings",
+]
+
+_circuits: dict[str, Any] = {}
+_settings: dict[str, Settings] = {}
+# Serialises circuit creation (so each factory runs once per circuit) and settings changes.
+# Reentrant: a collector factory may itself use fasthystrix.
+_lock = threading.RLock()
+
+
+def _check_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, not {name!r}")
+    return name
+
+
+def get_settings(name: str) -> Settings:
+    """The settings of ``name``, configuring it with the defaults on first use (as hystrix-go)."""
+    settings = _settings.get(name)
+    if settings is None:
+        with _lock:
+            settings = _settings.get(name)
+            if settings is None:
+                settings = _settings[name] = Settings.from_config(CommandConfig(), get_defaults())
+    return settings
+
+
+def configure_command(name: str, config: CommandConfig | Mapping[str, Any]) -> Settings:
+    """Replace the settings of ``name`` (``None`` fields take the current defaults).
+
+    Applies to calls that start afterwards, ``max_concurrent_requests`` included.
+    A bad ``config`` raises before anything changes. Returns the new settings.
+    """
+    _check_name(name)
+    settings = Settings.from_config(CommandConfig.from_mapping(config), get_defaults())
+    with _lock:
+        _settings[name] = settings
+        circuit = _circuits.get(name)
+        if circuit is not None:
+            circuit._settings = settings
+    return settings
+
+
+def configure(mapping: Mapping[str, CommandConfig | Mapping[str, Any]]) -> dict[str, Settings]:
+    """Configure several commands at once; all entries are validated before any is applied."""
+    if not isinstance(mapping, Mapping):
+        raise TypeError(f"configure() takes a mapping of name to CommandConfig, not {mapping!r}")
+    resolved: dict[str, Settings] = {}
+    for name, config in mapping.items():
+        _check_name(name)
+        try:
+            resolved[name] = Settings.from_config(CommandConfig.from_mapping(config), get_defaults())
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"command {name!r}: {exc}") from None
+    with _lock:
+        for name, settings in resolved.items():
+            _settings[name] = settings
+            circuit = _circuits.get(name)
+            if circuit is not None:
+                circuit._settings = settings
+    return resolved
+
+
+def get_circuit_settings() -> dict[str, Settings]:
+    """A copy of the settings table (the same immutable ``Settings`` objects)."""
+    with _lock:
+        return dict(_settings)
+
+
+def get_or_create(name: str) -> Any:
+    """The circuit of ``name``, created on first use."""
+    circuit = _circuits.get(name)
+    if circuit is None:
+        circuit = get_circuit(name)[0]
+    return circuit
+
+
+def get_circuit(name: str) -> tuple[Any, bool]:
+    """``(circuit, created)``: the circuit of ``name`` and whether this call created it.
+
+    Exactly one caller creates a given circuit, however many threads race.
+    """
+    _check_name(name)
+    circuit = _circuits.get(name)
+    if circuit is not None:
+        return circuit, False
+    with _lock:
+        circuit = _circuits.get(name)
+        if circuit is not None:
+            return circuit, False
+        settings = get_settings(name)
+        default = DefaultMetricCollector(name)
+        collectors = registry.initialize_metric_collectors(name)
+        circuit = _impl.current().CircuitBreaker(name, settings, default, collectors, _clock.get_clock())
+        circuit._workers = WorkerPool(name)
+        _circuits[name] = circuit
+        return circuit, True
+
+
+def circuits() -> dict[str, Any]:
+    """A copy of the circuit table."""
+    with _lock:
+        return dict(_circuits)
+
+
+def flush() -> None:
+    """Reset and forget every circuit (settings are kept), as hystrix-go's ``Flush``.
+
+    Also stops the circuits' idle worker threads and the deadline timer, so
+    nothing of fasthystrix keeps running; a run still executing finishes on
+    its thread, which then exits.
+    """
+    with _lock:
+        flushed = list(_circuits.values())
+        _circuits.clear()
+    for circuit in flushed:
+        circuit._default.reset()
+        for collector in circuit._collectors:
+            try:
+                collector.reset()
+            except Exception:
+                from ._log import logger
+
+                logger.exception("metric collector %r failed to reset", collector)
+        circuit._workers.shutdown()
+    timer.discard_finished()
+
+
+def bind_current() -> None:
+    """Point the live implementation's fast path at this registry."""
+    _impl.current().bind(_circuits, get_or_create, run_threaded)
+
+
+bind_current()
+for _implementation in _impl.available().values():
+    _implementation.bind(_circuits, get_or_create, run_threaded)

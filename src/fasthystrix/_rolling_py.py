@@ -1,0 +1,317 @@
+"""Rolling event counters and latency histograms of one circuit (pure-Python twin).
+
+Counters: exactly 10 one-second buckets (hystrix-go sums 11 and prunes lazily,
+which let errors exceed requests, issue #115) plus running totals, so the
+health check never sums buckets. Latencies: a fixed log-linear histogram per
+slot (4 slots of 15 s, a 60 s window like hystrix-go's ``Timing``), in
+microseconds, exact below 128 us and within 1/64 (midpoint within 0.8 %) above,
+so memory does not grow with the call rate (hystrix-go keeps every sample).
+
+Not thread-safe by itself: the owning circuit serialises access.
+"""
+
+from __future__ import annotations
+
+from array import array
+
+__all__ = [
+    "COUNTER_BUCKETS",
+    "EVENT_NAMES",
+    "LATENCY_BUCKETS",
+    "LATENCY_SLOTS",
+    "LATENCY_SLOT_SECONDS",
+    "PERCENTILES",
+    "LatencySummary",
+    "RollingMetrics",
+    "latency_bucket_bounds",
+    "latency_bucket_index",
+    "summarize",
+]
+
+# Event indices; the names are hystrix-go's exact strings.
+SUCCESS = 0
+FAILURE = 1
+REJECTED = 2
+SHORT_CIRCUIT = 3
+TIMEOUT = 4
+CONTEXT_CANCELED = 5
+CONTEXT_DEADLINE_EXCEEDED = 6
+FALLBACK_SUCCESS = 7
+FALLBACK_FAILURE = 8
+EVENT_NAMES = (
+    "success",
+    "failure",
+    "rejected",
+    "short-circuit",
+    "timeout",
+    "context_canceled",
+    "context_deadline_exceeded",
+    "fallback-success",
+    "fallback-failure",
+)
+NUM_EVENTS = 9
+# Two more per-bucket slots: commands that took a ticket, and the highest
+# number of tickets in use seen in that second (a max, not a sum).
+EXECUTED = 9
+MAX_ACTIVE = 10
+BUCKET_WIDTH = 11
+
+COUNTER_BUCKETS = 10
+NS_PER_SECOND = 1_000_000_000
+
+LATENCY_SLOTS = 4
+LATENCY_SLOT_SECONDS = 15
+_SUB_BITS = 7  # 128 exact values, then 64 sub-buckets per power of two
+_MAX_SHIFT = 20  # top bucket starts at 2**27 us (134 s); longer samples are clamped into it
+LATENCY_BUCKETS = (_MAX_SHIFT << 6) + 128
+PERCENTILES = (0.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 100.0)
+
+
+def latency_bucket_index(us: int) -> int:
+    """The histogram bucket of a latency in microseconds (clamped to the top bucket)."""
+    if us < 128:
+        return us if us > 0 else 0
+    shift = us.bit_length() - _SUB_BITS
+    if shift > _MAX_SHIFT:
+        return LATENCY_BUCKETS - 1
+    return (shift << 6) + (us >> shift)
+
+
+def latency_bucket_bounds(index: int) -> tuple[int, int]:
+    """``(lowest, width)`` in microseconds of the values bucket ``index`` holds."""
+    if index < 128:
+        return index, 1
+    shift = (index >> 6) - 1
+    return (index - (shift << 6)) << shift, 1 << shift
+
+
+class LatencySummary:
+    """Percentiles and mean (milliseconds) of the latency samples in the window."""
+
+    __slots__ = ("count", "mean", "percentiles")
+
+    def __init__(self, count: int, mean: float, percentiles: dict[float, float]) -> None:
+        self.count = count
+        self.mean = mean
+        self.percentiles = percentiles
+
+    def __repr__(self) -> str:
+        return f"LatencySummary(count={self.count}, mean={self.mean}, percentiles={self.percentiles})"
+
+
+class _Histogram:
+    """One slot's histogram: counts per bucket plus exact count, sum, min and max."""
+
+    __slots__ = ("buckets", "count", "max", "min", "total")
+
+    def __init__(self) -> None:
+        self.buckets = array("I", bytes(4 * LATENCY_BUCKETS))
+        self.count = 0
+        self.total = 0
+        self.min = 0
+        self.max = 0
+
+    def add(self, us: int) -> None:
+        if us < 128:
+            index = us if us > 0 else 0
+        else:
+            shift = us.bit_length() - _SUB_BITS
+            index = LATENCY_BUCKETS - 1 if shift > _MAX_SHIFT else (shift << 6) + (us >> shift)
+        self.buckets[index] += 1
+        if self.count == 0 or us < self.min:
+            self.min = us
+        if us > self.max:
+            self.max = us
+        self.count += 1
+        self.total += us
+
+    def copy(self) -> _Histogram:
+        twin = _Histogram.__new__(_Histogram)
+        twin.buckets = array("I", self.buckets)
+        twin.count = self.count
+        twin.total = self.total
+        twin.min = self.min
+        twin.max = self.max
+        return twin
+
+
+def summarize(slots: "list[_Histogram]") -> LatencySummary:
+    """Merge slot histograms into percentiles (nearest rank, as hystrix-go) and a mean."""
+    count = sum(h.count for h in slots)
+    if count == 0:
+        return LatencySummary(0, 0.0, {p: 0.0 for p in PERCENTILES})
+    merged = [0] * LATENCY_BUCKETS
+    for h in slots:
+        if h.count:
+            for i, c in enumerate(h.buckets):
+                if c:
+                    merged[i] += c
+    lo = min(h.min for h in slots if h.count)
+    hi = max(h.max for h in slots if h.count)
+    total = sum(h.total for h in slots)
+    percentiles: dict[float, float] = {}
+    for p in PERCENTILES:
+        rank = _rank(p, count)
+        value = 0.0
+        seen = 0
+        for i, c in enumerate(merged):
+            seen += c
+            if seen >= rank:
+                low, width = latency_bucket_bounds(i)
+                value = low + (width - 1) / 2
+                value = min(max(value, lo), hi)
+                break
+        percentiles[p] = value / 1000.0
+    return LatencySummary(count, total / count / 1000.0, percentiles)
+
+
+def _rank(p: float, n: int) -> int:
+    """hystrix-go's ordinal: 1 for p == 0, else ceil(p / 100 * n)."""
+    if p <= 0:
+        return 1
+    # p has at most one decimal (99.5), so exact integer arithmetic avoids float ceil errors.
+    tenths = round(p * 10)
+    return max(1, -(-tenths * n // 1000))
+
+
+class RollingMetrics:
+    """Counters of every event over the last 10 seconds and latencies over the last 60."""
+
+    __slots__ = (
+        "_buckets",
+        "_errors",
+        "_latency_run",
+        "_latency_stamp",
+        "_latency_total",
+        "_requests",
+        "_second",
+        "_totals",
+    )
+
+    def __init__(self) -> None:
+        self._buckets = [[0] * BUCKET_WIDTH for _ in range(COUNTER_BUCKETS)]
+        self._totals = [0] * BUCKET_WIDTH
+        self._requests = 0
+        self._errors = 0
+        self._second = 0
+        self._latency_run: list[_Histogram | None] = [None] * LATENCY_SLOTS
+        self._latency_total: list[_Histogram | None] = [None] * LATENCY_SLOTS
+        self._latency_stamp = [-1] * LATENCY_SLOTS
+
+    def reset(self) -> None:
+        """Forget every event and sample."""
+        for bucket in self._buckets:
+            bucket[:] = [0] * BUCKET_WIDTH
+        self._totals[:] = [0] * BUCKET_WIDTH
+        self._requests = 0
+        self._errors = 0
+        self._latency_run = [None] * LATENCY_SLOTS
+        self._latency_total = [None] * LATENCY_SLOTS
+        self._latency_stamp = [-1] * LATENCY_SLOTS
+
+    def _rotate(self, second: int) -> None:
+        last = self._second
+        if second <= last:
+            return
+        totals = self._totals
+        if second - last >= COUNTER_BUCKETS:
+            for bucket in self._buckets:
+                bucket[:] = [0] * BUCKET_WIDTH
+            totals[:] = [0] * BUCKET_WIDTH
+        else:
+            for s in range(last + 1, second + 1):
+                bucket = self._buckets[s % COUNTER_BUCKETS]
+                for i in range(NUM_EVENTS + 1):
+                    totals[i] -= bucket[i]
+                bucket[:] = [0] * BUCKET_WIDTH
+        self._requests = sum(totals[:CONTEXT_DEADLINE_EXCEEDED + 1])
+        self._errors = totals[FAILURE] + totals[REJECTED] + totals[SHORT_CIRCUIT] + totals[TIMEOUT]
+        self._second = second
+
+    def health(self, now_ns: int) -> tuple[int, int]:
+        """``(requests, errors)`` in the window ending at ``now_ns``."""
+        second = now_ns // NS_PER_SECOND
+        if second != self._second:
+            self._rotate(second)
+        return self._requests, self._errors
+
+    def record(self, event: int, fallback_event: int, now_ns: int, run_us: int, total_us: int) -> None:
+        """Count one command: its event, its fallback event (or -1) and its latencies (or -1)."""
+        second = now_ns // NS_PER_SECOND
+        if second != self._second:
+            self._rotate(second)
+        bucket = self._buckets[second % COUNTER_BUCKETS]
+        totals = self._totals
+        bucket[event] += 1
+        totals[event] += 1
+        if event <= CONTEXT_DEADLINE_EXCEEDED:
+            self._requests += 1
+            if FAILURE <= event <= TIMEOUT:
+                self._errors += 1
+        if fallback_event >= 0:
+            bucket[fallback_event] += 1
+            totals[fallback_event] += 1
+        if run_us >= 0 or total_us >= 0:
+            self._record_latency(second, run_us, total_us)
+
+    def record_executed(self, now_ns: int, active: int) -> None:
+        """Count a command that took a ticket, with the tickets in use after it did."""
+        second = now_ns // NS_PER_SECOND
+        if second != self._second:
+            self._rotate(second)
+        bucket = self._buckets[second % COUNTER_BUCKETS]
+        bucket[EXECUTED] += 1
+        self._totals[EXECUTED] += 1
+        if active > bucket[MAX_ACTIVE]:
+            bucket[MAX_ACTIVE] = active
+
+    def _record_latency(self, second: int, run_us: int, total_us: int) -> None:
+        stamp = second // LATENCY_SLOT_SECONDS
+        slot = stamp % LATENCY_SLOTS
+        if self._latency_stamp[slot] != stamp:
+            # The slot held samples from a minute ago (or none): start it afresh.
+            self._latency_stamp[slot] = stamp
+            self._latency_run[slot] = None
+            self._latency_total[slot] = None
+        if run_us >= 0:
+            h = self._latency_run[slot]
+            if h is None:
+                h = self._latency_run[slot] = _Histogram()
+            h.add(run_us)
+        if total_us >= 0:
+            h = self._latency_total[slot]
+            if h is None:
+                h = self._latency_total[slot] = _Histogram()
+            h.add(total_us)
+
+    def counts(self, now_ns: int) -> tuple[int, ...]:
+        """Window totals of the 9 events, then executed and the window's max tickets in use."""
+        second = now_ns // NS_PER_SECOND
+        if second != self._second:
+            self._rotate(second)
+        max_active = max(bucket[MAX_ACTIVE] for bucket in self._buckets)
+        return (*self._totals[: NUM_EVENTS + 1], max_active)
+
+    def latency_slots(self, now_ns: int) -> tuple[list[_Histogram], list[_Histogram]]:
+        """Copies of the ``(run, total)`` histograms of the last 60 seconds, for :func:`summarize`.
+
+        Copying is cheap (one memcpy per slot), so the owner can hold its lock
+        for the copy and merge afterwards without blocking commands.
+        """
+        stamp = (now_ns // NS_PER_SECOND) // LATENCY_SLOT_SECONDS
+        run: list[_Histogram] = []
+        total: list[_Histogram] = []
+        for i in range(LATENCY_SLOTS):
+            if stamp - LATENCY_SLOTS < self._latency_stamp[i] <= stamp:
+                h = self._latency_run[i]
+                if h is not None:
+                    run.append(h.copy())
+                h = self._latency_total[i]
+                if h is not None:
+                    total.append(h.copy())
+        return run, total
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the histogram arrays (the part that could grow)."""
+        n = sum(1 for h in (*self._latency_run, *self._latency_total) if h is not None)
+        return n * 4 * LATENCY_BUCKETS

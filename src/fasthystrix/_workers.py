@@ -1,0 +1,181 @@
+"""Reusable worker threads for thread isolation, and the one deadline timer ``go()`` needs.
+
+Threads are created on demand, reused while busy, and exit after
+``IDLE_TIMEOUT`` seconds without work, so an idle process holds none. A
+circuit's run workers are bounded by its tickets: only a call holding a ticket
+hands work to them.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+from collections.abc import Callable
+
+from . import _clock
+from ._log import logger
+
+__all__ = ["DeadlineTimer", "WorkerPool", "timer"]
+
+IDLE_TIMEOUT = 30.0
+
+
+class _Worker:
+    __slots__ = ("task", "thread", "wake")
+
+    def __init__(self) -> None:
+        self.task: Callable[[], object] | None = None
+        # A lock used as a binary semaphore: the cheapest wake-up threading offers.
+        self.wake = threading.Lock()
+        self.wake.acquire()
+        self.thread: threading.Thread | None = None
+
+
+class WorkerPool:
+    """Threads that run submitted callables; idle threads are reused, then retire."""
+
+    def __init__(self, name: str, idle_timeout: float = IDLE_TIMEOUT) -> None:
+        self.name = name
+        self.idle_timeout = idle_timeout
+        self._lock = threading.Lock()
+        self._idle: list[_Worker] = []
+        self._workers: set[_Worker] = set()
+        self._closed = False
+        self._counter = itertools.count(1)
+
+    def submit(self, task: Callable[[], object]) -> None:
+        """Run ``task()`` on an idle worker, or on a new thread if none is idle."""
+        with self._lock:
+            # A shut-down pool still serves commands that were in flight (their fallbacks):
+            # each gets a thread that exits after its task, so nothing lingers.
+            if self._idle and not self._closed:
+                worker = self._idle.pop()
+                worker.task = task
+                worker.wake.release()
+                return
+            worker = _Worker()
+            worker.task = task
+            self._workers.add(worker)
+            number = next(self._counter)
+        thread = threading.Thread(
+            target=self._loop, args=(worker,), name=f"fasthystrix-{self.name}-{number}", daemon=True
+        )
+        worker.thread = thread
+        thread.start()
+
+    def _loop(self, worker: _Worker) -> None:
+        try:
+            while True:
+                task, worker.task = worker.task, None
+                if task is None:
+                    return
+                try:
+                    task()
+                except BaseException:  # tasks handle their own errors; this is a last resort
+                    logger.exception("fasthystrix worker task failed in pool %s", self.name)
+                del task
+                with self._lock:
+                    if self._closed:
+                        return
+                    self._idle.append(worker)
+                if not worker.wake.acquire(timeout=self.idle_timeout):
+                    with self._lock:
+                        if worker in self._idle:
+                            self._idle.remove(worker)
+                            return
+                    # submit() popped this worker just as the wait timed out: its task is coming.
+                    worker.wake.acquire()
+        finally:
+            with self._lock:
+                self._workers.discard(worker)
+
+    def threads(self) -> list[threading.Thread]:
+        """The live threads of this pool."""
+        with self._lock:
+            return [w.thread for w in self._workers if w.thread is not None]
+
+    def shutdown(self, timeout: float | None = 1.0) -> None:
+        """Stop idle workers now and busy ones after their task; wait up to ``timeout`` for them."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            for worker in idle:
+                worker.task = None
+                worker.wake.release()
+            threads = [w.thread for w in self._workers if w.thread is not None]
+        current = threading.current_thread()
+        for thread in threads:
+            if thread is not current:
+                thread.join(timeout)
+
+
+class DeadlineTimer:
+    """One thread that calls callbacks at monotonic deadlines; it exits when it has none."""
+
+    def __init__(self, idle_timeout: float = 1.0) -> None:
+        self.idle_timeout = idle_timeout
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[int, int, Callable[[], object], Callable[[], bool]]] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._stop_when_empty = False
+
+    def schedule(self, at_ns: int, callback: Callable[[], object], pending: Callable[[], bool]) -> None:
+        """Call ``callback()`` at ``at_ns`` unless ``pending()`` is false by then."""
+        with self._cond:
+            heapq.heappush(self._heap, (at_ns, next(self._seq), callback, pending))
+            self._stop_when_empty = False
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="fasthystrix-deadlines", daemon=True)
+                self._thread.start()
+            elif self._heap[0][0] == at_ns:
+                self._cond.notify()
+
+    def _loop(self) -> None:
+        cond = self._cond
+        while True:
+            with cond:
+                while True:
+                    # Entries whose command already finished are dropped without waiting for them.
+                    while self._heap and not self._heap[0][3]():
+                        heapq.heappop(self._heap)
+                    if not self._heap:
+                        if not self._stop_when_empty:
+                            cond.wait(self.idle_timeout)
+                        if not self._heap:
+                            self._thread = None
+                            return
+                        continue
+                    at_ns = self._heap[0][0]
+                    now = _clock.now_ns()
+                    if at_ns <= now:
+                        callback = heapq.heappop(self._heap)[2]
+                        break
+                    cond.wait(min((at_ns - now) / 1e9, self.idle_timeout))
+            try:
+                callback()
+            except BaseException:
+                logger.exception("fasthystrix deadline callback failed")
+            del callback
+
+    def discard_finished(self) -> None:
+        """Drop entries of finished commands, and stop the thread if nothing is left."""
+        with self._cond:
+            self._heap = [entry for entry in self._heap if entry[3]()]
+            heapq.heapify(self._heap)
+            thread = self._thread
+            empty = not self._heap
+            if empty:
+                self._stop_when_empty = True
+            self._cond.notify()
+        if thread is not None and empty and thread is not threading.current_thread():
+            thread.join(self.idle_timeout + 1.0)
+
+    def pending(self) -> int:
+        """How many deadlines are scheduled (including finished ones not yet dropped)."""
+        with self._cond:
+            return len(self._heap)
+
+
+timer = DeadlineTimer()

@@ -1,0 +1,218 @@
+"""Metric collectors: the plugin point every command reports to, as hystrix-go's ``metricCollector``.
+
+``registry.register(factory)`` adds a factory; ``factory(name)`` is called once
+per circuit when the circuit is created, and each finished command then calls
+``update()`` on every collector exactly once with one :class:`MetricResult`
+(``attempts == 1``) carrying both its outcome and its fallback outcome.
+Collectors registered after a circuit was created do not apply to it (as in
+hystrix-go; ``flush()`` recreates circuits). A collector that raises is
+logged on the ``fasthystrix`` logger and never breaks the command.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Protocol, runtime_checkable
+
+from . import _clock, _impl
+from ._log import logger
+from ._metrics import MetricsSnapshot, error_percent
+
+__all__ = [
+    "DefaultMetricCollector",
+    "MetricCollector",
+    "MetricCollectorRegistry",
+    "MetricResult",
+    "registry",
+]
+
+_EVENT_FIELDS = (
+    "successes",
+    "failures",
+    "rejects",
+    "short_circuits",
+    "timeouts",
+    "context_canceled",
+    "context_deadline_exceeded",
+)
+
+
+@dataclass(frozen=True)
+class MetricResult:
+    """What one command reports: hystrix-go's ``MetricResult`` fields in snake_case."""
+
+    attempts: int = 0
+    errors: int = 0
+    successes: int = 0
+    failures: int = 0
+    rejects: int = 0
+    short_circuits: int = 0
+    timeouts: int = 0
+    fallback_successes: int = 0
+    fallback_failures: int = 0
+    context_canceled: int = 0
+    context_deadline_exceeded: int = 0
+    total_duration: timedelta = timedelta(0)
+    run_duration: timedelta = timedelta(0)
+    concurrency_in_use: float = 0.0
+
+    @classmethod
+    def from_event(
+        cls, event: int, fallback_event: int, run_us: int, total_us: int, concurrency_in_use: float
+    ) -> MetricResult:
+        """Build from the event indices used internally (``-1``: no fallback / no sample)."""
+        fields: dict[str, object] = {"attempts": 1, _EVENT_FIELDS[event]: 1}
+        if 1 <= event <= 4:  # failure, rejected, short-circuit, timeout
+            fields["errors"] = 1
+        if fallback_event == 7:
+            fields["fallback_successes"] = 1
+        elif fallback_event == 8:
+            fields["fallback_failures"] = 1
+        return cls(
+            total_duration=timedelta(microseconds=max(total_us, 0)),
+            run_duration=timedelta(microseconds=max(run_us, 0)),
+            concurrency_in_use=concurrency_in_use,
+            **fields,  # type: ignore[arg-type]
+        )
+
+    @property
+    def events(self) -> tuple[str, ...]:
+        """The hystrix-go event strings of this result (outcome first, then the fallback's)."""
+        names = []
+        for index, field_name in enumerate(_EVENT_FIELDS):
+            if getattr(self, field_name):
+                names.append(_impl.EVENT_NAMES[index])
+        if self.fallback_successes:
+            names.append("fallback-success")
+        if self.fallback_failures:
+            names.append("fallback-failure")
+        return tuple(names)
+
+
+@runtime_checkable
+class MetricCollector(Protocol):
+    """The whole plugin contract: two methods, as hystrix-go's ``MetricCollector``."""
+
+    def update(self, result: MetricResult) -> None:
+        """Record one finished command."""
+
+    def reset(self) -> None:
+        """Forget everything (called when the circuit closes and on ``flush()``)."""
+
+
+class DefaultMetricCollector:
+    """The rolling-window collector every circuit has first; ``CircuitBreaker.metrics()`` reads it."""
+
+    __slots__ = ("_lock", "_rolling", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._rolling = _impl.current().RollingMetrics()
+        # The owning circuit shares this lock, so updates and health checks see one state.
+        self._lock = threading.Lock()
+
+    def update(self, result: MetricResult) -> None:
+        """Record one result (the circuit's own commands record directly, without a ``MetricResult``)."""
+        event = next((i for i, f in enumerate(_EVENT_FIELDS) if getattr(result, f)), None)
+        if event is None:
+            raise ValueError(f"MetricResult has no outcome: {result!r}")
+        fallback_event = 7 if result.fallback_successes else 8 if result.fallback_failures else -1
+        run_us = result.run_duration // timedelta(microseconds=1) if event in (0, 1) else -1
+        total_us = result.total_duration // timedelta(microseconds=1) if event not in (2, 3) else -1
+        with self._lock:
+            self._rolling.record(event, fallback_event, _clock.now_ns(), run_us, total_us)
+
+    def reset(self) -> None:
+        """Forget every event and latency sample."""
+        with self._lock:
+            self._rolling.reset()
+
+    def snapshot(self, concurrent: int = 0, now_ns: int | None = None) -> MetricsSnapshot:
+        """A consistent reading of the window (``concurrent``: tickets in use, from the circuit)."""
+        now = _clock.now_ns() if now_ns is None else now_ns
+        with self._lock:
+            counts = self._rolling.counts(now)
+            run_slots, total_slots = self._rolling.latency_slots(now)
+        run = _impl.current().summarize(run_slots)
+        total = _impl.current().summarize(total_slots)
+        requests = sum(counts[:7])
+        errors = counts[1] + counts[2] + counts[3] + counts[4]
+        return MetricsSnapshot(
+            requests=requests,
+            errors=errors,
+            successes=counts[0],
+            failures=counts[1],
+            rejects=counts[2],
+            short_circuits=counts[3],
+            timeouts=counts[4],
+            context_canceled=counts[5],
+            context_deadline_exceeded=counts[6],
+            fallback_successes=counts[7],
+            fallback_failures=counts[8],
+            error_percent=error_percent(requests, errors),
+            concurrent=concurrent,
+            executed=counts[9],
+            max_concurrent=counts[10],
+            run_latency_percentiles=run.percentiles,
+            run_latency_mean=run.mean,
+            total_latency_percentiles=total.percentiles,
+            total_latency_mean=total.mean,
+        )
+
+
+MetricCollectorFactory = Callable[[str], MetricCollector]
+
+
+class MetricCollectorRegistry:
+    """The factories that make each new circuit's collectors; the default one always comes first."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._factories: tuple[MetricCollectorFactory, ...] = ()
+
+    def register(self, factory: MetricCollectorFactory) -> None:
+        """Add ``factory``; circuits created from now on get ``factory(name)`` as a collector."""
+        if not callable(factory):
+            raise TypeError(f"factory must be callable, not {factory!r}")
+        with self._lock:
+            self._factories = (*self._factories, factory)
+
+    def unregister(self, factory: MetricCollectorFactory) -> None:
+        """Remove a factory added with :meth:`register` (existing circuits keep their collectors)."""
+        with self._lock:
+            if factory not in self._factories:
+                raise ValueError(f"{factory!r} is not registered")
+            factories = list(self._factories)
+            factories.remove(factory)
+            self._factories = tuple(factories)
+
+    @property
+    def factories(self) -> tuple[Callable[[str], object], ...]:
+        """Every factory in the order circuits call them, the default collector's first."""
+        return (DefaultMetricCollector, *self._factories)
+
+    def initialize_metric_collectors(self, name: str) -> list[MetricCollector]:
+        """Call the registered (non-default) factories for a new circuit, checking what they return."""
+        collectors = []
+        for factory in self._factories:
+            # A broken plugin must not stop the circuit from being created: log and skip it.
+            try:
+                collector = factory(name)
+            except Exception:
+                logger.exception("metric collector factory %r failed for circuit %r", factory, name)
+                continue
+            if not isinstance(collector, MetricCollector):
+                logger.error(
+                    "metric collector factory %r returned %r, which has no update() and reset(); skipped",
+                    factory,
+                    collector,
+                )
+                continue
+            collectors.append(collector)
+        return collectors
+
+
+registry = MetricCollectorRegistry()

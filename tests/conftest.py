@@ -1,0 +1,91 @@
+"""Shared fixtures: every test runs on each implementation, on a clean registry, and
+must give back every concurrency ticket it took."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import fasthystrix
+from fasthystrix import _clock, _config, _impl, _registry
+from fasthystrix.metric_collector import registry as collector_registry
+
+
+def _implementations() -> list[str]:
+    names = ["pure"]
+    pure_only = os.environ.get("FASTHYSTRIX_NO_EXTENSIONS", "") not in ("", "0")
+    if _impl.COMPILED_MODULES and not pure_only:
+        # Never skip the compiled twin silently: if it was built, it must be tested.
+        if _impl.COMPILED is None:
+            raise RuntimeError(
+                f"compiled fasthystrix modules are missing ({_impl.WHY_PURE}); "
+                "set FASTHYSTRIX_NO_EXTENSIONS=1 to test the pure implementation only"
+            )
+        names.insert(0, "compiled")
+    return names
+
+
+@pytest.fixture(params=_implementations(), autouse=True)
+def impl(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The implementation under test; the registry is clean before and checked after."""
+    _impl.select(request.param)
+    _reset()
+    yield request.param
+    try:
+        _assert_tickets_returned()
+    finally:
+        _reset()
+
+
+def _reset() -> None:
+    _clock.set_clock(None)
+    fasthystrix.flush()
+    with _registry._lock:
+        _registry._settings.clear()
+    _config.set_defaults()
+    collector_registry._factories = ()
+
+
+def _assert_tickets_returned(timeout: float = 5.0) -> None:
+    """Every ticket must come back; runs abandoned at a timeout get a moment to end."""
+    deadline = time.monotonic() + timeout
+    while True:
+        leaked = {name: c.tickets_in_use for name, c in _registry.circuits().items() if c.tickets_in_use}
+        if not leaked:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"concurrency tickets not returned: {leaked}")
+        time.sleep(0.01)
+
+
+class FakeClock:
+    """A monotonic clock that moves only when told to."""
+
+    def __init__(self, start_ns: int = 1_000_000_000_000) -> None:
+        self.now = start_ns
+        self._lock = threading.Lock()
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, seconds: float = 0.0, *, ms: float = 0.0) -> None:
+        with self._lock:
+            self.now += int(seconds * 1e9) + int(ms * 1e6)
+
+
+@pytest.fixture
+def clock() -> Iterator[FakeClock]:
+    """Install a fake clock for circuits created during the test."""
+    fake = FakeClock()
+    _clock.set_clock(fake)
+    fasthystrix.flush()
+    yield fake
+    _clock.set_clock(None)
+
+
+def fasthystrix_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("fasthystrix")]
