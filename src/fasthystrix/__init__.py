@@ -34,7 +34,7 @@ from ._errors import (
     ErrTimeout,
     FallbackError,
     MaxConcurrencyError,
-    TimeoutError,
+    TimeoutError,  # noqa: A004 - hystrix-go's name; also a builtin TimeoutError subclass
 )
 from ._metrics import MetricsSnapshot
 from ._registry import configure, configure_command, flush, get_circuit, get_circuit_settings

@@ -260,9 +260,7 @@ class CircuitBreaker:
             if opened is None:
                 return TRIPPED
             # Only take the trial slot if the trial can run (a ticket is free).
-            if self._in_use >= settings.max_concurrent_requests or not self._allow_single_test_locked(
-                now, settings
-            ):
+            if self._in_use >= settings.max_concurrent_requests or not self._allow_single_test_locked(now, settings):
                 return SHORT_CIRCUITED
             verdict = self._episode
         if self._in_use >= settings.max_concurrent_requests:
@@ -385,7 +383,9 @@ class CircuitBreaker:
             end = clock()
             if not isinstance(exc, Exception):
                 # KeyboardInterrupt, SystemExit...: count a failure, give the ticket back, propagate.
-                self._report(FAILURE, NO_EVENT, end, (end - start) // _NS_PER_US, (end - start) // _NS_PER_US, verdict, True)
+                self._report(
+                    FAILURE, NO_EVENT, end, (end - start) // _NS_PER_US, (end - start) // _NS_PER_US, verdict, True
+                )
                 raise
             if end - start > settings.timeout_ns:
                 # It would have timed out had a timer been watching: a timeout, whatever run did.
@@ -430,7 +430,9 @@ class CircuitBreaker:
             end = clock()
             child.cancel()
             if not isinstance(exc, Exception):
-                self._report(FAILURE, NO_EVENT, end, (end - start) // _NS_PER_US, (end - start) // _NS_PER_US, verdict, True)
+                self._report(
+                    FAILURE, NO_EVENT, end, (end - start) // _NS_PER_US, (end - start) // _NS_PER_US, verdict, True
+                )
                 raise
             late = context_outcome(ctx, timeout_at, end)
             if late != NO_EVENT:

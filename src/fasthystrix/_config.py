@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Literal, Union
+from typing import Literal
 
 __all__ = [
     "DEFAULT_ERROR_PERCENT_THRESHOLD",
@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 Isolation = Literal["thread", "semaphore"]
-Duration = Union[int, timedelta]
+Duration = int | timedelta
 
 #: hystrix-go's defaults (milliseconds, counts, percent).
 DEFAULT_TIMEOUT = 1000
@@ -46,9 +46,7 @@ _ONE_US = timedelta(microseconds=1)
 
 def _duration_ns(field_name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, timedelta)):
-        raise TypeError(
-            f"{field_name} must be an int (milliseconds) or a datetime.timedelta, not {value!r}"
-        )
+        raise TypeError(f"{field_name} must be an int (milliseconds) or a datetime.timedelta, not {value!r}")
     if isinstance(value, timedelta):
         ns = (value // _ONE_US) * 1000
     else:

@@ -28,7 +28,8 @@ class Context:
     _background: Context | None = None
 
     def __init__(self, _parent: Context | None = None, _deadline_ns: int | None = None) -> None:
-        self._parent = _parent
+        self._parent: Context | None = _parent
+        self._deadline_ns: int | None
         self._lock = threading.Lock()
         self._cancel_ns: int | None = None
         self._callbacks: list[Callable[[], object]] | None = None
@@ -81,9 +82,7 @@ class Context:
 
     def done(self) -> bool:
         """Whether the context was cancelled or its deadline has passed."""
-        return self._cancel_ns is not None or (
-            self._deadline_ns is not None and _clock.now_ns() >= self._deadline_ns
-        )
+        return self._cancel_ns is not None or (self._deadline_ns is not None and _clock.now_ns() >= self._deadline_ns)
 
     def err(self) -> ContextCanceledError | ContextDeadlineExceededError | None:
         """``None`` while not done, else a fresh error saying why (whichever came first)."""

@@ -86,8 +86,8 @@ def select(name: str) -> Implementation:
     _current = impls[name]
     package = sys.modules.get(__package__ or "fasthystrix")
     if package is not None and hasattr(package, "do"):
-        package.do = _current.do
-        package.implementation = _current.name
+        setattr(package, "do", _current.do)  # noqa: B010 - the package's do() is the live fast path
+        setattr(package, "implementation", _current.name)  # noqa: B010
     from . import _registry
 
     _registry.bind_current()

@@ -135,7 +135,7 @@ class _Histogram:
         return twin
 
 
-def summarize(slots: "list[_Histogram]") -> LatencySummary:
+def summarize(slots: list[_Histogram]) -> LatencySummary:
     """Merge slot histograms into percentiles (nearest rank, as hystrix-go) and a mean."""
     count = sum(h.count for h in slots)
     if count == 0:
@@ -224,7 +224,7 @@ class RollingMetrics:
                 for i in range(NUM_EVENTS + 1):
                     totals[i] -= bucket[i]
                 bucket[:] = [0] * BUCKET_WIDTH
-        self._requests = sum(totals[:CONTEXT_DEADLINE_EXCEEDED + 1])
+        self._requests = sum(totals[: CONTEXT_DEADLINE_EXCEEDED + 1])
         self._errors = totals[FAILURE] + totals[REJECTED] + totals[SHORT_CIRCUIT] + totals[TIMEOUT]
         self._second = second
 

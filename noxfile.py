@@ -1,0 +1,72 @@
+"""Test sessions over every CPython 3.10+ this machine has (pyenv versions are found automatically).
+
+    nox            # tests on each interpreter, then lint
+    nox -s tests-3.12
+    nox -s bench   # benchmarks against the peers (not part of the default run)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import nox
+
+PYTHONS = ["3.10", "3.11", "3.12", "3.13", "3.14"]
+
+nox.options.sessions = ["tests", "lint"]
+nox.options.error_on_missing_interpreters = False
+nox.options.reuse_existing_virtualenvs = False
+
+
+def _expose_pyenv_interpreters() -> None:
+    """Put the newest pyenv build of each wanted minor version on PATH, so nox finds ``python3.X``."""
+    pyenv = shutil.which("pyenv")
+    if pyenv is None:
+        return
+    try:
+        root = subprocess.run([pyenv, "root"], capture_output=True, text=True, check=True).stdout.strip()
+        versions = subprocess.run(
+            [pyenv, "versions", "--bare"], capture_output=True, text=True, check=True
+        ).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        return
+    newest: dict[str, tuple[int, ...]] = {}
+    for version in versions:
+        match = re.fullmatch(r"(3\.\d+)\.(\d+)(t?)", version)
+        if match and match.group(1) in PYTHONS and not match.group(3):
+            key = match.group(1)
+            numbers = tuple(int(p) for p in version.split("."))
+            if numbers > newest.get(key, ()):
+                newest[key] = numbers
+    dirs = [str(Path(root) / "versions" / ".".join(map(str, v)) / "bin") for v in newest.values()]
+    os.environ["PATH"] = os.pathsep.join([*dirs, os.environ.get("PATH", "")])
+
+
+_expose_pyenv_interpreters()
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """The whole suite (both implementations, via the ``impl`` fixture) on one interpreter."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    """ruff (lint and format) and mypy --strict on the package."""
+    session.install("-e", ".[lint]")
+    session.run("ruff", "check", "src", "tests", "benchmarks", "examples", "noxfile.py", "setup.py")
+    session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "examples", "noxfile.py", "setup.py")
+    session.run("mypy")
+
+
+@nox.session(python="3.11")
+def bench(session: nox.Session) -> None:
+    """Benchmarks against a bare call and the peers, in one run (ratios, not absolute times)."""
+    session.install("-e", ".[bench]")
+    session.run("python", "benchmarks/compare.py", *session.posargs)
