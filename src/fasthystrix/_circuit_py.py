@@ -22,6 +22,7 @@ from ._errors import (
 from ._errors import TimeoutError as CommandTimeoutError
 from ._log import logger
 from ._metrics import MetricsSnapshot
+from ._pool_py import TicketPool
 
 __all__ = ["CircuitBreaker", "bind", "do"]
 
@@ -140,12 +141,12 @@ class CircuitBreaker:
         "_default",
         "_episode",
         "_force_open",
-        "_in_use",
         "_lock",
         "_metrics",
         "_open",
         "_opened_ns",
         "_settings",
+        "_tickets",
         "_workers",
         "name",
     )
@@ -169,12 +170,12 @@ class CircuitBreaker:
         self._force_open = False
         self._opened_ns = 0
         self._episode = 0
-        self._in_use = 0
+        self._tickets = TicketPool()
         self._workers: Any = None
 
     def __repr__(self) -> str:
         state = "forced open" if self._force_open else "open" if self._open else "closed"
-        return f"<CircuitBreaker {self.name!r} {state} tickets={self._in_use}>"
+        return f"<CircuitBreaker {self.name!r} {state} tickets={self._tickets.in_use}>"
 
     # -- public API ----------------------------------------------------------------
 
@@ -219,7 +220,7 @@ class CircuitBreaker:
     @property
     def tickets_in_use(self) -> int:
         """Concurrency tickets currently taken (commands whose run has not ended)."""
-        return self._in_use
+        return self._tickets.in_use
 
     def state(self) -> str:
         """``"closed"``, ``"open"`` or ``"forced-open"``, read without side effects."""
@@ -227,7 +228,7 @@ class CircuitBreaker:
 
     def metrics(self) -> MetricsSnapshot:
         """A snapshot of the rolling window: counts, error percent, tickets, latencies."""
-        snapshot: MetricsSnapshot = self._default.snapshot(self._in_use, self._clock())
+        snapshot: MetricsSnapshot = self._default.snapshot(self._tickets.in_use, self._clock())
         return snapshot
 
     # -- state machine (lock held) ----------------------------------------------------
@@ -260,13 +261,15 @@ class CircuitBreaker:
             if opened is None:
                 return TRIPPED
             # Only take the trial slot if the trial can run (a ticket is free).
-            if self._in_use >= settings.max_concurrent_requests or not self._allow_single_test_locked(now, settings):
+            if self._tickets.in_use >= settings.max_concurrent_requests or not self._allow_single_test_locked(
+                now, settings
+            ):
                 return SHORT_CIRCUITED
             verdict = self._episode
-        if self._in_use >= settings.max_concurrent_requests:
+        in_use = self._tickets.try_take(settings.max_concurrent_requests)
+        if in_use < 0:
             return REJECTED_VERDICT
-        self._in_use += 1
-        self._metrics.record_executed(now, self._in_use)
+        self._metrics.record_executed(now, in_use)
         return verdict
 
     # -- building blocks shared with thread isolation -----------------------------------
@@ -284,7 +287,7 @@ class CircuitBreaker:
     def _release(self) -> None:
         """Give a ticket back."""
         with self._lock:
-            self._in_use -= 1
+            self._tickets.give_back()
 
     def _report(
         self, event: int, fallback_event: int, now: int, run_us: int, total_us: int, trial: int, release: bool
@@ -293,7 +296,7 @@ class CircuitBreaker:
         closed = False
         with self._lock:
             if release:
-                self._in_use -= 1
+                self._tickets.give_back()
             # Only the trial of the current open episode closes the circuit (hystrix-go let any
             # success close it, even one that started before the circuit opened).
             if trial > 0 and event == SUCCESS and self._open and trial == self._episode:
@@ -301,7 +304,7 @@ class CircuitBreaker:
                 self._metrics.reset()
                 closed = True
             self._metrics.record(event, fallback_event, now, run_us, total_us)
-            in_use = self._in_use
+            in_use = self._tickets.in_use
         if closed:
             logger.info("closing circuit %s", self.name)
         if closed or self._collectors:
@@ -398,7 +401,7 @@ class CircuitBreaker:
         if verdict == 0 and not self._collectors:
             # The common case, inlined: give the ticket back and count the success.
             with self._lock:
-                self._in_use -= 1
+                self._tickets.in_use -= 1  # TicketPool.give_back(), inlined on the hot path
                 self._metrics.record(SUCCESS, NO_EVENT, end, elapsed // _NS_PER_US, elapsed // _NS_PER_US)
             return value
         self._report(SUCCESS, NO_EVENT, end, elapsed // _NS_PER_US, elapsed // _NS_PER_US, verdict, True)

@@ -39,6 +39,9 @@ DEFAULT_SLEEP_WINDOW = 5000
 DEFAULT_ERROR_PERCENT_THRESHOLD = 50
 DEFAULT_ISOLATION: Isolation = "thread"
 
+#: The longest timeout or sleep window (365 days): longer waits overflow the OS's timers.
+MAX_DURATION_MS = 365 * 24 * 3600 * 1000
+
 _ISOLATIONS = ("thread", "semaphore")
 _NS_PER_MS = 1_000_000
 _ONE_US = timedelta(microseconds=1)
@@ -53,6 +56,8 @@ def _duration_ns(field_name: str, value: object) -> int:
         ns = value * _NS_PER_MS
     if ns < 0:
         raise ValueError(f"{field_name} must not be negative, got {value!r}")
+    if ns > MAX_DURATION_MS * _NS_PER_MS:
+        raise ValueError(f"{field_name} must be at most {MAX_DURATION_MS} ms (365 days), got {value!r}")
     return ns
 
 

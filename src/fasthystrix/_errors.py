@@ -68,12 +68,18 @@ class ContextCanceledError(Exception):
     def __init__(self) -> None:
         super().__init__("context canceled")
 
+    def __reduce__(self) -> tuple[type[ContextCanceledError], tuple[()]]:
+        return (type(self), ())
+
 
 class ContextDeadlineExceededError(builtins.TimeoutError):
     """The command's context deadline passed before the command finished."""
 
     def __init__(self) -> None:
         super().__init__("context deadline exceeded")
+
+    def __reduce__(self) -> tuple[type[ContextDeadlineExceededError], tuple[()]]:
+        return (type(self), ())
 
 
 class FallbackError(Exception):

@@ -57,6 +57,8 @@ MAX_ACTIVE = 10
 BUCKET_WIDTH = 11
 
 COUNTER_BUCKETS = 10
+_REQUEST_EVENTS = CONTEXT_DEADLINE_EXCEEDED + 1  # events below this index are requests
+_ZEROS = [0] * BUCKET_WIDTH
 NS_PER_SECOND = 1_000_000_000
 
 LATENCY_SLOTS = 4
@@ -185,12 +187,11 @@ class RollingMetrics:
         "_latency_total",
         "_requests",
         "_second",
-        "_totals",
     )
 
     def __init__(self) -> None:
         self._buckets = [[0] * BUCKET_WIDTH for _ in range(COUNTER_BUCKETS)]
-        self._totals = [0] * BUCKET_WIDTH
+        # Running totals of the window, so the health check never sums buckets.
         self._requests = 0
         self._errors = 0
         self._second = 0
@@ -201,96 +202,86 @@ class RollingMetrics:
     def reset(self) -> None:
         """Forget every event and sample."""
         for bucket in self._buckets:
-            bucket[:] = [0] * BUCKET_WIDTH
-        self._totals[:] = [0] * BUCKET_WIDTH
+            bucket[:] = _ZEROS
         self._requests = 0
         self._errors = 0
         self._latency_run = [None] * LATENCY_SLOTS
         self._latency_total = [None] * LATENCY_SLOTS
         self._latency_stamp = [-1] * LATENCY_SLOTS
 
-    def _rotate(self, second: int) -> None:
+    def _bucket(self, second: int) -> list[int]:
+        """The bucket of ``second``, expiring the buckets the window has moved past."""
         last = self._second
-        if second <= last:
-            return
-        totals = self._totals
-        if second - last >= COUNTER_BUCKETS:
+        if second > last:
+            for s in range(max(last + 1, second - COUNTER_BUCKETS + 1), second + 1):
+                self._buckets[s % COUNTER_BUCKETS][:] = _ZEROS
+            # Recount the totals from the buckets (once a second at most): the compiled twin
+            # relies on this to heal any drift between its lock-free totals and buckets.
+            requests = errors = 0
             for bucket in self._buckets:
-                bucket[:] = [0] * BUCKET_WIDTH
-            totals[:] = [0] * BUCKET_WIDTH
-        else:
-            for s in range(last + 1, second + 1):
-                bucket = self._buckets[s % COUNTER_BUCKETS]
-                for i in range(NUM_EVENTS + 1):
-                    totals[i] -= bucket[i]
-                bucket[:] = [0] * BUCKET_WIDTH
-        self._requests = sum(totals[: CONTEXT_DEADLINE_EXCEEDED + 1])
-        self._errors = totals[FAILURE] + totals[REJECTED] + totals[SHORT_CIRCUIT] + totals[TIMEOUT]
-        self._second = second
+                requests += sum(bucket[:_REQUEST_EVENTS])
+                errors += bucket[FAILURE] + bucket[REJECTED] + bucket[SHORT_CIRCUIT] + bucket[TIMEOUT]
+            self._requests = requests
+            self._errors = errors
+            self._second = second
+        elif second < last:
+            # A report stamped a moment before another thread moved the window on: count it now.
+            second = last
+        return self._buckets[second % COUNTER_BUCKETS]
 
     def health(self, now_ns: int) -> tuple[int, int]:
         """``(requests, errors)`` in the window ending at ``now_ns``."""
         second = now_ns // NS_PER_SECOND
         if second != self._second:
-            self._rotate(second)
+            self._bucket(second)
         return self._requests, self._errors
 
     def record(self, event: int, fallback_event: int, now_ns: int, run_us: int, total_us: int) -> None:
-        """Count one command: its event, its fallback event (or -1) and its latencies (or -1)."""
+        """Count one command: its event, its fallback event (or -1) and its latencies in us (or -1)."""
         second = now_ns // NS_PER_SECOND
-        if second != self._second:
-            self._rotate(second)
-        bucket = self._buckets[second % COUNTER_BUCKETS]
-        totals = self._totals
+        bucket = self._buckets[second % COUNTER_BUCKETS] if second == self._second else self._bucket(second)
         bucket[event] += 1
-        totals[event] += 1
-        if event <= CONTEXT_DEADLINE_EXCEEDED:
+        if event < _REQUEST_EVENTS:
             self._requests += 1
             if FAILURE <= event <= TIMEOUT:
                 self._errors += 1
         if fallback_event >= 0:
             bucket[fallback_event] += 1
-            totals[fallback_event] += 1
         if run_us >= 0 or total_us >= 0:
-            self._record_latency(second, run_us, total_us)
+            stamp = second // LATENCY_SLOT_SECONDS
+            slot = stamp % LATENCY_SLOTS
+            if self._latency_stamp[slot] != stamp:
+                if self._latency_stamp[slot] > stamp:
+                    return  # stamped before the slot was reused for a later minute: no sample
+                # The slot held samples from a minute ago (or none): start it afresh.
+                self._latency_stamp[slot] = stamp
+                self._latency_run[slot] = None
+                self._latency_total[slot] = None
+            if run_us >= 0:
+                h = self._latency_run[slot]
+                if h is None:
+                    h = self._latency_run[slot] = _Histogram()
+                h.add(run_us)
+            if total_us >= 0:
+                h = self._latency_total[slot]
+                if h is None:
+                    h = self._latency_total[slot] = _Histogram()
+                h.add(total_us)
 
     def record_executed(self, now_ns: int, active: int) -> None:
         """Count a command that took a ticket, with the tickets in use after it did."""
         second = now_ns // NS_PER_SECOND
-        if second != self._second:
-            self._rotate(second)
-        bucket = self._buckets[second % COUNTER_BUCKETS]
+        bucket = self._buckets[second % COUNTER_BUCKETS] if second == self._second else self._bucket(second)
         bucket[EXECUTED] += 1
-        self._totals[EXECUTED] += 1
         if active > bucket[MAX_ACTIVE]:
             bucket[MAX_ACTIVE] = active
 
-    def _record_latency(self, second: int, run_us: int, total_us: int) -> None:
-        stamp = second // LATENCY_SLOT_SECONDS
-        slot = stamp % LATENCY_SLOTS
-        if self._latency_stamp[slot] != stamp:
-            # The slot held samples from a minute ago (or none): start it afresh.
-            self._latency_stamp[slot] = stamp
-            self._latency_run[slot] = None
-            self._latency_total[slot] = None
-        if run_us >= 0:
-            h = self._latency_run[slot]
-            if h is None:
-                h = self._latency_run[slot] = _Histogram()
-            h.add(run_us)
-        if total_us >= 0:
-            h = self._latency_total[slot]
-            if h is None:
-                h = self._latency_total[slot] = _Histogram()
-            h.add(total_us)
-
     def counts(self, now_ns: int) -> tuple[int, ...]:
         """Window totals of the 9 events, then executed and the window's max tickets in use."""
-        second = now_ns // NS_PER_SECOND
-        if second != self._second:
-            self._rotate(second)
-        max_active = max(bucket[MAX_ACTIVE] for bucket in self._buckets)
-        return (*self._totals[: NUM_EVENTS + 1], max_active)
+        self._bucket(now_ns // NS_PER_SECOND)
+        buckets = self._buckets
+        sums = [sum(bucket[i] for bucket in buckets) for i in range(NUM_EVENTS + 1)]
+        return (*sums, max(bucket[MAX_ACTIVE] for bucket in buckets))
 
     def latency_slots(self, now_ns: int) -> tuple[list[_Histogram], list[_Histogram]]:
         """Copies of the ``(run, total)`` histograms of the last 60 seconds, for :func:`summarize`.

@@ -1,0 +1,89 @@
+/* C11 atomics behind small static inline wrappers, one memory order named in each.
+ *
+ * Counters are "relaxed": each is an independent tally read for statistics, and
+ * nothing else is published through them. The circuit state word and the bucket
+ * stamps use acquire/release, because a reader that sees a new stamp must also
+ * see the zeroed bucket behind it. MSVC before C11 atomics gets the Interlocked
+ * intrinsics (full barriers, stronger than asked, never weaker).
+ */
+#ifndef FASTHYSTRIX_ATOMIC_H
+#define FASTHYSTRIX_ATOMIC_H
+
+#include <stdint.h>
+
+#if defined(_MSC_VER) && !defined(__clang__)
+#include <intrin.h>
+#include <windows.h>
+
+static inline int64_t fh_load_relaxed(int64_t *p) { return *(volatile int64_t *)p; }
+static inline int64_t fh_load_acquire(int64_t *p) { int64_t v = *(volatile int64_t *)p; _ReadWriteBarrier(); return v; }
+static inline void fh_store_relaxed(int64_t *p, int64_t v) { *(volatile int64_t *)p = v; }
+static inline void fh_store_release(int64_t *p, int64_t v) { _ReadWriteBarrier(); *(volatile int64_t *)p = v; }
+static inline int64_t fh_add_relaxed(int64_t *p, int64_t v) { return _InterlockedExchangeAdd64((volatile long long *)p, v); }
+static inline int64_t fh_add_acq_rel(int64_t *p, int64_t v) { return _InterlockedExchangeAdd64((volatile long long *)p, v); }
+static inline int fh_cas_acq_rel(int64_t *p, int64_t *expected, int64_t desired) {
+    int64_t seen = _InterlockedCompareExchange64((volatile long long *)p, desired, *expected);
+    if (seen == *expected) return 1;
+    *expected = seen;
+    return 0;
+}
+static inline void fh_add32_relaxed(uint32_t *p, uint32_t v) { _InterlockedExchangeAdd((volatile long *)p, (long)v); }
+static inline uint32_t fh_load32_relaxed(uint32_t *p) { return *(volatile uint32_t *)p; }
+static inline void fh_pause(void) { YieldProcessor(); }
+static inline void fh_yield(void) { SwitchToThread(); }
+
+#else
+#include <stdatomic.h>
+#include <sched.h>
+
+#define FH_A(p) ((_Atomic int64_t *)(p))
+static inline int64_t fh_load_relaxed(int64_t *p) { return atomic_load_explicit(FH_A(p), memory_order_relaxed); }
+static inline int64_t fh_load_acquire(int64_t *p) { return atomic_load_explicit(FH_A(p), memory_order_acquire); }
+static inline void fh_store_relaxed(int64_t *p, int64_t v) { atomic_store_explicit(FH_A(p), v, memory_order_relaxed); }
+static inline void fh_store_release(int64_t *p, int64_t v) { atomic_store_explicit(FH_A(p), v, memory_order_release); }
+static inline int64_t fh_add_relaxed(int64_t *p, int64_t v) { return atomic_fetch_add_explicit(FH_A(p), v, memory_order_relaxed); }
+static inline int64_t fh_add_acq_rel(int64_t *p, int64_t v) { return atomic_fetch_add_explicit(FH_A(p), v, memory_order_acq_rel); }
+static inline int fh_cas_acq_rel(int64_t *p, int64_t *expected, int64_t desired) {
+    return atomic_compare_exchange_strong_explicit(FH_A(p), expected, desired, memory_order_acq_rel, memory_order_acquire);
+}
+static inline void fh_add32_relaxed(uint32_t *p, uint32_t v) { atomic_fetch_add_explicit((_Atomic uint32_t *)p, v, memory_order_relaxed); }
+static inline uint32_t fh_load32_relaxed(uint32_t *p) { return atomic_load_explicit((_Atomic uint32_t *)p, memory_order_relaxed); }
+#if defined(__x86_64__) || defined(__i386__)
+static inline void fh_pause(void) { __builtin_ia32_pause(); }
+#elif defined(__aarch64__)
+static inline void fh_pause(void) { __asm__ __volatile__("yield"); }
+#else
+static inline void fh_pause(void) { }
+#endif
+static inline void fh_yield(void) { sched_yield(); }
+#endif
+
+/* A spinlock for the rare multi-field transitions (bucket expiry, opening and
+ * closing the circuit). Holders never call into Python, so a waiter only ever
+ * waits for a few hundred instructions; it yields the CPU if it waits longer. */
+static inline void fh_spin_lock(int64_t *lock) {
+    int spins = 0;
+    for (;;) {
+        int64_t expected = 0;
+        if (fh_load_relaxed(lock) == 0 && fh_cas_acq_rel(lock, &expected, 1)) return;
+        if (++spins < 64) fh_pause(); else { fh_yield(); spins = 0; }
+    }
+}
+static inline void fh_spin_unlock(int64_t *lock) { fh_store_release(lock, 0); }
+
+/* The monotonic clock, in nanoseconds: the same clock as time.monotonic_ns() on
+ * Linux (CPython reads CLOCK_MONOTONIC there). Elsewhere callers use Python's. */
+#if defined(__linux__)
+#include <time.h>
+#define FH_HAVE_MONOTONIC_NS 1
+static inline int64_t fh_monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+#else
+#define FH_HAVE_MONOTONIC_NS 0
+static inline int64_t fh_monotonic_ns(void) { return -1; }
+#endif
+
+#endif /* FASTHYSTRIX_ATOMIC_H */

@@ -1,0 +1,19 @@
+# cython: language_level=3
+# Declarations of _atomic.h: C11 atomics on int64 words, a spinlock and the monotonic clock.
+from libc.stdint cimport int64_t, uint32_t
+
+
+cdef extern from "_atomic.h" nogil:
+    int64_t fh_load_relaxed(int64_t *p)
+    int64_t fh_load_acquire(int64_t *p)
+    void fh_store_relaxed(int64_t *p, int64_t v)
+    void fh_store_release(int64_t *p, int64_t v)
+    int64_t fh_add_relaxed(int64_t *p, int64_t v)
+    int64_t fh_add_acq_rel(int64_t *p, int64_t v)
+    bint fh_cas_acq_rel(int64_t *p, int64_t *expected, int64_t desired)
+    void fh_add32_relaxed(uint32_t *p, uint32_t v)
+    uint32_t fh_load32_relaxed(uint32_t *p)
+    void fh_spin_lock(int64_t *lock)
+    void fh_spin_unlock(int64_t *lock)
+    int FH_HAVE_MONOTONIC_NS
+    int64_t fh_monotonic_ns()
