@@ -12,19 +12,14 @@ from collections.abc import Callable
 from typing import Any
 
 from ._context import Context
-from ._errors import (
-    CircuitOpenError,
-    ContextCanceledError,
-    ContextDeadlineExceededError,
-    FallbackError,
-    MaxConcurrencyError,
-)
+from ._errors import FallbackError
 from ._errors import TimeoutError as CommandTimeoutError
 from ._log import logger
 from ._metrics import MetricsSnapshot
+from ._outcomes import check_arguments, classify, context_outcome, error_for
 from ._pool_py import TicketPool
 
-__all__ = ["CircuitBreaker", "bind", "do"]
+__all__ = ["CircuitBreaker", "bind", "check_arguments", "classify", "context_outcome", "do", "error_for"]
 
 # Event indices (see _rolling_py).
 SUCCESS = 0
@@ -66,16 +61,6 @@ def bind(
     _run_threaded = run_threaded
 
 
-def check_arguments(name: object, run: object, fallback: object) -> None:
-    """Raise ``TypeError`` for a non-string name or a non-callable run/fallback."""
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a str, not {name!r}")
-    if not callable(run):
-        raise TypeError(f"run must be callable, not {run!r}")
-    if fallback is not None and not callable(fallback):
-        raise TypeError(f"fallback must be callable or None, not {fallback!r}")
-
-
 def do(name: str, run: Callable[[], Any], fallback: Callable[[BaseException], Any] | None = None) -> Any:
     """Run ``run()`` as command ``name``; see :func:`fasthystrix.do`."""
     if not isinstance(name, str) or not callable(run) or (fallback is not None and not callable(fallback)):
@@ -84,47 +69,6 @@ def do(name: str, run: Callable[[], Any], fallback: Callable[[BaseException], An
     if circuit is None:
         circuit = _get_or_create(name)  # type: ignore[misc]
     return circuit.execute(run, fallback)
-
-
-def classify(exc: BaseException) -> int:
-    """The event of an error raised by ``run``: context errors are context events, all else failure."""
-    if isinstance(exc, ContextCanceledError):
-        return CONTEXT_CANCELED
-    if isinstance(exc, ContextDeadlineExceededError):
-        return CONTEXT_DEADLINE_EXCEEDED
-    return FAILURE
-
-
-def error_for(event: int) -> BaseException:
-    """A fresh error instance for an outcome fasthystrix decided itself."""
-    if event == SHORT_CIRCUIT:
-        return CircuitOpenError()
-    if event == REJECTED:
-        return MaxConcurrencyError()
-    if event == TIMEOUT:
-        return CommandTimeoutError()
-    if event == CONTEXT_CANCELED:
-        return ContextCanceledError()
-    return ContextDeadlineExceededError()
-
-
-def context_outcome(ctx: Context, timeout_at: int, end: int) -> int:
-    """Which deadline passed first by ``end``: ``TIMEOUT``, a context event, or ``NO_EVENT``.
-
-    Both clocks are the same monotonic clock, so "first" is decided by the
-    recorded instants rather than by which thread happened to wake up first.
-    """
-    cancel_at = ctx._cancel_ns
-    deadline = ctx._deadline_ns
-    ctx_at = None
-    ctx_event = NO_EVENT
-    if deadline is not None and deadline <= end:
-        ctx_at, ctx_event = deadline, CONTEXT_DEADLINE_EXCEEDED
-    if cancel_at is not None and cancel_at <= end and (ctx_at is None or cancel_at < ctx_at):
-        ctx_at, ctx_event = cancel_at, CONTEXT_CANCELED
-    if end > timeout_at and (ctx_at is None or timeout_at < ctx_at):
-        return TIMEOUT
-    return ctx_event
 
 
 class CircuitBreaker:
@@ -249,7 +193,9 @@ class CircuitBreaker:
         return None
 
     def _allow_single_test_locked(self, now: int, settings: Any) -> bool:
-        if self._open and now > self._opened_ns + settings.sleep_window_ns:
+        # A forced-open circuit lets no trial through, even if it also tripped (hystrix-go did,
+        # and a trial's success then "closed" a circuit that stayed forced open).
+        if self._open and not self._force_open and now > self._opened_ns + settings.sleep_window_ns:
             self._opened_ns = now
             return True
         return False

@@ -27,12 +27,14 @@ __all__ = [
 class CircuitError(Exception):
     """Base of the errors a command itself produces; ``str()`` is ``"hystrix: " + message``."""
 
-    message: str = "circuit error"
+    # No __init__: BaseException's own (in C) keeps creating one per failing call cheap.
+    _default_message = "circuit error"
 
-    def __init__(self, message: str | None = None) -> None:
-        if message is not None:
-            self.message = message
-        super().__init__(self.message)
+    @property
+    def message(self) -> str:
+        """hystrix-go's ``CircuitError.Message``: ``"circuit open"``, ``"max concurrency"``, ``"timeout"``."""
+        args = self.args
+        return str(args[0]) if args else self._default_message
 
     def __str__(self) -> str:
         return "hystrix: " + self.message
@@ -40,46 +42,37 @@ class CircuitError(Exception):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r})"
 
-    def __reduce__(self) -> tuple[type[CircuitError], tuple[str]]:
-        return (type(self), (self.message,))
-
 
 class CircuitOpenError(CircuitError):
     """The circuit is open (tripped or forced): the call was short-circuited."""
 
-    message = "circuit open"
+    _default_message = "circuit open"
 
 
 class MaxConcurrencyError(CircuitError):
     """Every concurrency ticket of the command was taken: the call was rejected."""
 
-    message = "max concurrency"
+    _default_message = "max concurrency"
 
 
 class TimeoutError(CircuitError, builtins.TimeoutError):  # noqa: A001 - hystrix-go's name
     """The command did not finish within its timeout."""
 
-    message = "timeout"
+    _default_message = "timeout"
 
 
 class ContextCanceledError(Exception):
     """The command's context was cancelled before the command finished."""
 
-    def __init__(self) -> None:
-        super().__init__("context canceled")
-
-    def __reduce__(self) -> tuple[type[ContextCanceledError], tuple[()]]:
-        return (type(self), ())
+    def __str__(self) -> str:
+        return "context canceled"
 
 
 class ContextDeadlineExceededError(builtins.TimeoutError):
     """The command's context deadline passed before the command finished."""
 
-    def __init__(self) -> None:
-        super().__init__("context deadline exceeded")
-
-    def __reduce__(self) -> tuple[type[ContextDeadlineExceededError], tuple[()]]:
-        return (type(self), ())
+    def __str__(self) -> str:
+        return "context deadline exceeded"
 
 
 class FallbackError(Exception):

@@ -1,0 +1,74 @@
+"""How a command's outcome is decided, shared by both implementations (all off the success path)."""
+
+from __future__ import annotations
+
+from ._context import Context
+from ._errors import (
+    CircuitOpenError,
+    ContextCanceledError,
+    ContextDeadlineExceededError,
+    MaxConcurrencyError,
+)
+from ._errors import TimeoutError as CommandTimeoutError
+
+__all__ = ["check_arguments", "classify", "context_outcome", "error_for"]
+
+# Event indices (see _rolling_py).
+FAILURE = 1
+REJECTED = 2
+SHORT_CIRCUIT = 3
+TIMEOUT = 4
+CONTEXT_CANCELED = 5
+CONTEXT_DEADLINE_EXCEEDED = 6
+NO_EVENT = -1
+
+
+def check_arguments(name: object, run: object, fallback: object) -> None:
+    """Raise ``TypeError`` for a non-string name or a non-callable run/fallback."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, not {name!r}")
+    if not callable(run):
+        raise TypeError(f"run must be callable, not {run!r}")
+    if fallback is not None and not callable(fallback):
+        raise TypeError(f"fallback must be callable or None, not {fallback!r}")
+
+
+def classify(exc: BaseException) -> int:
+    """The event of an error raised by ``run``: context errors are context events, all else failure."""
+    if isinstance(exc, ContextCanceledError):
+        return CONTEXT_CANCELED
+    if isinstance(exc, ContextDeadlineExceededError):
+        return CONTEXT_DEADLINE_EXCEEDED
+    return FAILURE
+
+
+def error_for(event: int) -> BaseException:
+    """A fresh error instance for an outcome fasthystrix decided itself."""
+    if event == SHORT_CIRCUIT:
+        return CircuitOpenError()
+    if event == REJECTED:
+        return MaxConcurrencyError()
+    if event == TIMEOUT:
+        return CommandTimeoutError()
+    if event == CONTEXT_CANCELED:
+        return ContextCanceledError()
+    return ContextDeadlineExceededError()
+
+
+def context_outcome(ctx: Context, timeout_at: int, end: int) -> int:
+    """Which deadline passed first by ``end``: ``TIMEOUT``, a context event, or ``NO_EVENT``.
+
+    Both clocks are the same monotonic clock, so "first" is decided by the
+    recorded instants rather than by which thread happened to wake up first.
+    """
+    cancel_at = ctx._cancel_ns
+    deadline = ctx._deadline_ns
+    ctx_at = None
+    ctx_event = NO_EVENT
+    if deadline is not None and deadline <= end:
+        ctx_at, ctx_event = deadline, CONTEXT_DEADLINE_EXCEEDED
+    if cancel_at is not None and cancel_at <= end and (ctx_at is None or cancel_at < ctx_at):
+        ctx_at, ctx_event = cancel_at, CONTEXT_CANCELED
+    if end > timeout_at and (ctx_at is None or timeout_at < ctx_at):
+        return TIMEOUT
+    return ctx_event
