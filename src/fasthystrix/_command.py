@@ -241,10 +241,14 @@ def run_threaded(circuit: Any, settings: Any, run: Callable[..., Any], fallback:
                     break
                 wake.clear()
     except BaseException:
-        # Interrupted while waiting (KeyboardInterrupt): the worker still owns and returns the ticket.
+        # Interrupted while waiting (KeyboardInterrupt): count a failure, as for a BaseException
+        # out of run; the worker still owns the ticket and returns it when run ends.
         with execution.lock:
-            if execution.state == PENDING:
+            interrupted = execution.state == PENDING
+            if interrupted:
                 execution.state = EXPIRED
+        if interrupted:
+            circuit._report(FAILURE, NO_EVENT, clock(), -1, (clock() - start) // _NS_PER_US, verdict, False)
         raise
     finally:
         if watch:

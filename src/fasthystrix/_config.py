@@ -10,6 +10,7 @@ panicking later.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
@@ -119,8 +120,8 @@ class CommandConfig:
         """Build from a ``CommandConfig`` or a mapping of its field names (e.g. parsed JSON)."""
         if isinstance(mapping, CommandConfig):
             return mapping
-        if not isinstance(mapping, dict):
-            raise TypeError(f"config must be a CommandConfig or a dict, not {mapping!r}")
+        if not isinstance(mapping, Mapping):
+            raise TypeError(f"config must be a CommandConfig or a mapping, not {mapping!r}")
         unknown = set(mapping) - _FIELDS
         if unknown:
             raise ValueError(f"unknown CommandConfig field(s): {sorted(map(str, unknown))}")

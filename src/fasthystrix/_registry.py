@@ -27,6 +27,7 @@ _settings: dict[str, Settings] = {}
 # Serialises circuit creation (so each factory runs once per circuit) and settings changes.
 # Reentrant: a collector factory may itself use fasthystrix.
 _lock = threading.RLock()
+_creating: set[str] = set()  # names whose circuit is being created (guarded by _lock)
 
 
 def _check_name(name: object) -> str:
@@ -109,13 +110,26 @@ def get_circuit(name: str) -> tuple[Any, bool]:
         circuit = _circuits.get(name)
         if circuit is not None:
             return circuit, False
-        settings = get_settings(name)
-        default = DefaultMetricCollector(name)
-        collectors = registry.initialize_metric_collectors(name)
-        circuit = _impl.current().CircuitBreaker(name, settings, default, collectors, _clock.get_clock())
-        circuit._workers = WorkerPool(name)
-        _circuits[name] = circuit
-        return circuit, True
+        if name in _creating:
+            raise RuntimeError(
+                f"circuit {name!r} is being created: a metric collector factory cannot use its own circuit"
+            )
+        _creating.add(name)
+        try:
+            return _create(name), True
+        finally:
+            _creating.discard(name)
+
+
+def _create(name: str) -> Any:
+    """Build and register the circuit of ``name`` (with ``_lock`` held)."""
+    settings = get_settings(name)
+    default = DefaultMetricCollector(name)
+    collectors = registry.initialize_metric_collectors(name)
+    circuit = _impl.current().CircuitBreaker(name, settings, default, collectors, _clock.get_clock())
+    circuit._workers = WorkerPool(name)
+    _circuits[name] = circuit
+    return circuit
 
 
 def circuits() -> dict[str, Any]:

@@ -96,14 +96,18 @@ class WorkerPool:
             return [w.thread for w in self._workers if w.thread is not None]
 
     def shutdown(self, timeout: float | None = 1.0) -> None:
-        """Stop idle workers now and busy ones after their task; wait up to ``timeout`` for them."""
+        """Stop idle workers now (waiting up to ``timeout`` for them) and busy ones after their task.
+
+        Busy workers are not waited for: their run may take arbitrarily long, and
+        they exit on their own as soon as it ends.
+        """
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
             for worker in idle:
                 worker.task = None
                 worker.wake.release()
-            threads = [w.thread for w in self._workers if w.thread is not None]
+            threads = [w.thread for w in idle if w.thread is not None]
         current = threading.current_thread()
         for thread in threads:
             if thread is not current:

@@ -1,0 +1,137 @@
+"""flush(): resets metrics, forgets circuits, keeps settings, and leaves no fasthystrix thread behind."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+
+import fasthystrix
+from conftest import FakeClock, fasthystrix_threads
+from fasthystrix import Context, _registry
+
+
+def _wait_no_threads(timeout: float = 2.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [t.name for t in fasthystrix_threads() if t.is_alive()]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.01)
+
+
+def _wait_tickets(name: str, timeout: float = 2.0) -> None:
+    circuit = fasthystrix.get_circuit(name)[0]
+    deadline = time.monotonic() + timeout
+    while circuit.tickets_in_use and time.monotonic() < deadline:
+        time.sleep(0.002)
+    assert circuit.tickets_in_use == 0
+
+
+def test_flush_forgets_circuits_and_resets_metrics() -> None:
+    fasthystrix.do("a", lambda: None)
+    with pytest.raises(ZeroDivisionError):
+        fasthystrix.do("b", lambda: 1 / 0)
+    old_a = fasthystrix.get_circuit("a")[0]
+    assert old_a.metrics().successes == 1
+    fasthystrix.flush()
+    assert _registry.circuits() == {}
+    assert old_a.metrics().requests == 0
+    new_a, created = fasthystrix.get_circuit("a")
+    assert created
+    assert new_a is not old_a
+    assert new_a.metrics().requests == 0
+    new_b, created = fasthystrix.get_circuit("b")
+    assert created
+    assert new_b.metrics().failures == 0
+    assert fasthystrix.get_circuit("a") == (new_a, False)
+
+
+def test_flush_keeps_settings() -> None:
+    settings = fasthystrix.configure_command("kept", {"timeout": 42, "max_concurrent_requests": 3})
+    fasthystrix.do("auto", lambda: None)
+    auto = fasthystrix.get_circuit_settings()["auto"]
+    fasthystrix.get_circuit("kept")
+    fasthystrix.flush()
+    table = fasthystrix.get_circuit_settings()
+    assert table["kept"] is settings
+    assert table["auto"] is auto
+    circuit, created = fasthystrix.get_circuit("kept")
+    assert created
+    assert circuit.settings is settings
+    assert circuit.settings.timeout == timedelta(milliseconds=42)
+
+
+def test_flush_forgets_open_and_forced_open_state(clock: FakeClock) -> None:
+    fasthystrix.configure_command(
+        "tripped", {"isolation": "semaphore", "request_volume_threshold": 1, "error_percent_threshold": 1}
+    )
+    with pytest.raises(ZeroDivisionError):
+        fasthystrix.do("tripped", lambda: 1 / 0)
+    with pytest.raises(fasthystrix.CircuitOpenError):
+        fasthystrix.do("tripped", lambda: None)
+    fasthystrix.get_circuit("forced")[0].force_open = True
+    fasthystrix.flush()
+    assert fasthystrix.do("tripped", lambda: "closed again") == "closed again"
+    assert fasthystrix.do("forced", lambda: "closed again") == "closed again"
+    assert fasthystrix.get_circuit("forced")[0].state() == "closed"
+
+
+def test_flush_with_nothing_to_flush() -> None:
+    fasthystrix.flush()
+    fasthystrix.flush()
+    assert _registry.circuits() == {}
+    assert _wait_no_threads() == []
+
+
+def test_flush_leaves_no_threads_after_thread_isolation_calls() -> None:
+    gate = threading.Event()
+    fasthystrix.configure_command("slow", {"timeout": 20})
+    fasthystrix.configure_command("limited", {"max_concurrent_requests": 1, "timeout": 2000})
+    try:
+        assert fasthystrix.do("t", lambda: 1) == 1
+        assert fasthystrix.go("t", lambda: 2).result(2) == 2
+        assert fasthystrix.do_c(Context(), "t", lambda ctx: 3) == 3
+        assert fasthystrix.go_c(Context().with_timeout(5), "t", lambda ctx: 4).result(2) == 4
+        with pytest.raises(fasthystrix.TimeoutError):
+            fasthystrix.do("slow", lambda: gate.wait(2))
+        assert fasthystrix.go("slow", lambda: gate.wait(2), lambda err: "fb").result(2) == "fb"
+        assert isinstance(fasthystrix.go("slow", lambda: gate.wait(2)).exception(2), fasthystrix.TimeoutError)
+        blocker = fasthystrix.go("limited", lambda: gate.wait(2))
+        assert fasthystrix.go("limited", lambda: None, lambda err: "rejected").result(2) == "rejected"
+    finally:
+        gate.set()
+    assert blocker.result(2) is True
+    _wait_tickets("slow")
+    _wait_tickets("limited")
+    assert fasthystrix_threads(), "thread isolation should have used fasthystrix worker threads"
+    fasthystrix.flush()
+    assert _wait_no_threads() == []
+
+
+def test_flush_then_more_calls_then_flush_again() -> None:
+    assert fasthystrix.go("again", lambda: 1).result(2) == 1
+    fasthystrix.flush()
+    assert _wait_no_threads() == []
+    assert fasthystrix.do("again", lambda: 2) == 2
+    assert fasthystrix.go("again", lambda: 3).result(2) == 3
+    assert fasthystrix.get_circuit("again")[0].metrics().successes == 2
+    fasthystrix.flush()
+    assert _wait_no_threads() == []
+
+
+def test_flush_while_run_in_flight_lets_it_finish_and_leaves_no_thread() -> None:
+    gate = threading.Event()
+    future = fasthystrix.go("inflight", lambda: gate.wait(2) and "finished")
+    old = fasthystrix.get_circuit("inflight")[0]
+    flusher = threading.Thread(target=fasthystrix.flush)
+    flusher.start()
+    time.sleep(0.02)
+    gate.set()
+    flusher.join(5)
+    assert not flusher.is_alive()
+    assert future.result(2) == "finished"
+    assert old.tickets_in_use == 0
+    assert _wait_no_threads() == []
