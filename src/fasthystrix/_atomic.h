@@ -30,6 +30,7 @@ static inline int fh_cas_acq_rel(int64_t *p, int64_t *expected, int64_t desired)
 static inline void fh_add32_relaxed(uint32_t *p, uint32_t v) { _InterlockedExchangeAdd((volatile long *)p, (long)v); }
 static inline uint32_t fh_load32_relaxed(uint32_t *p) { return *(volatile uint32_t *)p; }
 static inline void fh_pause(void) { YieldProcessor(); }
+static inline int __builtin_clzll(unsigned long long x) { unsigned long i; _BitScanReverse64(&i, x); return 63 - (int)i; }
 static inline void fh_yield(void) { SwitchToThread(); }
 
 #else

@@ -17,8 +17,8 @@ __all__ = ["EVENT_NAMES", "Implementation", "available", "current", "select"]
 
 EVENT_NAMES = _rolling_py.EVENT_NAMES
 
-# Compiled modules, by the pure twin they replace. Empty until the compiled hot path lands.
-COMPILED_MODULES: tuple[str, ...] = ()
+# The compiled modules; each replaces its pure twin ``<name>_py``.
+COMPILED_MODULES: tuple[str, ...] = ("_circuit", "_pool", "_rolling")
 
 
 class Implementation:
@@ -50,11 +50,11 @@ def _load_compiled() -> tuple[Implementation | None, str]:
         return None, f"{sys.implementation.name} runs the pure implementation"
     if not COMPILED_MODULES:
         return None, "this version has no compiled modules"
-    try:  # pragma: no cover - exercised once the compiled modules exist
-        from . import _circuit, _rolling  # type: ignore[attr-defined]
-    except ImportError as exc:  # pragma: no cover
+    try:
+        from . import _circuit, _pool, _rolling  # type: ignore[attr-defined]  # noqa: F401
+    except ImportError as exc:
         return None, f"compiled modules not importable: {exc}"
-    return Implementation("compiled", _circuit, _rolling), ""  # pragma: no cover
+    return Implementation("compiled", _circuit, _rolling), ""
 
 
 COMPILED, WHY_PURE = _load_compiled()
@@ -70,7 +70,7 @@ def available() -> dict[str, Implementation]:
     """Every implementation importable in this process, by name."""
     found = {"pure": PURE}
     if COMPILED is not None:
-        found["compiled"] = COMPILED  # pragma: no cover
+        found["compiled"] = COMPILED
     return found
 
 

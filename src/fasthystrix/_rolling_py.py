@@ -127,6 +127,10 @@ class _Histogram:
         self.count += 1
         self.total += us
 
+    def clear(self) -> None:
+        self.buckets = array("I", bytes(4 * LATENCY_BUCKETS))
+        self.count = self.total = self.min = self.max = 0
+
     def copy(self) -> _Histogram:
         twin = _Histogram.__new__(_Histogram)
         twin.buckets = array("I", self.buckets)
@@ -205,8 +209,7 @@ class RollingMetrics:
             bucket[:] = _ZEROS
         self._requests = 0
         self._errors = 0
-        self._latency_run = [None] * LATENCY_SLOTS
-        self._latency_total = [None] * LATENCY_SLOTS
+        # Histograms stay allocated (a stamp of -1 marks them stale), as in the compiled twin.
         self._latency_stamp = [-1] * LATENCY_SLOTS
 
     def _bucket(self, second: int) -> list[int]:
@@ -255,8 +258,9 @@ class RollingMetrics:
                     return  # stamped before the slot was reused for a later minute: no sample
                 # The slot held samples from a minute ago (or none): start it afresh.
                 self._latency_stamp[slot] = stamp
-                self._latency_run[slot] = None
-                self._latency_total[slot] = None
+                for h in (self._latency_run[slot], self._latency_total[slot]):
+                    if h is not None:
+                        h.clear()
             if run_us >= 0:
                 h = self._latency_run[slot]
                 if h is None:
@@ -295,10 +299,10 @@ class RollingMetrics:
         for i in range(LATENCY_SLOTS):
             if stamp - LATENCY_SLOTS < self._latency_stamp[i] <= stamp:
                 h = self._latency_run[i]
-                if h is not None:
+                if h is not None and h.count:
                     run.append(h.copy())
                 h = self._latency_total[i]
-                if h is not None:
+                if h is not None and h.count:
                     total.append(h.copy())
         return run, total
 

@@ -1,0 +1,55 @@
+# cython: language_level=3
+from libc.stdint cimport int64_t
+
+from fasthystrix._pool cimport TicketPool
+from fasthystrix._rolling cimport RollingMetrics
+
+cdef enum:
+    # Bits of the circuit state word.
+    STATE_OPEN = 1     # tripped by its error rate
+    STATE_FORCED = 2   # forced open by the user
+    # Admission verdicts; a positive verdict is a trial request, numbered by the open episode.
+    ADMITTED = 0
+    REJECTED_VERDICT = -1
+    SHORT_CIRCUITED = -2
+    TRIPPED = -3
+
+
+cdef class CircuitBreaker:
+    cdef:
+        readonly str name
+        object _settings_obj
+        # C copies of the settings, refreshed whenever _settings is assigned.
+        int64_t timeout_ns
+        int64_t sleep_window_ns
+        int64_t max_concurrent
+        int64_t volume_threshold
+        int64_t error_threshold
+        bint semaphore
+        # The state word, read with one atomic load on every call.
+        int64_t state_word
+        int64_t opened_ns
+        int64_t episode
+        int64_t lock
+        RollingMetrics metrics_c
+        TicketPool tickets
+        bint c_clock
+        bint has_collectors
+        public object _clock
+        public object _default
+        public object _lock
+        public tuple _collectors
+        public object _workers
+        object __weakref__
+
+    cdef int64_t now(self) except? -1
+    cdef int is_open_c(self, int64_t now) noexcept nogil
+    cdef bint allow_single_test_c(self, int64_t now) noexcept nogil
+    cdef int64_t admit(self, int64_t now) noexcept nogil
+    cdef int64_t acquire_c(self, int64_t now) except? -9
+    cdef int report_c(self, int event, int fallback_event, int64_t now, int64_t run_us, int64_t total_us,
+                      int64_t trial, bint release) except -1
+    cdef int64_t total_us(self, int event, int64_t start) except? -2
+    cdef object finish_c(self, int event, object err, int64_t start, int64_t run_us, int64_t trial,
+                         object fallback, object ctx, bint release)
+    cdef object execute_fast(self, object run, object fallback)

@@ -1,0 +1,419 @@
+# cython: language_level=3, freethreading_compatible=True
+"""Circuit state, concurrency tickets and the semaphore-mode ``do()`` path (compiled twin of ``_circuit_py``).
+
+The success path takes no lock and allocates no Python object of its own: one
+atomic load of the state word, two atomic loads for the window's health, an
+atomic ticket take and return, atomic increments into the current bucket and
+the latency histograms. Opening and closing the circuit take a spinlock (rare).
+User code (run, fallback, collectors, log handlers) never runs under it.
+"""
+
+import time
+
+from cpython.dict cimport PyDict_GetItem
+from cpython.object cimport PyObject
+from libc.stdint cimport int64_t
+
+from fasthystrix._atomic cimport (
+    FH_HAVE_MONOTONIC_NS,
+    fh_add_acq_rel,
+    fh_cas_acq_rel,
+    fh_load_acquire,
+    fh_load_relaxed,
+    fh_monotonic_ns,
+    fh_spin_lock,
+    fh_spin_unlock,
+    fh_store_release,
+)
+from fasthystrix._pool cimport TicketPool
+from fasthystrix._rolling cimport (
+    CONTEXT_CANCELED,
+    CONTEXT_DEADLINE_EXCEEDED,
+    FAILURE,
+    FALLBACK_FAILURE,
+    FALLBACK_SUCCESS,
+    REJECTED,
+    SHORT_CIRCUIT,
+    SUCCESS,
+    TIMEOUT,
+    RollingMetrics,
+)
+
+from fasthystrix._context import Context
+from fasthystrix._errors import CircuitOpenError, FallbackError, MaxConcurrencyError
+from fasthystrix._errors import ContextCanceledError as _ContextCanceledError
+from fasthystrix._errors import ContextDeadlineExceededError as _ContextDeadlineExceededError
+from fasthystrix._errors import TimeoutError as CommandTimeoutError
+from fasthystrix._log import logger
+from fasthystrix._outcomes import check_arguments, classify, context_outcome, error_for
+
+__all__ = ["CircuitBreaker", "bind", "check_arguments", "classify", "context_outcome", "do", "error_for"]
+
+cdef int NO_EVENT = -1
+cdef int64_t NOT_STARTED = -1
+cdef object _monotonic_ns = time.monotonic_ns
+
+# Set by the registry (bind): the circuits table, the creator, and the thread-mode executor.
+cdef dict _circuits = {}
+cdef object _get_or_create = None
+cdef object _run_threaded = None
+
+
+def bind(circuits, get_or_create, run_threaded):
+    """Connect the fast path to the registry's table and to thread isolation (called once at import)."""
+    global _circuits, _get_or_create, _run_threaded
+    _circuits = circuits
+    _get_or_create = get_or_create
+    _run_threaded = run_threaded
+
+
+def do(name, run, fallback=None):
+    """Run ``run()`` as command ``name``; see :func:`fasthystrix.do`."""
+    cdef PyObject *found
+    if type(name) is not str or not callable(run) or (fallback is not None and not callable(fallback)):
+        check_arguments(name, run, fallback)
+    found = PyDict_GetItem(_circuits, name)
+    if found is NULL:
+        circuit = _get_or_create(name)
+    else:
+        circuit = <object>found
+    return (<CircuitBreaker?>circuit).execute_fast(run, fallback)
+
+
+cdef class CircuitBreaker:
+    """The circuit of one command name: state, tickets, rolling metrics and the fast path.
+
+    Get one with :func:`fasthystrix.get_circuit`; circuits are created on first
+    use and shared by every caller of that name.
+    """
+
+    def __init__(self, str name, settings, default_collector, collectors, clock):
+        self.name = name
+        self._default = default_collector
+        self.metrics_c = <RollingMetrics?>default_collector._rolling
+        self._lock = default_collector._lock
+        self._collectors = tuple(collectors)
+        self.has_collectors = len(self._collectors) > 0
+        self._clock = clock
+        # CPython's time.monotonic_ns reads CLOCK_MONOTONIC on Linux: read it directly.
+        self.c_clock = FH_HAVE_MONOTONIC_NS and clock is _monotonic_ns
+        self.tickets = TicketPool()
+        self._workers = None
+        self.state_word = 0
+        self.opened_ns = 0
+        self.episode = 0
+        self.lock = 0
+        self._settings = settings
+
+    def __repr__(self):
+        return f"<CircuitBreaker {self.name!r} {self.state()} tickets={self.tickets_in_use}>"
+
+    # -- public API ----------------------------------------------------------------
+
+    @property
+    def _settings(self):
+        return self._settings_obj
+
+    @_settings.setter
+    def _settings(self, settings):
+        timeout_ns = settings.timeout_ns
+        sleep_window_ns = settings.sleep_window_ns
+        max_concurrent = settings.max_concurrent_requests
+        volume = settings.request_volume_threshold
+        threshold = settings.error_percent_threshold
+        semaphore = settings.semaphore
+        self._settings_obj = settings
+        self.timeout_ns = timeout_ns
+        self.sleep_window_ns = sleep_window_ns
+        self.max_concurrent = max_concurrent
+        self.volume_threshold = volume
+        self.error_threshold = threshold
+        self.semaphore = semaphore
+
+    @property
+    def settings(self):
+        """The settings new calls of this command use."""
+        return self._settings_obj
+
+    @property
+    def force_open(self):
+        """When true every call is short-circuited (no trial request), until set back to false."""
+        return (fh_load_acquire(&self.state_word) & STATE_FORCED) != 0
+
+    @force_open.setter
+    def force_open(self, value):
+        if not isinstance(value, bool):
+            raise TypeError(f"force_open must be a bool, not {value!r}")
+        fh_spin_lock(&self.lock)
+        if value:
+            fh_store_release(&self.state_word, self.state_word | STATE_FORCED)
+        else:
+            fh_store_release(&self.state_word, self.state_word & ~STATE_FORCED)
+        fh_spin_unlock(&self.lock)
+
+    def is_open(self):
+        """Whether calls are short-circuited now; like hystrix-go, may trip an unhealthy circuit."""
+        cdef int opened = self.is_open_c(self.now())
+        if opened < 0:
+            logger.warning("opening circuit %s", self.name)
+        return opened != 0
+
+    def allow_request(self):
+        """hystrix-go's ``AllowRequest``: closed, or open with this call taking the trial slot."""
+        cdef int64_t now = self.now()
+        cdef int opened = self.is_open_c(now)
+        cdef bint trial = opened == 1 and self.allow_single_test_c(now)
+        if opened < 0:
+            logger.warning("opening circuit %s", self.name)
+        if trial:
+            logger.info("allowing single test to possibly close circuit %s", self.name)
+        return opened == 0 or trial
+
+    @property
+    def tickets_in_use(self):
+        """Concurrency tickets currently taken (commands whose run has not ended)."""
+        return self.tickets.in_use
+
+    def state(self):
+        """``"closed"``, ``"open"`` or ``"forced-open"``, read without side effects."""
+        cdef int64_t st = fh_load_acquire(&self.state_word)
+        return "forced-open" if st & STATE_FORCED else "open" if st & STATE_OPEN else "closed"
+
+    def metrics(self):
+        """A snapshot of the rolling window: counts, error percent, tickets, latencies."""
+        return self._default.snapshot(self.tickets.in_use, self.now())
+
+    # -- state machine ----------------------------------------------------------------
+
+    cdef int64_t now(self) except? -1:
+        if self.c_clock:
+            return fh_monotonic_ns()
+        return self._clock()
+
+    cdef int is_open_c(self, int64_t now) noexcept nogil:
+        """1 if open, 0 if closed, -1 if this check just tripped it."""
+        cdef int64_t requests, errors
+        cdef bint tripped = False
+        if fh_load_acquire(&self.state_word) != 0:
+            return 1
+        self.metrics_c.health_c(now, &requests, &errors)
+        if requests == 0 or requests < self.volume_threshold:
+            return 0
+        # errors / requests * 100 rounded half up >= threshold, in integers.
+        if (errors * 200 + requests) // (2 * requests) < self.error_threshold:
+            return 0
+        fh_spin_lock(&self.lock)
+        if (self.state_word & STATE_OPEN) == 0:
+            self.opened_ns = now
+            self.episode += 1
+            fh_store_release(&self.state_word, self.state_word | STATE_OPEN)
+            tripped = True
+        fh_spin_unlock(&self.lock)
+        return -1 if tripped else 1
+
+    cdef bint allow_single_test_c(self, int64_t now) noexcept nogil:
+        # A forced-open circuit lets no trial through, even if it also tripped (hystrix-go did).
+        cdef int64_t opened
+        if fh_load_acquire(&self.state_word) != STATE_OPEN:
+            return False
+        opened = fh_load_acquire(&self.opened_ns)
+        # One winner per sleep window: compare-and-swap the last test time, as hystrix-go.
+        return now > opened + self.sleep_window_ns and fh_cas_acq_rel(&self.opened_ns, &opened, now)
+
+    cdef int64_t admit(self, int64_t now) noexcept nogil:
+        cdef int opened = self.is_open_c(now)
+        cdef int64_t verdict = ADMITTED
+        cdef int64_t in_use
+        if opened != 0:
+            if opened < 0:
+                return TRIPPED
+            # Only take the trial slot if the trial can run (a ticket is free).
+            if fh_load_relaxed(&self.tickets._in_use) >= self.max_concurrent or not self.allow_single_test_c(now):
+                return SHORT_CIRCUITED
+            verdict = fh_load_acquire(&self.episode)
+        in_use = self.tickets.take(self.max_concurrent)
+        if in_use < 0:
+            return REJECTED_VERDICT if verdict == ADMITTED else SHORT_CIRCUITED
+        self.metrics_c.record_executed_c(now, in_use)
+        return verdict
+
+    # -- building blocks shared with thread isolation -----------------------------------
+
+    cdef int64_t acquire_c(self, int64_t now) except? -9:
+        cdef int64_t verdict = self.admit(now)
+        if verdict == TRIPPED:
+            logger.warning("opening circuit %s", self.name)
+        elif verdict > 0:
+            logger.info("allowing single test to possibly close circuit %s", self.name)
+        return verdict
+
+    def _acquire(self, int64_t now, settings=None):
+        """Check the circuit and take a ticket; a verdict (>= 0: admitted, > 0: trial)."""
+        return self.acquire_c(now)
+
+    def _release(self):
+        """Give a ticket back."""
+        self.tickets.give()
+
+    cdef int report_c(self, int event, int fallback_event, int64_t now, int64_t run_us, int64_t total_us,
+                      int64_t trial, bint release) except -1:
+        cdef bint closed = False
+        if release:
+            self.tickets.give()
+        # Only the trial of the current open episode closes the circuit (hystrix-go let any
+        # success close it, even one that started before the circuit opened).
+        if trial > 0 and event == SUCCESS:
+            fh_spin_lock(&self.lock)
+            if (self.state_word & STATE_OPEN) and trial == self.episode:
+                fh_store_release(&self.state_word, self.state_word & ~STATE_OPEN)
+                closed = True
+            fh_spin_unlock(&self.lock)
+            if closed:
+                self.metrics_c._reset()
+        self.metrics_c.record_c(event, fallback_event, now, run_us, total_us)
+        if closed:
+            logger.info("closing circuit %s", self.name)
+        if closed or self.has_collectors:
+            self._notify(closed, event, fallback_event, run_us, total_us, self.tickets.in_use)
+        return 0
+
+    def _report(self, int event, int fallback_event, int64_t now, int64_t run_us, int64_t total_us,
+                int64_t trial, bint release):
+        """Record one finished command (releasing its ticket if ``release``), then tell the collectors."""
+        self.report_c(event, fallback_event, now, run_us, total_us, trial, release)
+
+    def _notify(self, closed, event, fallback_event, run_us, total_us, in_use):
+        from fasthystrix.metric_collector import MetricResult
+
+        maximum = self.max_concurrent
+        result = None
+        for collector in self._collectors:
+            try:
+                if closed:
+                    collector.reset()
+                if result is None:
+                    result = MetricResult.from_event(
+                        event, fallback_event, run_us, total_us, in_use / maximum if maximum > 0 else 0.0
+                    )
+                collector.update(result)
+            except Exception:
+                logger.exception("metric collector %r failed for circuit %s", collector, self.name)
+
+    cdef int64_t total_us(self, int event, int64_t start) except? -2:
+        # Short-circuits and rejections never ran: no latency sample (hystrix-go recorded zeros).
+        if event == SHORT_CIRCUIT or event == REJECTED or start == NOT_STARTED:
+            return -1
+        return (self.now() - start) // 1000
+
+    cdef object finish_c(self, int event, object err, int64_t start, int64_t run_us, int64_t trial,
+                         object fallback, object ctx, bint release):
+        """Complete a command that did not succeed: fallback, report, then return or raise."""
+        if fallback is None:
+            self.report_c(event, NO_EVENT, self.now(), run_us, self.total_us(event, start), trial, release)
+            raise err
+        if release:
+            self.tickets.give()
+        try:
+            value = fallback(err) if ctx is None else fallback(ctx, err)
+        except Exception as fallback_err:
+            self.report_c(event, FALLBACK_FAILURE, self.now(), run_us, self.total_us(event, start), trial, False)
+            raise FallbackError(fallback_err, err) from fallback_err
+        except BaseException:
+            self.report_c(event, FALLBACK_FAILURE, self.now(), run_us, self.total_us(event, start), trial, False)
+            raise
+        self.report_c(event, FALLBACK_SUCCESS, self.now(), run_us, self.total_us(event, start), trial, False)
+        return value
+
+    def _finish(self, int event, err, int64_t start, int64_t run_us, int64_t trial, fallback, ctx, bint release):
+        """Complete a command that did not succeed: fallback, report, then return or raise."""
+        return self.finish_c(event, err, start, run_us, trial, fallback, ctx, release)
+
+    # -- the semaphore-mode fast path ----------------------------------------------------
+
+    def execute(self, run, fallback):
+        """Run one command (``do()``): on this thread in semaphore mode, else on a worker."""
+        return self.execute_fast(run, fallback)
+
+    cdef object execute_fast(self, object run, object fallback):
+        cdef int64_t start, end, elapsed, verdict
+        cdef int event
+        if not self.semaphore:
+            return _run_threaded(self, self._settings_obj, run, fallback, None)
+        start = self.now()
+        verdict = self.admit(start)
+        if verdict < 0:
+            if verdict == TRIPPED:
+                logger.warning("opening circuit %s", self.name)
+            if verdict == REJECTED_VERDICT:
+                return self.finish_c(REJECTED, MaxConcurrencyError(), start, -1, 0, fallback, None, False)
+            return self.finish_c(SHORT_CIRCUIT, CircuitOpenError(), start, -1, 0, fallback, None, False)
+        if verdict > 0:
+            logger.info("allowing single test to possibly close circuit %s", self.name)
+        try:
+            value = run()
+        except BaseException as exc:
+            end = self.now()
+            elapsed = (end - start) // 1000
+            if not isinstance(exc, Exception):
+                # KeyboardInterrupt, SystemExit...: count a failure, give the ticket back, propagate.
+                self.report_c(FAILURE, NO_EVENT, end, elapsed, elapsed, verdict, True)
+                raise
+            if end - start > self.timeout_ns:
+                # It would have timed out had a timer been watching: a timeout, whatever run did.
+                return self.finish_c(TIMEOUT, CommandTimeoutError(), start, -1, verdict, fallback, None, True)
+            event = FAILURE
+            if isinstance(exc, (_ContextCanceledError, _ContextDeadlineExceededError)):
+                event = classify(exc)
+            return self.finish_c(event, exc, start, elapsed, verdict, fallback, None, True)
+        end = self.now()
+        if end - start > self.timeout_ns:
+            return self.finish_c(TIMEOUT, CommandTimeoutError(), start, -1, verdict, fallback, None, True)
+        elapsed = (end - start) // 1000
+        if verdict == ADMITTED and not self.has_collectors:
+            # The common case, inlined: give the ticket back and count the success.
+            self.tickets.give()
+            self.metrics_c.record_c(SUCCESS, NO_EVENT, end, elapsed, elapsed)
+            return value
+        self.report_c(SUCCESS, NO_EVENT, end, elapsed, elapsed, verdict, True)
+        return value
+
+    def execute_c(self, ctx, run, fallback):
+        """Run one command with a context (``do_c()``): ``run(ctx)``, ``fallback(ctx, err)``."""
+        cdef int64_t start, end, verdict, timeout_at, elapsed
+        cdef int event
+        if not self.semaphore:
+            return _run_threaded(self, self._settings_obj, run, fallback, ctx)
+        start = self.now()
+        kind = ctx._done_kind(start)
+        if kind is not None:
+            # Already done: nothing runs (hystrix-go raced its two goroutines here).
+            event = CONTEXT_CANCELED if kind == "canceled" else CONTEXT_DEADLINE_EXCEEDED
+            return self.finish_c(event, error_for(event), NOT_STARTED, -1, 0, fallback, ctx, False)
+        verdict = self.acquire_c(start)
+        if verdict < 0:
+            event = REJECTED if verdict == REJECTED_VERDICT else SHORT_CIRCUIT
+            return self.finish_c(event, error_for(event), start, -1, 0, fallback, ctx, False)
+        timeout_at = start + self.timeout_ns
+        child = Context(ctx, timeout_at)
+        try:
+            value = run(child)
+        except BaseException as exc:
+            end = self.now()
+            child.cancel()
+            elapsed = (end - start) // 1000
+            if not isinstance(exc, Exception):
+                self.report_c(FAILURE, NO_EVENT, end, elapsed, elapsed, verdict, True)
+                raise
+            event = context_outcome(ctx, timeout_at, end)
+            if event != NO_EVENT:
+                return self.finish_c(event, error_for(event), start, -1, verdict, fallback, ctx, True)
+            return self.finish_c(classify(exc), exc, start, elapsed, verdict, fallback, ctx, True)
+        end = self.now()
+        child.cancel()
+        event = context_outcome(ctx, timeout_at, end)
+        if event != NO_EVENT:
+            return self.finish_c(event, error_for(event), start, -1, verdict, fallback, ctx, True)
+        elapsed = (end - start) // 1000
+        self.report_c(SUCCESS, NO_EVENT, end, elapsed, elapsed, verdict, True)
+        return value
+

@@ -1,0 +1,354 @@
+# cython: language_level=3, freethreading_compatible=True
+"""Rolling event counters and latency histograms of one circuit (compiled twin of ``_rolling_py``).
+
+Counters are atomic increments into the current one-second bucket plus two
+running totals (requests, errors); a bucket is expired under a spinlock when
+the window moves (at most once a second), and the totals are recounted from
+the buckets then, so any drift from a concurrent increment heals within a
+second. Latencies go into fixed log-linear histograms, allocated per 15-second
+slot on first use, so memory does not grow with the call rate.
+
+A bucket or slot can only be written with a stale stamp by a thread that
+stalls for the whole window (10 s for counters, 60 s for latencies) between
+reading the stamp and incrementing; such a straggler adds one event to the
+wrong second, it never corrupts the structure.
+"""
+
+from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree
+from libc.stdint cimport INT64_MAX, int64_t, uint32_t, uint64_t
+from libc.string cimport memcpy, memset
+
+from fasthystrix._atomic cimport (
+    fh_add32_relaxed,
+    fh_add_relaxed,
+    fh_cas_acq_rel,
+    fh_load32_relaxed,
+    fh_load_acquire,
+    fh_load_relaxed,
+    fh_spin_lock,
+    fh_spin_unlock,
+    fh_store_relaxed,
+    fh_store_release,
+)
+
+from fasthystrix._rolling_py import (
+    EVENT_NAMES,
+    NS_PER_SECOND,
+    PERCENTILES,
+    LatencySummary,
+    latency_bucket_bounds,
+    latency_bucket_index,
+)
+
+__all__ = [
+    "COUNTER_BUCKETS",
+    "EVENT_NAMES",
+    "LATENCY_BUCKETS",
+    "LATENCY_SLOTS",
+    "LATENCY_SLOT_SECONDS",
+    "PERCENTILES",
+    "LatencySummary",
+    "RollingMetrics",
+    "latency_bucket_bounds",
+    "latency_bucket_index",
+    "summarize",
+]
+
+cdef int64_t NS = 1000000000
+
+# Bit length via count-leading-zeros (GCC and Clang builtin; MSVC builds map it in _atomic.h).
+cdef extern from "_atomic.h":
+    int __builtin_clzll(unsigned long long x) nogil
+
+
+cdef inline int latency_index(int64_t us) noexcept nogil:
+    cdef int shift
+    if us < 128:
+        return <int>us if us > 0 else 0
+    # 64 - clz gives the bit length; the top 7 bits pick the sub-bucket.
+    shift = (64 - __builtin_clzll(<unsigned long long>us)) - SUB_BITS
+    if shift > MAX_SHIFT:
+        return LATENCY_BUCKETS - 1
+    return (shift << 6) + <int>(us >> shift)
+
+
+
+cdef inline void atomic_min(int64_t *p, int64_t v) noexcept nogil:
+    cdef int64_t seen = fh_load_relaxed(p)
+    while v < seen and not fh_cas_acq_rel(p, &seen, v):
+        pass
+
+
+cdef inline void atomic_max(int64_t *p, int64_t v) noexcept nogil:
+    cdef int64_t seen = fh_load_relaxed(p)
+    while v > seen and not fh_cas_acq_rel(p, &seen, v):
+        pass
+
+
+cdef class RollingMetrics:
+    """Counters of every event over the last 10 seconds and latencies over the last 60."""
+
+    def __cinit__(self):
+        cdef int slot
+        memset(self.buckets, 0, sizeof(self.buckets))
+        memset(self.stats, 0, sizeof(self.stats))
+        for slot in range(LATENCY_SLOTS):
+            self.hist[slot][0] = NULL
+            self.hist[slot][1] = NULL
+            self.stamp[slot] = -1
+        self.requests = 0
+        self.errors = 0
+        self.second = 0
+        self.lock = 0
+
+    def __dealloc__(self):
+        cdef int slot
+        for slot in range(LATENCY_SLOTS):
+            PyMem_RawFree(self.hist[slot][0])
+            PyMem_RawFree(self.hist[slot][1])
+
+    cdef void _reset(self) noexcept nogil:
+        cdef int slot
+        fh_spin_lock(&self.lock)
+        memset(self.buckets, 0, sizeof(self.buckets))
+        memset(self.stats, 0, sizeof(self.stats))
+        for slot in range(LATENCY_SLOTS):
+            fh_store_release(&self.stamp[slot], -1)
+        fh_store_relaxed(&self.requests, 0)
+        fh_store_relaxed(&self.errors, 0)
+        fh_spin_unlock(&self.lock)
+
+    def reset(self):
+        """Forget every event and sample."""
+        self._reset()
+
+    cdef void _advance(self, int64_t second) noexcept nogil:
+        cdef int64_t last, s, start, requests = 0, errors = 0
+        cdef int i
+        cdef int64_t *b
+        fh_spin_lock(&self.lock)
+        last = fh_load_relaxed(&self.second)
+        if second > last:
+            start = last + 1
+            if second - COUNTER_BUCKETS + 1 > start:
+                start = second - COUNTER_BUCKETS + 1
+            s = start
+            while s <= second:
+                memset(self.buckets[s % COUNTER_BUCKETS], 0, sizeof(int64_t) * BUCKET_WIDTH)
+                s += 1
+            for i in range(COUNTER_BUCKETS):
+                b = self.buckets[i]
+                requests += (fh_load_relaxed(&b[0]) + fh_load_relaxed(&b[1]) + fh_load_relaxed(&b[2])
+                             + fh_load_relaxed(&b[3]) + fh_load_relaxed(&b[4]) + fh_load_relaxed(&b[5])
+                             + fh_load_relaxed(&b[6]))
+                errors += (fh_load_relaxed(&b[FAILURE]) + fh_load_relaxed(&b[REJECTED])
+                           + fh_load_relaxed(&b[SHORT_CIRCUIT]) + fh_load_relaxed(&b[TIMEOUT]))
+            fh_store_relaxed(&self.requests, requests)
+            fh_store_relaxed(&self.errors, errors)
+            # Release: whoever reads the new second sees the zeroed buckets.
+            fh_store_release(&self.second, second)
+        fh_spin_unlock(&self.lock)
+
+    cdef int64_t *_bucket(self, int64_t second) noexcept nogil:
+        cdef int64_t last = fh_load_acquire(&self.second)
+        if second > last:
+            self._advance(second)
+        elif second < last:
+            # Stamped a moment before another thread moved the window on: count it now.
+            second = last
+        return self.buckets[second % COUNTER_BUCKETS]
+
+    cdef void health_c(self, int64_t now_ns, int64_t *requests, int64_t *errors) noexcept nogil:
+        cdef int64_t second = now_ns // NS
+        if second > fh_load_acquire(&self.second):
+            self._advance(second)
+        requests[0] = fh_load_relaxed(&self.requests)
+        errors[0] = fh_load_relaxed(&self.errors)
+
+    def health(self, int64_t now_ns):
+        """``(requests, errors)`` in the window ending at ``now_ns``."""
+        cdef int64_t requests, errors
+        self.health_c(now_ns, &requests, &errors)
+        return requests, errors
+
+    cdef void record_c(self, int event, int fallback_event, int64_t now_ns, int64_t run_us,
+                       int64_t total_us) noexcept nogil:
+        cdef int64_t second = now_ns // NS
+        cdef int64_t *bucket = self._bucket(second)
+        fh_add_relaxed(&bucket[event], 1)
+        if event < REQUEST_EVENTS:
+            fh_add_relaxed(&self.requests, 1)
+            if FAILURE <= event <= TIMEOUT:
+                fh_add_relaxed(&self.errors, 1)
+        if fallback_event >= 0:
+            fh_add_relaxed(&bucket[fallback_event], 1)
+        if run_us >= 0 or total_us >= 0:
+            self._add_latency(second, run_us, total_us)
+
+    def record(self, int event, int fallback_event, int64_t now_ns, int64_t run_us, int64_t total_us):
+        """Count one command: its event, its fallback event (or -1) and its latencies in us (or -1)."""
+        if not 0 <= event < NUM_EVENTS or not (fallback_event == -1 or FALLBACK_SUCCESS <= fallback_event
+                                                  <= FALLBACK_FAILURE):
+            raise ValueError(f"bad event {event!r} / fallback event {fallback_event!r}")
+        self.record_c(event, fallback_event, now_ns, run_us, total_us)
+
+    cdef void record_executed_c(self, int64_t now_ns, int64_t active) noexcept nogil:
+        cdef int64_t *bucket = self._bucket(now_ns // NS)
+        fh_add_relaxed(&bucket[EXECUTED], 1)
+        atomic_max(&bucket[MAX_ACTIVE], active)
+
+    def record_executed(self, int64_t now_ns, int64_t active):
+        """Count a command that took a ticket, with the tickets in use after it did."""
+        self.record_executed_c(now_ns, active)
+
+    cdef void _add_latency(self, int64_t second, int64_t run_us, int64_t total_us) noexcept nogil:
+        cdef int64_t stamp = second // LATENCY_SLOT_SECONDS
+        cdef int slot = stamp % LATENCY_SLOTS
+        cdef int kind
+        cdef int64_t us
+        cdef int64_t seen = fh_load_acquire(&self.stamp[slot])
+        cdef int64_t *st
+        if seen != stamp:
+            if seen > stamp:
+                return  # stamped before the slot was reused for a later minute: no sample
+            fh_spin_lock(&self.lock)
+            if fh_load_relaxed(&self.stamp[slot]) < stamp:
+                # The slot held samples from a minute ago (or none): start it afresh.
+                for kind in range(2):
+                    if self.hist[slot][kind] != NULL:
+                        memset(self.hist[slot][kind], 0, sizeof(uint32_t) * LATENCY_BUCKETS)
+                    st = self.stats[slot][kind]
+                    st[STAT_COUNT] = 0
+                    st[STAT_TOTAL] = 0
+                    st[STAT_MIN] = INT64_MAX
+                    st[STAT_MAX] = -1
+                fh_store_release(&self.stamp[slot], stamp)
+            fh_spin_unlock(&self.lock)
+        for kind in range(2):
+            us = run_us if kind == 0 else total_us
+            if us < 0:
+                continue
+            if self.hist[slot][kind] == NULL:
+                fh_spin_lock(&self.lock)
+                if self.hist[slot][kind] == NULL:
+                    self.hist[slot][kind] = <uint32_t *>PyMem_RawCalloc(LATENCY_BUCKETS, sizeof(uint32_t))
+                fh_spin_unlock(&self.lock)
+                if self.hist[slot][kind] == NULL:
+                    continue  # out of memory: lose this sample, never the command
+            fh_add32_relaxed(&self.hist[slot][kind][latency_index(us)], 1)
+            st = self.stats[slot][kind]
+            fh_add_relaxed(&st[STAT_COUNT], 1)
+            fh_add_relaxed(&st[STAT_TOTAL], us)
+            atomic_min(&st[STAT_MIN], us)
+            atomic_max(&st[STAT_MAX], us)
+
+    def counts(self, int64_t now_ns):
+        """Window totals of the 9 events, then executed and the window's max tickets in use."""
+        cdef int64_t sums[BUCKET_WIDTH]
+        cdef int i, event
+        cdef int64_t v
+        self._bucket(now_ns // NS)
+        memset(sums, 0, sizeof(sums))
+        for i in range(COUNTER_BUCKETS):
+            for event in range(NUM_EVENTS + 1):
+                sums[event] += fh_load_relaxed(&self.buckets[i][event])
+            v = fh_load_relaxed(&self.buckets[i][MAX_ACTIVE])
+            if v > sums[MAX_ACTIVE]:
+                sums[MAX_ACTIVE] = v
+        return tuple([sums[i] for i in range(BUCKET_WIDTH)])
+
+    def latency_slots(self, int64_t now_ns):
+        """Copies of the ``(run, total)`` histograms of the last 60 seconds, for :func:`summarize`."""
+        cdef int64_t stamp = (now_ns // NS) // LATENCY_SLOT_SECONDS
+        cdef int slot, kind, i
+        cdef Histogram h
+        cdef int64_t *st
+        run = []
+        total = []
+        for slot in range(LATENCY_SLOTS):
+            seen = fh_load_acquire(&self.stamp[slot])
+            if not (stamp - LATENCY_SLOTS < seen <= stamp):
+                continue
+            for kind in range(2):
+                if self.hist[slot][kind] == NULL:
+                    continue
+                st = self.stats[slot][kind]
+                if fh_load_relaxed(&st[STAT_COUNT]) == 0:
+                    continue
+                h = Histogram.__new__(Histogram)
+                for i in range(LATENCY_BUCKETS):
+                    h.counts[i] = fh_load32_relaxed(&self.hist[slot][kind][i])
+                h.count = fh_load_relaxed(&st[STAT_COUNT])
+                h.total = fh_load_relaxed(&st[STAT_TOTAL])
+                h.min = fh_load_relaxed(&st[STAT_MIN])
+                h.max = fh_load_relaxed(&st[STAT_MAX])
+                (run if kind == 0 else total).append(h)
+        return run, total
+
+    def memory_bytes(self):
+        """Bytes held by the histogram arrays (the part that could grow)."""
+        cdef int slot, kind, n = 0
+        for slot in range(LATENCY_SLOTS):
+            for kind in range(2):
+                if self.hist[slot][kind] != NULL:
+                    n += 1
+        return n * 4 * LATENCY_BUCKETS
+
+
+cdef class Histogram:
+    """A copy of one slot's latency histogram (what :func:`summarize` merges)."""
+
+
+cdef inline int64_t rank(double p, int64_t n) noexcept nogil:
+    # hystrix-go's ordinal: 1 for p == 0, else ceil(p / 100 * n), in exact integers (p has one decimal).
+    cdef int64_t tenths, r
+    if p <= 0:
+        return 1
+    tenths = <int64_t>(p * 10 + 0.5)
+    r = (tenths * n + 999) // 1000
+    return r if r > 1 else 1
+
+
+def summarize(slots):
+    """Merge slot histograms into percentiles (nearest rank, as hystrix-go) and a mean."""
+    cdef uint64_t merged[LATENCY_BUCKETS]
+    cdef int64_t count = 0, total = 0, lo = INT64_MAX, hi = -1, r, seen, low, width
+    cdef int i, shift
+    cdef double value
+    cdef Histogram h
+    memset(merged, 0, sizeof(merged))
+    for obj in slots:
+        h = <Histogram?>obj
+        if h.count == 0:
+            continue
+        count += h.count
+        total += h.total
+        if h.min < lo:
+            lo = h.min
+        if h.max > hi:
+            hi = h.max
+        for i in range(LATENCY_BUCKETS):
+            merged[i] += h.counts[i]
+    if count == 0:
+        return LatencySummary(0, 0.0, {p: 0.0 for p in PERCENTILES})
+    percentiles = {}
+    for p in PERCENTILES:
+        r = rank(p, count)
+        seen = 0
+        value = 0.0
+        for i in range(LATENCY_BUCKETS):
+            seen += merged[i]
+            if seen >= r:
+                if i < 128:
+                    low, width = i, 1
+                else:
+                    shift = (i >> 6) - 1
+                    low, width = (<int64_t>(i - (shift << 6))) << shift, (<int64_t>1) << shift
+                value = low + (width - 1) / 2.0
+                if value < lo:
+                    value = lo
+                if value > hi:
+                    value = hi
+                break
+        percentiles[p] = value / 1000.0
+    return LatencySummary(count, total / <double>count / 1000.0, percentiles)
