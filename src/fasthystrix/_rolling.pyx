@@ -56,6 +56,15 @@ __all__ = [
 
 cdef int64_t NS = 1000000000
 
+# The C constants under their Python names, as the pure twin has them (a cdef enum
+# member cannot be a module attribute of the same name, hence the update()).
+globals().update(
+    COUNTER_BUCKETS=COUNTER_BUCKETS,
+    LATENCY_BUCKETS=LATENCY_BUCKETS,
+    LATENCY_SLOTS=LATENCY_SLOTS,
+    LATENCY_SLOT_SECONDS=LATENCY_SLOT_SECONDS,
+)
+
 # Bit length via count-leading-zeros (GCC and Clang builtin; MSVC builds map it in _atomic.h).
 cdef extern from "_atomic.h":
     int __builtin_clzll(unsigned long long x) nogil

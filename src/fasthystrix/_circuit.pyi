@@ -1,0 +1,66 @@
+"""Stub of the compiled ``_circuit`` module; it mirrors its pure twin ``_circuit_py``."""
+
+from collections.abc import Callable
+from typing import Any
+
+from ._context import Context
+from ._metrics import MetricsSnapshot
+from ._outcomes import (
+    check_arguments as check_arguments,
+    classify as classify,
+    context_outcome as context_outcome,
+    error_for as error_for,
+)
+
+def bind(
+    circuits: dict[str, CircuitBreaker],
+    get_or_create: Callable[[str], CircuitBreaker],
+    run_threaded: Callable[..., Any],
+) -> None: ...
+def do(name: str, run: Callable[[], Any], fallback: Callable[[BaseException], Any] | None = None) -> Any: ...
+
+class CircuitBreaker:
+    """The circuit of one command name: state, tickets, rolling metrics and the fast path."""
+
+    name: str
+    _clock: Callable[[], int]
+    _default: Any
+    _lock: Any
+    _collectors: tuple[Any, ...]
+    _workers: Any
+    _settings: Any
+    def __init__(
+        self, name: str, settings: Any, default_collector: Any, collectors: list[Any], clock: Callable[[], int]
+    ) -> None: ...
+    @property
+    def settings(self) -> Any: ...
+    @property
+    def force_open(self) -> bool: ...
+    @force_open.setter
+    def force_open(self, value: bool) -> None: ...
+    def is_open(self) -> bool: ...
+    def allow_request(self) -> bool: ...
+    @property
+    def tickets_in_use(self) -> int: ...
+    def state(self) -> str: ...
+    def metrics(self) -> MetricsSnapshot: ...
+    def _acquire(self, now: int, settings: Any = None) -> int: ...
+    def _release(self) -> None: ...
+    def _report(
+        self, event: int, fallback_event: int, now: int, run_us: int, total_us: int, trial: int, release: bool
+    ) -> None: ...
+    def _finish(
+        self,
+        event: int,
+        err: BaseException,
+        start: int,
+        run_us: int,
+        trial: int,
+        fallback: Callable[..., Any] | None,
+        ctx: Context | None,
+        release: bool,
+    ) -> Any: ...
+    def execute(self, run: Callable[[], Any], fallback: Callable[[BaseException], Any] | None) -> Any: ...
+    def execute_c(
+        self, ctx: Context, run: Callable[[Context], Any], fallback: Callable[[Context, BaseException], Any] | None
+    ) -> Any: ...

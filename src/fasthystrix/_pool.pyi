@@ -1,0 +1,9 @@
+"""Stub of the compiled ``_pool`` module; it mirrors its pure twin ``_pool_py``."""
+
+class TicketPool:
+    """How many tickets are taken; a take succeeds while fewer than the limit are."""
+
+    @property
+    def in_use(self) -> int: ...
+    def try_take(self, limit: int) -> int: ...
+    def give_back(self) -> None: ...
