@@ -53,3 +53,4 @@ cdef class CircuitBreaker:
     cdef object finish_c(self, int event, object err, int64_t start, int64_t run_us, int64_t trial,
                          object fallback, object ctx, bint release)
     cdef object execute_fast(self, object run, object fallback)
+    cdef object execute_c_stashed(self, object ctx, object run, object fallback)

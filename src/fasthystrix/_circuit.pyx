@@ -50,6 +50,7 @@ from fasthystrix._outcomes import check_arguments, classify, context_outcome, er
 __all__ = ["CircuitBreaker", "bind", "check_arguments", "classify", "context_outcome", "do", "error_for"]
 
 cdef int NO_EVENT = -1
+cdef tuple _CONTEXT_ERRORS = (_ContextCanceledError, _ContextDeadlineExceededError)
 cdef int64_t NOT_STARTED = -1
 cdef object _monotonic_ns = time.monotonic_ns
 
@@ -67,8 +68,21 @@ def bind(circuits, get_or_create, run_threaded):
     _run_threaded = run_threaded
 
 
-def do(name, run, fallback=None):
-    """Run ``run()`` as command ``name``; see :func:`fasthystrix.do`."""
+cdef extern from "_capi.h":
+    PyObject *fh_call0(object f)
+    object fh_own(PyObject *o)
+    object fh_fetch()
+    object fh_stash(object exc)
+    object fh_take_stash()
+    void fh_init(object marker, void *impl)
+    object fh_make_do(object module_name)
+
+
+# What a path that must raise returns instead, once its exception is stashed (see _capi.h).
+cdef object _RERAISE = object()
+
+
+cdef object do_impl(object name, object run, object fallback):
     cdef PyObject *found
     if type(name) is not str or not callable(run) or (fallback is not None and not callable(fallback)):
         check_arguments(name, run, fallback)
@@ -78,6 +92,17 @@ def do(name, run, fallback=None):
     else:
         circuit = <object>found
     return (<CircuitBreaker?>circuit).execute_fast(run, fallback)
+
+
+cdef inline object raise_stashed(object result):
+    # For callers other than the C entry point: turn the marker back into a raise.
+    if result is _RERAISE:
+        raise fh_take_stash()
+    return result
+
+
+fh_init(_RERAISE, <void *>do_impl)
+do = fh_make_do(__name__)
 
 
 cdef class CircuitBreaker:
@@ -310,7 +335,7 @@ cdef class CircuitBreaker:
         """Complete a command that did not succeed: fallback, report, then return or raise."""
         if fallback is None:
             self.report_c(event, NO_EVENT, self.now(), run_us, self.total_us(event, start), trial, release)
-            raise err
+            return fh_stash(err)
         if release:
             self.tickets.give()
         try:
@@ -326,13 +351,13 @@ cdef class CircuitBreaker:
 
     def _finish(self, int event, err, int64_t start, int64_t run_us, int64_t trial, fallback, ctx, bint release):
         """Complete a command that did not succeed: fallback, report, then return or raise."""
-        return self.finish_c(event, err, start, run_us, trial, fallback, ctx, release)
+        return raise_stashed(self.finish_c(event, err, start, run_us, trial, fallback, ctx, release))
 
     # -- the semaphore-mode fast path ----------------------------------------------------
 
     def execute(self, run, fallback):
         """Run one command (``do()``): on this thread in semaphore mode, else on a worker."""
-        return self.execute_fast(run, fallback)
+        return raise_stashed(self.execute_fast(run, fallback))
 
     cdef object execute_fast(self, object run, object fallback):
         cdef int64_t start, end, elapsed, verdict
@@ -349,22 +374,28 @@ cdef class CircuitBreaker:
             return self.finish_c(SHORT_CIRCUIT, CircuitOpenError(), start, -1, 0, fallback, None, False)
         if verdict > 0:
             logger.info("allowing single test to possibly close circuit %s", self.name)
-        try:
-            value = run()
-        except BaseException as exc:
+        result = fh_call0(run)
+        if result is NULL:
+            # Caught through the C API, so run's exception gains no traceback entry of ours.
+            exc = fh_fetch()
             end = self.now()
             elapsed = (end - start) // 1000
             if not isinstance(exc, Exception):
                 # KeyboardInterrupt, SystemExit...: count a failure, give the ticket back, propagate.
                 self.report_c(FAILURE, NO_EVENT, end, elapsed, elapsed, verdict, True)
-                raise
+                return fh_stash(exc)
             if end - start > self.timeout_ns:
                 # It would have timed out had a timer been watching: a timeout, whatever run did.
                 return self.finish_c(TIMEOUT, CommandTimeoutError(), start, -1, verdict, fallback, None, True)
             event = FAILURE
-            if isinstance(exc, (_ContextCanceledError, _ContextDeadlineExceededError)):
+            if isinstance(exc, _CONTEXT_ERRORS):
                 event = classify(exc)
+            if fallback is None:
+                # finish_c's no-fallback branch, inlined: this is the path an outage hammers.
+                self.report_c(event, NO_EVENT, end, elapsed, elapsed, verdict, True)
+                return fh_stash(exc)
             return self.finish_c(event, exc, start, elapsed, verdict, fallback, None, True)
+        value = fh_own(result)
         end = self.now()
         if end - start > self.timeout_ns:
             return self.finish_c(TIMEOUT, CommandTimeoutError(), start, -1, verdict, fallback, None, True)
@@ -379,6 +410,9 @@ cdef class CircuitBreaker:
 
     def execute_c(self, ctx, run, fallback):
         """Run one command with a context (``do_c()``): ``run(ctx)``, ``fallback(ctx, err)``."""
+        return raise_stashed(self.execute_c_stashed(ctx, run, fallback))
+
+    cdef object execute_c_stashed(self, object ctx, object run, object fallback):
         cdef int64_t start, end, verdict, timeout_at, elapsed
         cdef int event
         if not self.semaphore:
