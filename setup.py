@@ -15,7 +15,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 # The compiled modules (none yet: the hot path moves to Cython in its own change).
-EXTENSIONS: list[str] = ["_rolling", "_pool", "_circuit"]
+EXTENSIONS: list[str] = ["_rolling", "_pool", "_circuit", "_handoff"]
 
 NO_EXTENSIONS = os.environ.get("FASTHYSTRIX_NO_EXTENSIONS", "") not in ("", "0")
 UNDER_CIBUILDWHEEL = os.environ.get("CIBUILDWHEEL", "") == "1"

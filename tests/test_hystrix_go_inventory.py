@@ -34,10 +34,10 @@ from fasthystrix import (
     ErrTimeout,
     FallbackError,
     MaxConcurrencyError,
+    TimeoutError as CommandTimeoutError,
     _impl,
     _rolling_py,
 )
-from fasthystrix import TimeoutError as CommandTimeoutError
 
 ISOLATIONS = ("thread", "semaphore")
 NS_PER_SECOND = 1_000_000_000

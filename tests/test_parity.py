@@ -11,7 +11,7 @@ import pytest
 
 from fasthystrix import _impl
 
-PAIRS = [("_circuit", "_circuit_py"), ("_rolling", "_rolling_py"), ("_pool", "_pool_py")]
+PAIRS = [("_circuit", "_circuit_py"), ("_rolling", "_rolling_py"), ("_pool", "_pool_py"), ("_handoff", "_handoff_py")]
 PACKAGE_DIR = Path(_impl.__file__).parent
 
 pytestmark = pytest.mark.skipif(_impl.COMPILED is None, reason=f"compiled modules not in use: {_impl.WHY_PURE}")

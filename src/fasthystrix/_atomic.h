@@ -21,6 +21,7 @@ static inline void fh_store_relaxed(int64_t *p, int64_t v) { *(volatile int64_t 
 static inline void fh_store_release(int64_t *p, int64_t v) { _ReadWriteBarrier(); *(volatile int64_t *)p = v; }
 static inline int64_t fh_add_relaxed(int64_t *p, int64_t v) { return _InterlockedExchangeAdd64((volatile long long *)p, v); }
 static inline int64_t fh_add_acq_rel(int64_t *p, int64_t v) { return _InterlockedExchangeAdd64((volatile long long *)p, v); }
+static inline int64_t fh_exchange_acq_rel(int64_t *p, int64_t v) { return _InterlockedExchange64((volatile long long *)p, v); }
 static inline int fh_cas_acq_rel(int64_t *p, int64_t *expected, int64_t desired) {
     int64_t seen = _InterlockedCompareExchange64((volatile long long *)p, desired, *expected);
     if (seen == *expected) return 1;
@@ -44,6 +45,7 @@ static inline void fh_store_relaxed(int64_t *p, int64_t v) { atomic_store_explic
 static inline void fh_store_release(int64_t *p, int64_t v) { atomic_store_explicit(FH_A(p), v, memory_order_release); }
 static inline int64_t fh_add_relaxed(int64_t *p, int64_t v) { return atomic_fetch_add_explicit(FH_A(p), v, memory_order_relaxed); }
 static inline int64_t fh_add_acq_rel(int64_t *p, int64_t v) { return atomic_fetch_add_explicit(FH_A(p), v, memory_order_acq_rel); }
+static inline int64_t fh_exchange_acq_rel(int64_t *p, int64_t v) { return atomic_exchange_explicit(FH_A(p), v, memory_order_acq_rel); }
 static inline int fh_cas_acq_rel(int64_t *p, int64_t *expected, int64_t desired) {
     return atomic_compare_exchange_strong_explicit(FH_A(p), expected, desired, memory_order_acq_rel, memory_order_acquire);
 }

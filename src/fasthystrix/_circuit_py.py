@@ -12,8 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._context import Context
-from ._errors import FallbackError
-from ._errors import TimeoutError as CommandTimeoutError
+from ._errors import FallbackError, TimeoutError as CommandTimeoutError
 from ._log import logger
 from ._metrics import MetricsSnapshot
 from ._outcomes import check_arguments, classify, context_outcome, error_for

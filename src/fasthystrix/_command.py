@@ -96,7 +96,7 @@ class _Execution:
         self.verdict = verdict
         self.future = future
         self.lock = threading.Lock()
-        self.wake = threading.Event()
+        self.wake = _impl.current().Completion()
         self.state = PENDING
         self.value: Any = None
         self.error: BaseException | None = None
@@ -105,8 +105,12 @@ class _Execution:
     def is_pending(self) -> bool:
         return self.state == PENDING
 
-    def work(self) -> None:
-        """Worker side: run, give the ticket back, then claim the outcome if nobody else has."""
+    def work(self) -> Any:
+        """Worker side: run, give the ticket back, then claim the outcome if nobody else has.
+
+        Returns the caller's ``Completion`` for the worker to set once it has let go
+        of the GIL (``None`` when there is nobody to wake).
+        """
         circuit = self.circuit
         value: Any = None
         error: BaseException | None = None
@@ -133,11 +137,11 @@ class _Execution:
         if not won:
             if error is not None and not isinstance(error, Exception):
                 logger.error("run of %s raised %r after its command had ended", circuit.name, error)
-            return
+            return None
         if self.future is None:
-            self.wake.set()
-        else:
-            _resolve(self.future, self.complete)
+            return self.wake
+        _resolve(self.future, self.complete)
+        return None
 
     def complete(self) -> Any:
         """Report a finished run and produce the command's result (fallback included)."""
@@ -219,7 +223,7 @@ def run_threaded(circuit: Any, settings: Any, run: Callable[..., Any], fallback:
         assert ctx is not None
         ctx._add_done_callback(execution.wake.set)
     try:
-        circuit._workers.submit(execution.work)
+        kick = circuit._workers.submit(execution.work, defer=True)
     except BaseException:
         circuit._release()
         raise
@@ -231,7 +235,11 @@ def run_threaded(circuit: Any, settings: Any, run: Callable[..., Any], fallback:
         while True:
             remaining = wait_until - clock()
             if remaining > 0:
-                wake.wait(remaining / 1e9)
+                # The worker is woken from inside the wait, once this thread has let go of the GIL.
+                wake.wait(remaining / 1e9, kick)
+            elif kick is not None:
+                kick.set()
+            kick = None
             with execution.lock:
                 if execution.state == DONE:
                     break

@@ -11,20 +11,20 @@ import sys
 from types import ModuleType
 from typing import Any
 
-from . import _circuit_py, _rolling_py
+from . import _circuit_py, _handoff_py, _rolling_py
 
 __all__ = ["EVENT_NAMES", "Implementation", "available", "current", "select"]
 
 EVENT_NAMES = _rolling_py.EVENT_NAMES
 
 # The compiled modules; each replaces its pure twin ``<name>_py``.
-COMPILED_MODULES: tuple[str, ...] = ("_circuit", "_pool", "_rolling")
+COMPILED_MODULES: tuple[str, ...] = ("_circuit", "_handoff", "_pool", "_rolling")
 
 
 class Implementation:
     """One consistent set of hot-path modules (``name`` is ``"compiled"`` or ``"pure"``)."""
 
-    def __init__(self, name: str, circuit: ModuleType, rolling: ModuleType) -> None:
+    def __init__(self, name: str, circuit: ModuleType, rolling: ModuleType, handoff: ModuleType) -> None:
         self.name = name
         self.CircuitBreaker: Any = circuit.CircuitBreaker
         self.do: Any = circuit.do
@@ -35,12 +35,13 @@ class Implementation:
         self.context_outcome: Any = circuit.context_outcome
         self.RollingMetrics: Any = rolling.RollingMetrics
         self.summarize: Any = rolling.summarize
+        self.Completion: Any = handoff.Completion
 
     def __repr__(self) -> str:
         return f"<fasthystrix implementation {self.name!r}>"
 
 
-PURE = Implementation("pure", _circuit_py, _rolling_py)
+PURE = Implementation("pure", _circuit_py, _rolling_py, _handoff_py)
 
 
 def _load_compiled() -> tuple[Implementation | None, str]:
@@ -51,10 +52,10 @@ def _load_compiled() -> tuple[Implementation | None, str]:
     if not COMPILED_MODULES:
         return None, "this version has no compiled modules"
     try:
-        from . import _circuit, _pool, _rolling  # type: ignore[attr-defined]  # noqa: F401
+        from . import _circuit, _handoff, _pool, _rolling  # noqa: F401
     except ImportError as exc:
         return None, f"compiled modules not importable: {exc}"
-    return Implementation("compiled", _circuit, _rolling), ""
+    return Implementation("compiled", _circuit, _rolling, _handoff), ""
 
 
 COMPILED, WHY_PURE = _load_compiled()

@@ -8,8 +8,8 @@ from ._errors import (
     ContextCanceledError,
     ContextDeadlineExceededError,
     MaxConcurrencyError,
+    TimeoutError as CommandTimeoutError,
 )
-from ._errors import TimeoutError as CommandTimeoutError
 
 __all__ = ["check_arguments", "classify", "context_outcome", "error_for"]
 

@@ -12,8 +12,9 @@ import heapq
 import itertools
 import threading
 from collections.abc import Callable
+from typing import Any
 
-from . import _clock
+from . import _clock, _impl
 from ._log import logger
 
 __all__ = ["DeadlineTimer", "WorkerPool", "timer"]
@@ -26,9 +27,9 @@ class _Worker:
 
     def __init__(self) -> None:
         self.task: Callable[[], object] | None = None
-        # A lock used as a binary semaphore: the cheapest wake-up threading offers.
-        self.wake = threading.Lock()
-        self.wake.acquire()
+        # The live implementation's Completion: the compiled one spins briefly before
+        # sleeping, so a busy worker picks up its next task without a kernel round trip.
+        self.wake = _impl.current().Completion()
         self.thread: threading.Thread | None = None
 
 
@@ -44,16 +45,24 @@ class WorkerPool:
         self._closed = False
         self._counter = itertools.count(1)
 
-    def submit(self, task: Callable[[], object]) -> None:
-        """Run ``task()`` on an idle worker, or on a new thread if none is idle."""
+    def submit(self, task: Callable[[], object], defer: bool = False) -> Any:
+        """Run ``task()`` on an idle worker, or on a new thread if none is idle.
+
+        ``task`` may return a ``Completion``: the worker sets it once it has let
+        go of the GIL. With ``defer``, an idle worker is not woken here: its
+        ``Completion`` is returned for the caller to pass as ``kick`` to its own
+        wait (``None`` if the task already started).
+        """
         with self._lock:
             # A shut-down pool still serves commands that were in flight (their fallbacks):
             # each gets a thread that exits after its task, so nothing lingers.
             if self._idle and not self._closed:
                 worker = self._idle.pop()
                 worker.task = task
-                worker.wake.release()
-                return
+                if defer:
+                    return worker.wake
+                worker.wake.set()
+                return None
             worker = _Worker()
             worker.task = task
             self._workers.add(worker)
@@ -63,6 +72,7 @@ class WorkerPool:
         )
         worker.thread = thread
         thread.start()
+        return None
 
     def _loop(self, worker: _Worker) -> None:
         try:
@@ -70,22 +80,32 @@ class WorkerPool:
                 task, worker.task = worker.task, None
                 if task is None:
                     return
+                kick: Any = None
                 try:
-                    task()
+                    kick = task()
                 except BaseException:  # tasks handle their own errors; this is a last resort
                     logger.exception("fasthystrix worker task failed in pool %s", self.name)
                 del task
                 with self._lock:
-                    if self._closed:
-                        return
-                    self._idle.append(worker)
-                if not worker.wake.acquire(timeout=self.idle_timeout):
+                    closed = self._closed
+                    if not closed:
+                        # Only the first idle worker spins for its next task: submit() takes the
+                        # most recently idled worker, and several spinning threads would starve
+                        # the ones doing work on a small machine.
+                        spin = not self._idle
+                        self._idle.append(worker)
+                if closed:
+                    if kick is not None:
+                        kick.set()
+                    return
+                if not worker.wake.wait(self.idle_timeout, kick, spin):
                     with self._lock:
                         if worker in self._idle:
                             self._idle.remove(worker)
                             return
                     # submit() popped this worker just as the wait timed out: its task is coming.
-                    worker.wake.acquire()
+                    worker.wake.wait()
+                worker.wake.clear()
         finally:
             with self._lock:
                 self._workers.discard(worker)
@@ -106,7 +126,7 @@ class WorkerPool:
             idle, self._idle = self._idle, []
             for worker in idle:
                 worker.task = None
-                worker.wake.release()
+                worker.wake.set()
             threads = [w.thread for w in idle if w.thread is not None]
         current = threading.current_thread()
         for thread in threads:
