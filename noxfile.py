@@ -58,12 +58,14 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
-    """ruff (lint and format) and mypy --strict on the package."""
+    """ruff (lint and format), mypy --strict on the package, actionlint on the workflows."""
     session.install("-e", ".[lint]")
     paths = [p for p in ("src", "tests", "benchmarks", "examples", "noxfile.py", "setup.py") if Path(p).exists()]
     session.run("ruff", "check", *paths)
     session.run("ruff", "format", "--check", *paths)
     session.run("mypy")
+    # GitHub Actions cannot run here: check the workflows statically instead.
+    session.run("actionlint", *sorted(str(p) for p in Path(".github/workflows").glob("*.yml")))
 
 
 @nox.session(python="3.11")
