@@ -12,6 +12,7 @@ cdef extern from "_atomic.h" nogil:
     int64_t fh_add_acq_rel(int64_t *p, int64_t v)
     int64_t fh_exchange_acq_rel(int64_t *p, int64_t v)
     void fh_pause()
+    void fh_yield()
     bint fh_cas_acq_rel(int64_t *p, int64_t *expected, int64_t desired)
     void fh_add32_relaxed(uint32_t *p, uint32_t v)
     uint32_t fh_load32_relaxed(uint32_t *p)

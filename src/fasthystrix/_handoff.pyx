@@ -31,6 +31,7 @@ from fasthystrix._atomic cimport (
     fh_monotonic_ns,
     fh_pause,
     fh_store_release,
+    fh_yield,
 )
 
 __all__ = ["Completion"]
@@ -46,7 +47,8 @@ cdef enum:
     # How long a waiter spins before sleeping: long enough for a worker thread to pick up
     # a task and run a fast call, short enough not to matter when the call does I/O.
     SPIN_NS = 50000
-    SPIN_ITERATIONS = 20000  # without a monotonic clock in C
+    SPIN_ITERATIONS = 2000  # without a monotonic clock in C
+    BUSY_ITERATIONS = 200   # pause instructions before yielding (a few microseconds)
 
 
 cdef class Completion:
@@ -78,20 +80,28 @@ cdef class Completion:
         fh_cas_acq_rel(&self.state, &expected, CLEAR)
 
     cdef bint spin(self, int64_t limit_ns) noexcept nogil:
+        # Busy-wait a little, then yield the CPU between checks: on a machine with more
+        # runnable threads than cores, the thread that will set us may need this core.
         cdef int64_t start, i = 0
         if FH_HAVE_MONOTONIC_NS:
             start = fh_monotonic_ns()
             while True:
                 if fh_load_acquire(&self.state) == SET:
                     return True
-                fh_pause()
+                if i < BUSY_ITERATIONS:
+                    fh_pause()
+                else:
+                    fh_yield()
                 i += 1
-                if (i & 63) == 0 and fh_monotonic_ns() - start >= limit_ns:
+                if (i & 15) == 0 and fh_monotonic_ns() - start >= limit_ns:
                     return False
         while i < SPIN_ITERATIONS:
             if fh_load_acquire(&self.state) == SET:
                 return True
-            fh_pause()
+            if i < BUSY_ITERATIONS:
+                fh_pause()
+            else:
+                fh_yield()
             i += 1
         return False
 
