@@ -17,6 +17,7 @@ from ._log import logger
 from ._metrics import MetricsSnapshot
 from ._outcomes import check_arguments, classify, context_outcome, error_for
 from ._pool_py import TicketPool
+from ._rolling_py import COUNTER_BUCKETS, EXECUTED, MAX_ACTIVE, NS_PER_SECOND
 
 __all__ = ["CircuitBreaker", "bind", "check_arguments", "classify", "context_outcome", "do", "error_for"]
 
@@ -321,10 +322,30 @@ class CircuitBreaker:
             return _run_threaded(self, settings, run, fallback, None)  # type: ignore[misc]
         clock = self._clock
         start = clock()
-        verdict = self._acquire(start, settings)
-        if verdict < 0:
-            event = REJECTED if verdict == REJECTED_VERDICT else SHORT_CIRCUIT
-            return self._finish(event, error_for(event), start, -1, 0, fallback, None, False)
+        metrics = self._metrics
+        tickets = self._tickets
+        verdict = -9
+        with self._lock:
+            # The common case of _admit_locked, inlined: closed, healthy, a ticket free,
+            # and the window still in the same second.
+            if not (self._open or self._force_open) and start // NS_PER_SECOND == metrics._second:
+                requests = metrics._requests
+                in_use = tickets.in_use
+                if (
+                    requests < settings.request_volume_threshold
+                    or (metrics._errors * 200 + requests) // (2 * requests) < settings.error_percent_threshold
+                ) and in_use < settings.max_concurrent_requests:
+                    tickets.in_use = in_use = in_use + 1
+                    bucket = metrics._buckets[metrics._second % COUNTER_BUCKETS]
+                    bucket[EXECUTED] += 1
+                    if in_use > bucket[MAX_ACTIVE]:
+                        bucket[MAX_ACTIVE] = in_use
+                    verdict = ADMITTED
+        if verdict != ADMITTED:
+            verdict = self._acquire(start, settings)
+            if verdict < 0:
+                event = REJECTED if verdict == REJECTED_VERDICT else SHORT_CIRCUIT
+                return self._finish(event, error_for(event), start, -1, 0, fallback, None, False)
         try:
             value = run()
         except BaseException as exc:
@@ -346,8 +367,8 @@ class CircuitBreaker:
         if verdict == 0 and not self._collectors:
             # The common case, inlined: give the ticket back and count the success.
             with self._lock:
-                self._tickets.in_use -= 1  # TicketPool.give_back(), inlined on the hot path
-                self._metrics.record(SUCCESS, NO_EVENT, end, elapsed // _NS_PER_US, elapsed // _NS_PER_US)
+                tickets.in_use -= 1  # TicketPool.give_back(), inlined on the hot path
+                metrics.record_success(end, elapsed // _NS_PER_US)
             return value
         self._report(SUCCESS, NO_EVENT, end, elapsed // _NS_PER_US, elapsed // _NS_PER_US, verdict, True)
         return value

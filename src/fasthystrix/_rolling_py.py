@@ -272,6 +272,32 @@ class RollingMetrics:
                     h = self._latency_total[slot] = _Histogram()
                 h.add(total_us)
 
+    def record_success(self, now_ns: int, us: int) -> None:
+        """``record(SUCCESS, -1, now_ns, us, us)``, specialised for the hot path."""
+        second = now_ns // NS_PER_SECOND
+        stamp = second // LATENCY_SLOT_SECONDS
+        slot = stamp % LATENCY_SLOTS
+        run = self._latency_run[slot]
+        total = self._latency_total[slot]
+        if second != self._second or self._latency_stamp[slot] != stamp or run is None or total is None:
+            self.record(SUCCESS, -1, now_ns, us, us)
+            return
+        self._buckets[second % COUNTER_BUCKETS][SUCCESS] += 1
+        self._requests += 1
+        if us < 128:
+            index = us if us > 0 else 0
+        else:
+            shift = us.bit_length() - _SUB_BITS
+            index = LATENCY_BUCKETS - 1 if shift > _MAX_SHIFT else (shift << 6) + (us >> shift)
+        for h in (run, total):
+            h.buckets[index] += 1
+            if h.count == 0 or us < h.min:
+                h.min = us
+            if us > h.max:
+                h.max = us
+            h.count += 1
+            h.total += us
+
     def record_executed(self, now_ns: int, active: int) -> None:
         """Count a command that took a ticket, with the tickets in use after it did."""
         second = now_ns // NS_PER_SECOND
