@@ -45,7 +45,7 @@ from fasthystrix._errors import ContextCanceledError as _ContextCanceledError
 from fasthystrix._errors import ContextDeadlineExceededError as _ContextDeadlineExceededError
 from fasthystrix._errors import TimeoutError as CommandTimeoutError
 from fasthystrix._log import logger
-from fasthystrix._outcomes import check_arguments, classify, context_outcome, error_for
+from fasthystrix._outcomes import check_arguments, classify, context_outcome, error_for, notify_collectors
 
 __all__ = ["CircuitBreaker", "bind", "check_arguments", "classify", "context_outcome", "do", "error_for"]
 
@@ -299,30 +299,14 @@ cdef class CircuitBreaker:
         if closed:
             logger.info("closing circuit %s", self.name)
         if closed or self.has_collectors:
-            self._notify(closed, event, fallback_event, run_us, total_us, self.tickets.in_use)
+            notify_collectors(self.name, self._collectors, closed, event, fallback_event, run_us, total_us,
+                              self.tickets.in_use, self.max_concurrent)
         return 0
 
     def _report(self, int event, int fallback_event, int64_t now, int64_t run_us, int64_t total_us,
                 int64_t trial, bint release):
         """Record one finished command (releasing its ticket if ``release``), then tell the collectors."""
         self.report_c(event, fallback_event, now, run_us, total_us, trial, release)
-
-    def _notify(self, closed, event, fallback_event, run_us, total_us, in_use):
-        from fasthystrix.metric_collector import MetricResult
-
-        maximum = self.max_concurrent
-        result = None
-        for collector in self._collectors:
-            try:
-                if closed:
-                    collector.reset()
-                if result is None:
-                    result = MetricResult.from_event(
-                        event, fallback_event, run_us, total_us, in_use / maximum if maximum > 0 else 0.0
-                    )
-                collector.update(result)
-            except Exception:
-                logger.exception("metric collector %r failed for circuit %s", collector, self.name)
 
     cdef int64_t total_us(self, int event, int64_t start) except? -2:
         # Short-circuits and rejections never ran: no latency sample (hystrix-go recorded zeros).

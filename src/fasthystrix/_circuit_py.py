@@ -15,7 +15,7 @@ from ._context import Context
 from ._errors import FallbackError, TimeoutError as CommandTimeoutError
 from ._log import logger
 from ._metrics import MetricsSnapshot
-from ._outcomes import check_arguments, classify, context_outcome, error_for
+from ._outcomes import check_arguments, classify, context_outcome, error_for, notify_collectors
 from ._pool_py import TicketPool
 from ._rolling_py import COUNTER_BUCKETS, EXECUTED, MAX_ACTIVE, NS_PER_SECOND
 
@@ -254,24 +254,17 @@ class CircuitBreaker:
         if closed:
             logger.info("closing circuit %s", self.name)
         if closed or self._collectors:
-            self._notify(closed, event, fallback_event, run_us, total_us, in_use)
-
-    def _notify(self, closed: bool, event: int, fallback_event: int, run_us: int, total_us: int, in_use: int) -> None:
-        from .metric_collector import MetricResult
-
-        maximum = self._settings.max_concurrent_requests
-        result = None
-        for collector in self._collectors:
-            try:
-                if closed:
-                    collector.reset()
-                if result is None:
-                    result = MetricResult.from_event(
-                        event, fallback_event, run_us, total_us, in_use / maximum if maximum > 0 else 0.0
-                    )
-                collector.update(result)
-            except Exception:
-                logger.exception("metric collector %r failed for circuit %s", collector, self.name)
+            notify_collectors(
+                self.name,
+                self._collectors,
+                closed,
+                event,
+                fallback_event,
+                run_us,
+                total_us,
+                in_use,
+                self._settings.max_concurrent_requests,
+            )
 
     def _finish(
         self,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ._context import Context
 from ._errors import (
     CircuitOpenError,
@@ -10,8 +12,9 @@ from ._errors import (
     MaxConcurrencyError,
     TimeoutError as CommandTimeoutError,
 )
+from ._log import logger
 
-__all__ = ["check_arguments", "classify", "context_outcome", "error_for"]
+__all__ = ["check_arguments", "classify", "context_outcome", "error_for", "notify_collectors"]
 
 # Event indices (see _rolling_py).
 FAILURE = 1
@@ -72,3 +75,34 @@ def context_outcome(ctx: Context, timeout_at: int, end: int) -> int:
     if end > timeout_at and (ctx_at is None or timeout_at < ctx_at):
         return TIMEOUT
     return ctx_event
+
+
+def notify_collectors(
+    name: str,
+    collectors: tuple[Any, ...],
+    closed: bool,
+    event: int,
+    fallback_event: int,
+    run_us: int,
+    total_us: int,
+    in_use: int,
+    maximum: int,
+) -> None:
+    """Tell a circuit's extra collectors about one command (resetting them first if it closed).
+
+    A collector that raises is logged and skipped: it never breaks the command.
+    """
+    from .metric_collector import MetricResult
+
+    result = None
+    for collector in collectors:
+        try:
+            if closed:
+                collector.reset()
+            if result is None:
+                result = MetricResult.from_event(
+                    event, fallback_event, run_us, total_us, in_use / maximum if maximum > 0 else 0.0
+                )
+            collector.update(result)
+        except Exception:
+            logger.exception("metric collector %r failed for circuit %s", collector, name)
