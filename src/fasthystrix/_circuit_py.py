@@ -325,7 +325,8 @@ class CircuitBreaker:
                 requests = metrics._requests
                 in_use = tickets.in_use
                 if (
-                    requests < settings.request_volume_threshold
+                    requests == 0
+                    or requests < settings.request_volume_threshold
                     or (metrics._errors * 200 + requests) // (2 * requests) < settings.error_percent_threshold
                 ) and in_use < settings.max_concurrent_requests:
                     tickets.in_use = in_use = in_use + 1
