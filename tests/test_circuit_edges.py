@@ -13,6 +13,8 @@ def test_zero_volume_threshold_on_an_empty_window(isolation: str) -> None:
     fasthystrix.configure_command(
         "edge-volume-0", fasthystrix.CommandConfig(request_volume_threshold=0, isolation=isolation)
     )
+    circuit = fasthystrix.get_circuit("edge-volume-0")[0]
+    assert circuit.metrics().requests == 0  # reading the window moves it to this second
     assert fasthystrix.do("edge-volume-0", lambda: "ran") == "ran"
     metrics = fasthystrix.get_circuit("edge-volume-0")[0].metrics()
     assert (metrics.requests, metrics.successes, metrics.errors) == (1, 1, 0)
