@@ -11,7 +11,7 @@ User code (run, fallback, collectors, log handlers) never runs under it.
 import time
 
 from cpython.dict cimport PyDict_GetItem
-from cpython.object cimport PyObject
+from cpython.object cimport PyObject, PyObject_TypeCheck, PyTypeObject
 from libc.stdint cimport int64_t
 
 from fasthystrix._atomic cimport (
@@ -50,7 +50,6 @@ from fasthystrix._outcomes import check_arguments, classify, context_outcome, er
 __all__ = ["CircuitBreaker", "bind", "check_arguments", "classify", "context_outcome", "do", "error_for"]
 
 cdef int NO_EVENT = -1
-cdef tuple _CONTEXT_ERRORS = (_ContextCanceledError, _ContextDeadlineExceededError)
 cdef int64_t NOT_STARTED = -1
 cdef object _monotonic_ns = time.monotonic_ns
 
@@ -364,7 +363,8 @@ cdef class CircuitBreaker:
             exc = fh_fetch()
             end = self.now()
             elapsed = (end - start) // 1000
-            if not isinstance(exc, Exception):
+            # PyObject_TypeCheck, not isinstance(): no __instancecheck__ lookup on this path.
+            if not PyObject_TypeCheck(exc, <PyTypeObject *>Exception):
                 # KeyboardInterrupt, SystemExit...: count a failure, give the ticket back, propagate.
                 self.report_c(FAILURE, NO_EVENT, end, elapsed, elapsed, verdict, True)
                 return fh_stash(exc)
@@ -372,7 +372,8 @@ cdef class CircuitBreaker:
                 # It would have timed out had a timer been watching: a timeout, whatever run did.
                 return self.finish_c(TIMEOUT, CommandTimeoutError(), start, -1, verdict, fallback, None, True)
             event = FAILURE
-            if isinstance(exc, _CONTEXT_ERRORS):
+            if PyObject_TypeCheck(exc, <PyTypeObject *>_ContextCanceledError) or PyObject_TypeCheck(
+                    exc, <PyTypeObject *>_ContextDeadlineExceededError):
                 event = classify(exc)
             if fallback is None:
                 # finish_c's no-fallback branch, inlined: this is the path an outage hammers.
