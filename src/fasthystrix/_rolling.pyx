@@ -346,6 +346,10 @@ def summarize(slots):
         return LatencySummary(0, 0.0, {p: 0.0 for p in PERCENTILES})
     percentiles = {}
     for p in PERCENTILES:
+        if p <= 0 or p >= 100:
+            # Rank 1 and rank n are the smallest and largest samples, which are kept exactly.
+            percentiles[p] = (lo if p <= 0 else hi) / 1000.0
+            continue
         r = rank(p, count)
         seen = 0
         value = 0.0

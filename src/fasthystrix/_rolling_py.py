@@ -157,6 +157,10 @@ def summarize(slots: list[_Histogram]) -> LatencySummary:
     total = sum(h.total for h in slots)
     percentiles: dict[float, float] = {}
     for p in PERCENTILES:
+        if p <= 0 or p >= 100:
+            # Rank 1 and rank n are the smallest and largest samples, which are kept exactly.
+            percentiles[p] = (lo if p <= 0 else hi) / 1000.0
+            continue
         rank = _rank(p, count)
         value = 0.0
         seen = 0
