@@ -20,6 +20,7 @@ from ._log import logger
 __all__ = ["DeadlineTimer", "WorkerPool", "timer"]
 
 IDLE_TIMEOUT = 30.0
+_MIN_COMPACT = 256  # heap size below which finished entries are left for the timer thread
 
 
 class _Worker:
@@ -144,11 +145,20 @@ class DeadlineTimer:
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
         self._stop_when_empty = False
+        self._compact_at = _MIN_COMPACT
 
     def schedule(self, at_ns: int, callback: Callable[[], object], pending: Callable[[], bool]) -> None:
         """Call ``callback()`` at ``at_ns`` unless ``pending()`` is false by then."""
         with self._cond:
-            heapq.heappush(self._heap, (at_ns, next(self._seq), callback, pending))
+            heap = self._heap
+            if len(heap) >= self._compact_at:
+                # Entries of finished commands wait for their deadline to be popped; at high call
+                # rates they would pile up (rate x timeout). Drop them whenever the heap has
+                # doubled since the last sweep: amortised O(1) per schedule.
+                heap[:] = [entry for entry in heap if entry[3]()]
+                heapq.heapify(heap)
+                self._compact_at = max(2 * len(heap), _MIN_COMPACT)
+            heapq.heappush(heap, (at_ns, next(self._seq), callback, pending))
             self._stop_when_empty = False
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="fasthystrix-deadlines", daemon=True)
