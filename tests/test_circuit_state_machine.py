@@ -1,0 +1,416 @@
+"""One semaphore-mode circuit driven by random calls, clock jumps, forcing and reconfiguration, checked
+after every step against a small reference model of hystrix-go's breaker (with fasthystrix's documented
+changes: an exact 10 s window, synchronous metrics, only the trial closes a circuit, a forced-open circuit
+lets no trial through, and a trial slot is not spent when no ticket is free)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import hypothesis.strategies as st
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
+
+import fasthystrix
+from fasthystrix import _clock
+
+NAME = "state-machine"
+TIMEOUT_MS = 100
+NS_PER_MS = 1_000_000
+TIMEOUT_NS = TIMEOUT_MS * NS_PER_MS
+NS_PER_S = 1_000_000_000
+WINDOW_SECONDS = 10
+START_NS = 1_000_000 * NS_PER_S
+
+REQUEST_EVENTS = ("success", "failure", "rejected", "short-circuit", "timeout")
+ERROR_EVENTS = ("failure", "rejected", "short-circuit", "timeout")
+ERROR_TYPES: dict[str, type[BaseException]] = {
+    "short-circuit": fasthystrix.CircuitOpenError,
+    "rejected": fasthystrix.MaxConcurrencyError,
+    "timeout": fasthystrix.TimeoutError,
+}
+SNAPSHOT_FIELDS = {
+    "successes": "success",
+    "failures": "failure",
+    "rejects": "rejected",
+    "short_circuits": "short-circuit",
+    "timeouts": "timeout",
+    "fallback_successes": "fallback-success",
+    "fallback_failures": "fallback-failure",
+}
+
+RUN_VALUE = "run-value"
+FALLBACK_VALUE = "fallback-value"
+INNER_VALUE = "inner-value"
+
+
+class Clock:
+    """Monotonic nanoseconds that move only when told to."""
+
+    def __init__(self, now: int) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance_ms(self, ms: int) -> None:
+        self.now += ms * NS_PER_MS
+
+    def advance_ns(self, ns: int) -> None:
+        self.now += ns
+
+
+@dataclass
+class Config:
+    volume: int
+    percent: int
+    sleep_ms: int
+    max_concurrent: int
+
+
+class Model:
+    """The breaker as the spec describes it: per-second buckets, an open flag and the last test time."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.events: dict[int, Counter[str]] = {}
+        self.peak_active: dict[int, int] = {}
+        self.open = False
+        self.forced = False
+        self.opened_or_last_tested = 0
+        self.in_use = 0
+
+    def window(self, now: int) -> Counter[str]:
+        second = now // NS_PER_S
+        total: Counter[str] = Counter()
+        for s, counts in self.events.items():
+            if second - WINDOW_SECONDS < s <= second:
+                total.update(counts)
+        return total
+
+    def window_peak(self, now: int) -> int:
+        second = now // NS_PER_S
+        return max((n for s, n in self.peak_active.items() if second - WINDOW_SECONDS < s <= second), default=0)
+
+    def health(self, now: int) -> tuple[int, int]:
+        counts = self.window(now)
+        return sum(counts[e] for e in REQUEST_EVENTS), sum(counts[e] for e in ERROR_EVENTS)
+
+    @staticmethod
+    def error_percent(requests: int, errors: int) -> int:
+        if requests == 0:
+            return 0
+        return int(Fraction(100 * errors, requests) + Fraction(1, 2))
+
+    def check_open(self, now: int) -> str:
+        """``"open"``, ``"closed"``, or ``"tripped"`` when this check opens the circuit."""
+        if self.open or self.forced:
+            return "open"
+        requests, errors = self.health(now)
+        if requests == 0 or requests < self.config.volume:
+            return "closed"
+        if self.error_percent(requests, errors) < self.config.percent:
+            return "closed"
+        self.open = True
+        self.opened_or_last_tested = now
+        return "tripped"
+
+    def take_trial(self, now: int) -> bool:
+        # fasthystrix: a forced-open circuit lets no trial through, even when it has also tripped.
+        if self.open and not self.forced and now > self.opened_or_last_tested + self.config.sleep_ms * NS_PER_MS:
+            self.opened_or_last_tested = now
+            return True
+        return False
+
+    def admit(self, now: int) -> str:
+        """``"short-circuit"``, ``"rejected"``, ``"run"`` or ``"trial"``; an admitted call takes a ticket."""
+        state = self.check_open(now)
+        trial = False
+        if state != "closed":
+            if state == "tripped" or self.in_use >= self.config.max_concurrent or not self.take_trial(now):
+                return "short-circuit"
+            trial = True
+        if self.in_use >= self.config.max_concurrent:
+            return "rejected"
+        self.in_use += 1
+        second = now // NS_PER_S
+        self.events.setdefault(second, Counter())["executed"] += 1
+        self.peak_active[second] = max(self.peak_active.get(second, 0), self.in_use)
+        return "trial" if trial else "run"
+
+    def finish(self, event: str, fallback_event: str | None, end: int, trial: bool) -> None:
+        if trial and event == "success" and self.open:
+            self.open = False
+            self.events.clear()
+            self.peak_active.clear()
+        counts = self.events.setdefault(end // NS_PER_S, Counter())
+        counts[event] += 1
+        if fallback_event is not None:
+            counts[fallback_event] += 1
+
+    def state(self) -> str:
+        return "forced-open" if self.forced else "open" if self.open else "closed"
+
+
+configs = st.builds(
+    Config,
+    volume=st.integers(0, 5),
+    percent=st.one_of(st.sampled_from([1, 25, 50, 51, 99, 100]), st.integers(1, 100)),
+    sleep_ms=st.integers(1000, 5000),
+    max_concurrent=st.sampled_from([10, 10, 10, 10, 1, 0]),
+)
+fallbacks = st.sampled_from(["none", "returns", "raises"])
+
+
+class CircuitMachine(RuleBasedStateMachine):
+    """Drives the real circuit and the model with the same inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = Clock(START_NS)
+        _clock.set_clock(self.clock)
+        fasthystrix.flush()
+        self.model: Model
+        self.circuit: Any
+
+    def _configure(self, config: Config) -> None:
+        fasthystrix.configure_command(
+            NAME,
+            fasthystrix.CommandConfig(
+                timeout=TIMEOUT_MS,
+                max_concurrent_requests=config.max_concurrent,
+                request_volume_threshold=config.volume,
+                sleep_window=config.sleep_ms,
+                error_percent_threshold=config.percent,
+                isolation="semaphore",
+            ),
+        )
+
+    @initialize(config=configs, offset_ms=st.integers(0, 999))
+    def start(self, config: Config, offset_ms: int) -> None:
+        self.clock.advance_ms(offset_ms)
+        self._configure(config)
+        self.model = Model(config)
+        self.circuit, created = fasthystrix.get_circuit(NAME)
+        assert created
+
+    def teardown(self) -> None:
+        _clock.set_clock(None)
+        fasthystrix.flush()
+
+    def _inner_call(self, raises: bool) -> tuple[Any, Any]:
+        """A call made from inside a running command: it sees the outer call's ticket and may trip
+        the circuit while the outer call is still running. Returns ``(got, expected)``."""
+        now = self.clock.now
+        verdict = self.model.admit(now)
+        if verdict in ("run", "trial"):
+            self.model.in_use -= 1
+            if raises:
+                self.model.finish("failure", "fallback-success", now, verdict == "trial")
+                expected: Any = (FALLBACK_VALUE, RuntimeError)
+            else:
+                self.model.finish("success", None, now, verdict == "trial")
+                expected = INNER_VALUE
+        else:
+            self.model.finish(verdict, "fallback-success", now, False)
+            expected = (FALLBACK_VALUE, ERROR_TYPES[verdict])
+
+        def run() -> str:
+            if raises:
+                raise RuntimeError("inner run failed")
+            return INNER_VALUE
+
+        try:
+            got = fasthystrix.do(NAME, run, lambda err: (FALLBACK_VALUE, type(err)))
+        except Exception as exc:
+            got = exc
+        return got, expected
+
+    @rule(
+        raises=st.booleans(),
+        delay_ms=st.one_of(st.integers(0, TIMEOUT_MS), st.sampled_from([TIMEOUT_MS, TIMEOUT_MS + 1])),
+        fallback=fallbacks,
+        nested=st.lists(st.booleans(), max_size=4).map(tuple),
+    )
+    def call(self, raises: bool, delay_ms: int, fallback: str, nested: tuple[bool, ...]) -> None:
+        self._do(raises, delay_ms * NS_PER_MS, fallback, nested)
+
+    @rule(failures=st.integers(1, 5))
+    def succeed_while_circuit_trips(self, failures: int) -> None:
+        """Calls made while this one runs fail and may trip the circuit: its success must not close it."""
+        self._do(False, 0, "none", (True,) * failures + (False,))
+
+    @rule(delay_ms=st.integers(0, TIMEOUT_MS))
+    def succeed(self, delay_ms: int) -> None:
+        self._do(False, delay_ms * NS_PER_MS, "none", ())
+
+    @rule(fallback=fallbacks)
+    def fail(self, fallback: str) -> None:
+        self._do(True, 0, fallback, ())
+
+    @rule(
+        raises=st.booleans(),
+        delay_ns=st.one_of(st.sampled_from([TIMEOUT_NS, TIMEOUT_NS + 1]), st.integers(TIMEOUT_NS + 1, 3 * NS_PER_S)),
+        fallback=fallbacks,
+    )
+    def slow_call(self, raises: bool, delay_ns: int, fallback: str) -> None:
+        """Run advances the clock past the timeout (or exactly to it): a timeout whatever run did."""
+        self._do(raises, delay_ns, fallback, ())
+
+    def _do(self, raises: bool, delay_ns: int, fallback: str, nested: tuple[bool, ...]) -> None:
+        """One ``do()`` predicted by the model: which path it takes, its event and its fallback event;
+        ``nested`` lists the calls run makes before returning (True: that call fails)."""
+        model = self.model
+        start = self.clock.now
+        verdict = model.admit(start)
+        run_error = RuntimeError("run failed")
+        fallback_error = ValueError("fallback failed")
+        ran: list[tuple[int, str]] = []
+        inner: list[tuple[Any, Any]] = []
+        fallback_args: list[BaseException] = []
+
+        def run() -> str:
+            ran.append((self.circuit.tickets_in_use, self.circuit.state()))
+            for inner_raises in nested:
+                inner.append(self._inner_call(inner_raises))
+            self.clock.advance_ns(delay_ns)
+            if raises:
+                raise run_error
+            return RUN_VALUE
+
+        def fb(err: BaseException) -> str:
+            fallback_args.append(err)
+            if fallback == "raises":
+                raise fallback_error
+            return FALLBACK_VALUE
+
+        value: Any = None
+        raised: BaseException | None = None
+        try:
+            value = fasthystrix.do(NAME, run, None if fallback == "none" else fb)
+        except Exception as exc:
+            raised = exc
+
+        if verdict in ("short-circuit", "rejected"):
+            assert not ran, f"run executed although the model says {verdict}"
+            event = verdict
+        else:
+            assert ran, f"run did not execute although the model says {verdict}"
+            # A trial runs while the circuit is still open (so any other call short-circuits).
+            assert ran[0] == (1, "open" if verdict == "trial" else "closed")
+            for got, expected in inner:
+                assert got == expected, f"nested call: got {got!r}, model says {expected!r}"
+            model.in_use -= 1
+            if delay_ns > TIMEOUT_NS:
+                event = "timeout"
+            else:
+                event = "failure" if raises else "success"
+        end = self.clock.now
+
+        if event == "success":
+            assert raised is None and value == RUN_VALUE, (value, raised)
+            assert not fallback_args
+            fallback_event = None
+        else:
+            expected_error = ERROR_TYPES.get(event, RuntimeError)
+            if fallback == "none":
+                assert isinstance(raised, expected_error), f"{event}: raised {raised!r}"
+                assert not fallback_args
+                if event == "failure":
+                    assert raised is run_error
+                fallback_event = None
+            else:
+                assert len(fallback_args) == 1, f"{event}: fallback called {len(fallback_args)} times"
+                assert isinstance(fallback_args[0], expected_error)
+                if event == "failure":
+                    assert fallback_args[0] is run_error
+                if fallback == "returns":
+                    assert raised is None and value == FALLBACK_VALUE, (value, raised)
+                    fallback_event = "fallback-success"
+                else:
+                    assert isinstance(raised, fasthystrix.FallbackError), f"{event}: raised {raised!r}"
+                    assert raised.fallback_error is fallback_error
+                    assert isinstance(raised.run_error, expected_error)
+                    fallback_event = "fallback-failure"
+        model.finish(event, fallback_event, end, verdict == "trial")
+
+    @rule(ms=st.integers(1, 999))
+    def advance_milliseconds(self, ms: int) -> None:
+        self.clock.advance_ms(ms)
+
+    @rule(seconds=st.one_of(st.integers(1, 9), st.integers(10, 25)), ms=st.integers(0, 999))
+    def advance_seconds(self, seconds: int, ms: int) -> None:
+        self.clock.advance_ms(seconds * 1000 + ms)
+
+    @rule(extra_ns=st.sampled_from([0, 1]))
+    def advance_to_trial_time(self, extra_ns: int) -> None:
+        """Jump to exactly the end of the sleep window (no trial yet) or one nanosecond past it."""
+        target = self.model.opened_or_last_tested + self.model.config.sleep_ms * NS_PER_MS + extra_ns
+        if target > self.clock.now:
+            self.clock.advance_ns(target - self.clock.now)
+
+    @rule(value=st.sampled_from([True, False, False]))
+    def force_open(self, value: bool) -> None:
+        self.circuit.force_open = value
+        self.model.forced = value
+
+    @rule(config=configs)
+    def reconfigure(self, config: Config) -> None:
+        self._configure(config)
+        self.model.config = config
+
+    @rule()
+    def is_open(self) -> None:
+        expected = self.model.check_open(self.clock.now) != "closed"
+        assert self.circuit.is_open() is expected
+
+    @rule()
+    def allow_request(self) -> None:
+        now = self.clock.now
+        state = self.model.check_open(now)
+        expected = state == "closed" or (state == "open" and self.model.take_trial(now))
+        assert self.circuit.allow_request() is expected
+
+    @invariant()
+    def metrics_match_model(self) -> None:
+        now = self.clock.now
+        snapshot = self.circuit.metrics()
+        window = self.model.window(now)
+        got = {f: getattr(snapshot, f) for f in SNAPSHOT_FIELDS}
+        expected = {f: window[e] for f, e in SNAPSHOT_FIELDS.items()}
+        assert got == expected
+        requests, errors = self.model.health(now)
+        assert (snapshot.requests, snapshot.errors) == (requests, errors)
+        assert snapshot.error_percent == Model.error_percent(requests, errors)
+        assert snapshot.errors <= snapshot.requests
+        assert 0 <= snapshot.error_percent <= 100
+        assert snapshot.executed == window["executed"]
+        assert snapshot.max_concurrent == self.model.window_peak(now)
+        assert snapshot.context_canceled == snapshot.context_deadline_exceeded == 0
+        assert snapshot.concurrent == 0
+
+    @invariant()
+    def no_ticket_taken_between_calls(self) -> None:
+        assert self.circuit.tickets_in_use == 0
+        assert self.model.in_use == 0
+
+    @invariant()
+    def state_matches_model(self) -> None:
+        assert self.circuit.state() == self.model.state()
+        assert self.circuit.force_open is self.model.forced
+
+
+def test_circuit_follows_the_reference_model() -> None:
+    run_state_machine_as_test(
+        CircuitMachine,
+        settings=settings(
+            max_examples=150,
+            stateful_step_count=60,
+            deadline=None,
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
