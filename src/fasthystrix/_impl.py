@@ -6,8 +6,10 @@ non-CPython interpreter, or a failed import of a compiled module selects pure.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
+import warnings
 from types import ModuleType
 from typing import Any
 
@@ -51,6 +53,9 @@ def _load_compiled() -> tuple[Implementation | None, str]:
         return None, f"{sys.implementation.name} runs the pure implementation"
     if not COMPILED_MODULES:
         return None, "this version has no compiled modules"
+    missing = [name for name in COMPILED_MODULES if importlib.util.find_spec(f"{__package__}.{name}") is None]
+    if missing:
+        return None, f"compiled modules not built: {', '.join(missing)} (was a C compiler available at install?)"
     try:
         from . import _circuit, _handoff, _pool, _rolling  # noqa: F401
     except ImportError as exc:
@@ -59,6 +64,14 @@ def _load_compiled() -> tuple[Implementation | None, str]:
 
 
 COMPILED, WHY_PURE = _load_compiled()
+if COMPILED is None and WHY_PURE.startswith("compiled modules"):
+    # Not asked for, so say it: the pure twin is correct but several times slower.
+    warnings.warn(
+        f"fasthystrix is running its pure-Python implementation: {WHY_PURE}. "
+        "Set FASTHYSTRIX_NO_EXTENSIONS=1 to choose it explicitly.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
 _current = COMPILED or PURE
 
 
