@@ -49,7 +49,8 @@ cdef class CircuitBreaker:
     cdef int64_t acquire_c(self, int64_t now) except? -9
     cdef int report_c(self, int event, int fallback_event, int64_t now, int64_t run_us, int64_t total_us,
                       int64_t trial, bint release) except -1
-    cdef int64_t total_us(self, int event, int64_t start) except? -2
+    cdef int report_end(self, int event, int fallback_event, int64_t start, int64_t run_us, int64_t trial,
+                        bint release) except -1
     cdef object finish_c(self, int event, object err, int64_t start, int64_t run_us, int64_t trial,
                          object fallback, object ctx, bint release)
     cdef object execute_fast(self, object run, object fallback)

@@ -307,29 +307,36 @@ cdef class CircuitBreaker:
         """Record one finished command (releasing its ticket if ``release``), then tell the collectors."""
         self.report_c(event, fallback_event, now, run_us, total_us, trial, release)
 
-    cdef int64_t total_us(self, int event, int64_t start) except? -2:
-        # Short-circuits and rejections never ran: no latency sample (hystrix-go recorded zeros).
-        if event == SHORT_CIRCUIT or event == REJECTED or start == NOT_STARTED:
-            return -1
-        return (self.now() - start) // 1000
+    cdef int report_end(self, int event, int fallback_event, int64_t start, int64_t run_us, int64_t trial,
+                        bint release) except -1:
+        """``report_c`` for a command ending now that started at ``start``."""
+        cdef int64_t now
+        if start == NOT_STARTED:
+            return self.report_c(event, fallback_event, self.now(), run_us, -1, trial, release)
+        if event == SHORT_CIRCUIT or event == REJECTED:
+            # Never ran: counted at the second it was turned away, with no latency sample
+            # (hystrix-go recorded zeros), and without reading the clock again.
+            return self.report_c(event, fallback_event, start, run_us, -1, trial, release)
+        now = self.now()
+        return self.report_c(event, fallback_event, now, run_us, (now - start) // 1000, trial, release)
 
     cdef object finish_c(self, int event, object err, int64_t start, int64_t run_us, int64_t trial,
                          object fallback, object ctx, bint release):
         """Complete a command that did not succeed: fallback, report, then return or raise."""
         if fallback is None:
-            self.report_c(event, NO_EVENT, self.now(), run_us, self.total_us(event, start), trial, release)
+            self.report_end(event, NO_EVENT, start, run_us, trial, release)
             return fh_stash(err)
         if release:
             self.tickets.give()
         try:
             value = fallback(err) if ctx is None else fallback(ctx, err)
         except Exception as fallback_err:
-            self.report_c(event, FALLBACK_FAILURE, self.now(), run_us, self.total_us(event, start), trial, False)
+            self.report_end(event, FALLBACK_FAILURE, start, run_us, trial, False)
             raise FallbackError(fallback_err, err) from fallback_err
         except BaseException:
-            self.report_c(event, FALLBACK_FAILURE, self.now(), run_us, self.total_us(event, start), trial, False)
+            self.report_end(event, FALLBACK_FAILURE, start, run_us, trial, False)
             raise
-        self.report_c(event, FALLBACK_SUCCESS, self.now(), run_us, self.total_us(event, start), trial, False)
+        self.report_end(event, FALLBACK_SUCCESS, start, run_us, trial, False)
         return value
 
     def _finish(self, int event, err, int64_t start, int64_t run_us, int64_t trial, fallback, ctx, bint release):

@@ -285,26 +285,32 @@ class CircuitBreaker:
         is run's own exception, so that a bare ``raise`` keeps its traceback.
         """
         if fallback is None:
-            self._report(event, NO_EVENT, self._clock(), run_us, self._total_us(event, start), trial, release)
+            self._report_end(event, NO_EVENT, start, run_us, trial, release)
             raise err
         if release:
             self._release()
         try:
             value = fallback(err) if ctx is None else fallback(ctx, err)
         except Exception as fallback_err:
-            self._report(event, FALLBACK_FAILURE, self._clock(), run_us, self._total_us(event, start), trial, False)
+            self._report_end(event, FALLBACK_FAILURE, start, run_us, trial, False)
             raise FallbackError(fallback_err, err) from fallback_err
         except BaseException:
-            self._report(event, FALLBACK_FAILURE, self._clock(), run_us, self._total_us(event, start), trial, False)
+            self._report_end(event, FALLBACK_FAILURE, start, run_us, trial, False)
             raise
-        self._report(event, FALLBACK_SUCCESS, self._clock(), run_us, self._total_us(event, start), trial, False)
+        self._report_end(event, FALLBACK_SUCCESS, start, run_us, trial, False)
         return value
 
-    def _total_us(self, event: int, start: int) -> int:
-        # Short-circuits and rejections never ran: no latency sample (hystrix-go recorded zeros).
-        if event == SHORT_CIRCUIT or event == REJECTED or start == NOT_STARTED:
-            return -1
-        return (self._clock() - start) // _NS_PER_US
+    def _report_end(self, event: int, fallback_event: int, start: int, run_us: int, trial: int, release: bool) -> None:
+        """``_report`` for a command ending now that started at ``start``."""
+        if start == NOT_STARTED:
+            self._report(event, fallback_event, self._clock(), run_us, -1, trial, release)
+        elif event == SHORT_CIRCUIT or event == REJECTED:
+            # Never ran: counted at the second it was turned away, with no latency sample
+            # (hystrix-go recorded zeros), and without reading the clock again.
+            self._report(event, fallback_event, start, run_us, -1, trial, release)
+        else:
+            now = self._clock()
+            self._report(event, fallback_event, now, run_us, (now - start) // _NS_PER_US, trial, release)
 
     # -- the semaphore-mode fast path ----------------------------------------------------
 
