@@ -13,6 +13,19 @@ from typing import Any
 
 from ._context import Context
 from ._errors import FallbackError, TimeoutError as CommandTimeoutError
+from ._events import (
+    CONTEXT_CANCELED,
+    CONTEXT_DEADLINE_EXCEEDED,
+    FAILURE,
+    FALLBACK_FAILURE,
+    FALLBACK_SUCCESS,
+    NO_EVENT,
+    NOT_STARTED,
+    REJECTED,
+    SHORT_CIRCUIT,
+    SUCCESS,
+    TIMEOUT,
+)
 from ._log import logger
 from ._metrics import MetricsSnapshot
 from ._outcomes import check_arguments, classify, context_outcome, error_for, notify_collectors
@@ -20,18 +33,6 @@ from ._pool_py import TicketPool
 from ._rolling_py import COUNTER_BUCKETS, EXECUTED, MAX_ACTIVE, NS_PER_SECOND
 
 __all__ = ["CircuitBreaker", "bind", "check_arguments", "classify", "context_outcome", "do", "error_for"]
-
-# Event indices (see _rolling_py).
-SUCCESS = 0
-FAILURE = 1
-REJECTED = 2
-SHORT_CIRCUIT = 3
-TIMEOUT = 4
-CONTEXT_CANCELED = 5
-CONTEXT_DEADLINE_EXCEEDED = 6
-FALLBACK_SUCCESS = 7
-FALLBACK_FAILURE = 8
-NO_EVENT = -1
 
 # Admission verdicts; a positive verdict is a trial request, numbered by the
 # open episode it may close.
@@ -41,7 +42,6 @@ SHORT_CIRCUITED = -2
 TRIPPED = -3  # short-circuited by the call that found the circuit unhealthy and opened it
 
 _NS_PER_US = 1000
-NOT_STARTED = -1  # "start" of a command that never ran (its context was already done)
 
 # Set by the registry (bind): the circuits table, the creator, and the thread-mode executor.
 _circuits: dict[str, CircuitBreaker] = {}

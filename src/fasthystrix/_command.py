@@ -18,20 +18,22 @@ from typing import Any
 
 from . import _impl
 from ._context import Context
+from ._events import (
+    CONTEXT_CANCELED,
+    CONTEXT_DEADLINE_EXCEEDED,
+    FAILURE,
+    NO_EVENT,
+    NOT_STARTED,
+    REJECTED,
+    SHORT_CIRCUIT,
+    SUCCESS,
+    TIMEOUT,
+)
 from ._log import logger
 from ._workers import timer
 
 __all__ = ["do", "do_c", "go", "go_c", "run_threaded"]
 
-SUCCESS = 0
-FAILURE = 1
-REJECTED = 2
-SHORT_CIRCUIT = 3
-TIMEOUT = 4
-CONTEXT_CANCELED = 5
-CONTEXT_DEADLINE_EXCEEDED = 6
-NO_EVENT = -1
-NOT_STARTED = -1
 
 PENDING = 0
 DONE = 1

@@ -12,18 +12,18 @@ from ._errors import (
     MaxConcurrencyError,
     TimeoutError as CommandTimeoutError,
 )
+from ._events import (
+    CONTEXT_CANCELED,
+    CONTEXT_DEADLINE_EXCEEDED,
+    FAILURE,
+    NO_EVENT,
+    REJECTED,
+    SHORT_CIRCUIT,
+    TIMEOUT,
+)
 from ._log import logger
 
 __all__ = ["check_arguments", "classify", "context_outcome", "error_for", "notify_collectors"]
-
-# Event indices (see _rolling_py).
-FAILURE = 1
-REJECTED = 2
-SHORT_CIRCUIT = 3
-TIMEOUT = 4
-CONTEXT_CANCELED = 5
-CONTEXT_DEADLINE_EXCEEDED = 6
-NO_EVENT = -1
 
 
 def check_arguments(name: object, run: object, fallback: object) -> None:

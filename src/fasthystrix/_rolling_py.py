@@ -28,27 +28,20 @@ __all__ = [
     "summarize",
 ]
 
-# Event indices; the names are hystrix-go's exact strings.
-SUCCESS = 0
-FAILURE = 1
-REJECTED = 2
-SHORT_CIRCUIT = 3
-TIMEOUT = 4
-CONTEXT_CANCELED = 5
-CONTEXT_DEADLINE_EXCEEDED = 6
-FALLBACK_SUCCESS = 7
-FALLBACK_FAILURE = 8
-EVENT_NAMES = (
-    "success",
-    "failure",
-    "rejected",
-    "short-circuit",
-    "timeout",
-    "context_canceled",
-    "context_deadline_exceeded",
-    "fallback-success",
-    "fallback-failure",
+# The event indices, importable from here too (the compiled twin has them in _rolling.pxd).
+from ._events import (  # noqa: F401
+    CONTEXT_CANCELED,
+    CONTEXT_DEADLINE_EXCEEDED,
+    EVENT_NAMES,
+    FAILURE,
+    FALLBACK_FAILURE,
+    FALLBACK_SUCCESS,
+    REJECTED,
+    SHORT_CIRCUIT,
+    SUCCESS,
+    TIMEOUT,
 )
+
 NUM_EVENTS = 9
 # Two more per-bucket slots: commands that took a ticket, and the highest
 # number of tickets in use seen in that second (a max, not a sum).

@@ -18,6 +18,17 @@ from datetime import timedelta
 from typing import Protocol, runtime_checkable
 
 from . import _clock, _impl
+from ._events import (
+    EVENT_NAMES,
+    FAILURE,
+    FALLBACK_FAILURE,
+    FALLBACK_SUCCESS,
+    NO_EVENT,
+    REJECTED,
+    SHORT_CIRCUIT,
+    SUCCESS,
+    TIMEOUT,
+)
 from ._log import logger
 from ._metrics import MetricsSnapshot, error_percent
 
@@ -65,11 +76,11 @@ class MetricResult:
     ) -> MetricResult:
         """Build from the event indices used internally (``-1``: no fallback / no sample)."""
         fields: dict[str, object] = {"attempts": 1, _EVENT_FIELDS[event]: 1}
-        if 1 <= event <= 4:  # failure, rejected, short-circuit, timeout
+        if FAILURE <= event <= TIMEOUT:  # failure, rejected, short-circuit, timeout
             fields["errors"] = 1
-        if fallback_event == 7:
+        if fallback_event == FALLBACK_SUCCESS:
             fields["fallback_successes"] = 1
-        elif fallback_event == 8:
+        elif fallback_event == FALLBACK_FAILURE:
             fields["fallback_failures"] = 1
         return cls(
             total_duration=timedelta(microseconds=max(total_us, 0)),
@@ -84,7 +95,7 @@ class MetricResult:
         names = []
         for index, field_name in enumerate(_EVENT_FIELDS):
             if getattr(self, field_name):
-                names.append(_impl.EVENT_NAMES[index])
+                names.append(EVENT_NAMES[index])
         if self.fallback_successes:
             names.append("fallback-success")
         if self.fallback_failures:
@@ -119,9 +130,15 @@ class DefaultMetricCollector:
         event = next((i for i, f in enumerate(_EVENT_FIELDS) if getattr(result, f)), None)
         if event is None:
             raise ValueError(f"MetricResult has no outcome: {result!r}")
-        fallback_event = 7 if result.fallback_successes else 8 if result.fallback_failures else -1
-        run_us = result.run_duration // timedelta(microseconds=1) if event in (0, 1) else -1
-        total_us = result.total_duration // timedelta(microseconds=1) if event not in (2, 3) else -1
+        fallback_event = (
+            FALLBACK_SUCCESS
+            if result.fallback_successes
+            else FALLBACK_FAILURE
+            if result.fallback_failures
+            else NO_EVENT
+        )
+        run_us = result.run_duration // timedelta(microseconds=1) if event in (SUCCESS, FAILURE) else -1
+        total_us = result.total_duration // timedelta(microseconds=1) if event not in (REJECTED, SHORT_CIRCUIT) else -1
         with self._lock:
             self._rolling.record(event, fallback_event, _clock.now_ns(), run_us, total_us)
 
