@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import sys
 import tracemalloc
 from collections.abc import Callable
+
+import pytest
 
 import fasthystrix
 
@@ -36,9 +39,11 @@ def test_success_path_allocation(impl: str) -> None:
     for _ in range(1000):  # creates the circuit and its histograms
         fasthystrix.do("hot-path", ok)
     do = fasthystrix.do
-    baseline = _transient_bytes(ok)  # what the measuring itself allocates
+    baseline = _transient_bytes(lambda: ok())  # what the measuring (and calling ok) itself allocates
     transient = _transient_bytes(lambda: do("hot-path", ok))
     if impl == "compiled":
+        if sys.version_info < (3, 11):
+            pytest.skip("CPython 3.10 allocates frame objects for calls made from C; measured on 3.11+")
         assert transient == baseline
     else:
         # Nanosecond timestamps are Python ints: the pure twin allocates on every call.
