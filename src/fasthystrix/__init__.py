@@ -9,6 +9,7 @@ is rejected or short-circuited.
 from __future__ import annotations
 
 from . import _impl, metric_collector
+from ._asyncio import do_async, go_async
 from ._clock import get_clock, set_clock
 from ._command import do_c, go, go_c
 from ._config import (
@@ -24,6 +25,7 @@ from ._config import (
     set_defaults,
 )
 from ._context import Context
+from ._decorator import command
 from ._errors import (
     CircuitError,
     CircuitOpenError,
@@ -75,9 +77,11 @@ __all__ = [
     "Settings",
     "TimeoutError",
     "__version__",
+    "command",
     "configure",
     "configure_command",
     "do",
+    "do_async",
     "do_c",
     "flush",
     "get_circuit",
@@ -85,6 +89,7 @@ __all__ = [
     "get_clock",
     "get_defaults",
     "go",
+    "go_async",
     "go_c",
     "implementation",
     "metric_collector",

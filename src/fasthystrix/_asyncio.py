@@ -1,0 +1,162 @@
+"""The asyncio front: ``do_async`` and ``go_async`` on the same circuits, tickets and metrics as ``do``.
+
+``run`` is awaited in the caller's task, under a deadline that cancels it: at the
+timeout the work really stops (hystrix-go could only abandon it) and its ticket
+comes back once the cancelled ``run`` has finished unwinding. Cancelling the
+caller cancels ``run`` too: that is recorded as ``context_canceled`` and the
+``CancelledError`` propagates, never turned into a fallback result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from . import _impl
+from ._errors import FallbackError
+from ._events import (
+    CONTEXT_CANCELED,
+    FAILURE,
+    FALLBACK_FAILURE,
+    FALLBACK_SUCCESS,
+    NO_EVENT,
+    REJECTED,
+    SHORT_CIRCUIT,
+    SUCCESS,
+    TIMEOUT,
+)
+from ._registry import get_or_create
+
+__all__ = ["do_async", "go_async"]
+
+_NS_PER_US = 1000
+
+
+def _uncancel(task: asyncio.Task[Any]) -> int:
+    """Withdraw one cancellation request (3.11+); the requests still pending (0 before 3.11)."""
+    if sys.version_info >= (3, 11):
+        return task.uncancel()
+    return 0
+
+
+def _check(name: object, run: object, fallback: object) -> Any:
+    _impl.current().check_arguments(name, run, fallback)
+    return get_or_create(name)  # type: ignore[arg-type]
+
+
+async def do_async(
+    name: str,
+    run: Callable[[], Awaitable[Any]],
+    fallback: Callable[[BaseException], Any] | None = None,
+) -> Any:
+    """Await ``run()`` as command ``name``; the asyncio twin of :func:`fasthystrix.do`.
+
+    ``run`` is an async function (or any callable returning an awaitable) taking no
+    arguments; ``fallback(err)`` may be sync or async. At the timeout ``run`` is
+    cancelled and the command answers with ``TimeoutError`` or the fallback.
+    """
+    circuit = _check(name, run, fallback)
+    settings = circuit._settings
+    clock = circuit._clock
+    start = clock()
+    verdict = circuit._acquire(start, settings)
+    if verdict < 0:
+        event = REJECTED if verdict == -1 else SHORT_CIRCUIT
+        return await _finish(circuit, event, _impl.current().error_for(event), start, -1, 0, fallback, False)
+    task = asyncio.current_task()
+    assert task is not None, "do_async() must be awaited inside a task"
+    loop = asyncio.get_running_loop()
+    timed_out = False
+
+    def on_deadline() -> None:
+        nonlocal timed_out
+        timed_out = True
+        task.cancel()
+
+    delay = settings.timeout_ns / 1e9
+    handle = loop.call_later(delay, on_deadline)
+    try:
+        try:
+            value = await run()
+        finally:
+            handle.cancel()
+    except asyncio.CancelledError:
+        end = clock()
+        ours = timed_out and _uncancel(task) == 0
+        if not ours:
+            # The caller was cancelled: so was run. Record it, give the ticket back, propagate.
+            circuit._report(CONTEXT_CANCELED, NO_EVENT, end, -1, (end - start) // _NS_PER_US, verdict, True)
+            raise
+        return await _finish(circuit, TIMEOUT, _impl.current().error_for(TIMEOUT), start, -1, verdict, fallback, True)
+    except Exception as exc:
+        end = clock()
+        if timed_out:
+            _uncancel(task)  # run turned our cancellation into another error: take the request back
+        run_us = (end - start) // _NS_PER_US
+        if end - start > settings.timeout_ns:
+            return await _finish(
+                circuit, TIMEOUT, _impl.current().error_for(TIMEOUT), start, -1, verdict, fallback, True
+            )
+        return await _finish(circuit, _impl.current().classify(exc), exc, start, run_us, verdict, fallback, True)
+    except BaseException:
+        end = clock()
+        circuit._report(FAILURE, NO_EVENT, end, (end - start) // _NS_PER_US, (end - start) // _NS_PER_US, verdict, True)
+        raise
+    end = clock()
+    if timed_out:
+        _uncancel(task)  # run swallowed our cancellation: take the request back
+    elapsed = (end - start) // _NS_PER_US
+    if end - start > settings.timeout_ns:
+        return await _finish(circuit, TIMEOUT, _impl.current().error_for(TIMEOUT), start, -1, verdict, fallback, True)
+    circuit._report(SUCCESS, NO_EVENT, end, elapsed, elapsed, verdict, True)
+    return value
+
+
+async def _finish(
+    circuit: Any,
+    event: int,
+    err: BaseException,
+    start: int,
+    run_us: int,
+    trial: int,
+    fallback: Callable[[BaseException], Any] | None,
+    release: bool,
+) -> Any:
+    """The async twin of ``CircuitBreaker._finish``: the fallback may be a coroutine function."""
+
+    def report(fallback_event: int, give_back: bool) -> None:
+        now = circuit._clock()
+        never_ran = event == SHORT_CIRCUIT or event == REJECTED
+        total_us = -1 if never_ran else (now - start) // _NS_PER_US
+        circuit._report(event, fallback_event, start if never_ran else now, run_us, total_us, trial, give_back)
+
+    if fallback is None:
+        report(NO_EVENT, release)
+        raise err
+    if release:
+        circuit._release()
+    try:
+        value = fallback(err)
+        if inspect.isawaitable(value):
+            value = await value
+    except Exception as fallback_err:
+        report(FALLBACK_FAILURE, False)
+        raise FallbackError(fallback_err, err) from fallback_err
+    except BaseException:
+        report(FALLBACK_FAILURE, False)
+        raise
+    report(FALLBACK_SUCCESS, False)
+    return value
+
+
+def go_async(
+    name: str,
+    run: Callable[[], Awaitable[Any]],
+    fallback: Callable[[BaseException], Any] | None = None,
+) -> asyncio.Task[Any]:
+    """Start :func:`do_async` as a task (the asyncio twin of :func:`fasthystrix.go`)."""
+    _impl.current().check_arguments(name, run, fallback)
+    return asyncio.get_running_loop().create_task(do_async(name, run, fallback))

@@ -1,0 +1,72 @@
+"""``@fasthystrix.command``: run a function's every call as a command, sync or async."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from . import _impl
+from ._asyncio import do_async
+from ._config import CommandConfig
+from ._registry import configure_command
+
+__all__ = ["command"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def command(
+    name: str | None = None,
+    fallback: Callable[..., Any] | None = None,
+    config: CommandConfig | None = None,
+) -> Callable[[F], F]:
+    """Decorate a function (sync or async) so each call runs as command ``name``.
+
+    ``name`` defaults to the function's qualified name. The call's arguments pass
+    through to the function and, when given, to the fallback, which also gets the
+    error as the keyword argument ``err``: ``fallback(*args, err=err, **kwargs)``
+    (sync or async). ``config``, if given, is applied with ``configure_command``
+    when the function is decorated.
+    """
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"name must be a str or None, not {name!r}")
+    if fallback is not None and not callable(fallback):
+        raise TypeError(f"fallback must be callable or None, not {fallback!r}")
+    if config is not None and not isinstance(config, CommandConfig):
+        raise TypeError(f"config must be a CommandConfig or None, not {config!r}")
+
+    def decorate(function: F) -> F:
+        if not callable(function):
+            raise TypeError(f"@command decorates a callable, not {function!r}")
+        command_name = name if name is not None else function.__qualname__
+        if config is not None:
+            configure_command(command_name, config)
+
+        def fallback_for(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[[BaseException], Any] | None:
+            if fallback is None:
+                return None
+            return lambda err: fallback(*args, err=err, **kwargs)
+
+        if inspect.iscoroutinefunction(function):
+
+            @functools.wraps(function)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                return await do_async(
+                    command_name, functools.partial(function, *args, **kwargs), fallback_for(args, kwargs)
+                )
+
+            async_wrapper.command_name = command_name  # type: ignore[attr-defined]
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return _impl.current().do(
+                command_name, functools.partial(function, *args, **kwargs), fallback_for(args, kwargs)
+            )
+
+        wrapper.command_name = command_name  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
