@@ -278,3 +278,25 @@ def test_command_rejects_bad_arguments() -> None:
         fasthystrix.command("x", fallback=3)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="config must be a CommandConfig"):
         fasthystrix.command("x", config={"timeout": 5})  # type: ignore[arg-type]
+
+
+def test_idle_loop_holds_no_timer_of_ours(run_async: Any) -> None:
+    from fasthystrix import _asyncio
+
+    _semaphore("a-idle", timeout=60_000, max_concurrent_requests=1000)
+
+    async def scenario() -> tuple[int, int, bool]:
+        loop = asyncio.get_running_loop()
+        largest = 0
+        for _ in range(3000):  # sequential calls with a minute left on each deadline
+            await fasthystrix.do_async("a-idle", answer)
+            largest = max(largest, len(_asyncio._deadlines[loop].heap))
+        pending = [asyncio.ensure_future(fasthystrix.do_async("a-idle", answer)) for _ in range(50)]
+        await asyncio.gather(*pending)
+        deadlines = _asyncio._deadlines[loop]
+        return largest, len(deadlines.heap), deadlines.handle is None
+
+    largest, left, disarmed = run_async(scenario())
+    assert largest <= 1  # each call finished before the next began: nothing piles up
+    assert (left, disarmed) == (0, True)
+    assert _metrics("a-idle").successes == 3050

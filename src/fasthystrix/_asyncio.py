@@ -10,8 +10,10 @@ caller cancels ``run`` too: that is recorded as ``context_canceled`` and the
 from __future__ import annotations
 
 import asyncio
+import heapq
 import inspect
 import sys
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,6 +33,78 @@ from ._events import (
 from ._registry import get_or_create
 
 __all__ = ["do_async", "go_async"]
+
+_PENDING, _DONE, _FIRED = 0, 1, 2
+
+
+class _Deadlines:
+    """One timer per event loop for every ``do_async`` in flight on it.
+
+    A ``TimerHandle`` per call (what ``asyncio.timeout`` does) costs more than the
+    rest of the command; here a call pushes its deadline on a heap, and a single
+    timer, armed at the earliest deadline, cancels the tasks whose deadline has
+    passed. Finished calls are dropped lazily; when none is in flight the timer is
+    cancelled, so an idle loop holds nothing of fasthystrix's.
+    """
+
+    __slots__ = ("__weakref__", "armed_at", "handle", "heap", "live", "loop", "seq")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.heap: list[list[Any]] = []
+        self.handle: asyncio.TimerHandle | None = None
+        self.armed_at = 0.0
+        self.live = 0
+        self.seq = 0
+
+    def add(self, when: float, task: asyncio.Task[Any]) -> list[Any]:
+        """Cancel ``task`` at loop time ``when`` unless :meth:`done` comes first."""
+        self.seq += 1
+        entry = [when, self.seq, task, _PENDING]
+        heap = self.heap
+        if len(heap) > 2 * self.live + 64:
+            # Finished calls wait at their place in the heap; under steady load sweep them
+            # out whenever they outnumber the live ones (amortised O(1) per call).
+            heap[:] = [e for e in heap if e[3] == _PENDING]
+            heapq.heapify(heap)
+        heapq.heappush(heap, entry)
+        self.live += 1
+        if self.handle is None or when < self.armed_at:
+            self._arm(when)
+        return entry
+
+    def done(self, entry: list[Any]) -> bool:
+        """The call of ``entry`` has ended; whether its deadline fired first."""
+        fired: bool = entry[3] == _FIRED
+        entry[3] = _DONE
+        self.live -= 1
+        if self.live == 0:
+            self.heap.clear()
+            if self.handle is not None:
+                self.handle.cancel()
+                self.handle = None
+        return fired
+
+    def _arm(self, when: float) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+        self.handle = self.loop.call_at(when, self._fire)
+        self.armed_at = when
+
+    def _fire(self) -> None:
+        self.handle = None
+        heap = self.heap
+        now = self.loop.time()
+        while heap and (heap[0][0] <= now or heap[0][3] != _PENDING):
+            entry = heapq.heappop(heap)
+            if entry[3] == _PENDING:
+                entry[3] = _FIRED
+                entry[2].cancel()
+        if heap:
+            self._arm(heap[0][0])
+
+
+_deadlines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Deadlines] = weakref.WeakKeyDictionary()
 
 _NS_PER_US = 1000
 
@@ -69,20 +143,15 @@ async def do_async(
     task = asyncio.current_task()
     assert task is not None, "do_async() must be awaited inside a task"
     loop = asyncio.get_running_loop()
-    timed_out = False
-
-    def on_deadline() -> None:
-        nonlocal timed_out
-        timed_out = True
-        task.cancel()
-
-    delay = settings.timeout_ns / 1e9
-    handle = loop.call_later(delay, on_deadline)
+    deadlines = _deadlines.get(loop)
+    if deadlines is None:
+        deadlines = _deadlines[loop] = _Deadlines(loop)
+    entry = deadlines.add(loop.time() + settings.timeout_ns / 1e9, task)
     try:
         try:
             value = await run()
         finally:
-            handle.cancel()
+            timed_out = deadlines.done(entry)
     except asyncio.CancelledError:
         end = clock()
         ours = timed_out and _uncancel(task) == 0
