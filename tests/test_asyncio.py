@@ -293,6 +293,7 @@ def test_idle_loop_holds_no_timer_of_ours(run_async: Any) -> None:
             largest = max(largest, len(_asyncio._deadlines[loop].heap))
         pending = [asyncio.ensure_future(fasthystrix.do_async("a-idle", answer)) for _ in range(50)]
         await asyncio.gather(*pending)
+        await asyncio.sleep(0.15)  # the timer stops within 100 ms of the loop going idle
         deadlines = _asyncio._deadlines[loop]
         return largest, len(deadlines.heap), deadlines.handle is None
 

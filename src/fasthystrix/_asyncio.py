@@ -35,6 +35,7 @@ from ._registry import get_or_create
 __all__ = ["do_async", "go_async"]
 
 _PENDING, _DONE, _FIRED = 0, 1, 2
+_MAX_TIMER_DELAY = 0.1  # seconds: the deadline timer never sleeps longer, so it stops soon after idling
 
 
 class _Deadlines:
@@ -42,9 +43,11 @@ class _Deadlines:
 
     A ``TimerHandle`` per call (what ``asyncio.timeout`` does) costs more than the
     rest of the command; here a call pushes its deadline on a heap, and a single
-    timer, armed at the earliest deadline, cancels the tasks whose deadline has
-    passed. Finished calls are dropped lazily; when none is in flight the timer is
-    cancelled, so an idle loop holds nothing of fasthystrix's.
+    timer cancels the tasks whose deadline has passed. The timer fires at the
+    earliest deadline or 100 ms from when it was armed, whichever is sooner, and
+    is not re-armed once nothing is in flight: an idle loop holds nothing of
+    fasthystrix's within 100 ms, and a busy one costs at most ten timer callbacks
+    a second beyond the deadlines themselves.
     """
 
     __slots__ = ("__weakref__", "armed_at", "handle", "heap", "live", "loop", "seq")
@@ -79,15 +82,14 @@ class _Deadlines:
         entry[3] = _DONE
         self.live -= 1
         if self.live == 0:
+            # Keep the timer: cancelling and re-arming it around every call is what costs.
             self.heap.clear()
-            if self.handle is not None:
-                self.handle.cancel()
-                self.handle = None
         return fired
 
     def _arm(self, when: float) -> None:
         if self.handle is not None:
             self.handle.cancel()
+        when = min(when, self.loop.time() + _MAX_TIMER_DELAY)
         self.handle = self.loop.call_at(when, self._fire)
         self.armed_at = when
 
@@ -100,11 +102,23 @@ class _Deadlines:
             if entry[3] == _PENDING:
                 entry[3] = _FIRED
                 entry[2].cancel()
-        if heap:
-            self._arm(heap[0][0])
+        if self.live:
+            self._arm(heap[0][0] if heap else now + _MAX_TIMER_DELAY)
 
 
 _deadlines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Deadlines] = weakref.WeakKeyDictionary()
+# The loop seen last and its deadlines: a WeakKeyDictionary lookup makes a weakref per call.
+_last_deadlines: tuple[weakref.ref[asyncio.AbstractEventLoop], _Deadlines] | None = None
+
+
+def _deadlines_of(loop: asyncio.AbstractEventLoop) -> _Deadlines:
+    global _last_deadlines
+    deadlines = _deadlines.get(loop)
+    if deadlines is None:
+        deadlines = _deadlines[loop] = _Deadlines(loop)
+    _last_deadlines = (weakref.ref(loop), deadlines)
+    return deadlines
+
 
 _NS_PER_US = 1000
 
@@ -143,9 +157,11 @@ async def do_async(
     task = asyncio.current_task()
     assert task is not None, "do_async() must be awaited inside a task"
     loop = asyncio.get_running_loop()
-    deadlines = _deadlines.get(loop)
-    if deadlines is None:
-        deadlines = _deadlines[loop] = _Deadlines(loop)
+    last = _last_deadlines
+    if last is not None and last[0]() is loop:
+        deadlines = last[1]
+    else:
+        deadlines = _deadlines_of(loop)
     entry = deadlines.add(loop.time() + settings.timeout_ns / 1e9, task)
     try:
         try:
