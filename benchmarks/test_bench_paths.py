@@ -484,7 +484,7 @@ for _impl_name in IMPLEMENTATIONS:
 register_end("thread-isolation", "baseline-tpe1-end", "baseline-tpe1")
 
 
-# asyncio (peers only: fasthystrix has no async API) ----------------------------------------------
+# asyncio: the peers, asyncio.timeout() around the same await, and fasthystrix.do_async ---------
 
 
 @case("asyncio", ("baseline", "bare await anoop()"))
@@ -502,6 +502,31 @@ def _async_aiobreaker(res: Resources) -> Callable[[], object]:
 def _async_circuitbreaker(res: Resources) -> Callable[[], object]:
     return circuitbreaker.CircuitBreaker(failure_threshold=NEVER, recovery_timeout=FOREVER, name="bench-async")(anoop)
 
+
+@case("asyncio", ("asyncio-timeout", "async with asyncio.timeout(1.0): await anoop()"))
+def _async_timeout(res: Resources) -> Callable[[], object]:
+    async def timed() -> object:
+        async with asyncio.timeout(1.0):  # type: ignore[attr-defined]  # 3.11+
+            return await anoop()
+
+    return timed
+
+
+def _fh_async(impl: str) -> Builder:
+    def build(res: Resources) -> Callable[[], object]:
+        name = f"bench-async-{impl}"
+        _, circuit = fasthystrix_circuit(impl, name)
+        res.checks.append(lambda: circuit.metrics().successes > 0 and circuit.tickets_in_use == 0)
+        return functools.partial(fasthystrix.do_async, name, anoop)
+
+    return build
+
+
+for _impl_name in IMPLEMENTATIONS:
+    case(
+        "asyncio",
+        (f"fasthystrix-{_impl_name}", f"fasthystrix {_impl_name}: await do_async(name, anoop), timeout enforced"),
+    )(_fh_async(_impl_name))
 
 register_end("asyncio", "baseline-end", "baseline")
 
