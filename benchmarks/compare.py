@@ -58,6 +58,8 @@ TARGETS = {
     "thread-isolation": 0.35,  # <= 0.35x ThreadPoolExecutor.submit(fn).result()
     "two-threads": 0.95,  # >= 0.95
     "memory": 64 * 1024,  # <= 64 KiB
+    "asyncio": 0.5,  # do_async with its timeout <= 0.5x `async with asyncio.timeout()` around the same await
+    "decorator": 1.3,  # a decorated sync function <= 1.3x the equivalent do() call
 }
 
 
@@ -335,6 +337,33 @@ def report(res: Results, data: dict[str, Any], run: dict[str, Any], rc: int, log
     print("the issue's peer figures (an Intel Xeon run), for scale:")
     for g, figures in ISSUE_PEERS.items():
         print(f"  {g}: " + ", ".join(f"{k} {v}" for k, v in figures.items()))
+
+    # -- asyncio and the decorator ------------------------------------------------------------------
+    print()
+    print("asyncio (paired ratios; do_async enforces its timeout, the peers enforce none):")
+    g = "asyncio"
+    for impl in ("compiled", "pure"):
+        cid = f"fasthystrix-{impl}"
+        x = res.paired(g, cid, "asyncio-timeout")
+        text = f"asyncio, {impl} do_async <= 0.5x `async with asyncio.timeout(1.0)`: {fmt_x(x)}"
+        v = check(text + ("" if impl == "compiled" else " (info)"), x, TARGETS[g], info=impl == "pure")
+        print(
+            f"  fasthystrix {impl} do_async: {fmt_ns(res.ns(g, cid))}, {fmt_x(x)} asyncio.timeout() ({v}), "
+            f"{fmt_x(res.paired(g, cid, 'bare-await'))} a bare await"
+        )
+    for cid in ("asyncio-timeout", "aiobreaker", "circuitbreaker"):
+        print(f"  {cid}: {fmt_ns(res.ns(g, cid))}, {fmt_x(res.paired(g, cid, 'bare-await'))} a bare await")
+    print("decorator (paired ratios to the do() call it replaces, same implementation, semaphore isolation):")
+    g = "decorator"
+    for impl in ("compiled", "pure"):
+        for cid, ref, what in (
+            (f"decorated-{impl}", "do", "@command ok() vs do(name, ok)"),
+            (f"decorated-arg-{impl}", "do-closure", "@command echo(7) vs do(name, lambda: echo(7))"),
+        ):
+            x = res.paired(g, cid, ref)
+            text = f"decorator, {impl} {what} <= 1.3x: {fmt_x(x)}"
+            v = check(text, x, TARGETS[g])
+            print(f"  {impl} {what}: {fmt_ns(res.ns(g, cid))}, {fmt_x(x)} ({v})")
 
     # -- thread isolation --------------------------------------------------------------------------
     g = "thread-isolation"

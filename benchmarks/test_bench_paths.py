@@ -484,6 +484,60 @@ for _impl_name in IMPLEMENTATIONS:
 register_end("thread-isolation", "baseline-tpe1-end", "baseline-tpe1")
 
 
+# decorator: @command on a sync function against the do() call it replaces -------------------
+
+
+def echo(x: int) -> int:
+    return x
+
+
+def call_with(f: Callable[[int], object], x: int) -> object:
+    """``f(x)``: the decorated case's call, one Python frame deep like ``do_closure``."""
+    return f(x)
+
+
+def do_closure(do: Callable[..., object], name: str, x: int) -> object:
+    """What the decorator replaces: ``do(name, lambda: echo(x))``, a closure per call."""
+    return do(name, lambda: echo(x))
+
+
+@case("decorator", ("baseline", "bare call ok()"))
+def _decorator_bare(res: Resources) -> Callable[[], object]:
+    return ok
+
+
+def _fh_decorated(impl: str, with_argument: bool) -> Builder:
+    def build(res: Resources) -> Callable[[], object]:
+        name = f"bench-decorator-{impl}"
+        _, circuit = fasthystrix_circuit(impl, name)
+        res.checks.append(lambda: circuit.metrics().successes > 0)
+        if with_argument:
+            return functools.partial(call_with, fasthystrix.command(name)(echo), 7)
+        return fasthystrix.command(name)(ok)  # type: ignore[no-any-return]
+
+    return build
+
+
+def _decorator_do(res: Resources) -> Callable[[], object]:
+    # Built after the case, so it uses the implementation (and circuit) the case selected.
+    return functools.partial(fasthystrix.do, f"bench-decorator-{fasthystrix.implementation}", ok)
+
+
+def _decorator_do_closure(res: Resources) -> Callable[[], object]:
+    return functools.partial(do_closure, fasthystrix.do, f"bench-decorator-{fasthystrix.implementation}", 7)
+
+
+for _impl_name in IMPLEMENTATIONS:
+    case("decorator", (f"decorated-{_impl_name}", f"fasthystrix {_impl_name}: @command ok(), semaphore"))(
+        _fh_decorated(_impl_name, False)
+    )
+    case("decorator", (f"decorated-arg-{_impl_name}", f"fasthystrix {_impl_name}: @command echo(7), semaphore"))(
+        _fh_decorated(_impl_name, True)
+    )
+
+register_end("decorator", "baseline-end", "baseline")
+
+
 # asyncio: the peers, asyncio.timeout() around the same await, and fasthystrix.do_async ---------
 
 
@@ -572,7 +626,13 @@ REFERENCES: dict[str, dict[str, Builder]] = {
     "failure-closed": {"bare": _failure_bare_call, "raise-catch": _failure_bare},
     "open-rejected": {"bare": _open_bare, "raise-catch": _open_bare_raise},
     "thread-isolation": {"tpe": _tpe(1)},
-    "asyncio": {"bare-await": _async_bare},
+    # asyncio.timeout() exists from 3.11: do_async's target is half its cost.
+    "asyncio": {
+        "bare-await": _async_bare,
+        **({"asyncio-timeout": _async_timeout} if hasattr(asyncio, "timeout") else {}),
+    },
+    # do(name, ok) and do(name, lambda: echo(7)) of the case's implementation.
+    "decorator": {"bare": _decorator_bare, "do": _decorator_do, "do-closure": _decorator_do_closure},
 }
 PAIRS = 9 if QUICK else 25
 
@@ -623,9 +683,10 @@ def measure(benchmark: Any, res: Resources, group: str, cid: str) -> None:
         def batch_maker(f: Callable[[], object]) -> Callable[[int], Callable[[], None]]:
             return lambda n: sync_batch(f, n)
 
-    # References first: a fasthystrix case selects its implementation when built.
-    references = {name: batch_maker(build(res)) for name, build in REFERENCES[group].items()}
+    # The case first: a fasthystrix case selects its implementation when built, and the
+    # decorator group's do() references use that implementation.
     make_batch = batch_maker(builder(res))
+    references = {name: batch_maker(build(res)) for name, build in REFERENCES[group].items()}
     n = calibrate(make_batch, BATCH_SECONDS)
     benchmark.extra_info.update(label=label, case=cid, inner_loops=n, implementation=fasthystrix.implementation)
     benchmark(make_batch(n))
@@ -660,6 +721,11 @@ def test_open_rejected(benchmark: Any, res: Resources, cid: str) -> None:
 @pytest.mark.parametrize("cid", list(CASES["thread-isolation"]))
 def test_thread_isolation(benchmark: Any, res: Resources, cid: str) -> None:
     measure(benchmark, res, "thread-isolation", cid)
+
+
+@pytest.mark.parametrize("cid", list(CASES["decorator"]))
+def test_decorator(benchmark: Any, res: Resources, cid: str) -> None:
+    measure(benchmark, res, "decorator", cid)
 
 
 @pytest.mark.parametrize("cid", list(CASES["asyncio"]))

@@ -25,6 +25,11 @@ static PyObject *(*fh_do_impl)(PyObject *, PyObject *, PyObject *) = NULL;
 /* Call f() without letting Cython see the error: NULL means an exception is set. */
 static inline PyObject *fh_call0(PyObject *f) { return PyObject_CallNoArgs(f); }
 
+/* Call f(*args, **kwargs) (kwargs may be None) the same way. */
+static inline PyObject *fh_call(PyObject *f, PyObject *args, PyObject *kwargs) {
+    return PyObject_Call(f, args, kwargs == Py_None ? NULL : kwargs);
+}
+
 /* Take ownership of a new reference returned by fh_call0. */
 static inline PyObject *fh_own(PyObject *o) { return o; }
 

@@ -54,4 +54,5 @@ cdef class CircuitBreaker:
     cdef object finish_c(self, int event, object err, int64_t start, int64_t run_us, int64_t trial,
                          object fallback, object ctx, bint release)
     cdef object execute_fast(self, object run, object fallback)
+    cdef object execute_args_c(self, object run, object fallback, tuple args, object kwargs)
     cdef object execute_c_stashed(self, object ctx, object run, object fallback)

@@ -9,6 +9,8 @@ User code (run, fallback, collectors, log handlers) never runs under it.
 """
 
 import time
+from functools import partial
+from types import MethodType
 
 from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject, PyObject_TypeCheck, PyTypeObject
@@ -47,7 +49,7 @@ from fasthystrix._errors import TimeoutError as CommandTimeoutError
 from fasthystrix._log import logger
 from fasthystrix._outcomes import check_arguments, classify, context_outcome, error_for, notify_collectors
 
-__all__ = ["CircuitBreaker", "bind", "check_arguments", "classify", "context_outcome", "do", "error_for"]
+__all__ = ["CircuitBreaker", "CommandFunction", "bind", "check_arguments", "classify", "context_outcome", "do", "error_for"]
 
 cdef int NO_EVENT = -1
 cdef int64_t NOT_STARTED = -1
@@ -69,6 +71,7 @@ def bind(circuits, get_or_create, run_threaded):
 
 cdef extern from "_capi.h":
     PyObject *fh_call0(object f)
+    PyObject *fh_call(object f, object args, object kwargs)
     object fh_own(PyObject *o)
     object fh_fetch()
     object fh_stash(object exc)
@@ -350,13 +353,28 @@ cdef class CircuitBreaker:
         return raise_stashed(self.execute_fast(run, fallback))
 
     cdef object execute_fast(self, object run, object fallback):
+        return self.execute_args_c(run, fallback, None, None)
+
+    def execute_args(self, function, tuple args, kwargs, fallback):
+        """Run ``function(*args, **kwargs)`` as one command; ``fallback(*args, err=err, **kwargs)``."""
+        return raise_stashed(self.execute_args_c(function, fallback, args, kwargs))
+
+    cdef object execute_args_c(self, object run, object fallback, tuple args, object kwargs):
+        # args is None for do(): run() and fallback(err). Otherwise (the @command
+        # decorator) run(*args, **kwargs) and fallback(*args, err=err, **kwargs),
+        # without building a closure per call.
         cdef int64_t start, end, elapsed, verdict
         cdef int event
         if not self.semaphore:
+            if args is not None:
+                fallback = bind_fallback(fallback, args, kwargs)
+                run = partial(run, *args, **(kwargs or {}))
             return _run_threaded(self, self._settings_obj, run, fallback, None)
         start = self.now()
         verdict = self.admit(start)
         if verdict < 0:
+            if args is not None:
+                fallback = bind_fallback(fallback, args, kwargs)
             if verdict == TRIPPED:
                 logger.warning("opening circuit %s", self.name)
             if verdict == REJECTED_VERDICT:
@@ -364,13 +382,15 @@ cdef class CircuitBreaker:
             return self.finish_c(SHORT_CIRCUIT, CircuitOpenError(), start, -1, 0, fallback, None, False)
         if verdict > 0:
             logger.info("allowing single test to possibly close circuit %s", self.name)
-        result = fh_call0(run)
+        result = fh_call0(run) if args is None else fh_call(run, args, kwargs)
         if result is NULL:
             # Caught through the C API, so run's exception gains no traceback entry of ours.
             exc = fh_fetch()
             end = self.now()
             elapsed = (end - start) // 1000
             # PyObject_TypeCheck, not isinstance(): no __instancecheck__ lookup on this path.
+            if args is not None:
+                fallback = bind_fallback(fallback, args, kwargs)
             if not PyObject_TypeCheck(exc, <PyTypeObject *>Exception):
                 # KeyboardInterrupt, SystemExit...: count a failure, give the ticket back, propagate.
                 self.report_c(FAILURE, NO_EVENT, end, elapsed, elapsed, verdict, True)
@@ -390,6 +410,8 @@ cdef class CircuitBreaker:
         value = fh_own(result)
         end = self.now()
         if end - start > self.timeout_ns:
+            if args is not None:
+                fallback = bind_fallback(fallback, args, kwargs)
             return self.finish_c(TIMEOUT, CommandTimeoutError(), start, -1, verdict, fallback, None, True)
         elapsed = (end - start) // 1000
         if verdict == ADMITTED and not self.has_collectors:
@@ -443,3 +465,68 @@ cdef class CircuitBreaker:
         self.report_c(SUCCESS, NO_EVENT, end, elapsed, elapsed, verdict, True)
         return value
 
+
+
+cdef class BoundFallback:
+    """``fallback(*args, err=err, **kwargs)`` as a one-argument fallback (made only when one is needed)."""
+
+    cdef object fallback
+    cdef tuple args
+    cdef object kwargs
+
+    def __call__(self, err):
+        if self.kwargs:
+            return self.fallback(*self.args, err=err, **self.kwargs)
+        return self.fallback(*self.args, err=err)
+
+
+cdef object bind_fallback(object fallback, tuple args, object kwargs):
+    cdef BoundFallback bound
+    if fallback is None:
+        return None
+    bound = BoundFallback.__new__(BoundFallback)
+    bound.fallback = fallback
+    bound.args = args
+    bound.kwargs = kwargs
+    return bound
+
+
+cdef class CommandFunction:
+    """A sync function decorated with ``@command``: each call runs as command ``command_name``.
+
+    Compiled, so a decorated call costs about what ``do()`` does: the circuit is
+    looked up and the function called with the call's arguments directly, with
+    no closure built per call.
+    """
+
+    cdef readonly str command_name
+    cdef object function
+    cdef object fallback
+    cdef dict __dict__
+    cdef object __weakref__
+
+    def __init__(self, str command_name, function, fallback=None):
+        self.command_name = command_name
+        self.function = function
+        self.fallback = fallback
+
+    def __call__(self, *args, **kwargs):
+        cdef PyObject *found = PyDict_GetItem(_circuits, self.command_name)
+        if found is NULL:
+            circuit = _get_or_create(self.command_name)
+        else:
+            circuit = <object>found
+        if type(circuit) is CircuitBreaker:
+            return raise_stashed((<CircuitBreaker>circuit).execute_args_c(
+                self.function, self.fallback, args, kwargs or None))
+        # A circuit of the other implementation (after a switch): its own method.
+        return circuit.execute_args(self.function, args, kwargs or None, self.fallback)
+
+    def __get__(self, instance, owner):
+        # Decorated methods bind like functions do.
+        if instance is None:
+            return self
+        return MethodType(self, instance)
+
+    def __repr__(self):
+        return f"<command {self.command_name!r} of {self.function!r}>"

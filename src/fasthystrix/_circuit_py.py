@@ -9,6 +9,7 @@ command returns, so the next call sees its outcome and its ticket is back.
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import MethodType
 from typing import Any
 
 from ._context import Context
@@ -32,7 +33,16 @@ from ._outcomes import check_arguments, classify, context_outcome, error_for, no
 from ._pool_py import TicketPool
 from ._rolling_py import COUNTER_BUCKETS, EXECUTED, MAX_ACTIVE, NS_PER_SECOND
 
-__all__ = ["CircuitBreaker", "bind", "check_arguments", "classify", "context_outcome", "do", "error_for"]
+__all__ = [
+    "CircuitBreaker",
+    "CommandFunction",
+    "bind",
+    "check_arguments",
+    "classify",
+    "context_outcome",
+    "do",
+    "error_for",
+]
 
 # Admission verdicts; a positive verdict is a trial request, numbered by the
 # open episode it may close.
@@ -314,6 +324,18 @@ class CircuitBreaker:
 
     # -- the semaphore-mode fast path ----------------------------------------------------
 
+    def execute_args(
+        self,
+        function: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+        fallback: Callable[..., Any] | None,
+    ) -> Any:
+        """Run ``function(*args, **kwargs)`` as one command; ``fallback(*args, err=err, **kwargs)``."""
+        kw = kwargs or {}
+        bound = None if fallback is None else lambda err: fallback(*args, err=err, **kw)
+        return self.execute(lambda: function(*args, **kw), bound)
+
     def execute(self, run: Callable[[], Any], fallback: Callable[[BaseException], Any] | None) -> Any:
         """Run one command (``do()``): on this thread in semaphore mode, else on a worker."""
         settings = self._settings
@@ -415,3 +437,32 @@ class CircuitBreaker:
         elapsed = (end - start) // _NS_PER_US
         self._report(SUCCESS, NO_EVENT, end, elapsed, elapsed, verdict, True)
         return value
+
+
+class CommandFunction:
+    """A sync function decorated with ``@command``: each call runs as command ``command_name``."""
+
+    def __init__(self, command_name: str, function: Callable[..., Any], fallback: Callable[..., Any] | None = None):
+        self._command_name = command_name
+        self._function = function
+        self._fallback = fallback
+
+    @property
+    def command_name(self) -> str:
+        """The command (circuit) every call of this function runs as."""
+        return self._command_name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        circuit = _circuits.get(self._command_name)
+        if circuit is None:
+            circuit = _get_or_create(self._command_name)  # type: ignore[misc]
+        return circuit.execute_args(self._function, args, kwargs or None, self._fallback)
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        # Decorated methods bind like functions do.
+        if instance is None:
+            return self
+        return MethodType(self, instance)
+
+    def __repr__(self) -> str:
+        return f"<command {self._command_name!r} of {self._function!r}>"

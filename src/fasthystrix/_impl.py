@@ -30,6 +30,7 @@ class Implementation:
         self.name = name
         self.CircuitBreaker: Any = circuit.CircuitBreaker
         self.do: Any = circuit.do
+        self.CommandFunction: Any = circuit.CommandFunction
         self.bind: Any = circuit.bind
         self.check_arguments: Any = circuit.check_arguments
         self.classify: Any = circuit.classify
