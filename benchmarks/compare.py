@@ -362,7 +362,7 @@ def report(res: Results, data: dict[str, Any], run: dict[str, Any], rc: int, log
         ):
             x = res.paired(g, cid, ref)
             text = f"decorator, {impl} {what} <= 1.3x: {fmt_x(x)}"
-            v = check(text, x, TARGETS[g])
+            v = check(text + ("" if impl == "compiled" else " (info)"), x, TARGETS[g], info=impl == "pure")
             print(f"  {impl} {what}: {fmt_ns(res.ns(g, cid))}, {fmt_x(x)} ({v})")
 
     # -- thread isolation --------------------------------------------------------------------------
