@@ -8,7 +8,7 @@ is rejected or short-circuited.
 
 from __future__ import annotations
 
-from . import _impl, metric_collector
+from . import _impl, metric_collector, stream
 from ._asyncio import do_async, go_async
 from ._clock import get_clock, set_clock
 from ._command import do_c, go, go_c
@@ -41,6 +41,7 @@ from ._errors import (
 from ._metrics import MetricsSnapshot
 from ._registry import configure, configure_command, flush, get_circuit, get_circuit_settings
 from .metric_collector import MetricCollector, MetricResult
+from .stream import StreamHandler, StreamServer, serve_stream
 
 __version__ = "0.1.0"
 
@@ -75,6 +76,8 @@ __all__ = [
     "MetricResult",
     "MetricsSnapshot",
     "Settings",
+    "StreamHandler",
+    "StreamServer",
     "TimeoutError",
     "__version__",
     "command",
@@ -94,5 +97,7 @@ __all__ = [
     "implementation",
     "metric_collector",
     "set_clock",
+    "serve_stream",
     "set_defaults",
+    "stream",
 ]

@@ -1,0 +1,114 @@
+"""CPU cost of serving the metrics stream: N circuits to M clients, as a share of one core.
+
+    python benchmarks/stream_load.py [--circuits 1000] [--clients 50] [--seconds 20]
+
+This process creates the circuits (each with successes, failures and latency
+samples in its window), serves them with ``fasthystrix.serve_stream`` (1 s
+interval), and a separate client process opens the connections and reads
+everything. The figure is this process's CPU time (user + system, all threads)
+over the measured seconds, divided by the wall time: what the publisher and the
+per-client writers cost. An idle period with the same circuits and no client is
+measured first for comparison (the publisher does not run then).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import fasthystrix
+
+CLIENT = r"""
+import selectors, socket, sys, time
+host, port, n, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+sel = selectors.DefaultSelector()
+for _ in range(n):
+    s = socket.create_connection((host, port))
+    s.sendall(f"GET /hystrix.stream HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    s.setblocking(False)
+    sel.register(s, selectors.EVENT_READ)
+print("connected", flush=True)
+received = 0
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    for key, _ in sel.select(0.5):
+        data = key.fileobj.recv(1 << 20)
+        received += len(data)
+print(received, flush=True)
+"""
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def populate(circuits: int) -> None:
+    def fail() -> None:
+        raise ValueError
+
+    for i in range(circuits):
+        name = f"service-{i:04d}.endpoint"
+        fasthystrix.configure_command(name, {"isolation": "semaphore", "request_volume_threshold": 10**6})
+        for _ in range(5):
+            fasthystrix.do(name, lambda: time.sleep(0))
+        fasthystrix.do(name, fail, lambda err: None)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--circuits", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    args = parser.parse_args()
+
+    populate(args.circuits)
+    with fasthystrix.serve_stream(port=0) as server:
+        tick = server.handler.render()
+        print(
+            f"fasthystrix {fasthystrix.__version__} ({fasthystrix.implementation}), Python {sys.version.split()[0]}, "
+            f"{args.circuits} circuits, {args.clients} clients, one tick = {len(tick) / 1e6:.2f} MB per client"
+        )
+        start_wall, start_cpu = time.monotonic(), cpu_seconds()
+        time.sleep(min(5.0, args.seconds))
+        idle = (cpu_seconds() - start_cpu) / (time.monotonic() - start_wall)
+        print(f"idle (no client): {idle * 100:.2f} % of one core")
+
+        # Time one tick's build on its own, so the fan-out's share shows.
+        t0 = time.perf_counter()
+        for _ in range(5):
+            server.handler.render()
+        build = (time.perf_counter() - t0) / 5
+
+        client = subprocess.Popen(
+            [sys.executable, "-c", CLIENT, "127.0.0.1", str(server.port), str(args.clients), str(args.seconds + 2)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert client.stdout is not None
+        assert client.stdout.readline().strip() == "connected"
+        time.sleep(1.0)  # let every connection get its first tick
+        start_wall, start_cpu = time.monotonic(), cpu_seconds()
+        ticks_before = server.handler.ticks
+        time.sleep(args.seconds)
+        wall = time.monotonic() - start_wall
+        busy = (cpu_seconds() - start_cpu) / wall
+        ticks = server.handler.ticks - ticks_before
+        received = int(client.stdout.readline())
+        client.wait()
+        print(
+            f"serving: {busy * 100:.2f} % of one core over {wall:.1f} s ({ticks} ticks; building one tick "
+            f"{build * 1e3:.1f} ms = {build * 100:.2f} % of a core at 1 tick/s); clients connected at the end: "
+            f"{server.handler.clients}, dropped: {server.handler.dropped_clients}; "
+            f"the client process read {received / 1e6:.0f} MB"
+        )
+        print(f"loadavg: {' '.join(os.getloadavg().__repr__().strip('()').split(', '))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
