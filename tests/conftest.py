@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 import fasthystrix
-from fasthystrix import _clock, _config, _impl, _registry
+from fasthystrix import _clock, _config, _impl, _registry, _transitions
 from fasthystrix.metric_collector import registry as collector_registry
 
 
@@ -48,6 +48,7 @@ def _reset() -> None:
         _registry._settings.clear()
     _config.set_defaults()
     collector_registry._factories = ()
+    _transitions._listeners = ()
 
 
 def _assert_tickets_returned(timeout: float = 5.0) -> None:

@@ -40,6 +40,7 @@ from ._errors import (
 )
 from ._metrics import MetricsSnapshot
 from ._registry import configure, configure_command, flush, get_circuit, get_circuit_settings
+from ._transitions import on_state_change
 from .metric_collector import MetricCollector, MetricResult
 from .stream import StreamHandler, StreamServer, serve_stream
 
@@ -96,6 +97,7 @@ __all__ = [
     "go_c",
     "implementation",
     "metric_collector",
+    "on_state_change",
     "set_clock",
     "serve_stream",
     "set_defaults",

@@ -46,7 +46,7 @@ from fasthystrix._errors import CircuitOpenError, FallbackError, MaxConcurrencyE
 from fasthystrix._errors import ContextCanceledError as _ContextCanceledError
 from fasthystrix._errors import ContextDeadlineExceededError as _ContextDeadlineExceededError
 from fasthystrix._errors import TimeoutError as CommandTimeoutError
-from fasthystrix._log import logger
+from fasthystrix import _transitions
 from fasthystrix._outcomes import check_arguments, classify, context_outcome, error_for, notify_collectors
 
 __all__ = ["CircuitBreaker", "CommandFunction", "bind", "check_arguments", "classify", "context_outcome", "do", "error_for"]
@@ -94,6 +94,10 @@ cdef object do_impl(object name, object run, object fallback):
     else:
         circuit = <object>found
     return (<CircuitBreaker?>circuit).execute_fast(run, fallback)
+
+
+cdef inline str state_name(int64_t word):
+    return "forced-open" if word & STATE_FORCED else "open" if word & STATE_OPEN else "closed"
 
 
 cdef inline object raise_stashed(object result):
@@ -171,18 +175,22 @@ cdef class CircuitBreaker:
     def force_open(self, value):
         if not isinstance(value, bool):
             raise TypeError(f"force_open must be a bool, not {value!r}")
+        cdef int64_t before, after
         fh_spin_lock(&self.lock)
+        before = self.state_word
         if value:
-            fh_store_release(&self.state_word, self.state_word | STATE_FORCED)
+            after = before | STATE_FORCED
         else:
-            fh_store_release(&self.state_word, self.state_word & ~STATE_FORCED)
+            after = before & ~STATE_FORCED
+        fh_store_release(&self.state_word, after)
         fh_spin_unlock(&self.lock)
+        _transitions.forced(self.name, state_name(before), state_name(after))
 
     def is_open(self):
         """Whether calls are short-circuited now; like hystrix-go, may trip an unhealthy circuit."""
         cdef int opened = self.is_open_c(self.now())
         if opened < 0:
-            logger.warning("opening circuit %s", self.name)
+            _transitions.opened(self.name)
         return opened != 0
 
     def allow_request(self):
@@ -191,9 +199,9 @@ cdef class CircuitBreaker:
         cdef int opened = self.is_open_c(now)
         cdef bint trial = opened == 1 and self.allow_single_test_c(now)
         if opened < 0:
-            logger.warning("opening circuit %s", self.name)
+            _transitions.opened(self.name)
         if trial:
-            logger.info("allowing single test to possibly close circuit %s", self.name)
+            _transitions.trial(self.name)
         return opened == 0 or trial
 
     @property
@@ -203,8 +211,7 @@ cdef class CircuitBreaker:
 
     def state(self):
         """``"closed"``, ``"open"`` or ``"forced-open"``, read without side effects."""
-        cdef int64_t st = fh_load_acquire(&self.state_word)
-        return "forced-open" if st & STATE_FORCED else "open" if st & STATE_OPEN else "closed"
+        return state_name(fh_load_acquire(&self.state_word))
 
     def metrics(self):
         """A snapshot of the rolling window: counts, error percent, tickets, latencies."""
@@ -269,9 +276,9 @@ cdef class CircuitBreaker:
     cdef int64_t acquire_c(self, int64_t now) except? -9:
         cdef int64_t verdict = self.admit(now)
         if verdict == TRIPPED:
-            logger.warning("opening circuit %s", self.name)
+            _transitions.opened(self.name)
         elif verdict > 0:
-            logger.info("allowing single test to possibly close circuit %s", self.name)
+            _transitions.trial(self.name)
         return verdict
 
     def _acquire(self, int64_t now, settings=None):
@@ -284,7 +291,7 @@ cdef class CircuitBreaker:
 
     cdef int report_c(self, int event, int fallback_event, int64_t now, int64_t run_us, int64_t total_us,
                       int64_t trial, bint release) except -1:
-        cdef bint closed = False
+        cdef bint closed = False, reopened = False
         if release:
             self.tickets.give()
         # Only the trial of the current open episode closes the circuit (hystrix-go let any
@@ -297,9 +304,13 @@ cdef class CircuitBreaker:
             fh_spin_unlock(&self.lock)
             if closed:
                 self.metrics_c._reset()
+        elif trial > 0 and (fh_load_acquire(&self.state_word) & STATE_OPEN) and trial == fh_load_acquire(&self.episode):
+            reopened = True
         self.metrics_c.record_c(event, fallback_event, now, run_us, total_us)
         if closed:
-            logger.info("closing circuit %s", self.name)
+            _transitions.closed(self.name)
+        elif reopened:
+            _transitions.reopened(self.name)
         if closed or self.has_collectors:
             notify_collectors(self.name, self._collectors, closed, event, fallback_event, run_us, total_us,
                               self.tickets.in_use, self.max_concurrent)
@@ -376,12 +387,12 @@ cdef class CircuitBreaker:
             if args is not None:
                 fallback = bind_fallback(fallback, args, kwargs)
             if verdict == TRIPPED:
-                logger.warning("opening circuit %s", self.name)
+                _transitions.opened(self.name)
             if verdict == REJECTED_VERDICT:
                 return self.finish_c(REJECTED, MaxConcurrencyError(), start, -1, 0, fallback, None, False)
             return self.finish_c(SHORT_CIRCUIT, CircuitOpenError(), start, -1, 0, fallback, None, False)
         if verdict > 0:
-            logger.info("allowing single test to possibly close circuit %s", self.name)
+            _transitions.trial(self.name)
         result = fh_call0(run) if args is None else fh_call(run, args, kwargs)
         if result is NULL:
             # Caught through the C API, so run's exception gains no traceback entry of ours.

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from types import MethodType
 from typing import Any
 
+from . import _transitions
 from ._context import Context
 from ._errors import FallbackError, TimeoutError as CommandTimeoutError
 from ._events import (
@@ -27,7 +28,6 @@ from ._events import (
     SUCCESS,
     TIMEOUT,
 )
-from ._log import logger
 from ._metrics import MetricsSnapshot
 from ._outcomes import check_arguments, classify, context_outcome, error_for, notify_collectors
 from ._pool_py import TicketPool
@@ -148,7 +148,10 @@ class CircuitBreaker:
         if not isinstance(value, bool):
             raise TypeError(f"force_open must be a bool, not {value!r}")
         with self._lock:
+            old = self.state()
             self._force_open = value
+            new = self.state()
+        _transitions.forced(self.name, old, new)
 
     def is_open(self) -> bool:
         """Whether calls are short-circuited now; like hystrix-go, may trip an unhealthy circuit."""
@@ -156,7 +159,7 @@ class CircuitBreaker:
             opened = self._is_open_locked(self._clock(), self._settings)
             tripped = opened is None
         if tripped:
-            logger.warning("opening circuit %s", self.name)
+            _transitions.opened(self.name)
         return opened is not False
 
     def allow_request(self) -> bool:
@@ -166,9 +169,9 @@ class CircuitBreaker:
             opened = self._is_open_locked(now, self._settings)
             trial = opened is True and self._allow_single_test_locked(now, self._settings)
         if opened is None:
-            logger.warning("opening circuit %s", self.name)
+            _transitions.opened(self.name)
         if trial:
-            logger.info("allowing single test to possibly close circuit %s", self.name)
+            _transitions.trial(self.name)
         return opened is False or trial
 
     @property
@@ -235,9 +238,9 @@ class CircuitBreaker:
         with self._lock:
             verdict = self._admit_locked(now, settings)
         if verdict == TRIPPED:
-            logger.warning("opening circuit %s", self.name)
+            _transitions.opened(self.name)
         elif verdict > 0:
-            logger.info("allowing single test to possibly close circuit %s", self.name)
+            _transitions.trial(self.name)
         return verdict
 
     def _release(self) -> None:
@@ -249,20 +252,25 @@ class CircuitBreaker:
         self, event: int, fallback_event: int, now: int, run_us: int, total_us: int, trial: int, release: bool
     ) -> None:
         """Record one finished command (releasing its ticket if ``release``), then tell the collectors."""
-        closed = False
+        closed = reopened = False
         with self._lock:
             if release:
                 self._tickets.give_back()
             # Only the trial of the current open episode closes the circuit (hystrix-go let any
             # success close it, even one that started before the circuit opened).
-            if trial > 0 and event == SUCCESS and self._open and trial == self._episode:
-                self._open = False
-                self._metrics.reset()
-                closed = True
+            if trial > 0 and self._open and trial == self._episode:
+                if event == SUCCESS:
+                    self._open = False
+                    self._metrics.reset()
+                    closed = True
+                else:
+                    reopened = True
             self._metrics.record(event, fallback_event, now, run_us, total_us)
             in_use = self._tickets.in_use
         if closed:
-            logger.info("closing circuit %s", self.name)
+            _transitions.closed(self.name)
+        elif reopened:
+            _transitions.reopened(self.name)
         if closed or self._collectors:
             notify_collectors(
                 self.name,
