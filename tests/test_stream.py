@@ -326,7 +326,11 @@ def server() -> Iterator[fasthystrix.StreamServer]:
 
 
 class Reader:
-    """A Turbine-style consumer on a raw socket: lines, ticks and data messages."""
+    """A Turbine-style consumer on a raw socket: lines, ticks and data messages.
+
+    It reads with ``recv`` into its own buffer: a socket file object is unusable
+    after one read timeout, and these reads time out on purpose.
+    """
 
     def __init__(self, url: str, rcvbuf: int | None = None) -> None:
         host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
@@ -336,29 +340,64 @@ class Reader:
         self.sock.connect((host, int(port)))
         path = "/" + url.split("//")[1].split("/", 1)[1]
         self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-        self.file = self.sock.makefile("rb")
-        self.status = self.file.readline()
+        self.buffer = b""
+        self.eof = False
+        self.sock.settimeout(10)
+        self.status = self.readline()
         self.headers: dict[str, str] = {}
-        while (line := self.file.readline().strip()) != b"":
+        while (line := self.readline().strip()) != b"":
             key, value = line.decode().split(":", 1)
             self.headers[key.lower()] = value.strip()
 
+    def _fill(self) -> bool:
+        """Read what arrives (blocking up to the socket's timeout); ``False`` at the end or on timeout."""
+        if self.eof:
+            return False
+        try:
+            data = self.sock.recv(1 << 16)
+        except TimeoutError:
+            return False
+        except OSError:  # reset: the end, as far as a consumer can tell
+            data = b""
+        if not data:
+            self.eof = True
+            return False
+        self.buffer += data
+        return True
+
+    def readline(self) -> bytes:
+        """The next whole line; what is left (possibly ``b""``) at the end or on timeout."""
+        while b"\n" not in self.buffer:
+            if not self._fill():
+                rest, self.buffer = self.buffer, b""
+                return rest
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line + b"\n"
+
+    def read_all(self, timeout: float) -> bytes:
+        """Everything until the server closes the connection (or ``timeout`` passes)."""
+        self.sock.settimeout(timeout)
+        while self._fill():
+            pass
+        rest, self.buffer = self.buffer, b""
+        return rest
+
     def lines(self, seconds: float) -> list[bytes]:
-        self.sock.settimeout(seconds)
+        """The whole lines that arrive within ``seconds``."""
         out = []
         end = time.monotonic() + seconds
-        try:
-            while time.monotonic() < end:
-                line = self.file.readline()
-                if not line:
+        while (left := end - time.monotonic()) > 0:
+            if b"\n" in self.buffer:
+                line, _, self.buffer = self.buffer.partition(b"\n")
+                out.append(line + b"\n")
+                continue
+            self.sock.settimeout(left)
+            if not self._fill():
+                if self.eof:
                     break
-                out.append(line)
-        except (TimeoutError, OSError):
-            pass
         return out
 
     def close(self) -> None:
-        self.file.close()
         self.sock.close()
 
 
@@ -509,7 +548,7 @@ def test_close_ends_open_streams() -> None:
         wait_for(lambda: srv.handler.clients == 1)
         srv.close()
         assert reader.lines(2.0)[-1:] != []  # got data, then the end of the stream
-        assert reader.file.readline() == b""
+        assert reader.eof
         with pytest.raises(RuntimeError, match="closed"):
             srv.handler._subscribe()
     finally:
@@ -622,8 +661,7 @@ def test_asgi_stream_ends_when_the_handler_closes(uvicorn_server: tuple[str, str
     try:
         wait_for(lambda: handler.clients == 1)
         handler.close()
-        reader.sock.settimeout(5)
-        rest = reader.file.read()  # returns once the server ends the chunked body
+        rest = reader.read_all(5)  # returns once the server ends the chunked body
         assert rest.endswith(b"0\r\n\r\n")
     finally:
         reader.close()
