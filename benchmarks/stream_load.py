@@ -59,15 +59,26 @@ def populate(circuits: int) -> None:
         fasthystrix.do(name, fail, lambda err: None)
 
 
+def _split(n: int, parts: int) -> list[range]:
+    return [range(i, n, parts) for i in range(parts) if i < n]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--circuits", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--max-pending",
+        type=int,
+        default=30,
+        help="ticks a client may fall behind (the readers here share two cores with the server)",
+    )
+    parser.add_argument("--client-processes", type=int, default=2)
     args = parser.parse_args()
 
     populate(args.circuits)
-    with fasthystrix.serve_stream(port=0) as server:
+    with fasthystrix.serve_stream(port=0, max_pending=args.max_pending) as server:
         tick = server.handler.render()
         print(
             f"fasthystrix {fasthystrix.__version__} ({fasthystrix.implementation}), Python {sys.version.split()[0]}, "
@@ -84,13 +95,18 @@ def main() -> int:
             server.handler.render()
         build = (time.perf_counter() - t0) / 5
 
-        client = subprocess.Popen(
-            [sys.executable, "-c", CLIENT, "127.0.0.1", str(server.port), str(args.clients), str(args.seconds + 2)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert client.stdout is not None
-        assert client.stdout.readline().strip() == "connected"
+        per_process = [len(part) for part in _split(args.clients, args.client_processes)]
+        clients = [
+            subprocess.Popen(
+                [sys.executable, "-c", CLIENT, "127.0.0.1", str(server.port), str(n), str(args.seconds + 2)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for n in per_process
+        ]
+        for client in clients:
+            assert client.stdout is not None
+            assert client.stdout.readline().strip() == "connected"
         time.sleep(1.0)  # let every connection get its first tick
         start_wall, start_cpu = time.monotonic(), cpu_seconds()
         ticks_before = server.handler.ticks
@@ -98,13 +114,17 @@ def main() -> int:
         wall = time.monotonic() - start_wall
         busy = (cpu_seconds() - start_cpu) / wall
         ticks = server.handler.ticks - ticks_before
-        received = int(client.stdout.readline())
-        client.wait()
+        connected = server.handler.clients
+        received = 0
+        for client in clients:
+            assert client.stdout is not None
+            received += int(client.stdout.readline())
+            client.wait()
         print(
             f"serving: {busy * 100:.2f} % of one core over {wall:.1f} s ({ticks} ticks; building one tick "
             f"{build * 1e3:.1f} ms = {build * 100:.2f} % of a core at 1 tick/s); clients connected at the end: "
-            f"{server.handler.clients}, dropped: {server.handler.dropped_clients}; "
-            f"the client process read {received / 1e6:.0f} MB"
+            f"{connected}, dropped: {server.handler.dropped_clients}; "
+            f"the {len(clients)} client processes read {received / 1e6:.0f} MB"
         )
         print(f"loadavg: {' '.join(os.getloadavg().__repr__().strip('()').split(', '))}")
     return 0

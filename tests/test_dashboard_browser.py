@@ -451,3 +451,78 @@ def test_dashboard_page_is_one_self_contained_document() -> None:
     assert f"script-src 'sha256-{digest(chr(10) + js)}'" in csp.group(1)
     assert f"style-src 'sha256-{digest(chr(10) + css)}'" in csp.group(1)
     assert "default-src 'none'" in csp.group(1)
+
+
+# -- the dashboard during the demo ------------------------------------------------------------
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_dashboard_during_the_demo(driver: Any, tmp_path: Any) -> None:
+    """``python -m fasthystrix demo`` (shortened) with the page open: the circuit shows open, then closed.
+
+    The screenshot taken while the downstream is down goes to ``tmp_path``, or to the
+    path in ``FASTHYSTRIX_SCREENSHOT`` (how ``docs/dashboard.png`` is made).
+    """
+    import io
+    import threading
+
+    from fasthystrix.demo import DemoRun, run_demo
+
+    phases: dict[str, threading.Event] = {}
+    runs: list[DemoRun] = []
+
+    def on_phase(name: str, run: DemoRun) -> None:
+        runs.append(run)
+        phases.setdefault(name, threading.Event()).set()
+
+    def phase(name: str) -> threading.Event:
+        return phases.setdefault(name, threading.Event())
+
+    summaries: list[Any] = []
+    errors: list[BaseException] = []
+
+    def demo() -> None:
+        try:
+            summaries.append(run_demo(duration=12, rate=60, port=0, out=io.StringIO(), on_phase=on_phase))
+        except BaseException as exc:  # re-raised on the test's thread below
+            errors.append(exc)
+
+    thread = threading.Thread(target=demo, name="demo")
+    thread.start()
+    try:
+        assert phase("healthy").wait(15), "the demo did not start"
+        page = Page(driver, server=None)
+        driver.get_log("browser")
+        page.open(runs[0].dashboard_url)
+        page.wait_for(lambda: int(page.field("downstream", "count-success") or 0) > 0, "successes")
+        assert phase("down").wait(30), "the demo never reached the 'down' phase"
+        page.wait_field("downstream", "status", "Open")
+        page.wait_for(lambda: int(page.field("downstream", "count-short-circuited") or 0) > 0, "short-circuits")
+        # The overload's rejections reopened it (the failures before went with the window
+        # when a trial closed the circuit in between).
+        assert int(page.field("downstream", "count-rejected") or 0) > 0
+        shot = os.environ.get("FASTHYSTRIX_SCREENSHOT") or str(tmp_path / "dashboard.png")
+        size = driver.get_window_size()
+        driver.set_window_size(760, 1000)  # the demo has one command: frame it
+        try:
+            page.wait_field("downstream", "status", "Open")
+            assert driver.save_screenshot(shot)
+        finally:
+            driver.set_window_size(size["width"], size["height"])
+        with open(shot, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+        assert phase("recovered").wait(30), "the demo never reached the 'recovered' phase"
+        page.wait_field("downstream", "status", "Closed")
+        problems = page.console_problems()
+        assert not problems, f"the page logged: {problems}"
+    except BaseException:
+        if runs:
+            runs[0].stop()  # end the demo early: the test already failed
+        raise
+    finally:
+        thread.join(60)
+        driver.get("about:blank")
+    if errors:
+        raise errors[0]
+    assert summaries and summaries[0].closed_again

@@ -1,0 +1,252 @@
+"""``python -m fasthystrix demo``: the scenario end to end, Ctrl-C, the programmatic entry, the options.
+
+The end-to-end run is a subprocess per implementation (``-W error -X dev``: a leaked socket or
+thread warning shows on its stderr); the in-process run stops after the first phase, so the
+whole file stays affordable on a shared two-core machine.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import fasthystrix
+from fasthystrix import demo
+from fasthystrix.__main__ import main
+from fasthystrix.metric_collector import registry as collector_registry
+
+
+def _demo_command(*options: str) -> list[str]:
+    return [sys.executable, "-X", "dev", "-W", "error", "-m", "fasthystrix", "demo", "--port", "0", *options]
+
+
+def _env(impl: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("FASTHYSTRIX_NO_EXTENSIONS", None)
+    if impl == "pure":
+        env["FASTHYSTRIX_NO_EXTENSIONS"] = "1"
+    env.pop("NO_COLOR", None)
+    return env
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(impl: str, tmp_path: Path) -> None:
+    """The shortest run shows every effect, counted exactly, and exits 0 with the summary."""
+    summary_file = tmp_path / "summary.json"
+    done = subprocess.run(
+        _demo_command("--duration", str(demo.MIN_DURATION), "--json", str(summary_file)),
+        env=_env(impl),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    out = done.stdout
+    assert f"({impl} implementation)" in out
+    assert "\x1b[" not in out  # not a terminal: plain lines
+    assert "Summary: events per phase" in out
+    for phase in demo.PHASES:
+        assert f"phase {demo.PHASES.index(phase) + 1}/{len(demo.PHASES)}: {phase.name}" in out
+
+    summary = json.loads(summary_file.read_text())
+    assert summary["implementation"] == impl
+    assert summary["completed"] and not summary["interrupted"]
+    phases = {phase["name"]: phase for phase in summary["phases"]}
+    assert list(phases) == [phase.name for phase in demo.PHASES]
+    assert sum(phase["seconds"] for phase in summary["phases"]) == pytest.approx(demo.MIN_DURATION, abs=1.0)
+
+    assert phases["healthy"]["events"]["success"] > 0
+    assert phases["failing"]["events"]["failure"] > 0
+    assert phases["failing"]["events"]["short-circuit"] > 0
+    assert phases["overloaded"]["events"]["rejected"] > 0
+    assert phases["down"]["events"]["short-circuit"] > 0
+    last = summary["phases"][-1]
+    assert last["events"]["success"] > 0
+    assert last["circuit"] == "closed"
+    assert summary["circuit"] == "closed" and summary["closed_again"]
+    assert phases["recovering"]["closings"] + last["closings"] >= 1  # a trial closed it
+
+    # Exact: every request the API answered is one command outcome, and its answer matches it.
+    totals, answers = summary["totals"], summary["responses"]
+    outcomes = sum(totals[name] for name in ("success", "failure", "rejected", "short-circuit", "timeout"))
+    assert answers["error"] == 0
+    assert outcomes == answers["sent"] == answers["200"] + answers["503"]
+    assert totals["success"] == answers["200"]
+    assert totals["fallback-success"] == answers["503"] == outcomes - totals["success"]
+    assert totals["fallback-failure"] == 0
+    for phase in summary["phases"]:
+        assert phase["events"]["success"] == phase["responses"]["200"]
+        assert phase["events"]["fallback-success"] == phase["responses"]["503"]
+
+
+def test_ctrl_c_stops_cleanly(impl: str) -> None:
+    """SIGINT: servers shut down, a summary of what ran, exit code 130, no traceback."""
+    proc = subprocess.Popen(
+        _demo_command("--duration", "60"),
+        env=_env(impl),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    watchdog = threading.Timer(30, proc.kill)
+    watchdog.start()
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:  # the first phase has begun once its heading is printed
+            seen.append(line)
+            if "phase 1/" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=30)
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    out = "".join(seen) + rest
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err == ""
+    assert "Summary: events per phase" in out
+    assert "Interrupted after" in out
+    assert "healthy" in out.split("Summary:")[1]
+
+
+def _get(url: str) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return int(response.status), response.read().decode()
+
+
+def test_run_demo_in_process(impl: str) -> None:
+    """The programmatic entry: on_phase sees the URLs and can stop the run; the summary is exact."""
+    seen: list[str] = []
+    checks: dict[str, Any] = {}
+
+    def on_phase(name: str, run: demo.DemoRun) -> None:
+        seen.append(name)
+        assert run.phase.name == name
+        if name == "healthy":
+            checks["api"] = _get(run.api_url)
+            assert run.dashboard_url is not None and run.stream is not None
+            checks["dashboard"] = _get(run.dashboard_url)[0]
+            checks["stream_url"] = run.stream_url
+        else:
+            checks["counts"] = run.counts()
+            run.stop()
+
+    out = io.StringIO()
+    summary = demo.run_demo(demo.MIN_DURATION, port=0, out=out, live=True, color=True, on_phase=on_phase)
+
+    assert seen == ["healthy", "failing"]
+    assert checks["api"] == (200, "price: 42\n")
+    assert checks["dashboard"] == 200
+    assert checks["stream_url"].endswith("/hystrix.stream")
+    assert summary.implementation == impl
+    assert not summary.completed and not summary.interrupted
+    assert [phase.name for phase in summary.phases] == ["healthy", "failing"]
+    healthy, failing = summary.phases
+    assert healthy.complete and healthy.as_expected and healthy.circuit == "closed"
+    assert failing.as_expected is None and not failing.complete
+    # The API call made from on_phase is a command too: one more success than HTTP 200s from the load.
+    assert healthy.events["success"] == healthy.responses["200"] + 1 > 0
+    assert healthy.events["failure"] == healthy.events["rejected"] == healthy.events["short-circuit"] == 0
+    assert checks["counts"]["success"] == healthy.events["success"]
+    # The live display: cursor hidden then given back, a status line with a progress bar, coloured rows.
+    text = out.getvalue()
+    assert text.startswith("\x1b[?25l") and "\x1b[?25h" in text
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+    assert re.search(r"\[#*\.+\]\s+0/10 s  phase 1/6 healthy  circuit closed", plain)
+    assert "   1s closed " in plain and "\x1b[32m     " in text
+    assert "Stopped after" in plain
+    # The collector factory was only registered while the circuit was created.
+    assert collector_registry._factories == ()
+
+
+def test_run_demo_needs_a_new_circuit() -> None:
+    fasthystrix.get_circuit(demo.DEFAULT_COMMAND)
+    with pytest.raises(RuntimeError, match="already exists"):
+        demo.run_demo(demo.MIN_DURATION, port=None, out=io.StringIO())
+    assert collector_registry._factories == ()
+
+
+def test_run_demo_validates_its_arguments() -> None:
+    with pytest.raises(ValueError, match="at least 10 seconds"):
+        demo.run_demo(5, out=io.StringIO())
+    with pytest.raises(TypeError, match="duration"):
+        demo.run_demo(10.5, out=io.StringIO())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="rate"):
+        demo.run_demo(10, rate=5, out=io.StringIO())
+    with pytest.raises(ValueError, match="port"):
+        demo.run_demo(10, port=70000, out=io.StringIO())
+
+
+def test_plan_phases() -> None:
+    assert demo.MIN_DURATION == 10
+    assert demo.plan_phases(10) == [phase.minimum for phase in demo.PHASES]
+    for duration in (10, 11, 17, 60, 600):
+        plan = demo.plan_phases(duration)
+        assert sum(plan) == duration
+        assert all(seconds >= phase.minimum for seconds, phase in zip(plan, demo.PHASES, strict=True))
+    # The first extra second goes to the overload, the phase that waits out a sleep window and a slow trial.
+    assert demo.plan_phases(11)[2] == demo.PHASES[2].minimum + 1
+    assert [phase.downstream for phase in demo.PHASES] == ["healthy", "failing", "slow", "down", "healthy", "healthy"]
+
+
+def test_port_in_use_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["demo", "--port", str(port)]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot serve the dashboard on 127.0.0.1:{port}" in err
+    assert "--port 0" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["demo", "--duration", "5"], "argument --duration: must be at least 10 seconds"),
+        (["demo", "--duration", "ten"], "argument --duration: expected whole seconds, got 'ten'"),
+        (["demo", "--rate", "0"], "argument --rate: must be between 30 and 1000, got 0"),
+        (["demo", "--rate", "fast"], "argument --rate: expected requests per second, got 'fast'"),
+        (["demo", "--port", "70000"], "argument --port: must be between 0 and 65535, got 70000"),
+        (["demo", "--bogus"], "unrecognized arguments: --bogus"),
+        (["nodemo"], "invalid choice: 'nodemo'"),
+        ([], "the following arguments are required: COMMAND"),
+    ],
+)
+def test_bad_options(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "usage: python -m fasthystrix" in err
+
+
+def test_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    assert "demo" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exited:
+        main(["demo", "--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--duration", "--rate", "--port", "--host", "--json"):
+        assert option in text
+    assert "130" in text
