@@ -1,0 +1,414 @@
+"""fasthystrix.httpx: CommandTransport and AsyncCommandTransport against a real HTTP server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+import fasthystrix
+from fasthystrix.httpx import AsyncCommandTransport, CommandTransport, FailedResponseError, command_name
+from local_http_server import GZIPPED, LocalServer, closed_port, serving
+
+
+@pytest.fixture
+def server() -> Iterator[LocalServer]:
+    yield from serving()
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def configure(name: str, **fields: Any) -> None:
+    fasthystrix.configure_command(name, fasthystrix.CommandConfig(**fields))
+
+
+def metrics(name: str) -> fasthystrix.MetricsSnapshot:
+    return fasthystrix.get_circuit(name)[0].metrics()
+
+
+def client(transport: httpx.BaseTransport | None = None, **options: Any) -> httpx.Client:
+    # No proxy from the environment: these requests go to loopback.
+    return httpx.Client(transport=CommandTransport(transport, **options), trust_env=False)
+
+
+def async_client(**options: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=AsyncCommandTransport(**options), trust_env=False)
+
+
+class Recording(httpx.BaseTransport):
+    """The real transport, recording the timeouts each request carried and how it ended."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.timeouts: list[dict[str, float | None]] = []
+        self.errors: list[tuple[type[BaseException], float]] = []
+        self.ended = threading.Event()
+        self.closed = False
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.timeouts.append(dict(request.extensions["timeout"]))
+        start = time.monotonic()
+        try:
+            return self.inner.handle_request(request)
+        except Exception as exc:
+            self.errors.append((type(exc), time.monotonic() - start))
+            raise
+        finally:
+            self.ended.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self.inner.close()
+
+
+def wait_tickets_back(name: str, within: float) -> float:
+    """Seconds until every ticket of ``name`` is back; fails after ``within``."""
+    start = time.monotonic()
+    circuit = fasthystrix.get_circuit(name)[0]
+    while circuit.tickets_in_use:
+        assert time.monotonic() - start < within, f"tickets of {name} still taken after {within} s"
+        time.sleep(0.005)
+    return time.monotonic() - start
+
+
+# -- naming ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        ("https://API.Example.com/v1/x?y=1", "api.example.com"),
+        ("http://api.example.com:80/", "api.example.com"),
+        ("https://api.example.com:443/", "api.example.com"),
+        ("http://api.example.com:8080/", "api.example.com:8080"),
+        ("https://api.example.com:80/", "api.example.com:80"),
+        ("http://[::1]:8080/", "[::1]:8080"),
+        ("https://bücher.example/", "xn--bcher-kva.example"),
+    ],
+)
+def test_default_name_is_the_host_with_a_non_default_port(url: str, name: str) -> None:
+    assert command_name(httpx.Request("GET", url)) == name
+
+
+def test_custom_names(server: LocalServer) -> None:
+    with client(name="api") as c:
+        assert c.get(server.url + "/ok").status_code == 200
+    with client(name=lambda request: "path" + request.url.path) as c:
+        assert c.get(server.url + "/notfound").status_code == 404
+    settings = fasthystrix.get_circuit_settings()
+    assert "api" in settings and "path/notfound" in settings and server.name not in settings
+    assert metrics("api").successes == 1
+
+
+def test_bad_options_are_refused() -> None:
+    with pytest.raises(TypeError, match="name"):
+        CommandTransport(name=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="fallback"):
+        CommandTransport(fallback="x")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="is_failure"):
+        AsyncCommandTransport(is_failure=1)  # type: ignore[arg-type]
+
+
+# -- outcomes -------------------------------------------------------------------------------------
+
+
+def test_success_is_counted_under_the_host(server: LocalServer) -> None:
+    with client() as c:
+        response = c.get(server.url + "/ok")
+        assert (response.status_code, response.text) == (200, "/ok 200")
+        assert response.elapsed.total_seconds() >= 0  # the client still times the (buffered) body
+        with c.stream("GET", server.url + "/ok") as streamed:
+            assert b"".join(streamed.iter_bytes()) == b"/ok 200"
+    m = metrics(server.name)
+    assert (m.successes, m.failures, m.requests) == (2, 0, 2)
+
+
+def test_4xx_is_not_a_failure(server: LocalServer) -> None:
+    with client() as c:
+        assert c.get(server.url + "/notfound").status_code == 404
+    m = metrics(server.name)
+    assert (m.successes, m.failures) == (1, 0)
+
+
+def test_5xx_is_returned_counted_as_a_failure_and_trips_the_circuit(server: LocalServer) -> None:
+    configure(server.name, request_volume_threshold=3, isolation="semaphore")
+    with client() as c:
+        for path in ("/fail", "/unavailable", "/fail"):
+            response = c.get(server.url + path)
+            assert response.status_code in (500, 503) and response.text.startswith(path)
+        assert metrics(server.name).failures == 3
+        with pytest.raises(fasthystrix.CircuitOpenError):
+            c.get(server.url + "/ok")
+    assert server.hits["/ok"] == 0 and sum(server.hits.values()) == 3
+    m = metrics(server.name)
+    assert (m.failures, m.short_circuits) == (3, 1)
+
+
+def test_is_failure_decides_what_counts(server: LocalServer) -> None:
+    with client(is_failure=lambda response: response.status_code == 404) as c:
+        assert c.get(server.url + "/notfound").status_code == 404
+        assert c.get(server.url + "/fail").status_code == 500
+    m = metrics(server.name)
+    assert (m.failures, m.successes) == (1, 1)
+
+
+def test_connection_errors_count_as_failures_and_trip_the_circuit() -> None:
+    port = closed_port()
+    name = f"127.0.0.1:{port}"
+    configure(name, request_volume_threshold=2)
+    with client() as c:
+        for _ in range(2):
+            with pytest.raises(httpx.ConnectError):
+                c.get(f"http://127.0.0.1:{port}/ok")
+        with pytest.raises(fasthystrix.CircuitOpenError):
+            c.get(f"http://127.0.0.1:{port}/ok")
+    m = metrics(name)
+    assert (m.failures, m.short_circuits) == (2, 1)
+
+
+# -- the timeout hand-off -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("isolation", ["thread", "semaphore"])
+def test_slow_response_is_cut_off_at_the_command_timeout(server: LocalServer, isolation: str) -> None:
+    configure(server.name, timeout=200, isolation=isolation)
+    recording = Recording()
+    with client(recording) as c:
+        start = time.monotonic()
+        with pytest.raises(fasthystrix.TimeoutError):
+            c.get(server.url + "/slow?ms=3000")
+        elapsed = time.monotonic() - start
+        assert 0.19 <= elapsed < 0.7, elapsed
+        # The socket itself gave up near the deadline, not at the server's 3 s: in thread
+        # isolation the worker (and its ticket) does not linger after the caller got its answer.
+        assert recording.ended.wait(1.0)
+        assert wait_tickets_back(server.name, within=1.0) < 0.7
+    [timeouts] = recording.timeouts
+    assert all(value is not None and 0 < value <= 0.2 for value in timeouts.values()), timeouts
+    [(error, took)] = recording.errors
+    assert error is httpx.ReadTimeout and took < 0.7
+    m = metrics(server.name)
+    assert (m.timeouts, m.failures, m.successes) == (1, 0, 0)
+
+
+def test_the_callers_shorter_timeout_is_kept(server: LocalServer) -> None:
+    configure(server.name, timeout=2000)
+    recording = Recording()
+    with httpx.Client(transport=CommandTransport(recording), trust_env=False, timeout=0.1) as c:
+        start = time.monotonic()
+        with pytest.raises(httpx.ReadTimeout):
+            c.get(server.url + "/slow?ms=3000")
+        assert time.monotonic() - start < 1.0
+    assert recording.timeouts[0]["read"] == pytest.approx(0.1)
+    assert metrics(server.name).failures == 1
+
+
+def test_a_trickled_body_is_read_inside_the_command_and_cut_at_the_deadline(server: LocalServer) -> None:
+    configure(server.name, timeout=250)
+    with client() as c:
+        start = time.monotonic()
+        with pytest.raises(fasthystrix.TimeoutError):
+            c.get(server.url + "/trickle?chunks=40&ms=50")
+        assert time.monotonic() - start < 0.7
+        # Between chunks the worker sees the deadline and stops reading (2 s of body left).
+        assert wait_tickets_back(server.name, within=1.0) < 0.5
+    assert metrics(server.name).timeouts == 1
+
+
+def test_read_body_false_counts_at_the_headers(server: LocalServer) -> None:
+    configure(server.name, timeout=150)
+    with client(read_body=False) as c, c.stream("GET", server.url + "/trickle?chunks=5&ms=60") as response:
+        assert response.read() == b"xxxxx"  # 300 ms of body, after the command ended
+    m = metrics(server.name)
+    assert (m.successes, m.timeouts) == (1, 0)
+
+
+# -- concurrency and the fallback ----------------------------------------------------------------
+
+
+def test_rejected_at_max_concurrency(server: LocalServer) -> None:
+    configure(server.name, max_concurrent_requests=2, timeout=2000)
+    barrier = threading.Barrier(4)
+    outcomes: list[object] = []
+
+    def call(c: httpx.Client) -> None:
+        barrier.wait()
+        try:
+            outcomes.append(c.get(server.url + "/slow?ms=300").status_code)
+        except fasthystrix.MaxConcurrencyError as err:
+            outcomes.append(type(err))
+
+    with client() as c:
+        threads = [threading.Thread(target=call, args=(c,)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert outcomes.count(200) == 2 and outcomes.count(fasthystrix.MaxConcurrencyError) == 2
+    assert server.hits["/slow"] == 2
+    assert metrics(server.name).rejects == 2
+
+
+@pytest.mark.parametrize("read_body", [True, False])
+def test_fallback_answers_failures_timeouts_and_short_circuits(server: LocalServer, read_body: bool) -> None:
+    configure(server.name, timeout=200, request_volume_threshold=4)
+    seen: list[BaseException] = []
+
+    def fallback(request: httpx.Request, err: BaseException) -> httpx.Response:
+        seen.append(err)
+        if isinstance(err, FailedResponseError):
+            assert err.response.read() == b"/fail 500"  # read inside the command, whatever read_body
+            return httpx.Response(200, text="stale " + request.url.path)
+        return httpx.Response(203, text=type(err).__name__)
+
+    with client(fallback=fallback, read_body=read_body) as c:
+        assert c.get(server.url + "/fail").text == "stale /fail"
+        assert c.get(server.url + "/slow?ms=2000").text == "TimeoutError"
+        assert c.get(server.url + "/ok").text == "/ok 200"
+        assert c.get(server.url + "/slow?ms=2000").text == "TimeoutError"
+        response = c.get(server.url + "/ok")  # 3 of 4 failed: the circuit opens
+        assert (response.status_code, response.text) == (203, "CircuitOpenError")
+        wait_tickets_back(server.name, within=1.0)  # the abandoned runs end before the client closes
+    assert [type(err) for err in seen] == [
+        FailedResponseError,
+        fasthystrix.TimeoutError,
+        fasthystrix.TimeoutError,
+        fasthystrix.CircuitOpenError,
+    ]
+    assert seen[0].status_code == 500  # type: ignore[attr-defined]
+    m = metrics(server.name)
+    assert (m.failures, m.timeouts, m.short_circuits, m.fallback_successes) == (1, 2, 1, 4)
+
+
+def test_a_failing_fallback_raises_fallback_error(server: LocalServer) -> None:
+    def fallback(request: httpx.Request, err: BaseException) -> httpx.Response:
+        raise LookupError("no cache")
+
+    with client(fallback=fallback) as c, pytest.raises(fasthystrix.FallbackError) as info:
+        c.get(server.url + "/fail")
+    assert isinstance(info.value.run_error, FailedResponseError)
+    assert isinstance(info.value.fallback_error, LookupError)
+
+
+def test_close_closes_the_inner_transport(server: LocalServer) -> None:
+    recording = Recording()
+    with client(recording) as c:
+        c.get(server.url + "/ok")
+    assert recording.closed
+
+
+# -- asyncio --------------------------------------------------------------------------------------
+
+
+def test_async_success_failure_and_short_circuit(server: LocalServer) -> None:
+    configure(server.name, request_volume_threshold=2)
+
+    async def main() -> None:
+        async with async_client() as c:
+            response = await c.get(server.url + "/ok")
+            assert (response.status_code, response.text) == (200, "/ok 200")
+            assert (await c.get(server.url + "/notfound")).status_code == 404
+            assert (await c.get(server.url + "/fail")).status_code == 500
+            assert (await c.get(server.url + "/fail")).status_code == 500
+            with pytest.raises(fasthystrix.CircuitOpenError):  # 2 of 4 failed: 50 %
+                await c.get(server.url + "/ok")
+
+    asyncio.run(main())
+    m = metrics(server.name)
+    assert (m.successes, m.failures, m.short_circuits) == (2, 2, 1)
+    assert server.hits["/ok"] == 1
+
+
+def test_async_timeout_cancels_the_request(server: LocalServer) -> None:
+    configure(server.name, timeout=200)
+
+    async def main() -> float:
+        async with async_client() as c:
+            start = time.monotonic()
+            with pytest.raises(fasthystrix.TimeoutError):
+                await c.get(server.url + "/slow?ms=3000")
+            elapsed = time.monotonic() - start
+            # The connection was dropped with the cancelled request: the next one works.
+            assert (await c.get(server.url + "/ok")).status_code == 200
+            return elapsed
+
+    elapsed = asyncio.run(main())
+    assert 0.19 <= elapsed < 0.6, elapsed
+    m = metrics(server.name)
+    assert (m.timeouts, m.successes, m.concurrent) == (1, 1, 0)
+
+
+def test_async_caller_cancellation_propagates(server: LocalServer) -> None:
+    async def main() -> None:
+        async with async_client() as c:
+            task = asyncio.create_task(c.get(server.url + "/slow?ms=3000"))
+            while not server.hits["/slow"]:
+                await asyncio.sleep(0.005)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(main())
+    m = metrics(server.name)
+    assert (m.context_canceled, m.failures, m.timeouts, m.concurrent) == (1, 0, 0, 0)
+
+
+def test_async_fallback_and_rejection(server: LocalServer) -> None:
+    configure(server.name, max_concurrent_requests=2, timeout=2000)
+
+    async def fallback(request: httpx.Request, err: BaseException) -> httpx.Response:
+        await asyncio.sleep(0)
+        return httpx.Response(200, text=type(err).__name__)
+
+    async def main() -> list[str]:
+        async with async_client(fallback=fallback) as c:
+            responses = await asyncio.gather(*(c.get(server.url + "/slow?ms=300") for _ in range(4)))
+            failed = await c.get(server.url + "/unavailable")
+            return [r.text for r in [*responses, failed]]
+
+    texts = asyncio.run(main())
+    assert sorted(texts[:4]) == ["/slow 200", "/slow 200", "MaxConcurrencyError", "MaxConcurrencyError"]
+    assert texts[4] == "FailedResponseError"
+    m = metrics(server.name)
+    assert (m.successes, m.rejects, m.failures, m.fallback_successes) == (2, 2, 1, 3)
+
+
+def test_async_timeout_caps_the_request_timeouts(server: LocalServer) -> None:
+    configure(server.name, timeout=300)
+    seen: list[dict[str, float | None]] = []
+
+    class Spy(httpx.AsyncBaseTransport):
+        def __init__(self) -> None:
+            self.inner = httpx.AsyncHTTPTransport()
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            seen.append(dict(request.extensions["timeout"]))
+            return await self.inner.handle_async_request(request)
+
+        async def aclose(self) -> None:
+            await self.inner.aclose()
+
+    async def main() -> None:
+        async with httpx.AsyncClient(transport=AsyncCommandTransport(Spy()), trust_env=False, timeout=0.1) as c:
+            await c.get(server.url + "/ok")
+        async with httpx.AsyncClient(transport=AsyncCommandTransport(Spy()), trust_env=False, timeout=None) as c:
+            await c.get(server.url + "/ok")
+
+    asyncio.run(main())
+    assert seen == [
+        dict.fromkeys(("connect", "read", "write", "pool"), 0.1),
+        dict.fromkeys(("connect", "read", "write", "pool"), 0.3),
+    ]
+
+
+def test_an_encoded_chunked_body_is_buffered_as_sent_and_decoded_by_the_client(server: LocalServer) -> None:
+    with client() as c:
+        response = c.get(server.url + "/gzip")
+        assert response.content == GZIPPED
+        assert response.headers["content-encoding"] == "gzip"
