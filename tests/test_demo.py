@@ -90,8 +90,8 @@ def test_demo_end_to_end(impl: str, tmp_path: Path) -> None:
     # Per phase, a call finishing as the phase changes may have its event in one phase and
     # its HTTP answer in the next: exact in total, off by a few in flight at each boundary.
     for phase in summary["phases"]:
-        assert abs(phase["events"]["success"] - phase["responses"]["200"]) <= 10
-        assert abs(phase["events"]["fallback-success"] - phase["responses"]["503"]) <= 10
+        assert abs(phase["events"]["success"] - phase["responses"]["200"]) <= 32  # the load's max in flight
+        assert abs(phase["events"]["fallback-success"] - phase["responses"]["503"]) <= 32
 
 
 def test_ctrl_c_stops_cleanly(impl: str) -> None:
