@@ -77,6 +77,9 @@ def context_outcome(ctx: Context, timeout_at: int, end: int) -> int:
     return ctx_event
 
 
+_MetricResult: Any = None
+
+
 def notify_collectors(
     name: str,
     collectors: tuple[Any, ...],
@@ -92,15 +95,18 @@ def notify_collectors(
 
     A collector that raises is logged and skipped: it never breaks the command.
     """
-    from .metric_collector import MetricResult
+    global _MetricResult
+    if _MetricResult is None:  # imported on first use: metric_collector imports this module's users
+        from .metric_collector import MetricResult
 
+        _MetricResult = MetricResult
     result = None
     for collector in collectors:
         try:
             if closed:
                 collector.reset()
             if result is None:
-                result = MetricResult.from_event(
+                result = _MetricResult.from_event(
                     event, fallback_event, run_us, total_us, in_use / maximum if maximum > 0 else 0.0
                 )
             collector.update(result)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields as dataclass_fields
 from datetime import timedelta
 from typing import Protocol, runtime_checkable
 
@@ -75,19 +75,16 @@ class MetricResult:
         cls, event: int, fallback_event: int, run_us: int, total_us: int, concurrency_in_use: float
     ) -> MetricResult:
         """Build from the event indices used internally (``-1``: no fallback / no sample)."""
-        fields: dict[str, object] = {"attempts": 1, _EVENT_FIELDS[event]: 1}
-        if FAILURE <= event <= TIMEOUT:  # failure, rejected, short-circuit, timeout
-            fields["errors"] = 1
-        if fallback_event == FALLBACK_SUCCESS:
-            fields["fallback_successes"] = 1
-        elif fallback_event == FALLBACK_FAILURE:
-            fields["fallback_failures"] = 1
-        return cls(
-            total_duration=timedelta(microseconds=max(total_us, 0)),
-            run_duration=timedelta(microseconds=max(run_us, 0)),
-            concurrency_in_use=concurrency_in_use,
-            **fields,  # type: ignore[arg-type]
-        )
+        # This runs once per command for every circuit with a collector, so it skips the
+        # dataclass __init__ (about 2 µs for 14 frozen fields): a copy of the precomputed
+        # fields of this (event, fallback) pair goes straight into the instance's dict.
+        result = object.__new__(cls)
+        fields = _TEMPLATES[event][fallback_event].copy()
+        fields["total_duration"] = _ONE_US * total_us if total_us > 0 else _ZERO
+        fields["run_duration"] = _ONE_US * run_us if run_us > 0 else _ZERO
+        fields["concurrency_in_use"] = concurrency_in_use
+        result.__dict__.update(fields)
+        return result
 
     @property
     def events(self) -> tuple[str, ...]:
@@ -101,6 +98,30 @@ class MetricResult:
         if self.fallback_failures:
             names.append("fallback-failure")
         return tuple(names)
+
+
+_ONE_US = timedelta(microseconds=1)
+_ZERO = timedelta(0)
+
+
+def _template(event: int, fallback_event: int) -> dict[str, object]:
+    fields: dict[str, object] = {f.name: f.default for f in dataclass_fields(MetricResult)}
+    fields["attempts"] = 1
+    fields[_EVENT_FIELDS[event]] = 1
+    if FAILURE <= event <= TIMEOUT:  # failure, rejected, short-circuit, timeout
+        fields["errors"] = 1
+    if fallback_event == FALLBACK_SUCCESS:
+        fields["fallback_successes"] = 1
+    elif fallback_event == FALLBACK_FAILURE:
+        fields["fallback_failures"] = 1
+    return fields
+
+
+# _TEMPLATES[event][fallback_event]: every field of a result but the durations and concurrency.
+_TEMPLATES = [
+    {fallback: _template(event, fallback) for fallback in (NO_EVENT, FALLBACK_SUCCESS, FALLBACK_FAILURE)}
+    for event in range(len(_EVENT_FIELDS))
+]
 
 
 @runtime_checkable
