@@ -1,0 +1,100 @@
+"""What the ASGI and WSGI middlewares share: command naming, exclusions, and the 503 answers."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
+
+from . import _errors
+from ._config import CommandConfig
+from ._registry import configure_command, get_circuit_settings, get_settings
+
+#: The route template of a request that matches no route.
+UNMATCHED = "<unmatched>"
+
+# The methods a command name may carry; any other method string a client invents becomes
+# "OTHER", so methods cannot multiply circuits either.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+
+
+def _method(method: str) -> str:
+    return method if method in _METHODS else "OTHER"
+
+
+class _ServerError(Exception):
+    """The app answered with a 5xx: a failure of the command, though the client has its response."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"the app answered {status}")
+        self.status = status
+
+
+class _Names:
+    """Applies a middleware's ``config`` to each command name the first time it is seen.
+
+    A name configured already (``configure_command`` for one route) keeps its settings.
+    """
+
+    __slots__ = ("_config", "_lock", "_seen")
+
+    def __init__(self, config: CommandConfig | Mapping[str, Any] | None) -> None:
+        self._config = None if config is None else CommandConfig.from_mapping(config)
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def prepare(self, name: str) -> None:
+        if self._config is None or name in self._seen:
+            return
+        with self._lock:
+            if name not in self._seen:
+                if name not in get_circuit_settings():
+                    configure_command(name, self._config)
+                self._seen.add(name)
+
+
+def _excluded(prefixes: Collection[str]) -> Callable[[str], bool]:
+    if isinstance(prefixes, str) or not all(isinstance(p, str) for p in prefixes):
+        raise TypeError(f"exclude must be a collection of path prefixes (str), not {prefixes!r}")
+    cleaned = tuple(p.rstrip("/") for p in prefixes)
+
+    def excluded(path: str) -> bool:
+        return any(path == p or path.startswith(p + "/") or not p for p in cleaned)
+
+    return excluded
+
+
+def _rejection(name: str, err: _errors.CircuitError) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The default answer when the app was not run or did not answer in time."""
+    body = json.dumps({"error": err.message, "command": name}).encode()
+    headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
+    if isinstance(err, _errors.CircuitOpenError):
+        sleep_window = get_settings(name).sleep_window.total_seconds()
+        headers.append(("retry-after", str(max(1, math.ceil(sleep_window)))))
+    return 503, headers, body
+
+
+def _header_pairs(headers: Any) -> list[tuple[str, str]]:
+    items = headers.items() if isinstance(headers, Mapping) else (headers or ())
+    pairs = []
+    for key, value in items:
+        key = key.decode("latin-1") if isinstance(key, bytes) else str(key)
+        value = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+        pairs.append((key, value))
+    return pairs
+
+
+def _response_triple(result: Any) -> tuple[int, list[tuple[str, str]], bytes]:
+    """``(status, headers, body)`` from a fallback's tuple, with a content-length."""
+    try:
+        status, headers, body = result
+    except (TypeError, ValueError):
+        raise TypeError(f"a fallback returns None, (status, headers, body) or a response, not {result!r}") from None
+    if isinstance(body, str):
+        body = body.encode()
+    pairs = _header_pairs(headers)
+    if not any(key.lower() == "content-length" for key, _ in pairs):
+        pairs.append(("content-length", str(len(body))))
+    return int(status), pairs, bytes(body)

@@ -1,0 +1,286 @@
+"""WSGI middleware: every request runs as a command named after its route (Flask, any WSGI app).
+
+``CircuitBreakerMiddleware(app)`` runs each request under :func:`fasthystrix.do`, as the
+command ``"<METHOD> <rule>"`` (``"GET /items/<int:item_id>"`` with Flask), never the raw
+URL: a client choosing URLs cannot create circuits without bound. Requests that match no
+rule share one command per method (``"GET <unmatched>"``), as does every request to a
+WSGI app without a werkzeug URL map.
+
+The app's 5xx responses and exceptions are failures of the command, other answers are
+successes; either way the client gets the app's own response. When the app is not run
+(the circuit is open, every ticket is taken) or does not answer in time, the client gets
+a 503 with a small JSON body naming the reason, or the response of ``fallback``.
+
+**What the command covers.** The call of the app up to its status (``start_response``):
+with Flask, the view function and its request hooks. Nothing reaches the server before
+the command has ended, so a timed-out request can always be answered with a 503. A body
+the app streams (a generator) is sent afterwards, outside the command's timeout and
+ticket, and an error while streaming it is not counted.
+
+**Thread or semaphore isolation** (the command's ``isolation`` setting):
+
+- ``"thread"`` (the default) calls the app on one of the command's worker threads; the
+  server's thread waits for it, and at the timeout answers the 503 while the app keeps
+  running on its worker (holding its ticket) until it returns; its response is then
+  closed and discarded. Real timeouts, for a thread hand-off per request (a few µs) and
+  up to ``max_concurrent_requests`` worker threads per route. An abandoned app may still
+  be reading ``wsgi.input``: for slow uploads prefer semaphore isolation (or a timeout
+  longer than the upload).
+- ``"semaphore"`` calls the app on the server's thread: nothing interrupts a slow view,
+  and one that returns after its deadline is recorded as a timeout and answered with
+  the 503 (its response discarded). Use it when the views enforce their own timeouts,
+  or under gevent/eventlet workers.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from http import HTTPStatus
+from typing import Any
+
+from . import _errors, _impl
+from ._config import CommandConfig
+from ._middleware import UNMATCHED, _excluded, _method, _Names, _rejection, _response_triple, _ServerError
+
+__all__ = ["UNMATCHED", "CircuitBreakerMiddleware"]
+
+Environ = dict[str, Any]
+StartResponse = Callable[..., Callable[[bytes], object]]
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+#: What a fallback may return: ``None`` (the default 503), ``(status, headers, body)``, or a WSGI app
+#: (a Flask or werkzeug ``Response`` is one).
+FallbackResult = None | tuple[int, Any, bytes | str] | WSGIApp
+
+
+def _status_line(status: int) -> str:
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"{status} Unknown"
+
+
+class _Body:
+    """The response body after chunks were pulled early to learn the status: those, then the rest."""
+
+    __slots__ = ("_head", "_rest", "_result")
+
+    def __init__(self, head: list[bytes], rest: Iterator[bytes] | None, result: Iterable[bytes]) -> None:
+        self._head = head
+        self._rest = rest
+        self._result = result
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._head
+        if self._rest is not None:
+            yield from self._rest
+
+    def close(self) -> None:
+        close = getattr(self._result, "close", None)
+        if close is not None:
+            close()
+
+
+def _close(result: Iterable[bytes] | None) -> None:
+    close = getattr(result, "close", None)
+    if close is not None:
+        close()
+
+
+class _Exchange:
+    """One request's call of the app: its status, headers and body, captured until the command has ended."""
+
+    __slots__ = (
+        "abandoned",
+        "app",
+        "downstream_start",
+        "environ",
+        "head",
+        "headers",
+        "lock",
+        "raised",
+        "rest",
+        "result",
+        "status_line",
+    )
+
+    def __init__(self, app: WSGIApp, environ: Environ) -> None:
+        self.app = app
+        self.environ = environ
+        self.status_line: str | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.head: list[bytes] = []  # write() calls and chunks pulled before the status was known
+        self.rest: Iterator[bytes] | None = None
+        self.result: Iterable[bytes] | None = None
+        self.raised: BaseException | None = None
+        self.abandoned = False
+        self.downstream_start: StartResponse | None = None
+        self.lock = threading.Lock()
+
+    def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        downstream = self.downstream_start
+        if downstream is not None:
+            # Called again while the body streams (an error with exc_info): the server decides.
+            return downstream(status, headers, exc_info)
+        if exc_info is None and self.status_line is not None:
+            raise RuntimeError("start_response() called a second time without exc_info")
+        self.status_line = status
+        self.headers = list(headers)
+        return self.head.append
+
+    def run(self) -> None:
+        """The command: call the app and pull its body until it has called ``start_response``."""
+        try:
+            result = self.app(self.environ, self.start_response)
+        except BaseException as exc:
+            self.raised = exc
+            raise
+        rest: Iterator[bytes] | None = None
+        try:
+            if self.status_line is None:
+                # PEP 3333 lets an app call start_response as late as its first non-empty chunk.
+                rest = iter(result)
+                while self.status_line is None:
+                    chunk = next(rest, None)
+                    if chunk is None:
+                        raise RuntimeError("the WSGI app returned without calling start_response()")
+                    self.head.append(chunk)
+        except BaseException as exc:
+            self.raised = exc
+            _close(result)
+            raise
+        with self.lock:
+            abandoned = self.abandoned
+            if not abandoned:
+                self.result, self.rest = result, rest
+        if abandoned:
+            _close(result)  # the caller answered without it (thread isolation, after the timeout)
+            return
+        status = int(self.status_line[:3])
+        if status >= 500:
+            raise _ServerError(status)
+
+    def abandon(self) -> None:
+        """The caller answers without the app's response: close it, now or when it arrives."""
+        with self.lock:
+            self.abandoned = True
+            result, self.result = self.result, None
+        _close(result)
+
+    def respond(self, start_response: StartResponse) -> Iterable[bytes]:
+        result = self.result
+        assert result is not None and self.status_line is not None
+        start_response(self.status_line, self.headers)
+        self.downstream_start = start_response
+        if not self.head and self.rest is None:
+            return result  # untouched: keeps wsgi.file_wrapper and the app's close()
+        return _Body(self.head, self.rest, result)
+
+
+class CircuitBreakerMiddleware:
+    """Run each request of a WSGI app as a fasthystrix command (``do``).
+
+    ``app``: the WSGI app to wrap. With Flask, wrap its ``wsgi_app`` so that
+    ``app.run()``, the test client and every server keep working::
+
+        app.wsgi_app = CircuitBreakerMiddleware(app.wsgi_app)
+
+    ``name``: the command of a request. By default ``"<METHOD> <rule>"``, the werkzeug
+    rule the request matches (``"GET /items/<int:item_id>"``), from ``url_map`` or the
+    Flask app's own ``url_map`` (found from ``app`` or ``app.wsgi_app``); a request no
+    rule matches (404, 405, a redirect), or any request when there is no URL map, is
+    ``"<METHOD> <unmatched>"``. Methods outside the standard ones are ``OTHER``. A string
+    names one command for every request; a callable ``name(environ)`` returns the name,
+    or ``None`` to pass the request through without a command.
+
+    ``exclude``: path prefixes passed through without a command (``("/ops", "/health")``),
+    matched against ``PATH_INFO`` on ``/`` boundaries.
+
+    ``config``: a :class:`~fasthystrix.CommandConfig` for every command this middleware
+    runs, applied with ``configure_command`` the first time each name is seen, unless
+    that name is configured already. Without it the commands get the defaults: 1 s
+    timeout, 10 concurrent requests per route, thread isolation (see the module's notes).
+
+    ``fallback(environ, err)`` answers when the app was not run or did not answer in time
+    (``err`` is a ``CircuitOpenError``, ``MaxConcurrencyError`` or ``TimeoutError``): it
+    returns ``(status, headers, body)``, a WSGI app (a Flask ``Response``; it is called
+    outside Flask's request context), or ``None`` for the default 503.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        name: str | Callable[[Environ], str | None] | None = None,
+        fallback: Callable[[Environ, _errors.CircuitError], FallbackResult] | None = None,
+        config: CommandConfig | Mapping[str, Any] | None = None,
+        exclude: Collection[str] = (),
+        url_map: Any = None,
+    ) -> None:
+        if not callable(app):
+            raise TypeError(f"app must be a WSGI app, not {app!r}")
+        if name is not None and not isinstance(name, str) and not callable(name):
+            raise TypeError(f"name must be a str, a callable or None, not {name!r}")
+        if fallback is not None and not callable(fallback):
+            raise TypeError(f"fallback must be callable or None, not {fallback!r}")
+        self.app = app
+        if url_map is None:
+            url_map = getattr(app, "url_map", None)
+        if url_map is None:
+            url_map = getattr(getattr(app, "__self__", None), "url_map", None)  # flask_app.wsgi_app
+        self.url_map = url_map
+        self._name = name
+        self._fallback = fallback
+        self._names = _Names(config)
+        self._excluded = _excluded(exclude)
+
+    def command_name(self, environ: Environ) -> str | None:
+        """The command a request runs as, or ``None`` when it passes through."""
+        if self._excluded(environ.get("PATH_INFO", "")):
+            return None
+        name = self._name
+        if name is None:
+            return f"{_method(environ.get('REQUEST_METHOD', 'GET'))} {self.route_template(environ)}"
+        if isinstance(name, str):
+            return name
+        return name(environ)
+
+    def route_template(self, environ: Environ) -> str:
+        """The rule the request matches (``"/items/<int:item_id>"``), or ``"<unmatched>"``."""
+        if self.url_map is None:
+            return UNMATCHED
+        try:
+            rule, _ = self.url_map.bind_to_environ(environ).match(return_rule=True)
+        except Exception:  # NotFound, MethodNotAllowed, RequestRedirect: all one name
+            return UNMATCHED
+        return str(rule.rule)
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        name = self.command_name(environ)
+        if name is None:
+            return self.app(environ, start_response)
+        self._names.prepare(name)
+        exchange = _Exchange(self.app, environ)
+        try:
+            _impl.current().do(name, exchange.run)
+        except _ServerError:
+            pass  # counted as a failure; the client gets the app's response
+        except _errors.CircuitError as err:
+            exchange.abandon()
+            if err is exchange.raised:
+                raise  # the app's own (a nested command's) error: a plain failure, already counted
+            return self._answer(name, err, environ, start_response)
+        except BaseException:
+            exchange.abandon()
+            raise
+        return exchange.respond(start_response)
+
+    def _answer(
+        self, name: str, err: _errors.CircuitError, environ: Environ, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        result: Any = None if self._fallback is None else self._fallback(environ, err)
+        if result is not None and not isinstance(result, tuple) and callable(result):
+            return result(environ, start_response)  # type: ignore[no-any-return]
+        status, headers, body = _rejection(name, err) if result is None else _response_triple(result)
+        start_response(_status_line(status), headers)
+        return [body]

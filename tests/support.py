@@ -1,0 +1,84 @@
+"""Pieces several test modules share: a known set of events, and loading the examples."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import fasthystrix
+from conftest import FakeClock
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def load_example(filename: str) -> Any:
+    """Import ``examples/<filename>`` as a module of its own."""
+    spec = importlib.util.spec_from_file_location(filename.removesuffix(".py"), EXAMPLES / filename)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    return module
+
+
+def semaphore_command(name: str, **extra: Any) -> None:
+    fasthystrix.configure_command(name, {"isolation": "semaphore", **extra})
+
+
+def boom() -> None:
+    raise ValueError("down")
+
+
+def drive_known_events(name: str, clock: FakeClock) -> None:
+    """success 3, failure 3, rejected 1, short-circuit 2, timeout 1, fallback-success 4, fallback-failure 1."""
+
+    def slow(ms: float) -> Callable[[], str]:
+        def run() -> str:
+            clock.advance(ms=ms)
+            return "ok"
+
+        return run
+
+    def failing_after_10ms() -> None:
+        clock.advance(ms=10)
+        raise ValueError("down")
+
+    semaphore_command(name, max_concurrent_requests=7)
+    for _ in range(3):
+        assert fasthystrix.do(name, slow(30)) == "ok"
+    for _ in range(2):
+        assert fasthystrix.do(name, failing_after_10ms, lambda err: "fb") == "fb"
+    with pytest.raises(fasthystrix.FallbackError):
+        fasthystrix.do(name, failing_after_10ms, lambda err: boom())
+    with pytest.raises(fasthystrix.TimeoutError):
+        fasthystrix.do(name, slow(1500))
+    semaphore_command(name, max_concurrent_requests=0)
+    with pytest.raises(fasthystrix.MaxConcurrencyError):
+        fasthystrix.do(name, slow(1))
+    semaphore_command(name, max_concurrent_requests=7)
+    circuit = fasthystrix.get_circuit(name)[0]
+    circuit.force_open = True
+    for _ in range(2):
+        assert fasthystrix.do(name, slow(1), lambda err: "fb") == "fb"
+    circuit.force_open = False
+
+
+KNOWN = {
+    "success": 3,
+    "failure": 3,
+    "rejected": 1,
+    "short-circuit": 2,
+    "timeout": 1,
+    "context_canceled": 0,
+    "context_deadline_exceeded": 0,
+    "fallback-success": 4,
+    "fallback-failure": 1,
+}

@@ -1,0 +1,460 @@
+"""fasthystrix.asgi.CircuitBreakerMiddleware on a real uvicorn server, driven over loopback by httpx."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Any
+
+import pytest
+
+import fasthystrix
+from fasthystrix import _registry
+from fasthystrix.asgi import CircuitBreakerMiddleware
+from support import load_example
+
+uvicorn = pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("starlette")
+
+from starlette.applications import Starlette  # noqa: E402
+from starlette.background import BackgroundTask  # noqa: E402
+from starlette.exceptions import HTTPException  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
+from starlette.requests import Request  # noqa: E402
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse  # noqa: E402
+from starlette.routing import Mount, Route  # noqa: E402
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def serve(app: Any) -> Iterator[httpx.Client]:
+    """Serve ``app`` with uvicorn on a loopback port; yield an httpx client for it."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, log_level="critical", lifespan="off", timeout_graceful_shutdown=1)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]})
+    thread.start()
+    try:
+        wait_for(lambda: server.started or not thread.is_alive())
+        assert server.started
+        with httpx.Client(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}", timeout=10) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def metrics(name: str) -> Any:
+    circuit = _registry.circuits().get(name)
+    assert circuit is not None, f"no circuit {name!r}; circuits: {sorted(_registry.circuits())}"
+    return circuit.metrics()
+
+
+def app_with(routes: list[Any], **options: Any) -> Starlette:
+    return Starlette(routes=routes, middleware=[Middleware(CircuitBreakerMiddleware, **options)])
+
+
+async def item(request: Request) -> Response:
+    return JSONResponse({"id": request.path_params["item_id"]})
+
+
+# -- naming ----------------------------------------------------------------------------------------
+
+
+def test_commands_are_named_after_route_templates_not_urls() -> None:
+    async def thing(request: Request) -> Response:
+        return PlainTextResponse("thing")
+
+    app = app_with(
+        [
+            Route("/items/{item_id:int}", item),
+            Mount("/api", routes=[Route("/things/{thing_id}", thing)]),
+            Mount("/ops", app=PlainTextResponse("an app of its own")),
+        ]
+    )
+    with serve(app) as client:
+        assert client.get("/items/1").json() == {"id": 1}
+        assert client.get("/items/2").json() == {"id": 2}
+        assert client.get("/api/things/x").text == "thing"
+        assert client.get("/ops/a").text == client.get("/ops/b/c").text == "an app of its own"
+        for _ in range(3):
+            assert client.get(f"/{uuid.uuid4().hex}/{uuid.uuid4().hex}").status_code == 404
+        assert client.request("BREW", "/items/3").status_code == 405
+        assert client.request("BREW", f"/{uuid.uuid4().hex}").status_code == 404
+    assert sorted(_registry.circuits()) == [
+        "GET /api/things/{thing_id}",
+        "GET /items/{item_id}",
+        "GET /ops/{path}",
+        "GET <unmatched>",
+        "OTHER /items/{item_id}",
+        "OTHER <unmatched>",
+    ]
+    assert metrics("GET /items/{item_id}").successes == 2
+    unmatched = metrics("GET <unmatched>")
+    assert (unmatched.requests, unmatched.failures) == (3, 0)  # one shared circuit; 404s are not failures
+
+
+def test_wrapping_the_app_directly_and_a_plain_asgi_app() -> None:
+    starlette_app = Starlette(routes=[Route("/items/{item_id:int}", item)])
+
+    async def plain(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await PlainTextResponse("plain")(scope, receive, send)
+
+    with serve(CircuitBreakerMiddleware(starlette_app)) as client:
+        assert client.get("/items/5").json() == {"id": 5}
+    assert list(_registry.circuits()) == ["GET /items/{item_id}"]
+    with serve(CircuitBreakerMiddleware(plain)) as client:
+        assert client.get("/anything/at/all").text == "plain"
+        assert client.post("/else").text == "plain"
+    assert sorted(_registry.circuits()) == ["GET /items/{item_id}", "GET <unmatched>", "POST <unmatched>"]
+
+
+def test_name_callable_string_and_exclude() -> None:
+    def name(scope: dict[str, Any]) -> str | None:
+        return None if scope["path"] == "/free" else "tenant-" + scope["path"].strip("/")
+
+    app = app_with(
+        [Route(p, lambda request: PlainTextResponse("ok")) for p in ("/a", "/free", "/ops/stream")],
+        name=name,
+        exclude=("/ops",),
+    )
+    with serve(app) as client:
+        for path in ("/a", "/free", "/ops/stream"):
+            assert client.get(path).text == "ok"
+    assert list(_registry.circuits()) == ["tenant-a"]
+    app = app_with([Route("/a", lambda request: PlainTextResponse("ok"))], name="everything")
+    with serve(app) as client:
+        assert client.get("/a").text == "ok"
+        assert client.get("/b").status_code == 404
+    assert metrics("everything").requests == 2
+
+
+def test_non_http_scopes_pass_through_untouched() -> None:
+    seen: list[tuple[Any, ...]] = []
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        seen.append((scope, receive, send))
+
+    middleware = CircuitBreakerMiddleware(inner)
+
+    async def receive() -> dict[str, Any]:
+        return {}
+
+    async def send(message: Any) -> None:
+        pass
+
+    for kind in ("lifespan", "websocket"):
+        scope = {"type": kind, "path": "/ws"}
+        asyncio.run(middleware(scope, receive, send))
+        assert seen[-1] == (scope, receive, send)
+    assert _registry.circuits() == {}
+
+
+# -- failures, the open circuit, recovery ---------------------------------------------------------------
+
+
+def test_5xx_and_exceptions_trip_the_circuit_and_it_recovers() -> None:
+    state = {"mode": "500", "calls": 0}
+
+    async def flaky(request: Request) -> Response:
+        state["calls"] += 1
+        if state["mode"] == "500":
+            return PlainTextResponse("down for now", status_code=500)
+        if state["mode"] == "raise":
+            raise RuntimeError("boom")
+        return PlainTextResponse("fine")
+
+    config = fasthystrix.CommandConfig(request_volume_threshold=4, error_percent_threshold=50, sleep_window=300)
+    with serve(app_with([Route("/flaky", flaky)], config=config)) as client:
+        for _ in range(2):
+            response = client.get("/flaky")
+            assert (response.status_code, response.text) == (500, "down for now")  # the app's own answer
+        state["mode"] = "raise"
+        for _ in range(2):
+            # Starlette's ServerErrorMiddleware answers, then re-raises, and uvicorn closes the
+            # connection: ask for that, so that no request races the close on a kept-alive one.
+            assert client.get("/flaky", headers={"connection": "close"}).status_code == 500
+        assert metrics("GET /flaky").failures == 4
+        assert state["calls"] == 4
+
+        response = client.get("/flaky")
+        assert response.status_code == 503
+        assert response.json() == {"error": "circuit open", "command": "GET /flaky"}
+        assert response.headers["retry-after"] == "1"
+        assert response.headers["content-type"] == "application/json"
+        assert state["calls"] == 4  # the app was not run
+        assert metrics("GET /flaky").short_circuits == 1
+
+        state["mode"] = "ok"
+        time.sleep(0.35)  # the sleep window: the next request is the trial
+        response = client.get("/flaky")
+        assert (response.status_code, response.text) == (200, "fine")
+        circuit, _ = fasthystrix.get_circuit("GET /flaky")
+        wait_for(lambda: not circuit.is_open())  # the outcome is recorded just after the response is sent
+        assert client.get("/flaky").status_code == 200
+
+
+def test_4xx_are_not_failures() -> None:
+    async def bad(request: Request) -> Response:
+        if request.query_params.get("kind") == "raise":
+            raise HTTPException(status_code=404, detail="no such thing")
+        return PlainTextResponse("bad request", status_code=400)
+
+    config = fasthystrix.CommandConfig(request_volume_threshold=2, error_percent_threshold=1)
+    with serve(app_with([Route("/bad", bad)], config=config)) as client:
+        for i in range(8):
+            response = client.get("/bad", params={"kind": "raise" if i % 2 else "return"})
+            assert response.status_code == (404 if i % 2 else 400)
+    snapshot = metrics("GET /bad")
+    assert (snapshot.successes, snapshot.failures, snapshot.errors) == (8, 0, 0)
+    assert not fasthystrix.get_circuit("GET /bad")[0].is_open()
+
+
+def test_a_nested_commands_error_is_a_failure_not_a_503() -> None:
+    async def nested(request: Request) -> Response:
+        return await fasthystrix.do_async("inner", lambda: asyncio.sleep(0, "never"))
+
+    fasthystrix.get_circuit("inner")[0].force_open = True
+    with serve(app_with([Route("/nested", nested)])) as client:
+        # The app's own CircuitOpenError is not the route's: Starlette answers 500, not a 503 from us.
+        assert client.get("/nested", headers={"connection": "close"}).status_code == 500
+    snapshot = metrics("GET /nested")
+    assert (snapshot.failures, snapshot.short_circuits) == (1, 0)
+    assert metrics("inner").short_circuits == 1
+
+
+# -- concurrency and timeouts ---------------------------------------------------------------------
+
+
+def test_max_concurrency_rejects_with_503() -> None:
+    release = threading.Event()
+    inside: list[int] = []
+
+    async def slow(request: Request) -> Response:
+        inside.append(1)
+        while not release.is_set():
+            await asyncio.sleep(0.005)
+        return PlainTextResponse("done")
+
+    config = fasthystrix.CommandConfig(max_concurrent_requests=2, timeout=5000)
+    with serve(app_with([Route("/slow", slow)], config=config)) as client, ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(client.get, "/slow") for _ in range(6)]
+        rejected = []
+        for future in as_completed(futures, timeout=10):
+            rejected.append(future.result())
+            if len(rejected) == 4:
+                break
+        assert [r.status_code for r in rejected] == [503] * 4
+        assert all(r.json() == {"error": "max concurrency", "command": "GET /slow"} for r in rejected)
+        assert "retry-after" not in rejected[0].headers
+        assert len(inside) == 2
+        release.set()
+        statuses = sorted(f.result().status_code for f in futures)
+    assert statuses == [200, 200, 503, 503, 503, 503]
+    snapshot = metrics("GET /slow")
+    assert (snapshot.successes, snapshot.rejects) == (2, 4)
+
+
+def test_timeout_answers_503_and_really_cancels_the_handler() -> None:
+    cancelled = threading.Event()
+
+    async def stuck(request: Request) -> Response:
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return PlainTextResponse("too late")
+
+    config = fasthystrix.CommandConfig(timeout=200)
+    with serve(app_with([Route("/stuck", stuck)], config=config)) as client:
+        started = time.monotonic()
+        response = client.get("/stuck")
+        elapsed = time.monotonic() - started
+    assert response.status_code == 503
+    assert response.json() == {"error": "timeout", "command": "GET /stuck"}
+    assert 0.15 < elapsed < 2
+    assert cancelled.is_set()
+    assert metrics("GET /stuck").timeouts == 1
+
+
+def test_timeout_mid_stream_cuts_the_response_short() -> None:
+    cancelled = threading.Event()
+
+    async def body() -> Any:
+        yield b"first chunk\n"
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        yield b"never sent\n"
+
+    async def stream(request: Request) -> Response:
+        return StreamingResponse(body(), media_type="text/plain")
+
+    config = fasthystrix.CommandConfig(timeout=200)
+    with serve(app_with([Route("/stream", stream)], config=config)) as client:
+        received = b""
+        with pytest.raises(httpx.RemoteProtocolError), client.stream("GET", "/stream") as response:
+            assert response.status_code == 200  # it had started: no 503 can follow
+            for chunk in response.iter_bytes():
+                received += chunk
+    assert received == b"first chunk\n"
+    assert cancelled.is_set()
+    assert metrics("GET /stream").timeouts == 1
+
+
+def test_a_complete_stream_and_background_work_after_the_response() -> None:
+    finished = threading.Event()
+
+    async def body() -> Any:
+        for i in range(3):
+            yield f"{i}\n".encode()
+            await asyncio.sleep(0.01)
+
+    async def stream(request: Request) -> Response:
+        return StreamingResponse(body(), media_type="text/plain")
+
+    async def background() -> None:
+        await asyncio.sleep(0.4)  # longer than the timeout, which covers only the response
+        finished.set()
+
+    async def later(request: Request) -> Response:
+        return PlainTextResponse("accepted", status_code=202, background=BackgroundTask(background))
+
+    config = fasthystrix.CommandConfig(timeout=200)
+    routes = [Route("/stream", stream), Route("/later", later)]
+    with serve(app_with(routes, config=config)) as client:
+        assert client.get("/stream").text == "0\n1\n2\n"
+        response = client.get("/later")
+        assert (response.status_code, response.text) == (202, "accepted")
+        assert finished.wait(5)  # not cancelled at the timeout: the command ended with the response
+    assert metrics("GET /stream").successes == 1
+    snapshot = metrics("GET /later")
+    assert (snapshot.successes, snapshot.timeouts) == (1, 0)
+
+
+def test_a_client_leaving_mid_response_is_not_a_failure() -> None:
+    async def body() -> Any:
+        while True:
+            yield b"tick\n"
+            await asyncio.sleep(0.01)
+
+    async def endless(request: Request) -> Response:
+        return StreamingResponse(body(), media_type="text/plain")
+
+    config = fasthystrix.CommandConfig(timeout=5000)
+    with serve(app_with([Route("/endless", endless)], config=config)) as client:
+        with client.stream("GET", "/endless") as response:
+            assert next(response.iter_bytes()).startswith(b"tick")
+        wait_for(lambda: "GET /endless" in _registry.circuits() and metrics("GET /endless").requests == 1)
+    snapshot = metrics("GET /endless")
+    assert (snapshot.context_canceled, snapshot.failures, snapshot.errors) == (1, 0, 0)
+
+
+# -- fallbacks ------------------------------------------------------------------------------------
+
+
+def test_fallback_response_replaces_the_503() -> None:
+    errors: list[BaseException] = []
+
+    def fallback(scope: dict[str, Any], err: fasthystrix.CircuitError) -> Any:
+        errors.append(err)
+        if scope["path"] == "/price":
+            return JSONResponse({"price": 42, "stale": True}, headers={"x-fallback": "1"})
+        if scope["path"] == "/tuple":
+            return 200, {"content-type": "text/plain"}, "cached"
+        return None  # the default 503
+
+    async def fallback_async(scope: dict[str, Any], err: fasthystrix.CircuitError) -> Any:
+        return fallback(scope, err)
+
+    routes = [Route(p, lambda request: PlainTextResponse("live")) for p in ("/price", "/tuple", "/other")]
+    for chosen in (fallback, fallback_async):
+        errors.clear()
+        fasthystrix.flush()
+        with serve(app_with(routes, fallback=chosen)) as client:
+            assert client.get("/price").text == "live"
+            fasthystrix.get_circuit("GET /price")[0].force_open = True
+            response = client.get("/price")
+            assert (response.status_code, response.json()) == (200, {"price": 42, "stale": True})
+            assert response.headers["x-fallback"] == "1"
+            assert isinstance(errors[-1], fasthystrix.CircuitOpenError)
+
+            fasthystrix.configure_command("GET /tuple", fasthystrix.CommandConfig(max_concurrent_requests=0))
+            response = client.get("/tuple")
+            assert (response.status_code, response.text) == (200, "cached")
+            assert isinstance(errors[-1], fasthystrix.MaxConcurrencyError)
+
+            fasthystrix.get_circuit("GET /other")[0].force_open = True
+            assert client.get("/other").json() == {"error": "circuit open", "command": "GET /other"}
+        assert metrics("GET /price").short_circuits == 1
+        assert metrics("GET /tuple").rejects == 1
+
+
+def test_config_applies_once_per_name_and_leaves_configured_routes_alone() -> None:
+    fasthystrix.configure_command("GET /special", fasthystrix.CommandConfig(timeout=1234))
+    routes = [Route(p, lambda request: PlainTextResponse("ok")) for p in ("/plain", "/special")]
+    with serve(app_with(routes, config={"timeout": 321, "max_concurrent_requests": 50})) as client:
+        assert client.get("/plain").text == "ok"
+        assert client.get("/special").text == "ok"
+    settings = fasthystrix.get_circuit_settings()
+    assert settings["GET /plain"].timeout.total_seconds() == 0.321
+    assert settings["GET /plain"].max_concurrent_requests == 50
+    assert settings["GET /special"].timeout.total_seconds() == 1.234
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(TypeError, match="name"):
+        CircuitBreakerMiddleware(item, name=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="fallback"):
+        CircuitBreakerMiddleware(item, fallback="x")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="exclude"):
+        CircuitBreakerMiddleware(item, exclude="/ops")
+    with pytest.raises(ValueError, match="timeout"):
+        CircuitBreakerMiddleware(item, config={"timeout": -1})
+
+
+# -- the example ----------------------------------------------------------------------------------
+
+
+def test_fastapi_example_serves_through_the_middleware() -> None:
+    example = load_example("fastapi_app.py")
+    example.downstream.healthy()
+    try:
+        with serve(example.app) as client:
+            response = client.get("/api/price")
+            assert response.status_code == 200, response.text
+            assert response.json()["stale"] is False
+            assert client.get("/api/items/7").json()["item_id"] == 7
+            assert client.get("/ops/hystrix-dashboard").status_code == 200
+            example.downstream.failing()
+            assert client.get("/api/items/7").status_code == 502  # the downstream failed: a failure, passed on
+            assert client.get("/api/price").json()["stale"] is True  # the inner command's fallback
+            if example.prometheus is not None:
+                assert 'fasthystrix_events_total{command="GET /api/items/{item_id}",event="failure"} 1.0' in (
+                    client.get("/metrics/").text
+                )
+    finally:
+        example.stream_handler.close()
+        if example.prometheus is not None:
+            example.prometheus_collector.close()
+    assert {"GET /api/price", "GET /api/items/{item_id}", "pricing-service"} <= set(_registry.circuits())
+    assert metrics("GET /api/items/{item_id}").failures == 1

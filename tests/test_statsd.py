@@ -1,0 +1,368 @@
+"""The StatsD collector, sending to a real UDP socket on loopback."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import fasthystrix
+from conftest import FakeClock
+from fasthystrix.metric_collector import MetricCollector, MetricResult, registry
+from fasthystrix.statsd import (
+    LAN_STATSD_FLUSH_BYTES,
+    WAN_STATSD_FLUSH_BYTES,
+    StatsdCollectorClient,
+    sanitize_name,
+)
+
+
+class Daemon:
+    """A UDP socket on loopback standing in for statsd: a thread records every packet as it arrives."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        # As much buffer as the kernel allows: the client sends a flush's packets back to back.
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.01)
+        self.address = self.sock.getsockname()
+        self.packets: list[bytes] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, name="test-statsd-daemon")
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.packets.append(self.sock.recv(65536))
+            except (TimeoutError, BlockingIOError):
+                pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+    def receive(self, until: Callable[[list[str]], bool] = lambda lines: True, timeout: float = 5.0) -> list[str]:
+        """Wait until ``until(lines)`` holds for every line received so far (or fail)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = self.lines()
+            if lines and until(lines):
+                return lines
+            if time.monotonic() > deadline:
+                counters, timings, gauges = _parse(lines)
+                sizes = {name: len(values) for name, values in timings.items()}
+                pytest.fail(f"the expected metrics never arrived; got {counters}, timings {sizes}, gauges {gauges}")
+            time.sleep(0.005)
+
+    def lines(self) -> list[str]:
+        return [line for packet in list(self.packets) for line in packet.decode().split("\n")]
+
+
+@pytest.fixture
+def daemon() -> Iterator[Daemon]:
+    d = Daemon()
+    yield d
+    d.close()
+
+
+@pytest.fixture
+def client(daemon: Daemon) -> Iterator[StatsdCollectorClient]:
+    c = StatsdCollectorClient(daemon.address, prefix="myapp.hystrix", flush_interval=60).register()
+    yield c
+    c.close()
+    assert not _statsd_threads()
+
+
+def _complete(name: str, commands: int) -> Callable[[list[str]], bool]:
+    """Every line of ``commands`` commands of ``name`` arrived: attempts counted, three timings each."""
+
+    def complete(lines: list[str]) -> bool:
+        counters, timings, _ = _parse(lines)
+        return counters[f"{name}.attempts"] == commands and all(
+            len(timings.get(f"{name}.{metric}", ())) == commands
+            for metric in ("totalDuration", "runDuration", "concurrencyInUse")
+        )
+
+    return complete
+
+
+def _statsd_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "fasthystrix-statsd"]
+
+
+def _configure(name: str, **extra: Any) -> None:
+    fasthystrix.configure_command(name, {"isolation": "semaphore", **extra})
+
+
+def _parse(lines: list[str]) -> tuple[Counter[str], dict[str, list[str]], dict[str, str]]:
+    """Counters summed by name, timing values by name, the last gauge value by name."""
+    counters: Counter[str] = Counter()
+    timings: dict[str, list[str]] = {}
+    gauges: dict[str, str] = {}
+    for line in lines:
+        name, _, rest = line.partition(":")
+        value, kind = rest.split("|")[:2]
+        if kind == "c":
+            counters[name] += int(value)
+        elif kind == "ms":
+            timings.setdefault(name, []).append(value)
+        else:
+            assert kind == "g", line
+            gauges[name] = value
+    return counters, timings, gauges
+
+
+def test_sanitize_name() -> None:
+    assert sanitize_name("svc/users:get.v2") == "svc-users-get-v2"
+    assert sanitize_name("plain_name") == "plain_name"
+
+
+def test_hystrix_go_names_types_and_values(client: StatsdCollectorClient, daemon: Daemon, clock: FakeClock) -> None:
+    name = "users/get:v1.2"
+    _configure(name, max_concurrent_requests=4)
+
+    def run_30ms() -> str:
+        clock.advance(ms=30)
+        return "ok"
+
+    def fail_10ms() -> None:
+        clock.advance(ms=10)
+        raise ValueError("down")
+
+    for _ in range(2):
+        fasthystrix.do(name, run_30ms)
+    fasthystrix.do(name, fail_10ms, lambda err: "fb")
+    fasthystrix.get_circuit(name)[0].force_open = True
+    with pytest.raises(fasthystrix.CircuitOpenError):
+        fasthystrix.do(name, run_30ms)
+    client.flush()
+    lines = daemon.receive(_complete("myapp.hystrix.users-get-v1-2", 4))
+    p = "myapp.hystrix.users-get-v1-2."
+    assert all(line.startswith(p) for line in lines), lines
+    counters, timings, gauges = _parse(lines)
+    assert counters == {
+        p + "attempts": 4,
+        p + "errors": 2,
+        p + "successes": 2,
+        p + "failures": 1,
+        p + "shortCircuits": 1,
+        p + "fallbackSuccesses": 1,
+    }
+    # The last command was short-circuited: hystrix-go's circuitOpen gauge says 1.
+    assert gauges == {p + "circuitOpen": "1"}
+    # Timings for every command, in milliseconds as Go formats them (zero when it did not run).
+    assert timings[p + "runDuration"] == ["30", "30", "10", "0"]
+    assert timings[p + "totalDuration"] == ["30", "30", "10", "0"]
+    assert timings[p + "concurrencyInUse"] == ["0", "0", "0", "0"]
+
+
+def test_fractional_milliseconds_concurrency_and_gauge(
+    client: StatsdCollectorClient, daemon: Daemon, clock: FakeClock
+) -> None:
+    _configure("nested", max_concurrent_requests=4)
+
+    def inner() -> None:
+        clock.advance(ms=1.5)
+
+    fasthystrix.do("nested", lambda: fasthystrix.do("nested", inner))
+    client.flush()
+    counters, timings, gauges = _parse(daemon.receive(_complete("myapp.hystrix.nested", 2)))
+    p = "myapp.hystrix.nested."
+    assert timings[p + "runDuration"] == ["1.5", "1.5"]
+    # The inner command reported while the outer one held 1 of 4 tickets: 100 * 1/4.
+    assert timings[p + "concurrencyInUse"] == ["25", "0"]
+    assert gauges == {p + "circuitOpen": "0"}
+    assert counters[p + "successes"] == 2
+
+
+def test_every_event_counter(daemon: Daemon, clock: FakeClock) -> None:
+    with StatsdCollectorClient(daemon.address, flush_interval=60).register() as client:
+        _configure("all")
+
+        def late() -> None:
+            clock.advance(ms=1500)
+
+        with pytest.raises(fasthystrix.TimeoutError):
+            fasthystrix.do("all", late)
+        with pytest.raises(fasthystrix.FallbackError):
+            fasthystrix.do("all", lambda: 1 / 0, lambda err: 1 / 0)
+        _configure("all", max_concurrent_requests=0)
+        with pytest.raises(fasthystrix.MaxConcurrencyError):
+            fasthystrix.do("all", lambda: None)
+        ctx = fasthystrix.Context()
+        ctx.cancel()
+        with pytest.raises(fasthystrix.ContextCanceledError):
+            fasthystrix.do_c(ctx, "all", lambda c: None)
+        client.flush()
+        counters, _, gauges = _parse(daemon.receive(_complete("all", 4)))
+    # No prefix: the names start with the circuit's.
+    assert counters == {
+        "all.attempts": 4,
+        "all.errors": 3,
+        "all.timeouts": 1,
+        "all.failures": 1,
+        "all.fallbackFailures": 1,
+        "all.rejects": 1,
+        "all.contextCanceled": 1,
+    }
+    assert gauges == {}  # neither a success nor a short-circuit: hystrix-go sends no circuitOpen
+
+
+def test_burst_is_batched_into_few_packets(daemon: Daemon) -> None:
+    # Few enough that one flush's packets fit in the receiving socket's buffer (loopback UDP drops the rest).
+    commands = 500
+    with StatsdCollectorClient(daemon.address, flush_interval=0.05, flush_bytes=WAN_STATSD_FLUSH_BYTES).register():
+        _configure("burst", max_concurrent_requests=100)
+        for _ in range(commands):
+            fasthystrix.do("burst", lambda: None)
+        lines = daemon.receive(_complete("burst", commands))
+    assert all(len(packet) <= WAN_STATSD_FLUSH_BYTES for packet in daemon.packets)
+    # 3 timings per command plus a few summed counters, about 16 lines to a 512-byte packet.
+    assert len(lines) >= 3 * commands
+    assert len(daemon.packets) <= len(lines) / 10
+    assert _parse(lines)[0]["burst.successes"] == commands
+
+
+def test_background_thread_flushes_on_its_interval(daemon: Daemon) -> None:
+    with StatsdCollectorClient(daemon.address, flush_interval=0.02).register() as client:
+        _configure("tick")
+        fasthystrix.do("tick", lambda: None)
+        counters, _, _ = _parse(daemon.receive(_complete("tick", 1)))  # no flush() call
+        assert counters["tick.successes"] == 1
+        assert client.sent_packets >= 1
+
+
+def test_close_sends_what_is_queued_and_stops_the_thread(daemon: Daemon) -> None:
+    client = StatsdCollectorClient(daemon.address, flush_interval=60).register()
+    assert len(_statsd_threads()) == 1
+    _configure("closing")
+    fasthystrix.do("closing", lambda: None)
+    client.close()
+    client.close()  # idempotent
+    assert not _statsd_threads()
+    assert client.new_statsd_collector not in registry.factories
+    assert _parse(daemon.receive(_complete("closing", 1)))[0]["closing.successes"] == 1
+    # A collector still attached to a live circuit ignores results after close().
+    fasthystrix.do("closing", lambda: None)
+    assert len(client._queue) == 0
+    with pytest.raises(RuntimeError, match="closed"):
+        client.register()
+
+
+def test_daemon_down_never_raises(caplog: pytest.LogCaptureFixture) -> None:
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    closed_port = probe.getsockname()[1]
+    probe.close()
+    _configure("down")
+    with caplog.at_level(logging.WARNING, logger="fasthystrix"):
+        with StatsdCollectorClient(("127.0.0.1", closed_port), flush_interval=60).register() as client:
+            for _ in range(20):
+                assert fasthystrix.do("down", lambda: "ok") == "ok"
+                client.flush()
+            # Connected UDP: the port-unreachable answers surface as refused sends, counted.
+            assert client.dropped_packets > 0
+    warnings = [r for r in caplog.records if "statsd: dropped" in r.getMessage()]
+    assert len(warnings) == 1, "drops are logged at most once a minute"
+
+
+def test_unresolvable_address_never_raises() -> None:
+    _configure("nowhere")
+    with StatsdCollectorClient("no-such-host.invalid:8125", flush_interval=60).register() as client:
+        for _ in range(2):
+            for _ in range(5):
+                assert fasthystrix.do("nowhere", lambda: "ok") == "ok"
+            # The second time is within the retry delay: dropped without asking the resolver again.
+            client.flush()
+        assert client.dropped_packets == 2
+        assert client.sent_packets == 0
+
+
+def test_full_queue_drops_and_counts(daemon: Daemon) -> None:
+    with StatsdCollectorClient(daemon.address, flush_interval=60, max_queue=10).register() as client:
+        _configure("full")
+        for _ in range(25):
+            fasthystrix.do("full", lambda: None)
+        assert client.dropped_commands == 15
+        client.flush()
+        assert _parse(daemon.receive(_complete("full", 10)))[0]["full.successes"] == 10
+
+
+def test_sample_rate(daemon: Daemon) -> None:
+    with StatsdCollectorClient(daemon.address, flush_interval=60, sample_rate=0.25).register() as client:
+        draws = iter([0.1, 0.9, 0.3, 0.2])
+        client._random = lambda: next(draws)
+        _configure("sampled")
+        for _ in range(4):
+            fasthystrix.do("sampled", lambda: None)
+        client.flush()
+        lines = daemon.receive(_complete("sampled", 2))
+    assert all(line.endswith("|@0.25") for line in lines), lines
+    counters, timings, _ = _parse(lines)
+    assert counters["sampled.successes"] == 2  # the draws below 0.25
+    assert len(timings["sampled.runDuration"]) == 2
+
+
+def test_metric_collector_protocol_and_many_threads(daemon: Daemon) -> None:
+    with StatsdCollectorClient(daemon.address, flush_interval=0.01).register() as client:
+        assert isinstance(client.new_statsd_collector("x"), MetricCollector)
+        _configure("threads", max_concurrent_requests=100)
+        threads, calls = 4, 100
+
+        def worker() -> None:
+            for _ in range(calls):
+                fasthystrix.do("threads", lambda: None)
+
+        workers = [threading.Thread(target=worker) for _ in range(threads)]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+        daemon.receive(_complete("threads", threads * calls))
+        assert client.dropped_commands == 0
+
+
+def test_direct_update_and_ipv6_address_parsing() -> None:
+    client = StatsdCollectorClient("[::1]:8125", flush_interval=60)
+    try:
+        assert client.address == ("::1", 8125)
+        collector = client.new_statsd_collector("direct")
+        collector.update(MetricResult(attempts=1, successes=1))
+        collector.reset()
+        assert len(client._queue) == 1
+    finally:
+        client._queue.clear()
+        client.close()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"address": "nohostport"}, "host:port"),
+        ({"address": "host:99999"}, "1..65535"),
+        ({"sample_rate": 1.5}, "sample_rate"),
+        ({"flush_bytes": -1}, "flush_bytes"),
+        ({"flush_interval": 0}, "flush_interval"),
+        ({"max_queue": 0}, "max_queue"),
+    ],
+)
+def test_invalid_configuration(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        StatsdCollectorClient(**kwargs)
+    assert not _statsd_threads()
+
+
+def test_hystrix_go_defaults() -> None:
+    with StatsdCollectorClient(sample_rate=0, flush_bytes=0) as client:
+        assert client.sample_rate == 1.0
+        assert client.flush_bytes == LAN_STATSD_FLUSH_BYTES
+        assert client.address == ("127.0.0.1", 8125)

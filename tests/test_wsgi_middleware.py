@@ -1,0 +1,399 @@
+"""fasthystrix.wsgi.CircuitBreakerMiddleware on werkzeug's threaded server, driven over loopback by httpx."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Any
+
+import pytest
+
+import fasthystrix
+from fasthystrix import _registry
+from fasthystrix.wsgi import CircuitBreakerMiddleware
+from support import load_example
+
+httpx = pytest.importorskip("httpx")
+flask = pytest.importorskip("flask")
+
+from werkzeug.routing import Map, Rule  # noqa: E402
+from werkzeug.serving import WSGIRequestHandler, make_server  # noqa: E402
+from werkzeug.wrappers import Response  # noqa: E402
+
+THREAD = fasthystrix.CommandConfig(isolation="thread")
+SEMAPHORE = fasthystrix.CommandConfig(isolation="semaphore")
+
+
+class QuietHandler(WSGIRequestHandler):
+    def log_request(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def serve(app: Any) -> Iterator[httpx.Client]:
+    """Serve ``app`` on werkzeug's threaded server on a loopback port; yield an httpx client for it."""
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.server_port}", timeout=10) as client:
+            yield client
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def metrics(name: str) -> Any:
+    circuit = _registry.circuits().get(name)
+    assert circuit is not None, f"no circuit {name!r}; circuits: {sorted(_registry.circuits())}"
+    return circuit.metrics()
+
+
+def flask_app(**options: Any) -> Any:
+    """A Flask app with ``/items/<int:item_id>``, its wsgi_app wrapped in the middleware."""
+    app = flask.Flask(f"test-{uuid.uuid4().hex}")
+
+    @app.get("/items/<int:item_id>")
+    def item(item_id: int) -> Any:
+        return {"id": item_id}
+
+    app.wsgi_app = CircuitBreakerMiddleware(app.wsgi_app, **options)  # type: ignore[method-assign]
+    return app
+
+
+# -- naming ----------------------------------------------------------------------------------------
+
+
+def test_commands_are_named_after_url_rules_not_urls() -> None:
+    app = flask_app()
+    with serve(app) as client:
+        assert client.get("/items/1").json() == {"id": 1}
+        assert client.get("/items/2").json() == {"id": 2}
+        for _ in range(3):
+            assert client.get(f"/{uuid.uuid4().hex}/{uuid.uuid4().hex}").status_code == 404
+        assert client.post("/items/1").status_code == 405
+        assert client.request("BREW", f"/{uuid.uuid4().hex}").status_code in (404, 405)
+    assert sorted(_registry.circuits()) == [
+        "GET /items/<int:item_id>",
+        "GET <unmatched>",
+        "OTHER <unmatched>",
+        "POST <unmatched>",
+    ]
+    assert metrics("GET /items/<int:item_id>").successes == 2
+    unmatched = metrics("GET <unmatched>")
+    assert (unmatched.requests, unmatched.failures) == (3, 0)  # one shared circuit; 404s are not failures
+
+
+def test_a_plain_wsgi_app_with_and_without_a_url_map() -> None:
+    def plain(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"plain"]
+
+    with serve(CircuitBreakerMiddleware(plain)) as client:
+        assert client.get("/anything").text == "plain"
+        assert client.post("/else").text == "plain"
+    assert sorted(_registry.circuits()) == ["GET <unmatched>", "POST <unmatched>"]
+    fasthystrix.flush()
+    url_map = Map([Rule("/users/<name>")])
+    with serve(CircuitBreakerMiddleware(plain, url_map=url_map)) as client:
+        assert client.get("/users/ann").text == "plain"
+        assert client.get("/users/bob").text == "plain"
+        assert client.get("/nope").text == "plain"
+    assert sorted(_registry.circuits()) == ["GET /users/<name>", "GET <unmatched>"]
+    assert metrics("GET /users/<name>").successes == 2
+
+
+def test_name_callable_string_and_exclude() -> None:
+    def name(environ: dict[str, Any]) -> str | None:
+        path = environ["PATH_INFO"]
+        return None if path == "/items/0" else "tenant-" + path.rsplit("/", 1)[-1]
+
+    with serve(flask_app(name=name, exclude=("/items/9",))) as client:
+        for i in (0, 1, 9):
+            assert client.get(f"/items/{i}").json() == {"id": i}
+    assert list(_registry.circuits()) == ["tenant-1"]
+    with serve(flask_app(name="everything")) as client:
+        assert client.get("/items/1").status_code == 200
+        assert client.get("/b").status_code == 404
+    assert metrics("everything").requests == 2
+
+
+# -- failures, the open circuit, recovery ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("isolation", ["thread", "semaphore"])
+def test_5xx_and_exceptions_trip_the_circuit_and_it_recovers(isolation: str) -> None:
+    state = {"mode": "500", "calls": 0}
+    config = fasthystrix.CommandConfig(
+        request_volume_threshold=4, error_percent_threshold=50, sleep_window=300, isolation=isolation
+    )
+    app = flask.Flask("flaky")
+
+    @app.get("/flaky")
+    def flaky() -> Any:
+        state["calls"] += 1
+        if state["mode"] == "500":
+            return "down for now", 500
+        if state["mode"] == "raise":
+            raise RuntimeError("boom")  # Flask answers 500
+        return "fine"
+
+    flask_wsgi_app = app.wsgi_app
+
+    def escaping(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ["PATH_INFO"] == "/escape":
+            state["calls"] += 1
+            raise RuntimeError("escapes the app")  # werkzeug's server answers 500
+        return flask_wsgi_app(environ, start_response)
+
+    app.wsgi_app = CircuitBreakerMiddleware(escaping, url_map=app.url_map, config=config)  # type: ignore[method-assign]
+    app.url_map.add(Rule("/escape", endpoint="escape"))
+    with serve(app) as client:
+        response = client.get("/flaky")
+        assert (response.status_code, response.text) == (500, "down for now")  # the app's own answer
+        state["mode"] = "raise"
+        assert client.get("/flaky").status_code == 500
+        for _ in range(2):
+            assert client.get("/escape", headers={"connection": "close"}).status_code == 500
+        assert metrics("GET /flaky").failures == 2
+        assert metrics("GET /escape").failures == 2
+        assert state["calls"] == 4
+
+        for path in ("/flaky", "/flaky", "/flaky"):
+            client.get(path)  # two more failures: 4 of 4 requests failed
+        response = client.get("/flaky")
+        assert response.status_code == 503
+        assert response.json() == {"error": "circuit open", "command": "GET /flaky"}
+        assert response.headers["retry-after"] == "1"
+        assert response.headers["content-type"] == "application/json"
+        calls = state["calls"]
+        assert client.get("/flaky").status_code == 503
+        assert state["calls"] == calls  # the app was not run
+        assert metrics("GET /flaky").short_circuits >= 2
+
+        state["mode"] = "ok"
+        time.sleep(0.35)  # the sleep window: the next request is the trial
+        response = client.get("/flaky")
+        assert (response.status_code, response.text) == (200, "fine")
+        assert not fasthystrix.get_circuit("GET /flaky")[0].is_open()  # recorded before the response is sent
+        assert client.get("/flaky").status_code == 200
+
+
+def test_4xx_are_not_failures() -> None:
+    config = fasthystrix.CommandConfig(request_volume_threshold=2, error_percent_threshold=1)
+    app = flask.Flask("bad")
+
+    @app.get("/bad")
+    def bad() -> Any:
+        if flask.request.args.get("kind") == "abort":
+            flask.abort(404)
+        return "bad request", 400
+
+    app.wsgi_app = CircuitBreakerMiddleware(app.wsgi_app, config=config)  # type: ignore[method-assign]
+    with serve(app) as client:
+        for i in range(8):
+            response = client.get("/bad", params={"kind": "abort" if i % 2 else "return"})
+            assert response.status_code == (404 if i % 2 else 400)
+    snapshot = metrics("GET /bad")
+    assert (snapshot.successes, snapshot.failures, snapshot.errors) == (8, 0, 0)
+
+
+@pytest.mark.parametrize("isolation", ["thread", "semaphore"])
+def test_a_nested_commands_error_is_a_failure_not_a_503(isolation: str) -> None:
+    fasthystrix.get_circuit("inner")[0].force_open = True
+
+    def nested(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        return fasthystrix.do("inner", lambda: [b"never"])  # type: ignore[no-any-return]
+
+    middleware = CircuitBreakerMiddleware(nested, config=fasthystrix.CommandConfig(isolation=isolation))
+    with serve(middleware) as client:
+        # The app's own CircuitOpenError is not the route's: the server answers 500, not a 503 from us.
+        assert client.get("/nested", headers={"connection": "close"}).status_code == 500
+    snapshot = metrics("GET <unmatched>")
+    assert (snapshot.failures, snapshot.short_circuits) == (1, 0)
+    assert metrics("inner").short_circuits == 1
+
+
+# -- concurrency and timeouts ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("isolation", ["thread", "semaphore"])
+def test_max_concurrency_rejects_with_503(isolation: str) -> None:
+    release = threading.Event()
+    inside: list[int] = []
+    app = flask.Flask("slow")
+
+    @app.get("/slow")
+    def slow() -> Any:
+        inside.append(1)
+        release.wait(10)
+        return "done"
+
+    config = fasthystrix.CommandConfig(max_concurrent_requests=2, timeout=5000, isolation=isolation)
+    app.wsgi_app = CircuitBreakerMiddleware(app.wsgi_app, config=config)  # type: ignore[method-assign]
+    with serve(app) as client, ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(client.get, "/slow") for _ in range(6)]
+        rejected = []
+        for future in as_completed(futures, timeout=10):
+            rejected.append(future.result())
+            if len(rejected) == 4:
+                break
+        assert [r.status_code for r in rejected] == [503] * 4
+        assert all(r.json() == {"error": "max concurrency", "command": "GET /slow"} for r in rejected)
+        assert len(inside) == 2
+        release.set()
+        statuses = sorted(f.result().status_code for f in futures)
+    assert statuses == [200, 200, 503, 503, 503, 503]
+    snapshot = metrics("GET /slow")
+    assert (snapshot.successes, snapshot.rejects) == (2, 4)
+
+
+@pytest.mark.parametrize(("isolation", "answered_within"), [("thread", 0.6), ("semaphore", 3.0)])
+def test_timeout_answers_503_and_closes_the_late_response(isolation: str, answered_within: float) -> None:
+    closed = threading.Event()
+    app = flask.Flask("stuck")
+
+    @app.get("/stuck")
+    def stuck() -> Any:
+        time.sleep(0.8)
+        response = flask.make_response("too late")
+        response.call_on_close(closed.set)
+        return response
+
+    config = fasthystrix.CommandConfig(timeout=200, isolation=isolation)
+    app.wsgi_app = CircuitBreakerMiddleware(app.wsgi_app, config=config)  # type: ignore[method-assign]
+    with serve(app) as client:
+        started = time.monotonic()
+        response = client.get("/stuck")
+        elapsed = time.monotonic() - started
+    assert response.status_code == 503
+    assert response.json() == {"error": "timeout", "command": "GET /stuck"}
+    # Thread isolation answers at the deadline; semaphore isolation once the view has returned.
+    assert (0.15 if isolation == "thread" else 0.75) < elapsed < answered_within
+    assert closed.wait(5)  # the discarded response was closed all the same
+    assert metrics("GET /stuck").timeouts == 1
+
+
+def test_streamed_bodies_and_a_late_start_response() -> None:
+    app = flask.Flask("stream")
+
+    @app.get("/stream")
+    def stream() -> Any:
+        def body() -> Iterator[str]:
+            for i in range(3):
+                yield f"{i}\n"
+                time.sleep(0.01)
+
+        return flask.Response(body(), mimetype="text/plain")
+
+    def lazy(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        if environ["PATH_INFO"] != "/lazy":
+            yield from app.wsgi_app(environ, start_response)
+            return
+        yield b""  # PEP 3333: start_response may come as late as the first non-empty chunk
+        status = environ.get("QUERY_STRING") or "200"
+        start_response(f"{status} Whatever", [("Content-Type", "text/plain")])
+        yield b"lazy "
+        yield b"body"
+
+    app.url_map.add(Rule("/lazy", endpoint="lazy"))
+    middleware = CircuitBreakerMiddleware(lazy, url_map=app.url_map)
+    with serve(middleware) as client:
+        assert client.get("/stream").text == "0\n1\n2\n"
+        assert client.get("/lazy").text == "lazy body"
+        response = client.get("/lazy?503")
+        assert (response.status_code, response.text) == (503, "lazy body")
+    assert metrics("GET /stream").successes == 1
+    snapshot = metrics("GET /lazy")
+    assert (snapshot.successes, snapshot.failures) == (1, 1)
+
+
+# -- fallbacks ------------------------------------------------------------------------------------
+
+
+def test_fallback_response_replaces_the_503() -> None:
+    errors: list[BaseException] = []
+
+    def fallback(environ: dict[str, Any], err: fasthystrix.CircuitError) -> Any:
+        errors.append(err)
+        if environ["PATH_INFO"] == "/items/1":
+            return Response('{"price": 42, "stale": true}', mimetype="application/json", headers={"x-fallback": "1"})
+        if environ["PATH_INFO"] == "/tuple":
+            return 200, [("Content-Type", "text/plain")], "cached"
+        return None  # the default 503
+
+    app = flask_app(fallback=fallback)
+    app.add_url_rule("/tuple", "tuple", lambda: "live")
+    app.add_url_rule("/other", "other", lambda: "live")
+    with serve(app) as client:
+        assert client.get("/items/1").json() == {"id": 1}
+        fasthystrix.get_circuit("GET /items/<int:item_id>")[0].force_open = True
+        response = client.get("/items/1")
+        assert (response.status_code, response.json()) == (200, {"price": 42, "stale": True})
+        assert response.headers["x-fallback"] == "1"
+        assert isinstance(errors[-1], fasthystrix.CircuitOpenError)
+
+        fasthystrix.configure_command("GET /tuple", fasthystrix.CommandConfig(max_concurrent_requests=0))
+        response = client.get("/tuple")
+        assert (response.status_code, response.text) == (200, "cached")
+        assert isinstance(errors[-1], fasthystrix.MaxConcurrencyError)
+
+        fasthystrix.get_circuit("GET /other")[0].force_open = True
+        response = client.get("/other")
+        assert response.status_code == 503
+        assert response.json() == {"error": "circuit open", "command": "GET /other"}
+    assert metrics("GET /items/<int:item_id>").short_circuits == 1
+    assert metrics("GET /tuple").rejects == 1
+
+
+def test_bad_arguments() -> None:
+    app = flask.Flask("bad-args")
+    with pytest.raises(TypeError, match="app"):
+        CircuitBreakerMiddleware(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="name"):
+        CircuitBreakerMiddleware(app, name=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="exclude"):
+        CircuitBreakerMiddleware(app, exclude="/ops")
+    with pytest.raises(TypeError, match="isolation"):
+        CircuitBreakerMiddleware(app, config={"isolation": 1})
+
+
+# -- the example ----------------------------------------------------------------------------------
+
+
+def test_flask_example_serves_through_the_middleware() -> None:
+    example = load_example("flask_app.py")
+    example.downstream.healthy()
+    try:
+        with serve(example.app) as client:
+            response = client.get("/api/price")
+            assert response.status_code == 200, response.text
+            assert response.json()["stale"] is False
+            assert client.get("/api/items/7").json()["item_id"] == 7
+            assert client.get("/ops/hystrix-dashboard").status_code == 200
+            example.downstream.failing()
+            assert client.get("/api/items/7").status_code == 502  # the downstream failed: a failure, passed on
+            assert client.get("/api/price").json()["stale"] is True  # the inner command's fallback
+            if example.prometheus is not None:
+                assert 'fasthystrix_events_total{command="GET /api/items/<int:item_id>",event="failure"} 1.0' in (
+                    client.get("/metrics").text
+                )
+    finally:
+        example.stream_handler.close()
+        if example.prometheus is not None:
+            example.prometheus_collector.close()
+    assert {"GET /api/price", "GET /api/items/<int:item_id>", "pricing-service"} <= set(_registry.circuits())
+    assert metrics("GET /api/items/<int:item_id>").failures == 1
