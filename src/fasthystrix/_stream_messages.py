@@ -15,6 +15,10 @@ import json
 import time
 from typing import Any
 
+from ._events import FALLBACK_FAILURE, FALLBACK_SUCCESS
+from ._metrics import error_percent
+from ._rolling_py import EXECUTED, MAX_ACTIVE
+
 __all__ = [
     "COMMAND_FIELDS",
     "LATENCY_PERCENTILE_KEYS",
@@ -170,33 +174,39 @@ def _rows(circuit: Any, now_ms: int, constants: tuple[Any, ...]) -> tuple[list[A
     ``constants`` is ``_PYTHON`` (for the dicts) or ``_JSON`` (for the template).
     """
     true, false, command_type, pool_type, semaphore, thread, empty = constants
-    m = circuit.metrics()
+    # The raw reading, not circuit.metrics(): building a MetricsSnapshot per circuit per
+    # tick was an eighth of the publisher's time with 1 000 circuits.
+    counts, run_summary, total_summary = circuit._default.reading()
+    successes, failures, rejects, short_circuits, timeouts, canceled, deadline = counts[:7]
+    requests = successes + failures + rejects + short_circuits + timeouts + canceled + deadline
+    errors = failures + rejects + short_circuits + timeouts
+    concurrent = circuit.tickets_in_use
     s = circuit.settings
     state = circuit.state()
     name = circuit.name if constants is _PYTHON else _go_string(circuit.name)
     size = s.max_concurrent_requests
-    timeout_ms = int(s.timeout.total_seconds() * 1000)
-    run = m.run_latency_percentiles
-    total = m.total_latency_percentiles
+    timeout_ms = s.timeout_ns // 1_000_000
+    run = run_summary.percentiles
+    total = total_summary.percentiles
     command = [
         command_type, name, name, now_ms, 1,
-        m.requests, m.errors, m.error_percent, false if state == "closed" else true,
-        0, 0, m.failures, m.fallback_failures, 0, m.fallback_successes, 0, 0,
-        m.short_circuits, m.successes, m.rejects, m.timeouts, m.concurrent,
-        int(m.run_latency_mean), *[int(run.get(p, 0.0)) for p in _PERCENTILES],
-        int(m.total_latency_mean), *[int(total.get(p, 0.0)) for p in _PERCENTILES],
-        s.request_volume_threshold, int(s.sleep_window.total_seconds() * 1000), s.error_percent_threshold,
+        requests, errors, error_percent(requests, errors), false if state == "closed" else true,
+        0, 0, failures, counts[FALLBACK_FAILURE], 0, counts[FALLBACK_SUCCESS], 0, 0,
+        short_circuits, successes, rejects, timeouts, concurrent,
+        int(run_summary.mean), *[int(run.get(p, 0.0)) for p in _PERCENTILES],
+        int(total_summary.mean), *[int(total.get(p, 0.0)) for p in _PERCENTILES],
+        s.request_volume_threshold, s.sleep_window_ns // 1_000_000, s.error_percent_threshold,
         true if state == "forced-open" else false, false, true,
         semaphore if s.semaphore else thread, timeout_ms, false, empty,
         size, 0, _WINDOW_MS, false, false,
-        0, 0, 0, 0, m.max_concurrent, timeout_ms, name,
-        m.context_canceled, m.context_deadline_exceeded,
+        0, 0, 0, 0, counts[MAX_ACTIVE], timeout_ms, name,
+        canceled, deadline,
     ]  # fmt: skip
     pool = [
         pool_type, name, 1,
-        m.concurrent, 0, size, size, size, size, 0, 0,
-        m.max_concurrent, m.executed, _WINDOW_MS, 0,
-        now_ms, m.rejects,
+        concurrent, 0, size, size, size, size, 0, 0,
+        counts[MAX_ACTIVE], counts[EXECUTED], _WINDOW_MS, 0,
+        now_ms, rejects,
     ]  # fmt: skip
     return command, pool
 

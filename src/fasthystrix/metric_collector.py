@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, fields as dataclass_fields
 from datetime import timedelta
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from . import _clock, _impl
 from ._events import (
@@ -168,14 +168,20 @@ class DefaultMetricCollector:
         with self._lock:
             self._rolling.reset()
 
-    def snapshot(self, concurrent: int = 0, now_ns: int | None = None) -> MetricsSnapshot:
-        """A consistent reading of the window (``concurrent``: tickets in use, from the circuit)."""
+    def reading(self, now_ns: int | None = None) -> tuple[tuple[int, ...], Any, Any]:
+        """``(counts, run, total)``: the window's counts (the 9 events, executed, max tickets in
+        use) and its two latency summaries, read together; what :meth:`snapshot` and the
+        metrics stream are made of."""
         now = _clock.now_ns() if now_ns is None else now_ns
         with self._lock:
             counts = self._rolling.counts(now)
             run_slots, total_slots = self._rolling.latency_slots(now)
-        run = _impl.current().summarize(run_slots)
-        total = _impl.current().summarize(total_slots)
+        summarize = _impl.current().summarize
+        return counts, summarize(run_slots), summarize(total_slots)
+
+    def snapshot(self, concurrent: int = 0, now_ns: int | None = None) -> MetricsSnapshot:
+        """A consistent reading of the window (``concurrent``: tickets in use, from the circuit)."""
+        counts, run, total = self.reading(now_ns)
         requests = sum(counts[:7])
         errors = counts[1] + counts[2] + counts[3] + counts[4]
         return MetricsSnapshot(
