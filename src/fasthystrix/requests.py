@@ -59,7 +59,7 @@ def make_response(
     response.status_code = status_code
     response.headers = CaseInsensitiveDict(headers or {})
     response._content = content
-    response._content_consumed = True
+    response._content_consumed = True  # type: ignore[attr-defined]  # private to requests, not in its stubs
     response.url = request.url or ""
     response.request = request
     try:
@@ -194,7 +194,7 @@ class CommandAdapter(HTTPAdapter):
             response.close()
             raise
         response._content = b"".join(chunks)
-        response._content_consumed = True
+        response._content_consumed = True  # type: ignore[attr-defined]  # private to requests, not in its stubs
 
 
 def _body_chunks(response: requests.Response) -> Iterator[bytes]:
