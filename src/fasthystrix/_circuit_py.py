@@ -342,6 +342,8 @@ class CircuitBreaker:
         """Run ``function(*args, **kwargs)`` as one command; ``fallback(*args, err=err, **kwargs)``."""
         kw = kwargs or {}
         bound = None if fallback is None else lambda err: fallback(*args, err=err, **kw)
+        if not args and not kw:
+            return self.execute(function, bound)  # no arguments: no closure around the function
         return self.execute(lambda: function(*args, **kw), bound)
 
     def execute(self, run: Callable[[], Any], fallback: Callable[[BaseException], Any] | None) -> Any:
