@@ -18,6 +18,7 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 import time
 
 import fasthystrix
@@ -75,9 +76,19 @@ def main() -> int:
         help="ticks a client may fall behind (the readers here share two cores with the server)",
     )
     parser.add_argument("--client-processes", type=int, default=2)
+    parser.add_argument(
+        "--active",
+        action="store_true",
+        help="keep every circuit changing: one call on each circuit every 0.5 s (the traffic's own "
+        "cost is measured with no client connected and subtracted)",
+    )
     args = parser.parse_args()
 
     populate(args.circuits)
+    stop = threading.Event()
+    traffic = threading.Thread(target=_traffic, args=(args.circuits, stop), daemon=True)
+    if args.active:
+        traffic.start()
     with fasthystrix.serve_stream(port=0, max_pending=args.max_pending) as server:
         tick = server.handler.render()
         print(
@@ -87,7 +98,8 @@ def main() -> int:
         start_wall, start_cpu = time.monotonic(), cpu_seconds()
         time.sleep(min(5.0, args.seconds))
         idle = (cpu_seconds() - start_cpu) / (time.monotonic() - start_wall)
-        print(f"idle (no client): {idle * 100:.2f} % of one core")
+        what = "the traffic alone, no client" if args.active else "no client"
+        print(f"{what}: {idle * 100:.2f} % of one core")
 
         # Time one tick's build on its own, so the fan-out's share shows.
         t0 = time.perf_counter()
@@ -98,7 +110,9 @@ def main() -> int:
         per_process = [len(part) for part in _split(args.clients, args.client_processes)]
         clients = [
             subprocess.Popen(
-                [sys.executable, "-c", CLIENT, "127.0.0.1", str(server.port), str(n), str(args.seconds + 2)],
+                # Readers outlast the measurement whatever their start-up time; their count at
+                # the end is checked below.
+                [sys.executable, "-c", CLIENT, "127.0.0.1", str(server.port), str(n), str(args.seconds + 10)],
                 stdout=subprocess.PIPE,
                 text=True,
             )
@@ -120,6 +134,8 @@ def main() -> int:
             assert client.stdout is not None
             received += int(client.stdout.readline())
             client.wait()
+        if args.active:
+            print(f"serving minus the traffic: {(busy - idle) * 100:.2f} % of one core")
         print(
             f"serving: {busy * 100:.2f} % of one core over {wall:.1f} s ({ticks} ticks; building one tick "
             f"{build * 1e3:.1f} ms = {build * 100:.2f} % of a core at 1 tick/s); clients connected at the end: "
@@ -127,7 +143,18 @@ def main() -> int:
             f"the {len(clients)} client processes read {received / 1e6:.0f} MB"
         )
         print(f"loadavg: {' '.join(os.getloadavg().__repr__().strip('()').split(', '))}")
+    stop.set()
+    if args.active:
+        traffic.join()
     return 0
+
+
+def _traffic(circuits: int, stop: threading.Event) -> None:
+    """One call on each circuit every half second, so every tick finds every circuit changed."""
+    names = [f"service-{i:04d}.endpoint" for i in range(circuits)]
+    while not stop.wait(0.5):
+        for name in names:
+            fasthystrix.do(name, lambda: None)
 
 
 if __name__ == "__main__":

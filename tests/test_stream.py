@@ -19,7 +19,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import pytest
 
 import fasthystrix
-from fasthystrix import _stream_messages, stream
+from conftest import FakeClock
+from fasthystrix import _registry, _stream_messages, stream
 
 # hystrix-go's keys, in emitted order (spec 9.2 and 9.3).
 HYSTRIX_GO_COMMAND_KEYS = [
@@ -271,6 +272,40 @@ def test_message_functions_agree_with_render() -> None:
     pool = _stream_messages.thread_pool_message(circuit, now_ms=123)
     assert command["currentTime"] == pool["currentTime"] == 123
     assert parse(_stream_messages.render([circuit], now_ms=123)) == [command, pool]
+
+
+def test_a_tick_reuses_unchanged_circuits_and_matches_a_fresh_render(clock: FakeClock) -> None:
+    """The per-circuit cache of the publisher: byte for byte what rendering afresh gives."""
+    for name in ("idle", "busy", "gone"):
+        fasthystrix.configure_command(name, SEMAPHORE)
+        fasthystrix.do(name, lambda: clock.advance(ms=3))
+    cache: dict[str, Any] = {}
+
+    def check(now_ms: int) -> list[dict[str, Any]]:
+        circuits = sorted(_registry.circuits().values(), key=lambda c: c.name)
+        cached = _stream_messages.render(circuits, now_ms, cache)
+        assert cached == _stream_messages.render(circuits, now_ms)
+        assert set(cache) == {c.name for c in circuits}  # bounded by the circuits that exist
+        return parse(cached)
+
+    first = check(1000)
+    assert {m["currentTime"] for m in first} == {1000}
+    again = check(2000)  # nothing changed: reused, with the new time
+    assert {m["currentTime"] for m in again} == {2000}
+    assert [{**m, "currentTime": 0} for m in again] == [{**m, "currentTime": 0} for m in first]
+    fasthystrix.do("busy", boom, lambda err: None)  # an event
+    fasthystrix.get_circuit("idle")[0].force_open = True  # a state change
+    fasthystrix.configure_command("gone", {**SEMAPHORE, "timeout": 77})  # new settings
+    third = {(m["name"], m["type"]): m for m in check(3000)}
+    assert third["busy", "HystrixCommand"]["rollingCountFailure"] == 1
+    assert third["idle", "HystrixCommand"]["isCircuitBreakerOpen"] is True
+    assert third["gone", "HystrixCommand"]["propertyValue_executionTimeoutInMilliseconds"] == 77
+    clock.advance(11)  # the window's buckets expire: the counts change without any event
+    fourth = {(m["name"], m["type"]): m for m in check(4000)}
+    assert fourth["busy", "HystrixCommand"]["requestCount"] == 0
+    with _registry._lock:
+        del _registry._circuits["gone"]
+    check(5000)  # a forgotten circuit leaves the cache
 
 
 # -- arguments ------------------------------------------------------------------------

@@ -147,6 +147,9 @@ class StreamHandler:
         self._closed = False
         self._ticks = 0
         self._dropped = 0
+        # What the last tick rendered, per circuit (see _stream_messages.render).
+        self._render_lock = threading.Lock()
+        self._rendered: dict[str, object] = {}
 
     # -- state ----------------------------------------------------------------------
 
@@ -169,7 +172,8 @@ class StreamHandler:
     def render(self) -> bytes:
         """One tick's bytes for the circuits that exist now (what every client receives)."""
         circuits = sorted(_registry.circuits().values(), key=lambda c: c.name)
-        return render(circuits)
+        with self._render_lock:
+            return render(circuits, cache=self._rendered)
 
     def close(self) -> None:
         """Stop publishing and end every client's stream; the handler cannot be reused."""
