@@ -24,6 +24,7 @@ from . import _registry
 from ._events import EVENT_NAMES
 from ._log import logger
 from ._metrics import MetricsSnapshot
+from ._rolling_py import PERCENTILES  # the rolling latency percentiles, in MetricsSnapshot's order
 from .metric_collector import MetricResult, registry
 
 __all__ = [
@@ -37,9 +38,6 @@ __all__ = [
     "read_circuits",
     "release",
 ]
-
-#: The rolling latency percentiles, in the order ``MetricsSnapshot`` keys them.
-PERCENTILES: tuple[float, ...] = (0, 25, 50, 75, 90, 95, 99, 99.5, 100)
 
 _ZERO = timedelta(0)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from ._events import FALLBACK_FAILURE, FALLBACK_SUCCESS
 from ._metrics import error_percent
-from ._rolling_py import EXECUTED, MAX_ACTIVE
+from ._rolling_py import EXECUTED, MAX_ACTIVE, PERCENTILES as _PERCENTILES
 
 __all__ = [
     "COMMAND_FIELDS",
@@ -31,7 +31,6 @@ __all__ = [
 
 #: The latency map's keys, in emitted order (hystrix-go's percentiles).
 LATENCY_PERCENTILE_KEYS = ("0", "25", "50", "75", "90", "95", "99", "99.5", "100")
-_PERCENTILES = (0.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 100.0)
 _WINDOW_MS = 10_000
 
 # Each message's keys in emitted order, with the JSON kind of their value: "int",
