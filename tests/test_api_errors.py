@@ -468,3 +468,38 @@ def test_base_exception_in_fallback_after_circuit_outcome(isolation: str, via: s
     assert metrics.fallback_failures == 1
     field = {"short-circuit": "short_circuits", "rejected": "rejects", "timeout": "timeouts"}[outcome]
     assert getattr(metrics, field) == 1
+
+
+def _raise_canceled() -> None:
+    raise fasthystrix.ContextCanceledError()
+
+
+def _raise_from_c() -> None:
+    int("not a number")
+
+
+@pytest.mark.parametrize("clock", ["real", "fake"])
+@pytest.mark.parametrize(
+    ("raiser", "event"),
+    [(_raise_from_c, "failures"), (_raise_canceled, "context_canceled")],
+)
+def test_run_exception_traceback_has_no_frame_of_fasthystrix(
+    clock: str, raiser: Callable[[], None], event: str, request: pytest.FixtureRequest, impl: str
+) -> None:
+    """Without a fallback, run's exception reaches the caller as run raised it: the compiled twin adds no frame."""
+    if clock == "fake":
+        request.getfixturevalue("clock")  # a Python clock: the circuit takes the exception and raises it again
+    fasthystrix.configure_command("tb", {"isolation": "semaphore"})
+
+    def run() -> None:
+        raiser()
+
+    for _ in range(3):
+        exc = _catch(lambda: fasthystrix.do("tb", run))
+        names = [frame.name for frame in traceback.extract_tb(exc.__traceback__)]
+        if impl == "compiled":
+            assert names == ["_catch", "<lambda>", "run", raiser.__name__], names
+        else:  # the pure twin's own frames are in between
+            assert names[:2] == ["_catch", "<lambda>"] and names[-2:] == ["run", raiser.__name__], names
+        assert exc.__context__ is None
+    assert getattr(fasthystrix.get_circuit("tb")[0].metrics(), event) == 3

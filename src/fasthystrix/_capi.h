@@ -1,4 +1,4 @@
-/* The do() entry point as a C function, and the exception hand-off it needs.
+/* The do() entry point as a C function, and the exception hand-offs it needs.
  *
  * Why C: every Cython function an exception passes through adds a traceback
  * entry (a new frame object, ~100 ns). A failing run() without a fallback is
@@ -6,11 +6,15 @@
  * caller untouched, exactly as it left run(). The Cython code catches it with
  * the C API (no traceback entry), does its bookkeeping, stashes it in a
  * thread-local slot and returns a marker; the C entry point re-raises it.
+ * Cheaper still, when the bookkeeping is C only (no fallback, no collector,
+ * a C clock), the exception is never taken: it stays set while the failure is
+ * counted, and a second marker tells the entry point to return NULL.
  */
 #ifndef FASTHYSTRIX_CAPI_H
 #define FASTHYSTRIX_CAPI_H
 
 #include <Python.h>
+#include <stdint.h>
 
 #if defined(_MSC_VER) && !defined(__clang__)
 #define FH_THREAD_LOCAL __declspec(thread)
@@ -40,15 +44,59 @@ static PyObject *fh_fetch(void) {
 #else
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
+    /* An exception raised by Python code is already an instance of its type: normalizing
+     * and re-attaching the same traceback would only cost time on the failure path. */
+    if (value == NULL || (PyObject *)Py_TYPE(value) != type) {
+        PyErr_NormalizeException(&type, &value, &tb);
+    }
     if (tb != NULL) {
-        PyException_SetTraceback(value, tb);
+        if (((PyBaseExceptionObject *)value)->traceback != tb) {
+            PyException_SetTraceback(value, tb);
+        }
         Py_DECREF(tb);
     }
     Py_XDECREF(type);
     return value;
 #endif
 }
+
+/* What kind of exception run() raised, in one walk of its type's MRO (PyObject_TypeCheck
+ * walks it once per class asked about): FH_NOT_EXCEPTION (a BaseException such as
+ * KeyboardInterrupt), FH_EXCEPTION, or one of the two context errors. */
+enum { FH_NOT_EXCEPTION = -1, FH_EXCEPTION = 0, FH_CONTEXT_CANCELED = 1, FH_CONTEXT_DEADLINE = 2 };
+
+static int fh_kind_of_type(PyTypeObject *type, PyObject *canceled, PyObject *deadline) {
+    PyObject *mro = type->tp_mro;
+    Py_ssize_t i, n;
+    int kind = FH_NOT_EXCEPTION, seen_deadline = 0;
+    if (mro == NULL || !PyTuple_Check(mro)) {
+        if (PyType_IsSubtype(type, (PyTypeObject *)canceled)) return FH_CONTEXT_CANCELED;
+        if (PyType_IsSubtype(type, (PyTypeObject *)deadline)) return FH_CONTEXT_DEADLINE;
+        return PyType_IsSubtype(type, (PyTypeObject *)PyExc_Exception) ? FH_EXCEPTION : FH_NOT_EXCEPTION;
+    }
+    n = PyTuple_GET_SIZE(mro);
+    for (i = 0; i < n; i++) {
+        PyObject *base = PyTuple_GET_ITEM(mro, i);
+        if (base == canceled) return FH_CONTEXT_CANCELED;  /* first, as classify() asks */
+        if (base == deadline) seen_deadline = 1;
+        else if (base == PyExc_Exception) kind = FH_EXCEPTION;
+    }
+    return seen_deadline ? FH_CONTEXT_DEADLINE : kind;
+}
+
+static inline int fh_kind_of(PyObject *exc, PyObject *canceled, PyObject *deadline) {
+    return fh_kind_of_type(Py_TYPE(exc), canceled, deadline);
+}
+
+/* The kind of the exception set now (there must be one), without taking it. */
+static inline int fh_kind_of_error(PyObject *canceled, PyObject *deadline) {
+    return fh_kind_of_type((PyTypeObject *)PyErr_Occurred(), canceled, deadline);
+}
+
+/* Returned by a path that left run()'s exception set (see execute_args_c); NULL for Cython. */
+static PyObject *fh_error_set_marker = NULL;
+static inline PyObject *fh_error_is_set(void) { return Py_NewRef(fh_error_set_marker); }
+static inline PyObject *fh_propagate(void) { return NULL; }
 
 /* Set exc (a reference is taken) as the current exception, its traceback unchanged. */
 static void fh_restore(PyObject *exc) {
@@ -74,11 +122,40 @@ static PyObject *fh_take_stash(void) {
     return exc ? exc : Py_NewRef(Py_None);
 }
 
-static void fh_init(PyObject *marker, PyObject *(*impl)(PyObject *, PyObject *, PyObject *)) {
-    Py_INCREF(marker);
-    fh_reraise_marker = marker;
+static void fh_init(PyObject *marker, PyObject *error_set_marker, PyObject *(*impl)(PyObject *, PyObject *, PyObject *)) {
+    fh_reraise_marker = Py_NewRef(marker);
+    fh_error_set_marker = Py_NewRef(error_set_marker);
     fh_do_impl = impl;
 }
+
+/* The circuit each thread used last, so that do() with the same name object (a
+ * literal or constant, the usual case) skips the dict lookup (about 100 of its
+ * 1 400 instructions). Both pointers are borrowed: the name is the circuit's
+ * own name object and the circuit is in the registry's table, and both stay
+ * alive until the table is cleared or replaced, which bumps fh_generation
+ * (fh_forget_circuits) before the circuits are let go. Only with the GIL:
+ * the lookup, the check and the use then happen without another thread
+ * running. A free-threaded build always looks the name up. */
+#ifndef Py_GIL_DISABLED
+static FH_THREAD_LOCAL PyObject *fh_cached_name = NULL;
+static FH_THREAD_LOCAL PyObject *fh_cached_circuit = NULL;
+static FH_THREAD_LOCAL uint64_t fh_cached_generation = 0;
+static uint64_t fh_generation = 1;
+
+static inline PyObject *fh_cached(PyObject *name) {
+    return (name == fh_cached_name && fh_cached_generation == fh_generation) ? fh_cached_circuit : NULL;
+}
+static inline void fh_cache(PyObject *name, PyObject *circuit) {
+    fh_cached_name = name;
+    fh_cached_circuit = circuit;
+    fh_cached_generation = fh_generation;
+}
+static void fh_forget_circuits(void) { fh_generation++; }
+#else
+static inline PyObject *fh_cached(PyObject *name) { (void)name; return NULL; }
+static inline void fh_cache(PyObject *name, PyObject *circuit) { (void)name; (void)circuit; }
+static void fh_forget_circuits(void) { }
+#endif
 
 static const char *fh_do_params[3] = {"name", "run", "fallback"};
 
@@ -115,6 +192,12 @@ static PyObject *fh_do_fastcall(PyObject *self, PyObject *const *args, Py_ssize_
         }
     }
     result = fh_do_impl(slots[0], slots[1], slots[2] ? slots[2] : Py_None);
+    if (result == fh_error_set_marker) {
+        /* run()'s exception was never taken: it propagates exactly as run raised it. */
+        Py_DECREF(result);
+        assert(PyErr_Occurred());
+        return NULL;
+    }
     if (result == fh_reraise_marker) {
         PyObject *exc = fh_take_stash();
         Py_DECREF(result);

@@ -55,4 +55,5 @@ cdef class CircuitBreaker:
                          object fallback, object ctx, bint release)
     cdef object execute_fast(self, object run, object fallback)
     cdef object execute_args_c(self, object run, object fallback, tuple args, object kwargs)
+    cdef int64_t started(self, int64_t start, int64_t elapsed, int64_t scale) except? -1
     cdef object execute_c_stashed(self, object ctx, object run, object fallback)

@@ -18,6 +18,11 @@ def bind(
     run_threaded: Callable[..., Any],
 ) -> None: ...
 def do(name: str, run: Callable[[], Any], fallback: Callable[[BaseException], Any] | None = None) -> Any: ...
+def _fast_clock() -> str:
+    """How the semaphore fast path times ``run``: ``"tsc"``, ``"calibrating"`` or ``"monotonic"``."""
+
+def _allow_tsc(allowed: bool) -> None:
+    """Allow or forbid the TSC (tests cover both ways of timing)."""
 
 class CircuitBreaker:
     """The circuit of one command name: state, tickets, rolling metrics and the fast path."""

@@ -8,12 +8,15 @@ the latency histograms. Opening and closing the circuit take a spinlock (rare).
 User code (run, fallback, collectors, log handlers) never runs under it.
 """
 
+import os
+import sys
 import time
 from functools import partial
 from types import MethodType
 
-from cpython.dict cimport PyDict_GetItem
-from cpython.object cimport PyObject, PyObject_TypeCheck, PyTypeObject
+cimport cython
+from cpython.dict cimport PyDict_GetItemWithError
+from cpython.object cimport PyObject
 from libc.stdint cimport int64_t
 
 from fasthystrix._atomic cimport (
@@ -26,6 +29,14 @@ from fasthystrix._atomic cimport (
     fh_spin_lock,
     fh_spin_unlock,
     fh_store_release,
+)
+from fasthystrix._fastclock cimport (
+    fh_coarse_ns,
+    fh_fastclock_calibrate,
+    fh_fastclock_init,
+    fh_fastclock_scale,
+    fh_ticks,
+    fh_ticks_to_ns,
 )
 from fasthystrix._pool cimport TicketPool
 from fasthystrix._rolling cimport (
@@ -49,7 +60,16 @@ from fasthystrix._errors import TimeoutError as CommandTimeoutError
 from fasthystrix import _transitions
 from fasthystrix._outcomes import check_arguments, classify, context_outcome, error_for, notify_collectors
 
-__all__ = ["CircuitBreaker", "CommandFunction", "bind", "check_arguments", "classify", "context_outcome", "do", "error_for"]
+__all__ = [
+    "CircuitBreaker",
+    "CommandFunction",
+    "bind",
+    "check_arguments",
+    "classify",
+    "context_outcome",
+    "do",
+    "error_for",
+]
 
 cdef int NO_EVENT = -1
 cdef int64_t NOT_STARTED = -1
@@ -62,8 +82,13 @@ cdef object _run_threaded = None
 
 
 def bind(circuits, get_or_create, run_threaded):
-    """Connect the fast path to the registry's table and to thread isolation (called once at import)."""
+    """Connect the fast path to the registry's table and to thread isolation.
+
+    Called at import, and again whenever the table lost circuits (``flush()``):
+    the circuits each thread cached are forgotten then.
+    """
     global _circuits, _get_or_create, _run_threaded
+    fh_forget_circuits()
     _circuits = circuits
     _get_or_create = get_or_create
     _run_threaded = run_threaded
@@ -76,24 +101,91 @@ cdef extern from "_capi.h":
     object fh_fetch()
     object fh_stash(object exc)
     object fh_take_stash()
-    void fh_init(object marker, void *impl)
+    void fh_init(object marker, object error_set_marker, void *impl)
+    object fh_error_is_set()
+    object fh_propagate()
+    int fh_kind_of_error(object canceled, object deadline)
     object fh_make_do(object module_name)
+    PyObject *fh_cached(object name)
+    void fh_cache(object name, object circuit)
+    void fh_forget_circuits()
+    enum:
+        FH_NOT_EXCEPTION
+        FH_EXCEPTION
+        FH_CONTEXT_CANCELED
+        FH_CONTEXT_DEADLINE
+    int fh_kind_of(object exc, object canceled, object deadline)
 
 
 # What a path that must raise returns instead, once its exception is stashed (see _capi.h).
 cdef object _RERAISE = object()
+# What a path returns that left run()'s exception set (see _capi.h).
+cdef object _ERROR_SET = object()
+# C globals, not module attributes: read with run()'s exception set, they must not need a lookup.
+cdef object _CANCELED_TYPE = _ContextCanceledError
+cdef object _DEADLINE_TYPE = _ContextDeadlineExceededError
+
+
+def _tsc_is_the_kernels_clock():
+    # The kernel drives CLOCK_MONOTONIC with the TSC only if it found it invariant and in
+    # step across CPUs; then timing with it directly measures what CLOCK_MONOTONIC would.
+    if not sys.platform.startswith("linux") or os.environ.get("FASTHYSTRIX_NO_TSC", "") not in ("", "0"):
+        return False
+    try:
+        with open("/sys/devices/system/clocksource/clocksource0/current_clocksource") as f:
+            return f.read().strip() == "tsc"
+    except OSError:
+        return False
+
+
+_tsc_allowed = _tsc_is_the_kernels_clock()
+fh_fastclock_init(_tsc_allowed)
+
+
+def _fast_clock():
+    """How the semaphore fast path times ``run``: ``"tsc"``, ``"calibrating"`` or ``"monotonic"``.
+
+    ``"tsc"``: the CPU's time-stamp counter for the duration and the kernel's
+    coarse monotonic clock for the bucket second (see ``_fastclock.h``).
+    ``"calibrating"``: the same, once the TSC's rate is measured (within a
+    second of import). ``"monotonic"``: ``CLOCK_MONOTONIC`` at both ends.
+    """
+    if fh_fastclock_scale() != 0:
+        return "tsc"
+    return "calibrating" if _tsc_allowed else "monotonic"
+
+
+def _allow_tsc(bint allowed):
+    """Allow or forbid the TSC (tests cover both ways of timing).
+
+    Forbidding it drops its calibration; allowing it again starts a new one.
+    """
+    global _tsc_allowed
+    _tsc_allowed = allowed and _tsc_is_the_kernels_clock()
+    fh_fastclock_init(_tsc_allowed)
 
 
 cdef object do_impl(object name, object run, object fallback):
     cdef PyObject *found
     if type(name) is not str or not callable(run) or (fallback is not None and not callable(fallback)):
         check_arguments(name, run, fallback)
-    found = PyDict_GetItem(_circuits, name)
+    found = fh_cached(name)
+    if found is not NULL:
+        return (<CircuitBreaker>found).execute_fast(run, fallback)
+    return (<CircuitBreaker?>circuit_of(name)).execute_fast(run, fallback)
+
+
+cdef object circuit_of(str name):
+    """The circuit of ``name`` from the registry's table (created if new), cached for this thread."""
+    # WithError: PyDict_GetItem saves and restores the error state around the lookup.
+    cdef PyObject *found = PyDict_GetItemWithError(_circuits, name)
     if found is NULL:
-        circuit = _get_or_create(name)
-    else:
-        circuit = <object>found
-    return (<CircuitBreaker?>circuit).execute_fast(run, fallback)
+        return _get_or_create(name)
+    circuit = <object>found
+    # Only a circuit found in the table, under its own name object, is cached (see _capi.h).
+    if type(circuit) is CircuitBreaker and name is (<CircuitBreaker>circuit).name:
+        fh_cache(name, circuit)
+    return circuit
 
 
 cdef inline str state_name(int64_t word):
@@ -101,16 +193,19 @@ cdef inline str state_name(int64_t word):
 
 
 cdef inline object raise_stashed(object result):
-    # For callers other than the C entry point: turn the marker back into a raise.
+    # For callers other than the C entry point: turn the markers back into a raise.
     if result is _RERAISE:
         raise fh_take_stash()
+    if result is _ERROR_SET:
+        return fh_propagate()  # NULL with run()'s exception still set: Cython raises it
     return result
 
 
-fh_init(_RERAISE, <void *>do_impl)
+fh_init(_RERAISE, _ERROR_SET, <void *>do_impl)
 do = fh_make_do(__name__)
 
 
+@cython.final  # direct calls between its methods, which the C compiler can inline
 cdef class CircuitBreaker:
     """The circuit of one command name: state, tickets, rolling metrics and the fast path.
 
@@ -238,7 +333,8 @@ cdef class CircuitBreaker:
             return 0
         fh_spin_lock(&self.lock)
         if (self.state_word & STATE_OPEN) == 0:
-            self.opened_ns = now
+            # now may be the coarse clock, a tick behind: what is stored is read precisely.
+            self.opened_ns = fh_monotonic_ns() if self.c_clock else now
             self.episode += 1
             fh_store_release(&self.state_word, self.state_word | STATE_OPEN)
             tripped = True
@@ -251,8 +347,11 @@ cdef class CircuitBreaker:
         if fh_load_acquire(&self.state_word) != STATE_OPEN:
             return False
         opened = fh_load_acquire(&self.opened_ns)
-        # One winner per sleep window: compare-and-swap the last test time, as hystrix-go.
-        return now > opened + self.sleep_window_ns and fh_cas_acq_rel(&self.opened_ns, &opened, now)
+        if now <= opened + self.sleep_window_ns:
+            return False
+        # One winner per sleep window: compare-and-swap the last test time, as hystrix-go
+        # (read precisely: now may be the coarse clock, a tick behind).
+        return fh_cas_acq_rel(&self.opened_ns, &opened, fh_monotonic_ns() if self.c_clock else now)
 
     cdef int64_t admit(self, int64_t now) noexcept nogil:
         cdef int opened = self.is_open_c(now)
@@ -374,14 +473,22 @@ cdef class CircuitBreaker:
         # args is None for do(): run() and fallback(err). Otherwise (the @command
         # decorator) run(*args, **kwargs) and fallback(*args, err=err, **kwargs),
         # without building a closure per call.
-        cdef int64_t start, end, elapsed, verdict
-        cdef int event
+        cdef int64_t start, end, elapsed, verdict, ticks = 0
+        cdef int64_t scale = fh_fastclock_scale() if self.c_clock else 0
+        cdef int event, kind
         if not self.semaphore:
             if args is not None:
                 fallback = bind_fallback(fallback, args, kwargs)
                 run = partial(run, *args, **(kwargs or {}))
             return _run_threaded(self, self._settings_obj, run, fallback, None)
-        start = self.now()
+        if scale != 0:
+            # The coarse clock for the second and the circuit checks, the TSC for run's duration.
+            start = fh_coarse_ns()
+            ticks = fh_ticks()
+        else:
+            start = self.now()
+            if self.c_clock:
+                fh_fastclock_calibrate(start)
         verdict = self.admit(start)
         if verdict < 0:
             if args is not None:
@@ -395,43 +502,72 @@ cdef class CircuitBreaker:
             _transitions.trial(self.name)
         result = fh_call0(run) if args is None else fh_call(run, args, kwargs)
         if result is NULL:
-            # Caught through the C API, so run's exception gains no traceback entry of ours.
+            if fallback is None and verdict == ADMITTED and self.c_clock and not self.has_collectors:
+                # The path an outage hammers: count the failure with the exception still set and
+                # let the entry point return NULL. Only C runs until then: no Python API call.
+                kind = fh_kind_of_error(_CANCELED_TYPE, _DEADLINE_TYPE)
+                if kind != FH_NOT_EXCEPTION:
+                    if scale != 0:
+                        elapsed = fh_ticks_to_ns(fh_ticks() - ticks, scale)
+                        end = start + elapsed
+                    else:
+                        end = fh_monotonic_ns()
+                        elapsed = end - start
+                    if elapsed <= self.timeout_ns:
+                        self.tickets.give()
+                        self.metrics_c.record_c(
+                            FAILURE if kind == FH_EXCEPTION else
+                            CONTEXT_CANCELED if kind == FH_CONTEXT_CANCELED else CONTEXT_DEADLINE_EXCEEDED,
+                            NO_EVENT, end, elapsed // 1000, elapsed // 1000)
+                        return fh_error_is_set()
+            # Caught through the C API, so run's exception gains no traceback entry of ours
+            # (and taken before the clock is read: a Python clock must not run with it set).
             exc = fh_fetch()
+        if scale != 0:
+            elapsed = fh_ticks_to_ns(fh_ticks() - ticks, scale)
+            end = start + elapsed
+        else:
             end = self.now()
-            elapsed = (end - start) // 1000
-            # PyObject_TypeCheck, not isinstance(): no __instancecheck__ lookup on this path.
+            elapsed = end - start
+        if result is NULL:
+            # The type's MRO, not isinstance(): no __instancecheck__ lookup on this path.
+            kind = fh_kind_of(exc, _CANCELED_TYPE, _DEADLINE_TYPE)
+            if kind == FH_NOT_EXCEPTION:
+                # KeyboardInterrupt, SystemExit...: count a failure, give the ticket back, propagate.
+                self.report_c(FAILURE, NO_EVENT, end, elapsed // 1000, elapsed // 1000, verdict, True)
+                return fh_stash(exc)
             if args is not None:
                 fallback = bind_fallback(fallback, args, kwargs)
-            if not PyObject_TypeCheck(exc, <PyTypeObject *>Exception):
-                # KeyboardInterrupt, SystemExit...: count a failure, give the ticket back, propagate.
-                self.report_c(FAILURE, NO_EVENT, end, elapsed, elapsed, verdict, True)
-                return fh_stash(exc)
-            if end - start > self.timeout_ns:
+            if elapsed > self.timeout_ns:
                 # It would have timed out had a timer been watching: a timeout, whatever run did.
-                return self.finish_c(TIMEOUT, CommandTimeoutError(), start, -1, verdict, fallback, None, True)
-            event = FAILURE
-            if PyObject_TypeCheck(exc, <PyTypeObject *>_ContextCanceledError) or PyObject_TypeCheck(
-                    exc, <PyTypeObject *>_ContextDeadlineExceededError):
-                event = classify(exc)
+                return self.finish_c(TIMEOUT, CommandTimeoutError(), self.started(start, elapsed, scale), -1,
+                                     verdict, fallback, None, True)
+            event = (FAILURE if kind == FH_EXCEPTION else CONTEXT_CANCELED if kind == FH_CONTEXT_CANCELED
+                     else CONTEXT_DEADLINE_EXCEEDED)
             if fallback is None:
                 # finish_c's no-fallback branch, inlined: this is the path an outage hammers.
-                self.report_c(event, NO_EVENT, end, elapsed, elapsed, verdict, True)
+                self.report_c(event, NO_EVENT, end, elapsed // 1000, elapsed // 1000, verdict, True)
                 return fh_stash(exc)
-            return self.finish_c(event, exc, start, elapsed, verdict, fallback, None, True)
+            return self.finish_c(event, exc, self.started(start, elapsed, scale), elapsed // 1000, verdict,
+                                 fallback, None, True)
         value = fh_own(result)
-        end = self.now()
-        if end - start > self.timeout_ns:
+        if elapsed > self.timeout_ns:
             if args is not None:
                 fallback = bind_fallback(fallback, args, kwargs)
-            return self.finish_c(TIMEOUT, CommandTimeoutError(), start, -1, verdict, fallback, None, True)
-        elapsed = (end - start) // 1000
+            return self.finish_c(TIMEOUT, CommandTimeoutError(), self.started(start, elapsed, scale), -1, verdict,
+                                 fallback, None, True)
         if verdict == ADMITTED and not self.has_collectors:
             # The common case, inlined: give the ticket back and count the success.
             self.tickets.give()
-            self.metrics_c.record_c(SUCCESS, NO_EVENT, end, elapsed, elapsed)
+            self.metrics_c.record_success_c(end, elapsed // 1000)
             return value
-        self.report_c(SUCCESS, NO_EVENT, end, elapsed, elapsed, verdict, True)
+        self.report_c(SUCCESS, NO_EVENT, end, elapsed // 1000, elapsed // 1000, verdict, True)
         return value
+
+    cdef int64_t started(self, int64_t start, int64_t elapsed, int64_t scale) except? -1:
+        # finish_c times the fallback with the precise clock (report_end): give it a start on that
+        # clock, not the coarse one, so the total latency is not a tick too long.
+        return self.now() - elapsed if scale != 0 else start
 
     def execute_c(self, ctx, run, fallback):
         """Run one command with a context (``do_c()``): ``run(ctx)``, ``fallback(ctx, err)``."""
@@ -522,11 +658,11 @@ cdef class CommandFunction:
         self.fallback = fallback
 
     def __call__(self, *args, **kwargs):
-        cdef PyObject *found = PyDict_GetItem(_circuits, self.command_name)
-        if found is NULL:
-            circuit = _get_or_create(self.command_name)
-        else:
-            circuit = <object>found
+        cdef PyObject *found = fh_cached(self.command_name)
+        if found is not NULL:
+            return raise_stashed((<CircuitBreaker>found).execute_args_c(
+                self.function, self.fallback, args, kwargs or None))
+        circuit = circuit_of(self.command_name)
         if type(circuit) is CircuitBreaker:
             return raise_stashed((<CircuitBreaker>circuit).execute_args_c(
                 self.function, self.fallback, args, kwargs or None))

@@ -148,6 +148,9 @@ def flush() -> None:
     with _lock:
         flushed = list(_circuits.values())
         _circuits.clear()
+        # The compiled fast path caches each thread's last circuit by name: rebinding makes it
+        # forget them, while `flushed` still keeps the circuits alive.
+        _bind_all()
     for circuit in flushed:
         circuit._default.reset()
         for collector in circuit._collectors:
@@ -166,6 +169,10 @@ def bind_current() -> None:
     _impl.current().bind(_circuits, get_or_create, run_threaded)
 
 
+def _bind_all() -> None:
+    for implementation in _impl.available().values():
+        implementation.bind(_circuits, get_or_create, run_threaded)
+
+
 bind_current()
-for _implementation in _impl.available().values():
-    _implementation.bind(_circuits, get_or_create, run_threaded)
+_bind_all()

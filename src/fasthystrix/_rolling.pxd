@@ -1,6 +1,8 @@
 # cython: language_level=3
 from libc.stdint cimport int64_t, uint32_t
 
+from fasthystrix._atomic cimport fh_add32_relaxed, fh_add_relaxed, fh_cas_acq_rel, fh_load_acquire, fh_load_relaxed
+
 cdef enum:
     SUCCESS = 0
     FAILURE = 1
@@ -17,16 +19,47 @@ cdef enum:
     BUCKET_WIDTH = 11
     REQUEST_EVENTS = 7
     COUNTER_BUCKETS = 10
+    NS_PER_S = 1000000000
     LATENCY_SLOTS = 4
     LATENCY_SLOT_SECONDS = 15
     SUB_BITS = 7
     MAX_SHIFT = 20
     LATENCY_BUCKETS = (20 << 6) + 128
-    # Per-histogram statistics, after the bucket counts.
-    STAT_COUNT = 0
-    STAT_TOTAL = 1
-    STAT_MIN = 2
-    STAT_MAX = 3
+    # Per-slot statistics of each kind of sample: [RUN] the run latencies; [TOTAL] the total
+    # latencies, whose sum is kept as a difference from the run latencies' (see _add_latency).
+    RUN = 0
+    TOTAL = 1
+    STAT_SUM = 0
+    STAT_MIN = 1
+    STAT_MAX = 2
+
+
+# Bit length via count-leading-zeros (GCC and Clang builtin; MSVC builds map it in _atomic.h).
+cdef extern from "_atomic.h":
+    int __builtin_clzll(unsigned long long x) nogil
+
+
+cdef inline int latency_index(int64_t us) noexcept nogil:
+    cdef int shift
+    if us < 128:
+        return <int>us if us > 0 else 0
+    # 64 - clz gives the bit length; the top 7 bits pick the sub-bucket.
+    shift = (64 - __builtin_clzll(<unsigned long long>us)) - SUB_BITS
+    if shift > MAX_SHIFT:
+        return LATENCY_BUCKETS - 1
+    return (shift << 6) + <int>(us >> shift)
+
+
+cdef inline void atomic_min(int64_t *p, int64_t v) noexcept nogil:
+    cdef int64_t seen = fh_load_relaxed(p)
+    while v < seen and not fh_cas_acq_rel(p, &seen, v):
+        pass
+
+
+cdef inline void atomic_max(int64_t *p, int64_t v) noexcept nogil:
+    cdef int64_t seen = fh_load_relaxed(p)
+    while v > seen and not fh_cas_acq_rel(p, &seen, v):
+        pass
 
 
 cdef class RollingMetrics:
@@ -36,9 +69,10 @@ cdef class RollingMetrics:
         int64_t requests
         int64_t errors
         int64_t second
-        # Latency histograms, allocated on first use: [slot][0 = run, 1 = total].
+        # Latency histograms, allocated on first use: [slot][RUN] counts the run latencies,
+        # [slot][TOTAL] holds total minus run counts (int32 differences, mostly zero).
         uint32_t *hist[LATENCY_SLOTS][2]
-        int64_t stats[LATENCY_SLOTS][2][4]
+        int64_t stats[LATENCY_SLOTS][2][3]
         int64_t stamp[LATENCY_SLOTS]
         # Spinlock for expiring buckets and reusing slots (at most once a second).
         int64_t lock
@@ -46,11 +80,48 @@ cdef class RollingMetrics:
     cdef int64_t *_bucket(self, int64_t second) noexcept nogil
     cdef void _advance(self, int64_t second) noexcept nogil
     cdef void _reset(self) noexcept nogil
-    cdef void health_c(self, int64_t now_ns, int64_t *requests, int64_t *errors) noexcept nogil
     cdef void record_c(self, int event, int fallback_event, int64_t now_ns, int64_t run_us,
                        int64_t total_us) noexcept nogil
-    cdef void record_executed_c(self, int64_t now_ns, int64_t active) noexcept nogil
     cdef void _add_latency(self, int64_t second, int64_t run_us, int64_t total_us) noexcept nogil
+    cdef uint32_t *_histogram(self, int slot, int kind) noexcept nogil
+
+    # The calls of every command, defined here so that the circuit's fast path
+    # (another module) compiles them inline instead of calling through the vtable.
+
+    cdef inline void health_c(self, int64_t now_ns, int64_t *requests, int64_t *errors) noexcept nogil:
+        cdef int64_t second = now_ns // NS_PER_S
+        if second > fh_load_acquire(&self.second):
+            self._advance(second)
+        requests[0] = fh_load_relaxed(&self.requests)
+        errors[0] = fh_load_relaxed(&self.errors)
+
+    cdef inline void record_executed_c(self, int64_t now_ns, int64_t active) noexcept nogil:
+        cdef int64_t *bucket = self._bucket(now_ns // NS_PER_S)
+        fh_add_relaxed(&bucket[EXECUTED], 1)
+        atomic_max(&bucket[MAX_ACTIVE], active)
+
+    cdef inline void record_success_c(self, int64_t now_ns, int64_t us) noexcept nogil:
+        """record_c(SUCCESS, -1, now_ns, us, us) when the window and the latency slot are current."""
+        cdef int64_t second = now_ns // NS_PER_S
+        cdef int64_t stamp = second // LATENCY_SLOT_SECONDS
+        cdef int slot = stamp % LATENCY_SLOTS
+        cdef uint32_t *runs = self.hist[slot][RUN]
+        cdef int64_t *st
+        if (runs == NULL or second != fh_load_acquire(&self.second)
+                or fh_load_acquire(&self.stamp[slot]) != stamp):
+            self.record_c(SUCCESS, -1, now_ns, us, us)
+            return
+        fh_add_relaxed(&self.buckets[second % COUNTER_BUCKETS][SUCCESS], 1)
+        fh_add_relaxed(&self.requests, 1)
+        # Run and total latency are the same sample: only the RUN histogram changes (see _add_latency).
+        fh_add32_relaxed(&runs[latency_index(us)], 1)
+        st = self.stats[slot][RUN]
+        fh_add_relaxed(&st[STAT_SUM], us)
+        atomic_min(&st[STAT_MIN], us)
+        atomic_max(&st[STAT_MAX], us)
+        st = self.stats[slot][TOTAL]
+        atomic_min(&st[STAT_MIN], us)
+        atomic_max(&st[STAT_MAX], us)
 
 
 cdef class Histogram:

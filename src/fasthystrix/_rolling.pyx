@@ -15,7 +15,7 @@ wrong second, it never corrupts the structure.
 """
 
 from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree
-from libc.stdint cimport INT64_MAX, int64_t, uint32_t, uint64_t
+from libc.stdint cimport INT64_MAX, int32_t, int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
 from fasthystrix._atomic cimport (
@@ -54,7 +54,6 @@ __all__ = [
     "summarize",
 ]
 
-cdef int64_t NS = 1000000000
 
 # The C constants under their Python names, as the pure twin has them (a cdef enum
 # member cannot be a module attribute of the same name, hence the update()).
@@ -64,35 +63,6 @@ globals().update(
     LATENCY_SLOTS=LATENCY_SLOTS,
     LATENCY_SLOT_SECONDS=LATENCY_SLOT_SECONDS,
 )
-
-# Bit length via count-leading-zeros (GCC and Clang builtin; MSVC builds map it in _atomic.h).
-cdef extern from "_atomic.h":
-    int __builtin_clzll(unsigned long long x) nogil
-
-
-cdef inline int latency_index(int64_t us) noexcept nogil:
-    cdef int shift
-    if us < 128:
-        return <int>us if us > 0 else 0
-    # 64 - clz gives the bit length; the top 7 bits pick the sub-bucket.
-    shift = (64 - __builtin_clzll(<unsigned long long>us)) - SUB_BITS
-    if shift > MAX_SHIFT:
-        return LATENCY_BUCKETS - 1
-    return (shift << 6) + <int>(us >> shift)
-
-
-
-cdef inline void atomic_min(int64_t *p, int64_t v) noexcept nogil:
-    cdef int64_t seen = fh_load_relaxed(p)
-    while v < seen and not fh_cas_acq_rel(p, &seen, v):
-        pass
-
-
-cdef inline void atomic_max(int64_t *p, int64_t v) noexcept nogil:
-    cdef int64_t seen = fh_load_relaxed(p)
-    while v > seen and not fh_cas_acq_rel(p, &seen, v):
-        pass
-
 
 cdef class RollingMetrics:
     """Counters of every event over the last 10 seconds and latencies over the last 60."""
@@ -167,13 +137,6 @@ cdef class RollingMetrics:
             second = last
         return self.buckets[second % COUNTER_BUCKETS]
 
-    cdef void health_c(self, int64_t now_ns, int64_t *requests, int64_t *errors) noexcept nogil:
-        cdef int64_t second = now_ns // NS
-        if second > fh_load_acquire(&self.second):
-            self._advance(second)
-        requests[0] = fh_load_relaxed(&self.requests)
-        errors[0] = fh_load_relaxed(&self.errors)
-
     def health(self, int64_t now_ns):
         """``(requests, errors)`` in the window ending at ``now_ns``."""
         cdef int64_t requests, errors
@@ -182,7 +145,7 @@ cdef class RollingMetrics:
 
     cdef void record_c(self, int event, int fallback_event, int64_t now_ns, int64_t run_us,
                        int64_t total_us) noexcept nogil:
-        cdef int64_t second = now_ns // NS
+        cdef int64_t second = now_ns // NS_PER_S
         cdef int64_t *bucket = self._bucket(second)
         fh_add_relaxed(&bucket[event], 1)
         if event < REQUEST_EVENTS:
@@ -203,24 +166,24 @@ cdef class RollingMetrics:
 
     def record_success(self, int64_t now_ns, int64_t us):
         """``record(SUCCESS, -1, now_ns, us, us)``, specialised for the hot path."""
-        self.record_c(SUCCESS, -1, now_ns, us, us)
-
-    cdef void record_executed_c(self, int64_t now_ns, int64_t active) noexcept nogil:
-        cdef int64_t *bucket = self._bucket(now_ns // NS)
-        fh_add_relaxed(&bucket[EXECUTED], 1)
-        atomic_max(&bucket[MAX_ACTIVE], active)
+        self.record_success_c(now_ns, us)
 
     def record_executed(self, int64_t now_ns, int64_t active):
         """Count a command that took a ticket, with the tickets in use after it did."""
         self.record_executed_c(now_ns, active)
 
     cdef void _add_latency(self, int64_t second, int64_t run_us, int64_t total_us) noexcept nogil:
+        # Most commands' run and total latencies are the same sample (no fallback ran), so the
+        # total histogram is kept as a difference from the run histogram: such a command costs
+        # one histogram increment and one sum, not two of each. A command whose latencies
+        # differ adds its run latency to RUN, and to TOTAL its total latency, minus its run latency.
         cdef int64_t stamp = second // LATENCY_SLOT_SECONDS
         cdef int slot = stamp % LATENCY_SLOTS
         cdef int kind
-        cdef int64_t us
         cdef int64_t seen = fh_load_acquire(&self.stamp[slot])
         cdef int64_t *st
+        cdef uint32_t *runs = NULL
+        cdef uint32_t *diffs = NULL
         if seen != stamp:
             if seen > stamp:
                 return  # stamped before the slot was reused for a later minute: no sample
@@ -231,36 +194,54 @@ cdef class RollingMetrics:
                     if self.hist[slot][kind] != NULL:
                         memset(self.hist[slot][kind], 0, sizeof(uint32_t) * LATENCY_BUCKETS)
                     st = self.stats[slot][kind]
-                    st[STAT_COUNT] = 0
-                    st[STAT_TOTAL] = 0
+                    st[STAT_SUM] = 0
                     st[STAT_MIN] = INT64_MAX
                     st[STAT_MAX] = -1
                 fh_store_release(&self.stamp[slot], stamp)
             fh_spin_unlock(&self.lock)
-        for kind in range(2):
-            us = run_us if kind == 0 else total_us
-            if us < 0:
-                continue
+        if run_us >= 0:
+            runs = self._histogram(slot, RUN)
+            if runs == NULL:
+                return  # out of memory: lose this sample, never the command
+        if total_us != run_us:
+            diffs = self._histogram(slot, TOTAL)
+            if diffs == NULL:
+                return
+        if run_us >= 0:
+            fh_add32_relaxed(&runs[latency_index(run_us)], 1)
+            st = self.stats[slot][RUN]
+            fh_add_relaxed(&st[STAT_SUM], run_us)
+            atomic_min(&st[STAT_MIN], run_us)
+            atomic_max(&st[STAT_MAX], run_us)
+        if total_us != run_us:
+            st = self.stats[slot][TOTAL]
+            if run_us >= 0:
+                fh_add32_relaxed(&diffs[latency_index(run_us)], <uint32_t>-1)
+                fh_add_relaxed(&st[STAT_SUM], -run_us)
+            if total_us >= 0:
+                fh_add32_relaxed(&diffs[latency_index(total_us)], 1)
+                fh_add_relaxed(&st[STAT_SUM], total_us)
+        if total_us >= 0:
+            st = self.stats[slot][TOTAL]
+            atomic_min(&st[STAT_MIN], total_us)
+            atomic_max(&st[STAT_MAX], total_us)
+
+    cdef uint32_t *_histogram(self, int slot, int kind) noexcept nogil:
+        cdef uint32_t *h = self.hist[slot][kind]
+        if h == NULL:
+            fh_spin_lock(&self.lock)
             if self.hist[slot][kind] == NULL:
-                fh_spin_lock(&self.lock)
-                if self.hist[slot][kind] == NULL:
-                    self.hist[slot][kind] = <uint32_t *>PyMem_RawCalloc(LATENCY_BUCKETS, sizeof(uint32_t))
-                fh_spin_unlock(&self.lock)
-                if self.hist[slot][kind] == NULL:
-                    continue  # out of memory: lose this sample, never the command
-            fh_add32_relaxed(&self.hist[slot][kind][latency_index(us)], 1)
-            st = self.stats[slot][kind]
-            fh_add_relaxed(&st[STAT_COUNT], 1)
-            fh_add_relaxed(&st[STAT_TOTAL], us)
-            atomic_min(&st[STAT_MIN], us)
-            atomic_max(&st[STAT_MAX], us)
+                self.hist[slot][kind] = <uint32_t *>PyMem_RawCalloc(LATENCY_BUCKETS, sizeof(uint32_t))
+            h = self.hist[slot][kind]
+            fh_spin_unlock(&self.lock)
+        return h
 
     def counts(self, int64_t now_ns):
         """Window totals of the 9 events, then executed and the window's max tickets in use."""
         cdef int64_t sums[BUCKET_WIDTH]
         cdef int i, event
         cdef int64_t v
-        self._bucket(now_ns // NS)
+        self._bucket(now_ns // NS_PER_S)
         memset(sums, 0, sizeof(sums))
         for i in range(COUNTER_BUCKETS):
             for event in range(NUM_EVENTS + 1):
@@ -272,30 +253,46 @@ cdef class RollingMetrics:
 
     def latency_slots(self, int64_t now_ns):
         """Copies of the ``(run, total)`` histograms of the last 60 seconds, for :func:`summarize`."""
-        cdef int64_t stamp = (now_ns // NS) // LATENCY_SLOT_SECONDS
-        cdef int slot, kind, i
-        cdef Histogram h
-        cdef int64_t *st
+        cdef int64_t stamp = (now_ns // NS_PER_S) // LATENCY_SLOT_SECONDS
+        cdef int slot, i
+        cdef int64_t n, run_count, total_count
+        cdef uint32_t *runs
+        cdef uint32_t *diffs
+        cdef Histogram run_h, total_h
         run = []
         total = []
         for slot in range(LATENCY_SLOTS):
             seen = fh_load_acquire(&self.stamp[slot])
             if not (stamp - LATENCY_SLOTS < seen <= stamp):
                 continue
-            for kind in range(2):
-                if self.hist[slot][kind] == NULL:
-                    continue
-                st = self.stats[slot][kind]
-                if fh_load_relaxed(&st[STAT_COUNT]) == 0:
-                    continue
-                h = Histogram.__new__(Histogram)
-                for i in range(LATENCY_BUCKETS):
-                    h.counts[i] = fh_load32_relaxed(&self.hist[slot][kind][i])
-                h.count = fh_load_relaxed(&st[STAT_COUNT])
-                h.total = fh_load_relaxed(&st[STAT_TOTAL])
-                h.min = fh_load_relaxed(&st[STAT_MIN])
-                h.max = fh_load_relaxed(&st[STAT_MAX])
-                (run if kind == 0 else total).append(h)
+            runs = self.hist[slot][RUN]
+            diffs = self.hist[slot][TOTAL]
+            run_h = Histogram.__new__(Histogram)
+            total_h = Histogram.__new__(Histogram)
+            run_count = total_count = 0
+            for i in range(LATENCY_BUCKETS):
+                n = fh_load32_relaxed(&runs[i]) if runs != NULL else 0
+                run_h.counts[i] = <uint32_t>n
+                run_count += n
+                if diffs != NULL:
+                    n += <int32_t>fh_load32_relaxed(&diffs[i])
+                    # A sample read half-recorded can leave a difference not yet matched: never below 0.
+                    if n < 0:
+                        n = 0
+                total_h.counts[i] = <uint32_t>n
+                total_count += n
+            run_h.count = run_count
+            run_h.total = fh_load_relaxed(&self.stats[slot][RUN][STAT_SUM])
+            run_h.min = fh_load_relaxed(&self.stats[slot][RUN][STAT_MIN])
+            run_h.max = fh_load_relaxed(&self.stats[slot][RUN][STAT_MAX])
+            total_h.count = total_count
+            total_h.total = run_h.total + fh_load_relaxed(&self.stats[slot][TOTAL][STAT_SUM])
+            total_h.min = fh_load_relaxed(&self.stats[slot][TOTAL][STAT_MIN])
+            total_h.max = fh_load_relaxed(&self.stats[slot][TOTAL][STAT_MAX])
+            if run_count > 0:
+                run.append(run_h)
+            if total_count > 0:
+                total.append(total_h)
         return run, total
 
     def memory_bytes(self):
