@@ -93,6 +93,24 @@ static inline int fh_kind_of_error(PyObject *canceled, PyObject *deadline) {
     return fh_kind_of_type((PyTypeObject *)PyErr_Occurred(), canceled, deadline);
 }
 
+/* A new instance of one of fasthystrix's own error classes (CircuitOpenError...), without
+ * arguments: what calling the class does, minus the generic call machinery, which costs more
+ * than the object (the open-circuit path makes one per call). Their __init__ is BaseException's,
+ * which would only set the empty args again; any other __init__ is still called. */
+static PyObject *fh_empty_args = NULL;
+
+static PyObject *fh_new_error(PyObject *cls) {
+    PyTypeObject *type = (PyTypeObject *)cls;
+    PyObject *exc;
+    if (fh_empty_args == NULL && (fh_empty_args = PyTuple_New(0)) == NULL) return NULL;
+    exc = type->tp_new(type, fh_empty_args, NULL);
+    if (exc != NULL && type->tp_init != ((PyTypeObject *)PyExc_BaseException)->tp_init
+            && type->tp_init(exc, fh_empty_args, NULL) < 0) {
+        Py_CLEAR(exc);
+    }
+    return exc;
+}
+
 /* Returned by a path that left run()'s exception set (see execute_args_c); NULL for Cython. */
 static PyObject *fh_error_set_marker = NULL;
 static inline PyObject *fh_error_is_set(void) { return Py_NewRef(fh_error_set_marker); }

@@ -105,6 +105,7 @@ cdef extern from "_capi.h":
     object fh_error_is_set()
     object fh_propagate()
     int fh_kind_of_error(object canceled, object deadline)
+    object fh_new_error(object cls)
     object fh_make_do(object module_name)
     PyObject *fh_cached(object name)
     void fh_cache(object name, object circuit)
@@ -496,8 +497,8 @@ cdef class CircuitBreaker:
             if verdict == TRIPPED:
                 _transitions.opened(self.name)
             if verdict == REJECTED_VERDICT:
-                return self.finish_c(REJECTED, MaxConcurrencyError(), start, -1, 0, fallback, None, False)
-            return self.finish_c(SHORT_CIRCUIT, CircuitOpenError(), start, -1, 0, fallback, None, False)
+                return self.finish_c(REJECTED, fh_new_error(MaxConcurrencyError), start, -1, 0, fallback, None, False)
+            return self.finish_c(SHORT_CIRCUIT, fh_new_error(CircuitOpenError), start, -1, 0, fallback, None, False)
         if verdict > 0:
             _transitions.trial(self.name)
         result = fh_call0(run) if args is None else fh_call(run, args, kwargs)
@@ -540,7 +541,7 @@ cdef class CircuitBreaker:
                 fallback = bind_fallback(fallback, args, kwargs)
             if elapsed > self.timeout_ns:
                 # It would have timed out had a timer been watching: a timeout, whatever run did.
-                return self.finish_c(TIMEOUT, CommandTimeoutError(), self.started(start, elapsed, scale), -1,
+                return self.finish_c(TIMEOUT, fh_new_error(CommandTimeoutError), self.started(start, elapsed, scale), -1,
                                      verdict, fallback, None, True)
             event = (FAILURE if kind == FH_EXCEPTION else CONTEXT_CANCELED if kind == FH_CONTEXT_CANCELED
                      else CONTEXT_DEADLINE_EXCEEDED)
@@ -554,7 +555,7 @@ cdef class CircuitBreaker:
         if elapsed > self.timeout_ns:
             if args is not None:
                 fallback = bind_fallback(fallback, args, kwargs)
-            return self.finish_c(TIMEOUT, CommandTimeoutError(), self.started(start, elapsed, scale), -1, verdict,
+            return self.finish_c(TIMEOUT, fh_new_error(CommandTimeoutError), self.started(start, elapsed, scale), -1, verdict,
                                  fallback, None, True)
         if verdict == ADMITTED and not self.has_collectors:
             # The common case, inlined: give the ticket back and count the success.
