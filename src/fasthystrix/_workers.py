@@ -46,13 +46,16 @@ class WorkerPool:
         self._closed = False
         self._counter = itertools.count(1)
 
-    def submit(self, task: Callable[[], object], defer: bool = False) -> Any:
+    def submit(self, task: Callable[[], object], defer: bool = False, post: bool = False) -> Any:
         """Run ``task()`` on an idle worker, or on a new thread if none is idle.
 
         ``task`` may return a ``Completion``: the worker sets it once it has let
         go of the GIL. With ``defer``, an idle worker is not woken here: its
         ``Completion`` is returned for the caller to pass as ``kick`` to its own
-        wait (``None`` if the task already started).
+        wait (``None`` if the task already started); the caller must wait. With
+        ``post``, an idle worker is posted: it starts by itself within a short
+        grace period, or as soon as the returned ``Completion`` is nudged (pass it
+        as ``nudge`` to a wait), for callers that may never wait.
         """
         with self._lock:
             # A shut-down pool still serves commands that were in flight (their fallbacks):
@@ -61,6 +64,9 @@ class WorkerPool:
                 worker = self._idle.pop()
                 worker.task = task
                 if defer:
+                    return worker.wake
+                if post:
+                    worker.wake.post()
                     return worker.wake
                 worker.wake.set()
                 return None
