@@ -368,11 +368,26 @@ def _go(circuit: Any, run: Callable[..., Any], fallback: Any, ctx: Context | Non
     return future
 
 
+def _unbound(name: str) -> Any:
+    raise RuntimeError("fasthystrix._registry binds fasthystrix._command at import")
+
+
+# The registry's circuits and its creator (bind() is called by the registry, which imports
+# this module): go() looks its circuit up in the table directly, as the compiled do() does.
+_circuits: dict[str, Any] = {}
+_get_or_create: Callable[[str], Any] = _unbound
+
+
+def bind(circuits: dict[str, Any], get_or_create: Callable[[str], Any]) -> None:
+    """Connect ``go``/``do_c`` to the registry's table of circuits (called once, at import)."""
+    global _circuits, _get_or_create
+    _circuits = circuits
+    _get_or_create = get_or_create
+
+
 def _check(name: object, run: object, fallback: object) -> Any:
     _impl.current().check_arguments(name, run, fallback)
-    from ._registry import get_or_create
-
-    return get_or_create(name)  # type: ignore[arg-type]
+    return _get_or_create(name)  # type: ignore[arg-type]
 
 
 def _check_ctx(ctx: object) -> None:
@@ -412,7 +427,13 @@ def go(name: str, run: Callable[[], Any], fallback: Callable[[BaseException], An
     ``run`` always executes on a worker thread; the future resolves when the
     command finishes or at its timeout, whichever comes first.
     """
-    circuit = _check(name, run, fallback)
+    # _check inlined for the common case: a call costs a few hundred ns less.
+    if type(name) is str and callable(run) and (fallback is None or callable(fallback)):
+        circuit = _circuits.get(name)
+        if circuit is None:
+            circuit = _get_or_create(name)
+    else:
+        circuit = _check(name, run, fallback)
     return _go(circuit, run, fallback, None)
 
 

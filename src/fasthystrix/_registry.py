@@ -6,7 +6,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from . import _clock, _impl
+from . import _clock, _command, _impl
 from ._command import run_threaded
 from ._config import CommandConfig, Settings, get_defaults
 from ._workers import WorkerPool, timer
@@ -166,6 +166,7 @@ def bind_current() -> None:
     _impl.current().bind(_circuits, get_or_create, run_threaded)
 
 
+_command.bind(_circuits, get_or_create)
 bind_current()
 for _implementation in _impl.available().values():
     _implementation.bind(_circuits, get_or_create, run_threaded)
