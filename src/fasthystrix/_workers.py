@@ -146,7 +146,8 @@ class DeadlineTimer:
 
     def __init__(self, idle_timeout: float = 1.0) -> None:
         self.idle_timeout = idle_timeout
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._heap: list[tuple[int, int, Callable[[], object], Callable[[], bool]]] = []
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
@@ -155,7 +156,8 @@ class DeadlineTimer:
 
     def schedule(self, at_ns: int, callback: Callable[[], object], pending: Callable[[], bool]) -> None:
         """Call ``callback()`` at ``at_ns`` unless ``pending()`` is false by then."""
-        with self._cond:
+        # The condition's lock itself: entering it directly skips Condition.__enter__'s frame.
+        with self._lock:
             heap = self._heap
             if len(heap) >= self._compact_at:
                 # Entries of finished commands wait for their deadline to be popped; at high call
