@@ -179,3 +179,34 @@ def test_a_late_nudge_does_not_wake_an_idle_worker() -> None:
         assert len(pool.threads()) == 1
     finally:
         pool.shutdown()
+
+
+def test_a_post_racing_a_timed_out_wait_is_not_lost() -> None:
+    # The pool's pattern: a wait times out just as a post comes; a second wait must see it.
+    for i in range(300):
+        completion = _completion()
+        result: list[bool] = []
+
+        def waiter(completion: Any = completion, result: list[bool] = result) -> None:
+            result.append(completion.wait(0.0002, None, False) or completion.wait(WAIT))
+
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        if i % 3:
+            time.sleep(0.0002 * (i % 3))
+        completion.post()
+        thread.join(WAIT + 1)
+        assert result == [True], f"round {i}: the post was lost"
+
+
+def test_posted_tasks_reach_workers_retiring_at_their_idle_timeout() -> None:
+    pool = WorkerPool("retiring", idle_timeout=0.0003)
+    try:
+        for i in range(200):
+            ran = threading.Event()
+            pool.submit(ran.set, post=True)
+            assert ran.wait(WAIT), f"round {i}: the posted task never ran"
+            if i % 2:
+                time.sleep(0.0003)
+    finally:
+        pool.shutdown()

@@ -146,13 +146,15 @@ cdef class Completion:
             PyThread_release_lock(self.lock)
 
     cdef void post_nogil(self) noexcept nogil:
-        cdef int64_t expected = CLEAR
-        if fh_cas_acq_rel(&self.state, &expected, POSTED):
-            return
-        # The waiter sleeps: wake it (it then waits out its grace without the GIL).
-        # Already SET or POSTED: nothing to do.
-        if expected == SLEEPING and fh_cas_acq_rel(&self.state, &expected, POSTED):
-            PyThread_release_lock(self.lock)
+        # Already SET or POSTED: nothing to do. A sleeping waiter is woken (it then waits
+        # out its grace without the GIL). Retry with what a failed CAS saw: a waiter whose
+        # sleep times out turns SLEEPING back into CLEAR under us, and must still be posted.
+        cdef int64_t seen = fh_load_acquire(&self.state)
+        while seen == CLEAR or seen == SLEEPING:
+            if fh_cas_acq_rel(&self.state, &seen, POSTED):
+                if seen == SLEEPING:
+                    PyThread_release_lock(self.lock)
+                return
 
     cdef void nudge_nogil(self) noexcept nogil:
         # Only a posted signal: a late nudge (its waiter already left, maybe to wait for
