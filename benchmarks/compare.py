@@ -1,6 +1,6 @@
 """Run the benchmark suite once and print the issue's table: fasthystrix against a bare call and the peers.
 
-    python benchmarks/compare.py [--quick] [--json PATH] [--from-json PATH]
+    python benchmarks/compare.py [--quick] [--groups G[,G...]] [--json PATH] [--from-json PATH]
 
 Runs ``benchmarks/test_bench_paths.py`` in this process (``pytest.main`` with ``--benchmark-disable-gc``
 and ``--benchmark-json``), then reads the JSON.
@@ -184,7 +184,20 @@ def two_thread_ratio(res: Results, cid: str) -> float | None:
     return None if bench is None else float(bench["extra_info"]["ratio_median"])
 
 
-def run_suite(quick: bool, json_path: Path, log_path: Path) -> int:
+# --groups: each group's test function in the suite (selected with pytest's -k).
+GROUP_TESTS = {
+    "success": "test_success",
+    "failure-closed": "test_failure_closed",
+    "open-rejected": "test_open_rejected",
+    "thread-isolation": "test_thread_isolation",
+    "decorator": "test_decorator",
+    "asyncio": "test_asyncio",
+    "two-threads": "test_two_threads",
+    "memory": "test_memory",
+}
+
+
+def run_suite(quick: bool, json_path: Path, log_path: Path, groups: list[str] | None = None) -> int:
     import pytest
 
     os.environ["FASTHYSTRIX_BENCH_QUICK"] = "1" if quick else "0"
@@ -198,6 +211,8 @@ def run_suite(quick: bool, json_path: Path, log_path: Path) -> int:
         "--benchmark-min-rounds=5",
         "-q",
     ]
+    if groups:
+        args += ["-k", " or ".join(GROUP_TESTS[g] for g in groups)]
     with open(log_path, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         return int(pytest.main(args))
 
@@ -205,9 +220,17 @@ def run_suite(quick: bool, json_path: Path, log_path: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short rounds (about 20 s); noisier")
+    parser.add_argument(
+        "--groups",
+        type=lambda text: [g.strip() for g in text.split(",") if g.strip()],
+        help=f"run only these comma-separated groups ({', '.join(GROUP_TESTS)}); the others report n/a",
+    )
     parser.add_argument("--json", type=Path, help="keep pytest-benchmark's JSON here (default: a temp file)")
     parser.add_argument("--from-json", type=Path, help="print the report of an earlier run's JSON, run nothing")
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.groups or ()) - set(GROUP_TESTS))
+    if unknown:
+        parser.error(f"unknown group(s): {', '.join(unknown)}")
 
     if args.from_json:
         data = json.loads(args.from_json.read_text())
@@ -216,13 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         started = time.time()
         # The source is read before the run: another session may change src/ while it runs.
-        run = {"load_start": loadavg(), "source": source_state(), "quick": args.quick}
+        run = {"load_start": loadavg(), "source": source_state(), "quick": args.quick, "groups": args.groups}
         tmp = Path(tempfile.mkdtemp(prefix="fasthystrix-bench-"))
         json_path = args.json or tmp / "bench.json"
         log_path = tmp / "pytest.log"
         print(f"running {SUITE.relative_to(HERE.parent)} ({'quick' if args.quick else 'full'}); log: {log_path}")
         sys.stdout.flush()
-        rc = run_suite(args.quick, json_path, log_path)
+        rc = run_suite(args.quick, json_path, log_path, args.groups)
         if not json_path.exists():
             print(f"pytest exited with {rc} and wrote no JSON; see {log_path}:")
             print("\n".join(log_path.read_text().splitlines()[-40:]))
@@ -263,7 +286,9 @@ def report(res: Results, data: dict[str, Any], run: dict[str, Any], rc: int, log
             versions.append(f"{dist} missing")
     print("versions: " + ", ".join(versions))
     print(
-        f"mode: {'quick' if run.get('quick') else 'full'}; run took {run.get('elapsed', 0):.0f} s; "
+        f"mode: {'quick' if run.get('quick') else 'full'}"
+        + (f", groups {', '.join(run['groups'])}" if run.get("groups") else "")
+        + f"; run took {run.get('elapsed', 0):.0f} s; "
         f"pytest exit code {run.get('exit_code', rc)}"
         + (f" (log {log_path})" if log_path else "")
         + f"; pytest-benchmark machine_info cpu: {machine.get('cpu', {}).get('brand_raw', '?')}"

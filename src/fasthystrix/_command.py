@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures._base import FINISHED as _FINISHED, RUNNING as _RUNNING
 from typing import Any
 
 from . import _impl
@@ -89,6 +90,7 @@ class _Execution:
         deadline: int,
         verdict: int,
         future: CommandFuture | None,
+        wake: Any,
     ) -> None:
         self.circuit = circuit
         self.run = run
@@ -99,7 +101,8 @@ class _Execution:
         self.verdict = verdict
         self.future = future
         self.lock = threading.Lock()
-        self.wake = _impl.current().Completion()
+        # The caller's signal, for do(); a go() command resolves its future instead.
+        self.wake = wake
         self.state = PENDING
         self.value: Any = None
         self.error: BaseException | None = None
@@ -213,32 +216,47 @@ class CommandFuture(Future):  # type: ignore[type-arg]
     ``result()`` and ``exception()`` first wait on the implementation's
     ``Completion`` (which the worker sets after letting go of the GIL, and which
     spins briefly in the compiled implementation) instead of the future's condition
-    variable; everything else (``done()``, callbacks, ``concurrent.futures.wait``)
-    is the standard ``Future``.
+    variable, and nudge the command's worker into starting once this thread has let
+    go of the GIL; everything else (``done()``, callbacks, ``concurrent.futures.wait``)
+    is the standard ``Future``. It is running from the start: ``cancel()`` returns false.
     """
 
     def __init__(self) -> None:
         super().__init__()
+        # What set_running_or_notify_cancel() would do, without taking the condition:
+        # nobody else has this future yet, so there is nobody to notify.
+        self._state = _RUNNING
         self._resolved = _impl.current().Completion()
+        # The posted worker's Completion (see WorkerPool.submit(post=True)); None if none.
+        self._nudge: Any = None
 
     def result(self, timeout: float | None = None) -> Any:
         """The command's value, or raise its error; ``TimeoutError`` if not done within ``timeout`` seconds."""
-        return super().result(self._wait(timeout))
+        if self._state != _FINISHED:
+            timeout = self._wait(timeout)
+            if self._state != _FINISHED:
+                return super().result(timeout)
+        # Read without the condition: set_result() wrote the value before the state.
+        if self._exception is None:
+            return self._result
+        return super().result(0)  # raises as Future does
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The command's error, or ``None``; ``TimeoutError`` if not done within ``timeout`` seconds."""
-        return super().exception(self._wait(timeout))
+        if self._state != _FINISHED:
+            timeout = self._wait(timeout)
+        return super().exception(timeout)
 
     def _wait(self, timeout: float | None) -> float | None:
         # The Completion serves one waiter; a second concurrent waiter returns early from it
         # and waits on the future's condition for the time left, which stays authoritative.
-        if self.done():
-            return 0
+        # A nudge that comes late is harmless: it only affects a worker that is posted.
+        nudge, self._nudge = self._nudge, None
         if timeout is None:
-            self._resolved.wait(None)
+            self._resolved.wait(None, None, True, nudge)
             return None
         deadline = time.monotonic() + timeout
-        self._resolved.wait(timeout)
+        self._resolved.wait(timeout, None, True, nudge)
         return max(0.0, deadline - time.monotonic())
 
 
@@ -256,7 +274,7 @@ def run_threaded(circuit: Any, settings: Any, run: Callable[..., Any], fallback:
         event = REJECTED if verdict == -1 else SHORT_CIRCUIT
         return circuit._finish(event, _impl.current().error_for(event), start, -1, 0, fallback, ctx, False)
     deadline = start + settings.timeout_ns
-    execution = _Execution(circuit, run, fallback, ctx, start, deadline, verdict, None)
+    execution = _Execution(circuit, run, fallback, ctx, start, deadline, verdict, None, _impl.current().Completion())
     watch = ctx is not None and ctx is not Context.background()
     if watch:
         assert ctx is not None
@@ -308,7 +326,6 @@ def run_threaded(circuit: Any, settings: Any, run: Callable[..., Any], fallback:
 
 def _go(circuit: Any, run: Callable[..., Any], fallback: Any, ctx: Context | None) -> Future[Any]:
     future = CommandFuture()
-    future.set_running_or_notify_cancel()
     settings = circuit._settings
     clock = circuit._clock
     start = clock()
@@ -331,9 +348,12 @@ def _go(circuit: Any, run: Callable[..., Any], fallback: Any, ctx: Context | Non
             circuit._workers.submit(task)
         return future
     deadline = start + settings.timeout_ns
-    execution = _Execution(circuit, run, fallback, ctx, start, deadline, verdict, future)
+    execution = _Execution(circuit, run, fallback, ctx, start, deadline, verdict, future, None)
     try:
-        circuit._workers.submit(execution.work)
+        # Posted, not woken: the worker waits (without the GIL, briefly) for result() to
+        # nudge it once this thread has let go of the GIL, so it does not sleep on the GIL
+        # meanwhile; a caller that never waits only delays it by the grace period.
+        future._nudge = circuit._workers.submit(execution.work, post=True)
     except BaseException:
         circuit._release()
         raise
@@ -348,11 +368,26 @@ def _go(circuit: Any, run: Callable[..., Any], fallback: Any, ctx: Context | Non
     return future
 
 
+def _unbound(name: str) -> Any:
+    raise RuntimeError("fasthystrix._registry binds fasthystrix._command at import")
+
+
+# The registry's circuits and its creator (bind() is called by the registry, which imports
+# this module): go() looks its circuit up in the table directly, as the compiled do() does.
+_circuits: dict[str, Any] = {}
+_get_or_create: Callable[[str], Any] = _unbound
+
+
+def bind(circuits: dict[str, Any], get_or_create: Callable[[str], Any]) -> None:
+    """Connect ``go``/``do_c`` to the registry's table of circuits (called once, at import)."""
+    global _circuits, _get_or_create
+    _circuits = circuits
+    _get_or_create = get_or_create
+
+
 def _check(name: object, run: object, fallback: object) -> Any:
     _impl.current().check_arguments(name, run, fallback)
-    from ._registry import get_or_create
-
-    return get_or_create(name)  # type: ignore[arg-type]
+    return _get_or_create(name)  # type: ignore[arg-type]
 
 
 def _check_ctx(ctx: object) -> None:
@@ -392,7 +427,13 @@ def go(name: str, run: Callable[[], Any], fallback: Callable[[BaseException], An
     ``run`` always executes on a worker thread; the future resolves when the
     command finishes or at its timeout, whichever comes first.
     """
-    circuit = _check(name, run, fallback)
+    # _check inlined for the common case: a call costs a few hundred ns less.
+    if type(name) is str and callable(run) and (fallback is None or callable(fallback)):
+        circuit = _circuits.get(name)
+        if circuit is None:
+            circuit = _get_or_create(name)
+    else:
+        circuit = _check(name, run, fallback)
     return _go(circuit, run, fallback, None)
 
 

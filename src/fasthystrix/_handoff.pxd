@@ -8,5 +8,8 @@ cdef class Completion:
     cdef PyThread_type_lock lock
 
     cdef void set_nogil(self) noexcept nogil
-    cdef bint spin(self, int64_t limit_ns) noexcept nogil
+    cdef void post_nogil(self) noexcept nogil
+    cdef void nudge_nogil(self) noexcept nogil
+    cdef bint spin(self, int64_t limit_ns, bint posted) noexcept nogil
+    cdef void grace(self) noexcept nogil
     cdef bint _stop_sleeping(self) except -1

@@ -44,15 +44,29 @@ cdef enum:
     CLEAR = 0
     SET = 1
     SLEEPING = 2   # the waiter sleeps on the lock: set() must release it
+    # Set lazily (post()): the waiter returns once nudged or set, or GRACE_NS after it
+    # saw the post, whichever comes first. Never held by a waiter asleep on the lock.
+    POSTED = 3
     # How long a waiter spins before sleeping: long enough for a worker thread to pick up
     # a task and run a fast call, short enough not to matter when the call does I/O.
     SPIN_NS = 50000
-    SPIN_ITERATIONS = 2000  # without a monotonic clock in C
     BUSY_ITERATIONS = 200   # pause instructions before yielding (a few microseconds)
+    # How long a posted waiter waits for its nudge: the poster usually nudges within a
+    # few microseconds (go() then result()); one that never does (fire-and-forget, done
+    # callbacks) only delays the waiter by this much.
+    GRACE_NS = 30000
+    # Without a monotonic clock in C, a spin of N ns is N / NS_PER_ITERATION checks.
+    NS_PER_ITERATION = 25
 
 
 cdef class Completion:
-    """A signal set by a worker and waited for by one caller (``threading.Event``'s API)."""
+    """A signal set by a worker and waited for by one caller (``threading.Event``'s API).
+
+    Besides ``set()``, ``post()`` sets it lazily: the waiter returns as soon as the
+    signal is nudged (``nudge()``, or ``wait(nudge=...)`` once the nudging thread has
+    let go of the GIL) or set, and at the latest a short grace period after it saw the
+    post, so a post nobody nudges still wakes the waiter.
+    """
 
     def __cinit__(self):
         self.state = CLEAR
@@ -70,23 +84,37 @@ cdef class Completion:
         """Set the signal and wake the waiter."""
         self.set_nogil()
 
+    def post(self):
+        """Set the signal lazily: the waiter returns when nudged or set, or after a short grace period."""
+        self.post_nogil()
+
+    def nudge(self):
+        """Make a posted signal set now; no effect on a signal that is not posted."""
+        self.nudge_nogil()
+
     def is_set(self):
-        """Whether the signal is set."""
-        return fh_load_acquire(&self.state) == SET
+        """Whether the signal is set (or posted)."""
+        cdef int64_t state = fh_load_acquire(&self.state)
+        return state == SET or state == POSTED
 
     def clear(self):
-        """Clear a set signal (a sleeping waiter is not affected)."""
-        cdef int64_t expected = SET
-        fh_cas_acq_rel(&self.state, &expected, CLEAR)
+        """Clear a set or posted signal (a sleeping waiter is not affected)."""
+        cdef int64_t expected = fh_load_acquire(&self.state)
+        # A nudge may turn POSTED into SET under us: retry with what the CAS saw.
+        while expected == SET or expected == POSTED:
+            if fh_cas_acq_rel(&self.state, &expected, CLEAR):
+                return
 
-    cdef bint spin(self, int64_t limit_ns) noexcept nogil:
+    cdef bint spin(self, int64_t limit_ns, bint posted) noexcept nogil:
         # Busy-wait a little, then yield the CPU between checks: on a machine with more
         # runnable threads than cores, the thread that will set us may need this core.
-        cdef int64_t start, i = 0
+        # Stops at SET, or also at POSTED if ``posted``.
+        cdef int64_t start, i = 0, state
         if FH_HAVE_MONOTONIC_NS:
             start = fh_monotonic_ns()
             while True:
-                if fh_load_acquire(&self.state) == SET:
+                state = fh_load_acquire(&self.state)
+                if state == SET or (posted and state == POSTED):
                     return True
                 if i < BUSY_ITERATIONS:
                     fh_pause()
@@ -95,8 +123,9 @@ cdef class Completion:
                 i += 1
                 if (i & 15) == 0 and fh_monotonic_ns() - start >= limit_ns:
                     return False
-        while i < SPIN_ITERATIONS:
-            if fh_load_acquire(&self.state) == SET:
+        while i < limit_ns // NS_PER_ITERATION:
+            state = fh_load_acquire(&self.state)
+            if state == SET or (posted and state == POSTED):
                 return True
             if i < BUSY_ITERATIONS:
                 fh_pause()
@@ -105,16 +134,41 @@ cdef class Completion:
             i += 1
         return False
 
+    cdef void grace(self) noexcept nogil:
+        # A posted waiter gives its nudge a moment to come, so that the nudging thread
+        # has let go of the GIL by the time this one takes it.
+        if fh_load_acquire(&self.state) == POSTED:
+            self.spin(GRACE_NS, False)
+
     cdef void set_nogil(self) noexcept nogil:
+        # From POSTED no release: the post already released a sleeping waiter.
         if fh_exchange_acq_rel(&self.state, SET) == SLEEPING:
             PyThread_release_lock(self.lock)
 
-    def wait(self, timeout=None, Completion kick=None, bint spin=True):
+    cdef void post_nogil(self) noexcept nogil:
+        # Already SET or POSTED: nothing to do. A sleeping waiter is woken (it then waits
+        # out its grace without the GIL). Retry with what a failed CAS saw: a waiter whose
+        # sleep times out turns SLEEPING back into CLEAR under us, and must still be posted.
+        cdef int64_t seen = fh_load_acquire(&self.state)
+        while seen == CLEAR or seen == SLEEPING:
+            if fh_cas_acq_rel(&self.state, &seen, POSTED):
+                if seen == SLEEPING:
+                    PyThread_release_lock(self.lock)
+                return
+
+    cdef void nudge_nogil(self) noexcept nogil:
+        # Only a posted signal: a late nudge (its waiter already left, maybe to wait for
+        # something else) must not set a signal that nobody posted.
+        cdef int64_t expected = POSTED
+        fh_cas_acq_rel(&self.state, &expected, SET)
+
+    def wait(self, timeout=None, Completion kick=None, bint spin=True, Completion nudge=None):
         """Wait until set or ``timeout`` seconds pass (forever if ``None``); whether it is set.
 
-        ``kick`` is set once this thread has let go of the GIL: the thread it wakes
-        then finds the GIL free instead of sleeping until this one reaches its wait.
-        ``spin=False`` sleeps at once (for waiters unlikely to be woken soon).
+        ``kick`` is set and ``nudge`` nudged once this thread has let go of the GIL: the
+        thread they wake then finds the GIL free instead of sleeping until this one
+        reaches its wait. ``spin=False`` sleeps at once (for waiters unlikely to be
+        woken soon). A posted signal counts as set, after its grace period or nudge.
         """
         cdef long long micros = -1
         cdef int64_t limit = SPIN_NS if spin else 0
@@ -125,24 +179,38 @@ cdef class Completion:
             micros = <long long>(max(float(timeout), 0.0) * 1e6)
             if micros * 1000 < limit:
                 limit = micros * 1000
-        if kick is None and fh_load_acquire(&self.state) == SET:
+        if kick is None and nudge is None and fh_load_acquire(&self.state) == SET:
             return True
         with nogil:
             if kick is not None:
                 kick.set_nogil()
-            found = limit > 0 and self.spin(limit)
+            if nudge is not None:
+                nudge.nudge_nogil()
+            found = limit > 0 and self.spin(limit, True)
+            if found:
+                self.grace()
         if found:
             return True
         if timeout is not None:
             micros -= limit // 1000
             if micros <= 0:
-                return fh_load_acquire(&self.state) == SET
+                expected = fh_load_acquire(&self.state)
+                if expected == POSTED:
+                    with nogil:
+                        self.grace()
+                return expected == SET or expected == POSTED
         expected = CLEAR
         if not fh_cas_acq_rel(&self.state, &expected, SLEEPING):
-            return expected == SET
+            if expected == POSTED:
+                with nogil:
+                    self.grace()
+            # SLEEPING: a second waiter (this signal serves one); it returns early.
+            return expected == SET or expected == POSTED
         while True:
             with nogil:
                 status = PyThread_acquire_lock_timed(self.lock, micros, 1)
+                if status == PY_LOCK_ACQUIRED:
+                    self.grace()
             if status == PY_LOCK_ACQUIRED:
                 return True
             if status == PY_LOCK_INTR:
@@ -156,7 +224,7 @@ cdef class Completion:
             return self._stop_sleeping()
 
     cdef bint _stop_sleeping(self) except -1:
-        # Take the sleeping mark back; if set() got there first, consume its release.
+        # Take the sleeping mark back; if set() or post() got there first, consume its release.
         cdef int64_t expected = SLEEPING
         if fh_cas_acq_rel(&self.state, &expected, CLEAR):
             return False

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from . import _clock, _impl
+from . import _clock, _command, _impl
 from ._command import run_threaded
 from ._config import CommandConfig, Settings, get_defaults
 from ._workers import WorkerPool, timer
@@ -174,5 +174,6 @@ def _bind_all() -> None:
         implementation.bind(_circuits, get_or_create, run_threaded)
 
 
+_command.bind(_circuits, get_or_create)
 bind_current()
 _bind_all()

@@ -46,13 +46,16 @@ class WorkerPool:
         self._closed = False
         self._counter = itertools.count(1)
 
-    def submit(self, task: Callable[[], object], defer: bool = False) -> Any:
+    def submit(self, task: Callable[[], object], defer: bool = False, post: bool = False) -> Any:
         """Run ``task()`` on an idle worker, or on a new thread if none is idle.
 
         ``task`` may return a ``Completion``: the worker sets it once it has let
         go of the GIL. With ``defer``, an idle worker is not woken here: its
         ``Completion`` is returned for the caller to pass as ``kick`` to its own
-        wait (``None`` if the task already started).
+        wait (``None`` if the task already started); the caller must wait. With
+        ``post``, an idle worker is posted: it starts by itself within a short
+        grace period, or as soon as the returned ``Completion`` is nudged (pass it
+        as ``nudge`` to a wait), for callers that may never wait.
         """
         with self._lock:
             # A shut-down pool still serves commands that were in flight (their fallbacks):
@@ -61,6 +64,9 @@ class WorkerPool:
                 worker = self._idle.pop()
                 worker.task = task
                 if defer:
+                    return worker.wake
+                if post:
+                    worker.wake.post()
                     return worker.wake
                 worker.wake.set()
                 return None
@@ -140,7 +146,8 @@ class DeadlineTimer:
 
     def __init__(self, idle_timeout: float = 1.0) -> None:
         self.idle_timeout = idle_timeout
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._heap: list[tuple[int, int, Callable[[], object], Callable[[], bool]]] = []
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
@@ -149,7 +156,8 @@ class DeadlineTimer:
 
     def schedule(self, at_ns: int, callback: Callable[[], object], pending: Callable[[], bool]) -> None:
         """Call ``callback()`` at ``at_ns`` unless ``pending()`` is false by then."""
-        with self._cond:
+        # The condition's lock itself: entering it directly skips Condition.__enter__'s frame.
+        with self._lock:
             heap = self._heap
             if len(heap) >= self._compact_at:
                 # Entries of finished commands wait for their deadline to be popped; at high call
