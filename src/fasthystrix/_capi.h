@@ -181,6 +181,11 @@ static PyObject *fh_do_fastcall(PyObject *self, PyObject *const *args, Py_ssize_
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), nkw, i, k;
     PyObject *slots[3] = {NULL, NULL, NULL}, *result;
     (void)self;
+    if (kwnames == NULL && (nargs == 2 || nargs == 3)) {
+        /* do(name, run) and do(name, run, fallback): no keyword to match. */
+        result = fh_do_impl(args[0], args[1], nargs == 3 ? args[2] : Py_None);
+        goto done;
+    }
     if (nargs > 3) {
         PyErr_Format(PyExc_TypeError, "do() takes from 2 to 3 positional arguments but %zd were given", nargs);
         return NULL;
@@ -210,6 +215,7 @@ static PyObject *fh_do_fastcall(PyObject *self, PyObject *const *args, Py_ssize_
         }
     }
     result = fh_do_impl(slots[0], slots[1], slots[2] ? slots[2] : Py_None);
+done:
     if (result == fh_error_set_marker) {
         /* run()'s exception was never taken: it propagates exactly as run raised it. */
         Py_DECREF(result);
