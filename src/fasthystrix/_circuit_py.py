@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import MethodType
-from typing import Any
+from typing import Any, NoReturn
 
 from . import _transitions
 from ._context import Context
@@ -80,15 +80,23 @@ def bind(
 
 def do(name: str, run: Callable[[], Any], fallback: Callable[[BaseException], Any] | None = None) -> Any:
     """Run ``run()`` as command ``name``; see :func:`fasthystrix.do`."""
-    if type(name) is not str or not callable(run) or (fallback is not None and not callable(fallback)):
+    # The compiled twin checks the arguments first; here that would cost the success path
+    # about two bare calls, so they are checked where they cost nothing and the outcome is
+    # the same: no str is never a key of the table (a non-str equal to a str key, which
+    # no built-in type is, would pass), and a run that is not callable raises when called,
+    # before it can have done anything, and its admission is then undone.
+    if fallback is not None and not callable(fallback):
         check_arguments(name, run, fallback)
-    circuit = _circuits.get(name)
-    if circuit is None:
+    try:
+        circuit = _circuits[name]
+    except (KeyError, TypeError):  # a new name, or no str at all (perhaps unhashable)
+        check_arguments(name, run, fallback)
         circuit = _get_or_create(name)  # type: ignore[misc]
     # CircuitBreaker.execute's lock-free path, inlined (one Python call less); keep the two in step.
     try:
         pending = circuit._pending
     except AttributeError:  # a circuit of the other implementation, made before a switch
+        check_arguments(name, run, fallback)
         return circuit.execute(run, fallback)
     clock = circuit._clock
     start = clock()
@@ -98,12 +106,16 @@ def do(name: str, run: Callable[[], Any], fallback: Callable[[BaseException], An
     held.append(None)  # take a ticket
     if start >= gate.until_ns or waiting >= gate.budget or len(held) > gate.held_limit:
         held.pop()
+        if not callable(run):
+            check_arguments(name, run, fallback)
         return circuit._execute_locked(start, run, fallback)
     circuit._admits.append(None)
     try:
         value = run()
     except BaseException as exc:
         held.pop()
+        if not callable(run):
+            circuit._not_callable(run)
         return circuit._failed(exc, start, 0, fallback, False)
     end = clock()
     held.pop()
@@ -501,6 +513,16 @@ class CircuitBreaker:
             # It would have timed out had a timer been watching: a timeout, whatever run did.
             return self._finish(TIMEOUT, CommandTimeoutError(), start, -1, verdict, fallback, None, release)
         return self._finish(classify(exc), exc, start, (end - start) // _NS_PER_US, verdict, fallback, None, release)
+
+    def _not_callable(self, run: object) -> NoReturn:
+        """Undo the lock-free admission of a ``do()`` whose run is not callable, then say so."""
+        with self._lock:
+            self._metrics._unadmit()
+        try:
+            check_arguments(self.name, run, None)
+        except TypeError as err:
+            raise err from None  # not "during handling of" calling run: it never ran
+        raise AssertionError(f"{run!r} is callable")  # pragma: no cover - only called when it is not
 
     def _succeeded_late(self, value: Any, start: int, end: int, fallback: Callable[[BaseException], Any] | None) -> Any:
         """Complete a lock-free success that ended in a later second or after the timeout (ticket given back)."""

@@ -78,14 +78,10 @@ def latency_bucket_index(us: int) -> int:
     return (shift << 6) + (us >> shift)
 
 
-def _tally(samples: list[int]) -> dict[int, int]:
-    """How many times each latency (us) occurs in ``samples``."""
-    # Successes of a fast dependency take a few microseconds: as bytes, counting each
-    # value is a C scan, several times cheaper than hashing every sample into a dict.
-    try:
-        raw = bytes(samples)
-    except ValueError:  # a sample of 256 us or more (or below 0): count them the general way
-        return Counter(samples)
+def _tally(raw: bytearray) -> dict[int, int]:
+    """How many times each latency (us) occurs in ``raw``, one sample per byte."""
+    # Successes of a fast dependency take a few microseconds: counting each such value
+    # is a C scan of the bytes, several times cheaper than hashing every sample.
     counts: dict[int, int] = {}
     left = len(raw)
     for us in range(_SCANNED_VALUES):
@@ -269,18 +265,35 @@ class RollingMetrics:
             # Close the gate before the totals change and drop the entries only after
             # they are counted: a lock-free reader never misses them (see _gate).
             self._gate = CLOSED
-            samples = pending[:succeeded]
+            counts: dict[int, int]
+            try:
+                # Every sample below 256 us: one byte each. Successes appended meanwhile are
+                # copied too, and counted with the others (only the fold removes entries).
+                raw = bytearray(pending)
+            except ValueError:
+                counts = Counter(pending[:succeeded])
+            else:
+                succeeded = len(raw)
+                counts = _tally(raw)
             self._buckets[self._second % COUNTER_BUCKETS][SUCCESS] += succeeded
             self._requests += succeeded
             slot = self._fresh_slot(self._second)
             if slot >= 0:
-                counts = _tally(samples)
                 for histograms in (self._latency_run, self._latency_total):
                     h = histograms[slot]
                     if h is None:
                         h = histograms[slot] = _Histogram()
                     h.add_counts(counts)
             del pending[:succeeded]
+
+    def _unadmit(self) -> None:
+        """Take back one admission the lock-free path appended (its command did not run after all)."""
+        try:
+            self._admits.pop()
+        except IndexError:  # folded already, into the window's current second
+            bucket = self._buckets[self._second % COUNTER_BUCKETS]
+            if bucket[EXECUTED] > 0:
+                bucket[EXECUTED] -= 1
 
     def reset(self) -> None:
         """Forget every event and sample."""
