@@ -104,7 +104,7 @@ def do(name: str, run: Callable[[], Any], fallback: Callable[[BaseException], An
     gate = circuit._metrics._gate
     held = circuit._held
     held.append(None)  # take a ticket
-    if start >= gate.until_ns or waiting >= gate.budget or len(held) > gate.held_limit:
+    if start >= (until := gate.until_ns) or waiting >= gate.budget or len(held) > gate.held_limit:
         held.pop()
         if not callable(run):
             check_arguments(name, run, fallback)
@@ -120,9 +120,9 @@ def do(name: str, run: Callable[[], Any], fallback: Callable[[BaseException], An
     end = clock()
     held.pop()
     elapsed = end - start
-    if end >= gate.until_ns or elapsed > gate.timeout_ns:
+    if end >= until or elapsed > gate.timeout_ns:
         return circuit._succeeded_late(value, start, end, fallback)
-    pending.append(elapsed // _NS_PER_US)
+    pending.append(elapsed // 1000)  # microseconds (a constant is faster than a global)
     return value
 
 
@@ -454,7 +454,7 @@ class CircuitBreaker:
         gate = self._metrics._gate
         held = self._held
         held.append(None)  # take a ticket
-        if start >= gate.until_ns or waiting >= gate.budget or len(held) > gate.held_limit:
+        if start >= (until := gate.until_ns) or waiting >= gate.budget or len(held) > gate.held_limit:
             held.pop()
             return self._execute_locked(start, run, fallback)
         self._admits.append(None)
@@ -466,9 +466,9 @@ class CircuitBreaker:
         end = clock()
         held.pop()
         elapsed = end - start
-        if end >= gate.until_ns or elapsed > gate.timeout_ns:
+        if end >= until or elapsed > gate.timeout_ns:
             return self._succeeded_late(value, start, end, fallback)
-        pending.append(elapsed // _NS_PER_US)
+        pending.append(elapsed // 1000)  # microseconds (a constant is faster than a global)
         return value
 
     def _execute_locked(
