@@ -81,10 +81,10 @@ def bind(
 def do(name: str, run: Callable[[], Any], fallback: Callable[[BaseException], Any] | None = None) -> Any:
     """Run ``run()`` as command ``name``; see :func:`fasthystrix.do`."""
     # The compiled twin checks the arguments first; here that would cost the success path
-    # about two bare calls, so they are checked where they cost nothing and the outcome is
-    # the same: no str is never a key of the table (a non-str equal to a str key, which
-    # no built-in type is, would pass), and a run that is not callable raises when called,
-    # before it can have done anything, and its admission is then undone.
+    # about two bare calls, so they are checked where they cost nothing, with the same
+    # outcome: a name that is not a str is not a key of the table (only an object equal to
+    # a str key, which no built-in type is, would pass), and a run that is not callable
+    # raises when called, before anything ran; its admission is then undone.
     if fallback is not None and not callable(fallback):
         check_arguments(name, run, fallback)
     try:

@@ -9,8 +9,10 @@ so memory does not grow with the call rate (hystrix-go keeps every sample).
 
 Not thread-safe by itself: the owning circuit serialises access, except for
 the lock-free success path, which only appends to ``_pending`` (latencies of
-successes) and ``_admits`` (commands that took a ticket) and reads ``_gate``;
-every method folds those lists in first (see :mod:`fasthystrix._gate`).
+successes) and ``_admits`` (commands that took a ticket) and reads ``_gate``.
+Every reading folds those lists in first, moving the window folds them into
+the second that ends, and every change of the totals closes the gate (see
+:mod:`fasthystrix._gate`).
 """
 
 from __future__ import annotations
