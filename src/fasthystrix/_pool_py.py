@@ -5,12 +5,15 @@ each take, so a new ``max_concurrent_requests`` applies to the next call
 (hystrix-go fixed the pool size at circuit creation, issue #104).
 
 The count is the length of a list: ``append``, ``pop`` and ``len`` are each
-atomic on GIL and free-threaded CPython alike, so the success path takes and
-returns tickets without the circuit's lock. A take appends first and checks
-after, giving its ticket back if that went over the limit: concurrency never
-exceeds the limit, but two takes racing for the last ticket may both see the
-other's and both be refused (the compiled twin's compare-and-swap lets one
-through).
+atomic on GIL and free-threaded CPython alike, so the circuit's success path
+takes and returns tickets without the circuit's lock. A take appends first and
+checks after, giving its ticket back if that went over the limit, so the count
+never exceeds the limit while a taker holds its ticket. A take may count a
+ticket that a racing take is about to give back; the circuit calls
+:meth:`TicketPool.try_take` only under its lock, and a lock-free take that finds
+the limit reached gives its ticket back and retries under the lock, so the last
+ticket still goes to one of the racers, as with the compiled twin's
+compare-and-swap.
 """
 
 from __future__ import annotations
