@@ -53,7 +53,7 @@ def _assert_registry_unchanged(before: dict[str, Any], existing: Any) -> None:
     assert after.keys() == before.keys()
     assert all(after[name] is circuit for name, circuit in before.items())
     metrics = existing.metrics()
-    assert (metrics.requests, metrics.successes) == (1, 1)
+    assert (metrics.requests, metrics.successes, metrics.executed) == (1, 1, 1)
     assert list(fasthystrix.get_circuit_settings()) == ["existing"]
 
 

@@ -281,3 +281,72 @@ def test_get_circuit_race_creates_exactly_one() -> None:
         assert all(circuit is first for circuit, _ in got)
         assert fasthystrix.get_circuit(name) == (first, False)
         assert made.count(name) == 1, f"collector factory ran {made.count(name)} times for {name}"
+
+
+def test_successes_are_counted_while_snapshots_fold_them(clock: FakeClock) -> None:
+    """Snapshots taken while threads succeed (the pure twin folds its lock-free records then) lose nothing."""
+    name = "stress-snapshots"
+    _configure(name, "semaphore", 64)
+    circuit, _ = fasthystrix.get_circuit(name)
+    per_thread = 5_000
+    done = threading.Event()
+    readings: list[int] = []
+
+    def read() -> None:
+        while not done.is_set():
+            readings.append(circuit.metrics().successes)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        _in_threads(lambda i: Counter(ok=sum(fasthystrix.do(name, lambda: 1) for _ in range(per_thread))))
+    finally:
+        done.set()
+        reader.join(60)
+    assert len(readings) > 1, "the reader never ran while the workers did"
+    assert readings == sorted(readings)
+    m = circuit.metrics()
+    assert m.successes == m.requests == m.executed == per_thread * THREADS
+    assert m.run_latency_mean >= 0 and m.total_latency_percentiles[100] >= 0
+
+
+def test_circuit_trips_on_the_exact_failure_after_threaded_successes(clock: FakeClock) -> None:
+    """Every success reported by other threads counts in the health check: with 50 %, the circuit opens
+    on exactly the failure that brings errors to half the window (a lost success would open it sooner)."""
+    name = "stress-trip"
+    fasthystrix.configure_command(
+        name,
+        fasthystrix.CommandConfig(
+            timeout=10_000,
+            max_concurrent_requests=64,
+            request_volume_threshold=10,
+            error_percent_threshold=50,
+            isolation="semaphore",
+        ),
+    )
+    circuit, _ = fasthystrix.get_circuit(name)
+    per_thread = 2_000
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            circuit.is_open()  # reads the window's health under the lock, as admissions do
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        _in_threads(lambda i: Counter(ok=sum(fasthystrix.do(name, lambda: 1) for _ in range(per_thread))))
+    finally:
+        done.set()
+        reader.join(60)
+    successes = per_thread * THREADS
+    # The first failure count at which (errors * 100 / requests), rounded half up, reaches 50.
+    expected = next(f for f in range(successes * 2) if (f * 200 + successes + f) // (2 * (successes + f)) >= 50)
+
+    def fail() -> None:
+        raise RunFailed("down")
+
+    while circuit.state() == "closed":  # the call that finds the window unhealthy opens it (short-circuited)
+        assert fasthystrix.do(name, fail, lambda err: "fallback") == "fallback"
+    m = circuit.metrics()
+    assert (m.successes, m.failures, m.short_circuits) == (successes, expected, 1)

@@ -1,16 +1,22 @@
 """Circuit state, concurrency tickets and the semaphore-mode ``do()`` path (pure-Python twin).
 
-One lock per circuit guards its state (open flag, tickets, rolling window); it
-is held for a few attribute updates, never while user code (run, fallback,
-collectors, log handlers) runs. Metrics are recorded synchronously before a
-command returns, so the next call sees its outcome and its ticket is back.
+One lock per circuit guards its state (open flag, rolling window); it is held
+for a few attribute updates, never while user code (run, fallback, collectors,
+log handlers) runs. Metrics are recorded before a command returns, so the next
+call sees its outcome and its ticket is back.
+
+The success path of a closed, healthy circuit takes no lock: it checks the
+circuit's gate, takes a ticket, and records its admission and its latency by
+appending to lists the rolling window folds in later (see :mod:`._gate`).
+Everything else (trips, trials, failures, timeouts, a new second, a new
+maximum of tickets in use, collectors, thread isolation) takes the locked path.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from types import MethodType
-from typing import Any
+from typing import Any, NoReturn
 
 from . import _transitions
 from ._context import Context
@@ -28,10 +34,11 @@ from ._events import (
     SUCCESS,
     TIMEOUT,
 )
+from ._gate import CLOSED, PENDING_LIMIT, Gate
 from ._metrics import MetricsSnapshot
 from ._outcomes import check_arguments, classify, context_outcome, error_for, notify_collectors
-from ._pool_py import TicketPool
-from ._rolling_py import COUNTER_BUCKETS, EXECUTED, MAX_ACTIVE, NS_PER_SECOND
+from ._pool_py import BASE as _HELD_BASE, TicketPool
+from ._rolling_py import COUNTER_BUCKETS, MAX_ACTIVE, NS_PER_SECOND
 
 __all__ = [
     "CircuitBreaker",
@@ -73,12 +80,50 @@ def bind(
 
 def do(name: str, run: Callable[[], Any], fallback: Callable[[BaseException], Any] | None = None) -> Any:
     """Run ``run()`` as command ``name``; see :func:`fasthystrix.do`."""
-    if not isinstance(name, str) or not callable(run) or (fallback is not None and not callable(fallback)):
+    # The compiled twin checks the arguments first; here that would cost the success path
+    # about two bare calls, so they are checked where they cost nothing, with the same
+    # outcome: a name that is not a str is not a key of the table (only an object equal to
+    # a str key, which no built-in type is, would pass), and a run that is not callable
+    # raises when called, before anything ran; its admission is then undone.
+    if fallback is not None and not callable(fallback):
         check_arguments(name, run, fallback)
-    circuit = _circuits.get(name)
-    if circuit is None:
+    try:
+        circuit = _circuits[name]
+    except (KeyError, TypeError):  # a new name, or no str at all (perhaps unhashable)
+        check_arguments(name, run, fallback)
         circuit = _get_or_create(name)  # type: ignore[misc]
-    return circuit.execute(run, fallback)
+    # CircuitBreaker.execute's lock-free path, inlined (one Python call less); keep the two in step.
+    try:
+        pending = circuit._pending
+    except AttributeError:  # a circuit of the other implementation, made before a switch
+        check_arguments(name, run, fallback)
+        return circuit.execute(run, fallback)
+    clock = circuit._clock
+    start = clock()
+    waiting = len(pending)  # before the gate: see _gate
+    gate = circuit._metrics._gate
+    held = circuit._held
+    held.append(None)  # take a ticket
+    if start >= (until := gate.until_ns) or waiting >= gate.budget or len(held) > gate.held_limit:
+        held.pop()
+        if not callable(run):
+            check_arguments(name, run, fallback)
+        return circuit._execute_locked(start, run, fallback)
+    circuit._admits.append(None)
+    try:
+        value = run()
+    except BaseException as exc:
+        held.pop()
+        if not callable(run):
+            circuit._not_callable(run)
+        return circuit._failed(exc, start, 0, fallback, False)
+    end = clock()
+    held.pop()
+    elapsed = end - start
+    if end >= until or elapsed > gate.timeout_ns:
+        return circuit._succeeded_late(value, start, end, fallback)
+    pending.append(elapsed // 1000)  # microseconds (a constant is faster than a global)
+    return value
 
 
 class CircuitBreaker:
@@ -90,16 +135,19 @@ class CircuitBreaker:
 
     __slots__ = (
         "__weakref__",
+        "_admits",
         "_clock",
         "_collectors",
         "_default",
         "_episode",
         "_force_open",
+        "_held",
         "_lock",
         "_metrics",
         "_open",
         "_opened_ns",
-        "_settings",
+        "_pending",
+        "_settings_obj",
         "_tickets",
         "_workers",
         "name",
@@ -114,7 +162,7 @@ class CircuitBreaker:
         clock: Callable[[], int],
     ) -> None:
         self.name = name
-        self._settings = settings
+        self._settings_obj = settings
         self._default = default_collector
         self._metrics = default_collector._rolling
         self._lock = default_collector._lock
@@ -126,6 +174,10 @@ class CircuitBreaker:
         self._episode = 0
         self._tickets = TicketPool()
         self._workers: Any = None
+        # The lists the lock-free path appends to, loaded from here with one attribute read.
+        self._held = self._tickets._held
+        self._pending = self._metrics._pending
+        self._admits = self._metrics._admits
 
     def __repr__(self) -> str:
         state = "forced open" if self._force_open else "open" if self._open else "closed"
@@ -134,9 +186,21 @@ class CircuitBreaker:
     # -- public API ----------------------------------------------------------------
 
     @property
+    def _settings(self) -> Any:
+        return self._settings_obj
+
+    @_settings.setter
+    def _settings(self, settings: Any) -> None:
+        # The registry assigns new settings here; the gate holds a copy of some of them.
+        with self._lock:
+            self._settings_obj = settings
+            self._metrics._gate = CLOSED
+            self._open_gate_locked()
+
+    @property
     def settings(self) -> Any:
         """The settings new calls of this command use."""
-        return self._settings
+        return self._settings_obj
 
     @property
     def force_open(self) -> bool:
@@ -150,14 +214,17 @@ class CircuitBreaker:
         with self._lock:
             old = self.state()
             self._force_open = value
+            self._metrics._gate = CLOSED
+            self._open_gate_locked()
             new = self.state()
         _transitions.forced(self.name, old, new)
 
     def is_open(self) -> bool:
         """Whether calls are short-circuited now; like hystrix-go, may trip an unhealthy circuit."""
         with self._lock:
-            opened = self._is_open_locked(self._clock(), self._settings)
+            opened = self._is_open_locked(self._clock(), self._settings_obj)
             tripped = opened is None
+            self._open_gate_locked()
         if tripped:
             _transitions.opened(self.name)
         return opened is not False
@@ -166,8 +233,9 @@ class CircuitBreaker:
         """hystrix-go's ``AllowRequest``: closed, or open with this call taking the trial slot."""
         now = self._clock()
         with self._lock:
-            opened = self._is_open_locked(now, self._settings)
-            trial = opened is True and self._allow_single_test_locked(now, self._settings)
+            opened = self._is_open_locked(now, self._settings_obj)
+            trial = opened is True and self._allow_single_test_locked(now, self._settings_obj)
+            self._open_gate_locked()
         if opened is None:
             _transitions.opened(self.name)
         if trial:
@@ -201,9 +269,38 @@ class CircuitBreaker:
         if (errors * 200 + requests) // (2 * requests) < settings.error_percent_threshold:
             return False
         self._open = True
+        self._metrics._gate = CLOSED
         self._opened_ns = now
         self._episode += 1
         return None
+
+    def _open_gate_locked(self) -> None:
+        """Publish the gate that lets calls take the lock-free path, if they may (see _gate).
+
+        Called with the lock held after anything that may have closed the gate.
+        """
+        settings = self._settings_obj
+        if self._open or self._force_open or not settings.semaphore or self._collectors:
+            return  # every call takes the locked path (the gate was closed when this became so)
+        metrics = self._metrics
+        requests = metrics._requests
+        errors = metrics._errors
+        # The fewest more successes that bring the window to the volume threshold: the
+        # circuit is healthy below that, and beyond it successes only lower the error
+        # percentage, so if it is healthy there it stays healthy (up to the memory bound).
+        reach = max(settings.request_volume_threshold - requests, 1 - requests, 0)
+        total = requests + reach
+        budget = PENDING_LIMIT
+        if (errors * 200 + total) // (2 * total) >= settings.error_percent_threshold and reach < budget:
+            budget = reach
+        second = metrics._second
+        peak = metrics._buckets[second % COUNTER_BUCKETS][MAX_ACTIVE]
+        metrics._gate = Gate(
+            (second + 1) * NS_PER_SECOND,
+            budget,
+            _HELD_BASE + min(peak, settings.max_concurrent_requests),
+            settings.timeout_ns,
+        )
 
     def _allow_single_test_locked(self, now: int, settings: Any) -> bool:
         # A forced-open circuit lets no trial through, even if it also tripped (hystrix-go did,
@@ -237,6 +334,7 @@ class CircuitBreaker:
         """Check the circuit and take a ticket; a verdict (>= 0: admitted, > 0: trial)."""
         with self._lock:
             verdict = self._admit_locked(now, settings)
+            self._open_gate_locked()
         if verdict == TRIPPED:
             _transitions.opened(self.name)
         elif verdict > 0:
@@ -245,8 +343,7 @@ class CircuitBreaker:
 
     def _release(self) -> None:
         """Give a ticket back."""
-        with self._lock:
-            self._tickets.give_back()
+        self._tickets.give_back()
 
     def _report(
         self, event: int, fallback_event: int, now: int, run_us: int, total_us: int, trial: int, release: bool
@@ -267,6 +364,7 @@ class CircuitBreaker:
                     reopened = True
             self._metrics.record(event, fallback_event, now, run_us, total_us)
             in_use = self._tickets.in_use
+            self._open_gate_locked()
         if closed:
             _transitions.closed(self.name)
         elif reopened:
@@ -281,7 +379,7 @@ class CircuitBreaker:
                 run_us,
                 total_us,
                 in_use,
-                self._settings.max_concurrent_requests,
+                self._settings_obj.max_concurrent_requests,
             )
 
     def _finish(
@@ -348,68 +446,97 @@ class CircuitBreaker:
 
     def execute(self, run: Callable[[], Any], fallback: Callable[[BaseException], Any] | None) -> Any:
         """Run one command (``do()``): on this thread in semaphore mode, else on a worker."""
-        settings = self._settings
-        if not settings.semaphore:
-            return _run_threaded(self, settings, run, fallback, None)  # type: ignore[misc]
+        # The lock-free path (see _gate); do() has a copy inlined: keep the two in step.
+        pending = self._pending
         clock = self._clock
         start = clock()
-        metrics = self._metrics
-        tickets = self._tickets
-        verdict = -9
-        with self._lock:
-            # The common case of _admit_locked, inlined: closed, healthy, a ticket free,
-            # and the window still in the same second.
-            if not (self._open or self._force_open) and start // NS_PER_SECOND == metrics._second:
-                requests = metrics._requests
-                in_use = tickets.in_use
-                if (
-                    requests == 0
-                    or requests < settings.request_volume_threshold
-                    or (metrics._errors * 200 + requests) // (2 * requests) < settings.error_percent_threshold
-                ) and in_use < settings.max_concurrent_requests:
-                    tickets.in_use = in_use = in_use + 1
-                    bucket = metrics._buckets[metrics._second % COUNTER_BUCKETS]
-                    bucket[EXECUTED] += 1
-                    if in_use > bucket[MAX_ACTIVE]:
-                        bucket[MAX_ACTIVE] = in_use
-                    verdict = ADMITTED
-        if verdict != ADMITTED:
-            verdict = self._acquire(start, settings)
-            if verdict < 0:
-                event = REJECTED if verdict == REJECTED_VERDICT else SHORT_CIRCUIT
-                return self._finish(event, error_for(event), start, -1, 0, fallback, None, False)
+        waiting = len(pending)  # before the gate: see _gate
+        gate = self._metrics._gate
+        held = self._held
+        held.append(None)  # take a ticket
+        if start >= (until := gate.until_ns) or waiting >= gate.budget or len(held) > gate.held_limit:
+            held.pop()
+            return self._execute_locked(start, run, fallback)
+        self._admits.append(None)
         try:
             value = run()
         except BaseException as exc:
-            end = clock()
-            if not isinstance(exc, Exception):
-                # KeyboardInterrupt, SystemExit...: count a failure, give the ticket back, propagate.
-                self._report(
-                    FAILURE, NO_EVENT, end, (end - start) // _NS_PER_US, (end - start) // _NS_PER_US, verdict, True
-                )
-                raise
-            if end - start > settings.timeout_ns:
-                # It would have timed out had a timer been watching: a timeout, whatever run did.
-                return self._finish(TIMEOUT, CommandTimeoutError(), start, -1, verdict, fallback, None, True)
-            return self._finish(classify(exc), exc, start, (end - start) // _NS_PER_US, verdict, fallback, None, True)
+            held.pop()
+            return self._failed(exc, start, 0, fallback, False)
         end = clock()
+        held.pop()
+        elapsed = end - start
+        if end >= until or elapsed > gate.timeout_ns:
+            return self._succeeded_late(value, start, end, fallback)
+        pending.append(elapsed // 1000)  # microseconds (a constant is faster than a global)
+        return value
+
+    def _execute_locked(
+        self, start: int, run: Callable[[], Any], fallback: Callable[[BaseException], Any] | None
+    ) -> Any:
+        """``execute`` for a call the gate turned away: admission and outcome under the lock."""
+        settings = self._settings_obj
+        if not settings.semaphore:
+            return _run_threaded(self, settings, run, fallback, None)  # type: ignore[misc]
+        verdict = self._acquire(start, settings)
+        if verdict < 0:
+            event = REJECTED if verdict == REJECTED_VERDICT else SHORT_CIRCUIT
+            return self._finish(event, error_for(event), start, -1, 0, fallback, None, False)
+        try:
+            value = run()
+        except BaseException as exc:
+            return self._failed(exc, start, verdict, fallback, True)
+        end = self._clock()
         elapsed = end - start
         if elapsed > settings.timeout_ns:
             return self._finish(TIMEOUT, CommandTimeoutError(), start, -1, verdict, fallback, None, True)
-        if verdict == 0 and not self._collectors:
-            # The common case, inlined: give the ticket back and count the success.
-            with self._lock:
-                tickets.in_use -= 1  # TicketPool.give_back(), inlined on the hot path
-                metrics.record_success(end, elapsed // _NS_PER_US)
-            return value
         self._report(SUCCESS, NO_EVENT, end, elapsed // _NS_PER_US, elapsed // _NS_PER_US, verdict, True)
+        return value
+
+    def _failed(
+        self,
+        exc: BaseException,
+        start: int,
+        verdict: int,
+        fallback: Callable[[BaseException], Any] | None,
+        release: bool,
+    ) -> Any:
+        """Complete a command whose run raised ``exc`` (called from the ``except`` clause that caught it)."""
+        end = self._clock()
+        if not isinstance(exc, Exception):
+            # KeyboardInterrupt, SystemExit...: count a failure, give the ticket back, propagate.
+            self._report(
+                FAILURE, NO_EVENT, end, (end - start) // _NS_PER_US, (end - start) // _NS_PER_US, verdict, release
+            )
+            raise  # exc: this runs inside the except clause that is handling it
+        if end - start > self._settings_obj.timeout_ns:
+            # It would have timed out had a timer been watching: a timeout, whatever run did.
+            return self._finish(TIMEOUT, CommandTimeoutError(), start, -1, verdict, fallback, None, release)
+        return self._finish(classify(exc), exc, start, (end - start) // _NS_PER_US, verdict, fallback, None, release)
+
+    def _not_callable(self, run: object) -> NoReturn:
+        """Undo the lock-free admission of a ``do()`` whose run is not callable, then say so."""
+        with self._lock:
+            self._metrics._unadmit()
+        try:
+            check_arguments(self.name, run, None)
+        except TypeError as err:
+            raise err from None  # not "during handling of" calling run: it never ran
+        raise AssertionError(f"{run!r} is callable")  # pragma: no cover - only called when it is not
+
+    def _succeeded_late(self, value: Any, start: int, end: int, fallback: Callable[[BaseException], Any] | None) -> Any:
+        """Complete a lock-free success that ended in a later second or after the timeout (ticket given back)."""
+        elapsed = end - start
+        if elapsed > self._settings_obj.timeout_ns:
+            return self._finish(TIMEOUT, CommandTimeoutError(), start, -1, 0, fallback, None, False)
+        self._report(SUCCESS, NO_EVENT, end, elapsed // _NS_PER_US, elapsed // _NS_PER_US, 0, False)
         return value
 
     def execute_c(
         self, ctx: Context, run: Callable[[Context], Any], fallback: Callable[[Context, BaseException], Any] | None
     ) -> Any:
         """Run one command with a context (``do_c()``): ``run(ctx)``, ``fallback(ctx, err)``."""
-        settings = self._settings
+        settings = self._settings_obj
         if not settings.semaphore:
             return _run_threaded(self, settings, run, fallback, ctx)  # type: ignore[misc]
         clock = self._clock

@@ -1,32 +1,56 @@
 """Concurrency tickets of one command (pure-Python twin).
 
-A counter, not a channel of tickets as in hystrix-go: the limit is read at
+A count, not a channel of tickets as in hystrix-go: the limit is read at
 each take, so a new ``max_concurrent_requests`` applies to the next call
 (hystrix-go fixed the pool size at circuit creation, issue #104).
 
-Not thread-safe by itself: the owning circuit serialises access.
+The count is the length of a list: ``append``, ``pop`` and ``len`` are each
+atomic on GIL and free-threaded CPython alike, so the circuit's success path
+takes and returns tickets without the circuit's lock. A take appends first and
+checks after, giving its ticket back if that went over the limit, so the count
+never exceeds the limit while a taker holds its ticket. A take may count a
+ticket that a racing take is about to give back; the circuit calls
+:meth:`TicketPool.try_take` only under its lock, and a lock-free take that finds
+the limit reached gives its ticket back and retries under the lock, so the last
+ticket still goes to one of the racers, as with the compiled twin's
+compare-and-swap.
 """
 
 from __future__ import annotations
 
 __all__ = ["TicketPool"]
 
+# Entries the list always holds, so that taking the first ticket and giving the
+# last back never reallocates it: ``[None] * 8`` grows to room for 16 on the
+# first take and never shrinks below 8 entries (CPython shrinks a list only
+# when it falls under half its allocation).
+BASE = 8
+
 
 class TicketPool:
     """How many tickets are taken; a take succeeds while fewer than the limit are."""
 
-    __slots__ = ("in_use",)
+    __slots__ = ("_held",)
 
     def __init__(self) -> None:
-        self.in_use = 0
+        # One entry per ticket taken, after BASE entries that are no ticket.
+        self._held: list[None] = [None] * BASE
+
+    @property
+    def in_use(self) -> int:
+        """Tickets taken now."""
+        return len(self._held) - BASE
 
     def try_take(self, limit: int) -> int:
         """Take a ticket if fewer than ``limit`` are taken: the new count, or ``-1``."""
-        if self.in_use >= limit:
+        held = self._held
+        held.append(None)
+        in_use = len(held) - BASE
+        if in_use > limit:
+            held.pop()
             return -1
-        self.in_use += 1
-        return self.in_use
+        return in_use
 
     def give_back(self) -> None:
         """Return a ticket."""
-        self.in_use -= 1
+        self._held.pop()

@@ -7,12 +7,20 @@ slot (4 slots of 15 s, a 60 s window like hystrix-go's ``Timing``), in
 microseconds, exact below 128 us and within 1/64 (midpoint within 0.8 %) above,
 so memory does not grow with the call rate (hystrix-go keeps every sample).
 
-Not thread-safe by itself: the owning circuit serialises access.
+Not thread-safe by itself: the owning circuit serialises access, except for
+the lock-free success path, which only appends to ``_pending`` (latencies of
+successes) and ``_admits`` (commands that took a ticket) and reads ``_gate``.
+Every reading folds those lists in first, moving the window folds them into
+the second that ends, and every change of the totals closes the gate (see
+:mod:`fasthystrix._gate`).
 """
 
 from __future__ import annotations
 
 from array import array
+from collections import Counter
+
+from ._gate import CLOSED
 
 __all__ = [
     "COUNTER_BUCKETS",
@@ -72,6 +80,26 @@ def latency_bucket_index(us: int) -> int:
     return (shift << 6) + (us >> shift)
 
 
+def _tally(raw: bytearray) -> dict[int, int]:
+    """How many times each latency (us) occurs in ``raw``, one sample per byte."""
+    # Successes of a fast dependency take a few microseconds: counting each such value
+    # is a C scan of the bytes, several times cheaper than hashing every sample.
+    counts: dict[int, int] = {}
+    left = len(raw)
+    for us in range(_SCANNED_VALUES):
+        n = raw.count(us)
+        if n:
+            counts[us] = n
+            left -= n
+            if not left:
+                return counts
+    return Counter(raw)
+
+
+# Latencies _tally counts by scanning before it gives up and hashes every sample.
+_SCANNED_VALUES = 8
+
+
 def latency_bucket_bounds(index: int) -> tuple[int, int]:
     """``(lowest, width)`` in microseconds of the values bucket ``index`` holds."""
     if index < 128:
@@ -105,6 +133,23 @@ class _Histogram:
         self.total = 0
         self.min = 0
         self.max = 0
+
+    def add_counts(self, counts: dict[int, int]) -> None:
+        """Add many samples at once: how many times each latency (us) occurred."""
+        buckets = self.buckets
+        total = n = 0
+        for us, times in counts.items():
+            buckets[latency_bucket_index(us)] += times
+            total += us * times
+            n += times
+        lo = min(counts)
+        if self.count == 0 or lo < self.min:
+            self.min = lo
+        hi = max(counts)
+        if hi > self.max:
+            self.max = hi
+        self.count += n
+        self.total += total
 
     def add(self, us: int) -> None:
         if us < 128:
@@ -181,11 +226,14 @@ class RollingMetrics:
     """Counters of every event over the last 10 seconds and latencies over the last 60."""
 
     __slots__ = (
+        "_admits",
         "_buckets",
         "_errors",
+        "_gate",
         "_latency_run",
         "_latency_stamp",
         "_latency_total",
+        "_pending",
         "_requests",
         "_second",
     )
@@ -199,9 +247,61 @@ class RollingMetrics:
         self._latency_run: list[_Histogram | None] = [None] * LATENCY_SLOTS
         self._latency_total: list[_Histogram | None] = [None] * LATENCY_SLOTS
         self._latency_stamp = [-1] * LATENCY_SLOTS
+        # Appended to by the circuit's lock-free success path, folded in under the lock.
+        # The lists are never replaced: the circuit keeps references to them.
+        self._pending: list[int] = []  # latency in us of each success not yet counted
+        self._admits: list[None] = []  # one entry per command that took a ticket, not yet counted
+        # Published by the circuit; set to CLOSED here whenever the totals change.
+        self._gate = CLOSED
+
+    def _fold(self) -> None:
+        """Count what the lock-free path appended, in the window's current second."""
+        admits = self._admits
+        executed = len(admits)
+        if executed:
+            del admits[:executed]
+            self._buckets[self._second % COUNTER_BUCKETS][EXECUTED] += executed
+        pending = self._pending
+        succeeded = len(pending)
+        if succeeded:
+            # Close the gate before the totals change and drop the entries only after
+            # they are counted: a lock-free reader never misses them (see _gate).
+            self._gate = CLOSED
+            counts: dict[int, int]
+            try:
+                # Every sample below 256 us: one byte each. Successes appended meanwhile are
+                # copied too, and counted with the others (only the fold removes entries).
+                raw = bytearray(pending)
+            except ValueError:
+                counts = Counter(pending[:succeeded])
+            else:
+                succeeded = len(raw)
+                counts = _tally(raw)
+            self._buckets[self._second % COUNTER_BUCKETS][SUCCESS] += succeeded
+            self._requests += succeeded
+            slot = self._fresh_slot(self._second)
+            if slot >= 0:
+                for histograms in (self._latency_run, self._latency_total):
+                    h = histograms[slot]
+                    if h is None:
+                        h = histograms[slot] = _Histogram()
+                    h.add_counts(counts)
+            del pending[:succeeded]
+
+    def _unadmit(self) -> None:
+        """Take back one admission the lock-free path appended (its command did not run after all)."""
+        try:
+            self._admits.pop()
+        except IndexError:  # folded already, into the window's current second
+            bucket = self._buckets[self._second % COUNTER_BUCKETS]
+            if bucket[EXECUTED] > 0:
+                bucket[EXECUTED] -= 1
 
     def reset(self) -> None:
         """Forget every event and sample."""
+        self._gate = CLOSED
+        del self._pending[:]
+        del self._admits[:]
         for bucket in self._buckets:
             bucket[:] = _ZEROS
         self._requests = 0
@@ -213,6 +313,8 @@ class RollingMetrics:
         """The bucket of ``second``, expiring the buckets the window has moved past."""
         last = self._second
         if second > last:
+            self._fold()  # what the lock-free path appended belongs to the second ending now
+            self._gate = CLOSED
             for s in range(max(last + 1, second - COUNTER_BUCKETS + 1), second + 1):
                 self._buckets[s % COUNTER_BUCKETS][:] = _ZEROS
             # Recount the totals from the buckets (once a second at most): the compiled twin
@@ -231,6 +333,7 @@ class RollingMetrics:
 
     def health(self, now_ns: int) -> tuple[int, int]:
         """``(requests, errors)`` in the window ending at ``now_ns``."""
+        self._fold()
         second = now_ns // NS_PER_SECOND
         if second != self._second:
             self._bucket(second)
@@ -242,22 +345,16 @@ class RollingMetrics:
         bucket = self._buckets[second % COUNTER_BUCKETS] if second == self._second else self._bucket(second)
         bucket[event] += 1
         if event < _REQUEST_EVENTS:
+            self._gate = CLOSED
             self._requests += 1
             if FAILURE <= event <= TIMEOUT:
                 self._errors += 1
         if fallback_event >= 0:
             bucket[fallback_event] += 1
         if run_us >= 0 or total_us >= 0:
-            stamp = second // LATENCY_SLOT_SECONDS
-            slot = stamp % LATENCY_SLOTS
-            if self._latency_stamp[slot] != stamp:
-                if self._latency_stamp[slot] > stamp:
-                    return  # stamped before the slot was reused for a later minute: no sample
-                # The slot held samples from a minute ago (or none): start it afresh.
-                self._latency_stamp[slot] = stamp
-                for h in (self._latency_run[slot], self._latency_total[slot]):
-                    if h is not None:
-                        h.clear()
+            slot = self._fresh_slot(second)
+            if slot < 0:
+                return
             if run_us >= 0:
                 h = self._latency_run[slot]
                 if h is None:
@@ -268,6 +365,20 @@ class RollingMetrics:
                 if h is None:
                     h = self._latency_total[slot] = _Histogram()
                 h.add(total_us)
+
+    def _fresh_slot(self, second: int) -> int:
+        """The latency slot of ``second``, cleared if it held an older minute; -1 if it holds a later one."""
+        stamp = second // LATENCY_SLOT_SECONDS
+        slot = stamp % LATENCY_SLOTS
+        if self._latency_stamp[slot] != stamp:
+            if self._latency_stamp[slot] > stamp:
+                return -1  # stamped before the slot was reused for a later minute: no sample
+            # The slot held samples from a minute ago (or none): start it afresh.
+            self._latency_stamp[slot] = stamp
+            for h in (self._latency_run[slot], self._latency_total[slot]):
+                if h is not None:
+                    h.clear()
+        return slot
 
     def record_success(self, now_ns: int, us: int) -> None:
         """``record(SUCCESS, -1, now_ns, us, us)``, specialised for the hot path."""
@@ -280,6 +391,7 @@ class RollingMetrics:
             self.record(SUCCESS, -1, now_ns, us, us)
             return
         self._buckets[second % COUNTER_BUCKETS][SUCCESS] += 1
+        self._gate = CLOSED
         self._requests += 1
         if us < 128:
             index = us if us > 0 else 0
@@ -305,6 +417,7 @@ class RollingMetrics:
 
     def counts(self, now_ns: int) -> tuple[int, ...]:
         """Window totals of the 9 events, then executed and the window's max tickets in use."""
+        self._fold()
         self._bucket(now_ns // NS_PER_SECOND)
         buckets = self._buckets
         sums = [sum(bucket[i] for bucket in buckets) for i in range(NUM_EVENTS + 1)]
@@ -316,6 +429,7 @@ class RollingMetrics:
         Copying is cheap (one memcpy per slot), so the owner can hold its lock
         for the copy and merge afterwards without blocking commands.
         """
+        self._fold()
         stamp = (now_ns // NS_PER_SECOND) // LATENCY_SLOT_SECONDS
         run: list[_Histogram] = []
         total: list[_Histogram] = []
