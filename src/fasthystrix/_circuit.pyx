@@ -516,10 +516,10 @@ cdef class CircuitBreaker:
                         elapsed = end - start
                     if elapsed <= self.timeout_ns:
                         self.tickets.give()
-                        self.metrics_c.record_c(
+                        self.metrics_c.record_one_c(
                             FAILURE if kind == FH_EXCEPTION else
                             CONTEXT_CANCELED if kind == FH_CONTEXT_CANCELED else CONTEXT_DEADLINE_EXCEEDED,
-                            NO_EVENT, end, elapsed // 1000, elapsed // 1000)
+                            end, elapsed // 1000)
                         return fh_error_is_set()
             # Caught through the C API, so run's exception gains no traceback entry of ours
             # (and taken before the clock is read: a Python clock must not run with it set).
@@ -560,7 +560,7 @@ cdef class CircuitBreaker:
         if verdict == ADMITTED and not self.has_collectors:
             # The common case, inlined: give the ticket back and count the success.
             self.tickets.give()
-            self.metrics_c.record_success_c(end, elapsed // 1000)
+            self.metrics_c.record_one_c(SUCCESS, end, elapsed // 1000)
             return value
         self.report_c(SUCCESS, NO_EVENT, end, elapsed // 1000, elapsed // 1000, verdict, True)
         return value

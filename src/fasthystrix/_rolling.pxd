@@ -100,8 +100,9 @@ cdef class RollingMetrics:
         fh_add_relaxed(&bucket[EXECUTED], 1)
         atomic_max(&bucket[MAX_ACTIVE], active)
 
-    cdef inline void record_success_c(self, int64_t now_ns, int64_t us) noexcept nogil:
-        """record_c(SUCCESS, -1, now_ns, us, us) when the window and the latency slot are current."""
+    cdef inline void record_one_c(self, int event, int64_t now_ns, int64_t us) noexcept nogil:
+        """record_c(event, -1, now_ns, us, us) for a request event (no fallback ran), fastest when
+        the window and the latency slot are current."""
         cdef int64_t second = now_ns // NS_PER_S
         cdef int64_t stamp = second // LATENCY_SLOT_SECONDS
         cdef int slot = stamp % LATENCY_SLOTS
@@ -109,10 +110,12 @@ cdef class RollingMetrics:
         cdef int64_t *st
         if (runs == NULL or second != fh_load_acquire(&self.second)
                 or fh_load_acquire(&self.stamp[slot]) != stamp):
-            self.record_c(SUCCESS, -1, now_ns, us, us)
+            self.record_c(event, -1, now_ns, us, us)
             return
-        fh_add_relaxed(&self.buckets[second % COUNTER_BUCKETS][SUCCESS], 1)
+        fh_add_relaxed(&self.buckets[second % COUNTER_BUCKETS][event], 1)
         fh_add_relaxed(&self.requests, 1)
+        if FAILURE <= event <= TIMEOUT:
+            fh_add_relaxed(&self.errors, 1)
         # Run and total latency are the same sample: only the RUN histogram changes (see _add_latency).
         fh_add32_relaxed(&runs[latency_index(us)], 1)
         st = self.stats[slot][RUN]

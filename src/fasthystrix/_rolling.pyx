@@ -166,7 +166,7 @@ cdef class RollingMetrics:
 
     def record_success(self, int64_t now_ns, int64_t us):
         """``record(SUCCESS, -1, now_ns, us, us)``, specialised for the hot path."""
-        self.record_success_c(now_ns, us)
+        self.record_one_c(SUCCESS, now_ns, us)
 
     def record_executed(self, int64_t now_ns, int64_t active):
         """Count a command that took a ticket, with the tickets in use after it did."""
