@@ -357,7 +357,12 @@ def report(res: Results, data: dict[str, Any], run: dict[str, Any], rc: int, log
         "cells: ns per call (paired-median ratio to a bare call of ok()). Peers' failure/open rows: try/except "
         "around the call, no fallback; fasthystrix's open row: do(name, ok, lambda err: 0) on a forced-open "
         "circuit. Two threads: ns/call with 1 thread / ns/call with 2 threads (throughput ratio), median of "
-        "paired rounds."
+        "paired rounds. Every call is timed as written (do(name, ok), breaker.call(ok)), not through "
+        "functools.partial."
+    )
+    print(
+        "cross-check, the form of runs before 2026-11-27: compiled functools.partial(do, name, ok)(): "
+        f"{cell(res, 'success', 'fasthystrix-compiled-partial')} (no target)"
     )
     print("the issue's peer figures (an Intel Xeon run), for scale:")
     for g, figures in ISSUE_PEERS.items():
