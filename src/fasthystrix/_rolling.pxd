@@ -96,7 +96,12 @@ cdef class RollingMetrics:
         errors[0] = fh_load_relaxed(&self.errors)
 
     cdef inline void record_executed_c(self, int64_t now_ns, int64_t active) noexcept nogil:
-        cdef int64_t *bucket = self._bucket(now_ns // NS_PER_S)
+        cdef int64_t second = now_ns // NS_PER_S
+        cdef int64_t *bucket
+        if second == fh_load_acquire(&self.second):
+            bucket = self.buckets[second % COUNTER_BUCKETS]  # _bucket's common case, inline
+        else:
+            bucket = self._bucket(second)
         fh_add_relaxed(&bucket[EXECUTED], 1)
         atomic_max(&bucket[MAX_ACTIVE], active)
 
