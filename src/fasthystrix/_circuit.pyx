@@ -32,6 +32,7 @@ from fasthystrix._atomic cimport (
 )
 from fasthystrix._fastclock cimport (
     fh_coarse_ns,
+    fh_fastclock_allowed,
     fh_fastclock_calibrate,
     fh_fastclock_init,
     fh_fastclock_scale,
@@ -139,8 +140,7 @@ def _tsc_is_the_kernels_clock():
         return False
 
 
-_tsc_allowed = _tsc_is_the_kernels_clock()
-fh_fastclock_init(_tsc_allowed)
+fh_fastclock_init(_tsc_is_the_kernels_clock())
 
 
 def _fast_clock():
@@ -153,7 +153,7 @@ def _fast_clock():
     """
     if fh_fastclock_scale() != 0:
         return "tsc"
-    return "calibrating" if _tsc_allowed else "monotonic"
+    return "calibrating" if fh_fastclock_allowed() else "monotonic"
 
 
 def _allow_tsc(bint allowed):
@@ -161,9 +161,7 @@ def _allow_tsc(bint allowed):
 
     Forbidding it drops its calibration; allowing it again starts a new one.
     """
-    global _tsc_allowed
-    _tsc_allowed = allowed and _tsc_is_the_kernels_clock()
-    fh_fastclock_init(_tsc_allowed)
+    fh_fastclock_init(allowed and _tsc_is_the_kernels_clock())
 
 
 cdef object do_impl(object name, object run, object fallback):
@@ -187,6 +185,15 @@ cdef object circuit_of(str name):
     if type(circuit) is CircuitBreaker and name is (<CircuitBreaker>circuit).name:
         fh_cache(name, circuit)
     return circuit
+
+
+cdef inline int event_of(int kind) noexcept nogil:
+    # The event of an exception run raised, by its kind (fh_kind_of in _capi.h).
+    if kind == FH_CONTEXT_CANCELED:
+        return CONTEXT_CANCELED
+    if kind == FH_CONTEXT_DEADLINE:
+        return CONTEXT_DEADLINE_EXCEEDED
+    return FAILURE
 
 
 cdef inline str state_name(int64_t word):
@@ -477,6 +484,7 @@ cdef class CircuitBreaker:
         cdef int64_t start, end, elapsed, verdict, ticks = 0
         cdef int64_t scale = fh_fastclock_scale() if self.c_clock else 0
         cdef int event, kind
+        cdef object exc = None  # run's exception once taken from the thread state
         if not self.semaphore:
             if args is not None:
                 fallback = bind_fallback(fallback, args, kwargs)
@@ -502,27 +510,9 @@ cdef class CircuitBreaker:
         if verdict > 0:
             _transitions.trial(self.name)
         result = fh_call0(run) if args is None else fh_call(run, args, kwargs)
-        if result is NULL:
-            if fallback is None and verdict == ADMITTED and self.c_clock and not self.has_collectors:
-                # The path an outage hammers: count the failure with the exception still set and
-                # let the entry point return NULL. Only C runs until then: no Python API call.
-                kind = fh_kind_of_error(_CANCELED_TYPE, _DEADLINE_TYPE)
-                if kind != FH_NOT_EXCEPTION:
-                    if scale != 0:
-                        elapsed = fh_ticks_to_ns(fh_ticks() - ticks, scale)
-                        end = start + elapsed
-                    else:
-                        end = fh_monotonic_ns()
-                        elapsed = end - start
-                    if elapsed <= self.timeout_ns:
-                        self.tickets.give()
-                        self.metrics_c.record_one_c(
-                            FAILURE if kind == FH_EXCEPTION else
-                            CONTEXT_CANCELED if kind == FH_CONTEXT_CANCELED else CONTEXT_DEADLINE_EXCEEDED,
-                            end, elapsed // 1000)
-                        return fh_error_is_set()
-            # Caught through the C API, so run's exception gains no traceback entry of ours
-            # (and taken before the clock is read: a Python clock must not run with it set).
+        if result is NULL and not self.c_clock:
+            # Caught through the C API, so run's exception gains no traceback entry of ours; taken
+            # before the clock is read, as a Python clock must not run with it set.
             exc = fh_fetch()
         if scale != 0:
             elapsed = fh_ticks_to_ns(fh_ticks() - ticks, scale)
@@ -532,7 +522,20 @@ cdef class CircuitBreaker:
             elapsed = end - start
         if result is NULL:
             # The type's MRO, not isinstance(): no __instancecheck__ lookup on this path.
-            kind = fh_kind_of(exc, _CANCELED_TYPE, _DEADLINE_TYPE)
+            if exc is None:
+                kind = fh_kind_of_error(_CANCELED_TYPE, _DEADLINE_TYPE)
+            else:
+                kind = fh_kind_of(exc, _CANCELED_TYPE, _DEADLINE_TYPE)
+            event = event_of(kind)
+            if (exc is None and kind != FH_NOT_EXCEPTION and fallback is None and verdict == ADMITTED
+                    and not self.has_collectors and elapsed <= self.timeout_ns):
+                # The path an outage hammers: count the failure with run's exception still set and
+                # let the entry point return NULL. Only C runs until then: no Python API call.
+                self.tickets.give()
+                self.metrics_c.record_one_c(event, end, elapsed // 1000)
+                return fh_error_is_set()
+            if exc is None:
+                exc = fh_fetch()
             if kind == FH_NOT_EXCEPTION:
                 # KeyboardInterrupt, SystemExit...: count a failure, give the ticket back, propagate.
                 self.report_c(FAILURE, NO_EVENT, end, elapsed // 1000, elapsed // 1000, verdict, True)
@@ -543,10 +546,8 @@ cdef class CircuitBreaker:
                 # It would have timed out had a timer been watching: a timeout, whatever run did.
                 return self.finish_c(TIMEOUT, fh_new_error(CommandTimeoutError), self.started(start, elapsed, scale), -1,
                                      verdict, fallback, None, True)
-            event = (FAILURE if kind == FH_EXCEPTION else CONTEXT_CANCELED if kind == FH_CONTEXT_CANCELED
-                     else CONTEXT_DEADLINE_EXCEEDED)
             if fallback is None:
-                # finish_c's no-fallback branch, inlined: this is the path an outage hammers.
+                # finish_c's no-fallback branch, inlined.
                 self.report_c(event, NO_EVENT, end, elapsed // 1000, elapsed // 1000, verdict, True)
                 return fh_stash(exc)
             return self.finish_c(event, exc, self.started(start, elapsed, scale), elapsed // 1000, verdict,

@@ -64,6 +64,9 @@ static void fh_fastclock_init(int allowed) {
     fh_tsc_allowed = 1;
 }
 
+/* Whether the TSC may be used (it is then used once calibrated). */
+static inline int fh_fastclock_allowed(void) { return fh_tsc_allowed; }
+
 /* The scale (bits), or 0 when the fast path must read CLOCK_MONOTONIC instead. */
 static inline int64_t fh_fastclock_scale(void) { return fh_load_relaxed(&fh_tsc_scale_bits); }
 
