@@ -146,34 +146,23 @@ static void fh_init(PyObject *marker, PyObject *error_set_marker, PyObject *(*im
     fh_do_impl = impl;
 }
 
-/* The circuit each thread used last, so that do() with the same name object (a
- * literal or constant, the usual case) skips the dict lookup (about 100 of its
- * 1 400 instructions). Both pointers are borrowed: the name is the circuit's
- * own name object and the circuit is in the registry's table, and both stay
- * alive until the table is cleared or replaced, which bumps fh_generation
- * (fh_forget_circuits) before the circuits are let go. Only with the GIL:
- * the lookup, the check and the use then happen without another thread
- * running. A free-threaded build always looks the name up. */
-#ifndef Py_GIL_DISABLED
-static FH_THREAD_LOCAL PyObject *fh_cached_name = NULL;
-static FH_THREAD_LOCAL PyObject *fh_cached_circuit = NULL;
-static FH_THREAD_LOCAL uint64_t fh_cached_generation = 0;
-static uint64_t fh_generation = 1;
-
-static inline PyObject *fh_cached(PyObject *name) {
-    return (name == fh_cached_name && fh_cached_generation == fh_generation) ? fh_cached_circuit : NULL;
-}
-static inline void fh_cache(PyObject *name, PyObject *circuit) {
-    fh_cached_name = name;
-    fh_cached_circuit = circuit;
-    fh_cached_generation = fh_generation;
-}
-static void fh_forget_circuits(void) { fh_generation++; }
+/* The circuit of `name` in `table` as a new (strong) reference, None (new reference) if
+ * absent, or NULL with an error set. The caller owns the circuit for the whole command: a
+ * flush() or an eviction that drops the table's reference while run() executes cannot free it.
+ * On free-threaded builds the table may change under us, so a borrowed pointer from the dict
+ * would not be safe even for an instant: PyDict_GetItemRef takes the reference atomically. */
+static PyObject *fh_lookup(PyObject *table, PyObject *name) {
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *found = NULL;
+    if (PyDict_GetItemRef(table, name, &found) < 0) return NULL;
+    return found ? found : Py_NewRef(Py_None);
 #else
-static inline PyObject *fh_cached(PyObject *name) { (void)name; return NULL; }
-static inline void fh_cache(PyObject *name, PyObject *circuit) { (void)name; (void)circuit; }
-static void fh_forget_circuits(void) { }
+    /* With the GIL nothing runs between the lookup and the INCREF. */
+    PyObject *found = PyDict_GetItemWithError(table, name);
+    if (found == NULL) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    return Py_NewRef(found);
 #endif
+}
 
 static const char *fh_do_params[3] = {"name", "run", "fallback"};
 

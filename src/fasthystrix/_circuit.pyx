@@ -15,7 +15,6 @@ from functools import partial
 from types import MethodType
 
 cimport cython
-from cpython.dict cimport PyDict_GetItemWithError
 from cpython.object cimport PyObject
 from libc.stdint cimport int64_t
 
@@ -83,13 +82,8 @@ cdef object _run_threaded = None
 
 
 def bind(circuits, get_or_create, run_threaded):
-    """Connect the fast path to the registry's table and to thread isolation.
-
-    Called at import, and again whenever the table lost circuits (``flush()``):
-    the circuits each thread cached are forgotten then.
-    """
+    """Connect the fast path to the registry's table and to thread isolation (called once at import)."""
     global _circuits, _get_or_create, _run_threaded
-    fh_forget_circuits()
     _circuits = circuits
     _get_or_create = get_or_create
     _run_threaded = run_threaded
@@ -108,9 +102,7 @@ cdef extern from "_capi.h":
     int fh_kind_of_error(object canceled, object deadline)
     object fh_new_error(object cls)
     object fh_make_do(object module_name)
-    PyObject *fh_cached(object name)
-    void fh_cache(object name, object circuit)
-    void fh_forget_circuits()
+    object fh_lookup(object table, object name)
     enum:
         FH_NOT_EXCEPTION
         FH_EXCEPTION
@@ -165,25 +157,21 @@ def _allow_tsc(bint allowed):
 
 
 cdef object do_impl(object name, object run, object fallback):
-    cdef PyObject *found
     if type(name) is not str or not callable(run) or (fallback is not None and not callable(fallback)):
         check_arguments(name, run, fallback)
-    found = fh_cached(name)
-    if found is not NULL:
-        return (<CircuitBreaker>found).execute_fast(run, fallback)
     return (<CircuitBreaker?>circuit_of(name)).execute_fast(run, fallback)
 
 
 cdef object circuit_of(str name):
-    """The circuit of ``name`` from the registry's table (created if new), cached for this thread."""
-    # WithError: PyDict_GetItem saves and restores the error state around the lookup.
-    cdef PyObject *found = PyDict_GetItemWithError(_circuits, name)
-    if found is NULL:
+    """The circuit of ``name`` from the registry's table (created if new), as a strong reference.
+
+    The caller keeps it for the whole command, so a ``flush()`` (from another thread, or from
+    inside run, a fallback, a collector or a listener) that drops the table's reference cannot
+    free the circuit under the call.
+    """
+    circuit = fh_lookup(_circuits, name)
+    if circuit is None:
         return _get_or_create(name)
-    circuit = <object>found
-    # Only a circuit found in the table, under its own name object, is cached (see _capi.h).
-    if type(circuit) is CircuitBreaker and name is (<CircuitBreaker>circuit).name:
-        fh_cache(name, circuit)
     return circuit
 
 
@@ -660,10 +648,6 @@ cdef class CommandFunction:
         self.fallback = fallback
 
     def __call__(self, *args, **kwargs):
-        cdef PyObject *found = fh_cached(self.command_name)
-        if found is not NULL:
-            return raise_stashed((<CircuitBreaker>found).execute_args_c(
-                self.function, self.fallback, args, kwargs or None))
         circuit = circuit_of(self.command_name)
         if type(circuit) is CircuitBreaker:
             return raise_stashed((<CircuitBreaker>circuit).execute_args_c(

@@ -148,9 +148,6 @@ def flush() -> None:
     with _lock:
         flushed = list(_circuits.values())
         _circuits.clear()
-        # The compiled fast path caches each thread's last circuit by name: rebinding makes it
-        # forget them, while `flushed` still keeps the circuits alive.
-        _bind_all()
     for circuit in flushed:
         circuit._default.reset()
         for collector in circuit._collectors:
