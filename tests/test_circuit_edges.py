@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import fasthystrix
+from fasthystrix import _command, _impl, _registry
 
 
 @pytest.mark.parametrize("isolation", ["semaphore", "thread"])
@@ -29,3 +30,42 @@ def test_zero_volume_threshold_trips_on_the_first_error(isolation: str) -> None:
     with pytest.raises(fasthystrix.CircuitOpenError):
         fasthystrix.do(name, lambda: "never")
     assert fasthystrix.get_circuit(name)[0].state() == "open"
+
+
+@pytest.mark.parametrize("isolation", ["thread", "semaphore"])
+@pytest.mark.parametrize("turned_away", ["short-circuit", "rejected"])
+def test_a_call_turned_away_never_reaches_thread_isolation(isolation: str, turned_away: str) -> None:
+    """The circuit turns a call away before anything isolation-specific: no worker, no hand-off."""
+    name = f"away-{isolation}-{turned_away}"
+    fasthystrix.configure_command(
+        name,
+        fasthystrix.CommandConfig(isolation=isolation, max_concurrent_requests=0 if turned_away == "rejected" else 10),
+    )
+    circuit = fasthystrix.get_circuit(name)[0]
+    if turned_away == "short-circuit":
+        circuit.force_open = True
+    ran: list[int] = []
+    errors: list[BaseException] = []
+    handed_off: list[str] = []
+
+    def spy(circuit: object, *args: object) -> object:
+        handed_off.append(name)
+        return _command.run_threaded(circuit, *args)  # type: ignore[arg-type]
+
+    implementation = _impl.current()
+    implementation.bind(_registry._circuits, _registry.get_or_create, spy)
+    try:
+        for _ in range(20):
+            assert fasthystrix.do(name, lambda: ran.append(1), lambda err: errors.append(err) or "fb") == "fb"
+        assert not handed_off
+        if isolation == "thread":  # the spy does see an admitted call
+            assert fasthystrix.do("admitted", lambda: "ran") == "ran"
+            assert handed_off == [name]
+    finally:
+        implementation.bind(_registry._circuits, _registry.get_or_create, _command.run_threaded)
+    expected = fasthystrix.CircuitOpenError if turned_away == "short-circuit" else fasthystrix.MaxConcurrencyError
+    assert not ran and len(errors) == 20 and all(type(e) is expected for e in errors)
+    m = circuit.metrics()
+    assert (m.short_circuits, m.rejects, m.fallback_successes) == (
+        (20, 0, 20) if turned_away == "short-circuit" else (0, 20, 20)
+    )

@@ -16,6 +16,9 @@ cdef extern from "_atomic.h" nogil:
     bint fh_cas_acq_rel(int64_t *p, int64_t *expected, int64_t desired)
     void fh_add32_relaxed(uint32_t *p, uint32_t v)
     uint32_t fh_load32_relaxed(uint32_t *p)
+    void fh_store32_relaxed(uint32_t *p, uint32_t v)
+    void *fh_load_ptr_acquire(void **p)
+    void fh_store_ptr_release(void **p, void *v)
     void fh_spin_lock(int64_t *lock)
     void fh_spin_unlock(int64_t *lock)
     int FH_HAVE_MONOTONIC_NS

@@ -1,14 +1,11 @@
-/* The do() entry point as a C function, and the exception hand-offs it needs.
+/* The do() entry point as a C function, and the C-API pieces the core's failure path needs.
  *
  * Why C: every Cython function an exception passes through adds a traceback
  * entry (a new frame object, ~100 ns). A failing run() without a fallback is
- * the path users hit hardest in an outage, so run()'s exception must reach the
- * caller untouched, exactly as it left run(). The Cython code catches it with
- * the C API (no traceback entry), does its bookkeeping, stashes it in a
- * thread-local slot and returns a marker; the C entry point re-raises it.
- * Cheaper still, when the bookkeeping is C only (no fallback, no collector,
- * a C clock), the exception is never taken: it stays set while the failure is
- * counted, and a second marker tells the entry point to return NULL.
+ * the path users hit hardest in an outage, and run's exception should reach the
+ * caller exactly as it left run(). So the core takes it from the thread state at
+ * once (fh_fetch), does its bookkeeping, and hands it back through an explicit
+ * out-parameter; this entry point raises it without adding a frame of its own.
  */
 #ifndef FASTHYSTRIX_CAPI_H
 #define FASTHYSTRIX_CAPI_H
@@ -16,15 +13,11 @@
 #include <Python.h>
 #include <stdint.h>
 
-#if defined(_MSC_VER) && !defined(__clang__)
-#define FH_THREAD_LOCAL __declspec(thread)
-#else
-#define FH_THREAD_LOCAL _Thread_local
-#endif
-
-static FH_THREAD_LOCAL PyObject *fh_stashed = NULL;
-static PyObject *fh_reraise_marker = NULL;
-static PyObject *(*fh_do_impl)(PyObject *, PyObject *, PyObject *) = NULL;
+/* The core's do(): returns the command's value, or NULL with an exception set (an error of
+ * fasthystrix's own, or a failing fallback's), or None with *raised set to an exception (a new
+ * reference) that the caller must raise: run's, or CircuitOpenError... when there is no fallback. */
+typedef PyObject *(*fh_do_impl_t)(PyObject *name, PyObject *run, PyObject *fallback, PyObject **raised);
+static fh_do_impl_t fh_do_impl = NULL;
 
 /* Call f() without letting Cython see the error: NULL means an exception is set. */
 static inline PyObject *fh_call0(PyObject *f) { return PyObject_CallNoArgs(f); }
@@ -34,7 +27,7 @@ static inline PyObject *fh_call(PyObject *f, PyObject *args, PyObject *kwargs) {
     return PyObject_Call(f, args, kwargs == Py_None ? NULL : kwargs);
 }
 
-/* Take ownership of a new reference returned by fh_call0. */
+/* Take ownership of a new (non-NULL) reference returned by fh_call0 or fh_call. */
 static inline PyObject *fh_own(PyObject *o) { return o; }
 
 /* The exception currently set (normalized, traceback attached), cleared from the thread state. */
@@ -88,11 +81,6 @@ static inline int fh_kind_of(PyObject *exc, PyObject *canceled, PyObject *deadli
     return fh_kind_of_type(Py_TYPE(exc), canceled, deadline);
 }
 
-/* The kind of the exception set now (there must be one), without taking it. */
-static inline int fh_kind_of_error(PyObject *canceled, PyObject *deadline) {
-    return fh_kind_of_type((PyTypeObject *)PyErr_Occurred(), canceled, deadline);
-}
-
 /* A new instance of one of fasthystrix's own error classes (CircuitOpenError...), without
  * arguments: what calling the class does, minus the generic call machinery, which costs more
  * than the object (the open-circuit path makes one per call). Their __init__ is BaseException's,
@@ -111,11 +99,6 @@ static PyObject *fh_new_error(PyObject *cls) {
     return exc;
 }
 
-/* Returned by a path that left run()'s exception set (see execute_args_c); NULL for Cython. */
-static PyObject *fh_error_set_marker = NULL;
-static inline PyObject *fh_error_is_set(void) { return Py_NewRef(fh_error_set_marker); }
-static inline PyObject *fh_propagate(void) { return NULL; }
-
 /* Set exc (a reference is taken) as the current exception, its traceback unchanged. */
 static void fh_restore(PyObject *exc) {
 #if PY_VERSION_HEX >= 0x030C0000
@@ -126,25 +109,14 @@ static void fh_restore(PyObject *exc) {
 #endif
 }
 
-/* Keep exc (a reference is taken) for the entry point to raise; returns the marker (new reference). */
-static PyObject *fh_stash(PyObject *exc) {
-    Py_INCREF(exc);
-    Py_XSETREF(fh_stashed, exc);
-    return Py_NewRef(fh_reraise_marker);
+/* Raise exc, stealing the reference: for the core's Cython callers (returns -1 for `except -1`). */
+static int fh_reraise(PyObject *exc) {
+    fh_restore(exc);
+    Py_DECREF(exc);
+    return -1;
 }
 
-/* The stashed exception (new reference), or None. */
-static PyObject *fh_take_stash(void) {
-    PyObject *exc = fh_stashed;
-    fh_stashed = NULL;
-    return exc ? exc : Py_NewRef(Py_None);
-}
-
-static void fh_init(PyObject *marker, PyObject *error_set_marker, PyObject *(*impl)(PyObject *, PyObject *, PyObject *)) {
-    fh_reraise_marker = Py_NewRef(marker);
-    fh_error_set_marker = Py_NewRef(error_set_marker);
-    fh_do_impl = impl;
-}
+static void fh_init(void *impl) { fh_do_impl = (fh_do_impl_t)impl; }
 
 /* The circuit of `name` in `table` as a new (strong) reference, None (new reference) if
  * absent, or NULL with an error set. The caller owns the circuit for the whole command: a
@@ -168,11 +140,11 @@ static const char *fh_do_params[3] = {"name", "run", "fallback"};
 
 static PyObject *fh_do_fastcall(PyObject *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames) {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), nkw, i, k;
-    PyObject *slots[3] = {NULL, NULL, NULL}, *result;
+    PyObject *slots[3] = {NULL, NULL, NULL}, *result, *raised = NULL;
     (void)self;
     if (kwnames == NULL && (nargs == 2 || nargs == 3)) {
         /* do(name, run) and do(name, run, fallback): no keyword to match. */
-        result = fh_do_impl(args[0], args[1], nargs == 3 ? args[2] : Py_None);
+        result = fh_do_impl(args[0], args[1], nargs == 3 ? args[2] : Py_None, &raised);
         goto done;
     }
     if (nargs > 3) {
@@ -203,19 +175,13 @@ static PyObject *fh_do_fastcall(PyObject *self, PyObject *const *args, Py_ssize_
             return NULL;
         }
     }
-    result = fh_do_impl(slots[0], slots[1], slots[2] ? slots[2] : Py_None);
+    result = fh_do_impl(slots[0], slots[1], slots[2] ? slots[2] : Py_None, &raised);
 done:
-    if (result == fh_error_set_marker) {
-        /* run()'s exception was never taken: it propagates exactly as run raised it. */
-        Py_DECREF(result);
-        assert(PyErr_Occurred());
-        return NULL;
-    }
-    if (result == fh_reraise_marker) {
-        PyObject *exc = fh_take_stash();
-        Py_DECREF(result);
-        fh_restore(exc);
-        Py_DECREF(exc);
+    if (raised != NULL) {
+        /* run's exception (or fasthystrix's, without a fallback), raised as it is: no frame of ours. */
+        Py_XDECREF(result);
+        fh_restore(raised);
+        Py_DECREF(raised);
         return NULL;
     }
     return result;

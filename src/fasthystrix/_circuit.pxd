@@ -1,4 +1,5 @@
 # cython: language_level=3
+from cpython.object cimport PyObject
 from libc.stdint cimport int64_t
 
 from fasthystrix._pool cimport TicketPool
@@ -19,13 +20,15 @@ cdef class CircuitBreaker:
     cdef:
         readonly str name
         object _settings_obj
-        # C copies of the settings, refreshed whenever _settings is assigned.
+        # C copies of the settings: written under `lock` with atomic stores, read with atomic
+        # loads (a call that races a reconfiguration may see some old and some new fields,
+        # each of them valid).
         int64_t timeout_ns
         int64_t sleep_window_ns
         int64_t max_concurrent
         int64_t volume_threshold
         int64_t error_threshold
-        bint semaphore
+        int64_t semaphore
         # The state word, read with one atomic load on every call.
         int64_t state_word
         int64_t opened_ns
@@ -44,6 +47,7 @@ cdef class CircuitBreaker:
 
     cdef int64_t now(self) except? -1
     cdef int is_open_c(self, int64_t now) noexcept nogil
+    cdef bint unhealthy(self, int64_t now) noexcept nogil
     cdef bint allow_single_test_c(self, int64_t now) noexcept nogil
     cdef int64_t admit(self, int64_t now) noexcept nogil
     cdef int64_t acquire_c(self, int64_t now) except? -9
@@ -52,8 +56,8 @@ cdef class CircuitBreaker:
     cdef int report_end(self, int event, int fallback_event, int64_t start, int64_t run_us, int64_t trial,
                         bint release) except -1
     cdef object finish_c(self, int event, object err, int64_t start, int64_t run_us, int64_t trial,
-                         object fallback, object ctx, bint release)
-    cdef object execute_fast(self, object run, object fallback)
-    cdef object execute_args_c(self, object run, object fallback, tuple args, object kwargs)
-    cdef int64_t started(self, int64_t start, int64_t elapsed, int64_t scale) except? -1
-    cdef object execute_c_stashed(self, object ctx, object run, object fallback)
+                         object fallback, object ctx, bint release, PyObject **raised)
+    cdef object turned_away(self, int64_t verdict, int64_t start, object fallback, object ctx,
+                            PyObject **raised)
+    cdef object run_command(self, object run, object fallback, tuple args, object kwargs, PyObject **raised)
+    cdef object run_command_ctx(self, object ctx, object run, object fallback, PyObject **raised)

@@ -18,11 +18,11 @@ def bind(
     run_threaded: Callable[..., Any],
 ) -> None: ...
 def do(name: str, run: Callable[[], Any], fallback: Callable[[BaseException], Any] | None = None) -> Any: ...
-def _fast_clock() -> str:
-    """How the semaphore fast path times ``run``: ``"tsc"``, ``"calibrating"`` or ``"monotonic"``."""
+def now_ns() -> int:
+    """The compiled circuits' clock: ``time.monotonic_ns()``'s clock, or a ManualClock's value."""
 
-def _allow_tsc(allowed: bool) -> None:
-    """Allow or forbid the TSC (tests cover both ways of timing)."""
+def _freeze_clock(ns: int) -> None:
+    """Freeze the compiled circuits' clock at ``ns`` (``-1``: let it run); see ``_clock.ManualClock``."""
 
 class CircuitBreaker:
     """The circuit of one command name: state, tickets, rolling metrics and the fast path."""

@@ -1,25 +1,28 @@
 # cython: language_level=3, freethreading_compatible=True
-"""Circuit state, concurrency tickets and the semaphore-mode ``do()`` path (compiled twin of ``_circuit_py``).
+"""Circuit state, concurrency tickets and the ``do()`` path (compiled twin of ``_circuit_py``).
 
 The success path takes no lock and allocates no Python object of its own: one
 atomic load of the state word, two atomic loads for the window's health, an
 atomic ticket take and return, atomic increments into the current bucket and
 the latency histograms. Opening and closing the circuit take a spinlock (rare).
 User code (run, fallback, collectors, log handlers) never runs under it.
+
+Every call owns a reference to its circuit for its whole duration (the table's
+reference may go at any moment: ``flush()``), and run's exception is taken from
+the thread state at once and handed back to the caller through an explicit
+out-parameter (``raised``), never left set across C code.
 """
 
-import os
-import sys
 import time
 from functools import partial
 from types import MethodType
 
 cimport cython
 from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF
 from libc.stdint cimport int64_t
 
 from fasthystrix._atomic cimport (
-    FH_HAVE_MONOTONIC_NS,
     fh_add_acq_rel,
     fh_cas_acq_rel,
     fh_load_acquire,
@@ -27,16 +30,8 @@ from fasthystrix._atomic cimport (
     fh_monotonic_ns,
     fh_spin_lock,
     fh_spin_unlock,
+    fh_store_relaxed,
     fh_store_release,
-)
-from fasthystrix._fastclock cimport (
-    fh_coarse_ns,
-    fh_fastclock_allowed,
-    fh_fastclock_calibrate,
-    fh_fastclock_init,
-    fh_fastclock_scale,
-    fh_ticks,
-    fh_ticks_to_ns,
 )
 from fasthystrix._pool cimport TicketPool
 from fasthystrix._rolling cimport (
@@ -57,7 +52,7 @@ from fasthystrix._errors import CircuitOpenError, FallbackError, MaxConcurrencyE
 from fasthystrix._errors import ContextCanceledError as _ContextCanceledError
 from fasthystrix._errors import ContextDeadlineExceededError as _ContextDeadlineExceededError
 from fasthystrix._errors import TimeoutError as CommandTimeoutError
-from fasthystrix import _transitions
+from fasthystrix import _clock, _transitions
 from fasthystrix._outcomes import check_arguments, classify, context_outcome, error_for, notify_collectors
 
 __all__ = [
@@ -89,17 +84,43 @@ def bind(circuits, get_or_create, run_threaded):
     _run_threaded = run_threaded
 
 
+# -- the clock ---------------------------------------------------------------------------
+
+# The value a ManualClock froze the clock at, or -1 (production: the platform's monotonic clock).
+# Tests drive time through this instead of through a Python callable, so the code they run is
+# the code production runs, clock reads included.
+cdef int64_t _frozen_ns = -1
+
+
+cdef inline int64_t clock_ns() noexcept nogil:
+    cdef int64_t frozen = fh_load_relaxed(&_frozen_ns)
+    if frozen >= 0:
+        return frozen
+    return fh_monotonic_ns()
+
+
+def _freeze_clock(int64_t ns):
+    """Freeze the compiled circuits' clock at ``ns`` (``-1``: let it run); see ``_clock.ManualClock``."""
+    fh_store_relaxed(&_frozen_ns, ns if ns >= 0 else -1)
+
+
+def now_ns():
+    """The compiled circuits' clock: ``time.monotonic_ns()``'s clock, or a ManualClock's value."""
+    return clock_ns()
+
+
+_clock.freeze_hooks.append(_freeze_clock)
+
+
+# -- run's exception, handed to the caller ---------------------------------------------------
+
 cdef extern from "_capi.h":
     PyObject *fh_call0(object f)
     PyObject *fh_call(object f, object args, object kwargs)
     object fh_own(PyObject *o)
     object fh_fetch()
-    object fh_stash(object exc)
-    object fh_take_stash()
-    void fh_init(object marker, object error_set_marker, void *impl)
-    object fh_error_is_set()
-    object fh_propagate()
-    int fh_kind_of_error(object canceled, object deadline)
+    int fh_reraise(PyObject *exc) except -1
+    void fh_init(void *impl)
     object fh_new_error(object cls)
     object fh_make_do(object module_name)
     object fh_lookup(object table, object name)
@@ -111,55 +132,34 @@ cdef extern from "_capi.h":
     int fh_kind_of(object exc, object canceled, object deadline)
 
 
-# What a path that must raise returns instead, once its exception is stashed (see _capi.h).
-cdef object _RERAISE = object()
-# What a path returns that left run()'s exception set (see _capi.h).
-cdef object _ERROR_SET = object()
-# C globals, not module attributes: read with run()'s exception set, they must not need a lookup.
+# C globals, not module attributes: read on the failure path without a dictionary lookup.
 cdef object _CANCELED_TYPE = _ContextCanceledError
 cdef object _DEADLINE_TYPE = _ContextDeadlineExceededError
 
 
-def _tsc_is_the_kernels_clock():
-    # The kernel drives CLOCK_MONOTONIC with the TSC only if it found it invariant and in
-    # step across CPUs; then timing with it directly measures what CLOCK_MONOTONIC would.
-    if not sys.platform.startswith("linux") or os.environ.get("FASTHYSTRIX_NO_TSC", "") not in ("", "0"):
-        return False
-    try:
-        with open("/sys/devices/system/clocksource/clocksource0/current_clocksource") as f:
-            return f.read().strip() == "tsc"
-    except OSError:
-        return False
+cdef inline object raise_later(object exc, PyObject **raised):
+    """Hand ``exc`` to the caller to raise (a new reference in ``*raised``); returns None.
 
-
-fh_fastclock_init(_tsc_is_the_kernels_clock())
-
-
-def _fast_clock():
-    """How the semaphore fast path times ``run``: ``"tsc"``, ``"calibrating"`` or ``"monotonic"``.
-
-    ``"tsc"``: the CPU's time-stamp counter for the duration and the kernel's
-    coarse monotonic clock for the bucket second (see ``_fastclock.h``).
-    ``"calibrating"``: the same, once the TSC's rate is measured (within a
-    second of import). ``"monotonic"``: ``CLOCK_MONOTONIC`` at both ends.
+    The core's functions never raise run's exception themselves: Cython would add a
+    traceback entry of its own at each function it passes through. Their caller raises
+    it, the C entry point without adding any (``_capi.h``), the others with one.
     """
-    if fh_fastclock_scale() != 0:
-        return "tsc"
-    return "calibrating" if fh_fastclock_allowed() else "monotonic"
+    Py_INCREF(exc)
+    raised[0] = <PyObject *>exc
+    return None
 
 
-def _allow_tsc(bint allowed):
-    """Allow or forbid the TSC (tests cover both ways of timing).
+cdef inline object raise_if(object value, PyObject *raised):
+    # For callers other than the C entry point: raise what the core handed back, or return its value.
+    if raised is not NULL:
+        fh_reraise(raised)
+    return value
 
-    Forbidding it drops its calibration; allowing it again starts a new one.
-    """
-    fh_fastclock_init(allowed and _tsc_is_the_kernels_clock())
 
-
-cdef object do_impl(object name, object run, object fallback):
+cdef object do_impl(object name, object run, object fallback, PyObject **raised):
     if type(name) is not str or not callable(run) or (fallback is not None and not callable(fallback)):
         check_arguments(name, run, fallback)
-    return (<CircuitBreaker?>circuit_of(name)).execute_fast(run, fallback)
+    return (<CircuitBreaker?>circuit_of(name)).run_command(run, fallback, None, None, raised)
 
 
 cdef object circuit_of(str name):
@@ -188,16 +188,18 @@ cdef inline str state_name(int64_t word):
     return "forced-open" if word & STATE_FORCED else "open" if word & STATE_OPEN else "closed"
 
 
-cdef inline object raise_stashed(object result):
-    # For callers other than the C entry point: turn the markers back into a raise.
-    if result is _RERAISE:
-        raise fh_take_stash()
-    if result is _ERROR_SET:
-        return fh_propagate()  # NULL with run()'s exception still set: Cython raises it
-    return result
+cdef object new_error(int event):
+    # A fresh error for an outcome fasthystrix decided itself (error_for's twin, without the call).
+    if event == SHORT_CIRCUIT:
+        return fh_new_error(CircuitOpenError)
+    if event == REJECTED:
+        return fh_new_error(MaxConcurrencyError)
+    if event == TIMEOUT:
+        return fh_new_error(CommandTimeoutError)
+    return error_for(event)
 
 
-fh_init(_RERAISE, _ERROR_SET, <void *>do_impl)
+fh_init(<void *>do_impl)
 do = fh_make_do(__name__)
 
 
@@ -216,9 +218,10 @@ cdef class CircuitBreaker:
         self._lock = default_collector._lock
         self._collectors = tuple(collectors)
         self.has_collectors = len(self._collectors) > 0
-        self._clock = clock
-        # CPython's time.monotonic_ns reads CLOCK_MONOTONIC on Linux: read it directly.
-        self.c_clock = FH_HAVE_MONOTONIC_NS and clock is _monotonic_ns
+        # The C clock (production's, or a ManualClock's value pushed into it); any other
+        # callable is called from Python on every read.
+        self.c_clock = clock is _monotonic_ns or isinstance(clock, _clock.ManualClock)
+        self._clock = now_ns if self.c_clock else clock
         self.tickets = TicketPool()
         self._workers = None
         self.state_word = 0
@@ -234,28 +237,33 @@ cdef class CircuitBreaker:
 
     @property
     def _settings(self):
-        return self._settings_obj
+        with cython.critical_section(self):
+            return self._settings_obj
 
     @_settings.setter
     def _settings(self, settings):
-        timeout_ns = settings.timeout_ns
-        sleep_window_ns = settings.sleep_window_ns
-        max_concurrent = settings.max_concurrent_requests
-        volume = settings.request_volume_threshold
-        threshold = settings.error_percent_threshold
-        semaphore = settings.semaphore
-        self._settings_obj = settings
-        self.timeout_ns = timeout_ns
-        self.sleep_window_ns = sleep_window_ns
-        self.max_concurrent = max_concurrent
-        self.volume_threshold = volume
-        self.error_threshold = threshold
-        self.semaphore = semaphore
+        # Read every value before anything changes: a bad settings object changes nothing.
+        cdef int64_t timeout_ns = settings.timeout_ns
+        cdef int64_t sleep_window_ns = settings.sleep_window_ns
+        cdef int64_t max_concurrent = settings.max_concurrent_requests
+        cdef int64_t volume = settings.request_volume_threshold
+        cdef int64_t threshold = settings.error_percent_threshold
+        cdef int64_t semaphore = 1 if settings.semaphore else 0
+        with cython.critical_section(self):
+            self._settings_obj = settings
+        fh_spin_lock(&self.lock)
+        fh_store_relaxed(&self.timeout_ns, timeout_ns)
+        fh_store_relaxed(&self.sleep_window_ns, sleep_window_ns)
+        fh_store_relaxed(&self.max_concurrent, max_concurrent)
+        fh_store_relaxed(&self.volume_threshold, volume)
+        fh_store_relaxed(&self.error_threshold, threshold)
+        fh_store_relaxed(&self.semaphore, semaphore)
+        fh_spin_unlock(&self.lock)
 
     @property
     def settings(self):
         """The settings new calls of this command use."""
-        return self._settings_obj
+        return self._settings
 
     @property
     def force_open(self):
@@ -312,30 +320,34 @@ cdef class CircuitBreaker:
 
     cdef int64_t now(self) except? -1:
         if self.c_clock:
-            return fh_monotonic_ns()
+            return clock_ns()
         return self._clock()
 
     cdef int is_open_c(self, int64_t now) noexcept nogil:
         """1 if open, 0 if closed, -1 if this check just tripped it."""
-        cdef int64_t requests, errors
         cdef bint tripped = False
         if fh_load_acquire(&self.state_word) != 0:
             return 1
-        self.metrics_c.health_c(now, &requests, &errors)
-        if requests == 0 or requests < self.volume_threshold:
-            return 0
-        # errors / requests * 100 rounded half up >= threshold, in integers.
-        if (errors * 200 + requests) // (2 * requests) < self.error_threshold:
+        if not self.unhealthy(now):
             return 0
         fh_spin_lock(&self.lock)
-        if (self.state_word & STATE_OPEN) == 0:
-            # now may be the coarse clock, a tick behind: what is stored is read precisely.
-            self.opened_ns = fh_monotonic_ns() if self.c_clock else now
-            self.episode += 1
-            fh_store_release(&self.state_word, self.state_word | STATE_OPEN)
+        # Again under the lock: a trial that closed the circuit meanwhile reset the window
+        # under this lock, and totals read before that reset must not trip it again.
+        if self.state_word == 0 and self.unhealthy(now):
+            fh_store_relaxed(&self.opened_ns, now)
+            fh_store_relaxed(&self.episode, self.episode + 1)
+            fh_store_release(&self.state_word, STATE_OPEN)
             tripped = True
         fh_spin_unlock(&self.lock)
         return -1 if tripped else 1
+
+    cdef bint unhealthy(self, int64_t now) noexcept nogil:
+        cdef int64_t requests, errors
+        self.metrics_c.health_c(now, &requests, &errors)
+        if requests == 0 or requests < fh_load_relaxed(&self.volume_threshold):
+            return False
+        # errors / requests * 100 rounded half up >= threshold, in integers.
+        return (errors * 200 + requests) // (2 * requests) >= fh_load_relaxed(&self.error_threshold)
 
     cdef bint allow_single_test_c(self, int64_t now) noexcept nogil:
         # A forced-open circuit lets no trial through, even if it also tripped (hystrix-go did).
@@ -343,24 +355,24 @@ cdef class CircuitBreaker:
         if fh_load_acquire(&self.state_word) != STATE_OPEN:
             return False
         opened = fh_load_acquire(&self.opened_ns)
-        if now <= opened + self.sleep_window_ns:
+        if now <= opened + fh_load_relaxed(&self.sleep_window_ns):
             return False
-        # One winner per sleep window: compare-and-swap the last test time, as hystrix-go
-        # (read precisely: now may be the coarse clock, a tick behind).
-        return fh_cas_acq_rel(&self.opened_ns, &opened, fh_monotonic_ns() if self.c_clock else now)
+        # One winner per sleep window: compare-and-swap the last test time, as hystrix-go.
+        return fh_cas_acq_rel(&self.opened_ns, &opened, now)
 
     cdef int64_t admit(self, int64_t now) noexcept nogil:
         cdef int opened = self.is_open_c(now)
         cdef int64_t verdict = ADMITTED
         cdef int64_t in_use
+        cdef int64_t limit = fh_load_relaxed(&self.max_concurrent)
         if opened != 0:
             if opened < 0:
                 return TRIPPED
             # Only take the trial slot if the trial can run (a ticket is free).
-            if fh_load_relaxed(&self.tickets._in_use) >= self.max_concurrent or not self.allow_single_test_c(now):
+            if fh_load_relaxed(&self.tickets._in_use) >= limit or not self.allow_single_test_c(now):
                 return SHORT_CIRCUITED
             verdict = fh_load_acquire(&self.episode)
-        in_use = self.tickets.take(self.max_concurrent)
+        in_use = self.tickets.take(limit)
         if in_use < 0:
             return REJECTED_VERDICT if verdict == ADMITTED else SHORT_CIRCUITED
         self.metrics_c.record_executed_c(now, in_use)
@@ -394,11 +406,12 @@ cdef class CircuitBreaker:
         if trial > 0 and event == SUCCESS:
             fh_spin_lock(&self.lock)
             if (self.state_word & STATE_OPEN) and trial == self.episode:
+                # The window is reset before the state word says closed, both under the lock:
+                # a caller that sees the circuit closed sees the empty window (acquire/release).
+                self.metrics_c._reset()
                 fh_store_release(&self.state_word, self.state_word & ~STATE_OPEN)
                 closed = True
             fh_spin_unlock(&self.lock)
-            if closed:
-                self.metrics_c._reset()
         elif trial > 0 and (fh_load_acquire(&self.state_word) & STATE_OPEN) and trial == fh_load_acquire(&self.episode):
             reopened = True
         self.metrics_c.record_c(event, fallback_event, now, run_us, total_us)
@@ -408,7 +421,7 @@ cdef class CircuitBreaker:
             _transitions.reopened(self.name)
         if closed or self.has_collectors:
             notify_collectors(self.name, self._collectors, closed, event, fallback_event, run_us, total_us,
-                              self.tickets.in_use, self.max_concurrent)
+                              self.tickets.in_use, fh_load_relaxed(&self.max_concurrent))
         return 0
 
     def _report(self, int event, int fallback_event, int64_t now, int64_t run_us, int64_t total_us,
@@ -430,11 +443,15 @@ cdef class CircuitBreaker:
         return self.report_c(event, fallback_event, now, run_us, (now - start) // 1000, trial, release)
 
     cdef object finish_c(self, int event, object err, int64_t start, int64_t run_us, int64_t trial,
-                         object fallback, object ctx, bint release):
-        """Complete a command that did not succeed: fallback, report, then return or raise."""
+                         object fallback, object ctx, bint release, PyObject **raised):
+        """Complete a command that did not succeed: fallback, report, then return or hand ``err`` back.
+
+        The ticket (if ``release``) goes back before the fallback runs, as in hystrix-go:
+        the fallback is not the dependency and must not hold its slot.
+        """
         if fallback is None:
             self.report_end(event, NO_EVENT, start, run_us, trial, release)
-            return fh_stash(err)
+            return raise_later(err, raised)
         if release:
             self.tickets.give()
         try:
@@ -450,136 +467,128 @@ cdef class CircuitBreaker:
 
     def _finish(self, int event, err, int64_t start, int64_t run_us, int64_t trial, fallback, ctx, bint release):
         """Complete a command that did not succeed: fallback, report, then return or raise."""
-        return raise_stashed(self.finish_c(event, err, start, run_us, trial, fallback, ctx, release))
+        cdef PyObject *raised = NULL
+        return raise_if(self.finish_c(event, err, start, run_us, trial, fallback, ctx, release, &raised), raised)
 
-    # -- the semaphore-mode fast path ----------------------------------------------------
+    cdef object turned_away(self, int64_t verdict, int64_t start, object fallback, object ctx,
+                            PyObject **raised):
+        """Complete a command the circuit did not admit (``verdict < 0``): nothing ran, no ticket taken."""
+        cdef int event = REJECTED if verdict == REJECTED_VERDICT else SHORT_CIRCUIT
+        if verdict == TRIPPED:
+            _transitions.opened(self.name)
+        return self.finish_c(event, new_error(event), start, -1, 0, fallback, ctx, False, raised)
+
+    # -- one command ----------------------------------------------------------------------
 
     def execute(self, run, fallback):
         """Run one command (``do()``): on this thread in semaphore mode, else on a worker."""
-        return raise_stashed(self.execute_fast(run, fallback))
-
-    cdef object execute_fast(self, object run, object fallback):
-        return self.execute_args_c(run, fallback, None, None)
+        cdef PyObject *raised = NULL
+        return raise_if(self.run_command(run, fallback, None, None, &raised), raised)
 
     def execute_args(self, function, tuple args, kwargs, fallback):
         """Run ``function(*args, **kwargs)`` as one command; ``fallback(*args, err=err, **kwargs)``."""
-        return raise_stashed(self.execute_args_c(function, fallback, args, kwargs))
+        cdef PyObject *raised = NULL
+        return raise_if(self.run_command(function, fallback, args, kwargs, &raised), raised)
 
-    cdef object execute_args_c(self, object run, object fallback, tuple args, object kwargs):
+    cdef object run_command(self, object run, object fallback, tuple args, object kwargs, PyObject **raised):
         # args is None for do(): run() and fallback(err). Otherwise (the @command
         # decorator) run(*args, **kwargs) and fallback(*args, err=err, **kwargs),
         # without building a closure per call.
-        cdef int64_t start, end, elapsed, verdict, ticks = 0
-        cdef int64_t scale = fh_fastclock_scale() if self.c_clock else 0
+        cdef int64_t start, end, elapsed, verdict, timeout
         cdef int event, kind
-        cdef object exc = None  # run's exception once taken from the thread state
-        if not self.semaphore:
-            if args is not None:
-                fallback = bind_fallback(fallback, args, kwargs)
-                run = partial(run, *args, **(kwargs or {}))
-            return _run_threaded(self, self._settings_obj, run, fallback, None)
-        if scale != 0:
-            # The coarse clock for the second and the circuit checks, the TSC for run's duration.
-            start = fh_coarse_ns()
-            ticks = fh_ticks()
-        else:
-            start = self.now()
-            if self.c_clock:
-                fh_fastclock_calibrate(start)
+        cdef PyObject *result
+        start = self.now()
+        # Admission first, whatever the isolation: a call the circuit turns away costs the same
+        # in thread and semaphore mode.
         verdict = self.admit(start)
         if verdict < 0:
             if args is not None:
                 fallback = bind_fallback(fallback, args, kwargs)
-            if verdict == TRIPPED:
-                _transitions.opened(self.name)
-            if verdict == REJECTED_VERDICT:
-                return self.finish_c(REJECTED, fh_new_error(MaxConcurrencyError), start, -1, 0, fallback, None, False)
-            return self.finish_c(SHORT_CIRCUIT, fh_new_error(CircuitOpenError), start, -1, 0, fallback, None, False)
+            return self.turned_away(verdict, start, fallback, None, raised)
         if verdict > 0:
             _transitions.trial(self.name)
+        timeout = fh_load_relaxed(&self.timeout_ns)
+        if not fh_load_relaxed(&self.semaphore):
+            try:
+                if args is not None:
+                    fallback = bind_fallback(fallback, args, kwargs)
+                    run = partial(run, *args, **(kwargs or {}))
+            except BaseException:
+                self.report_end(FAILURE, NO_EVENT, start, -1, verdict, True)
+                raise
+            return _run_threaded(self, run, fallback, None, start, verdict, timeout)
         result = fh_call0(run) if args is None else fh_call(run, args, kwargs)
-        if result is NULL and not self.c_clock:
-            # Caught through the C API, so run's exception gains no traceback entry of ours; taken
-            # before the clock is read, as a Python clock must not run with it set.
-            exc = fh_fetch()
-        if scale != 0:
-            elapsed = fh_ticks_to_ns(fh_ticks() - ticks, scale)
-            end = start + elapsed
+        end = self.now()
+        elapsed = end - start
+        if result is not NULL:
+            value = fh_own(result)
+            if elapsed <= timeout:
+                if verdict == ADMITTED and not self.has_collectors:
+                    # The common case, inlined: give the ticket back and count the success.
+                    self.tickets.give()
+                    self.metrics_c.record_one_c(SUCCESS, end, elapsed // 1000)
+                else:
+                    self.report_c(SUCCESS, NO_EVENT, end, elapsed // 1000, elapsed // 1000, verdict, True)
+                return value
+            # It succeeded too late: a timeout, as if a timer had been watching.
+            event = TIMEOUT
+            exc = new_error(TIMEOUT)
         else:
-            end = self.now()
-            elapsed = end - start
-        if result is NULL:
+            # Taken from the thread state at once (through the C API: no traceback entry of ours).
+            exc = fh_fetch()
             # The type's MRO, not isinstance(): no __instancecheck__ lookup on this path.
-            if exc is None:
-                kind = fh_kind_of_error(_CANCELED_TYPE, _DEADLINE_TYPE)
-            else:
-                kind = fh_kind_of(exc, _CANCELED_TYPE, _DEADLINE_TYPE)
-            event = event_of(kind)
-            if (exc is None and kind != FH_NOT_EXCEPTION and fallback is None and verdict == ADMITTED
-                    and not self.has_collectors and elapsed <= self.timeout_ns):
-                # The path an outage hammers: count the failure with run's exception still set and
-                # let the entry point return NULL. Only C runs until then: no Python API call.
-                self.tickets.give()
-                self.metrics_c.record_one_c(event, end, elapsed // 1000)
-                return fh_error_is_set()
-            if exc is None:
-                exc = fh_fetch()
+            kind = fh_kind_of(exc, _CANCELED_TYPE, _DEADLINE_TYPE)
             if kind == FH_NOT_EXCEPTION:
                 # KeyboardInterrupt, SystemExit...: count a failure, give the ticket back, propagate.
                 self.report_c(FAILURE, NO_EVENT, end, elapsed // 1000, elapsed // 1000, verdict, True)
-                return fh_stash(exc)
-            if args is not None:
-                fallback = bind_fallback(fallback, args, kwargs)
-            if elapsed > self.timeout_ns:
-                # It would have timed out had a timer been watching: a timeout, whatever run did.
-                return self.finish_c(TIMEOUT, fh_new_error(CommandTimeoutError), self.started(start, elapsed, scale), -1,
-                                     verdict, fallback, None, True)
-            if fallback is None:
-                # finish_c's no-fallback branch, inlined.
+                return raise_later(exc, raised)
+            if elapsed > timeout:
+                event = TIMEOUT
+                exc = new_error(TIMEOUT)
+            else:
+                event = event_of(kind)
+        if fallback is None:
+            # finish_c's no-fallback branch, inlined: the path an outage hammers.
+            if event == TIMEOUT:
+                self.report_c(TIMEOUT, NO_EVENT, end, -1, elapsed // 1000, verdict, True)
+            elif verdict == ADMITTED and not self.has_collectors:
+                self.tickets.give()
+                self.metrics_c.record_one_c(event, end, elapsed // 1000)
+            else:
                 self.report_c(event, NO_EVENT, end, elapsed // 1000, elapsed // 1000, verdict, True)
-                return fh_stash(exc)
-            return self.finish_c(event, exc, self.started(start, elapsed, scale), elapsed // 1000, verdict,
-                                 fallback, None, True)
-        value = fh_own(result)
-        if elapsed > self.timeout_ns:
-            if args is not None:
-                fallback = bind_fallback(fallback, args, kwargs)
-            return self.finish_c(TIMEOUT, fh_new_error(CommandTimeoutError), self.started(start, elapsed, scale), -1, verdict,
-                                 fallback, None, True)
-        if verdict == ADMITTED and not self.has_collectors:
-            # The common case, inlined: give the ticket back and count the success.
-            self.tickets.give()
-            self.metrics_c.record_one_c(SUCCESS, end, elapsed // 1000)
-            return value
-        self.report_c(SUCCESS, NO_EVENT, end, elapsed // 1000, elapsed // 1000, verdict, True)
-        return value
-
-    cdef int64_t started(self, int64_t start, int64_t elapsed, int64_t scale) except? -1:
-        # finish_c times the fallback with the precise clock (report_end): give it a start on that
-        # clock, not the coarse one, so the total latency is not a tick too long.
-        return self.now() - elapsed if scale != 0 else start
+            return raise_later(exc, raised)
+        if args is not None:
+            fallback = bind_fallback(fallback, args, kwargs)
+        return self.finish_c(event, exc, start, -1 if event == TIMEOUT else elapsed // 1000, verdict,
+                             fallback, None, True, raised)
 
     def execute_c(self, ctx, run, fallback):
         """Run one command with a context (``do_c()``): ``run(ctx)``, ``fallback(ctx, err)``."""
-        return raise_stashed(self.execute_c_stashed(ctx, run, fallback))
+        cdef PyObject *raised = NULL
+        return raise_if(self.run_command_ctx(ctx, run, fallback, &raised), raised)
 
-    cdef object execute_c_stashed(self, object ctx, object run, object fallback):
+    cdef object run_command_ctx(self, object ctx, object run, object fallback, PyObject **raised):
         cdef int64_t start, end, verdict, timeout_at, elapsed
         cdef int event
-        if not self.semaphore:
-            return _run_threaded(self, self._settings_obj, run, fallback, ctx)
         start = self.now()
         kind = ctx._done_kind(start)
         if kind is not None:
             # Already done: nothing runs (hystrix-go raced its two goroutines here).
             event = CONTEXT_CANCELED if kind == "canceled" else CONTEXT_DEADLINE_EXCEEDED
-            return self.finish_c(event, error_for(event), NOT_STARTED, -1, 0, fallback, ctx, False)
-        verdict = self.acquire_c(start)
+            return self.finish_c(event, error_for(event), NOT_STARTED, -1, 0, fallback, ctx, False, raised)
+        verdict = self.admit(start)
         if verdict < 0:
-            event = REJECTED if verdict == REJECTED_VERDICT else SHORT_CIRCUIT
-            return self.finish_c(event, error_for(event), start, -1, 0, fallback, ctx, False)
-        timeout_at = start + self.timeout_ns
-        child = Context(ctx, timeout_at)
+            return self.turned_away(verdict, start, fallback, ctx, raised)
+        if verdict > 0:
+            _transitions.trial(self.name)
+        if not fh_load_relaxed(&self.semaphore):
+            return _run_threaded(self, run, fallback, ctx, start, verdict, fh_load_relaxed(&self.timeout_ns))
+        timeout_at = start + fh_load_relaxed(&self.timeout_ns)
+        try:
+            child = Context(ctx, timeout_at)
+        except BaseException:
+            self.report_end(FAILURE, NO_EVENT, start, -1, verdict, True)
+            raise
         try:
             value = run(child)
         except BaseException as exc:
@@ -588,20 +597,19 @@ cdef class CircuitBreaker:
             elapsed = (end - start) // 1000
             if not isinstance(exc, Exception):
                 self.report_c(FAILURE, NO_EVENT, end, elapsed, elapsed, verdict, True)
-                raise
+                return raise_later(exc, raised)
             event = context_outcome(ctx, timeout_at, end)
             if event != NO_EVENT:
-                return self.finish_c(event, error_for(event), start, -1, verdict, fallback, ctx, True)
-            return self.finish_c(classify(exc), exc, start, elapsed, verdict, fallback, ctx, True)
+                return self.finish_c(event, error_for(event), start, -1, verdict, fallback, ctx, True, raised)
+            return self.finish_c(classify(exc), exc, start, elapsed, verdict, fallback, ctx, True, raised)
         end = self.now()
         child.cancel()
         event = context_outcome(ctx, timeout_at, end)
         if event != NO_EVENT:
-            return self.finish_c(event, error_for(event), start, -1, verdict, fallback, ctx, True)
+            return self.finish_c(event, error_for(event), start, -1, verdict, fallback, ctx, True, raised)
         elapsed = (end - start) // 1000
         self.report_c(SUCCESS, NO_EVENT, end, elapsed, elapsed, verdict, True)
         return value
-
 
 
 cdef class BoundFallback:
@@ -648,10 +656,11 @@ cdef class CommandFunction:
         self.fallback = fallback
 
     def __call__(self, *args, **kwargs):
+        cdef PyObject *raised = NULL
         circuit = circuit_of(self.command_name)
         if type(circuit) is CircuitBreaker:
-            return raise_stashed((<CircuitBreaker>circuit).execute_args_c(
-                self.function, self.fallback, args, kwargs or None))
+            return raise_if((<CircuitBreaker>circuit).run_command(
+                self.function, self.fallback, args, kwargs or None, &raised), raised)
         # A circuit of the other implementation (after a switch): its own method.
         return circuit.execute_args(self.function, args, kwargs or None, self.fallback)
 

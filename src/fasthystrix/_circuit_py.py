@@ -476,12 +476,14 @@ class CircuitBreaker:
     ) -> Any:
         """``execute`` for a call the gate turned away: admission and outcome under the lock."""
         settings = self._settings_obj
-        if not settings.semaphore:
-            return _run_threaded(self, settings, run, fallback, None)  # type: ignore[misc]
+        # Admission first, whatever the isolation: a call the circuit turns away costs the same
+        # in thread and semaphore mode.
         verdict = self._acquire(start, settings)
         if verdict < 0:
             event = REJECTED if verdict == REJECTED_VERDICT else SHORT_CIRCUIT
             return self._finish(event, error_for(event), start, -1, 0, fallback, None, False)
+        if not settings.semaphore:
+            return _run_threaded(self, run, fallback, None, start, verdict, settings.timeout_ns)  # type: ignore[misc]
         try:
             value = run()
         except BaseException as exc:
@@ -537,8 +539,6 @@ class CircuitBreaker:
     ) -> Any:
         """Run one command with a context (``do_c()``): ``run(ctx)``, ``fallback(ctx, err)``."""
         settings = self._settings_obj
-        if not settings.semaphore:
-            return _run_threaded(self, settings, run, fallback, ctx)  # type: ignore[misc]
         clock = self._clock
         start = clock()
         kind = ctx._done_kind(start)
@@ -550,6 +550,8 @@ class CircuitBreaker:
         if verdict < 0:
             event = REJECTED if verdict == REJECTED_VERDICT else SHORT_CIRCUIT
             return self._finish(event, error_for(event), start, -1, 0, fallback, ctx, False)
+        if not settings.semaphore:
+            return _run_threaded(self, run, fallback, ctx, start, verdict, settings.timeout_ns)  # type: ignore[misc]
         timeout_at = start + settings.timeout_ns
         child = Context(ctx, timeout_at)
         try:

@@ -260,20 +260,19 @@ class CommandFuture(Future):  # type: ignore[type-arg]
         return max(0.0, deadline - time.monotonic())
 
 
-def run_threaded(circuit: Any, settings: Any, run: Callable[..., Any], fallback: Any, ctx: Context | None) -> Any:
-    """``do``/``do_c`` in thread isolation: run on a worker, wait here until done or the deadline."""
+def run_threaded(
+    circuit: Any,
+    run: Callable[..., Any],
+    fallback: Any,
+    ctx: Context | None,
+    start: int,
+    verdict: int,
+    timeout_ns: int,
+) -> Any:
+    """``do``/``do_c`` in thread isolation, for a call the circuit admitted at ``start`` (``verdict``
+    >= 0, its ticket taken): run on a worker, wait here until done or the deadline."""
     clock = circuit._clock
-    start = clock()
-    if ctx is not None:
-        kind = ctx._done_kind(start)
-        if kind is not None:
-            event = CONTEXT_CANCELED if kind == "canceled" else CONTEXT_DEADLINE_EXCEEDED
-            return circuit._finish(event, _impl.current().error_for(event), NOT_STARTED, -1, 0, fallback, ctx, False)
-    verdict = circuit._acquire(start, settings)
-    if verdict < 0:
-        event = REJECTED if verdict == -1 else SHORT_CIRCUIT
-        return circuit._finish(event, _impl.current().error_for(event), start, -1, 0, fallback, ctx, False)
-    deadline = start + settings.timeout_ns
+    deadline = start + timeout_ns
     execution = _Execution(circuit, run, fallback, ctx, start, deadline, verdict, None, _impl.current().Completion())
     watch = ctx is not None and ctx is not Context.background()
     if watch:
@@ -282,7 +281,8 @@ def run_threaded(circuit: Any, settings: Any, run: Callable[..., Any], fallback:
     try:
         kick = circuit._workers.submit(execution.work, defer=True)
     except BaseException:
-        circuit._release()
+        # No worker could take it (no thread can start): a failure, and the ticket goes back.
+        circuit._report(FAILURE, NO_EVENT, clock(), -1, (clock() - start) // _NS_PER_US, verdict, True)
         raise
     wait_until = deadline
     if ctx is not None and ctx._deadline_ns is not None and ctx._deadline_ns < wait_until:

@@ -1,7 +1,14 @@
 # cython: language_level=3
 from libc.stdint cimport int64_t, uint32_t
 
-from fasthystrix._atomic cimport fh_add32_relaxed, fh_add_relaxed, fh_cas_acq_rel, fh_load_acquire, fh_load_relaxed
+from fasthystrix._atomic cimport (
+    fh_add32_relaxed,
+    fh_add_relaxed,
+    fh_cas_acq_rel,
+    fh_load_acquire,
+    fh_load_ptr_acquire,
+    fh_load_relaxed,
+)
 
 cdef enum:
     SUCCESS = 0
@@ -111,7 +118,7 @@ cdef class RollingMetrics:
         cdef int64_t second = now_ns // NS_PER_S
         cdef int64_t stamp = second // LATENCY_SLOT_SECONDS
         cdef int slot = stamp % LATENCY_SLOTS
-        cdef uint32_t *runs = self.hist[slot][RUN]
+        cdef uint32_t *runs = <uint32_t *>fh_load_ptr_acquire(<void **>&self.hist[slot][RUN])
         cdef int64_t *st
         if (runs == NULL or second != fh_load_acquire(&self.second)
                 or fh_load_acquire(&self.stamp[slot]) != stamp):

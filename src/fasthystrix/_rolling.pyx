@@ -24,9 +24,12 @@ from fasthystrix._atomic cimport (
     fh_cas_acq_rel,
     fh_load32_relaxed,
     fh_load_acquire,
+    fh_load_ptr_acquire,
     fh_load_relaxed,
     fh_spin_lock,
     fh_spin_unlock,
+    fh_store32_relaxed,
+    fh_store_ptr_release,
     fh_store_relaxed,
     fh_store_release,
 )
@@ -64,6 +67,12 @@ globals().update(
     LATENCY_SLOT_SECONDS=LATENCY_SLOT_SECONDS,
 )
 
+cdef inline void clear_words(int64_t *words, int n) noexcept nogil:
+    cdef int i
+    for i in range(n):
+        fh_store_relaxed(&words[i], 0)
+
+
 cdef class RollingMetrics:
     """Counters of every event over the last 10 seconds and latencies over the last 60."""
 
@@ -87,12 +96,16 @@ cdef class RollingMetrics:
             PyMem_RawFree(self.hist[slot][1])
 
     cdef void _reset(self) noexcept nogil:
-        cdef int slot
+        # Atomic stores, not memset: other threads may be incrementing these words right now.
+        # An increment that races the reset is either kept or cleared, never torn.
+        cdef int slot, kind, i
         fh_spin_lock(&self.lock)
-        memset(self.buckets, 0, sizeof(self.buckets))
-        memset(self.stats, 0, sizeof(self.stats))
+        for i in range(COUNTER_BUCKETS):
+            clear_words(self.buckets[i], BUCKET_WIDTH)
         for slot in range(LATENCY_SLOTS):
             fh_store_release(&self.stamp[slot], -1)
+            for kind in range(2):
+                clear_words(self.stats[slot][kind], 3)
         fh_store_relaxed(&self.requests, 0)
         fh_store_relaxed(&self.errors, 0)
         fh_spin_unlock(&self.lock)
@@ -113,7 +126,7 @@ cdef class RollingMetrics:
                 start = second - COUNTER_BUCKETS + 1
             s = start
             while s <= second:
-                memset(self.buckets[s % COUNTER_BUCKETS], 0, sizeof(int64_t) * BUCKET_WIDTH)
+                clear_words(self.buckets[s % COUNTER_BUCKETS], BUCKET_WIDTH)
                 s += 1
             for i in range(COUNTER_BUCKETS):
                 b = self.buckets[i]
@@ -179,7 +192,8 @@ cdef class RollingMetrics:
         # differ adds its run latency to RUN, and to TOTAL its total latency, minus its run latency.
         cdef int64_t stamp = second // LATENCY_SLOT_SECONDS
         cdef int slot = stamp % LATENCY_SLOTS
-        cdef int kind
+        cdef int kind, i
+        cdef uint32_t *h
         cdef int64_t seen = fh_load_acquire(&self.stamp[slot])
         cdef int64_t *st
         cdef uint32_t *runs = NULL
@@ -191,12 +205,14 @@ cdef class RollingMetrics:
             if fh_load_relaxed(&self.stamp[slot]) < stamp:
                 # The slot held samples from a minute ago (or none): start it afresh.
                 for kind in range(2):
-                    if self.hist[slot][kind] != NULL:
-                        memset(self.hist[slot][kind], 0, sizeof(uint32_t) * LATENCY_BUCKETS)
+                    h = <uint32_t *>fh_load_ptr_acquire(<void **>&self.hist[slot][kind])
+                    if h != NULL:
+                        for i in range(LATENCY_BUCKETS):
+                            fh_store32_relaxed(&h[i], 0)
                     st = self.stats[slot][kind]
-                    st[STAT_SUM] = 0
-                    st[STAT_MIN] = INT64_MAX
-                    st[STAT_MAX] = -1
+                    fh_store_relaxed(&st[STAT_SUM], 0)
+                    fh_store_relaxed(&st[STAT_MIN], INT64_MAX)
+                    fh_store_relaxed(&st[STAT_MAX], -1)
                 fh_store_release(&self.stamp[slot], stamp)
             fh_spin_unlock(&self.lock)
         if run_us >= 0:
@@ -227,12 +243,15 @@ cdef class RollingMetrics:
             atomic_max(&st[STAT_MAX], total_us)
 
     cdef uint32_t *_histogram(self, int slot, int kind) noexcept nogil:
-        cdef uint32_t *h = self.hist[slot][kind]
+        # Allocated once, published with a release store: a reader that sees the pointer sees
+        # the zeroed memory behind it.
+        cdef uint32_t *h = <uint32_t *>fh_load_ptr_acquire(<void **>&self.hist[slot][kind])
         if h == NULL:
             fh_spin_lock(&self.lock)
-            if self.hist[slot][kind] == NULL:
-                self.hist[slot][kind] = <uint32_t *>PyMem_RawCalloc(LATENCY_BUCKETS, sizeof(uint32_t))
             h = self.hist[slot][kind]
+            if h == NULL:
+                h = <uint32_t *>PyMem_RawCalloc(LATENCY_BUCKETS, sizeof(uint32_t))
+                fh_store_ptr_release(<void **>&self.hist[slot][kind], h)
             fh_spin_unlock(&self.lock)
         return h
 
@@ -265,8 +284,8 @@ cdef class RollingMetrics:
             seen = fh_load_acquire(&self.stamp[slot])
             if not (stamp - LATENCY_SLOTS < seen <= stamp):
                 continue
-            runs = self.hist[slot][RUN]
-            diffs = self.hist[slot][TOTAL]
+            runs = <uint32_t *>fh_load_ptr_acquire(<void **>&self.hist[slot][RUN])
+            diffs = <uint32_t *>fh_load_ptr_acquire(<void **>&self.hist[slot][TOTAL])
             run_h = Histogram.__new__(Histogram)
             total_h = Histogram.__new__(Histogram)
             run_count = total_count = 0
@@ -300,7 +319,7 @@ cdef class RollingMetrics:
         cdef int slot, kind, n = 0
         for slot in range(LATENCY_SLOTS):
             for kind in range(2):
-                if self.hist[slot][kind] != NULL:
+                if fh_load_ptr_acquire(<void **>&self.hist[slot][kind]) != NULL:
                     n += 1
         return n * 4 * LATENCY_BUCKETS
 
