@@ -4,7 +4,9 @@ Times are milliseconds (an ``int``) or a :class:`datetime.timedelta`, as in
 hystrix-go's ``CommandConfig``; ``None`` means "the default at configure time".
 Unlike hystrix-go, ``0`` is a real value (e.g. ``max_concurrent_requests=0``
 rejects every call) and negative values are refused instead of wrapping or
-panicking later.
+panicking later. Every number has an upper bound (:data:`MAX_DURATION_MS`,
+:data:`MAX_COUNT`), so the compiled circuit's 64-bit copies of the settings and
+the deadlines computed from them cannot overflow.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ __all__ = [
     "DEFAULT_REQUEST_VOLUME_THRESHOLD",
     "DEFAULT_SLEEP_WINDOW",
     "DEFAULT_TIMEOUT",
+    "MAX_COUNT",
+    "MAX_DURATION_MS",
     "CommandConfig",
     "Isolation",
     "Settings",
@@ -42,6 +46,9 @@ DEFAULT_ISOLATION: Isolation = "thread"
 
 #: The longest timeout or sleep window (365 days): longer waits overflow the OS's timers.
 MAX_DURATION_MS = 365 * 24 * 3600 * 1000
+#: The largest ``max_concurrent_requests`` and ``request_volume_threshold`` (2**31 - 1):
+#: far beyond any real limit, and far inside the compiled circuit's 64-bit counters.
+MAX_COUNT = 2**31 - 1
 
 _ISOLATIONS = ("thread", "semaphore")
 _NS_PER_MS = 1_000_000
@@ -67,6 +74,8 @@ def _count(field_name: str, value: object) -> int:
         raise TypeError(f"{field_name} must be an int, not {value!r}")
     if value < 0:
         raise ValueError(f"{field_name} must not be negative, got {value!r}")
+    if value > MAX_COUNT:
+        raise ValueError(f"{field_name} must be at most {MAX_COUNT} (2**31 - 1), got {value!r}")
     return value
 
 
@@ -91,7 +100,9 @@ class CommandConfig:
     """What a command's settings should be; ``None`` fields take the current defaults.
 
     Values are validated here, so a bad config raises ``TypeError``/``ValueError``
-    (naming the field and the value) before anything is changed.
+    (naming the field and the value) before anything is changed. Times are
+    0 to :data:`MAX_DURATION_MS` (365 days), counts 0 to :data:`MAX_COUNT`
+    (2**31 - 1), ``error_percent_threshold`` 1 to 100.
     """
 
     timeout: Duration | None = None
@@ -147,9 +158,17 @@ class Settings:
     semaphore: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "timeout_ns", (self.timeout // _ONE_US) * 1000)
-        object.__setattr__(self, "sleep_window_ns", (self.sleep_window // _ONE_US) * 1000)
-        object.__setattr__(self, "semaphore", self.isolation == "semaphore")
+        # Checked again here, as CommandConfig does, because circuits take any Settings as
+        # given: a value out of range would fail half way through applying it.
+        for name in ("timeout", "sleep_window"):
+            if not isinstance(getattr(self, name), timedelta):
+                raise TypeError(f"{name} must be a datetime.timedelta, not {getattr(self, name)!r}")
+        object.__setattr__(self, "timeout_ns", _duration_ns("timeout", self.timeout))
+        object.__setattr__(self, "sleep_window_ns", _duration_ns("sleep_window", self.sleep_window))
+        _count("max_concurrent_requests", self.max_concurrent_requests)
+        _count("request_volume_threshold", self.request_volume_threshold)
+        _percent("error_percent_threshold", self.error_percent_threshold)
+        object.__setattr__(self, "semaphore", _isolation("isolation", self.isolation) == "semaphore")
 
     @classmethod
     def from_config(cls, config: CommandConfig, defaults: Settings) -> Settings:
