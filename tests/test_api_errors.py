@@ -598,3 +598,58 @@ def test_trial_returning_a_coroutine_reopens_the_circuit(
 
 def _raise_runtime_error() -> None:
     raise RuntimeError("down")
+
+
+# -- errors whose text cannot be had -------------------------------------------------------------
+
+
+class _StrRaises(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text for you")
+
+
+class _StrNotAString(Exception):
+    def __str__(self) -> str:
+        return 42  # type: ignore[return-value]
+
+
+class _StrRecurses(Exception):
+    def __str__(self) -> str:
+        return str(self)
+
+
+UNPRINTABLE: list[type[Exception]] = [_StrRaises, _StrNotAString, _StrRecurses]
+
+
+@pytest.mark.parametrize("cls", UNPRINTABLE, ids=lambda c: c.__name__)
+def test_fallback_error_survives_errors_without_text(cls: type[Exception]) -> None:
+    """``FallbackError`` called ``str()`` on both errors, so it raised RuntimeError, TypeError or RecursionError."""
+    bad = cls()
+    err = FallbackError(bad, ValueError("run"))
+    assert str(err) == f"fallback failed with '<unprintable {cls.__name__} object>'. run error was 'run'"
+    assert err.fallback_error is bad
+    err = FallbackError(ValueError("fallback"), bad)
+    assert str(err) == f"fallback failed with 'fallback'. run error was '<unprintable {cls.__name__} object>'"
+    assert err.run_error is bad
+    assert "".join(traceback.format_exception(err))  # and it prints
+
+
+@pytest.mark.parametrize("cls", UNPRINTABLE, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("isolation", ["thread", "semaphore"])
+def test_failing_fallback_with_unprintable_errors_is_a_fallback_error(cls: type[Exception], isolation: str) -> None:
+    fasthystrix.configure_command("unprintable", {"isolation": isolation})
+    run_error, fallback_error = cls(), cls()
+
+    def run() -> None:
+        raise run_error
+
+    def fallback(err: BaseException) -> None:
+        raise fallback_error
+
+    with pytest.raises(FallbackError) as info:
+        fasthystrix.do("unprintable", run, fallback)
+    assert info.value.run_error is run_error
+    assert info.value.fallback_error is fallback_error
+    assert info.value.__cause__ is fallback_error
+    metrics = fasthystrix.get_circuit("unprintable")[0].metrics()
+    assert (metrics.failures, metrics.fallback_failures) == (1, 1)

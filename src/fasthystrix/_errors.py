@@ -84,10 +84,18 @@ class FallbackError(Exception):
     def __init__(self, fallback_error: BaseException, run_error: BaseException) -> None:
         self.fallback_error = fallback_error
         self.run_error = run_error
-        super().__init__(f"fallback failed with '{fallback_error}'. run error was '{run_error}'")
+        super().__init__(f"fallback failed with '{_text(fallback_error)}'. run error was '{_text(run_error)}'")
 
     def __reduce__(self) -> tuple[type[FallbackError], tuple[BaseException, BaseException]]:
         return (type(self), (self.fallback_error, self.run_error))
+
+
+def _text(error: BaseException) -> str:
+    """``str(error)``, or what the traceback module shows when that fails: never raises an ``Exception``."""
+    try:
+        return str(error)
+    except Exception:  # a __str__ that raises, returns a non-str, or recurses
+        return f"<unprintable {type(error).__name__} object>"
 
 
 ErrCircuitOpen = CircuitOpenError
