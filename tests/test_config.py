@@ -447,6 +447,34 @@ def test_settings_built_directly_are_validated_too(field: str, value: object, ex
     _check_message(info.value, field, value)
 
 
+class _ReprRaises:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "exc_type", "shown"),
+    [
+        ("max_concurrent_requests", 10**5000, ValueError, "<int of 16610 bits>"),
+        ("timeout", 10**5000, ValueError, "<int of 16610 bits>"),
+        ("timeout", _ReprRaises(), TypeError, "<unprintable _ReprRaises object>"),
+        ("isolation", _ReprRaises(), TypeError, "<unprintable _ReprRaises object>"),
+    ],
+    ids=["count-10**5000", "timeout-10**5000", "timeout-bad-repr", "isolation-bad-repr"],
+)
+def test_values_that_cannot_be_shown_still_name_the_field(
+    field: str, value: object, exc_type: type[Exception], shown: str, existing: Settings
+) -> None:
+    """The message used ``repr(value)``, which fails for an int past Python's str() limit or a
+    ``__repr__`` that raises: the error then said nothing about the field."""
+    before = _snapshot()
+    with pytest.raises(exc_type) as info:
+        fasthystrix.configure_command("existing", {field: value})
+    assert str(info.value).startswith(field)
+    assert str(info.value).endswith(shown)
+    _assert_unchanged(before)
+
+
 # -- set_defaults -----------------------------------------------------------------------------
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
 
+from ._errors import safe_repr
+
 __all__ = [
     "DEFAULT_ERROR_PERCENT_THRESHOLD",
     "DEFAULT_ISOLATION",
@@ -57,41 +59,41 @@ _ONE_US = timedelta(microseconds=1)
 
 def _duration_ns(field_name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, timedelta)):
-        raise TypeError(f"{field_name} must be an int (milliseconds) or a datetime.timedelta, not {value!r}")
+        raise TypeError(f"{field_name} must be an int (milliseconds) or a datetime.timedelta, not {safe_repr(value)}")
     if isinstance(value, timedelta):
         ns = (value // _ONE_US) * 1000
     else:
         ns = value * _NS_PER_MS
     if ns < 0:
-        raise ValueError(f"{field_name} must not be negative, got {value!r}")
+        raise ValueError(f"{field_name} must not be negative, got {safe_repr(value)}")
     if ns > MAX_DURATION_MS * _NS_PER_MS:
-        raise ValueError(f"{field_name} must be at most {MAX_DURATION_MS} ms (365 days), got {value!r}")
+        raise ValueError(f"{field_name} must be at most {MAX_DURATION_MS} ms (365 days), got {safe_repr(value)}")
     return ns
 
 
 def _count(field_name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{field_name} must be an int, not {value!r}")
+        raise TypeError(f"{field_name} must be an int, not {safe_repr(value)}")
     if value < 0:
-        raise ValueError(f"{field_name} must not be negative, got {value!r}")
+        raise ValueError(f"{field_name} must not be negative, got {safe_repr(value)}")
     if value > MAX_COUNT:
-        raise ValueError(f"{field_name} must be at most {MAX_COUNT} (2**31 - 1), got {value!r}")
+        raise ValueError(f"{field_name} must be at most {MAX_COUNT} (2**31 - 1), got {safe_repr(value)}")
     return value
 
 
 def _percent(field_name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{field_name} must be an int, not {value!r}")
+        raise TypeError(f"{field_name} must be an int, not {safe_repr(value)}")
     if not 1 <= value <= 100:
-        raise ValueError(f"{field_name} must be between 1 and 100, got {value!r}")
+        raise ValueError(f"{field_name} must be between 1 and 100, got {safe_repr(value)}")
     return value
 
 
 def _isolation(field_name: str, value: object) -> Isolation:
     if not isinstance(value, str):
-        raise TypeError(f"{field_name} must be 'thread' or 'semaphore', not {value!r}")
+        raise TypeError(f"{field_name} must be 'thread' or 'semaphore', not {safe_repr(value)}")
     if value not in _ISOLATIONS:
-        raise ValueError(f"{field_name} must be 'thread' or 'semaphore', got {value!r}")
+        raise ValueError(f"{field_name} must be 'thread' or 'semaphore', got {safe_repr(value)}")
     return value  # type: ignore[return-value]
 
 
@@ -132,7 +134,7 @@ class CommandConfig:
         if isinstance(mapping, CommandConfig):
             return mapping
         if not isinstance(mapping, Mapping):
-            raise TypeError(f"config must be a CommandConfig or a mapping, not {mapping!r}")
+            raise TypeError(f"config must be a CommandConfig or a mapping, not {safe_repr(mapping)}")
         unknown = set(mapping) - _FIELDS
         if unknown:
             raise ValueError(f"unknown CommandConfig field(s): {sorted(map(str, unknown))}")
@@ -162,7 +164,7 @@ class Settings:
         # given: a value out of range would fail half way through applying it.
         for name in ("timeout", "sleep_window"):
             if not isinstance(getattr(self, name), timedelta):
-                raise TypeError(f"{name} must be a datetime.timedelta, not {getattr(self, name)!r}")
+                raise TypeError(f"{name} must be a datetime.timedelta, not {safe_repr(getattr(self, name))}")
         object.__setattr__(self, "timeout_ns", _duration_ns("timeout", self.timeout))
         object.__setattr__(self, "sleep_window_ns", _duration_ns("sleep_window", self.sleep_window))
         _count("max_concurrent_requests", self.max_concurrent_requests)
@@ -219,6 +221,6 @@ def set_defaults(config: CommandConfig | None = None) -> Settings:
             _defaults = _HYSTRIX_DEFAULTS
         else:
             if not isinstance(config, CommandConfig):
-                raise TypeError(f"config must be a CommandConfig, not {config!r}")
+                raise TypeError(f"config must be a CommandConfig, not {safe_repr(config)}")
             _defaults = Settings.from_config(config, _defaults)
         return _defaults

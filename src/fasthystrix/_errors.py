@@ -98,6 +98,16 @@ def _text(error: BaseException) -> str:
         return f"<unprintable {type(error).__name__} object>"
 
 
+def safe_repr(value: object) -> str:
+    """``repr(value)`` for an error message, or a description when that fails (never raises an ``Exception``)."""
+    try:
+        return repr(value)
+    except Exception:  # a __repr__ that raises, or an int past sys.get_int_max_str_digits()
+        if isinstance(value, int):
+            return f"<int of {value.bit_length()} bits>"
+        return f"<unprintable {type(value).__name__} object>"
+
+
 ErrCircuitOpen = CircuitOpenError
 ErrMaxConcurrency = MaxConcurrencyError
 ErrTimeout = TimeoutError
