@@ -409,6 +409,15 @@ def test_fallback_response_replaces_the_503() -> None:
         assert metrics("GET /tuple").rejects == 1
 
 
+def test_config_too_large_for_the_circuit_is_refused_when_the_middleware_is_made() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        pass
+
+    with pytest.raises(ValueError, match=r"request_volume_threshold must be at most 2147483647"):
+        CircuitBreakerMiddleware(app, config={"request_volume_threshold": 2**63})
+    assert fasthystrix.get_circuit_settings() == {}
+
+
 def test_config_applies_once_per_name_and_leaves_configured_routes_alone() -> None:
     fasthystrix.configure_command("GET /special", fasthystrix.CommandConfig(timeout=1234))
     routes = [Route(p, lambda request: PlainTextResponse("ok")) for p in ("/plain", "/special")]

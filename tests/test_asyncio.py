@@ -230,6 +230,55 @@ def test_sync_and_async_share_one_circuit(run_async: Any) -> None:
     assert _metrics("shared").successes == 2
 
 
+# -- a sync run given to do_async -------------------------------------------------------
+
+
+@pytest.mark.parametrize("returned", [42, None, "text"], ids=repr)
+@pytest.mark.parametrize("via", ["do_async", "go_async"])
+def test_sync_run_is_a_type_error_not_a_fallback(run_async: Any, via: str, returned: object) -> None:
+    """A sync run used to fail inside ``await`` and hide behind the fallback as a plain failure."""
+    _semaphore("a-sync-run")
+    ran: list[str] = []
+    fallbacks: list[BaseException] = []
+
+    def run() -> object:
+        ran.append("ran")
+        return returned
+
+    async def call() -> Any:
+        if via == "do_async":
+            return await fasthystrix.do_async("a-sync-run", run, fallbacks.append)
+        return await fasthystrix.go_async("a-sync-run", run, fallbacks.append)
+
+    with pytest.raises(TypeError, match=r"run returned a \w+, not an awaitable: use fasthystrix.do / go") as info:
+        run_async(call())
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    assert ran == ["ran"]
+    assert fallbacks == []
+    m = _metrics("a-sync-run")
+    assert (m.requests, m.failures, m.successes, m.concurrent) == (1, 1, 0, 0)
+    assert (m.fallback_successes, m.fallback_failures) == (0, 0)
+    assert run_async(fasthystrix.do_async("a-sync-run", answer)) == 42
+
+
+class _Ready:
+    """An awaitable that is not a coroutine."""
+
+    def __await__(self) -> Any:
+        return answer().__await__()
+
+
+def test_awaitables_that_are_not_coroutines_still_work(run_async: Any) -> None:
+    async def with_future() -> Any:
+        future = asyncio.get_running_loop().create_future()
+        future.set_result("future")
+        return await fasthystrix.do_async("a-awaitables", lambda: future)
+
+    assert run_async(fasthystrix.do_async("a-awaitables", _Ready)) == 42
+    assert run_async(with_future()) == "future"
+    assert _metrics("a-awaitables").successes == 2
+
+
 # -- @command ----------------------------------------------------------------------
 
 

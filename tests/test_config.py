@@ -14,6 +14,7 @@ import pytest
 import fasthystrix
 from conftest import FakeClock
 from fasthystrix import CommandConfig, Settings, _registry
+from fasthystrix._config import MAX_COUNT, MAX_DURATION_MS
 
 HYSTRIX_DEFAULTS = Settings(
     timeout=timedelta(milliseconds=1000),
@@ -181,6 +182,9 @@ INVALID: list[tuple[str, object, type[Exception]]] = [
             (-1, ValueError),
             (-1000, ValueError),
             (timedelta(milliseconds=-1), ValueError),
+            (MAX_DURATION_MS + 1, ValueError),
+            (timedelta(milliseconds=MAX_DURATION_MS, microseconds=1), ValueError),
+            (2**63, ValueError),
             (1.5, TypeError),
             (1000.0, TypeError),
             (float("nan"), TypeError),
@@ -200,6 +204,11 @@ INVALID: list[tuple[str, object, type[Exception]]] = [
         for value, exc in (
             (-1, ValueError),
             (-100, ValueError),
+            (2**31, ValueError),
+            (2**63 - 1, ValueError),
+            (2**63, ValueError),
+            (2**64, ValueError),
+            (10**30, ValueError),
             (1.0, TypeError),
             (2.5, TypeError),
             ("5", TypeError),
@@ -357,6 +366,113 @@ def test_configure_rejects_non_str_name_and_applies_none(existing: Settings) -> 
         fasthystrix.configure({"ok": {}, 5: {}})  # type: ignore[dict-item]
     _assert_unchanged(before)
     assert "ok" not in fasthystrix.get_circuit_settings()
+
+
+# -- upper bounds -----------------------------------------------------------------------------
+
+
+def test_largest_values_are_accepted_and_work() -> None:
+    """The documented bounds themselves are valid, and a command runs with them on either implementation."""
+    largest = {
+        "timeout": MAX_DURATION_MS,
+        "max_concurrent_requests": MAX_COUNT,
+        "request_volume_threshold": MAX_COUNT,
+        "sleep_window": timedelta(milliseconds=MAX_DURATION_MS),
+        "isolation": "semaphore",
+    }
+    settings = fasthystrix.configure_command("largest", largest)
+    assert settings.timeout == settings.sleep_window == timedelta(days=365)
+    assert settings.max_concurrent_requests == settings.request_volume_threshold == 2**31 - 1
+    assert fasthystrix.do("largest", lambda: "ran") == "ran"
+    fasthystrix.configure_command("largest", {**largest, "isolation": "thread"})
+    assert fasthystrix.do("largest", lambda: "ran") == "ran"
+    assert fasthystrix.go("largest", lambda: "ran").result(2) == "ran"
+    assert fasthystrix.get_circuit("largest")[0].metrics().successes == 3
+
+
+@pytest.mark.parametrize("field", ["max_concurrent_requests", "request_volume_threshold"])
+def test_count_too_large_for_the_compiled_circuit_changes_nothing(field: str) -> None:
+    """2**63 used to pass validation: the compiled circuit then applied the timeout, raised
+    ``OverflowError`` before the isolation, and after ``flush()`` every call raised it."""
+    fasthystrix.configure_command("big", {"isolation": "thread", "timeout": 1000})
+    fasthystrix.do("big", lambda: None)
+    circuit = fasthystrix.get_circuit("big")[0]
+    before = _snapshot()
+    with pytest.raises(ValueError, match=rf"{field} must be at most 2147483647 \(2\*\*31 - 1\), got {2**63}"):
+        fasthystrix.configure_command("big", {"timeout": 5, "isolation": "semaphore", field: 2**63})
+    _assert_unchanged(before)
+    assert circuit.settings.timeout == timedelta(seconds=1)
+    assert circuit.settings.isolation == "thread"
+    assert fasthystrix.do("big", threading.current_thread) is not threading.current_thread()
+    fasthystrix.flush()
+    assert fasthystrix.do("big", lambda: "ran", lambda err: "fallback") == "ran"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_concurrent_requests", 2**63),
+        ("request_volume_threshold", MAX_COUNT + 1),
+        ("timeout", MAX_DURATION_MS + 1),
+        ("sleep_window", timedelta.max),
+    ],
+)
+def test_set_defaults_rejects_too_large_values_and_changes_nothing(field: str, value: object) -> None:
+    before = fasthystrix.get_defaults()
+    with pytest.raises(ValueError) as info:
+        fasthystrix.set_defaults(CommandConfig(**{field: value}))  # type: ignore[arg-type]
+    _check_message(info.value, field, value)
+    assert fasthystrix.get_defaults() is before
+    assert fasthystrix.do("after-defaults", lambda: "ran") == "ran"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "exc_type"),
+    [
+        ("max_concurrent_requests", 2**63, ValueError),
+        ("request_volume_threshold", -1, ValueError),
+        ("error_percent_threshold", 0, ValueError),
+        ("timeout", timedelta(days=366), ValueError),
+        ("sleep_window", timedelta(milliseconds=-1), ValueError),
+        ("timeout", 1000, TypeError),
+        ("isolation", "process", ValueError),
+    ],
+)
+def test_settings_built_directly_are_validated_too(field: str, value: object, exc_type: type[Exception]) -> None:
+    """``Settings`` is public and circuits trust it; a bad one fails where it is built."""
+    values = {name: getattr(HYSTRIX_DEFAULTS, name) for name in FIELDS}
+    values[field] = value
+    with pytest.raises(exc_type) as info:
+        Settings(**values)
+    _check_message(info.value, field, value)
+
+
+class _ReprRaises:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "exc_type", "shown"),
+    [
+        ("max_concurrent_requests", 10**5000, ValueError, "<int of 16610 bits>"),
+        ("timeout", 10**5000, ValueError, "<int of 16610 bits>"),
+        ("timeout", _ReprRaises(), TypeError, "<unprintable _ReprRaises object>"),
+        ("isolation", _ReprRaises(), TypeError, "<unprintable _ReprRaises object>"),
+    ],
+    ids=["count-10**5000", "timeout-10**5000", "timeout-bad-repr", "isolation-bad-repr"],
+)
+def test_values_that_cannot_be_shown_still_name_the_field(
+    field: str, value: object, exc_type: type[Exception], shown: str, existing: Settings
+) -> None:
+    """The message used ``repr(value)``, which fails for an int past Python's str() limit or a
+    ``__repr__`` that raises: the error then said nothing about the field."""
+    before = _snapshot()
+    with pytest.raises(exc_type) as info:
+        fasthystrix.configure_command("existing", {field: value})
+    assert str(info.value).startswith(field)
+    assert str(info.value).endswith(shown)
+    _assert_unchanged(before)
 
 
 # -- set_defaults -----------------------------------------------------------------------------

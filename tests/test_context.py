@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import math
+import sys
 import threading
 import time
 import weakref
@@ -16,6 +17,7 @@ import pytest
 import fasthystrix
 from conftest import FakeClock
 from fasthystrix import Context, ContextCanceledError, ContextDeadlineExceededError
+from fasthystrix._context import MAX_TIMEOUT_SECONDS
 
 # -- Context on its own ---------------------------------------------------------------------------
 
@@ -198,6 +200,44 @@ def test_with_timeout_rejects_bad_seconds(seconds: object, exc: type[Exception])
     with pytest.raises(exc):
         Context.background().with_timeout(seconds)  # type: ignore[arg-type]
     assert not parent.done()
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (1e300, "1e+300"),
+        (sys.float_info.max, repr(sys.float_info.max)),
+        (10**400, repr(10**400)),
+        (10**5000, "<int of 16610 bits>"),  # past int's str() limit: still a ValueError that says which argument
+        (MAX_TIMEOUT_SECONDS + 1, repr(MAX_TIMEOUT_SECONDS + 1)),
+        (MAX_TIMEOUT_SECONDS + 0.5, repr(MAX_TIMEOUT_SECONDS + 0.5)),
+    ],
+    ids=["1e300", "float-max", "10**400", "10**5000", "max+1", "max+0.5"],
+)
+def test_with_timeout_too_large_names_the_argument(seconds: float, shown: str) -> None:
+    """``with_timeout(1e300)`` failed with OverflowError: cannot convert float infinity to integer."""
+    parent = Context()
+    with pytest.raises(ValueError) as info:
+        parent.with_timeout(seconds)
+    message = str(info.value)
+    assert message.startswith("with_timeout: seconds must be at most 31536000 (365 days), or math.inf")
+    assert message.endswith(f"got {shown}")
+    assert not parent.done()
+
+
+def test_with_timeout_largest_finite_value_works() -> None:
+    ctx = Context().with_timeout(MAX_TIMEOUT_SECONDS)
+    assert ctx.remaining() == pytest.approx(MAX_TIMEOUT_SECONDS, abs=5)
+    for isolation in ("semaphore", "thread"):
+        fasthystrix.configure_command("long-ctx", {"isolation": isolation})
+        assert fasthystrix.do_c(ctx, "long-ctx", lambda c: c.remaining()) == pytest.approx(1.0, abs=0.5)
+        assert fasthystrix.go_c(ctx, "long-ctx", lambda c: "ok").result(2) == "ok"
+
+
+@pytest.mark.parametrize(("seconds", "exc"), [("1", TypeError), (math.nan, ValueError), (-1, ValueError)], ids=repr)
+def test_with_timeout_errors_name_the_argument(seconds: object, exc: type[Exception]) -> None:
+    with pytest.raises(exc, match=r"^with_timeout: seconds must .*, (not|got) "):
+        Context().with_timeout(seconds)  # type: ignore[arg-type]
 
 
 def test_cancel_from_another_thread_is_seen() -> None:

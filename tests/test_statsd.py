@@ -352,12 +352,27 @@ def test_direct_update_and_ipv6_address_parsing() -> None:
         ({"sample_rate": 1.5}, "sample_rate"),
         ({"flush_bytes": -1}, "flush_bytes"),
         ({"flush_interval": 0}, "flush_interval"),
+        # Accepted before, then the sending thread died in Event.wait() with OverflowError.
+        ({"flush_interval": float("inf")}, "flush_interval must be a number of seconds > 0 and <= 3600, not inf"),
+        ({"flush_interval": 1e300}, "flush_interval"),
+        ({"flush_interval": 3601}, "flush_interval"),
+        ({"flush_interval": float("nan")}, "flush_interval"),
         ({"max_queue": 0}, "max_queue"),
     ],
 )
 def test_invalid_configuration(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         StatsdCollectorClient(**kwargs)
+    assert not _statsd_threads()
+
+
+def test_longest_flush_interval_keeps_the_thread_alive() -> None:
+    client = StatsdCollectorClient(flush_interval=3600)
+    try:
+        time.sleep(0.05)  # the thread is asleep for the interval by now, or would have died trying
+        assert client._thread.is_alive()
+    finally:
+        client.close()
     assert not _statsd_threads()
 
 

@@ -323,6 +323,10 @@ def test_a_tick_reuses_unchanged_circuits_and_matches_a_fresh_render(clock: Fake
         ({"max_pending": 1.5}, TypeError, "max_pending"),
         ({"allow_origin": 1}, TypeError, "allow_origin"),
         ({"allow_origin": "a\r\nX-Injected: 1"}, TypeError, "allow_origin"),
+        ({"interval": 3601}, ValueError, "interval must be at most 3600 seconds, got 3601"),
+        ({"interval": float("inf")}, ValueError, "interval must be at most 3600 seconds, got inf"),
+        ({"interval": 10**400}, ValueError, "interval must be at most 3600 seconds"),  # was OverflowError
+        ({"interval": float("nan")}, ValueError, "interval"),
     ],
 )
 def test_handler_rejects_bad_arguments(kwargs: dict[str, Any], error: type[Exception], text: str) -> None:
@@ -339,12 +343,29 @@ def test_handler_rejects_bad_arguments(kwargs: dict[str, Any], error: type[Excep
         ({"host": 1}, TypeError, "host"),
         ({"interval": 0}, ValueError, "interval"),
         ({"write_timeout": 0}, ValueError, "write_timeout"),
+        # Accepted before, then every connection failed in socket.settimeout() with OverflowError.
+        ({"write_timeout": float("inf")}, ValueError, "write_timeout must be at most 3600 seconds, got inf"),
+        ({"write_timeout": 1e300}, ValueError, "write_timeout must be at most 3600 seconds, got 1e\\+300"),
+        ({"write_timeout": 3600.5}, ValueError, "write_timeout must be at most 3600 seconds"),
+        ({"interval": float("inf")}, ValueError, "interval"),
     ],
 )
 def test_serve_stream_rejects_bad_arguments(kwargs: dict[str, Any], error: type[Exception], text: str) -> None:
     with pytest.raises(error, match=text):
         fasthystrix.serve_stream(**{"port": 0, **kwargs})
     assert not [t for t in threading.enumerate() if t.name.startswith("fasthystrix-stream")]
+
+
+def test_largest_interval_and_write_timeout_serve_clients() -> None:
+    with fasthystrix.serve_stream(port=0, interval=3600, keepalive=0.2, write_timeout=3600) as srv:
+        assert (srv.handler.interval, srv.handler.keepalive) == (3600.0, 0.2)
+        reader = Reader(srv.stream_url)
+        try:
+            assert reader.status.startswith(b"HTTP/1.")
+            assert b" 200 " in reader.status
+            assert b": ping\n" in reader.lines(1.0)
+        finally:
+            reader.close()
 
 
 # -- the standalone server ------------------------------------------------------------

@@ -369,6 +369,10 @@ def test_bad_arguments() -> None:
         CircuitBreakerMiddleware(app, exclude="/ops")
     with pytest.raises(TypeError, match="isolation"):
         CircuitBreakerMiddleware(app, config={"isolation": 1})
+    # Too large for the compiled circuit: refused here, not at the first request of each route.
+    with pytest.raises(ValueError, match=r"max_concurrent_requests must be at most 2147483647"):
+        CircuitBreakerMiddleware(app, config={"max_concurrent_requests": 2**63})
+    assert fasthystrix.get_circuit_settings() == {}
 
 
 # -- the example ----------------------------------------------------------------------------------

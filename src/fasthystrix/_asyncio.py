@@ -30,6 +30,7 @@ from ._events import (
     SUCCESS,
     TIMEOUT,
 )
+from ._outcomes import COROUTINE as _COROUTINE
 from ._registry import _circuits, get_or_create
 
 __all__ = ["do_async", "go_async"]
@@ -123,6 +124,14 @@ def _deadlines_of(loop: asyncio.AbstractEventLoop) -> _Deadlines:
 _NS_PER_US = 1000
 
 
+class _NotAwaitable(Exception):
+    """Run returned something that cannot be awaited (raised and caught inside do_async only)."""
+
+    def __init__(self, value: object) -> None:
+        super().__init__()
+        self.value_type = type(value)
+
+
 def _uncancel(task: asyncio.Task[Any]) -> int:
     """Withdraw one cancellation request (3.11+); the requests still pending (0 before 3.11)."""
     if sys.version_info >= (3, 11):
@@ -146,6 +155,10 @@ async def do_async(
     ``run`` is an async function (or any callable returning an awaitable) taking no
     arguments; ``fallback(err)`` may be sync or async. At the timeout ``run`` is
     cancelled and the command answers with ``TimeoutError`` or the fallback.
+
+    A sync ``run`` (one that returns something not awaitable) raises ``TypeError``
+    pointing to :func:`fasthystrix.do`: it has run by the time its value shows it, so
+    the command counts as a failure, its ticket comes back, and no fallback runs.
     """
     # _check inlined for the common case: a call costs a few hundred ns less.
     if type(name) is str and callable(run) and (fallback is None or callable(fallback)):
@@ -172,9 +185,20 @@ async def do_async(
     entry = deadlines.add(loop.time() + settings.timeout_ns / 1e9, task)
     try:
         try:
-            value = await run()
+            awaitable = run()
+            if type(awaitable) is not _COROUTINE and not inspect.isawaitable(awaitable):
+                raise _NotAwaitable(awaitable)
+            value = await awaitable
         finally:
             timed_out = deadlines.done(entry)
+    except _NotAwaitable as misuse:
+        # A programming error, not an outcome of the dependency: a failure, and no fallback.
+        end = clock()
+        circuit._report(FAILURE, NO_EVENT, end, (end - start) // _NS_PER_US, (end - start) // _NS_PER_US, verdict, True)
+        raise TypeError(
+            f"run returned a {misuse.value_type.__qualname__}, not an awaitable: "
+            "use fasthystrix.do / go for sync functions"
+        ) from None
     except asyncio.CancelledError:
         end = clock()
         ours = timed_out and _uncancel(task) == 0

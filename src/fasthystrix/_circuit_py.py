@@ -36,7 +36,15 @@ from ._events import (
 )
 from ._gate import CLOSED, PENDING_LIMIT, Gate
 from ._metrics import MetricsSnapshot
-from ._outcomes import check_arguments, classify, context_outcome, error_for, notify_collectors
+from ._outcomes import (
+    COROUTINE as _COROUTINE,
+    check_arguments,
+    classify,
+    context_outcome,
+    coroutine_returned,
+    error_for,
+    notify_collectors,
+)
 from ._pool_py import BASE as _HELD_BASE, TicketPool
 from ._rolling_py import COUNTER_BUCKETS, MAX_ACTIVE, NS_PER_SECOND
 
@@ -120,7 +128,7 @@ def do(name: str, run: Callable[[], Any], fallback: Callable[[BaseException], An
     end = clock()
     held.pop()
     elapsed = end - start
-    if end >= until or elapsed > gate.timeout_ns:
+    if end >= until or elapsed > gate.timeout_ns or type(value) is _COROUTINE:
         return circuit._succeeded_late(value, start, end, fallback)
     pending.append(elapsed // 1000)  # microseconds (a constant is faster than a global)
     return value
@@ -466,7 +474,7 @@ class CircuitBreaker:
         end = clock()
         held.pop()
         elapsed = end - start
-        if end >= until or elapsed > gate.timeout_ns:
+        if end >= until or elapsed > gate.timeout_ns or type(value) is _COROUTINE:
             return self._succeeded_late(value, start, end, fallback)
         pending.append(elapsed // 1000)  # microseconds (a constant is faster than a global)
         return value
@@ -490,6 +498,8 @@ class CircuitBreaker:
             return self._failed(exc, start, verdict, fallback, True)
         end = self._clock()
         elapsed = end - start
+        if type(value) is _COROUTINE:
+            self._returned_coroutine(value, end, elapsed // _NS_PER_US, verdict, True)
         if elapsed > settings.timeout_ns:
             return self._finish(TIMEOUT, CommandTimeoutError(), start, -1, verdict, fallback, None, True)
         self._report(SUCCESS, NO_EVENT, end, elapsed // _NS_PER_US, elapsed // _NS_PER_US, verdict, True)
@@ -516,6 +526,12 @@ class CircuitBreaker:
             return self._finish(TIMEOUT, CommandTimeoutError(), start, -1, verdict, fallback, None, release)
         return self._finish(classify(exc), exc, start, (end - start) // _NS_PER_US, verdict, fallback, None, release)
 
+    def _returned_coroutine(self, coroutine: Any, end: int, run_us: int, trial: int, release: bool) -> NoReturn:
+        """A sync run returned a coroutine: close it, count a failure (no fallback), raise ``TypeError``."""
+        err = coroutine_returned(coroutine)
+        self._report(FAILURE, NO_EVENT, end, run_us, run_us, trial, release)
+        raise err
+
     def _not_callable(self, run: object) -> NoReturn:
         """Undo the lock-free admission of a ``do()`` whose run is not callable, then say so."""
         with self._lock:
@@ -527,8 +543,11 @@ class CircuitBreaker:
         raise AssertionError(f"{run!r} is callable")  # pragma: no cover - only called when it is not
 
     def _succeeded_late(self, value: Any, start: int, end: int, fallback: Callable[[BaseException], Any] | None) -> Any:
-        """Complete a lock-free success that ended in a later second or after the timeout (ticket given back)."""
+        """Complete a lock-free success that ended in a later second, after the timeout, or with a
+        coroutine (ticket given back)."""
         elapsed = end - start
+        if type(value) is _COROUTINE:
+            self._returned_coroutine(value, end, elapsed // _NS_PER_US, 0, False)
         if elapsed > self._settings_obj.timeout_ns:
             return self._finish(TIMEOUT, CommandTimeoutError(), start, -1, 0, fallback, None, False)
         self._report(SUCCESS, NO_EVENT, end, elapsed // _NS_PER_US, elapsed // _NS_PER_US, 0, False)
@@ -570,6 +589,8 @@ class CircuitBreaker:
             return self._finish(classify(exc), exc, start, (end - start) // _NS_PER_US, verdict, fallback, ctx, True)
         end = clock()
         child.cancel()
+        if type(value) is _COROUTINE:
+            self._returned_coroutine(value, end, (end - start) // _NS_PER_US, verdict, True)
         late = context_outcome(ctx, timeout_at, end)
         if late != NO_EVENT:
             return self._finish(late, error_for(late), start, -1, verdict, fallback, ctx, True)

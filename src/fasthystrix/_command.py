@@ -31,6 +31,7 @@ from ._events import (
     TIMEOUT,
 )
 from ._log import logger
+from ._outcomes import COROUTINE, coroutine_returned
 from ._workers import timer
 
 __all__ = ["do", "do_c", "go", "go_c", "run_threaded"]
@@ -39,6 +40,9 @@ __all__ = ["do", "do_c", "go", "go_c", "run_threaded"]
 PENDING = 0
 DONE = 1
 EXPIRED = 2
+
+# The value of a run that returned a coroutine (closed on the worker; its error is the TypeError).
+_RETURNED_COROUTINE = object()
 
 _NS_PER_US = 1000
 
@@ -133,6 +137,10 @@ class _Execution:
         end = circuit._clock()
         if child is not None:
             child.cancel()
+        if type(value) is COROUTINE:
+            # Closed here, whoever decides the outcome, so it never warns that it was not awaited.
+            error = coroutine_returned(value)
+            value = _RETURNED_COROUTINE
         # The run has really ended: only now may another call have its ticket.
         circuit._release()
         with self.lock:
@@ -153,6 +161,12 @@ class _Execution:
         circuit = self.circuit
         error = self.error
         end = self.end
+        if self.value is _RETURNED_COROUTINE:
+            # A programming error, not an outcome of the dependency: a failure, and no fallback.
+            run_us = (end - self.start) // _NS_PER_US
+            circuit._report(FAILURE, NO_EVENT, end, run_us, run_us, self.verdict, False)
+            assert error is not None
+            raise error
         late = _finished_outcome(self.ctx, self.deadline, end)
         if late != NO_EVENT:
             return circuit._finish(

@@ -4,7 +4,9 @@ Times are milliseconds (an ``int``) or a :class:`datetime.timedelta`, as in
 hystrix-go's ``CommandConfig``; ``None`` means "the default at configure time".
 Unlike hystrix-go, ``0`` is a real value (e.g. ``max_concurrent_requests=0``
 rejects every call) and negative values are refused instead of wrapping or
-panicking later.
+panicking later. Every number has an upper bound (:data:`MAX_DURATION_MS`,
+:data:`MAX_COUNT`), so the compiled circuit's 64-bit copies of the settings and
+the deadlines computed from them cannot overflow.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
 
+from ._errors import safe_repr
+
 __all__ = [
     "DEFAULT_ERROR_PERCENT_THRESHOLD",
     "DEFAULT_ISOLATION",
@@ -22,6 +26,8 @@ __all__ = [
     "DEFAULT_REQUEST_VOLUME_THRESHOLD",
     "DEFAULT_SLEEP_WINDOW",
     "DEFAULT_TIMEOUT",
+    "MAX_COUNT",
+    "MAX_DURATION_MS",
     "CommandConfig",
     "Isolation",
     "Settings",
@@ -42,6 +48,9 @@ DEFAULT_ISOLATION: Isolation = "thread"
 
 #: The longest timeout or sleep window (365 days): longer waits overflow the OS's timers.
 MAX_DURATION_MS = 365 * 24 * 3600 * 1000
+#: The largest ``max_concurrent_requests`` and ``request_volume_threshold`` (2**31 - 1):
+#: far beyond any real limit, and far inside the compiled circuit's 64-bit counters.
+MAX_COUNT = 2**31 - 1
 
 _ISOLATIONS = ("thread", "semaphore")
 _NS_PER_MS = 1_000_000
@@ -50,39 +59,41 @@ _ONE_US = timedelta(microseconds=1)
 
 def _duration_ns(field_name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, timedelta)):
-        raise TypeError(f"{field_name} must be an int (milliseconds) or a datetime.timedelta, not {value!r}")
+        raise TypeError(f"{field_name} must be an int (milliseconds) or a datetime.timedelta, not {safe_repr(value)}")
     if isinstance(value, timedelta):
         ns = (value // _ONE_US) * 1000
     else:
         ns = value * _NS_PER_MS
     if ns < 0:
-        raise ValueError(f"{field_name} must not be negative, got {value!r}")
+        raise ValueError(f"{field_name} must not be negative, got {safe_repr(value)}")
     if ns > MAX_DURATION_MS * _NS_PER_MS:
-        raise ValueError(f"{field_name} must be at most {MAX_DURATION_MS} ms (365 days), got {value!r}")
+        raise ValueError(f"{field_name} must be at most {MAX_DURATION_MS} ms (365 days), got {safe_repr(value)}")
     return ns
 
 
 def _count(field_name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{field_name} must be an int, not {value!r}")
+        raise TypeError(f"{field_name} must be an int, not {safe_repr(value)}")
     if value < 0:
-        raise ValueError(f"{field_name} must not be negative, got {value!r}")
+        raise ValueError(f"{field_name} must not be negative, got {safe_repr(value)}")
+    if value > MAX_COUNT:
+        raise ValueError(f"{field_name} must be at most {MAX_COUNT} (2**31 - 1), got {safe_repr(value)}")
     return value
 
 
 def _percent(field_name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{field_name} must be an int, not {value!r}")
+        raise TypeError(f"{field_name} must be an int, not {safe_repr(value)}")
     if not 1 <= value <= 100:
-        raise ValueError(f"{field_name} must be between 1 and 100, got {value!r}")
+        raise ValueError(f"{field_name} must be between 1 and 100, got {safe_repr(value)}")
     return value
 
 
 def _isolation(field_name: str, value: object) -> Isolation:
     if not isinstance(value, str):
-        raise TypeError(f"{field_name} must be 'thread' or 'semaphore', not {value!r}")
+        raise TypeError(f"{field_name} must be 'thread' or 'semaphore', not {safe_repr(value)}")
     if value not in _ISOLATIONS:
-        raise ValueError(f"{field_name} must be 'thread' or 'semaphore', got {value!r}")
+        raise ValueError(f"{field_name} must be 'thread' or 'semaphore', got {safe_repr(value)}")
     return value  # type: ignore[return-value]
 
 
@@ -91,7 +102,9 @@ class CommandConfig:
     """What a command's settings should be; ``None`` fields take the current defaults.
 
     Values are validated here, so a bad config raises ``TypeError``/``ValueError``
-    (naming the field and the value) before anything is changed.
+    (naming the field and the value) before anything is changed. Times are
+    0 to :data:`MAX_DURATION_MS` (365 days), counts 0 to :data:`MAX_COUNT`
+    (2**31 - 1), ``error_percent_threshold`` 1 to 100.
     """
 
     timeout: Duration | None = None
@@ -121,7 +134,7 @@ class CommandConfig:
         if isinstance(mapping, CommandConfig):
             return mapping
         if not isinstance(mapping, Mapping):
-            raise TypeError(f"config must be a CommandConfig or a mapping, not {mapping!r}")
+            raise TypeError(f"config must be a CommandConfig or a mapping, not {safe_repr(mapping)}")
         unknown = set(mapping) - _FIELDS
         if unknown:
             raise ValueError(f"unknown CommandConfig field(s): {sorted(map(str, unknown))}")
@@ -147,9 +160,17 @@ class Settings:
     semaphore: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "timeout_ns", (self.timeout // _ONE_US) * 1000)
-        object.__setattr__(self, "sleep_window_ns", (self.sleep_window // _ONE_US) * 1000)
-        object.__setattr__(self, "semaphore", self.isolation == "semaphore")
+        # Checked again here, as CommandConfig does, because circuits take any Settings as
+        # given: a value out of range would fail half way through applying it.
+        for name in ("timeout", "sleep_window"):
+            if not isinstance(getattr(self, name), timedelta):
+                raise TypeError(f"{name} must be a datetime.timedelta, not {safe_repr(getattr(self, name))}")
+        object.__setattr__(self, "timeout_ns", _duration_ns("timeout", self.timeout))
+        object.__setattr__(self, "sleep_window_ns", _duration_ns("sleep_window", self.sleep_window))
+        _count("max_concurrent_requests", self.max_concurrent_requests)
+        _count("request_volume_threshold", self.request_volume_threshold)
+        _percent("error_percent_threshold", self.error_percent_threshold)
+        object.__setattr__(self, "semaphore", _isolation("isolation", self.isolation) == "semaphore")
 
     @classmethod
     def from_config(cls, config: CommandConfig, defaults: Settings) -> Settings:
@@ -200,6 +221,6 @@ def set_defaults(config: CommandConfig | None = None) -> Settings:
             _defaults = _HYSTRIX_DEFAULTS
         else:
             if not isinstance(config, CommandConfig):
-                raise TypeError(f"config must be a CommandConfig, not {config!r}")
+                raise TypeError(f"config must be a CommandConfig, not {safe_repr(config)}")
             _defaults = Settings.from_config(config, _defaults)
         return _defaults

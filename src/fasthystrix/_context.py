@@ -7,11 +7,16 @@ import threading
 from collections.abc import Callable
 
 from . import _clock
-from ._errors import ContextCanceledError, ContextDeadlineExceededError
+from ._config import MAX_DURATION_MS
+from ._errors import ContextCanceledError, ContextDeadlineExceededError, safe_repr
 
 __all__ = ["Context"]
 
 _NO_DEADLINE = None
+
+#: The longest finite ``with_timeout`` (365 days, as a command's timeout), so deadlines
+#: stay far inside the 64-bit nanosecond clock.
+MAX_TIMEOUT_SECONDS = MAX_DURATION_MS // 1000
 
 
 class Context:
@@ -52,13 +57,23 @@ class Context:
         return bg
 
     def with_timeout(self, seconds: float) -> Context:
-        """A child whose deadline is ``seconds`` from now (or the parent's, if earlier)."""
+        """A child whose deadline is ``seconds`` from now (or the parent's, if earlier).
+
+        ``seconds`` is an int or float from 0 to :data:`MAX_TIMEOUT_SECONDS` (365 days),
+        or ``math.inf`` for no deadline of its own.
+        """
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-            raise TypeError(f"seconds must be a number, not {seconds!r}")
-        if math.isnan(seconds) or seconds < 0:
-            raise ValueError(f"seconds must be a non-negative number, got {seconds!r}")
-        if math.isinf(seconds):
+            raise TypeError(f"with_timeout: seconds must be an int or a float, not {safe_repr(seconds)}")
+        # Compared, not converted: a huge int has no float, and NaN is not equal to itself.
+        if seconds != seconds or seconds < 0:
+            raise ValueError(f"with_timeout: seconds must not be negative or NaN, got {safe_repr(seconds)}")
+        if seconds == math.inf:
             return Context(self)
+        if seconds > MAX_TIMEOUT_SECONDS:
+            raise ValueError(
+                f"with_timeout: seconds must be at most {MAX_TIMEOUT_SECONDS} (365 days), "
+                f"or math.inf for no deadline, got {safe_repr(seconds)}"
+            )
         return Context(self, _clock.now_ns() + int(seconds * 1e9))
 
     def with_cancel(self) -> Context:

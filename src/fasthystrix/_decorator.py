@@ -29,6 +29,11 @@ def command(
     error as the keyword argument ``err``: ``fallback(*args, err=err, **kwargs)``
     (sync or async). ``config``, if given, is applied with ``configure_command``
     when the function is decorated.
+
+    An ``async def`` function, or an object whose ``__call__`` is one, gets an async
+    wrapper that runs under :func:`do_async`. An async fallback needs an async
+    function: with a sync one its coroutine could never be awaited, so that pairing
+    is a ``TypeError`` here rather than at the first failure.
     """
     if name is not None and not isinstance(name, str):
         raise TypeError(f"name must be a str or None, not {name!r}")
@@ -40,7 +45,14 @@ def command(
     def decorate(function: F) -> F:
         if not callable(function):
             raise TypeError(f"@command decorates a callable, not {function!r}")
-        command_name = name if name is not None else function.__qualname__
+        command_name = name if name is not None else getattr(function, "__qualname__", None)
+        if not isinstance(command_name, str):
+            raise TypeError(f"@command needs a name for {function!r}, which has no __qualname__")
+        is_async = _is_async(function)
+        if not is_async and fallback is not None and _is_async(fallback):
+            raise TypeError(
+                f"the fallback {fallback!r} is async but {function!r} is not: use an async function, or a sync fallback"
+            )
         if config is not None:
             configure_command(command_name, config)
 
@@ -49,7 +61,7 @@ def command(
                 return None
             return lambda err: fallback(*args, err=err, **kwargs)
 
-        if inspect.iscoroutinefunction(function):
+        if is_async:
 
             @functools.wraps(function)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -67,3 +79,8 @@ def command(
         return wrapper  # type: ignore[no-any-return]
 
     return decorate
+
+
+def _is_async(function: Callable[..., Any]) -> bool:
+    """Whether calling ``function`` returns a coroutine: an ``async def`` or an object with one as ``__call__``."""
+    return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(type(function).__call__)

@@ -84,10 +84,28 @@ class FallbackError(Exception):
     def __init__(self, fallback_error: BaseException, run_error: BaseException) -> None:
         self.fallback_error = fallback_error
         self.run_error = run_error
-        super().__init__(f"fallback failed with '{fallback_error}'. run error was '{run_error}'")
+        super().__init__(f"fallback failed with '{_text(fallback_error)}'. run error was '{_text(run_error)}'")
 
     def __reduce__(self) -> tuple[type[FallbackError], tuple[BaseException, BaseException]]:
         return (type(self), (self.fallback_error, self.run_error))
+
+
+def _text(error: BaseException) -> str:
+    """``str(error)``, or what the traceback module shows when that fails: never raises an ``Exception``."""
+    try:
+        return str(error)
+    except Exception:  # a __str__ that raises, returns a non-str, or recurses
+        return f"<unprintable {type(error).__name__} object>"
+
+
+def safe_repr(value: object) -> str:
+    """``repr(value)`` for an error message, or a description when that fails (never raises an ``Exception``)."""
+    try:
+        return repr(value)
+    except Exception:  # a __repr__ that raises, or an int past sys.get_int_max_str_digits()
+        if isinstance(value, int):
+            return f"<int of {value.bit_length()} bits>"
+        return f"<unprintable {type(value).__name__} object>"
 
 
 ErrCircuitOpen = CircuitOpenError

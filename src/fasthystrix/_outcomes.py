@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import CoroutineType
 from typing import Any
 
 from ._context import Context
@@ -23,7 +24,18 @@ from ._events import (
 )
 from ._log import logger
 
-__all__ = ["check_arguments", "classify", "context_outcome", "error_for", "notify_collectors"]
+__all__ = [
+    "COROUTINE",
+    "check_arguments",
+    "classify",
+    "context_outcome",
+    "coroutine_returned",
+    "error_for",
+    "notify_collectors",
+]
+
+#: The type of what calling an ``async def`` function returns: a sync command's run must not.
+COROUTINE = CoroutineType
 
 
 def check_arguments(name: object, run: object, fallback: object) -> None:
@@ -34,6 +46,23 @@ def check_arguments(name: object, run: object, fallback: object) -> None:
         raise TypeError(f"run must be callable, not {run!r}")
     if fallback is not None and not callable(fallback):
         raise TypeError(f"fallback must be callable or None, not {fallback!r}")
+
+
+def coroutine_returned(coroutine: Any) -> TypeError:
+    """Close a coroutine that a sync command's run returned; the error that says so.
+
+    The command counts as a failure and no fallback runs: the coroutine is a
+    programming error, not an outcome of the dependency. Closing it keeps Python
+    from warning later that it was never awaited.
+    """
+    try:
+        coroutine.close()
+    except Exception:  # a coroutine already started may raise on close: the TypeError says more
+        logger.exception("closing the coroutine %r returned by a sync run failed", coroutine)
+    what = getattr(coroutine, "__qualname__", None) or type(coroutine).__name__
+    return TypeError(
+        f"run returned a coroutine ({what}) instead of a value: use fasthystrix.do_async / go_async for async functions"
+    )
 
 
 def classify(exc: BaseException) -> int:

@@ -33,6 +33,7 @@ import time
 from datetime import timedelta
 from decimal import Decimal
 
+from ._errors import safe_repr
 from ._log import logger
 from .metric_collector import MetricResult, registry
 
@@ -68,6 +69,8 @@ _ATTEMPTS, _ERRORS, _SUCCESSES = 0, 1, 2
 _FALLBACK_SUCCESSES, _FALLBACK_FAILURES, _CONTEXT_CANCELED, _CONTEXT_DEADLINE_EXCEEDED = 7, 8, 9, 10
 _ERROR_INDICES = (3, 4, 5, 6)  # failures, rejects, short_circuits, timeouts
 _LOG_EVERY = 60.0  # seconds between two warnings about dropped metrics
+# The longest flush_interval: the thread sleeps that long, and far longer sleeps overflow the OS's timers.
+_MAX_FLUSH_INTERVAL = 3600
 _RESOLVE_RETRY = 5.0  # seconds between two attempts to resolve an address that failed
 # Results queued before the thread is woken early (it otherwise sleeps flush_interval).
 _WAKE_AT = 512
@@ -142,8 +145,9 @@ class StatsdCollectorClient:
     resolved by the background thread, never on the command path. ``prefix``
     starts every metric name; ``sample_rate`` in (0, 1] sends that fraction of
     commands, marked ``|@rate`` (0 means 1, as hystrix-go); ``flush_bytes``
-    bounds a packet (0 means :data:`LAN_STATSD_FLUSH_BYTES`); at most
-    ``max_queue`` commands wait for the thread.
+    bounds a packet (0 means :data:`LAN_STATSD_FLUSH_BYTES`); queued results are sent
+    every ``flush_interval`` seconds (at most 3600); at most ``max_queue`` commands
+    wait for the thread.
     """
 
     def __init__(
@@ -163,8 +167,15 @@ class StatsdCollectorClient:
             raise ValueError(f"sample_rate must be a number in [0, 1], not {sample_rate!r}")
         if isinstance(flush_bytes, bool) or not isinstance(flush_bytes, int) or flush_bytes < 0:
             raise ValueError(f"flush_bytes must be an int >= 0, not {flush_bytes!r}")
-        if isinstance(flush_interval, bool) or not isinstance(flush_interval, (int, float)) or not flush_interval > 0:
-            raise ValueError(f"flush_interval must be a number of seconds > 0, not {flush_interval!r}")
+        if (
+            isinstance(flush_interval, bool)
+            or not isinstance(flush_interval, (int, float))
+            or not 0 < flush_interval <= _MAX_FLUSH_INTERVAL
+        ):
+            raise ValueError(
+                f"flush_interval must be a number of seconds > 0 and <= {_MAX_FLUSH_INTERVAL}, "
+                f"not {safe_repr(flush_interval)}"
+            )
         if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
             raise ValueError(f"max_queue must be an int >= 1, not {max_queue!r}")
         self.prefix = prefix.rstrip(".")

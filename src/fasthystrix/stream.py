@@ -31,6 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from . import _registry
+from ._errors import safe_repr
 from ._log import logger
 from ._stream_messages import render
 
@@ -46,11 +47,20 @@ _HEADERS = [
 ]
 
 
-def _positive(field: str, value: object, kind: type | tuple[type, ...] = (int, float)) -> None:
+#: The longest ``interval`` and ``write_timeout`` (one hour, in seconds): longer waits mean
+#: nothing to a dashboard, and far longer ones overflow the OS's timers when they are used.
+MAX_SECONDS = 3600
+
+
+def _positive(
+    field: str, value: object, kind: type | tuple[type, ...] = (int, float), maximum: float | None = None
+) -> None:
     if isinstance(value, bool) or not isinstance(value, kind):
-        raise TypeError(f"{field} must be a number, not {value!r}")
+        raise TypeError(f"{field} must be a number, not {safe_repr(value)}")
     if not value > 0:  # type: ignore[operator]
-        raise ValueError(f"{field} must be greater than 0, got {value!r}")
+        raise ValueError(f"{field} must be greater than 0, got {safe_repr(value)}")
+    if maximum is not None and value > maximum:  # type: ignore[operator]
+        raise ValueError(f"{field} must be at most {maximum:g} seconds, got {safe_repr(value)}")
 
 
 class _Client:
@@ -114,7 +124,7 @@ class _Client:
 class StreamHandler:
     """Publishes the metrics stream to any number of clients; mount it as WSGI or ASGI.
 
-    ``interval``: seconds between ticks (hystrix-go: 1). ``keepalive``: the longest
+    ``interval``: seconds between ticks (hystrix-go: 1; at most 3600). ``keepalive``: the longest
     silence, in seconds, before a ``: ping`` comment is sent (at most 3, what
     Turbine expects). ``max_pending``: ticks a client may fall behind before it
     is dropped. ``allow_origin``: when set (e.g. ``"https://ops.example.com"`` or
@@ -126,7 +136,7 @@ class StreamHandler:
     def __init__(
         self, interval: float = 1.0, *, keepalive: float = 2.0, max_pending: int = 5, allow_origin: str | None = None
     ) -> None:
-        _positive("interval", interval)
+        _positive("interval", interval, maximum=MAX_SECONDS)
         _positive("keepalive", keepalive)
         if keepalive > 3:
             raise ValueError(f"keepalive must be at most 3 seconds (Turbine's expectation), got {keepalive!r}")
@@ -555,8 +565,8 @@ def serve_stream(
 
     Binds to loopback unless ``host`` says otherwise; ``port=0`` picks a free
     port (read it back from :attr:`StreamServer.port`). The other arguments are
-    :class:`StreamHandler`'s, plus ``write_timeout``: the seconds a write to a
-    client that stopped reading may block before that client is disconnected.
+    :class:`StreamHandler`'s, plus ``write_timeout``: the seconds (at most 3600) a write
+    to a client that stopped reading may block before that client is disconnected.
     Close the server (or use it as a context manager) to stop it.
     """
     if isinstance(port, bool) or not isinstance(port, int):
@@ -565,6 +575,6 @@ def serve_stream(
         raise ValueError(f"port must be between 0 and 65535, got {port!r}")
     if not isinstance(host, str):
         raise TypeError(f"host must be a str, not {host!r}")
-    _positive("write_timeout", write_timeout)
+    _positive("write_timeout", write_timeout, maximum=MAX_SECONDS)
     handler = StreamHandler(interval, keepalive=keepalive, max_pending=max_pending, allow_origin=allow_origin)
     return StreamServer(handler, host, port, float(write_timeout))
