@@ -508,14 +508,6 @@ def test_run_exception_traceback_has_no_frame_of_fasthystrix(
 
 # -- a sync command whose run is async ---------------------------------------------------------
 
-COMPILED_CHECK_PENDING = "compiled check lands with the core rewrite"
-
-
-def _xfail_on_compiled_semaphore(request: pytest.FixtureRequest, impl: str, isolation: str, via: str) -> None:
-    """The compiled semaphore path (do/do_c on the caller's thread) does not check yet."""
-    pending = impl == "compiled" and isolation == "semaphore" and via in ("do", "do_c")
-    request.applymarker(pytest.mark.xfail(condition=pending, reason=COMPILED_CHECK_PENDING, strict=True))
-
 
 async def _fetch() -> str:
     return "never awaited"
@@ -535,11 +527,8 @@ def _call(via: str, name: str, run: Callable[..., Any], fallback: Callable[..., 
 
 @pytest.mark.parametrize("isolation", ["thread", "semaphore"])
 @pytest.mark.parametrize("via", ["do", "do_c", "go", "go_c"])
-def test_run_returning_a_coroutine_is_a_type_error_and_a_failure(
-    request: pytest.FixtureRequest, impl: str, isolation: str, via: str
-) -> None:
+def test_run_returning_a_coroutine_is_a_type_error_and_a_failure(impl: str, isolation: str, via: str) -> None:
     """``do(name, async_fn)`` used to hand back an un-awaited coroutine and count a success."""
-    _xfail_on_compiled_semaphore(request, impl, isolation, via)
     fasthystrix.configure_command("async-run", {"isolation": isolation})
     circuit = fasthystrix.get_circuit("async-run")[0]
     coroutines: list[Any] = []
@@ -570,10 +559,7 @@ def test_run_returning_a_coroutine_is_a_type_error_and_a_failure(
 
 @pytest.mark.parametrize("isolation", ["thread", "semaphore"])
 @pytest.mark.parametrize("via", ["do", "do_c", "go", "go_c"])
-def test_trial_returning_a_coroutine_reopens_the_circuit(
-    request: pytest.FixtureRequest, impl: str, isolation: str, via: str, clock: Any
-) -> None:
-    _xfail_on_compiled_semaphore(request, impl, isolation, via)
+def test_trial_returning_a_coroutine_reopens_the_circuit(impl: str, isolation: str, via: str, clock: Any) -> None:
     fasthystrix.configure_command(
         "async-trial", {"isolation": isolation, "request_volume_threshold": 1, "sleep_window": 100, "timeout": 60_000}
     )

@@ -215,15 +215,9 @@ async def _fetch(x: int) -> int:
     return x
 
 
-def test_sync_function_returning_a_coroutine_is_a_type_error(
-    request: pytest.FixtureRequest, impl: str, isolation: str
-) -> None:
+def test_sync_function_returning_a_coroutine_is_a_type_error(impl: str, isolation: str) -> None:
     """A sync function that hands back a coroutine (a forgotten ``await``, a wrapper around an
     ``async def``) used to return it un-awaited and count a success."""
-    pending = impl == "compiled" and isolation == "semaphore"
-    request.applymarker(
-        pytest.mark.xfail(condition=pending, reason="compiled check lands with the core rewrite", strict=True)
-    )
     made: list[Any] = []
     fallbacks: list[BaseException] = []
 

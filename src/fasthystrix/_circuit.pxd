@@ -59,5 +59,6 @@ cdef class CircuitBreaker:
                          object fallback, object ctx, bint release, PyObject **raised)
     cdef object turned_away(self, int64_t verdict, int64_t start, object fallback, object ctx,
                             PyObject **raised)
+    cdef int returned_coroutine(self, object coroutine, int64_t end, int64_t run_us, int64_t trial) except -1
     cdef object run_command(self, object run, object fallback, tuple args, object kwargs, PyObject **raised)
     cdef object run_command_ctx(self, object ctx, object run, object fallback, PyObject **raised)

@@ -53,7 +53,15 @@ from fasthystrix._errors import ContextCanceledError as _ContextCanceledError
 from fasthystrix._errors import ContextDeadlineExceededError as _ContextDeadlineExceededError
 from fasthystrix._errors import TimeoutError as CommandTimeoutError
 from fasthystrix import _clock, _transitions
-from fasthystrix._outcomes import check_arguments, classify, context_outcome, error_for, notify_collectors
+from fasthystrix._outcomes import COROUTINE as _COROUTINE
+from fasthystrix._outcomes import (
+    check_arguments,
+    classify,
+    context_outcome,
+    coroutine_returned,
+    error_for,
+    notify_collectors,
+)
 
 __all__ = [
     "CircuitBreaker",
@@ -132,9 +140,10 @@ cdef extern from "_capi.h":
     int fh_kind_of(object exc, object canceled, object deadline)
 
 
-# C globals, not module attributes: read on the failure path without a dictionary lookup.
+# C globals, not module attributes: read on the call path without a dictionary lookup.
 cdef object _CANCELED_TYPE = _ContextCanceledError
 cdef object _DEADLINE_TYPE = _ContextDeadlineExceededError
+cdef object _COROUTINE_TYPE = _COROUTINE
 
 
 cdef inline object raise_later(object exc, PyObject **raised):
@@ -478,6 +487,12 @@ cdef class CircuitBreaker:
             _transitions.opened(self.name)
         return self.finish_c(event, new_error(event), start, -1, 0, fallback, ctx, False, raised)
 
+    cdef int returned_coroutine(self, object coroutine, int64_t end, int64_t run_us, int64_t trial) except -1:
+        """A sync run returned a coroutine: close it, count a failure (no fallback), raise ``TypeError``."""
+        err = coroutine_returned(coroutine)
+        self.report_c(FAILURE, NO_EVENT, end, run_us, run_us, trial, True)
+        raise err
+
     # -- one command ----------------------------------------------------------------------
 
     def execute(self, run, fallback):
@@ -522,6 +537,8 @@ cdef class CircuitBreaker:
         elapsed = end - start
         if result is not NULL:
             value = fh_own(result)
+            if type(value) is _COROUTINE_TYPE:
+                self.returned_coroutine(value, end, elapsed // 1000, verdict)
             if elapsed <= timeout:
                 if verdict == ADMITTED and not self.has_collectors:
                     # The common case, inlined: give the ticket back and count the success.
@@ -604,6 +621,8 @@ cdef class CircuitBreaker:
             return self.finish_c(classify(exc), exc, start, elapsed, verdict, fallback, ctx, True, raised)
         end = self.now()
         child.cancel()
+        if type(value) is _COROUTINE_TYPE:
+            self.returned_coroutine(value, end, (end - start) // 1000, verdict)
         event = context_outcome(ctx, timeout_at, end)
         if event != NO_EVENT:
             return self.finish_c(event, error_for(event), start, -1, verdict, fallback, ctx, True, raised)
