@@ -52,9 +52,11 @@ _expose_pyenv_interpreters()
 
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
-    """The whole suite (both implementations, via the ``impl`` fixture) on one interpreter."""
+    """The whole suite on one interpreter, once per implementation (each in a process of its own:
+    the implementation is chosen once per process, at import)."""
     session.install("-e", ".[test]")
-    session.run("python", "-m", "pytest", *session.posargs)
+    session.run("python", "-m", "pytest", *session.posargs, env={"FASTHYSTRIX_NO_EXTENSIONS": "0"})
+    session.run("python", "-m", "pytest", *session.posargs, env={"FASTHYSTRIX_NO_EXTENSIONS": "1"})
 
 
 @nox.session(python="3.11")

@@ -3,7 +3,8 @@
     python benchmarks/callgrind_do.py PATH N [--impl compiled|pure]
     python benchmarks/callgrind_do.py PATH N --measure [--impl ...]   # runs valgrind itself
 
-PATH is one of: bare, raise-catch, success, failure, failure-fallback, open-fallback, open-raise.
+PATH is one of: bare, raise-catch, success, failure, failure-fallback, open-fallback, open-raise,
+open-fallback-thread (the open circuit in thread isolation).
 The set-up (implementation, configuration, circuit creation and WARMUP calls) is the same whatever
 N is, so instructions(N) - instructions(0) is the cost of N calls alone. ``--measure`` runs
 
@@ -27,7 +28,16 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-PATHS = ("bare", "raise-catch", "success", "failure", "failure-fallback", "open-fallback", "open-raise")
+PATHS = (
+    "bare",
+    "raise-catch",
+    "success",
+    "failure",
+    "failure-fallback",
+    "open-fallback",
+    "open-raise",
+    "open-fallback-thread",
+)
 WARMUP = 2000
 
 
@@ -61,7 +71,11 @@ def build(path: str, impl: str) -> Callable[[], object]:
     name = f"callgrind-{path}"
     fasthystrix.configure_command(
         name,
-        fasthystrix.CommandConfig(isolation="semaphore", max_concurrent_requests=10**6, request_volume_threshold=10**9),
+        fasthystrix.CommandConfig(
+            isolation="thread" if path.endswith("-thread") else "semaphore",
+            max_concurrent_requests=10**6,
+            request_volume_threshold=10**9,
+        ),
     )
     circuit = fasthystrix.get_circuit(name)[0]
     assert fasthystrix.implementation == impl, fasthystrix.implementation
@@ -73,7 +87,7 @@ def build(path: str, impl: str) -> Callable[[], object]:
     if path == "failure-fallback":
         return functools.partial(do, name, fail, lambda err: 0)
     circuit.force_open = True
-    if path == "open-fallback":
+    if path in ("open-fallback", "open-fallback-thread"):
         return functools.partial(do, name, ok, lambda err: 0)
     if path == "open-raise":
         return caught(functools.partial(do, name, ok))

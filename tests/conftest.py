@@ -1,4 +1,4 @@
-"""Shared fixtures: every test runs on each implementation, on a clean registry, and
+"""Shared fixtures: every test runs on a clean registry, on this process's implementation, and
 must give back every concurrency ticket it took."""
 
 from __future__ import annotations
@@ -15,26 +15,33 @@ from fasthystrix import _clock, _config, _impl, _registry, _transitions
 from fasthystrix.metric_collector import registry as collector_registry
 
 
-def _implementations() -> list[str]:
-    names = ["pure"]
+def _implementation() -> str:
+    """The implementation this process runs: the suite runs once per implementation, in its own process.
+
+    ``FASTHYSTRIX_NO_EXTENSIONS=1`` selects the pure one (``nox`` runs the suite both ways).
+    """
     pure_only = os.environ.get("FASTHYSTRIX_NO_EXTENSIONS", "") not in ("", "0")
-    if _impl.COMPILED_MODULES and not pure_only:
-        # Never skip the compiled twin silently: if it was built, it must be tested.
-        if _impl.COMPILED is None:
-            raise RuntimeError(
-                f"compiled fasthystrix modules are missing ({_impl.WHY_PURE}); "
-                "set FASTHYSTRIX_NO_EXTENSIONS=1 to test the pure implementation only"
-            )
-        names.insert(0, "compiled")
-    return names
+    if _impl.COMPILED_MODULES and not pure_only and _impl.COMPILED is None:
+        # Never skip the compiled twin silently: if it was meant to be built, it must be tested.
+        raise RuntimeError(
+            f"compiled fasthystrix modules are missing ({_impl.WHY_PURE}); "
+            "set FASTHYSTRIX_NO_EXTENSIONS=1 to test the pure implementation only"
+        )
+    return _impl.current().name
 
 
-@pytest.fixture(params=_implementations(), autouse=True)
-def impl(request: pytest.FixtureRequest) -> Iterator[str]:
+IMPLEMENTATION = _implementation()
+
+
+def pytest_report_header() -> str:
+    return f"fasthystrix implementation: {IMPLEMENTATION}"
+
+
+@pytest.fixture(autouse=True)
+def impl() -> Iterator[str]:
     """The implementation under test; the registry is clean before and checked after."""
-    _impl.select(request.param)
     _reset()
-    yield request.param
+    yield IMPLEMENTATION
     try:
         _assert_tickets_returned()
     finally:

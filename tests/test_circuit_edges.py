@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 import fasthystrix
-from fasthystrix import _command, _impl, _registry
+from fasthystrix import _command, _events, _impl, _registry
 
 
 @pytest.mark.parametrize("isolation", ["semaphore", "thread"])
@@ -69,3 +71,23 @@ def test_a_call_turned_away_never_reaches_thread_isolation(isolation: str, turne
     assert (m.short_circuits, m.rejects, m.fallback_successes) == (
         (20, 0, 20) if turned_away == "short-circuit" else (0, 20, 20)
     )
+
+
+def test_admission_verdicts_are_the_named_ones(clock: Any) -> None:
+    """Both twins answer admission with the verdicts named in ``_events`` (the compiled one mirrors them)."""
+    fasthystrix.configure_command(
+        "verdicts", fasthystrix.CommandConfig(request_volume_threshold=1, sleep_window=100, max_concurrent_requests=1)
+    )
+    circuit = fasthystrix.get_circuit("verdicts")[0]
+    assert circuit._acquire(clock()) == _events.ADMITTED
+    assert circuit._acquire(clock()) == _events.REJECTED_VERDICT  # the one ticket is taken
+    circuit._report(_events.FAILURE, _events.NO_EVENT, clock(), 1, 1, _events.ADMITTED, True)
+    assert circuit._acquire(clock()) == _events.TRIPPED  # the failure made it unhealthy: this call opens it
+    assert circuit._acquire(clock()) == _events.SHORT_CIRCUITED
+    clock.advance(ms=101)
+    trial = circuit._acquire(clock())
+    assert trial > 0  # the trial of the first open episode
+    circuit._report(_events.SUCCESS, _events.NO_EVENT, clock(), 1, 1, trial, True)
+    assert circuit.state() == "closed"
+    assert _events.turned_away_event(_events.REJECTED_VERDICT) == _events.REJECTED
+    assert _events.turned_away_event(_events.TRIPPED) == _events.SHORT_CIRCUIT

@@ -185,21 +185,6 @@ def test_alternating_names_use_their_own_circuits() -> None:
     assert counts == {"a": 5, "b": 3}
 
 
-def test_implementation_switch_replaces_the_circuit(impl: str) -> None:
-    other = "pure" if impl == "compiled" else "compiled"
-    if other not in _impl.available():
-        pytest.skip(f"{other} implementation not available")
-    fasthystrix.configure_command("switch", fasthystrix.CommandConfig(isolation="semaphore"))
-    fasthystrix.do("switch", lambda: 1)
-    fasthystrix.do("switch", lambda: 1)
-    _impl.select(other)
-    fasthystrix.flush()
-    fasthystrix.do("switch", lambda: 1)
-    circuit = fasthystrix.get_circuit("switch")[0]
-    assert type(circuit).__module__.endswith("_circuit_py" if other == "pure" else "_circuit")
-    assert circuit.metrics().successes == 1
-
-
 def test_flush_while_threads_call_do() -> None:
     """Threads calling do() while another flushes: every call runs and counts in a live circuit."""
     names = [f"churn-{i}" for i in range(3)]

@@ -29,6 +29,7 @@ from ._events import (
     SHORT_CIRCUIT,
     SUCCESS,
     TIMEOUT,
+    turned_away_event,
 )
 from ._outcomes import COROUTINE as _COROUTINE
 from ._registry import _circuits, get_or_create
@@ -172,7 +173,7 @@ async def do_async(
     start = clock()
     verdict = circuit._acquire(start, settings)
     if verdict < 0:
-        event = REJECTED if verdict == -1 else SHORT_CIRCUIT
+        event = turned_away_event(verdict)
         return await _finish(circuit, event, _impl.current().error_for(event), start, -1, 0, fallback, False)
     task = asyncio.current_task()
     assert task is not None, "do_async() must be awaited inside a task"

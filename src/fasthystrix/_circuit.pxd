@@ -9,7 +9,8 @@ cdef enum:
     # Bits of the circuit state word.
     STATE_OPEN = 1     # tripped by its error rate
     STATE_FORCED = 2   # forced open by the user
-    # Admission verdicts; a positive verdict is a trial request, numbered by the open episode.
+    # Admission verdicts, as in _events.py (test_circuit_edges checks they agree); a positive verdict is
+    # a trial request, numbered by the open episode.
     ADMITTED = 0
     REJECTED_VERDICT = -1
     SHORT_CIRCUITED = -2

@@ -676,12 +676,8 @@ cdef class CommandFunction:
 
     def __call__(self, *args, **kwargs):
         cdef PyObject *raised = NULL
-        circuit = circuit_of(self.command_name)
-        if type(circuit) is CircuitBreaker:
-            return raise_if((<CircuitBreaker>circuit).run_command(
-                self.function, self.fallback, args, kwargs or None, &raised), raised)
-        # A circuit of the other implementation (after a switch): its own method.
-        return circuit.execute_args(self.function, args, kwargs or None, self.fallback)
+        return raise_if((<CircuitBreaker?>circuit_of(self.command_name)).run_command(
+            self.function, self.fallback, args, kwargs or None, &raised), raised)
 
     def __get__(self, instance, owner):
         # Decorated methods bind like functions do.

@@ -22,6 +22,7 @@ from . import _transitions
 from ._context import Context
 from ._errors import FallbackError, TimeoutError as CommandTimeoutError
 from ._events import (
+    ADMITTED,
     CONTEXT_CANCELED,
     CONTEXT_DEADLINE_EXCEEDED,
     FAILURE,
@@ -30,9 +31,13 @@ from ._events import (
     NO_EVENT,
     NOT_STARTED,
     REJECTED,
+    REJECTED_VERDICT,
     SHORT_CIRCUIT,
+    SHORT_CIRCUITED,
     SUCCESS,
     TIMEOUT,
+    TRIPPED,
+    turned_away_event,
 )
 from ._gate import CLOSED, PENDING_LIMIT, Gate
 from ._metrics import MetricsSnapshot
@@ -58,13 +63,6 @@ __all__ = [
     "do",
     "error_for",
 ]
-
-# Admission verdicts; a positive verdict is a trial request, numbered by the
-# open episode it may close.
-ADMITTED = 0
-REJECTED_VERDICT = -1
-SHORT_CIRCUITED = -2
-TRIPPED = -3  # short-circuited by the call that found the circuit unhealthy and opened it
 
 _NS_PER_US = 1000
 
@@ -101,11 +99,7 @@ def do(name: str, run: Callable[[], Any], fallback: Callable[[BaseException], An
         check_arguments(name, run, fallback)
         circuit = _get_or_create(name)  # type: ignore[misc]
     # CircuitBreaker.execute's lock-free path, inlined (one Python call less); keep the two in step.
-    try:
-        pending = circuit._pending
-    except AttributeError:  # a circuit of the other implementation, made before a switch
-        check_arguments(name, run, fallback)
-        return circuit.execute(run, fallback)
+    pending = circuit._pending
     clock = circuit._clock
     start = clock()
     waiting = len(pending)  # before the gate: see _gate
@@ -338,8 +332,10 @@ class CircuitBreaker:
 
     # -- building blocks shared with thread isolation -----------------------------------
 
-    def _acquire(self, now: int, settings: Any) -> int:
+    def _acquire(self, now: int, settings: Any = None) -> int:
         """Check the circuit and take a ticket; a verdict (>= 0: admitted, > 0: trial)."""
+        if settings is None:
+            settings = self._settings_obj
         with self._lock:
             verdict = self._admit_locked(now, settings)
             self._open_gate_locked()
@@ -488,7 +484,7 @@ class CircuitBreaker:
         # in thread and semaphore mode.
         verdict = self._acquire(start, settings)
         if verdict < 0:
-            event = REJECTED if verdict == REJECTED_VERDICT else SHORT_CIRCUIT
+            event = turned_away_event(verdict)
             return self._finish(event, error_for(event), start, -1, 0, fallback, None, False)
         if not settings.semaphore:
             return _run_threaded(self, run, fallback, None, start, verdict, settings.timeout_ns)  # type: ignore[misc]
@@ -567,7 +563,7 @@ class CircuitBreaker:
             return self._finish(event, error_for(event), NOT_STARTED, -1, 0, fallback, ctx, False)
         verdict = self._acquire(start, settings)
         if verdict < 0:
-            event = REJECTED if verdict == REJECTED_VERDICT else SHORT_CIRCUIT
+            event = turned_away_event(verdict)
             return self._finish(event, error_for(event), start, -1, 0, fallback, ctx, False)
         if not settings.semaphore:
             return _run_threaded(self, run, fallback, ctx, start, verdict, settings.timeout_ns)  # type: ignore[misc]

@@ -25,10 +25,9 @@ from ._events import (
     FAILURE,
     NO_EVENT,
     NOT_STARTED,
-    REJECTED,
-    SHORT_CIRCUIT,
     SUCCESS,
     TIMEOUT,
+    turned_away_event,
 )
 from ._log import logger
 from ._outcomes import COROUTINE, coroutine_returned
@@ -353,7 +352,7 @@ def _go(circuit: Any, run: Callable[..., Any], fallback: Any, ctx: Context | Non
     if event == NO_EVENT:
         verdict = circuit._acquire(start, settings)
         if verdict < 0:
-            event = REJECTED if verdict == -1 else SHORT_CIRCUIT
+            event = turned_away_event(verdict)
     if event != NO_EVENT:
         task = _expired_task(circuit, event, start, 0, fallback, ctx, future)
         if fallback is None:

@@ -1,11 +1,13 @@
-"""Event indices shared by every module (the compiled modules mirror them in ``_rolling.pxd``).
+"""Event indices and admission verdicts shared by every module.
 
-The names are hystrix-go's exact event strings, in index order.
+The compiled modules mirror them in ``_rolling.pxd`` (events) and ``_circuit.pxd`` (verdicts).
+The event names are hystrix-go's exact event strings, in index order.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "ADMITTED",
     "CONTEXT_CANCELED",
     "CONTEXT_DEADLINE_EXCEEDED",
     "EVENT_NAMES",
@@ -15,9 +17,13 @@ __all__ = [
     "NOT_STARTED",
     "NO_EVENT",
     "REJECTED",
+    "REJECTED_VERDICT",
     "SHORT_CIRCUIT",
+    "SHORT_CIRCUITED",
     "SUCCESS",
     "TIMEOUT",
+    "TRIPPED",
+    "turned_away_event",
 ]
 
 SUCCESS = 0
@@ -43,3 +49,15 @@ EVENT_NAMES = (
     "fallback-success",
     "fallback-failure",
 )
+
+# Admission verdicts: the circuit's answer to a call. A positive verdict admits the open
+# circuit's trial request and is the number of the open episode it may close.
+ADMITTED = 0
+REJECTED_VERDICT = -1  # no ticket free
+SHORT_CIRCUITED = -2  # the circuit is open
+TRIPPED = -3  # short-circuited by the call that found the circuit unhealthy and opened it
+
+
+def turned_away_event(verdict: int) -> int:
+    """The event of a call the circuit did not admit (``verdict < 0``)."""
+    return REJECTED if verdict == REJECTED_VERDICT else SHORT_CIRCUIT

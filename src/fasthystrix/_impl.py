@@ -1,7 +1,9 @@
-"""The one switch between the compiled modules and their pure-Python twins.
+"""The one choice between the compiled modules and their pure-Python twins, made once per process.
 
-All compiled or all pure, never a mix. ``FASTHYSTRIX_NO_EXTENSIONS=1``, a
-non-CPython interpreter, or a failed import of a compiled module selects pure.
+All compiled or all pure, never a mix, and never changed after import (as in propcache and
+frozenlist): no hot path or cache has to check which is live. ``FASTHYSTRIX_NO_EXTENSIONS=1``,
+a non-CPython interpreter, or a failed import of a compiled module selects pure. The test
+suite runs once per implementation, in separate processes.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from . import _circuit_py, _handoff_py, _rolling_py
 
-__all__ = ["EVENT_NAMES", "Implementation", "available", "current", "select"]
+__all__ = ["EVENT_NAMES", "Implementation", "available", "current"]
 
 EVENT_NAMES = _rolling_py.EVENT_NAMES
 
@@ -77,33 +79,13 @@ _current = COMPILED or PURE
 
 
 def current() -> Implementation:
-    """The live implementation."""
+    """The live implementation (the same for the whole life of the process)."""
     return _current
 
 
 def available() -> dict[str, Implementation]:
-    """Every implementation importable in this process, by name."""
+    """Every implementation importable in this process, by name (only one of them is live)."""
     found = {"pure": PURE}
     if COMPILED is not None:
         found["compiled"] = COMPILED
     return found
-
-
-def select(name: str) -> Implementation:
-    """Switch the live implementation (for tests and benchmarks); call ``flush()`` afterwards.
-
-    Circuits created before the switch keep their implementation until flushed.
-    """
-    global _current
-    impls = available()
-    if name not in impls:
-        raise ValueError(f"implementation {name!r} is not available here ({WHY_PURE or 'unknown name'})")
-    _current = impls[name]
-    package = sys.modules.get(__package__ or "fasthystrix")
-    if package is not None and hasattr(package, "do"):
-        setattr(package, "do", _current.do)  # noqa: B010 - the package's do() is the live fast path
-        setattr(package, "implementation", _current.name)  # noqa: B010
-    from . import _registry
-
-    _registry.bind_current()
-    return _current

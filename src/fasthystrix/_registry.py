@@ -161,16 +161,5 @@ def flush() -> None:
     timer.discard_finished()
 
 
-def bind_current() -> None:
-    """Point the live implementation's fast path at this registry."""
-    _impl.current().bind(_circuits, get_or_create, run_threaded)
-
-
-def _bind_all() -> None:
-    for implementation in _impl.available().values():
-        implementation.bind(_circuits, get_or_create, run_threaded)
-
-
 _command.bind(_circuits, get_or_create)
-bind_current()
-_bind_all()
+_impl.current().bind(_circuits, get_or_create, run_threaded)
