@@ -66,7 +66,6 @@ def build(path: str, impl: str) -> Callable[[], object]:
         return caught(fail)
     import fasthystrix
 
-    fasthystrix._impl.select(impl)
     fasthystrix.flush()
     name = f"callgrind-{path}"
     fasthystrix.configure_command(
@@ -117,7 +116,8 @@ def collected(path: str, n: int, impl: str) -> tuple[int, dict[str, int]]:
             "--impl",
             impl,
         ]
-        env = dict(os.environ, PYTHONHASHSEED="0")
+        # The implementation is chosen once per process, at import: ask for it in the environment.
+        env = dict(os.environ, PYTHONHASHSEED="0", FASTHYSTRIX_NO_EXTENSIONS="1" if impl == "pure" else "0")
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
         match = re.search(r"Collected\s*:\s*(\d+)", proc.stderr)
         if proc.returncode != 0 or match is None:
