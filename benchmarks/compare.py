@@ -210,6 +210,10 @@ def run_suite(quick: bool, json_path: Path, log_path: Path, groups: list[str] | 
         f"--benchmark-max-time={0.1 if quick else 1.0}",
         "--benchmark-min-rounds=5",
         "-q",
+        # When every case errors, pytest-benchmark warns "Not saving anything" as the session ends, and
+        # the project's filterwarnings = error made that a traceback in place of pytest's error summary.
+        "-W",
+        "ignore:Not saving anything:pytest_benchmark.logger.PytestBenchmarkWarning",
     ]
     if groups:
         args += ["-k", " or ".join(GROUP_TESTS[g] for g in groups)]
@@ -246,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"running {SUITE.relative_to(HERE.parent)} ({'quick' if args.quick else 'full'}); log: {log_path}")
         sys.stdout.flush()
         rc = run_suite(args.quick, json_path, log_path, args.groups)
-        if not json_path.exists():
+        if not json_path.exists() or json_path.stat().st_size == 0:  # pytest-benchmark opens it at start
             print(f"pytest exited with {rc} and wrote no JSON; see {log_path}:")
             print("\n".join(log_path.read_text().splitlines()[-40:]))
             return 2
