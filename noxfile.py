@@ -3,6 +3,7 @@
 nox            # tests on each interpreter, then lint
 nox -s tests-3.12
 nox -s bench   # benchmarks against the peers (not part of the default run)
+nox -s bench-smoke   # each benchmark once, untimed (part of the default run)
 nox -s wheel   # pip wheel + auditwheel repair, then the suite against that wheel on 3.11 and 3.13
 """
 
@@ -77,6 +78,25 @@ def bench(session: nox.Session) -> None:
     """Benchmarks against a bare call and the peers, in one run (ratios, not absolute times)."""
     session.install("-e", ".[bench]")
     session.run("python", "benchmarks/compare.py", *session.posargs)
+
+
+@nox.session(name="bench-smoke", python="3.11")
+def bench_smoke(session: nox.Session) -> None:
+    """Each benchmark once, untimed, then one quick timed group through ``compare.py`` (under 2 min).
+
+    Proves that the suite, the peers and ``compare.py``'s report still work with the bench extra as it
+    resolves today; asserts no timing."""
+    session.install("-e", ".[bench]")
+    env = {"FASTHYSTRIX_BENCH_QUICK": "1"}
+    untimed = ("python", "-m", "pytest", "benchmarks", "--benchmark-disable", "-x", "-q", "-p", "no:cacheprovider")
+    session.run(*untimed, env={**env, "FASTHYSTRIX_NO_EXTENSIONS": "0"})
+    # The pure twin's cases, in a process of its own (the implementation is chosen at import).
+    session.run(*untimed, "-k", "pure", env={**env, "FASTHYSTRIX_NO_EXTENSIONS": "1"})
+    session.run("python", "benchmarks/compare.py", "--quick", "--groups", "success", env=env)
+
+
+# In the default run (and so in CI): a pytest release once broke the benchmarks and nothing noticed.
+nox.options.sessions.append("bench-smoke")
 
 
 @nox.session(python="3.11")

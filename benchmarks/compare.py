@@ -18,7 +18,6 @@ and ``--benchmark-json``), then reads the JSON.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -51,10 +50,10 @@ ISSUE_PEERS = {
 }
 
 TARGETS = {
-    "success": 4.0,  # compiled semaphore do() <= 4x a bare call
+    "success": 5.0,  # compiled semaphore do() <= 5x a bare call (paired wall-clock; <= 3.5x in instructions)
     "success-pure": 15.0,  # pure do() <= 15x a bare call
     "failure-closed": 1.5,  # <= 1.5x a bare raise-and-catch
-    "open-rejected": 8.0,  # with a fallback, <= 8x a bare call
+    "open-rejected": 8.0,  # with a fallback, <= 8x a bare call, in either isolation
     "thread-isolation": 0.35,  # <= 0.35x ThreadPoolExecutor.submit(fn).result()
     "two-threads": 0.95,  # >= 0.95
     "memory": 64 * 1024,  # <= 64 KiB
@@ -198,10 +197,36 @@ GROUP_TESTS = {
 
 
 def run_suite(quick: bool, json_path: Path, log_path: Path, groups: list[str] | None = None) -> int:
-    import pytest
+    """Run the suite twice, merging the results into ``json_path``: once in a process running the
+    compiled implementation (with the peers and the bare baselines), then the pure twin's cases
+    in a process of their own (the implementation is chosen once per process, at import)."""
+    selection = " or ".join(GROUP_TESTS[g] for g in groups) if groups else ""
+    compiled_json = json_path.with_name(json_path.stem + "-compiled.json")
+    pure_json = json_path.with_name(json_path.stem + "-pure.json")
+    with open(log_path, "w") as log:
+        rc = _pytest(quick, compiled_json, selection, {"FASTHYSTRIX_NO_EXTENSIONS": "0"}, log)
+        pure_selection = f"({selection}) and pure" if selection else "pure"
+        rc_pure = _pytest(quick, pure_json, pure_selection, {"FASTHYSTRIX_NO_EXTENSIONS": "1"}, log)
+    merged: dict[str, Any] | None = None
+    for part in (compiled_json, pure_json):
+        if not part.exists() or part.stat().st_size == 0:  # pytest-benchmark opens it at start
+            continue
+        data = json.loads(part.read_text())
+        if merged is None:
+            merged = data
+        else:
+            merged["benchmarks"].extend(data["benchmarks"])
+        part.unlink()
+    if merged is not None:
+        json_path.write_text(json.dumps(merged))
+    return rc or rc_pure
 
-    os.environ["FASTHYSTRIX_BENCH_QUICK"] = "1" if quick else "0"
+
+def _pytest(quick: bool, json_path: Path, selection: str, env: dict[str, str], log: Any) -> int:
     args = [
+        sys.executable,
+        "-m",
+        "pytest",
         str(SUITE),
         "-p",
         "no:cacheprovider",
@@ -210,11 +235,16 @@ def run_suite(quick: bool, json_path: Path, log_path: Path, groups: list[str] | 
         f"--benchmark-max-time={0.1 if quick else 1.0}",
         "--benchmark-min-rounds=5",
         "-q",
+        # When every case errors, pytest-benchmark warns "Not saving anything" as the session ends, and
+        # the project's filterwarnings = error made that a traceback in place of pytest's error summary.
+        "-W",
+        "ignore:Not saving anything:pytest_benchmark.logger.PytestBenchmarkWarning",
     ]
-    if groups:
-        args += ["-k", " or ".join(GROUP_TESTS[g] for g in groups)]
-    with open(log_path, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        return int(pytest.main(args))
+    if selection:
+        args += ["-k", selection]
+    full_env = dict(os.environ, FASTHYSTRIX_BENCH_QUICK="1" if quick else "0", **env)
+    log.flush()
+    return subprocess.run(args, env=full_env, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"running {SUITE.relative_to(HERE.parent)} ({'quick' if args.quick else 'full'}); log: {log_path}")
         sys.stdout.flush()
         rc = run_suite(args.quick, json_path, log_path, args.groups)
-        if not json_path.exists():
+        if not json_path.exists() or json_path.stat().st_size == 0:  # pytest-benchmark opens it at start
             print(f"pytest exited with {rc} and wrote no JSON; see {log_path}:")
             print("\n".join(log_path.read_text().splitlines()[-40:]))
             return 2
@@ -313,12 +343,12 @@ def report(res: Results, data: dict[str, Any], run: dict[str, Any], rc: int, log
 
     g = "success"
     x_c, x_p = res.paired(g, "fasthystrix-compiled", "bare"), res.paired(g, "fasthystrix-pure", "bare")
-    v_c = check(f"success, compiled semaphore do() <= 4x a bare call: {fmt_x(x_c)}", x_c, TARGETS["success"])
+    v_c = check(f"success, compiled semaphore do() <= 5x a bare call: {fmt_x(x_c)}", x_c, TARGETS["success"])
     v_p = check(f"success, pure do() <= 15x a bare call: {fmt_x(x_p)}", x_p, TARGETS["success-pure"])
     print(
         f"| success | {cell(res, g, 'pybreaker')} | {cell(res, g, 'circuitbreaker')} | {cell(res, g, 'purgatory')} | "
         f"{cell(res, g, 'fasthystrix-compiled')} | {cell(res, g, 'fasthystrix-pure')} | "
-        f"compiled <= 4x: {v_c}; pure <= 15x: {v_p} |"
+        f"compiled <= 5x: {v_c}; pure <= 15x: {v_p} |"
     )
 
     g = "failure-closed"
@@ -335,6 +365,9 @@ def report(res: Results, data: dict[str, Any], run: dict[str, Any], rc: int, log
     g = "open-rejected"
     z_c = res.paired(g, "fasthystrix-compiled", "bare")
     v_c = check(f"open (rejected), compiled with a fallback <= 8x a bare call: {fmt_x(z_c)}", z_c, TARGETS[g])
+    z_t = res.paired(g, "fasthystrix-compiled-thread", "bare")
+    text = f"open (rejected), compiled thread isolation with a fallback <= 8x a bare call: {fmt_x(z_t)}"
+    check(text, z_t, TARGETS[g])
     print(
         f"| circuit open (rejected) | {cell(res, g, 'pybreaker')} | {cell(res, g, 'circuitbreaker')} | "
         f"{cell(res, g, 'purgatory')} | {cell(res, g, 'fasthystrix-compiled')} with fallback | "
@@ -501,7 +534,7 @@ def report(res: Results, data: dict[str, Any], run: dict[str, Any], rc: int, log
 
     # -- targets ---------------------------------------------------------------------------------------------
     print()
-    print("targets (issue 3, 'Performance targets'; ratios are paired medians):")
+    print("targets (issue 11's performance section; ratios are paired medians):")
     for text, ok in checks:
         mark = {True: "[MET]   ", False: "[MISSED]", None: "[info]  "}[ok]
         print(f"  {mark} {text}")

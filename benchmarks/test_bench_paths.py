@@ -50,7 +50,6 @@ import pybreaker
 import pytest
 
 import fasthystrix
-from fasthystrix import _impl
 
 QUICK = os.environ.get("FASTHYSTRIX_BENCH_QUICK", "") not in ("", "0")
 # Duration of one timed round (one inner loop of n calls).
@@ -158,10 +157,13 @@ def with_breaker(breaker: Any, fn: Callable[[], object]) -> Callable[[], object]
 
 
 def fasthystrix_circuit(impl: str, name: str, isolation: str = "semaphore") -> tuple[Callable[..., Any], Any]:
-    """Select ``impl``, flush, configure ``name`` so it never trips, and return (do, circuit)."""
-    if impl not in _impl.available():
-        pytest.skip(f"implementation {impl!r} not available: {_impl.WHY_PURE}")
-    _impl.select(impl)
+    """Flush, configure ``name`` so it never trips, and return (do, circuit).
+
+    The implementation is chosen once per process: a case of the other one is skipped here
+    (``compare.py`` measures the pure twin in a process of its own).
+    """
+    if impl != fasthystrix.implementation:
+        pytest.skip(f"this process runs the {fasthystrix.implementation} implementation, not {impl}")
     fasthystrix.flush()
     fasthystrix.configure_command(
         name,
@@ -176,13 +178,11 @@ def fasthystrix_circuit(impl: str, name: str, isolation: str = "semaphore") -> t
 
 @pytest.fixture(scope="module", autouse=True)
 def _restore_implementation() -> Iterator[None]:
-    before = _impl.current().name
     # Spin for a moment first, so the first baseline is not measured on a cold (or clocked-down) core.
     deadline = time.perf_counter() + (0.1 if QUICK else 0.3)
     while time.perf_counter() < deadline:
         sync_batch(ok, 10_000)()
     yield
-    _impl.select(before)
     fasthystrix.flush()
 
 
@@ -383,10 +383,10 @@ def _open_bare_raise(res: Resources) -> Callable[[], object]:
     return Call(fail, catch=True)
 
 
-def _fh_open(impl: str, with_fallback: bool) -> Builder:
+def _fh_open(impl: str, with_fallback: bool, isolation: str = "semaphore") -> Builder:
     def build(res: Resources) -> Callable[[], object]:
-        name = f"bench-open-{impl}-{with_fallback}"
-        do, circuit = fasthystrix_circuit(impl, name)
+        name = f"bench-open-{impl}-{with_fallback}-{isolation}"
+        do, circuit = fasthystrix_circuit(impl, name, isolation)
         circuit.force_open = True
         res.checks.append(lambda: circuit.state() == "forced-open" and circuit.metrics().short_circuits > 0)
         if with_fallback:
@@ -413,6 +413,13 @@ for _impl_name in IMPLEMENTATIONS:
         "open-rejected",
         (f"fasthystrix-{_impl_name}-raise", f"fasthystrix {_impl_name}: try: do(name, ok) except, forced open"),
     )(_fh_open(_impl_name, False))
+    case(
+        "open-rejected",
+        (
+            f"fasthystrix-{_impl_name}-thread",
+            f"fasthystrix {_impl_name}: do(name, ok, lambda err: 0), forced open, isolation='thread'",
+        ),
+    )(_fh_open(_impl_name, True, "thread"))
 
 
 def _expect_rejection(f: Callable[[], object], error: type[BaseException]) -> None:
@@ -741,8 +748,7 @@ def measure(benchmark: Any, res: Resources, group: str, cid: str) -> None:
         def batch_maker(f: Callable[[], object]) -> Callable[[int], Callable[[], None]]:
             return lambda n: sync_batch(f, n)
 
-    # The case first: a fasthystrix case selects its implementation when built, and the
-    # decorator group's do() references use that implementation.
+    # The case first: a fasthystrix case skips here if it is not this process's implementation.
     make_batch = batch_maker(builder(res))
     references = {name: batch_maker(build(res)) for name, build in REFERENCES[group].items()}
     n = calibrate(make_batch, BATCH_SECONDS)
