@@ -489,7 +489,7 @@ def test_run_exception_traceback_has_no_frame_of_fasthystrix(
 ) -> None:
     """Without a fallback, run's exception reaches the caller as run raised it: the compiled twin adds no frame."""
     if clock == "fake":
-        request.getfixturevalue("clock")  # a Python clock: the circuit takes the exception and raises it again
+        request.getfixturevalue("clock")  # a ManualClock: the same path, with the clock frozen
     fasthystrix.configure_command("tb", {"isolation": "semaphore"})
 
     def run() -> None:

@@ -1,7 +1,7 @@
 /* The do() entry point as a C function, and the C-API pieces the core's failure path needs.
  *
  * Why C: every Cython function an exception passes through adds a traceback
- * entry (a new frame object, ~100 ns). A failing run() without a fallback is
+ * entry (a new frame object). A failing run() without a fallback is
  * the path users hit hardest in an outage, and run's exception should reach the
  * caller exactly as it left run(). So the core takes it from the thread state at
  * once (fh_fetch), does its bookkeeping, and hands it back through an explicit

@@ -5,7 +5,7 @@ waits for it until its deadline. Whoever decides the outcome first (the run
 finishing, the deadline, the context) wins exactly once, under the command's
 lock; the loser does nothing. The ticket stays taken until ``run`` really
 ends (hystrix-go gave it back at the timeout, so real concurrency could exceed
-the limit, issue #81).
+the limit, hystrix-go issue #81).
 """
 
 from __future__ import annotations

@@ -29,9 +29,8 @@ __all__ = ["CLOSED", "PENDING_LIMIT", "Gate"]
 
 # Unfolded successes at most (plus those of calls running now), so memory per
 # circuit stays bounded whatever the call rate: the two lists hold about 36 KiB
-# at most. The fold's fixed cost (one locked call) is shared by this many calls:
-# 1024 costs about 1 % more instructions per success, 4096 saves 0.5 % and
-# doubles the memory.
+# at most. The fold's fixed cost (one locked call) is shared by this many calls;
+# a larger limit saves little and costs memory (measured in benchmarks/callgrind_do.py).
 PENDING_LIMIT = 2048
 
 
