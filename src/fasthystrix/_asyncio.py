@@ -31,7 +31,7 @@ from ._events import (
     TIMEOUT,
     turned_away_event,
 )
-from ._outcomes import COROUTINE as _COROUTINE
+from ._outcomes import COROUTINE as _COROUTINE, outcome
 from ._registry import _circuits, get_or_create
 
 __all__ = ["do_async", "go_async"]
@@ -212,12 +212,7 @@ async def do_async(
         end = clock()
         if timed_out:
             _uncancel(task)  # run turned our cancellation into another error: take the request back
-        run_us = (end - start) // _NS_PER_US
-        if end - start > settings.timeout_ns:
-            return await _finish(
-                circuit, TIMEOUT, _impl.current().error_for(TIMEOUT), start, -1, verdict, fallback, True
-            )
-        return await _finish(circuit, _impl.current().classify(exc), exc, start, run_us, verdict, fallback, True)
+        return await _ended(circuit, None, exc, start, end, start + settings.timeout_ns, verdict, fallback)
     except BaseException:
         end = clock()
         circuit._report(FAILURE, NO_EVENT, end, (end - start) // _NS_PER_US, (end - start) // _NS_PER_US, verdict, True)
@@ -225,11 +220,27 @@ async def do_async(
     end = clock()
     if timed_out:
         _uncancel(task)  # run swallowed our cancellation: take the request back
-    elapsed = (end - start) // _NS_PER_US
-    if end - start > settings.timeout_ns:
-        return await _finish(circuit, TIMEOUT, _impl.current().error_for(TIMEOUT), start, -1, verdict, fallback, True)
-    circuit._report(SUCCESS, NO_EVENT, end, elapsed, elapsed, verdict, True)
-    return value
+    return await _ended(circuit, value, None, start, end, start + settings.timeout_ns, verdict, fallback)
+
+
+async def _ended(
+    circuit: Any,
+    value: Any,
+    error: Exception | None,
+    start: int,
+    end: int,
+    timeout_at: int,
+    verdict: int,
+    fallback: Callable[[BaseException], Any] | None,
+) -> Any:
+    """Complete a command whose run ended at ``end``, returning ``value`` or raising ``error``, by
+    :func:`outcome`'s rule (the one every path uses)."""
+    event, err = outcome(error, end, timeout_at)
+    run_us = (end - start) // _NS_PER_US
+    if err is None:
+        circuit._report(SUCCESS, NO_EVENT, end, run_us, run_us, verdict, True)
+        return value
+    return await _finish(circuit, event, err, start, run_us if err is error else -1, verdict, fallback, True)
 
 
 async def _finish(

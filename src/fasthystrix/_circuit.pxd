@@ -62,4 +62,6 @@ cdef class CircuitBreaker:
                             PyObject **raised)
     cdef int returned_coroutine(self, object coroutine, int64_t end, int64_t run_us, int64_t trial) except -1
     cdef object run_command(self, object run, object fallback, tuple args, object kwargs, PyObject **raised)
+    cdef object ended(self, object value, object error, int64_t start, int64_t end, int64_t timeout_at,
+                      int64_t verdict, object fallback, object ctx, PyObject **raised)
     cdef object run_command_ctx(self, object ctx, object run, object fallback, PyObject **raised)

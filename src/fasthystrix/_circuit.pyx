@@ -61,6 +61,7 @@ from fasthystrix._outcomes import (
     coroutine_returned,
     error_for,
     notify_collectors,
+    outcome,
 )
 
 __all__ = [
@@ -535,6 +536,9 @@ cdef class CircuitBreaker:
         result = fh_call0(run) if args is None else fh_call(run, args, kwargs)
         end = self.now()
         elapsed = end - start
+        # What follows is _outcomes.outcome's rule (timeout first, then run's own result), inlined
+        # in C for the path every call takes; test_circuit_state_machine checks both twins against
+        # one model of it.
         if result is not NULL:
             value = fh_own(result)
             if type(value) is _COROUTINE_TYPE:
@@ -615,20 +619,23 @@ cdef class CircuitBreaker:
             if not isinstance(exc, Exception):
                 self.report_c(FAILURE, NO_EVENT, end, elapsed, elapsed, verdict, True)
                 return raise_later(exc, raised)
-            event = context_outcome(ctx, timeout_at, end)
-            if event != NO_EVENT:
-                return self.finish_c(event, error_for(event), start, -1, verdict, fallback, ctx, True, raised)
-            return self.finish_c(classify(exc), exc, start, elapsed, verdict, fallback, ctx, True, raised)
+            return self.ended(None, exc, start, end, timeout_at, verdict, fallback, ctx, raised)
         end = self.now()
         child.cancel()
         if type(value) is _COROUTINE_TYPE:
             self.returned_coroutine(value, end, (end - start) // 1000, verdict)
-        event = context_outcome(ctx, timeout_at, end)
-        if event != NO_EVENT:
-            return self.finish_c(event, error_for(event), start, -1, verdict, fallback, ctx, True, raised)
-        elapsed = (end - start) // 1000
-        self.report_c(SUCCESS, NO_EVENT, end, elapsed, elapsed, verdict, True)
-        return value
+        return self.ended(value, None, start, end, timeout_at, verdict, fallback, ctx, raised)
+
+    cdef object ended(self, object value, object error, int64_t start, int64_t end, int64_t timeout_at,
+                      int64_t verdict, object fallback, object ctx, PyObject **raised):
+        """Complete a command whose run ended at ``end``, returning ``value`` or raising ``error``, by
+        ``_outcomes.outcome``'s rule (which ``run_command`` inlines in C)."""
+        cdef int64_t run_us = (end - start) // 1000
+        event, err = outcome(error, end, timeout_at, ctx)
+        if err is None:
+            self.report_c(SUCCESS, NO_EVENT, end, run_us, run_us, verdict, True)
+            return value
+        return self.finish_c(event, err, start, run_us if err is error else -1, verdict, fallback, ctx, True, raised)
 
 
 cdef class BoundFallback:

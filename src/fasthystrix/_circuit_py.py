@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 from . import _transitions
 from ._context import Context
-from ._errors import FallbackError, TimeoutError as CommandTimeoutError
+from ._errors import FallbackError
 from ._events import (
     ADMITTED,
     CONTEXT_CANCELED,
@@ -35,7 +35,6 @@ from ._events import (
     SHORT_CIRCUIT,
     SHORT_CIRCUITED,
     SUCCESS,
-    TIMEOUT,
     TRIPPED,
     turned_away_event,
 )
@@ -49,6 +48,7 @@ from ._outcomes import (
     coroutine_returned,
     error_for,
     notify_collectors,
+    outcome,
 )
 from ._pool_py import BASE as _HELD_BASE, TicketPool
 from ._rolling_py import COUNTER_BUCKETS, MAX_ACTIVE, NS_PER_SECOND
@@ -493,13 +493,30 @@ class CircuitBreaker:
         except BaseException as exc:
             return self._failed(exc, start, verdict, fallback, True)
         end = self._clock()
-        elapsed = end - start
         if type(value) is _COROUTINE:
-            self._returned_coroutine(value, end, elapsed // _NS_PER_US, verdict, True)
-        if elapsed > settings.timeout_ns:
-            return self._finish(TIMEOUT, CommandTimeoutError(), start, -1, verdict, fallback, None, True)
-        self._report(SUCCESS, NO_EVENT, end, elapsed // _NS_PER_US, elapsed // _NS_PER_US, verdict, True)
-        return value
+            self._returned_coroutine(value, end, (end - start) // _NS_PER_US, verdict, True)
+        return self._ended(value, None, start, end, start + settings.timeout_ns, verdict, fallback, None, True)
+
+    def _ended(
+        self,
+        value: Any,
+        error: Exception | None,
+        start: int,
+        end: int,
+        timeout_at: int,
+        verdict: int,
+        fallback: Callable[..., Any] | None,
+        ctx: Context | None,
+        release: bool,
+    ) -> Any:
+        """Complete a command whose run ended at ``end``, returning ``value`` or raising ``error``, by
+        :func:`outcome`'s rule (called from the ``except`` clause that caught ``error``, if any)."""
+        event, err = outcome(error, end, timeout_at, ctx)
+        run_us = (end - start) // _NS_PER_US
+        if err is None:
+            self._report(SUCCESS, NO_EVENT, end, run_us, run_us, verdict, release)
+            return value
+        return self._finish(event, err, start, run_us if err is error else -1, verdict, fallback, ctx, release)
 
     def _failed(
         self,
@@ -517,10 +534,8 @@ class CircuitBreaker:
                 FAILURE, NO_EVENT, end, (end - start) // _NS_PER_US, (end - start) // _NS_PER_US, verdict, release
             )
             raise  # exc: this runs inside the except clause that is handling it
-        if end - start > self._settings_obj.timeout_ns:
-            # It would have timed out had a timer been watching: a timeout, whatever run did.
-            return self._finish(TIMEOUT, CommandTimeoutError(), start, -1, verdict, fallback, None, release)
-        return self._finish(classify(exc), exc, start, (end - start) // _NS_PER_US, verdict, fallback, None, release)
+        timeout_at = start + self._settings_obj.timeout_ns
+        return self._ended(None, exc, start, end, timeout_at, verdict, fallback, None, release)
 
     def _returned_coroutine(self, coroutine: Any, end: int, run_us: int, trial: int, release: bool) -> NoReturn:
         """A sync run returned a coroutine: close it, count a failure (no fallback), raise ``TypeError``."""
@@ -541,13 +556,10 @@ class CircuitBreaker:
     def _succeeded_late(self, value: Any, start: int, end: int, fallback: Callable[[BaseException], Any] | None) -> Any:
         """Complete a lock-free success that ended in a later second, after the timeout, or with a
         coroutine (ticket given back)."""
-        elapsed = end - start
         if type(value) is _COROUTINE:
-            self._returned_coroutine(value, end, elapsed // _NS_PER_US, 0, False)
-        if elapsed > self._settings_obj.timeout_ns:
-            return self._finish(TIMEOUT, CommandTimeoutError(), start, -1, 0, fallback, None, False)
-        self._report(SUCCESS, NO_EVENT, end, elapsed // _NS_PER_US, elapsed // _NS_PER_US, 0, False)
-        return value
+            self._returned_coroutine(value, end, (end - start) // _NS_PER_US, 0, False)
+        timeout_at = start + self._settings_obj.timeout_ns
+        return self._ended(value, None, start, end, timeout_at, 0, fallback, None, False)
 
     def execute_c(
         self, ctx: Context, run: Callable[[Context], Any], fallback: Callable[[Context, BaseException], Any] | None
@@ -579,20 +591,12 @@ class CircuitBreaker:
                     FAILURE, NO_EVENT, end, (end - start) // _NS_PER_US, (end - start) // _NS_PER_US, verdict, True
                 )
                 raise
-            late = context_outcome(ctx, timeout_at, end)
-            if late != NO_EVENT:
-                return self._finish(late, error_for(late), start, -1, verdict, fallback, ctx, True)
-            return self._finish(classify(exc), exc, start, (end - start) // _NS_PER_US, verdict, fallback, ctx, True)
+            return self._ended(None, exc, start, end, timeout_at, verdict, fallback, ctx, True)
         end = clock()
         child.cancel()
         if type(value) is _COROUTINE:
             self._returned_coroutine(value, end, (end - start) // _NS_PER_US, verdict, True)
-        late = context_outcome(ctx, timeout_at, end)
-        if late != NO_EVENT:
-            return self._finish(late, error_for(late), start, -1, verdict, fallback, ctx, True)
-        elapsed = (end - start) // _NS_PER_US
-        self._report(SUCCESS, NO_EVENT, end, elapsed, elapsed, verdict, True)
-        return value
+        return self._ended(value, None, start, end, timeout_at, verdict, fallback, ctx, True)
 
 
 class CommandFunction:

@@ -20,6 +20,7 @@ from ._events import (
     NO_EVENT,
     REJECTED,
     SHORT_CIRCUIT,
+    SUCCESS,
     TIMEOUT,
 )
 from ._log import logger
@@ -31,6 +32,7 @@ __all__ = [
     "context_outcome",
     "coroutine_returned",
     "error_for",
+    "outcome",
     "notify_collectors",
 ]
 
@@ -63,6 +65,30 @@ def coroutine_returned(coroutine: Any) -> TypeError:
     return TypeError(
         f"run returned a coroutine ({what}) instead of a value: use fasthystrix.do_async / go_async for async functions"
     )
+
+
+def outcome(
+    error: BaseException | None, end: int, timeout_at: int, ctx: Context | None = None
+) -> tuple[int, BaseException | None]:
+    """The one rule for how a command that ran ended: ``(event, err)``, err being what the fallback gets.
+
+    In order: a context cancelled or past its deadline before the command's timeout and
+    before run ended gives that context event; run ending after its timeout gives
+    ``TIMEOUT``, whatever run did (as if a timer had been watching); then run's own
+    result: ``SUCCESS`` (``err`` is None), the context event of a context error it
+    raised, or ``FAILURE``. Events fasthystrix decided come with a fresh error; run's
+    own come with run's error. ``error`` is None or an ``Exception``: a BaseException
+    such as KeyboardInterrupt is always a failure that propagates, handled before.
+
+    Every path uses it: the pure twin, thread isolation, asyncio and the compiled
+    twin's context path; the compiled ``do()`` inlines the same rule in C.
+    """
+    late = context_outcome(ctx, timeout_at, end) if ctx is not None else (TIMEOUT if end > timeout_at else NO_EVENT)
+    if late != NO_EVENT:
+        return late, error_for(late)
+    if error is None:
+        return SUCCESS, None
+    return classify(error), error
 
 
 def classify(exc: BaseException) -> int:
