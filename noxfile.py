@@ -258,3 +258,30 @@ def sanitize_tsan(session: nox.Session) -> None:
         "TSAN_OPTIONS": f"halt_on_error=1:second_deadlock_stack=1:suppressions={suppressions}",
     }
     _sanitized_tests(session, ["thread"], env, prefix)
+
+
+@nox.session(name="stress-suite", python=False)
+def stress_suite(session: nox.Session) -> None:
+    """The suite on a busy machine: pytest while a CPU-bound process runs on every core beside it.
+
+    The interpreter is the active virtual environment's (``$VIRTUAL_ENV``), else the one running
+    nox; it needs fasthystrix and its test extra (``pip install -e '.[test]'``). Arguments go to
+    pytest (``nox -s stress-suite -- -q -x tests/test_demo.py``). Not part of the default run.
+    """
+    import sys
+    import time
+
+    venv = os.environ.get("VIRTUAL_ENV")
+    python = str(Path(venv) / "bin" / "python") if venv and (Path(venv) / "bin" / "python").exists() else sys.executable
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    burners = [subprocess.Popen([python, "-c", "while True: pass"], stdin=subprocess.DEVNULL) for _ in range(cores)]
+    session.log(f"{cores} CPU-bound processes beside the suite: pids {[p.pid for p in burners]}")
+    started = time.monotonic()
+    try:
+        session.run(python, "-m", "pytest", *session.posargs, external=True)
+    finally:
+        for burner in burners:
+            burner.kill()
+        for burner in burners:
+            burner.wait()
+        session.log(f"the suite took {time.monotonic() - started:.0f} s beside {cores} CPU-bound processes")

@@ -15,12 +15,18 @@ from urllib.parse import parse_qs, urlsplit
 
 GZIPPED = b"".join(b"line %d\n" % i for i in range(500))
 _STATUS = {"/ok": 200, "/slow": 200, "/fail": 500, "/unavailable": 503, "/notfound": 404}
+#: What ``/held`` answers once released.
+HELD_BODY = b"held"
+#: Milliseconds for ``/slow`` and ``/trickle`` to outlast any command timeout the tests set: the
+#: server stops waiting when it shuts down, so no test waits this long unless it fails.
+NEVER_MS = 60_000
 
 
 class _Handler(BaseHTTPRequestHandler):
     """``/ok``, ``/fail`` (500), ``/unavailable`` (503), ``/notfound`` (404), ``/slow?ms=N`` (late
-    headers), ``/trickle?chunks=N&ms=M`` (headers at once, then one byte every M ms), ``/gzip``
-    (gzip-encoded, chunked)."""
+    headers), ``/trickle?chunks=N&ms=M`` (headers at once, then one byte every M ms), ``/held``
+    (headers at once, the body once the test sets ``server.release``), ``/gzip`` (gzip-encoded,
+    chunked)."""
 
     protocol_version = "HTTP/1.1"
     server: LocalServer
@@ -43,6 +49,17 @@ class _Handler(BaseHTTPRequestHandler):
                     self.close_connection = True
                     return
                 self.wfile.write(b"x")
+            return
+        if url.path == "/held":
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(HELD_BODY)))
+            self.end_headers()
+            self.wfile.flush()
+            while not self.server.release.wait(0.05):
+                if self.server.stopping.is_set():
+                    self.close_connection = True
+                    return
+            self.wfile.write(HELD_BODY)
             return
         if url.path == "/gzip":
             body = gzip.compress(GZIPPED)
@@ -72,6 +89,8 @@ class LocalServer(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.stopping = threading.Event()
+        #: Lets every ``/held`` request (waiting or still to come) send its body.
+        self.release = threading.Event()
         self.hits: Counter[str] = Counter()
         self._lock = threading.Lock()
 

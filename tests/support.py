@@ -1,9 +1,11 @@
-"""Pieces several test modules share: a known set of events, and loading the examples."""
+"""Pieces several test modules share: waiting for something to happen, a known set of events,
+and loading the examples."""
 
 from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,20 @@ import fasthystrix
 from conftest import FakeClock
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+#: Seconds a test waits for something that must happen (a thread to start, a ticket to come back,
+#: a future to resolve). Generous, so that a machine busy with other work still passes: only a
+#: failing test waits it out. Tests assert what happens, not how fast.
+WAIT = 30.0
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout: float = WAIT) -> None:
+    """Poll ``condition`` until it is true; fail, naming ``what``, after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout:g} s")
+        time.sleep(0.005)
 
 
 def load_example(filename: str) -> Any:

@@ -7,7 +7,6 @@ import copy
 import inspect
 import pickle
 import threading
-import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +24,7 @@ from fasthystrix import (
     MaxConcurrencyError,
     _registry,
 )
+from support import WAIT, wait_until
 
 
 def _ok() -> str:
@@ -181,7 +181,7 @@ def test_timeout_raised_by_a_call_is_caught_as_builtin_timeout_error() -> None:
     release = threading.Event()
     try:
         with pytest.raises(builtins.TimeoutError) as info:
-            fasthystrix.do("to", lambda: release.wait(2))
+            fasthystrix.do("to", lambda: release.wait(2 * WAIT))
     finally:
         release.set()
     assert isinstance(info.value, fasthystrix.ErrTimeout)
@@ -238,7 +238,7 @@ def test_failed_fallback_after_timeout_names_hystrix_timeout() -> None:
 
     try:
         with pytest.raises(FallbackError) as info:
-            fasthystrix.do("fft", lambda: release.wait(2), fallback)
+            fasthystrix.do("fft", lambda: release.wait(2 * WAIT), fallback)
     finally:
         release.set()
     assert str(info.value) == "fallback failed with 'x'. run error was 'hystrix: timeout'"
@@ -280,13 +280,13 @@ def test_each_failing_call_raises_a_fresh_exception(isolation: str, outcome: str
         if isolation == "semaphore":
             threading.Event().wait(0.002)
         else:
-            release.wait(2)
+            release.wait(2 * WAIT)
         return "late"
 
     try:
         errors = [_catch(lambda: fasthystrix.do(name, run)) for _ in range(5)]
         futures = [fasthystrix.go(name, run) for _ in range(2)]
-        errors += [f.exception(2) for f in futures]  # type: ignore[misc]
+        errors += [f.exception(WAIT) for f in futures]  # type: ignore[misc]
     finally:
         release.set()
     assert all(type(e) is expected for e in errors)
@@ -313,8 +313,8 @@ def test_run_exception_is_raised_unchanged_without_fallback(isolation: str) -> N
     with pytest.raises(KeyError) as info:
         fasthystrix.do_c(Context(), "own", run_c)
     assert info.value is mine
-    assert fasthystrix.go("own", run).exception(2) is mine
-    assert fasthystrix.go_c(Context(), "own", run_c).exception(2) is mine
+    assert fasthystrix.go("own", run).exception(WAIT) is mine
+    assert fasthystrix.go_c(Context(), "own", run_c).exception(WAIT) is mine
     assert fasthystrix.get_circuit("own")[0].metrics().failures == 4
 
 
@@ -332,7 +332,7 @@ def test_fallback_receives_run_exception_unchanged(isolation: str) -> None:
         return "fb"
 
     assert fasthystrix.do("own-fb", run, fallback) == "fb"
-    assert fasthystrix.go("own-fb", run, fallback).result(2) == "fb"
+    assert fasthystrix.go("own-fb", run, fallback).result(WAIT) == "fb"
     assert len(seen) == 2
     assert all(err is mine for err in seen)
 
@@ -382,7 +382,7 @@ def test_base_exception_propagates_after_ticket_and_event(
         raised = info.value
     else:
         future = fasthystrix.go(name, run, fallback) if via == "go" else fasthystrix.go_c(ctx, name, run, fallback)
-        raised = future.exception(2)  # type: ignore[assignment]
+        raised = future.exception(WAIT)  # type: ignore[assignment]
         with pytest.raises(type(exc)):
             future.result(0)
     assert raised is exc
@@ -444,7 +444,7 @@ def test_base_exception_in_fallback_after_circuit_outcome(isolation: str, via: s
         if isolation == "semaphore":
             threading.Event().wait(0.002)
         else:
-            gate.wait(2)
+            gate.wait(2 * WAIT)
         return "late"
 
     def fallback(err: BaseException) -> str:
@@ -456,14 +456,11 @@ def test_base_exception_in_fallback_after_circuit_outcome(isolation: str, via: s
                 fasthystrix.do(name, run, fallback)
             raised = info.value
         else:
-            raised = fasthystrix.go(name, run, fallback).exception(2)  # type: ignore[assignment]
+            raised = fasthystrix.go(name, run, fallback).exception(WAIT)  # type: ignore[assignment]
     finally:
         gate.set()
     assert raised is exc
-    deadline = time.monotonic() + 2
-    while circuit.tickets_in_use and time.monotonic() < deadline:
-        time.sleep(0.002)
-    assert circuit.tickets_in_use == 0
+    wait_until(lambda: circuit.tickets_in_use == 0, "the ticket back")
     metrics = circuit.metrics()
     assert metrics.requests == 1
     assert metrics.fallback_failures == 1

@@ -145,9 +145,10 @@ def test_max_concurrency_over_a_thousand_tasks(run_async: Any) -> None:
         return await asyncio.gather(*calls)
 
     results = run_async(scenario())
-    assert most <= 10
-    assert results.count("ran") >= 10
-    assert results.count("ran") + results.count("MaxConcurrencyError") == 1000
+    # The 1000 tasks start in one turn of the loop: the first 10 take the tickets, the rest find none.
+    assert most == 10
+    assert results.count("ran") == 10
+    assert results.count("MaxConcurrencyError") == 990
     m = _metrics("a-max")
     assert (m.successes, m.rejects, m.concurrent) == (results.count("ran"), results.count("MaxConcurrencyError"), 0)
 
@@ -306,7 +307,8 @@ def test_command_decorates_an_async_function(run_async: Any) -> None:
     async def fallback(item: str, delay: float = 0.0, *, err: BaseException) -> str:
         return f"cached {item}"
 
-    @fasthystrix.command(fallback=fallback, config=fasthystrix.CommandConfig(timeout=30))
+    # 300 ms: far longer than a call that does not sleep takes, even on a busy machine.
+    @fasthystrix.command(fallback=fallback, config=fasthystrix.CommandConfig(timeout=300))
     async def fetch(item: str, delay: float = 0.0) -> str:
         await asyncio.sleep(delay)
         return f"fresh {item}"
@@ -315,7 +317,7 @@ def test_command_decorates_an_async_function(run_async: Any) -> None:
     assert run_async(fetch("b", delay=0.5)) == "cached b"
     name = fetch.command_name  # type: ignore[attr-defined]
     assert name == fetch.__qualname__
-    assert fasthystrix.get_circuit_settings()[name].timeout.total_seconds() == 0.03
+    assert fasthystrix.get_circuit_settings()[name].timeout.total_seconds() == 0.3
     m = _metrics(name)
     assert (m.successes, m.timeouts, m.fallback_successes) == (1, 1, 1)
 

@@ -15,6 +15,7 @@ import fasthystrix
 from conftest import FakeClock
 from fasthystrix import CommandConfig, Settings, _registry
 from fasthystrix._config import MAX_COUNT, MAX_DURATION_MS
+from support import WAIT
 
 HYSTRIX_DEFAULTS = Settings(
     timeout=timedelta(milliseconds=1000),
@@ -560,10 +561,10 @@ def test_timeout_change_applies_to_next_call_thread() -> None:
     release = threading.Event()
     try:
         with pytest.raises(fasthystrix.TimeoutError):
-            fasthystrix.do("slow-thread", lambda: release.wait(2))
+            fasthystrix.do("slow-thread", lambda: release.wait(2 * WAIT))
     finally:
         release.set()
-    fasthystrix.configure_command("slow-thread", {"timeout": 2000})
+    fasthystrix.configure_command("slow-thread", {"timeout": 4000})
 
     def forty_ms() -> str:
         threading.Event().wait(0.04)
@@ -574,29 +575,29 @@ def test_timeout_change_applies_to_next_call_thread() -> None:
 
 def _blocked_go(name: str) -> tuple[threading.Event, Future[Any]]:
     gate = threading.Event()
-    future = fasthystrix.go(name, lambda: gate.wait(5) and "released")
+    future = fasthystrix.go(name, lambda: gate.wait(2 * WAIT) and "released")
     return gate, future
 
 
 def test_max_concurrent_lowered_while_calls_in_flight() -> None:
     name = "lowered"
-    fasthystrix.configure_command(name, {"max_concurrent_requests": 3, "timeout": 5000})
+    fasthystrix.configure_command(name, {"max_concurrent_requests": 3, "timeout": 120_000})
     circuit, _ = fasthystrix.get_circuit(name)
     blocked = [_blocked_go(name) for _ in range(3)]
     try:
         assert circuit.tickets_in_use == 3
-        fasthystrix.configure_command(name, {"max_concurrent_requests": 2, "timeout": 5000})
+        fasthystrix.configure_command(name, {"max_concurrent_requests": 2, "timeout": 120_000})
         with pytest.raises(fasthystrix.MaxConcurrencyError):
             fasthystrix.do(name, lambda: "no ticket")
 
         blocked[0][0].set()
-        assert blocked[0][1].result(2) == "released"
+        assert blocked[0][1].result(WAIT) == "released"
         assert circuit.tickets_in_use == 2
         with pytest.raises(fasthystrix.MaxConcurrencyError):
             fasthystrix.do(name, lambda: "still no ticket")
 
         blocked[1][0].set()
-        assert blocked[1][1].result(2) == "released"
+        assert blocked[1][1].result(WAIT) == "released"
         assert circuit.tickets_in_use == 1
         assert fasthystrix.do(name, lambda: "admitted") == "admitted"
         assert circuit.metrics().rejects == 2
@@ -604,19 +605,19 @@ def test_max_concurrent_lowered_while_calls_in_flight() -> None:
         for gate, _ in blocked:
             gate.set()
     for _, future in blocked:
-        assert future.result(2) == "released"
+        assert future.result(WAIT) == "released"
 
 
 def test_max_concurrent_raised_while_calls_in_flight() -> None:
     name = "raised"
-    fasthystrix.configure_command(name, {"max_concurrent_requests": 1, "timeout": 5000})
+    fasthystrix.configure_command(name, {"max_concurrent_requests": 1, "timeout": 120_000})
     circuit, _ = fasthystrix.get_circuit(name)
     first = _blocked_go(name)
     more: list[tuple[threading.Event, Future[Any]]] = []
     try:
         with pytest.raises(fasthystrix.MaxConcurrencyError):
             fasthystrix.do(name, lambda: None)
-        fasthystrix.configure_command(name, {"max_concurrent_requests": 3, "timeout": 5000})
+        fasthystrix.configure_command(name, {"max_concurrent_requests": 3, "timeout": 120_000})
         more = [_blocked_go(name), _blocked_go(name)]
         assert circuit.tickets_in_use == 3
         with pytest.raises(fasthystrix.MaxConcurrencyError):
@@ -625,7 +626,7 @@ def test_max_concurrent_raised_while_calls_in_flight() -> None:
     finally:
         for gate, _ in [first, *more]:
             gate.set()
-    assert [future.result(2) for _, future in [first, *more]] == ["released"] * 3
+    assert [future.result(WAIT) for _, future in [first, *more]] == ["released"] * 3
     assert circuit.metrics().rejects == 2
 
 
@@ -740,21 +741,21 @@ def test_huge_timeout_is_refused_or_works_in_thread_isolation(value: int | timed
         return "finished"
 
     assert fasthystrix.do("patient", thirty_ms) == "finished"
-    assert fasthystrix.go("patient", thirty_ms).result(2) == "finished"
+    assert fasthystrix.go("patient", thirty_ms).result(WAIT) == "finished"
     assert fasthystrix.get_circuit("patient")[0].metrics().successes == 2
 
 
 def test_calls_in_flight_keep_the_timeout_they_started_with() -> None:
-    fasthystrix.configure_command("in-flight", {"timeout": 3000})
+    fasthystrix.configure_command("in-flight", {"timeout": 120_000})
     gate = threading.Event()
-    future = fasthystrix.go("in-flight", lambda: gate.wait(5) and "finished")
+    future = fasthystrix.go("in-flight", lambda: gate.wait(2 * WAIT) and "finished")
     try:
         fasthystrix.configure_command("in-flight", {"timeout": 10})
         assert not gate.wait(0.08)
         assert not future.done()
     finally:
         gate.set()
-    assert future.result(2) == "finished"
+    assert future.result(WAIT) == "finished"
     assert fasthystrix.get_circuit("in-flight")[0].metrics().timeouts == 0
 
 

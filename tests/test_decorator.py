@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import fasthystrix
+from support import WAIT
 
 
 def metrics(name: str) -> fasthystrix.MetricsSnapshot:
@@ -70,7 +71,7 @@ def test_rejection_short_circuit_and_timeout_reach_the_fallback_with_the_argumen
     def f(x: int, hold: threading.Event | None = None, sleep: float = 0.0) -> int:
         if hold is not None:
             entered.set()
-            hold.wait(5)
+            hold.wait(2 * WAIT)
         time.sleep(sleep)
         return x
 
@@ -78,10 +79,10 @@ def test_rejection_short_circuit_and_timeout_reach_the_fallback_with_the_argumen
     release = threading.Event()
     holder = threading.Thread(target=f, args=(1, release))
     holder.start()
-    assert entered.wait(5)
+    assert entered.wait(WAIT)
     assert f(2) == -2  # rejected: the only ticket is held
     release.set()
-    holder.join()
+    holder.join(WAIT)
     assert f(3, sleep=0.05) == -3  # ran past its deadline: a timeout
     fasthystrix.get_circuit("outcomes")[0].force_open = True
     assert f(4) == -4  # short-circuited

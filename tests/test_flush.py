@@ -11,9 +11,10 @@ import pytest
 import fasthystrix
 from conftest import FakeClock, fasthystrix_threads
 from fasthystrix import Context, _registry
+from support import WAIT, wait_until
 
 
-def _wait_no_threads(timeout: float = 2.0) -> list[str]:
+def _wait_no_threads(timeout: float = WAIT) -> list[str]:
     deadline = time.monotonic() + timeout
     while True:
         alive = [t.name for t in fasthystrix_threads() if t.is_alive()]
@@ -22,12 +23,9 @@ def _wait_no_threads(timeout: float = 2.0) -> list[str]:
         time.sleep(0.01)
 
 
-def _wait_tickets(name: str, timeout: float = 2.0) -> None:
+def _wait_tickets(name: str) -> None:
     circuit = fasthystrix.get_circuit(name)[0]
-    deadline = time.monotonic() + timeout
-    while circuit.tickets_in_use and time.monotonic() < deadline:
-        time.sleep(0.002)
-    assert circuit.tickets_in_use == 0
+    wait_until(lambda: circuit.tickets_in_use == 0, f"every ticket of {name} back")
 
 
 def test_flush_forgets_circuits_and_resets_metrics() -> None:
@@ -89,21 +87,21 @@ def test_flush_with_nothing_to_flush() -> None:
 def test_flush_leaves_no_threads_after_thread_isolation_calls() -> None:
     gate = threading.Event()
     fasthystrix.configure_command("slow", {"timeout": 20})
-    fasthystrix.configure_command("limited", {"max_concurrent_requests": 1, "timeout": 2000})
+    fasthystrix.configure_command("limited", {"max_concurrent_requests": 1, "timeout": 120_000})
     try:
         assert fasthystrix.do("t", lambda: 1) == 1
-        assert fasthystrix.go("t", lambda: 2).result(2) == 2
+        assert fasthystrix.go("t", lambda: 2).result(WAIT) == 2
         assert fasthystrix.do_c(Context(), "t", lambda ctx: 3) == 3
-        assert fasthystrix.go_c(Context().with_timeout(5), "t", lambda ctx: 4).result(2) == 4
+        assert fasthystrix.go_c(Context().with_timeout(5), "t", lambda ctx: 4).result(WAIT) == 4
         with pytest.raises(fasthystrix.TimeoutError):
-            fasthystrix.do("slow", lambda: gate.wait(2))
-        assert fasthystrix.go("slow", lambda: gate.wait(2), lambda err: "fb").result(2) == "fb"
-        assert isinstance(fasthystrix.go("slow", lambda: gate.wait(2)).exception(2), fasthystrix.TimeoutError)
-        blocker = fasthystrix.go("limited", lambda: gate.wait(2))
-        assert fasthystrix.go("limited", lambda: None, lambda err: "rejected").result(2) == "rejected"
+            fasthystrix.do("slow", lambda: gate.wait(2 * WAIT))
+        assert fasthystrix.go("slow", lambda: gate.wait(2 * WAIT), lambda err: "fb").result(WAIT) == "fb"
+        assert isinstance(fasthystrix.go("slow", lambda: gate.wait(2 * WAIT)).exception(WAIT), fasthystrix.TimeoutError)
+        blocker = fasthystrix.go("limited", lambda: gate.wait(2 * WAIT))
+        assert fasthystrix.go("limited", lambda: None, lambda err: "rejected").result(WAIT) == "rejected"
     finally:
         gate.set()
-    assert blocker.result(2) is True
+    assert blocker.result(WAIT) is True
     _wait_tickets("slow")
     _wait_tickets("limited")
     assert fasthystrix_threads(), "thread isolation should have used fasthystrix worker threads"
@@ -112,11 +110,11 @@ def test_flush_leaves_no_threads_after_thread_isolation_calls() -> None:
 
 
 def test_flush_then_more_calls_then_flush_again() -> None:
-    assert fasthystrix.go("again", lambda: 1).result(2) == 1
+    assert fasthystrix.go("again", lambda: 1).result(WAIT) == 1
     fasthystrix.flush()
     assert _wait_no_threads() == []
     assert fasthystrix.do("again", lambda: 2) == 2
-    assert fasthystrix.go("again", lambda: 3).result(2) == 3
+    assert fasthystrix.go("again", lambda: 3).result(WAIT) == 3
     assert fasthystrix.get_circuit("again")[0].metrics().successes == 2
     fasthystrix.flush()
     assert _wait_no_threads() == []
@@ -124,14 +122,14 @@ def test_flush_then_more_calls_then_flush_again() -> None:
 
 def test_flush_while_run_in_flight_lets_it_finish_and_leaves_no_thread() -> None:
     gate = threading.Event()
-    future = fasthystrix.go("inflight", lambda: gate.wait(2) and "finished")
+    future = fasthystrix.go("inflight", lambda: gate.wait(2 * WAIT) and "finished")
     old = fasthystrix.get_circuit("inflight")[0]
     flusher = threading.Thread(target=fasthystrix.flush)
     flusher.start()
     time.sleep(0.02)
     gate.set()
-    flusher.join(5)
+    flusher.join(WAIT)
     assert not flusher.is_alive()
-    assert future.result(2) == "finished"
+    assert future.result(WAIT) == "finished"
     assert old.tickets_in_use == 0
     assert _wait_no_threads() == []

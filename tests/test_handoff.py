@@ -16,8 +16,7 @@ import pytest
 
 from fasthystrix import _impl
 from fasthystrix._workers import WorkerPool
-
-WAIT = 5.0  # generous: these tests assert what happens, never how fast
+from support import WAIT
 
 
 def _completion() -> Any:

@@ -14,6 +14,7 @@ import fasthystrix
 from conftest import FakeClock
 from fasthystrix import Context, FallbackError, MetricResult
 from fasthystrix.metric_collector import MetricCollector, registry
+from support import WAIT, wait_until
 
 COUNT_FIELDS = (
     "attempts",
@@ -74,12 +75,9 @@ def _counts(result: MetricResult) -> dict[str, int]:
     return {f: getattr(result, f) for f in COUNT_FIELDS if getattr(result, f)}
 
 
-def _wait_tickets(name: str, timeout: float = 2.0) -> None:
+def _wait_tickets(name: str) -> None:
     circuit = fasthystrix.get_circuit(name)[0]
-    deadline = time.monotonic() + timeout
-    while circuit.tickets_in_use and time.monotonic() < deadline:
-        time.sleep(0.002)
-    assert circuit.tickets_in_use == 0
+    wait_until(lambda: circuit.tickets_in_use == 0, f"every ticket of {name} back")
 
 
 def test_recorder_satisfies_the_protocol() -> None:
@@ -97,7 +95,7 @@ def test_factory_called_once_per_circuit_with_its_name(recorders: Recorders) -> 
     assert recorders.calls == ["a"]
     fasthystrix.get_circuit("a")
     fasthystrix.do("a", lambda: None)
-    fasthystrix.go("a", lambda: None).result(2)
+    fasthystrix.go("a", lambda: None).result(WAIT)
     assert recorders.calls == ["a"]
     fasthystrix.do("b", lambda: None)
     assert recorders.calls == ["a", "b"]
@@ -116,7 +114,7 @@ def test_factory_called_once_under_racing_threads(recorders: Recorders) -> None:
     for t in threads:
         t.start()
     for t in threads:
-        t.join(5)
+        t.join(WAIT)
     assert created.count(True) == 1
     assert recorders.calls == ["raced"]
 
@@ -359,15 +357,15 @@ def test_one_update_per_command_with_the_outcome(
 
 def test_concurrency_in_use_is_a_fraction_of_max(recorders: Recorders) -> None:
     name = "busy"
-    fasthystrix.configure_command(name, {"max_concurrent_requests": 4, "timeout": 5000})
+    fasthystrix.configure_command(name, {"max_concurrent_requests": 4, "timeout": 120_000})
     gate = threading.Event()
-    futures = [fasthystrix.go(name, lambda: gate.wait(5)) for _ in range(3)]
+    futures = [fasthystrix.go(name, lambda: gate.wait(2 * WAIT)) for _ in range(3)]
     try:
         assert fasthystrix.do(name, lambda: "quick") == "quick"
     finally:
         gate.set()
     for f in futures:
-        f.result(2)
+        f.result(WAIT)
     quick = recorders.made[name].updates[0]
     assert quick.concurrency_in_use == pytest.approx(3 / 4)
     assert len(recorders.made[name].updates) == 4
@@ -379,21 +377,25 @@ def test_thread_timeout_updates_once_even_when_run_ends_later(via: str, recorder
     name = "late-run"
     fasthystrix.configure_command(name, {"timeout": 20})
     gate = threading.Event()
+    before = time.monotonic()
     try:
         if via == "do":
             with pytest.raises(fasthystrix.TimeoutError):
-                fasthystrix.do(name, lambda: gate.wait(5))
+                fasthystrix.do(name, lambda: gate.wait(2 * WAIT))
         else:
-            assert isinstance(fasthystrix.go(name, lambda: gate.wait(5)).exception(2), fasthystrix.TimeoutError)
+            err = fasthystrix.go(name, lambda: gate.wait(2 * WAIT)).exception(WAIT)
+            assert isinstance(err, fasthystrix.TimeoutError)
+        called_for = timedelta(seconds=time.monotonic() - before)
     finally:
-        gate.set()
+        gate.set()  # the run ends only now, after the caller had its answer
     _wait_tickets(name)
     time.sleep(0.02)
     updates = recorders.made[name].updates
     assert len(updates) == 1
     assert updates[0].events == ("timeout",)
     assert updates[0].run_duration == timedelta(0)
-    assert timedelta(milliseconds=15) <= updates[0].total_duration < timedelta(seconds=1)
+    # From the start to the timeout, not to the run's later end: within the call as timed from outside.
+    assert timedelta(milliseconds=15) <= updates[0].total_duration <= called_for + timedelta(microseconds=1)
 
 
 @pytest.mark.parametrize("via", ["do", "go", "do_c", "go_c"])
@@ -404,17 +406,23 @@ def test_thread_isolation_durations_are_plausible(via: str, recorders: Recorders
         time.sleep(0.02)
         return "ok"
 
+    # A second: far longer than the 20 ms run takes, even on a busy machine.
+    fasthystrix.configure_command(name, {"timeout": 1000})
+    before = time.monotonic()
     if via == "do":
         assert fasthystrix.do(name, run) == "ok"
     elif via == "go":
-        assert fasthystrix.go(name, run).result(2) == "ok"
+        assert fasthystrix.go(name, run).result(WAIT) == "ok"
     elif via == "do_c":
         assert fasthystrix.do_c(Context(), name, run) == "ok"
     else:
-        assert fasthystrix.go_c(Context(), name, run).result(2) == "ok"
+        assert fasthystrix.go_c(Context(), name, run).result(WAIT) == "ok"
+    called_for = timedelta(seconds=time.monotonic() - before)
     (result,) = recorders.made[name].updates
     assert result.events == ("success",)
-    assert timedelta(milliseconds=19) <= result.run_duration <= result.total_duration < timedelta(seconds=1)
+    # The run's sleep, and within the call as timed from outside (rounding: 1 us).
+    assert timedelta(milliseconds=19) <= result.run_duration <= result.total_duration
+    assert result.total_duration <= called_for + timedelta(microseconds=1)
 
 
 def test_every_collector_gets_every_command(recorders: Recorders, clock: FakeClock) -> None:
@@ -425,7 +433,7 @@ def test_every_collector_gets_every_command(recorders: Recorders, clock: FakeClo
     for _ in range(10):
         fasthystrix.do(name, lambda: None)
         fasthystrix.do(name, lambda: 1 / 0, lambda err: None)
-    fasthystrix.go(name, lambda: None).result(2)
+    fasthystrix.go(name, lambda: None).result(WAIT)
     for made in (recorders.made[name], second.made[name]):
         assert len(made.updates) == 21
         assert all(u.attempts == 1 for u in made.updates)
@@ -460,7 +468,7 @@ def test_failing_collector_is_logged_and_command_returns(
     with caplog.at_level(logging.ERROR, logger="fasthystrix"):
         assert fasthystrix.do(name, lambda: "value") == "value"
         assert fasthystrix.do(name, lambda: 1 / 0, lambda err: "fb") == "fb"
-        assert fasthystrix.go(name, lambda: "async").result(2) == "async"
+        assert fasthystrix.go(name, lambda: "async").result(WAIT) == "async"
         with pytest.raises(ZeroDivisionError):
             fasthystrix.do(name, lambda: 1 / 0)
     records = [r for r in caplog.records if r.name.startswith("fasthystrix")]

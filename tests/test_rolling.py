@@ -13,7 +13,7 @@ from typing import Any
 
 import hypothesis.strategies as st
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 
 from fasthystrix import _impl
 from fasthystrix._rolling_py import (
@@ -42,7 +42,8 @@ ERROR_EVENTS = (FAILURE, REJECTED, SHORT_CIRCUIT, TIMEOUT)
 REQUEST_EVENTS = (SUCCESS, FAILURE, REJECTED, SHORT_CIRCUIT, TIMEOUT, CONTEXT_CANCELED, CONTEXT_DEADLINE_EXCEEDED)
 TOP_BUCKET_LOW = latency_bucket_bounds(LATENCY_BUCKETS - 1)[0]
 
-fast = settings(max_examples=150, deadline=None, database=None)
+# No deadline and no too-slow check: both time the examples, which a busy machine slows down.
+fast = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _rolling() -> Any:

@@ -21,6 +21,7 @@ from fasthystrix.statsd import (
     StatsdCollectorClient,
     sanitize_name,
 )
+from support import WAIT
 
 
 class Daemon:
@@ -50,7 +51,7 @@ class Daemon:
         self._thread.join()
         self.sock.close()
 
-    def receive(self, until: Callable[[list[str]], bool] = lambda lines: True, timeout: float = 5.0) -> list[str]:
+    def receive(self, until: Callable[[list[str]], bool] = lambda lines: True, timeout: float = WAIT) -> list[str]:
         """Wait until ``until(lines)`` holds for every line received so far (or fail)."""
         deadline = time.monotonic() + timeout
         while True:

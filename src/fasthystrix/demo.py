@@ -15,7 +15,10 @@ The phases, in order (:data:`PHASES`):
 5. ``recovering``: the downstream is back; after the 2 s sleep window a trial closes the circuit.
 6. ``recovered``: the circuit is closed; every call succeeds.
 
-Every command's outcome is counted exactly by a metric collector. :func:`run_demo` is the
+Every command's outcome is counted exactly by a metric collector, and each phase is judged by
+what happened in it. A phase whose effect has not shown by its planned end (on a busy machine a
+trial call can come late) runs on, a second at a time, for a bounded time (:func:`extension_limit`);
+the summary says which phases ran on, and why any effect did not show. :func:`run_demo` is the
 programmatic entry (tests, screenshots); it returns a :class:`DemoSummary`.
 """
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import textwrap
@@ -65,6 +69,7 @@ __all__ = [
     "Phase",
     "PhaseSummary",
     "add_arguments",
+    "extension_limit",
     "main",
     "plan_phases",
     "run_demo",
@@ -95,15 +100,19 @@ Phases (each a share of --duration):
   recovering  the downstream is back: after the 2 s sleep window a trial closes the circuit
   recovered   the circuit is closed: every call succeeds
 
-Every second a row shows that second's events; at the end, a table of events per phase."""
+Every second a row shows that second's events; at the end, a table of events per phase. A phase
+whose effect has not shown by its planned end (a busy machine) runs on for a few seconds more;
+the summary says so, and why any effect did not show."""
 
+_TIMEOUT_MS = 1000
+_SLEEP_WINDOW_MS = 2000
 #: The command the API uses (hystrix-go's defaults, except a 20 % trip point and a 2 s sleep window).
 DEMO_CONFIG = CommandConfig(
-    timeout=1000,
+    timeout=_TIMEOUT_MS,
     max_concurrent_requests=10,
     request_volume_threshold=20,
     error_percent_threshold=20,
-    sleep_window=2000,
+    sleep_window=_SLEEP_WINDOW_MS,
     isolation="thread",
 )
 
@@ -115,8 +124,9 @@ class Phase:
     """One step of the scenario: what the downstream does, and what the circuit should show.
 
     ``expect``: events that must occur; ``forbid``: events that must not; ``end_state``: the
-    circuit's state when the phase ends (``None``: either). ``minimum`` (whole seconds) is what
-    the effect needs at the slowest; ``weight`` is its share of any longer ``--duration``.
+    circuit's state when the phase ends (``None``: either); ``closes``: a trial call must close
+    the circuit during the phase. ``minimum`` (whole seconds) is what the effect needs on an
+    idle machine; ``weight`` is its share of any longer ``--duration``.
     """
 
     name: str
@@ -125,6 +135,7 @@ class Phase:
     expect: tuple[str, ...]
     forbid: tuple[str, ...] = ()
     end_state: str | None = None
+    closes: bool = False
     minimum: int = 1
     weight: float = 0.0
 
@@ -155,6 +166,8 @@ PHASES: tuple[Phase, ...] = (
         "window a trial call succeeds and closes the circuit, calls pile up to the 10 tickets and the extra ones "
         "are rejected; rejections are errors, so the circuit opens again.",
         expect=("rejected",),
+        # Only a closed circuit lets calls pile up to the ticket limit.
+        closes=True,
         # Worst case: the sleep window (2 s) plus a slow trial (0.6 s) before tickets run out.
         minimum=3,
         weight=0.30,
@@ -175,6 +188,7 @@ PHASES: tuple[Phase, ...] = (
         "through; its success closes the circuit.",
         expect=("success",),
         end_state="closed",
+        closes=True,
         # The last trial may have started just before this phase: 2 s until the next one, and margin.
         minimum=3,
         weight=0.05,
@@ -192,6 +206,35 @@ PHASES: tuple[Phase, ...] = (
 
 #: The shortest run that shows every phase's effect (the phases' minimums).
 MIN_DURATION = sum(phase.minimum for phase in PHASES)
+
+#: Whole seconds one more trial needs to decide: the sleep window, then the trial up to its timeout.
+_RETRY_SECONDS = math.ceil((_SLEEP_WINDOW_MS + _TIMEOUT_MS) / 1000)
+
+
+def extension_limit(planned_seconds: int) -> int:
+    """The most whole seconds a phase planned for ``planned_seconds`` may run past its plan.
+
+    As long again as planned, and never less than one more sleep window and trial: a phase
+    still waiting for its effect then (say, the circuit to close) will not show it by waiting.
+    """
+    return max(planned_seconds, _RETRY_SECONDS)
+
+
+def _judge(phase: Phase, events: Mapping[str, int], closings: int, state: str) -> tuple[list[str], list[str]]:
+    """What ``phase`` has not shown, given what happened in it: ``(missing, spoiled)``.
+
+    ``missing`` may still show if the phase runs on (an expected event, a closing, the end
+    state); ``spoiled`` cannot be undone (events that do not belong in the phase).
+    """
+    missing = [f"no {name} event" for name in phase.expect if events[name] == 0]
+    if phase.closes and closings == 0:
+        missing.append("no trial call closed the circuit")
+    if phase.end_state is not None and state != phase.end_state:
+        missing.append(f"the circuit was {state}, not {phase.end_state}")
+    spoiled = [f"{events[name]} {name} event{'s' if events[name] > 1 else ''}" for name in phase.forbid if events[name]]
+    if spoiled:
+        spoiled[-1] += ", where none belong"
+    return missing, spoiled
 
 
 def plan_phases(duration: int) -> list[int]:
@@ -234,6 +277,12 @@ class PhaseSummary:
     complete: bool
     #: Whether it showed what it is there to show (``None`` if it was cut short).
     as_expected: bool | None
+    #: Why it did not (empty when it did, or was cut short).
+    missed: tuple[str, ...] = ()
+    #: Whole seconds it ran past its plan because its effect had not shown yet (at most
+    #: :func:`extension_limit`), and what was missing when it began to run on.
+    extended_seconds: int = 0
+    extended_for: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -249,6 +298,9 @@ class PhaseSummary:
             "closings": self.closings,
             "complete": self.complete,
             "as_expected": self.as_expected,
+            "missed": list(self.missed),
+            "extended_seconds": self.extended_seconds,
+            "extended_for": list(self.extended_for),
         }
 
 
@@ -353,6 +405,17 @@ class DemoSummary:
             + (f", {answers['skipped']} not sent (too many in flight)" if answers["skipped"] else "")
             + ".",
         ]
+        extended = [phase for phase in self.phases if phase.extended_seconds]
+        if extended:
+            notes.append(
+                "Phases that ran on past their plan, waiting for their effect (a busy machine slows the load "
+                "and the trial calls): "
+                + "; ".join(
+                    f"{phase.name} {phase.extended_seconds} s (at its planned end: {', '.join(phase.extended_for)})"
+                    for phase in extended
+                )
+                + "."
+            )
         if self.interrupted or not self.completed:
             ran = self.phases[-1].name if self.phases else "none"
             how = "Interrupted" if self.interrupted else "Stopped"
@@ -363,11 +426,24 @@ class DemoSummary:
                 f"{self.phases[-1].events['success']} successes in the last phase, circuit {self.circuit}."
             )
         else:
-            missed = ", ".join(phase.name for phase in self.phases if not phase.as_expected)
             notes.append(
-                f"Not every phase showed its effect ({missed}): a very busy machine can delay the load. "
-                f"Circuit at the end: {self.circuit}. A longer --duration gives the effects more room."
+                "Not every phase showed its effect: "
+                + "; ".join(f"{phase.name}: {', '.join(phase.missed)}" for phase in self.phases if phase.missed)
+                + "."
             )
+            last = self.phases[-1]
+            if self.closed_again:
+                notes.append(f"The circuit closed again: {last.events['success']} successes in the last phase.")
+            else:
+                ran_on = f", {last.extended_seconds} s of them past its plan" if last.extended_seconds else ""
+                events = last.events
+                notes.append(
+                    f"The circuit did not close again: it was {self.circuit} when the load stopped. In the last "
+                    f"phase ({last.seconds:.0f} s{ran_on}) {events['success']} calls succeeded, {events['timeout']} "
+                    f"timed out, {events['failure']} failed, {events['rejected']} were rejected and "
+                    f"{events['short-circuit']} short-circuited. A very busy machine slows the trial calls that "
+                    "close it; a longer --duration gives them more room."
+                )
         out.extend(textwrap.fill(note, width=100, subsequent_indent="  ") for note in notes)
         return "\n".join(out)
 
@@ -483,6 +559,8 @@ class _Demo:
         self.circuit: Any = None
         self.run: DemoRun | None = None
         self.done: list[PhaseSummary] = []
+        self.extended = [0] * len(PHASES)
+        self.extended_for: list[tuple[str, ...]] = [()] * len(PHASES)
         self.phase_index = -1
         self.phase_started = 0.0
         self.phase_counts: dict[str, int] = {}
@@ -556,12 +634,11 @@ class _Demo:
             _subtract(responses, self.phase_responses),
         )
         as_expected = None
+        missed: tuple[str, ...] = ()
         if complete:
-            as_expected = (
-                all(events[name] > 0 for name in phase.expect)
-                and all(events[name] == 0 for name in phase.forbid)
-                and (phase.end_state is None or state == phase.end_state)
-            )
+            missing, spoiled = _judge(phase, events, closings, state)
+            missed = (*missing, *spoiled)
+            as_expected = not missed
         self.done.append(
             PhaseSummary(
                 name=phase.name,
@@ -575,8 +652,29 @@ class _Demo:
                 closings=closings,
                 complete=complete,
                 as_expected=as_expected,
+                missed=missed,
+                extended_seconds=self.extended[self.phase_index],
+                extended_for=self.extended_for[self.phase_index],
             )
         )
+
+    def _run_on(self, counts: Mapping[str, int], state: str) -> bool:
+        """At a planned phase end: whether the phase should run one more second to show its effect."""
+        index = self.phase_index
+        phase = PHASES[index]
+        events = _subtract(counts, self.phase_counts)
+        missing, _ = _judge(phase, events, events["closings"], state)
+        limit = extension_limit(self.seconds[index])
+        if not missing or self.extended[index] >= limit:
+            return False
+        if not self.extended[index]:
+            self.extended_for[index] = tuple(missing)
+            self.display.note(
+                f"At its planned end the phase has not shown its effect yet ({', '.join(missing)}): "
+                f"it runs on, for {limit} s at most."
+            )
+        self.extended[index] += 1
+        return True
 
     def drive(self) -> bool:
         """Run the phases; ``True`` if all ran to their end (``False``: stopped early)."""
@@ -608,10 +706,14 @@ class _Demo:
                 self.display.row(second, state, changed, during, peak)
                 last, peak, states = counts, tickets, {state}
                 if second == ends[self.phase_index]:
-                    if self.phase_index + 1 == len(PHASES):
+                    if self._run_on(counts, state):
+                        ends[self.phase_index :] = [end + 1 for end in ends[self.phase_index :]]
+                        total = ends[-1]
+                    elif self.phase_index + 1 == len(PHASES):
                         return True  # the last phase is closed once the load has stopped
-                    self._close_phase(elapsed, complete=True)
-                    self._enter_phase(self.phase_index + 1, elapsed)
+                    else:
+                        self._close_phase(elapsed, complete=True)
+                        self._enter_phase(self.phase_index + 1, elapsed)
                 continue
             phase = PHASES[self.phase_index]
             self.display.status(elapsed, total, self.phase_index + 1, len(PHASES), phase.name, state, tickets)
@@ -693,7 +795,9 @@ def run_demo(
     ``port``/``host``: where the metrics stream and dashboard listen (``0``: any free port,
     ``None``: not served). ``out``: where the live table and the summary go (default stdout);
     ``live``: ANSI live display with a progress bar (default: when ``out`` is a terminal);
-    ``color``: ANSI colours (default: when live and ``NO_COLOR`` is unset).
+    ``color``: ANSI colours (default: when live and ``NO_COLOR`` is unset). A phase whose effect
+    has not shown by its planned end runs on for up to :func:`extension_limit` seconds more, so
+    the run may take longer than ``duration``; the summary says which phases did, and why.
 
     ``on_phase(name, run)`` is called as each phase starts, on the thread running the demo, with
     a :class:`DemoRun` (URLs of the API, downstream, dashboard and stream; event counts so far;

@@ -89,6 +89,12 @@ class Display:
         body = textwrap.wrap(title, width=width, initial_indent="  ", subsequent_indent="  ")
         self.lines(self._paint(heading, "1"), *(self._paint(line, "2") for line in body))
 
+    def note(self, text: str) -> None:
+        """A remark under the rows of the current phase (it runs on past its plan)."""
+        width = min(shutil.get_terminal_size().columns, 100) - 1 if self.live else 99
+        body = textwrap.wrap(text, width=width, initial_indent="  ", subsequent_indent="  ")
+        self.lines(*(self._paint(line, "33") for line in body))
+
     def row(self, second: int, state: str, changed: bool, events: Mapping[str, int], tickets: int) -> None:
         """One second of events (``events``: counts during that second; ``changed``: the circuit opened or closed)."""
         label = f"{state}*" if changed else state
