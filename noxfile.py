@@ -266,7 +266,8 @@ def stress_suite(session: nox.Session) -> None:
 
     The interpreter is the active virtual environment's (``$VIRTUAL_ENV``), else the one running
     nox; it needs fasthystrix and its test extra (``pip install -e '.[test]'``). Arguments go to
-    pytest (``nox -s stress-suite -- -q -x tests/test_demo.py``). Not part of the default run.
+    pytest (``nox -s stress-suite -- -q -x tests/test_demo.py``), which runs once per
+    implementation. Not part of the default run.
     """
     import sys
     import time
@@ -278,7 +279,11 @@ def stress_suite(session: nox.Session) -> None:
     session.log(f"{cores} CPU-bound processes beside the suite: pids {[p.pid for p in burners]}")
     started = time.monotonic()
     try:
-        session.run(python, "-m", "pytest", *session.posargs, external=True)
+        # Once per implementation, each in its own process, as the tests session runs them.
+        for pure in ("0", "1"):
+            session.run(
+                python, "-m", "pytest", *session.posargs, external=True, env={"FASTHYSTRIX_NO_EXTENSIONS": pure}
+            )
     finally:
         for burner in burners:
             burner.kill()
