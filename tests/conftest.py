@@ -58,7 +58,7 @@ def _reset() -> None:
     _transitions._listeners = ()
 
 
-def _assert_tickets_returned(timeout: float = 5.0) -> None:
+def _assert_tickets_returned(timeout: float = 30.0) -> None:
     """Every ticket must come back; runs abandoned at a timeout get a moment to end."""
     deadline = time.monotonic() + timeout
     while True:
