@@ -19,7 +19,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 # The compiled modules (none yet: the hot path moves to Cython in its own change).
-EXTENSIONS: list[str] = ["_rolling", "_pool", "_circuit", "_handoff"]
+EXTENSIONS: list[str] = ["_core._rolling", "_core._pool", "_core._circuit", "_isolation._handoff"]
 
 NO_EXTENSIONS = os.environ.get("FASTHYSTRIX_NO_EXTENSIONS", "") not in ("", "0")
 UNDER_CIBUILDWHEEL = os.environ.get("CIBUILDWHEEL", "") == "1"
@@ -105,8 +105,9 @@ def extensions() -> list[Extension]:
     modules = [
         Extension(
             f"fasthystrix.{name}",
-            [f"src/fasthystrix/{name}.pyx"],
-            include_dirs=["src/fasthystrix"],
+            [f"src/fasthystrix/{name.replace('.', '/')}.pyx"],
+            # The C headers (_atomic.h, _capi.h) live with the core.
+            include_dirs=["src/fasthystrix/_core"],
             # C line numbers in tracebacks cost a dictionary lookup per traceback entry.
             define_macros=[("CYTHON_CLINE_IN_TRACEBACK", "0")],
             extra_compile_args=compile_args,

@@ -170,7 +170,7 @@ def fasthystrix_circuit(impl: str, name: str, isolation: str = "semaphore") -> t
         fasthystrix.CommandConfig(isolation=isolation, max_concurrent_requests=10**6, request_volume_threshold=10**9),
     )
     circuit = fasthystrix.get_circuit(name)[0]
-    expected = "fasthystrix._circuit" if impl == "compiled" else "fasthystrix._circuit_py"
+    expected = "fasthystrix._core._circuit" if impl == "compiled" else "fasthystrix._core._circuit_py"
     assert fasthystrix.implementation == impl, fasthystrix.implementation
     assert type(circuit).__module__ == expected, type(circuit)
     return fasthystrix.do, circuit

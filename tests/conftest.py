@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 import fasthystrix
-from fasthystrix import _clock, _config, _impl, _registry, _transitions
+from fasthystrix import _impl, _registry
+from fasthystrix._core import _clock, _config, _transitions
 from fasthystrix.metric_collector import registry as collector_registry
 
 

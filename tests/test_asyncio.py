@@ -332,7 +332,7 @@ def test_command_rejects_bad_arguments() -> None:
 
 
 def test_idle_loop_holds_no_timer_of_ours(run_async: Any) -> None:
-    from fasthystrix import _asyncio
+    from fasthystrix._isolation import _asyncio
 
     _semaphore("a-idle", timeout=60_000, max_concurrent_requests=1000)
 

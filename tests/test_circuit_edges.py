@@ -7,7 +7,9 @@ from typing import Any
 import pytest
 
 import fasthystrix
-from fasthystrix import _command, _events, _impl, _registry
+from fasthystrix import _impl, _registry
+from fasthystrix._core import _events
+from fasthystrix._isolation import _command
 
 
 @pytest.mark.parametrize("isolation", ["semaphore", "thread"])

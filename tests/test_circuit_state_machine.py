@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
 import fasthystrix
-from fasthystrix import _clock
+from fasthystrix._core import _clock
 
 NAME = "state-machine"
 TIMEOUT_MS = 100

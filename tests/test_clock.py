@@ -16,13 +16,14 @@ from typing import Any
 import pytest
 
 import fasthystrix
-from fasthystrix import _clock, _impl, _registry
+from fasthystrix import _impl, _registry
+from fasthystrix._core import _clock
 
 
 def _compiled_circuit_module() -> Any:
     if "compiled" not in _impl.available():
         return None
-    return importlib.import_module("fasthystrix._circuit")
+    return importlib.import_module("fasthystrix._core._circuit")
 
 
 def test_compiled_clock_is_time_monotonic_ns() -> None:

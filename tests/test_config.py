@@ -14,7 +14,7 @@ import pytest
 import fasthystrix
 from conftest import FakeClock
 from fasthystrix import CommandConfig, Settings, _registry
-from fasthystrix._config import MAX_COUNT, MAX_DURATION_MS
+from fasthystrix._core._config import MAX_COUNT, MAX_DURATION_MS
 from support import WAIT
 
 HYSTRIX_DEFAULTS = Settings(

@@ -17,7 +17,7 @@ import pytest
 import fasthystrix
 from conftest import FakeClock
 from fasthystrix import Context, ContextCanceledError, ContextDeadlineExceededError
-from fasthystrix._context import MAX_TIMEOUT_SECONDS
+from fasthystrix._core._context import MAX_TIMEOUT_SECONDS
 from support import WAIT, wait_until
 
 # -- Context on its own ---------------------------------------------------------------------------

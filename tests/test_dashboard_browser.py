@@ -22,7 +22,7 @@ from urllib.parse import quote
 import pytest
 
 import fasthystrix
-from fasthystrix._dashboard import dashboard_page
+from fasthystrix._observability._dashboard import dashboard_page
 from support import WAIT  # every wait polls and returns as soon as the page shows the value
 
 # Debian's paths by default; elsewhere (GitHub's runners ship Google Chrome) the environment says.
@@ -425,7 +425,7 @@ def test_dashboard_page_is_one_self_contained_document() -> None:
     page = dashboard_page()
     assert dashboard_page() is page  # built once
     html = page.decode("utf-8")
-    files = resources.files("fasthystrix").joinpath("dashboard")
+    files = resources.files("fasthystrix._observability").joinpath("dashboard")
     js = files.joinpath("dashboard.js").read_text(encoding="utf-8")
     css = files.joinpath("dashboard.css").read_text(encoding="utf-8")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 import fasthystrix
-from fasthystrix._workers import timer
+from fasthystrix._isolation._workers import timer
 from support import WAIT
 
 

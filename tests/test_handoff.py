@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from fasthystrix import _impl
-from fasthystrix._workers import WorkerPool
+from fasthystrix._isolation._workers import WorkerPool
 from support import WAIT
 
 

@@ -37,8 +37,8 @@ from fasthystrix import (
     MaxConcurrencyError,
     TimeoutError as CommandTimeoutError,
     _impl,
-    _rolling_py,
 )
+from fasthystrix._core import _rolling_py
 from support import WAIT
 
 ISOLATIONS = ("thread", "semaphore")

@@ -13,7 +13,8 @@ from opentelemetry.sdk.metrics.export import Gauge, InMemoryMetricReader, Sum
 
 import fasthystrix
 from conftest import FakeClock
-from fasthystrix import _cumulative, otel
+from fasthystrix import otel
+from fasthystrix._observability import _cumulative
 from fasthystrix.metric_collector import registry as collector_registry
 from support import KNOWN, drive_known_events, semaphore_command
 

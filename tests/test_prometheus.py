@@ -16,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import fasthystrix
 from conftest import FakeClock
-from fasthystrix import _cumulative, prometheus
+from fasthystrix import prometheus
+from fasthystrix._observability import _cumulative
 from fasthystrix.metric_collector import registry as collector_registry
 from support import KNOWN, boom, drive_known_events, semaphore_command
 

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from fasthystrix import _impl
-from fasthystrix._rolling_py import (
+from fasthystrix._core._rolling_py import (
     CONTEXT_CANCELED,
     CONTEXT_DEADLINE_EXCEEDED,
     EXECUTED,

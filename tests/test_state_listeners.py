@@ -11,7 +11,7 @@ import pytest
 
 import fasthystrix
 from conftest import FakeClock
-from fasthystrix import _transitions
+from fasthystrix._core import _transitions
 
 
 def boom() -> None:

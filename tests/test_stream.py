@@ -20,7 +20,8 @@ import pytest
 
 import fasthystrix
 from conftest import FakeClock
-from fasthystrix import _registry, _stream_messages, stream
+from fasthystrix import _registry, stream
+from fasthystrix._observability import _stream_messages
 from support import WAIT, wait_until
 
 # hystrix-go's keys, in emitted order (spec 9.2 and 9.3).

@@ -9,10 +9,8 @@ is rejected or short-circuited.
 from __future__ import annotations
 
 from . import _impl, metric_collector, stream
-from ._asyncio import do_async, go_async
-from ._clock import get_clock, set_clock
-from ._command import do_c, go, go_c
-from ._config import (
+from ._core._clock import get_clock, set_clock
+from ._core._config import (
     DEFAULT_ERROR_PERCENT_THRESHOLD,
     DEFAULT_ISOLATION,
     DEFAULT_MAX_CONCURRENT_REQUESTS,
@@ -24,9 +22,8 @@ from ._config import (
     get_defaults,
     set_defaults,
 )
-from ._context import Context
-from ._decorator import command
-from ._errors import (
+from ._core._context import Context
+from ._core._errors import (
     CircuitError,
     CircuitOpenError,
     ContextCanceledError,
@@ -38,9 +35,12 @@ from ._errors import (
     MaxConcurrencyError,
     TimeoutError,  # noqa: A004 - hystrix-go's name; also a builtin TimeoutError subclass
 )
-from ._metrics import MetricsSnapshot
+from ._core._metrics import MetricsSnapshot
+from ._core._transitions import on_state_change
+from ._isolation._asyncio import do_async, go_async
+from ._isolation._command import do_c, go, go_c
+from ._isolation._decorator import command
 from ._registry import configure, configure_command, flush, get_circuit, get_circuit_settings
-from ._transitions import on_state_change
 from .metric_collector import MetricCollector, MetricResult
 from .stream import StreamHandler, StreamServer, serve_stream
 

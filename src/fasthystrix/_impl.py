@@ -15,14 +15,15 @@ import warnings
 from types import ModuleType
 from typing import Any
 
-from . import _circuit_py, _handoff_py, _rolling_py
+from ._core import _circuit_py, _rolling_py
+from ._isolation import _handoff_py
 
 __all__ = ["EVENT_NAMES", "Implementation", "available", "current"]
 
 EVENT_NAMES = _rolling_py.EVENT_NAMES
 
 # The compiled modules; each replaces its pure twin ``<name>_py``.
-COMPILED_MODULES: tuple[str, ...] = ("_circuit", "_handoff", "_pool", "_rolling")
+COMPILED_MODULES: tuple[str, ...] = ("_core._circuit", "_isolation._handoff", "_core._pool", "_core._rolling")
 
 
 class Implementation:
@@ -60,7 +61,8 @@ def _load_compiled() -> tuple[Implementation | None, str]:
     if missing:
         return None, f"compiled modules not built: {', '.join(missing)} (was a C compiler available at install?)"
     try:
-        from . import _circuit, _handoff, _pool, _rolling  # noqa: F401
+        from ._core import _circuit, _pool, _rolling  # noqa: F401
+        from ._isolation import _handoff
     except ImportError as exc:
         return None, f"compiled modules not importable: {exc}"
     return Implementation("compiled", _circuit, _rolling, _handoff), ""

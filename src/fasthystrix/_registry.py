@@ -6,10 +6,12 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from . import _clock, _command, _impl
-from ._command import run_threaded
-from ._config import CommandConfig, Settings, get_defaults
-from ._workers import WorkerPool, timer
+from . import _impl
+from ._core import _clock
+from ._core._config import CommandConfig, Settings, get_defaults
+from ._isolation import _command
+from ._isolation._command import run_threaded
+from ._isolation._workers import WorkerPool, timer
 from .metric_collector import DefaultMetricCollector, registry
 
 __all__ = [
@@ -154,7 +156,7 @@ def flush() -> None:
             try:
                 collector.reset()
             except Exception:
-                from ._log import logger
+                from ._core._log import logger
 
                 logger.exception("metric collector %r failed to reset", collector)
         circuit._workers.shutdown()

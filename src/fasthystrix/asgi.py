@@ -19,10 +19,9 @@ import inspect
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, MutableMapping
 from typing import Any
 
-from . import _errors
-from ._asyncio import do_async
-from ._config import CommandConfig
-from ._middleware import (
+from ._core import _errors
+from ._core._config import CommandConfig
+from ._integrations._middleware import (
     UNMATCHED,
     _excluded,
     _method,
@@ -31,6 +30,7 @@ from ._middleware import (
     _response_triple,
     _ServerError,
 )
+from ._isolation._asyncio import do_async
 
 __all__ = ["UNMATCHED", "CircuitBreakerMiddleware"]
 

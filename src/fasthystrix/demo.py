@@ -38,7 +38,8 @@ from typing import Any, TextIO
 
 import fasthystrix
 
-from ._config import CommandConfig
+from ._core._config import CommandConfig
+from ._core._events import EVENT_NAMES
 from ._demo.display import EVENT_COLUMNS, Display, supports_unicode
 from ._demo.services import (
     HANG_SECONDS,
@@ -49,7 +50,6 @@ from ._demo.services import (
     IgnoreEvents,
     LoadGenerator,
 )
-from ._events import EVENT_NAMES
 from .metric_collector import MetricCollector, registry
 from .stream import StreamServer, serve_stream
 

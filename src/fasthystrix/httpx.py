@@ -22,10 +22,16 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 
-from ._asyncio import do_async
-from ._command import do_c
-from ._context import Context
-from ._http_client import FailedResponseError, cap_timeout, check_options, command_name_of, host_command_name
+from ._core._context import Context
+from ._integrations._http_client import (
+    FailedResponseError,
+    cap_timeout,
+    check_options,
+    command_name_of,
+    host_command_name,
+)
+from ._isolation._asyncio import do_async
+from ._isolation._command import do_c
 from ._registry import get_settings
 
 __all__ = ["AsyncCommandTransport", "CommandTransport", "FailedResponseError", "command_name", "is_server_error"]

@@ -17,8 +17,9 @@ from dataclasses import dataclass, fields as dataclass_fields
 from datetime import timedelta
 from typing import Any, Protocol, runtime_checkable
 
-from . import _clock, _impl
-from ._events import (
+from . import _impl
+from ._core import _clock
+from ._core._events import (
     EVENT_NAMES,
     FAILURE,
     FALLBACK_FAILURE,
@@ -29,8 +30,8 @@ from ._events import (
     SUCCESS,
     TIMEOUT,
 )
-from ._log import logger
-from ._metrics import MetricsSnapshot, error_percent
+from ._core._log import logger
+from ._core._metrics import MetricsSnapshot, error_percent
 
 __all__ = [
     "DefaultMetricCollector",

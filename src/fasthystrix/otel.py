@@ -38,9 +38,9 @@ from collections.abc import Callable, Iterable
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Instrument, MeterProvider, Observation
 
-from . import _cumulative
-from ._cumulative import PERCENTILES, CircuitReading, quantile_label
-from ._events import EVENT_NAMES
+from ._core._events import EVENT_NAMES
+from ._observability import _cumulative
+from ._observability._cumulative import PERCENTILES, CircuitReading, quantile_label
 
 __all__ = ["Instrumentation", "instrument"]
 

@@ -34,9 +34,9 @@ from collections.abc import Iterable
 from prometheus_client import REGISTRY, CollectorRegistry, Metric
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
 
-from . import _cumulative
-from ._cumulative import PERCENTILES, CircuitReading, quantile_label
-from ._events import EVENT_NAMES
+from ._core._events import EVENT_NAMES
+from ._observability import _cumulative
+from ._observability._cumulative import PERCENTILES, CircuitReading, quantile_label
 
 __all__ = ["FasthystrixCollector", "register"]
 

@@ -27,9 +27,15 @@ from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import DecodeError, ProtocolError, ReadTimeoutError, SSLError
 from urllib3.util import Timeout
 
-from ._command import do_c
-from ._context import Context
-from ._http_client import FailedResponseError, cap_timeout, check_options, command_name_of, host_command_name
+from ._core._context import Context
+from ._integrations._http_client import (
+    FailedResponseError,
+    cap_timeout,
+    check_options,
+    command_name_of,
+    host_command_name,
+)
+from ._isolation._command import do_c
 
 __all__ = ["CommandAdapter", "FailedResponseError", "command_name", "is_server_error", "make_response"]
 

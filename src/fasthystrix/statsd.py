@@ -33,8 +33,8 @@ import time
 from datetime import timedelta
 from decimal import Decimal
 
-from ._errors import safe_repr
-from ._log import logger
+from ._core._errors import safe_repr
+from ._core._log import logger
 from .metric_collector import MetricResult, registry
 
 __all__ = [

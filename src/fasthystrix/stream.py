@@ -1,7 +1,7 @@
 """The Hystrix metrics stream (Server-Sent Events) and the server that also serves the dashboard.
 
 :class:`StreamHandler` publishes every circuit's ``HystrixCommand`` and
-``HystrixThreadPool`` messages (see :mod:`fasthystrix._stream_messages`) once per
+``HystrixThreadPool`` messages (see :mod:`fasthystrix._observability._stream_messages`) once per
 interval to every connected client. It is a WSGI app (:attr:`StreamHandler.wsgi_app`)
 and an ASGI app (:attr:`StreamHandler.asgi_app`); :func:`serve_stream` runs it on
 its own in a background thread.
@@ -31,9 +31,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from . import _registry
-from ._errors import safe_repr
-from ._log import logger
-from ._stream_messages import render
+from ._core._errors import safe_repr
+from ._core._log import logger
+from ._observability._stream_messages import render
 
 __all__ = ["StreamHandler", "StreamServer", "serve_stream"]
 
@@ -411,7 +411,7 @@ _PAGE_HEADERS = [
 
 
 def _dashboard_page() -> bytes:
-    from ._dashboard import dashboard_page
+    from ._observability._dashboard import dashboard_page
 
     return dashboard_page()
 

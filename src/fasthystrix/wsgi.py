@@ -39,9 +39,10 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from http import HTTPStatus
 from typing import Any
 
-from . import _errors, _impl
-from ._config import CommandConfig
-from ._middleware import UNMATCHED, _excluded, _method, _Names, _rejection, _response_triple, _ServerError
+from . import _impl
+from ._core import _errors
+from ._core._config import CommandConfig
+from ._integrations._middleware import UNMATCHED, _excluded, _method, _Names, _rejection, _response_triple, _ServerError
 
 __all__ = ["UNMATCHED", "CircuitBreakerMiddleware"]
 

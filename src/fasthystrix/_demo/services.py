@@ -20,7 +20,7 @@ from typing import Any
 
 import fasthystrix
 
-from .._events import EVENT_NAMES
+from .._core._events import EVENT_NAMES
 from ..metric_collector import MetricResult
 
 __all__ = [

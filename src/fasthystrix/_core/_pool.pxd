@@ -1,7 +1,7 @@
 # cython: language_level=3
 from libc.stdint cimport int64_t
 
-from fasthystrix._atomic cimport fh_add_acq_rel, fh_add_relaxed
+from fasthystrix._core._atomic cimport fh_add_acq_rel, fh_add_relaxed
 
 
 cdef class TicketPool:

@@ -5,7 +5,7 @@ The limit is read at each take, so a new ``max_concurrent_requests`` applies to 
 next call (hystrix-go fixed the pool size at circuit creation, issue #104).
 """
 
-from fasthystrix._atomic cimport fh_load_relaxed
+from fasthystrix._core._atomic cimport fh_load_relaxed
 
 __all__ = ["TicketPool"]
 

@@ -17,9 +17,9 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from . import _impl
-from ._errors import FallbackError
-from ._events import (
+from .. import _impl
+from .._core._errors import FallbackError
+from .._core._events import (
     CONTEXT_CANCELED,
     FAILURE,
     FALLBACK_FAILURE,
@@ -31,8 +31,8 @@ from ._events import (
     TIMEOUT,
     turned_away_event,
 )
-from ._outcomes import COROUTINE as _COROUTINE, outcome
-from ._registry import _circuits, get_or_create
+from .._core._outcomes import COROUTINE as _COROUTINE, outcome
+from .._registry import _circuits, get_or_create
 
 __all__ = ["do_async", "go_async"]
 

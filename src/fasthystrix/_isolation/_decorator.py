@@ -7,10 +7,10 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from . import _impl
+from .. import _impl
+from .._core._config import CommandConfig
+from .._registry import configure_command
 from ._asyncio import do_async
-from ._config import CommandConfig
-from ._registry import configure_command
 
 __all__ = ["command"]
 

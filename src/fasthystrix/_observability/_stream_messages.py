@@ -15,9 +15,9 @@ import json
 import time
 from typing import Any
 
-from ._events import FALLBACK_FAILURE, FALLBACK_SUCCESS
-from ._metrics import error_percent
-from ._rolling_py import EXECUTED, MAX_ACTIVE, PERCENTILES as _PERCENTILES
+from .._core._events import FALLBACK_FAILURE, FALLBACK_SUCCESS
+from .._core._metrics import error_percent
+from .._core._rolling_py import EXECUTED, MAX_ACTIVE, PERCENTILES as _PERCENTILES
 
 __all__ = [
     "COMMAND_FIELDS",

@@ -18,7 +18,7 @@ from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree
 from libc.stdint cimport INT64_MAX, int32_t, int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
-from fasthystrix._atomic cimport (
+from fasthystrix._core._atomic cimport (
     fh_add32_relaxed,
     fh_add_relaxed,
     fh_cas_acq_rel,
@@ -34,7 +34,7 @@ from fasthystrix._atomic cimport (
     fh_store_release,
 )
 
-from fasthystrix._rolling_py import (
+from fasthystrix._core._rolling_py import (
     EVENT_NAMES,
     NS_PER_SECOND,
     PERCENTILES,

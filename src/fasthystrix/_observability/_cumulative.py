@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from . import _registry
-from ._events import EVENT_NAMES
-from ._log import logger
-from ._metrics import MetricsSnapshot
-from ._rolling_py import PERCENTILES  # the rolling latency percentiles, in MetricsSnapshot's order
-from .metric_collector import MetricResult, registry
+from .. import _registry
+from .._core._events import EVENT_NAMES
+from .._core._log import logger
+from .._core._metrics import MetricsSnapshot
+from .._core._rolling_py import PERCENTILES  # the rolling latency percentiles, in MetricsSnapshot's order
+from ..metric_collector import MetricResult, registry
 
 __all__ = [
     "PERCENTILES",

@@ -1,7 +1,7 @@
 # cython: language_level=3
 from libc.stdint cimport int64_t, uint32_t
 
-from fasthystrix._atomic cimport (
+from fasthystrix._core._atomic cimport (
     fh_add32_relaxed,
     fh_add_relaxed,
     fh_cas_acq_rel,

@@ -17,9 +17,9 @@ from concurrent.futures import Future
 from concurrent.futures._base import FINISHED as _FINISHED, RUNNING as _RUNNING
 from typing import Any
 
-from . import _impl
-from ._context import Context
-from ._events import (
+from .. import _impl
+from .._core._context import Context
+from .._core._events import (
     CONTEXT_CANCELED,
     CONTEXT_DEADLINE_EXCEEDED,
     FAILURE,
@@ -29,8 +29,8 @@ from ._events import (
     TIMEOUT,
     turned_away_event,
 )
-from ._log import logger
-from ._outcomes import COROUTINE, coroutine_returned
+from .._core._log import logger
+from .._core._outcomes import COROUTINE, coroutine_returned
 from ._workers import timer
 
 __all__ = ["do", "do_c", "go", "go_c", "run_threaded"]
@@ -382,7 +382,7 @@ def _go(circuit: Any, run: Callable[..., Any], fallback: Any, ctx: Context | Non
 
 
 def _unbound(name: str) -> Any:
-    raise RuntimeError("fasthystrix._registry binds fasthystrix._command at import")
+    raise RuntimeError("fasthystrix._registry binds fasthystrix._isolation._command at import")
 
 
 # The registry's circuits and its creator (bind() is called by the registry, which imports

@@ -12,7 +12,7 @@ the lock-free success path, which only appends to ``_pending`` (latencies of
 successes) and ``_admits`` (commands that took a ticket) and reads ``_gate``.
 Every reading folds those lists in first, moving the window folds them into
 the second that ends, and every change of the totals closes the gate (see
-:mod:`fasthystrix._gate`).
+:mod:`fasthystrix._core._gate`).
 """
 
 from __future__ import annotations

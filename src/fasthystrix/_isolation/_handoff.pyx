@@ -23,7 +23,7 @@ from cpython.pythread cimport (
 )
 from libc.stdint cimport int64_t
 
-from fasthystrix._atomic cimport (
+from fasthystrix._core._atomic cimport (
     FH_HAVE_MONOTONIC_NS,
     fh_cas_acq_rel,
     fh_exchange_acq_rel,

@@ -152,7 +152,7 @@ def notify_collectors(
     """
     global _MetricResult
     if _MetricResult is None:  # imported on first use: metric_collector imports this module's users
-        from .metric_collector import MetricResult
+        from ..metric_collector import MetricResult
 
         _MetricResult = MetricResult
     result = None

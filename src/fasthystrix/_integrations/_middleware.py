@@ -8,9 +8,9 @@ import threading
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from . import _errors
-from ._config import CommandConfig
-from ._registry import configure_command, get_circuit_settings, get_settings
+from .._core import _errors
+from .._core._config import CommandConfig
+from .._registry import configure_command, get_circuit_settings, get_settings
 
 #: The route template of a request that matches no route.
 UNMATCHED = "<unmatched>"

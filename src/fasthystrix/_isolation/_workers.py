@@ -14,8 +14,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from . import _clock, _impl
-from ._log import logger
+from .. import _impl
+from .._core import _clock
+from .._core._log import logger
 
 __all__ = ["DeadlineTimer", "WorkerPool", "timer"]
 

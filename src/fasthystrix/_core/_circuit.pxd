@@ -2,8 +2,8 @@
 from cpython.object cimport PyObject
 from libc.stdint cimport int64_t
 
-from fasthystrix._pool cimport TicketPool
-from fasthystrix._rolling cimport RollingMetrics
+from fasthystrix._core._pool cimport TicketPool
+from fasthystrix._core._rolling cimport RollingMetrics
 
 cdef enum:
     # Bits of the circuit state word.

@@ -22,7 +22,7 @@ from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF
 from libc.stdint cimport int64_t
 
-from fasthystrix._atomic cimport (
+from fasthystrix._core._atomic cimport (
     fh_add_acq_rel,
     fh_cas_acq_rel,
     fh_load_acquire,
@@ -33,8 +33,8 @@ from fasthystrix._atomic cimport (
     fh_store_relaxed,
     fh_store_release,
 )
-from fasthystrix._pool cimport TicketPool
-from fasthystrix._rolling cimport (
+from fasthystrix._core._pool cimport TicketPool
+from fasthystrix._core._rolling cimport (
     CONTEXT_CANCELED,
     CONTEXT_DEADLINE_EXCEEDED,
     FAILURE,
@@ -47,14 +47,14 @@ from fasthystrix._rolling cimport (
     RollingMetrics,
 )
 
-from fasthystrix._context import Context
-from fasthystrix._errors import CircuitOpenError, FallbackError, MaxConcurrencyError
-from fasthystrix._errors import ContextCanceledError as _ContextCanceledError
-from fasthystrix._errors import ContextDeadlineExceededError as _ContextDeadlineExceededError
-from fasthystrix._errors import TimeoutError as CommandTimeoutError
-from fasthystrix import _clock, _transitions
-from fasthystrix._outcomes import COROUTINE as _COROUTINE
-from fasthystrix._outcomes import (
+from fasthystrix._core._context import Context
+from fasthystrix._core._errors import CircuitOpenError, FallbackError, MaxConcurrencyError
+from fasthystrix._core._errors import ContextCanceledError as _ContextCanceledError
+from fasthystrix._core._errors import ContextDeadlineExceededError as _ContextDeadlineExceededError
+from fasthystrix._core._errors import TimeoutError as CommandTimeoutError
+from fasthystrix._core import _clock, _transitions
+from fasthystrix._core._outcomes import COROUTINE as _COROUTINE
+from fasthystrix._core._outcomes import (
     check_arguments,
     classify,
     context_outcome,

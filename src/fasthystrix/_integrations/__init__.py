@@ -1,0 +1,1 @@
+"""What the public integration modules (asgi, wsgi, httpx, requests) share."""
