@@ -42,6 +42,7 @@ class Implementation:
         self.RollingMetrics: Any = rolling.RollingMetrics
         self.summarize: Any = rolling.summarize
         self.Completion: Any = handoff.Completion
+        self.SpinBudget: Any = handoff.SpinBudget
 
     def __repr__(self) -> str:
         return f"<fasthystrix implementation {self.name!r}>"

@@ -234,12 +234,12 @@ class CommandFuture(Future):  # type: ignore[type-arg]
     is the standard ``Future``. It is running from the start: ``cancel()`` returns false.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, resolved: Any) -> None:
         super().__init__()
         # What set_running_or_notify_cancel() would do, without taking the condition:
         # nobody else has this future yet, so there is nobody to notify.
         self._state = _RUNNING
-        self._resolved = _impl.current().Completion()
+        self._resolved = resolved  # a Completion from the circuit's WorkerPool.completion()
         # The posted worker's Completion (see WorkerPool.submit(post=True)); None if none.
         self._nudge: Any = None
 
@@ -286,7 +286,7 @@ def run_threaded(
     >= 0, its ticket taken): run on a worker, wait here until done or the deadline."""
     clock = circuit._clock
     deadline = start + timeout_ns
-    execution = _Execution(circuit, run, fallback, ctx, start, deadline, verdict, None, _impl.current().Completion())
+    execution = _Execution(circuit, run, fallback, ctx, start, deadline, verdict, None, circuit._workers.completion())
     watch = ctx is not None and ctx is not Context.background()
     if watch:
         assert ctx is not None
@@ -338,7 +338,7 @@ def run_threaded(
 
 
 def _go(circuit: Any, run: Callable[..., Any], fallback: Any, ctx: Context | None) -> Future[Any]:
-    future = CommandFuture()
+    future = CommandFuture(circuit._workers.completion())
     settings = circuit._settings
     clock = circuit._clock
     start = clock()

@@ -27,25 +27,41 @@ _MIN_COMPACT = 256  # heap size below which finished entries are left for the ti
 class _Worker:
     __slots__ = ("task", "thread", "wake")
 
-    def __init__(self) -> None:
+    def __init__(self, wake: Any) -> None:
         self.task: Callable[[], object] | None = None
-        # The live implementation's Completion: the compiled one spins briefly before
-        # sleeping, so a busy worker picks up its next task without a kernel round trip.
-        self.wake = _impl.current().Completion()
+        self.wake = wake
         self.thread: threading.Thread | None = None
 
 
 class WorkerPool:
-    """Threads that run submitted callables; idle threads are reused, then retire."""
+    """Threads that run submitted callables; idle threads are reused, then retire.
+
+    Each kind of wait has its spin budget: ``result_waits`` for threads waiting for a
+    task's outcome (``completion()`` makes their signals), ``task_waits`` for idle
+    workers waiting for their next task, ``nudge_waits`` for posted workers waiting
+    for their nudge. The compiled implementation spins briefly before sleeping (or
+    starting, for a posted worker) only while recent waits of that kind ended within
+    the spin.
+    """
 
     def __init__(self, name: str, idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.name = name
         self.idle_timeout = idle_timeout
+        # The implementation live when the pool was made, for all its signals: never a mix.
+        impl = _impl.current()
+        self._completion = impl.Completion
+        self.result_waits = impl.SpinBudget()
+        self.task_waits = impl.SpinBudget()
+        self.nudge_waits = impl.SpinBudget()
         self._lock = threading.Lock()
         self._idle: list[_Worker] = []
         self._workers: set[_Worker] = set()
         self._closed = False
         self._counter = itertools.count(1)
+
+    def completion(self) -> Any:
+        """A new signal for a thread that waits for a task's outcome (spin budget ``result_waits``)."""
+        return self._completion(self.result_waits)
 
     def submit(self, task: Callable[[], object], defer: bool = False, post: bool = False) -> Any:
         """Run ``task()`` on an idle worker, or on a new thread if none is idle.
@@ -71,7 +87,9 @@ class WorkerPool:
                     return worker.wake
                 worker.wake.set()
                 return None
-            worker = _Worker()
+            # The compiled Completion spins briefly before sleeping while tasks come soon after
+            # a worker went idle, so a busy worker picks up its next one without a kernel round trip.
+            worker = _Worker(self._completion(self.task_waits, self.nudge_waits))
             worker.task = task
             self._workers.add(worker)
             number = next(self._counter)
@@ -97,9 +115,11 @@ class WorkerPool:
                 with self._lock:
                     closed = self._closed
                     if not closed:
-                        # Only the first idle worker spins for its next task: submit() takes the
-                        # most recently idled worker, and several spinning threads would starve
-                        # the ones doing work on a small machine.
+                        # Only the first idle worker may spin for its next task (if task_waits
+                        # advises it): submit() takes the most recently idled worker, and several
+                        # spinning threads would starve the ones doing work on a small machine.
+                        # The others sleep at once and leave task_waits alone: their waits are
+                        # longer by design and say nothing about the first one's.
                         spin = not self._idle
                         self._idle.append(worker)
                 if closed:
