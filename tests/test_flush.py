@@ -133,3 +133,11 @@ def test_flush_while_run_in_flight_lets_it_finish_and_leaves_no_thread() -> None
     assert future.result(WAIT) == "finished"
     assert old.tickets_in_use == 0
     assert _wait_no_threads() == []
+
+
+def test_go_whose_run_flushes_is_not_held_up_by_the_flush() -> None:
+    """A flush() inside a go() run waits for fasthystrix's idle threads to stop, but not for the
+    deadline timer once other commands have given it work again: those runs ran late and timed out."""
+    fasthystrix.configure_command("flushing-go", fasthystrix.CommandConfig(timeout=1500))
+    futures = [fasthystrix.go("flushing-go", lambda: fasthystrix.flush() or 1) for _ in range(10)]
+    assert [f.result(WAIT) for f in futures] == [1] * 10

@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -232,8 +233,17 @@ class DeadlineTimer:
             if empty:
                 self._stop_when_empty = True
             self._cond.notify()
-        if thread is not None and empty and thread is not threading.current_thread():
-            thread.join(self.idle_timeout + 1.0)
+        if thread is None or not empty or thread is threading.current_thread():
+            return
+        # Wait for the thread to stop, but not for a thread that has work again: a command that
+        # started meanwhile (flush() may run inside another command's run) keeps it busy, and
+        # waiting for it would only delay that run.
+        until = time.monotonic() + self.idle_timeout + 1.0
+        while thread.is_alive() and time.monotonic() < until:
+            with self._cond:
+                if self._heap:
+                    return
+            thread.join(0.01)
 
     def pending(self) -> int:
         """How many deadlines are scheduled (including finished ones not yet dropped)."""
