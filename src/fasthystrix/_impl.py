@@ -35,10 +35,6 @@ class Implementation:
         self.do: Any = circuit.do
         self.CommandFunction: Any = circuit.CommandFunction
         self.bind: Any = circuit.bind
-        self.check_arguments: Any = circuit.check_arguments
-        self.classify: Any = circuit.classify
-        self.error_for: Any = circuit.error_for
-        self.context_outcome: Any = circuit.context_outcome
         self.RollingMetrics: Any = rolling.RollingMetrics
         self.summarize: Any = rolling.summarize
         self.Completion: Any = handoff.Completion

@@ -5,12 +5,6 @@ from typing import Any
 
 from ._context import Context
 from ._metrics import MetricsSnapshot
-from ._outcomes import (
-    check_arguments as check_arguments,
-    classify as classify,
-    context_outcome as context_outcome,
-    error_for as error_for,
-)
 
 def bind(
     circuits: dict[str, CircuitBreaker],

@@ -56,8 +56,6 @@ from fasthystrix._core import _clock, _transitions
 from fasthystrix._core._outcomes import COROUTINE as _COROUTINE
 from fasthystrix._core._outcomes import (
     check_arguments,
-    classify,
-    context_outcome,
     coroutine_returned,
     error_for,
     notify_collectors,
@@ -68,11 +66,7 @@ __all__ = [
     "CircuitBreaker",
     "CommandFunction",
     "bind",
-    "check_arguments",
-    "classify",
-    "context_outcome",
     "do",
-    "error_for",
 ]
 
 cdef int NO_EVENT = -1

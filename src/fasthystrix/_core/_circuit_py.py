@@ -43,8 +43,6 @@ from ._metrics import MetricsSnapshot
 from ._outcomes import (
     COROUTINE as _COROUTINE,
     check_arguments,
-    classify,
-    context_outcome,
     coroutine_returned,
     error_for,
     notify_collectors,
@@ -57,11 +55,7 @@ __all__ = [
     "CircuitBreaker",
     "CommandFunction",
     "bind",
-    "check_arguments",
-    "classify",
-    "context_outcome",
     "do",
-    "error_for",
 ]
 
 _NS_PER_US = 1000

@@ -17,7 +17,6 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .. import _impl
 from .._core._errors import FallbackError
 from .._core._events import (
     CONTEXT_CANCELED,
@@ -31,7 +30,7 @@ from .._core._events import (
     TIMEOUT,
     turned_away_event,
 )
-from .._core._outcomes import COROUTINE as _COROUTINE, outcome
+from .._core._outcomes import COROUTINE as _COROUTINE, check_arguments, error_for, outcome
 from .._registry import _circuits, get_or_create
 
 __all__ = ["do_async", "go_async"]
@@ -142,7 +141,7 @@ def _uncancel(task: asyncio.Task[Any]) -> int:
 
 def _check(name: object, run: object, fallback: object) -> Any:
     """The circuit of ``name``, after the arguments are checked (raising as ``do()`` does)."""
-    _impl.current().check_arguments(name, run, fallback)
+    check_arguments(name, run, fallback)
     return get_or_create(name)  # type: ignore[arg-type]
 
 
@@ -174,7 +173,7 @@ async def do_async(
     verdict = circuit._acquire(start, settings)
     if verdict < 0:
         event = turned_away_event(verdict)
-        return await _finish(circuit, event, _impl.current().error_for(event), start, -1, 0, fallback, False)
+        return await _finish(circuit, event, error_for(event), start, -1, 0, fallback, False)
     task = asyncio.current_task()
     assert task is not None, "do_async() must be awaited inside a task"
     loop = asyncio.get_running_loop()
@@ -207,7 +206,7 @@ async def do_async(
             # The caller was cancelled: so was run. Record it, give the ticket back, propagate.
             circuit._report(CONTEXT_CANCELED, NO_EVENT, end, -1, (end - start) // _NS_PER_US, verdict, True)
             raise
-        return await _finish(circuit, TIMEOUT, _impl.current().error_for(TIMEOUT), start, -1, verdict, fallback, True)
+        return await _finish(circuit, TIMEOUT, error_for(TIMEOUT), start, -1, verdict, fallback, True)
     except Exception as exc:
         end = clock()
         if timed_out:
@@ -286,5 +285,5 @@ def go_async(
     fallback: Callable[[BaseException], Any] | None = None,
 ) -> asyncio.Task[Any]:
     """Start :func:`do_async` as a task (the asyncio twin of :func:`fasthystrix.go`)."""
-    _impl.current().check_arguments(name, run, fallback)
+    check_arguments(name, run, fallback)
     return asyncio.get_running_loop().create_task(do_async(name, run, fallback))

@@ -30,7 +30,14 @@ from .._core._events import (
     turned_away_event,
 )
 from .._core._log import logger
-from .._core._outcomes import COROUTINE, coroutine_returned
+from .._core._outcomes import (
+    COROUTINE,
+    check_arguments,
+    context_outcome,
+    coroutine_returned,
+    error_for,
+    outcome,
+)
 from ._workers import timer
 
 __all__ = ["do", "do_c", "go", "go_c", "run_threaded"]
@@ -49,18 +56,10 @@ _NS_PER_US = 1000
 def _expired_outcome(ctx: Context | None, deadline: int, now: int) -> int:
     """The event that ended a command still running at ``now``, or ``NO_EVENT`` if none has yet."""
     if ctx is not None:
-        event: int = _impl.current().context_outcome(ctx, deadline, now)
+        event: int = context_outcome(ctx, deadline, now)
         if event != NO_EVENT:
             return event
     return TIMEOUT if now >= deadline else NO_EVENT
-
-
-def _finished_outcome(ctx: Context | None, deadline: int, end: int) -> int:
-    """For a run that ended at ``end``: a deadline that passed before it, or ``NO_EVENT``."""
-    if ctx is not None:
-        event: int = _impl.current().context_outcome(ctx, deadline, end)
-        return event
-    return TIMEOUT if end > deadline else NO_EVENT
 
 
 class _Execution:
@@ -166,20 +165,17 @@ class _Execution:
             circuit._report(FAILURE, NO_EVENT, end, run_us, run_us, self.verdict, False)
             assert error is not None
             raise error
-        late = _finished_outcome(self.ctx, self.deadline, end)
-        if late != NO_EVENT:
-            return circuit._finish(
-                late, _impl.current().error_for(late), self.start, -1, self.verdict, self.fallback, self.ctx, False
-            )
+        # KeyboardInterrupt, SystemExit...: a failure that propagates, unless a deadline came first.
+        fatal = error is not None and not isinstance(error, Exception)
+        event, err = outcome(None if fatal else error, end, self.deadline, self.ctx)
         run_us = (end - self.start) // _NS_PER_US
-        if error is None:
-            circuit._report(SUCCESS, NO_EVENT, end, run_us, run_us, self.verdict, False)
+        if err is None:
+            circuit._report(FAILURE if fatal else SUCCESS, NO_EVENT, end, run_us, run_us, self.verdict, False)
+            if fatal:
+                raise error  # type: ignore[misc]
             return self.value
-        if not isinstance(error, Exception):
-            circuit._report(FAILURE, NO_EVENT, end, run_us, run_us, self.verdict, False)
-            raise error
-        event = _impl.current().classify(error)
-        return circuit._finish(event, error, self.start, run_us, self.verdict, self.fallback, self.ctx, False)
+        run_us = run_us if err is error else -1
+        return circuit._finish(event, err, self.start, run_us, self.verdict, self.fallback, self.ctx, False)
 
     def expire(self) -> None:
         """Timer or context side (``go``): end the command if its deadline or context has passed."""
@@ -206,7 +202,7 @@ def _expired_task(
     def task() -> Any:
         return _resolve(
             future,
-            lambda: circuit._finish(event, _impl.current().error_for(event), start, -1, verdict, fallback, ctx, False),
+            lambda: circuit._finish(event, error_for(event), start, -1, verdict, fallback, ctx, False),
         )
 
     return task
@@ -333,7 +329,7 @@ def run_threaded(
             assert ctx is not None
             ctx._remove_done_callback(execution.wake.set)
     if execution.state == EXPIRED:
-        return circuit._finish(event, _impl.current().error_for(event), start, -1, verdict, fallback, ctx, False)
+        return circuit._finish(event, error_for(event), start, -1, verdict, fallback, ctx, False)
     return execution.complete()
 
 
@@ -399,7 +395,7 @@ def bind(circuits: dict[str, Any], get_or_create: Callable[[str], Any]) -> None:
 
 
 def _check(name: object, run: object, fallback: object) -> Any:
-    _impl.current().check_arguments(name, run, fallback)
+    check_arguments(name, run, fallback)
     return _get_or_create(name)  # type: ignore[arg-type]
 
 
