@@ -100,7 +100,6 @@ static inline void fh_spin_unlock(int64_t *lock) { fh_store_release(lock, 0); }
  * and the BSDs, CLOCK_UPTIME_RAW (mach_absolute_time) on macOS, QueryPerformanceCounter on
  * Windows. Never the TSC directly: a kernel may stop trusting it at any time (it demotes an
  * unstable TSC on many VMs), and the clock_gettime vDSO follows such a change, a raw rdtsc does not. */
-#define FH_HAVE_MONOTONIC_NS 1
 #if defined(_WIN32)
 static int64_t fh_qpc_frequency = 0;
 static inline int64_t fh_monotonic_ns(void) {

@@ -21,5 +21,4 @@ cdef extern from "_atomic.h" nogil:
     void fh_store_ptr_release(void **p, void *v)
     void fh_spin_lock(int64_t *lock)
     void fh_spin_unlock(int64_t *lock)
-    int FH_HAVE_MONOTONIC_NS
     int64_t fh_monotonic_ns()

@@ -31,7 +31,6 @@ from cpython.pythread cimport (
 from libc.stdint cimport int64_t
 
 from fasthystrix._core._atomic cimport (
-    FH_HAVE_MONOTONIC_NS,
     fh_add_relaxed,
     fh_cas_acq_rel,
     fh_exchange_acq_rel,
@@ -64,8 +63,6 @@ cdef enum:
     # few microseconds (go() then result()); one that never does (fire-and-forget, done
     # callbacks) only delays the waiter by this much.
     GRACE_NS = 30000
-    # Without a monotonic clock in C, a spin of N ns is N / NS_PER_ITERATION checks.
-    NS_PER_ITERATION = 25
     # A budget's samples are capped at the spin: a wait of 50 us and one of 50 s say the same
     # (too long to spin for), and one very long wait must not outweigh many short ones.
     SAMPLE_CAP_NS = SPIN_NS
@@ -211,21 +208,8 @@ cdef class Completion:
         # Busy-wait a little, then yield the CPU between checks: on a machine with more
         # runnable threads than cores, the thread that will set us may need this core.
         # Stops at SET, or also at POSTED if ``posted``.
-        cdef int64_t start, i = 0, state
-        if FH_HAVE_MONOTONIC_NS:
-            start = fh_monotonic_ns()
-            while True:
-                state = fh_load_acquire(&self.state)
-                if state == SET or (posted and state == POSTED):
-                    return True
-                if i < BUSY_ITERATIONS:
-                    fh_pause()
-                else:
-                    fh_yield()
-                i += 1
-                if (i & 15) == 0 and fh_monotonic_ns() - start >= limit_ns:
-                    return False
-        while i < limit_ns // NS_PER_ITERATION:
+        cdef int64_t start = fh_monotonic_ns(), i = 0, state
+        while True:
             state = fh_load_acquire(&self.state)
             if state == SET or (posted and state == POSTED):
                 return True
@@ -234,7 +218,8 @@ cdef class Completion:
             else:
                 fh_yield()
             i += 1
-        return False
+            if (i & 15) == 0 and fh_monotonic_ns() - start >= limit_ns:
+                return False
 
     cdef void grace(self) noexcept nogil:
         # A posted waiter gives its nudge a moment to come, so that the nudging thread
