@@ -20,9 +20,11 @@ MARKERS = {"address": b"__asan_init", "undefined": b"__ubsan_handle_", "thread":
 def main(sanitizers: list[str]) -> str | None:
     if fasthystrix.implementation != "compiled":
         return f"fasthystrix runs pure: {_impl.WHY_PURE}"
-    modules = sorted(Path(fasthystrix.__file__).parent.glob("*.so"))
-    if not modules:
-        return f"no compiled module beside {fasthystrix.__file__}"
+    # The compiled modules live in the layer packages (_core/, _isolation/).
+    modules = sorted(Path(fasthystrix.__file__).parent.rglob("*.so"))
+    if len(modules) != len(_impl.COMPILED_MODULES):
+        found = ", ".join(m.name for m in modules) or "none"
+        return f"expected {len(_impl.COMPILED_MODULES)} compiled modules under {fasthystrix.__file__}, found {found}"
     for module in modules:
         data = module.read_bytes()
         missing = [s for s in sanitizers if MARKERS[s] not in data]
