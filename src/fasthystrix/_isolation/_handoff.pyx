@@ -299,12 +299,14 @@ cdef class Completion:
             if micros * 1000 < limit:
                 limit = micros * 1000
         with nogil:
-            if self.timed:
-                start = fh_monotonic_ns()
             if kick is not None:
                 kick.set_nogil()
             if nudge is not None:
                 nudge.nudge_nogil()
+            # After the kick, so as not to delay it: a thread that takes the kick and answers
+            # before this clock read gives a sample of 0 (it is clamped), which is what it was.
+            if self.timed:
+                start = fh_monotonic_ns()
             if budget is not None:
                 budget.count(limit > 0)
             found = limit > 0 and self.spin(limit, True)
@@ -345,7 +347,8 @@ cdef class Completion:
         # this way the caller's choice depends on the runs alone, and the worker's (timed
         # in full: its wait does include how fast the caller comes back) on the caller's.
         # A woke_ns outside [start, set_ns] is another wait's (the worker was already busy,
-        # or has been woken again since it set this signal): then from ``start``.
+        # or has been woken again since it set this signal), or the worker took the kick
+        # before this wait read the clock: then from ``start``.
         set_ns = fh_load_relaxed(&self.set_ns)
         began = start
         if other is not None:
