@@ -1,0 +1,535 @@
+"""Host-wide circuits: the shared directory, its circuit files and their layout.
+
+With sharing on (``FASTHYSTRIX_SHARED_DIR`` or :func:`share_circuits`), each
+command name has one file in the directory, mapped into every process that
+uses the name: its settings, its state word, its tickets, its rolling window
+and latency histograms live there, so every worker process of a server sees
+one circuit. The compiled core updates the mapping with the same C atomics as
+a private circuit; the pure core with a lock on the file around each update.
+All processes sharing a directory must run the same implementation (the file
+says which one made it).
+
+A file is ``SIZE`` bytes, made of 64-byte aligned regions (offsets below):
+
+- ``HEADER``: magic, layout version, implementation, size, name length;
+- ``NAME``: the command name, UTF-8 (lone surrogates kept), at most ``NAME_MAX`` bytes;
+- ``LIMITS``: the settings as int64 words (``LIMIT_*`` indices) and their version;
+- ``STATE``: the state word, the time it opened (or of its last trial), the open
+  episode, the circuit's spinlock, the process slot of the last trial;
+- ``TICKETS``: the host's tickets in use;
+- ``WINDOW``: the rolling window (``_rolling``'s counters, totals, latency stats);
+- ``HIST``: the latency histograms, 4 slots x (run, total) x ``LATENCY_BUCKETS`` uint32;
+- ``PROCS``: ``MAX_PROCESSES`` process slots of 64 bytes (pid, start time, tickets it holds).
+
+A process claims a slot in each circuit file it maps. When a process dies, a
+reaper thread in each surviving process (every ``REAP_INTERVAL`` s) gives its
+tickets back and frees its trial, so a killed worker costs the others at most
+that long.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import mmap
+import os
+import stat
+import struct
+import sys
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from ._config import Settings
+
+__all__ = [
+    "MAX_CIRCUITS",
+    "MAX_PROCESSES",
+    "NAME_MAX",
+    "REAP_INTERVAL",
+    "SIZE",
+    "SharedCircuitFile",
+    "SharedStateError",
+    "process_alive",
+    "share_circuits",
+    "shared_dir",
+]
+
+
+class SharedStateError(RuntimeError):
+    """A shared circuit file or directory cannot be used: foreign, corrupt, or over a limit."""
+
+
+MAGIC = b"FHCIRC\x00\x01"
+LAYOUT_VERSION = 1
+IMPL_CODES = {"compiled": 1, "pure": 2}
+SUFFIX = ".circuit"
+
+# Region offsets (bytes). The compiled core's structs in _shared.h have the same sizes;
+# tests/test_shared_layout.py checks them against these.
+HEADER = 0
+NAME = 256
+NAME_MAX = 1024
+LIMITS = NAME + NAME_MAX  # 1280
+LIMIT_WORDS = 32
+STATE = LIMITS + 8 * LIMIT_WORDS  # 1536
+TICKETS = STATE + 64  # 1600
+WINDOW = TICKETS + 64  # 1664
+WINDOW_SIZE = 1280
+HIST = WINDOW + WINDOW_SIZE  # 2944
+LATENCY_BUCKETS = (20 << 6) + 128
+HIST_SIZE = 4 * 2 * LATENCY_BUCKETS * 4  # 45056
+PROCS = HIST + HIST_SIZE  # 48000
+MAX_PROCESSES = 128
+PROC_SIZE = 64
+SIZE = PROCS + MAX_PROCESSES * PROC_SIZE  # 56192
+
+# LIMITS words.
+LIMIT_TIMEOUT_NS = 0
+LIMIT_SLEEP_WINDOW_NS = 1
+LIMIT_MAX_CONCURRENT = 2
+LIMIT_VOLUME = 3
+LIMIT_ERROR_PERCENT = 4
+LIMIT_SEMAPHORE = 5
+LIMIT_VERSION = 6  # bumped by every settings write (the settings' seqlock: odd while writing)
+
+# STATE words.
+STATE_WORD = 0
+STATE_OPENED_NS = 1
+STATE_EPISODE = 2
+STATE_LOCK = 3
+STATE_TRIAL_SLOT = 4
+
+# PROCS words (per slot).
+PROC_PID = 0
+PROC_START = 1
+PROC_TICKETS = 2
+
+MAX_CIRCUITS = 4096
+"""Circuit files a shared directory may hold; a new name past it raises :class:`SharedStateError`."""
+
+REAP_INTERVAL = 0.25
+"""Seconds between two checks for dead processes: a killed worker's tickets and trial come back
+within this (plus one check's time), well under 1 s."""
+
+_HEADER = struct.Struct("<8sqqqq")  # magic, layout version, implementation, size, name length
+_Q = struct.Struct("<q")
+
+_lock = threading.Lock()
+_dir: Path | None = None
+
+
+def shared_dir() -> Path | None:
+    """The directory circuits are shared through, or ``None`` (each process has its own)."""
+    return _dir
+
+
+def share_circuits(path: str | os.PathLike[str], *, circuits_exist: Callable[[], int] | None = None) -> Path:
+    """Share every circuit of this process through ``path`` (see :func:`fasthystrix.share_circuits`)."""
+    global _dir
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, not {path!r}")
+    directory = Path(os.fspath(path)).absolute()
+    if not str(directory).strip() or not os.fspath(path):
+        raise ValueError("path must not be empty")
+    with _lock:
+        if _dir is not None:
+            if _dir == directory:
+                return _dir
+            raise RuntimeError(
+                f"circuits are already shared through {str(_dir)!r}; cannot switch to {str(directory)!r}"
+            )
+        existing = circuits_exist() if circuits_exist is not None else 0
+        if existing:
+            raise RuntimeError(
+                f"share_circuits() must be called before the first command: {existing} private circuit(s) "
+                "exist in this process (call it at startup, or flush() first)"
+            )
+        _check_directory(directory)
+        _dir = directory
+    return directory
+
+
+def _unshare() -> None:
+    """Stop sharing (tests only: circuits mapped so far stay mapped)."""
+    global _dir
+    with _lock:
+        _dir = None
+
+
+def _check_directory(directory: Path) -> None:
+    if sys.platform == "win32":
+        raise NotImplementedError("shared circuits need POSIX shared memory and process checks (not Windows)")
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = os.stat(directory, follow_symlinks=False)
+    except OSError as exc:
+        raise SharedStateError(f"shared circuit directory {str(directory)!r}: {exc.strerror}") from exc
+    if not stat.S_ISDIR(info.st_mode):
+        raise SharedStateError(f"shared circuit directory {str(directory)!r} is not a directory (a symlink?)")
+    if info.st_uid != os.geteuid():
+        raise SharedStateError(
+            f"shared circuit directory {str(directory)!r} belongs to uid {info.st_uid}, not to this user "
+            f"(uid {os.geteuid()}): another user could change every circuit"
+        )
+    if info.st_mode & 0o022:
+        raise SharedStateError(
+            f"shared circuit directory {str(directory)!r} is writable by group or others "
+            f"(mode {stat.S_IMODE(info.st_mode):o}): chmod go-w it, or use a directory of your own"
+        )
+
+
+def _encode_name(name: str) -> bytes:
+    encoded = name.encode("utf-8", "surrogatepass")
+    if len(encoded) > NAME_MAX:
+        raise ValueError(
+            f"a shared circuit's name is at most {NAME_MAX} bytes of UTF-8, got {len(encoded)}: {name[:60]!r}..."
+        )
+    return encoded
+
+
+def file_name(name: str) -> str:
+    """The file of command ``name`` in the shared directory (a hash: names may hold any character)."""
+    return hashlib.sha256(_encode_name(name)).hexdigest()[:40] + SUFFIX
+
+
+def circuit_files(directory: Path | None = None) -> list[Path]:
+    """The circuit files in the shared directory."""
+    directory = directory or _dir
+    if directory is None:
+        return []
+    try:
+        return sorted(p for p in directory.iterdir() if p.name.endswith(SUFFIX))
+    except FileNotFoundError:
+        return []
+
+
+def read_name(path: Path) -> str | None:
+    """The command name a circuit file holds, or ``None`` if it is not one of ours (yet)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(NAME + NAME_MAX)
+    except OSError:
+        return None
+    if len(head) < NAME or head[:8] != MAGIC:
+        return None
+    _, _, _, _, length = _HEADER.unpack_from(head, 0)
+    if not 0 <= length <= NAME_MAX:
+        return None
+    return head[NAME : NAME + length].decode("utf-8", "surrogatepass")
+
+
+def _start_time(pid: int) -> int:
+    """The process' start time in clock ticks since boot (Linux), 0 elsewhere: with the pid, an
+    identity that a reused pid does not have."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return 0
+    # The command field may hold spaces and parentheses: the fields follow the last ')'.
+    fields = data[data.rfind(b")") + 2 :].split()
+    return int(fields[19]) if len(fields) > 19 else 0
+
+
+def process_alive(pid: int, start: int) -> bool:
+    """Whether the process that claimed a slot as ``(pid, start)`` still runs (a zombie does not)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, another user's: not ours, but alive
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    fields = data[data.rfind(b")") + 2 :].split()
+    if fields and fields[0] == b"Z":
+        return False  # killed, not yet reaped by its parent
+    return not (start and len(fields) > 19 and int(fields[19]) != start)
+
+
+class SharedCircuitFile:
+    """One command's circuit file, mapped: what a circuit of either implementation is attached to.
+
+    ``map`` is the shared ``mmap`` (``SIZE`` bytes); ``slot`` the process slot this
+    process claimed in it. The file descriptor stays open for the process' life
+    (the pure core locks it around updates).
+    """
+
+    __slots__ = ("__weakref__", "fd", "impl", "map", "name", "path", "slot")
+
+    def __init__(self, name: str, impl: str, settings: Settings, directory: Path | None = None) -> None:
+        directory = directory or _dir
+        if directory is None:
+            raise RuntimeError("circuits are not shared (share_circuits() was not called)")
+        encoded = _encode_name(name)
+        self.name = name
+        self.impl = impl
+        self.path = directory / file_name(name)
+        self.slot = -1
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        if not self.path.exists() and len(circuit_files(directory)) >= MAX_CIRCUITS:
+            raise SharedStateError(
+                f"{str(directory)!r} already holds {MAX_CIRCUITS} shared circuits (MAX_CIRCUITS): "
+                f"cannot add {name[:80]!r}; clear the directory when the server starts"
+            )
+        try:
+            fd = os.open(self.path, flags, 0o600)
+        except OSError as exc:
+            raise SharedStateError(f"cannot open shared circuit file {str(self.path)!r}: {exc.strerror}") from exc
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                info = os.fstat(fd)
+                if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+                    raise SharedStateError(
+                        f"shared circuit file {str(self.path)!r} has owner uid {info.st_uid} and mode "
+                        f"{stat.S_IMODE(info.st_mode):o}; expected this user's and 600"
+                    )
+                fresh = info.st_size == 0
+                if fresh:
+                    os.ftruncate(fd, SIZE)
+                elif info.st_size != SIZE:
+                    raise SharedStateError(
+                        f"shared circuit file {str(self.path)!r} is {info.st_size} bytes, not {SIZE}: corrupt, or "
+                        f"made by another fasthystrix version (clear the directory when no server uses it)"
+                    )
+                self.map = mmap.mmap(fd, SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+                if fresh:
+                    self._initialize(encoded, settings)
+                else:
+                    self._validate(encoded)
+                self._claim_slot()
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+
+    def _initialize(self, encoded: bytes, settings: Settings) -> None:
+        m = self.map
+        m[NAME : NAME + len(encoded)] = encoded
+        write_settings(m, settings, bump=False)
+        words = memoryview(m).cast("q")
+        # Latency slots start unused (stamp -1), as a private window's do.
+        stamps = (WINDOW + 8 * (110 + 4 + 24)) // 8
+        for i in range(4):
+            words[stamps + i] = -1
+        words.release()
+        # The header last: a file whose magic is there is complete.
+        _HEADER.pack_into(m, HEADER, MAGIC, LAYOUT_VERSION, IMPL_CODES[self.impl], SIZE, len(encoded))
+
+    def _validate(self, encoded: bytes) -> None:
+        magic, version, impl, size, length = _HEADER.unpack_from(self.map, HEADER)
+        where = f"shared circuit file {str(self.path)!r}"
+        if magic != MAGIC:
+            raise SharedStateError(f"{where} is not a fasthystrix circuit file (bad magic {magic!r})")
+        if version != LAYOUT_VERSION or size != SIZE:
+            raise SharedStateError(
+                f"{where} has layout version {version} and size {size}; this fasthystrix writes version "
+                f"{LAYOUT_VERSION}, size {SIZE} (clear the directory when no server uses it)"
+            )
+        if impl != IMPL_CODES[self.impl]:
+            names = {v: k for k, v in IMPL_CODES.items()}
+            raise SharedStateError(
+                f"{where} is used by the {names.get(impl, f'unknown ({impl})')} implementation; this process runs "
+                f"the {self.impl} one, and all processes sharing a directory must run the same one"
+            )
+        if length != len(encoded) or self.map[NAME : NAME + length] != encoded:
+            raise SharedStateError(f"{where} holds another command's circuit (hash collision or corrupt name)")
+
+    # -- process slots (claimed and freed under the file lock) -----------------------------
+
+    def _proc_word(self, slot: int, word: int) -> int:
+        return PROCS + slot * PROC_SIZE + 8 * word
+
+    def _claim_slot(self) -> None:
+        m = self.map
+        pid = os.getpid()
+        free = -1
+        for slot in range(MAX_PROCESSES):
+            (owner,) = _Q.unpack_from(m, self._proc_word(slot, PROC_PID))
+            if owner == pid:
+                self.slot = slot
+                return
+            if owner == 0 and free < 0:
+                free = slot
+        if free < 0:
+            raise SharedStateError(
+                f"{MAX_PROCESSES} live processes already share circuit {self.name[:80]!r} (MAX_PROCESSES); "
+                "dead ones are freed by the survivors' reaper within a second"
+            )
+        _Q.pack_into(m, self._proc_word(free, PROC_START), _start_time(pid))
+        _Q.pack_into(m, self._proc_word(free, PROC_TICKETS), 0)
+        _Q.pack_into(m, self._proc_word(free, PROC_PID), pid)
+        self.slot = free
+
+    def reclaim_after_fork(self) -> None:
+        """In a forked child: claim a slot of this process's own (the parent keeps its slot)."""
+        import fcntl
+
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        try:
+            self.slot = -1
+            self._claim_slot()
+        finally:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def dead_slots(self) -> Iterator[int]:
+        """Slots claimed by processes that no longer run."""
+        me = os.getpid()
+        for slot in range(MAX_PROCESSES):
+            (pid,) = _Q.unpack_from(self.map, self._proc_word(slot, PROC_PID))
+            if pid == 0 or pid == me:
+                continue
+            (start,) = _Q.unpack_from(self.map, self._proc_word(slot, PROC_START))
+            if not process_alive(pid, start):
+                yield slot
+
+    def free_slot(self, slot: int, pid_seen: int | None = None) -> None:
+        """Give a dead process' slot back (after its tickets were reclaimed)."""
+        _Q.pack_into(self.map, self._proc_word(slot, PROC_PID), 0)
+
+    def slot_pid(self, slot: int) -> int:
+        return int(_Q.unpack_from(self.map, self._proc_word(slot, PROC_PID))[0])
+
+    def live_processes(self) -> int:
+        """How many processes have this circuit mapped now (dead ones not yet reaped excluded)."""
+        n = 0
+        for slot in range(MAX_PROCESSES):
+            (pid,) = _Q.unpack_from(self.map, self._proc_word(slot, PROC_PID))
+            if pid:
+                (start,) = _Q.unpack_from(self.map, self._proc_word(slot, PROC_START))
+                n += process_alive(pid, start)
+        return n
+
+
+# -- settings, as int64 words ------------------------------------------------------------------
+
+
+def write_settings(m: Any, settings: Settings, bump: bool = True) -> None:
+    """Store ``settings`` in a file's LIMITS region (the caller holds the circuit's lock)."""
+    base = LIMITS
+    values = (
+        settings.timeout_ns,
+        settings.sleep_window_ns,
+        settings.max_concurrent_requests,
+        settings.request_volume_threshold,
+        settings.error_percent_threshold,
+        1 if settings.semaphore else 0,
+    )
+    for i, v in enumerate(values):
+        _Q.pack_into(m, base + 8 * i, v)
+    if bump:
+        (version,) = _Q.unpack_from(m, base + 8 * LIMIT_VERSION)
+        _Q.pack_into(m, base + 8 * LIMIT_VERSION, version + 1)
+
+
+def settings_from_words(words: tuple[int, ...]) -> Settings:
+    """The :class:`Settings` that the LIMITS words ``words`` (as read) describe."""
+    return Settings(
+        timeout=timedelta(microseconds=words[LIMIT_TIMEOUT_NS] // 1000),
+        max_concurrent_requests=words[LIMIT_MAX_CONCURRENT],
+        request_volume_threshold=words[LIMIT_VOLUME],
+        sleep_window=timedelta(microseconds=words[LIMIT_SLEEP_WINDOW_NS] // 1000),
+        error_percent_threshold=words[LIMIT_ERROR_PERCENT],
+        isolation="semaphore" if words[LIMIT_SEMAPHORE] else "thread",
+    )
+
+
+# -- the reaper -----------------------------------------------------------------------------------
+
+_mapped: weakref.WeakSet[Any] = weakref.WeakSet()  # circuits attached to a file in this process
+_reaper: threading.Thread | None = None
+_reaper_wake = threading.Event()
+
+
+def register(circuit: Any) -> None:
+    """Watch ``circuit``'s file for dead processes (starts the reaper thread once)."""
+    global _reaper
+    with _lock:
+        _mapped.add(circuit)
+        if _reaper is None or not _reaper.is_alive():
+            _reaper = threading.Thread(target=_reap_forever, name="fasthystrix-reaper", daemon=True)
+            _reaper.start()
+
+
+def reap_once() -> int:
+    """Give back the tickets and trials of every dead process in this process' circuits; how many slots."""
+    import fcntl
+
+    reclaimed = 0
+    for circuit in list(_mapped):
+        shared = circuit._shared
+        if shared is None:
+            continue
+        try:
+            dead = list(shared.dead_slots())
+            if not dead:
+                continue
+            fcntl.flock(shared.fd, fcntl.LOCK_EX)
+            try:
+                for slot in dead:
+                    if slot in set(shared.dead_slots()):
+                        circuit._reclaim_slot(slot)
+                        shared.free_slot(slot)
+                        reclaimed += 1
+            finally:
+                fcntl.flock(shared.fd, fcntl.LOCK_UN)
+        except OSError as exc:
+            if exc.errno != errno.EBADF:
+                from ._log import logger
+
+                logger.warning("fasthystrix reaper: %s: %s", shared.path, exc)
+    return reclaimed
+
+
+def _reap_forever() -> None:
+    while True:
+        _reaper_wake.wait(REAP_INTERVAL)
+        _reaper_wake.clear()
+        try:
+            reap_once()
+        except Exception:  # never let the reaper die: the next round may succeed
+            from ._log import logger
+
+            logger.exception("fasthystrix reaper failed")
+
+
+def _after_fork_in_child() -> None:
+    """A forked child: its own slot in every mapped file, and a reaper thread of its own."""
+    global _reaper, _lock
+    _lock = threading.Lock()
+    _reaper = None
+    circuits = list(_mapped)
+    for circuit in circuits:
+        shared = circuit._shared
+        if shared is not None:
+            shared.reclaim_after_fork()
+            circuit._attach_slot()
+    if circuits:
+        _reaper = threading.Thread(target=_reap_forever, name="fasthystrix-reaper", daemon=True)
+        _reaper.start()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# Read at import: the environment turns sharing on for the whole process.
+_env_dir = os.environ.get("FASTHYSTRIX_SHARED_DIR", "")
+if _env_dir:
+    share_circuits(_env_dir)
