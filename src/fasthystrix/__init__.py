@@ -36,11 +36,12 @@ from ._core._errors import (
     TimeoutError,  # noqa: A004 - hystrix-go's name; also a builtin TimeoutError subclass
 )
 from ._core._metrics import MetricsSnapshot
+from ._core._shared import SharedStateError, shared_dir
 from ._core._transitions import on_state_change
 from ._isolation._asyncio import do_async, go_async
 from ._isolation._command import do_c, go, go_c
 from ._isolation._decorator import command
-from ._registry import configure, configure_command, flush, get_circuit, get_circuit_settings
+from ._registry import configure, configure_command, flush, get_circuit, get_circuit_settings, share_circuits
 from .metric_collector import MetricCollector, MetricResult
 from .stream import StreamHandler, StreamServer, serve_stream
 
@@ -77,6 +78,7 @@ __all__ = [
     "MetricResult",
     "MetricsSnapshot",
     "Settings",
+    "SharedStateError",
     "StreamHandler",
     "StreamServer",
     "TimeoutError",
@@ -101,5 +103,7 @@ __all__ = [
     "set_clock",
     "serve_stream",
     "set_defaults",
+    "share_circuits",
+    "shared_dir",
     "stream",
 ]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from . import _impl
-from ._core import _clock
+from ._core import _clock, _shared
 from ._core._config import CommandConfig, Settings, get_defaults
 from ._isolation import _command
 from ._isolation._command import run_threaded
@@ -22,6 +24,7 @@ __all__ = [
     "get_circuit_settings",
     "get_or_create",
     "get_settings",
+    "share_circuits",
 ]
 
 _circuits: dict[str, Any] = {}
@@ -39,7 +42,17 @@ def _check_name(name: object) -> str:
 
 
 def get_settings(name: str) -> Settings:
-    """The settings of ``name``, configuring it with the defaults on first use (as hystrix-go)."""
+    """The settings of ``name``, configuring it with the defaults on first use (as hystrix-go).
+
+    With shared circuits, the host's settings: the last writer's, whichever process it was.
+    """
+    if _shared.shared_dir() is not None:
+        settings: Settings = get_or_create(name).settings
+        return settings
+    return _local_settings(name)
+
+
+def _local_settings(name: str) -> Settings:
     settings = _settings.get(name)
     if settings is None:
         with _lock:
@@ -60,6 +73,8 @@ def configure_command(name: str, config: CommandConfig | Mapping[str, Any]) -> S
     with _lock:
         _settings[name] = settings
         circuit = _circuits.get(name)
+        if circuit is None and _shared.shared_dir() is not None:
+            circuit = get_circuit(name)[0]  # host-wide settings live in the circuit's file
         if circuit is not None:
             circuit._settings = settings
     return settings
@@ -80,13 +95,20 @@ def configure(mapping: Mapping[str, CommandConfig | Mapping[str, Any]]) -> dict[
         for name, settings in resolved.items():
             _settings[name] = settings
             circuit = _circuits.get(name)
+            if circuit is None and _shared.shared_dir() is not None:
+                circuit = get_circuit(name)[0]
             if circuit is not None:
                 circuit._settings = settings
     return resolved
 
 
 def get_circuit_settings() -> dict[str, Settings]:
-    """A copy of the settings table (the same immutable ``Settings`` objects)."""
+    """A copy of the settings table (the same immutable ``Settings`` objects).
+
+    With shared circuits: every command of the host, each with the host's settings.
+    """
+    if _shared.shared_dir() is not None:
+        return {name: circuit.settings for name, circuit in circuits().items()}
     with _lock:
         return dict(_settings)
 
@@ -125,19 +147,54 @@ def get_circuit(name: str) -> tuple[Any, bool]:
 
 def _create(name: str) -> Any:
     """Build and register the circuit of ``name`` (with ``_lock`` held)."""
-    settings = get_settings(name)
+    settings = _local_settings(name)
+    impl = _impl.current()
+    # With sharing, the file first: a name the directory cannot take fails before anything changes.
+    shared = _shared.SharedCircuitFile(name, impl.name, settings) if _shared.shared_dir() is not None else None
     default = DefaultMetricCollector(name)
     collectors = registry.initialize_metric_collectors(name)
-    circuit = _impl.current().CircuitBreaker(name, settings, default, collectors, _clock.get_clock())
+    circuit = impl.CircuitBreaker(name, settings, default, collectors, _clock.get_clock())
     circuit._workers = WorkerPool(name)
+    if shared is not None:
+        circuit._attach(shared, None)  # the file's settings, unless this process configures it
     _circuits[name] = circuit
     return circuit
 
 
 def circuits() -> dict[str, Any]:
-    """A copy of the circuit table."""
+    """A copy of the circuit table; with shared circuits, every circuit of the host (mapped here)."""
+    if _shared.shared_dir() is not None:
+        _discover()
     with _lock:
         return dict(_circuits)
+
+
+def _discover() -> None:
+    """Map the circuits other processes created in the shared directory."""
+    for path in _shared.circuit_files():
+        name = _shared.read_name(path)
+        if name is not None and name not in _circuits:
+            try:
+                get_circuit(name)
+            except (_shared.SharedStateError, ValueError) as exc:
+                from ._core._log import logger
+
+                logger.warning("shared circuit %s not mapped: %s", path.name, exc)
+
+
+def share_circuits(path: str | os.PathLike[str]) -> Path:
+    """Share every circuit of this process with the other processes using directory ``path``.
+
+    One breaker, one concurrency limit, one set of settings and one rolling window per
+    command name for every worker process of a server (gunicorn ``-w N``, uvicorn
+    ``--workers N``, multiprocessing): call it before the first command, in the master
+    before it forks or in each worker, or set ``FASTHYSTRIX_SHARED_DIR``. The directory
+    is created (mode 700) if missing; it must belong to this user and not be writable by
+    others. It holds one server's state: clear it when the server starts. Calling again
+    with the same path does nothing; another path raises ``RuntimeError``. Returns the
+    absolute directory.
+    """
+    return _shared.share_circuits(path, circuits_exist=lambda: len(_circuits))
 
 
 def flush() -> None:
@@ -151,6 +208,8 @@ def flush() -> None:
         flushed = list(_circuits.values())
         _circuits.clear()
     for circuit in flushed:
+        if getattr(circuit, "_shared", None) is not None:
+            circuit._reset_state()  # host-wide: the next command of any process starts afresh
         circuit._default.reset()
         for collector in circuit._collectors:
             try:

@@ -48,6 +48,7 @@ static inline int fh_cas_acq_rel(int64_t *p, int64_t *expected, int64_t desired)
 static inline void fh_add32_relaxed(uint32_t *p, uint32_t v) { _InterlockedExchangeAdd((volatile long *)p, (long)v); }
 static inline uint32_t fh_load32_relaxed(uint32_t *p) { return *(volatile uint32_t *)p; }
 static inline void fh_store32_relaxed(uint32_t *p, uint32_t v) { *(volatile uint32_t *)p = v; }
+static inline uint32_t fh_exchange32_relaxed(uint32_t *p, uint32_t v) { return (uint32_t)_InterlockedExchange((volatile long *)p, (long)v); }
 static inline void fh_pause(void) { YieldProcessor(); }
 static inline int __builtin_clzll(unsigned long long x) { unsigned long i; _BitScanReverse64(&i, x); return 63 - (int)i; }
 static inline void fh_yield(void) { SwitchToThread(); }
@@ -70,6 +71,7 @@ static inline int fh_cas_acq_rel(int64_t *p, int64_t *expected, int64_t desired)
 static inline void fh_add32_relaxed(uint32_t *p, uint32_t v) { atomic_fetch_add_explicit((_Atomic uint32_t *)p, v, memory_order_relaxed); }
 static inline uint32_t fh_load32_relaxed(uint32_t *p) { return atomic_load_explicit((_Atomic uint32_t *)p, memory_order_relaxed); }
 static inline void fh_store32_relaxed(uint32_t *p, uint32_t v) { atomic_store_explicit((_Atomic uint32_t *)p, v, memory_order_relaxed); }
+static inline uint32_t fh_exchange32_relaxed(uint32_t *p, uint32_t v) { return atomic_exchange_explicit((_Atomic uint32_t *)p, v, memory_order_relaxed); }
 static inline void *fh_load_ptr_acquire(void **p) { return atomic_load_explicit((void *_Atomic *)p, memory_order_acquire); }
 static inline void fh_store_ptr_release(void **p, void *v) { atomic_store_explicit((void *_Atomic *)p, v, memory_order_release); }
 #if defined(__x86_64__) || defined(__i386__)
@@ -84,13 +86,51 @@ static inline void fh_yield(void) { sched_yield(); }
 
 /* A spinlock for the rare multi-field transitions (bucket expiry, opening and
  * closing the circuit). Holders never call into Python, so a waiter only ever
- * waits for a few hundred instructions; it yields the CPU if it waits longer. */
+ * waits for a few hundred instructions; it yields the CPU if it waits longer.
+ *
+ * The lock word holds the holder's pid, because a shared circuit's lock lives in a file
+ * that several processes map: if a process is killed inside its few hundred instructions,
+ * a waiter that has yielded for long finds its holder gone (kill(pid, 0) fails with ESRCH)
+ * and takes the lock over instead of waiting forever. A live holder is always waited for.
+ * fh_self_pid is per compilation unit: each module sets it at import (fh_pid_init) and
+ * again in a forked child. */
+#if defined(_WIN32)
+static int64_t fh_self_pid = 1;
+static inline void fh_pid_init(void) { fh_self_pid = (int64_t)GetCurrentProcessId(); }
+static inline int fh_holder_gone(int64_t holder) { (void)holder; return 0; }
+#else
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/types.h>
+#include <unistd.h>
+static int64_t fh_self_pid = 1;
+static inline void fh_pid_refresh(void) { fh_store_relaxed(&fh_self_pid, (int64_t)getpid()); }
+static inline void fh_pid_init(void) {
+    fh_pid_refresh();
+    (void)pthread_atfork(NULL, NULL, fh_pid_refresh);
+}
+static inline int fh_holder_gone(int64_t holder) {
+    return holder != fh_load_relaxed(&fh_self_pid) && holder > 0
+        && kill((pid_t)holder, 0) == -1 && errno == ESRCH;
+}
+#endif
+
 static inline void fh_spin_lock(int64_t *lock) {
-    int spins = 0;
+    int spins = 0, yields = 0;
+    int64_t me = fh_load_relaxed(&fh_self_pid);
     for (;;) {
         int64_t expected = 0;
-        if (fh_load_relaxed(lock) == 0 && fh_cas_acq_rel(lock, &expected, 1)) return;
-        if (++spins < 64) fh_pause(); else { fh_yield(); spins = 0; }
+        if (fh_load_relaxed(lock) == 0 && fh_cas_acq_rel(lock, &expected, me)) return;
+        if (++spins < 64) { fh_pause(); continue; }
+        fh_yield();
+        spins = 0;
+        if (++yields >= 4096) {
+            /* Held for thousands of yields: by a process that died holding it? */
+            int64_t holder = fh_load_relaxed(lock);
+            yields = 0;
+            if (holder != 0 && fh_holder_gone(holder) && fh_cas_acq_rel(lock, &holder, me)) return;
+        }
     }
 }
 static inline void fh_spin_unlock(int64_t *lock) { fh_store_release(lock, 0); }

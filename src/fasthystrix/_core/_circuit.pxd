@@ -2,6 +2,7 @@
 from cpython.object cimport PyObject
 from libc.stdint cimport int64_t
 
+from fasthystrix._core._layout cimport fh_limits, fh_state
 from fasthystrix._core._pool cimport TicketPool
 from fasthystrix._core._rolling cimport RollingMetrics
 
@@ -21,20 +22,19 @@ cdef class CircuitBreaker:
     cdef:
         readonly str name
         object _settings_obj
-        # C copies of the settings: written under `lock` with atomic stores, read with atomic
+        # C copies of the settings: written under the lock with atomic stores, read with atomic
         # loads (a call that races a reconfiguration may see some old and some new fields,
-        # each of them valid).
-        int64_t timeout_ns
-        int64_t sleep_window_ns
-        int64_t max_concurrent
-        int64_t volume_threshold
-        int64_t error_threshold
-        int64_t semaphore
-        # The state word, read with one atomic load on every call.
-        int64_t state_word
-        int64_t opened_ns
-        int64_t episode
-        int64_t lock
+        # each of them valid). The state word (one atomic load on every call), when it opened,
+        # its episode and the lock. Each points at the embedded struct of a private circuit,
+        # or into the file of a shared one (_layout.h).
+        fh_limits _own_limits
+        fh_state _own_state
+        fh_limits *lim
+        fh_state *st
+        int64_t settings_version
+        int64_t slot
+        public object _shared
+        object _keep
         RollingMetrics metrics_c
         TicketPool tickets
         bint c_clock
@@ -46,6 +46,7 @@ cdef class CircuitBreaker:
         public object _workers
         object __weakref__
 
+    cdef refresh_settings(self)
     cdef int64_t now(self) except? -1
     cdef int is_open_c(self, int64_t now) noexcept nogil
     cdef bint unhealthy(self, int64_t now) noexcept nogil

@@ -21,18 +21,22 @@ cimport cython
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF
 from libc.stdint cimport int64_t
+from libc.string cimport memset
 
 from fasthystrix._core._atomic cimport (
     fh_add_acq_rel,
     fh_cas_acq_rel,
+    fh_exchange_acq_rel,
     fh_load_acquire,
     fh_load_relaxed,
     fh_monotonic_ns,
+    fh_pid_init,
     fh_spin_lock,
     fh_spin_unlock,
     fh_store_relaxed,
     fh_store_release,
 )
+from fasthystrix._core._layout cimport fh_limits, fh_proc, fh_state, fh_tickets, fh_window
 from fasthystrix._core._pool cimport TicketPool
 from fasthystrix._core._rolling cimport (
     CONTEXT_CANCELED,
@@ -52,7 +56,7 @@ from fasthystrix._core._errors import CircuitOpenError, FallbackError, MaxConcur
 from fasthystrix._core._errors import ContextCanceledError as _ContextCanceledError
 from fasthystrix._core._errors import ContextDeadlineExceededError as _ContextDeadlineExceededError
 from fasthystrix._core._errors import TimeoutError as CommandTimeoutError
-from fasthystrix._core import _clock, _transitions
+from fasthystrix._core import _clock, _shared, _transitions
 from fasthystrix._core._outcomes import COROUTINE as _COROUTINE
 from fasthystrix._core._outcomes import (
     check_arguments,
@@ -68,6 +72,8 @@ __all__ = [
     "bind",
     "do",
 ]
+
+fh_pid_init()
 
 cdef int NO_EVENT = -1
 cdef int64_t NOT_STARTED = -1
@@ -113,6 +119,31 @@ def now_ns():
 
 
 _clock.freeze_hooks.append(_freeze_clock)
+
+
+def _layout():
+    """Sizes and offsets of the C structs a shared circuit file holds (tests check them against
+    ``_shared``'s layout)."""
+    cdef fh_window w
+    cdef fh_state st
+    cdef fh_limits lim
+    cdef fh_proc proc
+    base = <char *>&w
+    return {
+        "limits": sizeof(fh_limits),
+        "limits.version": <char *>&lim.version - <char *>&lim,
+        "state": sizeof(fh_state),
+        "state.lock": <char *>&st.lock - <char *>&st,
+        "state.trial_slot": <char *>&st.trial_slot - <char *>&st,
+        "tickets": sizeof(fh_tickets),
+        "window": sizeof(fh_window),
+        "window.requests": <char *>&w.requests - base,
+        "window.stats": <char *>&w.stats[0][0][0] - base,
+        "window.stamp": <char *>&w.stamp[0] - base,
+        "window.retired": <char *>&w.retired[0] - base,
+        "proc": sizeof(fh_proc),
+        "proc.tickets": <char *>&proc.tickets - <char *>&proc,
+    }
 
 
 # -- run's exception, handed to the caller ---------------------------------------------------
@@ -215,6 +246,15 @@ cdef class CircuitBreaker:
     use and shared by every caller of that name.
     """
 
+    def __cinit__(self):
+        memset(&self._own_limits, 0, sizeof(self._own_limits))
+        memset(&self._own_state, 0, sizeof(self._own_state))
+        self.lim = &self._own_limits
+        self.st = &self._own_state
+        self.slot = -1
+        self._shared = None
+        self._keep = None
+
     def __init__(self, str name, settings, default_collector, collectors, clock):
         self.name = name
         self._default = default_collector
@@ -228,10 +268,6 @@ cdef class CircuitBreaker:
         self._clock = now_ns if self.c_clock else clock
         self.tickets = TicketPool()
         self._workers = None
-        self.state_word = 0
-        self.opened_ns = 0
-        self.episode = 0
-        self.lock = 0
         self._settings = settings
 
     def __repr__(self):
@@ -241,6 +277,8 @@ cdef class CircuitBreaker:
 
     @property
     def _settings(self):
+        if self._shared is not None and fh_load_acquire(&self.lim.version) != self.settings_version:
+            self.refresh_settings()
         with cython.critical_section(self):
             return self._settings_obj
 
@@ -253,16 +291,103 @@ cdef class CircuitBreaker:
         cdef int64_t volume = settings.request_volume_threshold
         cdef int64_t threshold = settings.error_percent_threshold
         cdef int64_t semaphore = 1 if settings.semaphore else 0
+        cdef int64_t version
+        fh_spin_lock(&self.st.lock)
+        fh_store_relaxed(&self.lim.timeout_ns, timeout_ns)
+        fh_store_relaxed(&self.lim.sleep_window_ns, sleep_window_ns)
+        fh_store_relaxed(&self.lim.max_concurrent, max_concurrent)
+        fh_store_relaxed(&self.lim.volume_threshold, volume)
+        fh_store_relaxed(&self.lim.error_threshold, threshold)
+        fh_store_relaxed(&self.lim.semaphore, semaphore)
+        # Release: a process that sees the new version sees the values (shared circuits: the
+        # last writer's settings are every worker's).
+        version = self.lim.version + 1
+        fh_store_release(&self.lim.version, version)
+        fh_spin_unlock(&self.st.lock)
         with cython.critical_section(self):
             self._settings_obj = settings
-        fh_spin_lock(&self.lock)
-        fh_store_relaxed(&self.timeout_ns, timeout_ns)
-        fh_store_relaxed(&self.sleep_window_ns, sleep_window_ns)
-        fh_store_relaxed(&self.max_concurrent, max_concurrent)
-        fh_store_relaxed(&self.volume_threshold, volume)
-        fh_store_relaxed(&self.error_threshold, threshold)
-        fh_store_relaxed(&self.semaphore, semaphore)
-        fh_spin_unlock(&self.lock)
+            self.settings_version = version
+
+    cdef refresh_settings(self):
+        # Another process wrote this shared circuit's settings: rebuild the Settings object.
+        cdef int64_t words[7]
+        fh_spin_lock(&self.st.lock)
+        words[0] = self.lim.timeout_ns
+        words[1] = self.lim.sleep_window_ns
+        words[2] = self.lim.max_concurrent
+        words[3] = self.lim.volume_threshold
+        words[4] = self.lim.error_threshold
+        words[5] = self.lim.semaphore
+        words[6] = self.lim.version
+        fh_spin_unlock(&self.st.lock)
+        settings = _shared.settings_from_words(tuple([words[i] for i in range(7)]))
+        with cython.critical_section(self):
+            self._settings_obj = settings
+            self.settings_version = words[6]
+
+    # -- shared circuits (see _shared.py) --------------------------------------------------
+
+    def _attach(self, shared, configured):
+        """Keep this new, unused circuit in ``shared``'s file from now on; ``configured`` (Settings or
+        None) is written there, else the file's settings are adopted."""
+        cdef unsigned char[::1] view = shared.map
+        cdef Py_ssize_t slot = shared.slot
+        if self._shared is not None:
+            raise RuntimeError(f"circuit {self.name!r} is already shared")
+        if not 0 <= slot < _shared.MAX_PROCESSES or view.shape[0] != _shared.SIZE:
+            raise ValueError(f"not a mapped circuit file with a process slot: {shared!r}")
+        self.metrics_c._attach(shared.map, _shared.WINDOW, _shared.HIST)
+        self._keep = view
+        self.lim = <fh_limits *>&view[_shared.LIMITS]
+        self.st = <fh_state *>&view[_shared.STATE]
+        self.tickets.attach(<int64_t *>&view[_shared.TICKETS], &(<fh_proc *>&view[_shared.PROCS])[slot].tickets, view)
+        self.slot = slot
+        self._shared = shared
+        if configured is not None:
+            self._settings = configured
+        else:
+            self.refresh_settings()
+        _shared.register(self)
+
+    def _attach_slot(self):
+        """In a forked child: count this process' tickets in its own slot (``_shared.slot``)."""
+        cdef unsigned char[::1] view = self._keep
+        cdef Py_ssize_t slot = self._shared.slot
+        if not 0 <= slot < _shared.MAX_PROCESSES:
+            raise ValueError(f"bad process slot {slot}")
+        self.tickets.mine = &(<fh_proc *>&view[_shared.PROCS])[slot].tickets
+        self.slot = slot
+
+    def _reclaim_slot(self, Py_ssize_t slot):
+        """The process of ``slot`` died: give its tickets back, and free the trial it took."""
+        cdef unsigned char[::1] view = self._keep
+        cdef fh_proc *proc
+        cdef int64_t held, now = self.now()
+        if not 0 <= slot < _shared.MAX_PROCESSES:
+            raise ValueError(f"bad process slot {slot}")
+        proc = &(<fh_proc *>&view[_shared.PROCS])[slot]
+        fh_spin_lock(&self.st.lock)
+        held = fh_exchange_acq_rel(&proc.tickets, 0)
+        fh_add_acq_rel(self.tickets.count, -held)
+        if (self.st.state_word & STATE_OPEN) and self.st.trial_slot == slot + 1:
+            # Its trial will never report: the next call may be the trial, now.
+            fh_store_relaxed(&self.st.trial_slot, 0)
+            fh_store_release(&self.st.opened_ns, now - fh_load_relaxed(&self.lim.sleep_window_ns) - 1)
+        fh_spin_unlock(&self.st.lock)
+        return held
+
+    def _reset_state(self):
+        """Close the circuit, clear ``force_open`` and empty the window (host-wide when shared);
+        tickets in use stay (their calls are running)."""
+        cdef int64_t before
+        fh_spin_lock(&self.st.lock)
+        before = self.st.state_word
+        self.metrics_c._reset()
+        fh_store_relaxed(&self.st.opened_ns, 0)
+        fh_store_relaxed(&self.st.trial_slot, 0)
+        fh_store_release(&self.st.state_word, 0)
+        fh_spin_unlock(&self.st.lock)
+        return state_name(before)
 
     @property
     def settings(self):
@@ -272,21 +397,21 @@ cdef class CircuitBreaker:
     @property
     def force_open(self):
         """When true every call is short-circuited (no trial request), until set back to false."""
-        return (fh_load_acquire(&self.state_word) & STATE_FORCED) != 0
+        return (fh_load_acquire(&self.st.state_word) & STATE_FORCED) != 0
 
     @force_open.setter
     def force_open(self, value):
         if not isinstance(value, bool):
             raise TypeError(f"force_open must be a bool, not {value!r}")
         cdef int64_t before, after
-        fh_spin_lock(&self.lock)
-        before = self.state_word
+        fh_spin_lock(&self.st.lock)
+        before = self.st.state_word
         if value:
             after = before | STATE_FORCED
         else:
             after = before & ~STATE_FORCED
-        fh_store_release(&self.state_word, after)
-        fh_spin_unlock(&self.lock)
+        fh_store_release(&self.st.state_word, after)
+        fh_spin_unlock(&self.st.lock)
         _transitions.forced(self.name, state_name(before), state_name(after))
 
     def is_open(self):
@@ -314,7 +439,7 @@ cdef class CircuitBreaker:
 
     def state(self):
         """``"closed"``, ``"open"`` or ``"forced-open"``, read without side effects."""
-        return state_name(fh_load_acquire(&self.state_word))
+        return state_name(fh_load_acquire(&self.st.state_word))
 
     def metrics(self):
         """A snapshot of the rolling window: counts, error percent, tickets, latencies."""
@@ -330,52 +455,56 @@ cdef class CircuitBreaker:
     cdef int is_open_c(self, int64_t now) noexcept nogil:
         """1 if open, 0 if closed, -1 if this check just tripped it."""
         cdef bint tripped = False
-        if fh_load_acquire(&self.state_word) != 0:
+        if fh_load_acquire(&self.st.state_word) != 0:
             return 1
         if not self.unhealthy(now):
             return 0
-        fh_spin_lock(&self.lock)
+        fh_spin_lock(&self.st.lock)
         # Again under the lock: a trial that closed the circuit meanwhile reset the window
         # under this lock, and totals read before that reset must not trip it again.
-        if self.state_word == 0 and self.unhealthy(now):
-            fh_store_relaxed(&self.opened_ns, now)
-            fh_store_relaxed(&self.episode, self.episode + 1)
-            fh_store_release(&self.state_word, STATE_OPEN)
+        if self.st.state_word == 0 and self.unhealthy(now):
+            fh_store_relaxed(&self.st.opened_ns, now)
+            fh_store_relaxed(&self.st.episode, self.st.episode + 1)
+            fh_store_release(&self.st.state_word, STATE_OPEN)
             tripped = True
-        fh_spin_unlock(&self.lock)
+        fh_spin_unlock(&self.st.lock)
         return -1 if tripped else 1
 
     cdef bint unhealthy(self, int64_t now) noexcept nogil:
         cdef int64_t requests, errors
         self.metrics_c.health_c(now, &requests, &errors)
-        if requests == 0 or requests < fh_load_relaxed(&self.volume_threshold):
+        if requests == 0 or requests < fh_load_relaxed(&self.lim.volume_threshold):
             return False
         # errors / requests * 100 rounded half up >= threshold, in integers.
-        return (errors * 200 + requests) // (2 * requests) >= fh_load_relaxed(&self.error_threshold)
+        return (errors * 200 + requests) // (2 * requests) >= fh_load_relaxed(&self.lim.error_threshold)
 
     cdef bint allow_single_test_c(self, int64_t now) noexcept nogil:
         # A forced-open circuit lets no trial through, even if it also tripped (hystrix-go did).
         cdef int64_t opened
-        if fh_load_acquire(&self.state_word) != STATE_OPEN:
+        if fh_load_acquire(&self.st.state_word) != STATE_OPEN:
             return False
-        opened = fh_load_acquire(&self.opened_ns)
-        if now <= opened + fh_load_relaxed(&self.sleep_window_ns):
+        opened = fh_load_acquire(&self.st.opened_ns)
+        if now <= opened + fh_load_relaxed(&self.lim.sleep_window_ns):
             return False
         # One winner per sleep window: compare-and-swap the last test time, as hystrix-go.
-        return fh_cas_acq_rel(&self.opened_ns, &opened, now)
+        if not fh_cas_acq_rel(&self.st.opened_ns, &opened, now):
+            return False
+        # Which process took it (shared circuits): if it dies, the reaper frees the trial.
+        fh_store_relaxed(&self.st.trial_slot, self.slot + 1)
+        return True
 
     cdef int64_t admit(self, int64_t now) noexcept nogil:
         cdef int opened = self.is_open_c(now)
         cdef int64_t verdict = ADMITTED
         cdef int64_t in_use
-        cdef int64_t limit = fh_load_relaxed(&self.max_concurrent)
+        cdef int64_t limit = fh_load_relaxed(&self.lim.max_concurrent)
         if opened != 0:
             if opened < 0:
                 return TRIPPED
             # Only take the trial slot if the trial can run (a ticket is free).
-            if fh_load_relaxed(&self.tickets._in_use) >= limit or not self.allow_single_test_c(now):
+            if fh_load_relaxed(self.tickets.count) >= limit or not self.allow_single_test_c(now):
                 return SHORT_CIRCUITED
-            verdict = fh_load_acquire(&self.episode)
+            verdict = fh_load_acquire(&self.st.episode)
         in_use = self.tickets.take(limit)
         if in_use < 0:
             return REJECTED_VERDICT if verdict == ADMITTED else SHORT_CIRCUITED
@@ -403,21 +532,26 @@ cdef class CircuitBreaker:
     cdef int report_c(self, int event, int fallback_event, int64_t now, int64_t run_us, int64_t total_us,
                       int64_t trial, bint release) except -1:
         cdef bint closed = False, reopened = False
+        cdef int64_t slot_word
         if release:
             self.tickets.give()
         # Only the trial of the current open episode closes the circuit (hystrix-go let any
         # success close it, even one that started before the circuit opened).
         if trial > 0 and event == SUCCESS:
-            fh_spin_lock(&self.lock)
-            if (self.state_word & STATE_OPEN) and trial == self.episode:
+            fh_spin_lock(&self.st.lock)
+            if (self.st.state_word & STATE_OPEN) and trial == self.st.episode:
                 # The window is reset before the state word says closed, both under the lock:
                 # a caller that sees the circuit closed sees the empty window (acquire/release).
                 self.metrics_c._reset()
-                fh_store_release(&self.state_word, self.state_word & ~STATE_OPEN)
+                fh_store_release(&self.st.state_word, self.st.state_word & ~STATE_OPEN)
                 closed = True
-            fh_spin_unlock(&self.lock)
-        elif trial > 0 and (fh_load_acquire(&self.state_word) & STATE_OPEN) and trial == fh_load_acquire(&self.episode):
+            fh_spin_unlock(&self.st.lock)
+        elif trial > 0 and (fh_load_acquire(&self.st.state_word) & STATE_OPEN) and trial == fh_load_acquire(&self.st.episode):
             reopened = True
+        if trial > 0 and self.slot >= 0:
+            # The trial reported: nothing for the reaper to free (compare-and-swap: only our own).
+            slot_word = self.slot + 1
+            fh_cas_acq_rel(&self.st.trial_slot, &slot_word, 0)
         self.metrics_c.record_c(event, fallback_event, now, run_us, total_us)
         if closed:
             _transitions.closed(self.name)
@@ -425,7 +559,7 @@ cdef class CircuitBreaker:
             _transitions.reopened(self.name)
         if closed or self.has_collectors:
             notify_collectors(self.name, self._collectors, closed, event, fallback_event, run_us, total_us,
-                              self.tickets.in_use, fh_load_relaxed(&self.max_concurrent))
+                              self.tickets.in_use, fh_load_relaxed(&self.lim.max_concurrent))
         return 0
 
     def _report(self, int event, int fallback_event, int64_t now, int64_t run_us, int64_t total_us,
@@ -517,8 +651,8 @@ cdef class CircuitBreaker:
             return self.turned_away(verdict, start, fallback, None, raised)
         if verdict > 0:
             _transitions.trial(self.name)
-        timeout = fh_load_relaxed(&self.timeout_ns)
-        if not fh_load_relaxed(&self.semaphore):
+        timeout = fh_load_relaxed(&self.lim.timeout_ns)
+        if not fh_load_relaxed(&self.lim.semaphore):
             try:
                 if args is not None:
                     fallback = bind_fallback(fallback, args, kwargs)
@@ -596,9 +730,9 @@ cdef class CircuitBreaker:
             return self.turned_away(verdict, start, fallback, ctx, raised)
         if verdict > 0:
             _transitions.trial(self.name)
-        if not fh_load_relaxed(&self.semaphore):
-            return _run_threaded(self, run, fallback, ctx, start, verdict, fh_load_relaxed(&self.timeout_ns))
-        timeout_at = start + fh_load_relaxed(&self.timeout_ns)
+        if not fh_load_relaxed(&self.lim.semaphore):
+            return _run_threaded(self, run, fallback, ctx, start, verdict, fh_load_relaxed(&self.lim.timeout_ns))
+        timeout_at = start + fh_load_relaxed(&self.lim.timeout_ns)
         try:
             child = Context(ctx, timeout_at)
         except BaseException:

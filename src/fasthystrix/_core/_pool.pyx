@@ -14,12 +14,21 @@ cdef class TicketPool:
     """How many tickets are taken; a take succeeds while fewer than the limit are."""
 
     def __cinit__(self):
-        self._in_use = 0
+        self._own = 0
+        self.count = &self._own
+        self.mine = NULL
+        self._keep = None
+
+    cdef void attach(self, int64_t *count, int64_t *mine, object keep):
+        # Count in shared memory from now on (``keep`` holds the mapping alive); the pool must be unused.
+        self._keep = keep
+        self.mine = mine
+        self.count = count
 
     @property
     def in_use(self):
         """Tickets taken now."""
-        return fh_load_relaxed(&self._in_use)
+        return fh_load_relaxed(self.count)
 
     def try_take(self, int64_t limit):
         """Take a ticket if fewer than ``limit`` are taken: the new count, or ``-1``."""

@@ -1,6 +1,7 @@
 # cython: language_level=3
 from libc.stdint cimport int64_t, uint32_t
 
+from fasthystrix._core._layout cimport fh_window
 from fasthystrix._core._atomic cimport (
     fh_add32_relaxed,
     fh_add_relaxed,
@@ -39,6 +40,11 @@ cdef enum:
     STAT_SUM = 0
     STAT_MIN = 1
     STAT_MAX = 2
+    # fh_window.retired: the 9 events, then these.
+    RETIRED_RUN_COUNT = 9
+    RETIRED_RUN_SUM = 10
+    RETIRED_TOTAL_COUNT = 11
+    RETIRED_TOTAL_SUM = 12
 
 
 # Bit length via count-leading-zeros (GCC and Clang builtin; MSVC builds map it in _atomic.h).
@@ -71,22 +77,23 @@ cdef inline void atomic_max(int64_t *p, int64_t v) noexcept nogil:
 
 cdef class RollingMetrics:
     cdef:
-        int64_t buckets[COUNTER_BUCKETS][BUCKET_WIDTH]
-        # Running totals of the window: the health check reads two words, never a sum.
-        int64_t requests
-        int64_t errors
-        int64_t second
-        # Latency histograms, allocated on first use: [slot][RUN] counts the run latencies,
-        # [slot][TOTAL] holds total minus run counts (int32 differences, mostly zero).
+        # The counters, totals, latency statistics and the spinlock (for expiring buckets and
+        # reusing slots, at most once a second): _own for a private circuit, the WINDOW region
+        # of a shared circuit's file. The health check reads two words, never a sum.
+        fh_window _own
+        fh_window *w
+        # Latency histograms: [slot][RUN] counts the run latencies, [slot][TOTAL] holds total
+        # minus run counts (int32 differences, mostly zero). Private: allocated on first use;
+        # shared: the HIST region of the file.
         uint32_t *hist[LATENCY_SLOTS][2]
-        int64_t stats[LATENCY_SLOTS][2][3]
-        int64_t stamp[LATENCY_SLOTS]
-        # Spinlock for expiring buckets and reusing slots (at most once a second).
-        int64_t lock
+        bint shared
+        object _keep
 
     cdef int64_t *_bucket(self, int64_t second) noexcept nogil
     cdef void _advance(self, int64_t second) noexcept nogil
     cdef void _reset(self) noexcept nogil
+    cdef void _retire_bucket(self, int64_t *bucket) noexcept nogil
+    cdef void _retire_slot(self, int slot) noexcept nogil
     cdef void record_c(self, int event, int fallback_event, int64_t now_ns, int64_t run_us,
                        int64_t total_us) noexcept nogil
     cdef void _add_latency(self, int64_t second, int64_t run_us, int64_t total_us) noexcept nogil
@@ -97,16 +104,16 @@ cdef class RollingMetrics:
 
     cdef inline void health_c(self, int64_t now_ns, int64_t *requests, int64_t *errors) noexcept nogil:
         cdef int64_t second = now_ns // NS_PER_S
-        if second > fh_load_acquire(&self.second):
+        if second > fh_load_acquire(&self.w.second):
             self._advance(second)
-        requests[0] = fh_load_relaxed(&self.requests)
-        errors[0] = fh_load_relaxed(&self.errors)
+        requests[0] = fh_load_relaxed(&self.w.requests)
+        errors[0] = fh_load_relaxed(&self.w.errors)
 
     cdef inline void record_executed_c(self, int64_t now_ns, int64_t active) noexcept nogil:
         cdef int64_t second = now_ns // NS_PER_S
         cdef int64_t *bucket
-        if second == fh_load_acquire(&self.second):
-            bucket = self.buckets[second % COUNTER_BUCKETS]  # _bucket's common case, inline
+        if second == fh_load_acquire(&self.w.second):
+            bucket = self.w.buckets[second % COUNTER_BUCKETS]  # _bucket's common case, inline
         else:
             bucket = self._bucket(second)
         fh_add_relaxed(&bucket[EXECUTED], 1)
@@ -120,21 +127,21 @@ cdef class RollingMetrics:
         cdef int slot = stamp % LATENCY_SLOTS
         cdef uint32_t *runs = <uint32_t *>fh_load_ptr_acquire(<void **>&self.hist[slot][RUN])
         cdef int64_t *st
-        if (runs == NULL or second != fh_load_acquire(&self.second)
-                or fh_load_acquire(&self.stamp[slot]) != stamp):
+        if (runs == NULL or second != fh_load_acquire(&self.w.second)
+                or fh_load_acquire(&self.w.stamp[slot]) != stamp):
             self.record_c(event, -1, now_ns, us, us)
             return
-        fh_add_relaxed(&self.buckets[second % COUNTER_BUCKETS][event], 1)
-        fh_add_relaxed(&self.requests, 1)
+        fh_add_relaxed(&self.w.buckets[second % COUNTER_BUCKETS][event], 1)
+        fh_add_relaxed(&self.w.requests, 1)
         if FAILURE <= event <= TIMEOUT:
-            fh_add_relaxed(&self.errors, 1)
+            fh_add_relaxed(&self.w.errors, 1)
         # Run and total latency are the same sample: only the RUN histogram changes (see _add_latency).
         fh_add32_relaxed(&runs[latency_index(us)], 1)
-        st = self.stats[slot][RUN]
+        st = self.w.stats[slot][RUN]
         fh_add_relaxed(&st[STAT_SUM], us)
         atomic_min(&st[STAT_MIN], us)
         atomic_max(&st[STAT_MAX], us)
-        st = self.stats[slot][TOTAL]
+        st = self.w.stats[slot][TOTAL]
         atomic_min(&st[STAT_MIN], us)
         atomic_max(&st[STAT_MAX], us)
 

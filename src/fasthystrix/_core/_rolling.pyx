@@ -18,14 +18,18 @@ from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree
 from libc.stdint cimport INT64_MAX, int32_t, int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
+from fasthystrix._core._layout cimport fh_window
 from fasthystrix._core._atomic cimport (
     fh_add32_relaxed,
     fh_add_relaxed,
     fh_cas_acq_rel,
+    fh_exchange32_relaxed,
+    fh_exchange_acq_rel,
     fh_load32_relaxed,
     fh_load_acquire,
     fh_load_ptr_acquire,
     fh_load_relaxed,
+    fh_pid_init,
     fh_spin_lock,
     fh_spin_unlock,
     fh_store32_relaxed,
@@ -67,10 +71,7 @@ globals().update(
     LATENCY_SLOT_SECONDS=LATENCY_SLOT_SECONDS,
 )
 
-cdef inline void clear_words(int64_t *words, int n) noexcept nogil:
-    cdef int i
-    for i in range(n):
-        fh_store_relaxed(&words[i], 0)
+fh_pid_init()
 
 
 cdef class RollingMetrics:
@@ -78,37 +79,125 @@ cdef class RollingMetrics:
 
     def __cinit__(self):
         cdef int slot
-        memset(self.buckets, 0, sizeof(self.buckets))
-        memset(self.stats, 0, sizeof(self.stats))
+        memset(&self._own, 0, sizeof(self._own))
+        self.w = &self._own
         for slot in range(LATENCY_SLOTS):
             self.hist[slot][0] = NULL
             self.hist[slot][1] = NULL
-            self.stamp[slot] = -1
-        self.requests = 0
-        self.errors = 0
-        self.second = 0
-        self.lock = 0
+            self.w.stamp[slot] = -1
+        self.shared = False
+        self._keep = None
 
     def __dealloc__(self):
         cdef int slot
+        if self.shared:
+            return  # the histograms are in the file's mapping
         for slot in range(LATENCY_SLOTS):
             PyMem_RawFree(self.hist[slot][0])
             PyMem_RawFree(self.hist[slot][1])
 
-    cdef void _reset(self) noexcept nogil:
-        # Atomic stores, not memset: other threads may be incrementing these words right now.
-        # An increment that races the reset is either kept or cleared, never torn.
-        cdef int slot, kind, i
-        fh_spin_lock(&self.lock)
-        for i in range(COUNTER_BUCKETS):
-            clear_words(self.buckets[i], BUCKET_WIDTH)
+    def _attach(self, mapping, Py_ssize_t window, Py_ssize_t hist):
+        """Keep the window in ``mapping`` (a shared circuit's file) from now on: its WINDOW region at
+        byte ``window``, its histograms at ``hist``. Only on a new, unused window."""
+        cdef unsigned char[::1] view = mapping
+        cdef int slot, kind
+        if self.shared or fh_load_relaxed(&self._own.second) != 0:
+            raise RuntimeError("a rolling window is attached once, before its first use")
+        if window < 0 or hist < 0 or window + <Py_ssize_t>sizeof(fh_window) > view.shape[0] or (
+                hist + LATENCY_SLOTS * 2 * LATENCY_BUCKETS * 4 > view.shape[0]):
+            raise ValueError("window or histograms outside the mapping")
         for slot in range(LATENCY_SLOTS):
-            fh_store_release(&self.stamp[slot], -1)
             for kind in range(2):
-                clear_words(self.stats[slot][kind], 3)
-        fh_store_relaxed(&self.requests, 0)
-        fh_store_relaxed(&self.errors, 0)
-        fh_spin_unlock(&self.lock)
+                PyMem_RawFree(self.hist[slot][kind])
+                self.hist[slot][kind] = <uint32_t *>&view[hist + (slot * 2 + kind) * LATENCY_BUCKETS * 4]
+        self._keep = view  # an exported buffer: the mapping cannot be closed under us
+        self.shared = True
+        self.w = <fh_window *>&view[window]
+
+    cdef void _reset(self) noexcept nogil:
+        # Atomic exchanges, not memset: other threads (other processes, for a shared window) may
+        # be incrementing these words right now. An increment that races the reset is either
+        # moved to the retired counts or stays in the window, never lost nor torn.
+        cdef int slot, i
+        fh_spin_lock(&self.w.lock)
+        for i in range(COUNTER_BUCKETS):
+            self._retire_bucket(self.w.buckets[i])
+        for slot in range(LATENCY_SLOTS):
+            if fh_load_relaxed(&self.w.stamp[slot]) >= 0:
+                self._retire_slot(slot)
+            fh_store_release(&self.w.stamp[slot], -1)
+        fh_store_relaxed(&self.w.requests, 0)
+        fh_store_relaxed(&self.w.errors, 0)
+        fh_spin_unlock(&self.w.lock)
+
+    cdef void _retire_bucket(self, int64_t *bucket) noexcept nogil:
+        # Empty a bucket into the retired counts (lock held).
+        cdef int event
+        for event in range(NUM_EVENTS):
+            fh_add_relaxed(&self.w.retired[event], fh_exchange_acq_rel(&bucket[event], 0))
+        fh_store_relaxed(&bucket[EXECUTED], 0)
+        fh_store_relaxed(&bucket[MAX_ACTIVE], 0)
+
+    cdef void _retire_slot(self, int slot) noexcept nogil:
+        # Empty a latency slot into the retired counts and sums, min and max reset (lock held).
+        cdef uint32_t *runs = <uint32_t *>fh_load_ptr_acquire(<void **>&self.hist[slot][RUN])
+        cdef uint32_t *diffs = <uint32_t *>fh_load_ptr_acquire(<void **>&self.hist[slot][TOTAL])
+        cdef int64_t run_count = 0, diff_count = 0, run_sum
+        cdef int i, kind
+        if runs != NULL:
+            for i in range(LATENCY_BUCKETS):
+                run_count += fh_exchange32_relaxed(&runs[i], 0)
+        if diffs != NULL:
+            for i in range(LATENCY_BUCKETS):
+                diff_count += <int32_t>fh_exchange32_relaxed(&diffs[i], 0)
+        run_sum = fh_exchange_acq_rel(&self.w.stats[slot][RUN][STAT_SUM], 0)
+        fh_add_relaxed(&self.w.retired[RETIRED_RUN_COUNT], run_count)
+        fh_add_relaxed(&self.w.retired[RETIRED_RUN_SUM], run_sum)
+        fh_add_relaxed(&self.w.retired[RETIRED_TOTAL_COUNT], run_count + diff_count)
+        fh_add_relaxed(&self.w.retired[RETIRED_TOTAL_SUM],
+                       run_sum + fh_exchange_acq_rel(&self.w.stats[slot][TOTAL][STAT_SUM], 0))
+        for kind in range(2):
+            fh_store_relaxed(&self.w.stats[slot][kind][STAT_MIN], INT64_MAX)
+            fh_store_relaxed(&self.w.stats[slot][kind][STAT_MAX], -1)
+
+    def cumulative(self):
+        """Every count since the window was created, resets included: ``(events, run_count,
+        run_sum_us, total_count, total_sum_us)``, ``events`` the 9 event counts. Never decreases."""
+        cdef int64_t events[NUM_EVENTS]
+        cdef int64_t run_count, run_sum, total_count, total_sum, n
+        cdef int i, event, slot
+        cdef uint32_t *runs
+        cdef uint32_t *diffs
+        # Under the lock, nothing moves between the window and the retired counts; increments
+        # only add, so the sum read is one that existed.
+        fh_spin_lock(&self.w.lock)
+        for event in range(NUM_EVENTS):
+            events[event] = fh_load_relaxed(&self.w.retired[event])
+            for i in range(COUNTER_BUCKETS):
+                events[event] += fh_load_relaxed(&self.w.buckets[i][event])
+        run_count = fh_load_relaxed(&self.w.retired[RETIRED_RUN_COUNT])
+        run_sum = fh_load_relaxed(&self.w.retired[RETIRED_RUN_SUM])
+        total_count = fh_load_relaxed(&self.w.retired[RETIRED_TOTAL_COUNT])
+        total_sum = fh_load_relaxed(&self.w.retired[RETIRED_TOTAL_SUM])
+        for slot in range(LATENCY_SLOTS):
+            if fh_load_relaxed(&self.w.stamp[slot]) < 0:
+                continue
+            runs = <uint32_t *>fh_load_ptr_acquire(<void **>&self.hist[slot][RUN])
+            diffs = <uint32_t *>fh_load_ptr_acquire(<void **>&self.hist[slot][TOTAL])
+            n = 0
+            if runs != NULL:
+                for i in range(LATENCY_BUCKETS):
+                    n += fh_load32_relaxed(&runs[i])
+            run_count += n
+            total_count += n
+            if diffs != NULL:
+                for i in range(LATENCY_BUCKETS):
+                    total_count += <int32_t>fh_load32_relaxed(&diffs[i])
+            n = fh_load_relaxed(&self.w.stats[slot][RUN][STAT_SUM])
+            run_sum += n
+            total_sum += n + fh_load_relaxed(&self.w.stats[slot][TOTAL][STAT_SUM])
+        fh_spin_unlock(&self.w.lock)
+        return tuple([events[i] for i in range(NUM_EVENTS)]), run_count, run_sum, total_count, total_sum
 
     def reset(self):
         """Forget every event and sample."""
@@ -118,37 +207,37 @@ cdef class RollingMetrics:
         cdef int64_t last, s, start, requests = 0, errors = 0
         cdef int i
         cdef int64_t *b
-        fh_spin_lock(&self.lock)
-        last = fh_load_relaxed(&self.second)
+        fh_spin_lock(&self.w.lock)
+        last = fh_load_relaxed(&self.w.second)
         if second > last:
             start = last + 1
             if second - COUNTER_BUCKETS + 1 > start:
                 start = second - COUNTER_BUCKETS + 1
             s = start
             while s <= second:
-                clear_words(self.buckets[s % COUNTER_BUCKETS], BUCKET_WIDTH)
+                self._retire_bucket(self.w.buckets[s % COUNTER_BUCKETS])
                 s += 1
             for i in range(COUNTER_BUCKETS):
-                b = self.buckets[i]
+                b = self.w.buckets[i]
                 requests += (fh_load_relaxed(&b[0]) + fh_load_relaxed(&b[1]) + fh_load_relaxed(&b[2])
                              + fh_load_relaxed(&b[3]) + fh_load_relaxed(&b[4]) + fh_load_relaxed(&b[5])
                              + fh_load_relaxed(&b[6]))
                 errors += (fh_load_relaxed(&b[FAILURE]) + fh_load_relaxed(&b[REJECTED])
                            + fh_load_relaxed(&b[SHORT_CIRCUIT]) + fh_load_relaxed(&b[TIMEOUT]))
-            fh_store_relaxed(&self.requests, requests)
-            fh_store_relaxed(&self.errors, errors)
+            fh_store_relaxed(&self.w.requests, requests)
+            fh_store_relaxed(&self.w.errors, errors)
             # Release: whoever reads the new second sees the zeroed buckets.
-            fh_store_release(&self.second, second)
-        fh_spin_unlock(&self.lock)
+            fh_store_release(&self.w.second, second)
+        fh_spin_unlock(&self.w.lock)
 
     cdef int64_t *_bucket(self, int64_t second) noexcept nogil:
-        cdef int64_t last = fh_load_acquire(&self.second)
+        cdef int64_t last = fh_load_acquire(&self.w.second)
         if second > last:
             self._advance(second)
         elif second < last:
             # Stamped a moment before another thread moved the window on: count it now.
             second = last
-        return self.buckets[second % COUNTER_BUCKETS]
+        return self.w.buckets[second % COUNTER_BUCKETS]
 
     def health(self, int64_t now_ns):
         """``(requests, errors)`` in the window ending at ``now_ns``."""
@@ -162,9 +251,9 @@ cdef class RollingMetrics:
         cdef int64_t *bucket = self._bucket(second)
         fh_add_relaxed(&bucket[event], 1)
         if event < REQUEST_EVENTS:
-            fh_add_relaxed(&self.requests, 1)
+            fh_add_relaxed(&self.w.requests, 1)
             if FAILURE <= event <= TIMEOUT:
-                fh_add_relaxed(&self.errors, 1)
+                fh_add_relaxed(&self.w.errors, 1)
         if fallback_event >= 0:
             fh_add_relaxed(&bucket[fallback_event], 1)
         if run_us >= 0 or total_us >= 0:
@@ -192,29 +281,19 @@ cdef class RollingMetrics:
         # differ adds its run latency to RUN, and to TOTAL its total latency, minus its run latency.
         cdef int64_t stamp = second // LATENCY_SLOT_SECONDS
         cdef int slot = stamp % LATENCY_SLOTS
-        cdef int kind, i
-        cdef uint32_t *h
-        cdef int64_t seen = fh_load_acquire(&self.stamp[slot])
+        cdef int64_t seen = fh_load_acquire(&self.w.stamp[slot])
         cdef int64_t *st
         cdef uint32_t *runs = NULL
         cdef uint32_t *diffs = NULL
         if seen != stamp:
             if seen > stamp:
                 return  # stamped before the slot was reused for a later minute: no sample
-            fh_spin_lock(&self.lock)
-            if fh_load_relaxed(&self.stamp[slot]) < stamp:
-                # The slot held samples from a minute ago (or none): start it afresh.
-                for kind in range(2):
-                    h = <uint32_t *>fh_load_ptr_acquire(<void **>&self.hist[slot][kind])
-                    if h != NULL:
-                        for i in range(LATENCY_BUCKETS):
-                            fh_store32_relaxed(&h[i], 0)
-                    st = self.stats[slot][kind]
-                    fh_store_relaxed(&st[STAT_SUM], 0)
-                    fh_store_relaxed(&st[STAT_MIN], INT64_MAX)
-                    fh_store_relaxed(&st[STAT_MAX], -1)
-                fh_store_release(&self.stamp[slot], stamp)
-            fh_spin_unlock(&self.lock)
+            fh_spin_lock(&self.w.lock)
+            if fh_load_relaxed(&self.w.stamp[slot]) < stamp:
+                # The slot held samples from a minute ago (or none): retire them, start afresh.
+                self._retire_slot(slot)
+                fh_store_release(&self.w.stamp[slot], stamp)
+            fh_spin_unlock(&self.w.lock)
         if run_us >= 0:
             runs = self._histogram(slot, RUN)
             if runs == NULL:
@@ -225,12 +304,12 @@ cdef class RollingMetrics:
                 return
         if run_us >= 0:
             fh_add32_relaxed(&runs[latency_index(run_us)], 1)
-            st = self.stats[slot][RUN]
+            st = self.w.stats[slot][RUN]
             fh_add_relaxed(&st[STAT_SUM], run_us)
             atomic_min(&st[STAT_MIN], run_us)
             atomic_max(&st[STAT_MAX], run_us)
         if total_us != run_us:
-            st = self.stats[slot][TOTAL]
+            st = self.w.stats[slot][TOTAL]
             if run_us >= 0:
                 fh_add32_relaxed(&diffs[latency_index(run_us)], <uint32_t>-1)
                 fh_add_relaxed(&st[STAT_SUM], -run_us)
@@ -238,7 +317,7 @@ cdef class RollingMetrics:
                 fh_add32_relaxed(&diffs[latency_index(total_us)], 1)
                 fh_add_relaxed(&st[STAT_SUM], total_us)
         if total_us >= 0:
-            st = self.stats[slot][TOTAL]
+            st = self.w.stats[slot][TOTAL]
             atomic_min(&st[STAT_MIN], total_us)
             atomic_max(&st[STAT_MAX], total_us)
 
@@ -247,12 +326,12 @@ cdef class RollingMetrics:
         # the zeroed memory behind it.
         cdef uint32_t *h = <uint32_t *>fh_load_ptr_acquire(<void **>&self.hist[slot][kind])
         if h == NULL:
-            fh_spin_lock(&self.lock)
+            fh_spin_lock(&self.w.lock)
             h = self.hist[slot][kind]
             if h == NULL:
                 h = <uint32_t *>PyMem_RawCalloc(LATENCY_BUCKETS, sizeof(uint32_t))
                 fh_store_ptr_release(<void **>&self.hist[slot][kind], h)
-            fh_spin_unlock(&self.lock)
+            fh_spin_unlock(&self.w.lock)
         return h
 
     def counts(self, int64_t now_ns):
@@ -264,8 +343,8 @@ cdef class RollingMetrics:
         memset(sums, 0, sizeof(sums))
         for i in range(COUNTER_BUCKETS):
             for event in range(NUM_EVENTS + 1):
-                sums[event] += fh_load_relaxed(&self.buckets[i][event])
-            v = fh_load_relaxed(&self.buckets[i][MAX_ACTIVE])
+                sums[event] += fh_load_relaxed(&self.w.buckets[i][event])
+            v = fh_load_relaxed(&self.w.buckets[i][MAX_ACTIVE])
             if v > sums[MAX_ACTIVE]:
                 sums[MAX_ACTIVE] = v
         return tuple([sums[i] for i in range(BUCKET_WIDTH)])
@@ -281,7 +360,7 @@ cdef class RollingMetrics:
         run = []
         total = []
         for slot in range(LATENCY_SLOTS):
-            seen = fh_load_acquire(&self.stamp[slot])
+            seen = fh_load_acquire(&self.w.stamp[slot])
             if not (stamp - LATENCY_SLOTS < seen <= stamp):
                 continue
             runs = <uint32_t *>fh_load_ptr_acquire(<void **>&self.hist[slot][RUN])
@@ -301,13 +380,13 @@ cdef class RollingMetrics:
                 total_h.counts[i] = <uint32_t>n
                 total_count += n
             run_h.count = run_count
-            run_h.total = fh_load_relaxed(&self.stats[slot][RUN][STAT_SUM])
-            run_h.min = fh_load_relaxed(&self.stats[slot][RUN][STAT_MIN])
-            run_h.max = fh_load_relaxed(&self.stats[slot][RUN][STAT_MAX])
+            run_h.total = fh_load_relaxed(&self.w.stats[slot][RUN][STAT_SUM])
+            run_h.min = fh_load_relaxed(&self.w.stats[slot][RUN][STAT_MIN])
+            run_h.max = fh_load_relaxed(&self.w.stats[slot][RUN][STAT_MAX])
             total_h.count = total_count
-            total_h.total = run_h.total + fh_load_relaxed(&self.stats[slot][TOTAL][STAT_SUM])
-            total_h.min = fh_load_relaxed(&self.stats[slot][TOTAL][STAT_MIN])
-            total_h.max = fh_load_relaxed(&self.stats[slot][TOTAL][STAT_MAX])
+            total_h.total = run_h.total + fh_load_relaxed(&self.w.stats[slot][TOTAL][STAT_SUM])
+            total_h.min = fh_load_relaxed(&self.w.stats[slot][TOTAL][STAT_MIN])
+            total_h.max = fh_load_relaxed(&self.w.stats[slot][TOTAL][STAT_MAX])
             if run_count > 0:
                 run.append(run_h)
             if total_count > 0:
@@ -317,6 +396,8 @@ cdef class RollingMetrics:
     def memory_bytes(self):
         """Bytes held by the histogram arrays (the part that could grow)."""
         cdef int slot, kind, n = 0
+        if self.shared:
+            return 0  # in the shared file's mapping, a fixed size
         for slot in range(LATENCY_SLOTS):
             for kind in range(2):
                 if fh_load_ptr_acquire(<void **>&self.hist[slot][kind]) != NULL:

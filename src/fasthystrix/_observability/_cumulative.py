@@ -128,6 +128,15 @@ class CumulativeCollector:
         return CumulativeCounts(events, run_count, run_sum.total_seconds(), total_count, total_sum.total_seconds())
 
 
+def shared_cumulative(circuit: Any) -> CumulativeCounts | None:
+    """A shared circuit's host-wide totals, kept by its rolling window in the shared file
+    (every process' commands, not only this one's); ``None`` for a private circuit."""
+    if getattr(circuit, "_shared", None) is None:
+        return None
+    events, run_count, run_us, total_count, total_us = circuit._default._rolling.cumulative()
+    return CumulativeCounts(tuple(events), run_count, run_us / 1e6, total_count, total_us / 1e6)
+
+
 def cumulative_of(circuit: Any) -> CumulativeCollector | None:
     """The cumulative collector attached to ``circuit``, if it was created while counting was on."""
     for collector in circuit._collectors:
@@ -177,7 +186,10 @@ def read_circuits() -> list[CircuitReading]:
     """A reading of every live circuit, sorted by name (nothing on the command path is touched)."""
     readings = []
     for name, circuit in sorted(_registry.circuits().items()):
-        cumulative = cumulative_of(circuit)
+        counts = shared_cumulative(circuit)
+        if counts is None:
+            collector = cumulative_of(circuit)
+            counts = None if collector is None else collector.counts()
         readings.append(
             CircuitReading(
                 name=name,
@@ -185,7 +197,7 @@ def read_circuits() -> list[CircuitReading]:
                 concurrent=circuit.tickets_in_use,
                 max_concurrent=circuit.settings.max_concurrent_requests,
                 rolling=circuit.metrics(),
-                cumulative=None if cumulative is None else cumulative.counts(),
+                cumulative=counts,
             )
         )
     return readings

@@ -1,0 +1,76 @@
+/* The C structs of a circuit's state, private or in a shared circuit file.
+ *
+ * A private circuit embeds them in its Python objects; a shared one points them into the
+ * mapping of its file (_shared.py's layout: each struct is a region there, with the size
+ * checked below and in tests/test_shared_layout.py). Every word is an int64 accessed through
+ * _atomic.h, in both cases: a process sharing the file is just one more thread.
+ */
+#ifndef FASTHYSTRIX_LAYOUT_H
+#define FASTHYSTRIX_LAYOUT_H
+
+#include <stdint.h>
+
+/* The settings the call path reads (LIMITS region, 256 bytes; _shared.LIMIT_* indices). */
+typedef struct {
+    int64_t timeout_ns;
+    int64_t sleep_window_ns;
+    int64_t max_concurrent;
+    int64_t volume_threshold;
+    int64_t error_threshold;
+    int64_t semaphore;
+    int64_t version;        /* bumped by every settings write */
+    int64_t reserved[25];
+} fh_limits;
+
+/* The state word and what changes with it (STATE region, one cache line). */
+typedef struct {
+    int64_t state_word;
+    int64_t opened_ns;      /* when it opened, then when its last trial started */
+    int64_t episode;        /* open episodes so far: a trial belongs to one */
+    int64_t lock;           /* the circuit's spinlock (holder's pid) */
+    int64_t trial_slot;     /* process slot of the last trial (shared circuits) */
+    int64_t reserved[3];
+} fh_state;
+
+/* Tickets in use (TICKETS region, a cache line of its own: every call writes it twice). */
+typedef struct {
+    int64_t in_use;
+    int64_t reserved[7];
+} fh_tickets;
+
+#define FH_COUNTER_BUCKETS 10
+#define FH_BUCKET_WIDTH 11
+#define FH_LATENCY_SLOTS 4
+
+/* The rolling window's counters and latency statistics (WINDOW region, 1280 bytes). */
+typedef struct {
+    int64_t buckets[FH_COUNTER_BUCKETS][FH_BUCKET_WIDTH];
+    int64_t requests;
+    int64_t errors;
+    int64_t second;
+    int64_t lock;
+    int64_t stats[FH_LATENCY_SLOTS][2][3];
+    int64_t stamp[FH_LATENCY_SLOTS];
+    /* What expired buckets and reused latency slots held, so that window plus retired is
+     * every count since the circuit was created: the 9 events, then run count, run sum (us),
+     * total count, total sum (us). */
+    int64_t retired[16];
+    int64_t reserved[2];
+} fh_window;
+
+/* One process' slot in a shared file (PROCS region). */
+typedef struct {
+    int64_t pid;
+    int64_t start;
+    int64_t tickets;        /* tickets this process holds */
+    int64_t reserved[5];
+} fh_proc;
+
+#define FH_LAYOUT_CHECK(name, cond) typedef char fh_layout_##name[(cond) ? 1 : -1]
+FH_LAYOUT_CHECK(limits, sizeof(fh_limits) == 256);
+FH_LAYOUT_CHECK(state, sizeof(fh_state) == 64);
+FH_LAYOUT_CHECK(tickets, sizeof(fh_tickets) == 64);
+FH_LAYOUT_CHECK(window, sizeof(fh_window) == 1280);
+FH_LAYOUT_CHECK(proc, sizeof(fh_proc) == 64);
+
+#endif /* FASTHYSTRIX_LAYOUT_H */

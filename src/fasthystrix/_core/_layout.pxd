@@ -1,0 +1,39 @@
+# cython: language_level=3
+# Declarations of _layout.h: the structs of a circuit's state, embedded or in a shared file.
+from libc.stdint cimport int64_t
+
+
+cdef extern from "_layout.h" nogil:
+    ctypedef struct fh_limits:
+        int64_t timeout_ns
+        int64_t sleep_window_ns
+        int64_t max_concurrent
+        int64_t volume_threshold
+        int64_t error_threshold
+        int64_t semaphore
+        int64_t version
+
+    ctypedef struct fh_state:
+        int64_t state_word
+        int64_t opened_ns
+        int64_t episode
+        int64_t lock
+        int64_t trial_slot
+
+    ctypedef struct fh_tickets:
+        int64_t in_use
+
+    ctypedef struct fh_window:
+        int64_t buckets[10][11]
+        int64_t requests
+        int64_t errors
+        int64_t second
+        int64_t lock
+        int64_t stats[4][2][3]
+        int64_t stamp[4]
+        int64_t retired[16]
+
+    ctypedef struct fh_proc:
+        int64_t pid
+        int64_t start
+        int64_t tickets
