@@ -216,11 +216,13 @@ def test_rejections_short_circuits_and_timeouts_are_counted() -> None:
     fasthystrix.do("events", lambda: 1, lambda err: None)
     msg = message("events")
     assert msg["rollingCountTimeout"] == 1
-    assert msg["rollingCountThreadPoolRejected"] == 1
+    # A semaphore command's rejection is a semaphore rejection (see the test below).
+    assert msg["rollingCountSemaphoreRejected"] == 1
+    assert msg["rollingCountThreadPoolRejected"] == 0
     assert msg["rollingCountShortCircuited"] == 1
     assert msg["isCircuitBreakerOpen"] is True
     assert msg["propertyValue_circuitBreakerForceOpen"] is True
-    assert message("events", "HystrixThreadPool")["rollingCountCommandRejections"] == 1
+    assert message("events", "HystrixThreadPool")["rollingCountCommandRejections"] == 0
 
 
 def test_latency_is_reported_in_whole_milliseconds() -> None:
@@ -617,6 +619,58 @@ def test_stalled_client_is_dropped_and_others_get_every_tick() -> None:
         finally:
             stalled.close()
             healthy.close()
+
+
+@pytest.mark.parametrize("isolation", ["semaphore", "thread"])
+def test_rejections_are_reported_in_the_field_of_the_isolation_strategy(
+    server: fasthystrix.StreamServer, isolation: str
+) -> None:
+    """The Netflix dashboard shows rollingCountSemaphoreRejected for a SEMAPHORE command and
+    rollingCountThreadPoolRejected for a THREAD one; Java's thread-pool message counts only
+    thread-pool rejections. hystrix-go put every rejection in the thread-pool fields, so a
+    semaphore command showed 0 rejected beside its error rate."""
+    other = "thread" if isolation == "semaphore" else "semaphore"
+    fasthystrix.configure_command("bulkhead", {"isolation": isolation, "max_concurrent_requests": 0})
+    for _ in range(4):  # no ticket to take: every call is rejected
+        assert fasthystrix.do("bulkhead", lambda: 1, lambda err: "fallback") == "fallback"
+    reader = Reader(server.stream_url)
+
+    def latest(messages: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:
+        found = [m for m in messages if m["type"] == kind and m["name"] == "bulkhead"]
+        return found[-1] if found else None
+
+    def both(strategy: str) -> Callable[[list[dict[str, Any]]], bool]:
+        def done(messages: list[dict[str, Any]]) -> bool:
+            command = latest(messages, "HystrixCommand")
+            pool = latest(messages, "HystrixThreadPool")
+            return (
+                command is not None
+                and pool is not None
+                and command["propertyValue_executionIsolationStrategy"] == strategy
+                and pool["currentTime"] == command["currentTime"]  # the same tick
+            )
+
+        return done
+
+    try:
+        for strategy in (isolation, other):
+            if strategy != isolation:
+                # The window's rejections are reported under the strategy the command has now:
+                # a tick after the change must not reuse the text rendered before it.
+                fasthystrix.configure_command("bulkhead", {"isolation": strategy, "max_concurrent_requests": 0})
+            messages = reader.messages_until(both(strategy.upper()), f"a tick of the {strategy} command")
+            command = latest(messages, "HystrixCommand")
+            pool = latest(messages, "HystrixThreadPool")
+            assert command is not None and pool is not None
+            semaphore = strategy == "semaphore"
+            assert command["rollingCountSemaphoreRejected"] == (4 if semaphore else 0)
+            assert command["rollingCountThreadPoolRejected"] == (0 if semaphore else 4)
+            assert pool["rollingCountCommandRejections"] == (0 if semaphore else 4)
+            # Whichever field shows them, rejections are errors of the command.
+            assert (command["requestCount"], command["errorCount"], command["errorPercentage"]) == (4, 4, 100)
+            assert command["rollingCountFallbackSuccess"] == 4
+    finally:
+        reader.close()
 
 
 def test_disconnects_are_cleaned_up_and_the_publisher_stops(server: fasthystrix.StreamServer) -> None:

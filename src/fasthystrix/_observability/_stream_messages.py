@@ -6,7 +6,8 @@ as JSON integers, ``<``, ``>`` and ``&`` escaped as Go escapes them. The keys
 Java Hystrix adds, which some dashboard builds require, follow hystrix-go's,
 with real values; so do two fasthystrix events Java has no key for. Values
 hystrix-go leaves as placeholders (current concurrency, the timeout, the
-isolation strategy) are real here.
+isolation strategy) are real here, and rejections are counted in the field of
+the command's isolation strategy (semaphore or thread pool), as Java Hystrix does.
 """
 
 from __future__ import annotations
@@ -188,13 +189,17 @@ def _rows(
     name = circuit.name if constants is _PYTHON else _go_string(circuit.name)
     size = s.max_concurrent_requests
     timeout_ms = s.timeout_ns // 1_000_000
+    # A rejection is a full semaphore or a full thread pool, as the strategy says, in the one
+    # field the Netflix dashboard shows for that strategy (hystrix-go put every rejection in
+    # the thread-pool field). The pool message counts thread-pool rejections only, as Java's.
+    semaphore_rejects, pool_rejects = (rejects, 0) if s.semaphore else (0, rejects)
     run = run_summary.percentiles
     total = total_summary.percentiles
     command = [
         command_type, name, name, now_ms, 1,
         requests, errors, error_percent(requests, errors), false if state == "closed" else true,
-        0, 0, failures, counts[FALLBACK_FAILURE], 0, counts[FALLBACK_SUCCESS], 0, 0,
-        short_circuits, successes, rejects, timeouts, concurrent,
+        0, 0, failures, counts[FALLBACK_FAILURE], 0, counts[FALLBACK_SUCCESS], 0, semaphore_rejects,
+        short_circuits, successes, pool_rejects, timeouts, concurrent,
         int(run_summary.mean), *[int(run.get(p, 0.0)) for p in _PERCENTILES],
         int(total_summary.mean), *[int(total.get(p, 0.0)) for p in _PERCENTILES],
         s.request_volume_threshold, s.sleep_window_ns // 1_000_000, s.error_percent_threshold,
@@ -208,7 +213,7 @@ def _rows(
         pool_type, name, 1,
         concurrent, 0, size, size, size, size, 0, 0,
         counts[MAX_ACTIVE], counts[EXECUTED], _WINDOW_MS, 0,
-        now_ms, rejects,
+        now_ms, pool_rejects,
     ]  # fmt: skip
     return command, pool
 
