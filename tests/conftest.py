@@ -4,6 +4,8 @@ must give back every concurrency ticket it took."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -12,7 +14,7 @@ import pytest
 
 import fasthystrix
 from fasthystrix import _impl, _registry
-from fasthystrix._core import _clock, _config, _transitions
+from fasthystrix._core import _clock, _config, _shared, _transitions
 from fasthystrix.metric_collector import registry as collector_registry
 
 
@@ -49,11 +51,25 @@ def impl() -> Iterator[str]:
         _reset()
 
 
+# FASTHYSTRIX_TEST_SHARED=1 runs every test with its circuits shared through a directory of its
+# own (the whole suite as a check that sharing changes nothing a single process can see).
+SHARED_TESTS = os.environ.get("FASTHYSTRIX_TEST_SHARED", "") not in ("", "0")
+_shared_dirs: list[str] = []
+
+
 def _reset() -> None:
     _clock.set_clock(None)
     fasthystrix.flush()
     with _registry._lock:
         _registry._settings.clear()
+    if SHARED_TESTS:
+        _shared._unshare()
+        _registry._files.clear()
+        _registry._holders.clear()
+        while _shared_dirs:
+            shutil.rmtree(_shared_dirs.pop(), ignore_errors=True)
+        _shared_dirs.append(tempfile.mkdtemp(prefix="fasthystrix-test-"))
+        fasthystrix.share_circuits(_shared_dirs[-1])
     _config.set_defaults()
     collector_registry._factories = ()
     _transitions._listeners = ()

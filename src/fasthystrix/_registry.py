@@ -47,7 +47,7 @@ def get_settings(name: str) -> Settings:
     With shared circuits, the host's settings: the last writer's, whichever process it was.
     """
     if _shared.shared_dir() is not None:
-        settings: Settings = get_or_create(name).settings
+        settings: Settings = _settings_holder(name).settings
         return settings
     return _local_settings(name)
 
@@ -58,7 +58,7 @@ def _local_settings(name: str) -> Settings:
         with _lock:
             settings = _settings.get(name)
             if settings is None:
-                settings = _settings[name] = Settings.from_config(CommandConfig(), get_defaults())
+                settings = _settings[name] = _shared.intern(Settings.from_config(CommandConfig(), get_defaults()))
     return settings
 
 
@@ -71,10 +71,10 @@ def configure_command(name: str, config: CommandConfig | Mapping[str, Any]) -> S
     _check_name(name)
     settings = Settings.from_config(CommandConfig.from_mapping(config), get_defaults())
     with _lock:
-        _settings[name] = settings
+        _settings[name] = _shared.intern(settings)
         circuit = _circuits.get(name)
         if circuit is None and _shared.shared_dir() is not None:
-            circuit = get_circuit(name)[0]  # host-wide settings live in the circuit's file
+            circuit = _settings_holder(name)  # host-wide settings live in the circuit's file
         if circuit is not None:
             circuit._settings = settings
     return settings
@@ -93,10 +93,10 @@ def configure(mapping: Mapping[str, CommandConfig | Mapping[str, Any]]) -> dict[
             raise type(exc)(f"command {name!r}: {exc}") from None
     with _lock:
         for name, settings in resolved.items():
-            _settings[name] = settings
+            _settings[name] = _shared.intern(settings)
             circuit = _circuits.get(name)
             if circuit is None and _shared.shared_dir() is not None:
-                circuit = get_circuit(name)[0]
+                circuit = _settings_holder(name)
             if circuit is not None:
                 circuit._settings = settings
     return resolved
@@ -145,18 +145,51 @@ def get_circuit(name: str) -> tuple[Any, bool]:
             _creating.discard(name)
 
 
+# With sharing: each name's mapped file (one per process), and the unpublished circuits that
+# read and write the settings of names this process has not used yet (guarded by _lock).
+_files: dict[str, _shared.SharedCircuitFile] = {}
+_holders: dict[str, Any] = {}
+
+
+def _file(name: str) -> _shared.SharedCircuitFile:
+    shared = _files.get(name)
+    if shared is None or shared.path.parent != _shared.shared_dir():
+        shared = _files[name] = _shared.SharedCircuitFile(name, _impl.current().name, _local_settings(name))
+    return shared
+
+
+def _settings_holder(name: str) -> Any:
+    """With sharing: a circuit attached to ``name``'s file, to read or write its settings without
+    creating the circuit in this process (``get_circuit`` still says who created it)."""
+    circuit = _circuits.get(name)
+    if circuit is not None:
+        return circuit
+    with _lock:
+        circuit = _circuits.get(name) or _holders.get(name)
+        if circuit is None or circuit._shared.path.parent != _shared.shared_dir():
+            impl = _impl.current()
+            shared = _file(name)
+            circuit = impl.CircuitBreaker(
+                name, _local_settings(name), DefaultMetricCollector(name), [], _clock.get_clock()
+            )
+            circuit._attach(shared, None)
+            _holders[name] = circuit
+        return circuit
+
+
 def _create(name: str) -> Any:
     """Build and register the circuit of ``name`` (with ``_lock`` held)."""
     settings = _local_settings(name)
     impl = _impl.current()
     # With sharing, the file first: a name the directory cannot take fails before anything changes.
-    shared = _shared.SharedCircuitFile(name, impl.name, settings) if _shared.shared_dir() is not None else None
+    shared = _file(name) if _shared.shared_dir() is not None else None
     default = DefaultMetricCollector(name)
     collectors = registry.initialize_metric_collectors(name)
     circuit = impl.CircuitBreaker(name, settings, default, collectors, _clock.get_clock())
     circuit._workers = WorkerPool(name)
     if shared is not None:
-        circuit._attach(shared, None)  # the file's settings, unless this process configures it
+        circuit._attach(shared, None)  # the file's settings: the last writer's, from any process
+        _holders.pop(name, None)
     _circuits[name] = circuit
     return circuit
 
@@ -207,6 +240,7 @@ def flush() -> None:
     with _lock:
         flushed = list(_circuits.values())
         _circuits.clear()
+        _holders.clear()
     for circuit in flushed:
         if getattr(circuit, "_shared", None) is not None:
             circuit._reset_state()  # host-wide: the next command of any process starts afresh
@@ -220,6 +254,7 @@ def flush() -> None:
                 logger.exception("metric collector %r failed to reset", collector)
         circuit._workers.shutdown()
     timer.discard_finished()
+    _shared.stop_reaper()
 
 
 _command.bind(_circuits, get_or_create)

@@ -318,6 +318,8 @@ class SharedCircuitFile:
             os.close(fd)
             raise
         self.fd = fd
+        # The mapping stays valid without it (mmap holds a descriptor of its own).
+        weakref.finalize(self, os.close, fd)
 
     def _initialize(self, encoded: bytes, settings: Settings) -> None:
         m = self.map
@@ -438,9 +440,35 @@ def write_settings(m: Any, settings: Settings, bump: bool = True) -> None:
         _Q.pack_into(m, base + 8 * LIMIT_VERSION, version + 1)
 
 
+# Settings objects by their words: a process that reads back the settings it wrote gets the very
+# object it configured (as without sharing), and equal settings are one object.
+_interned: weakref.WeakValueDictionary[tuple[int, ...], Settings] = weakref.WeakValueDictionary()
+
+
+def _words(settings: Settings) -> tuple[int, ...]:
+    return (
+        settings.timeout_ns,
+        settings.sleep_window_ns,
+        settings.max_concurrent_requests,
+        settings.request_volume_threshold,
+        settings.error_percent_threshold,
+        1 if settings.semaphore else 0,
+    )
+
+
+def intern(settings: Settings) -> Settings:
+    """Remember ``settings`` as the object that its words read back as (see ``settings_from_words``)."""
+    _interned[_words(settings)] = settings
+    return settings
+
+
 def settings_from_words(words: tuple[int, ...]) -> Settings:
     """The :class:`Settings` that the LIMITS words ``words`` (as read) describe."""
-    return Settings(
+    key = tuple(words[:6])
+    known = _interned.get(key)
+    if known is not None:
+        return known
+    settings = Settings(
         timeout=timedelta(microseconds=words[LIMIT_TIMEOUT_NS] // 1000),
         max_concurrent_requests=words[LIMIT_MAX_CONCURRENT],
         request_volume_threshold=words[LIMIT_VOLUME],
@@ -448,6 +476,8 @@ def settings_from_words(words: tuple[int, ...]) -> Settings:
         error_percent_threshold=words[LIMIT_ERROR_PERCENT],
         isolation="semaphore" if words[LIMIT_SEMAPHORE] else "thread",
     )
+    _interned[key] = settings
+    return settings
 
 
 # -- the reaper -----------------------------------------------------------------------------------
@@ -497,10 +527,27 @@ def reap_once() -> int:
     return reclaimed
 
 
+def stop_reaper() -> None:
+    """Stop the reaper thread (``flush()``: nothing is mapped any more); ``register`` starts it again."""
+    global _reaper
+    with _lock:
+        thread, _reaper = _reaper, None
+    if thread is not None and thread is not threading.current_thread():
+        _reaper_stop.set()
+        _reaper_wake.set()
+        thread.join()
+        _reaper_stop.clear()
+
+
+_reaper_stop = threading.Event()
+
+
 def _reap_forever() -> None:
-    while True:
+    while not _reaper_stop.is_set():
         _reaper_wake.wait(REAP_INTERVAL)
         _reaper_wake.clear()
+        if _reaper_stop.is_set():
+            return
         try:
             reap_once()
         except Exception:  # never let the reaper die: the next round may succeed
