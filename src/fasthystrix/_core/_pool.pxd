@@ -19,4 +19,10 @@ cdef class TicketPool:
         return n
 
     cdef inline void give(self) noexcept nogil:
-        fh_add_acq_rel(&self._in_use, -1)
+        # A give never takes the count below zero. In a process that never forked no give
+        # finds it at zero (every give follows its own take); in a forked child the count
+        # restarts at zero, and a command the forking thread had in flight gives back a ticket
+        # the child never counted: that give is absorbed here (why: _pool_py's
+        # _after_fork_in_child). One compare of the value the atomic add returns anyway.
+        if fh_add_acq_rel(&self._in_use, -1) <= 0:
+            fh_add_relaxed(&self._in_use, 1)
