@@ -385,8 +385,9 @@ def _after_fork_in_child() -> None:
     Two kinds of command started before the fork can still end in the child: a ``go()`` whose
     deadline the timer keeps (its worker is gone; the deadline resolves its future), and a run
     on the forking thread itself (a worker whose run forked). The other side of each (a caller
-    or worker thread, the timer thread) may have held the command's lock or its future's
-    condition at the fork, so both are replaced; nobody in the child holds them.
+    or worker thread, the timer thread, a thread waiting for the future) may have held the
+    command's lock, its future's condition or the lock inside a pure signal at the fork, so
+    they are all replaced: nobody in the child holds or waits on them yet.
     """
     executions = [getattr(callback, "__self__", None) for callback in timer.callbacks()]
     frame = sys._getframe(1)
@@ -397,8 +398,12 @@ def _after_fork_in_child() -> None:
     for execution in executions:
         if isinstance(execution, _Execution):
             execution.lock = threading.Lock()
-            if execution.future is not None:
+            workers = execution.circuit._workers
+            if execution.future is None:
+                execution.wake = workers.completion()
+            elif execution.future._state != _FINISHED:  # not done(): it takes the condition
                 execution.future._condition = threading.Condition()
+                execution.future._resolved = workers.completion()
 
 
 _WORK_CODE = _Execution.work.__code__
