@@ -10,6 +10,7 @@ from typing import Any
 from . import _impl
 from ._core import _clock, _config, _transitions
 from ._core._config import CommandConfig, Settings, get_defaults
+from ._core._log import logger
 from ._isolation import _command
 from ._isolation._command import run_threaded
 from ._isolation._workers import WorkerPool, timer
@@ -157,8 +158,6 @@ def flush() -> None:
             try:
                 collector.reset()
             except Exception:
-                from ._core._log import logger
-
                 logger.exception("metric collector %r failed to reset", collector)
         circuit._workers.shutdown()
     timer.discard_finished()
@@ -209,6 +208,14 @@ def _after_fork_in_child() -> None:
         for circuit in _circuits.values():
             circuit._after_fork_in_child()
             circuit._workers._after_fork_in_child()
+            for collector in circuit._collectors:
+                # Collectors that keep a lock or a thread say how to rebuild it (CumulativeCollector).
+                rebuild = getattr(collector, "_after_fork_in_child", None)
+                if rebuild is not None:
+                    try:
+                        rebuild()
+                    except Exception:
+                        logger.exception("metric collector %r failed to rebuild after a fork", collector)
         _command._after_fork_in_child()
         _transitions._lock = threading.Lock()
         _config._defaults_lock = threading.Lock()
