@@ -340,6 +340,99 @@ def test_locks_held_by_other_threads_at_the_fork_are_not_held_in_the_child() -> 
         holder.join(WAIT)
 
 
+def test_a_command_lock_held_at_the_fork_does_not_hold_up_the_child() -> None:
+    # A go() in flight whose lock and future condition a thread gone with the fork held: the
+    # child's timer still ends the command at its deadline.
+    from fasthystrix._isolation._workers import timer
+
+    name = "fork-command-lock"
+    configure(name, "thread", timeout=300)
+    release = threading.Event()
+    started = threading.Event()
+
+    def held() -> str:
+        started.set()
+        release.wait(WAIT)
+        return "parent"
+
+    future = fasthystrix.go(name, held, lambda err: type(err).__name__)
+    assert started.wait(WAIT)
+    (execution,) = [callback.__self__ for callback in timer.callbacks()]
+    holding = threading.Event()
+    done = threading.Event()
+
+    def hold() -> None:
+        with execution.lock, future._condition:
+            holding.set()
+            done.wait(WAIT)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(WAIT)
+
+    def child() -> None:
+        assert future.result(WAIT) == "TimeoutError"
+
+    try:
+        fork_and_check(child)
+    finally:
+        done.set()
+        holder.join(WAIT)
+        release.set()
+    assert future.result(WAIT) == "TimeoutError"
+
+
+def test_collectors_work_in_the_child() -> None:
+    # A cumulative collector whose lock a thread gone with the fork held, and a StatsD client
+    # whose sender thread the child does not have.
+    import socket
+
+    from fasthystrix._observability._cumulative import CumulativeCollector, cumulative_of
+    from fasthystrix.statsd import StatsdCollectorClient
+
+    daemon = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    daemon.bind(("127.0.0.1", 0))
+    daemon.settimeout(WAIT)
+    client = StatsdCollectorClient(f"127.0.0.1:{daemon.getsockname()[1]}", prefix="forked").register()
+    fasthystrix.metric_collector.registry.register(CumulativeCollector)
+    name = "fork-collectors"
+    circuit = configure(name, "semaphore")
+    assert fasthystrix.do(name, lambda: 1) == 1
+    cumulative = cumulative_of(circuit)
+    assert cumulative is not None
+    holding = threading.Event()
+    done = threading.Event()
+
+    def hold() -> None:
+        with cumulative._lock:
+            holding.set()
+            done.wait(WAIT)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(WAIT)
+
+    def child() -> None:
+        for _ in range(3):
+            assert fasthystrix.do(name, lambda: 2) == 2
+        assert cumulative.counts().events[0] == 4
+        client.flush()
+        received = b""
+        while b"successes:3|c" not in received:
+            received += daemon.recv(65536)
+        assert b"forked.fork-collectors" in received
+        assert client._thread.is_alive()
+
+    try:
+        client.flush()  # the parent's own result goes from the parent
+        fork_and_check(child)
+    finally:
+        done.set()
+        holder.join(WAIT)
+        client.close()
+        daemon.close()
+
+
 class _NullCollector:
     def update(self, result: object) -> None:
         pass
