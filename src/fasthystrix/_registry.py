@@ -178,9 +178,10 @@ def _before_fork() -> None:
     it is reentrant. It never holds a circuit's lock while user code runs.
     """
     _lock.acquire()
-    _held_across_fork[:] = _circuits.values()
-    for circuit in _held_across_fork:
+    _held_across_fork.clear()
+    for circuit in list(_circuits.values()):
         circuit._lock.acquire()
+        _held_across_fork.append(circuit)  # only once held: the handlers after release these
 
 
 def _after_fork_in_parent() -> None:
