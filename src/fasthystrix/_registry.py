@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from . import _impl
-from ._core import _clock, _shared
+from ._core import _clock, _config, _shared, _transitions
 from ._core._config import CommandConfig, Settings, get_defaults
+from ._core._log import logger
 from ._isolation import _command
 from ._isolation._command import run_threaded
 from ._isolation._workers import WorkerPool, timer
@@ -249,13 +250,81 @@ def flush() -> None:
             try:
                 collector.reset()
             except Exception:
-                from ._core._log import logger
-
                 logger.exception("metric collector %r failed to reset", collector)
         circuit._workers.shutdown()
     timer.discard_finished()
     _shared.stop_reaper()
 
+
+# -- fork safety -------------------------------------------------------------------------
+
+# The circuits whose locks the forking thread holds across a fork (set by _before_fork).
+_held_across_fork: list[Any] = []
+
+
+def _before_fork() -> None:
+    """Hold the table's lock and every circuit's lock across the fork.
+
+    So the child starts from a table and rolling windows that no thread was changing
+    (the pure twin changes a window in several steps under its circuit's lock). The
+    forking thread may already hold the table's lock (a collector factory that forks):
+    it is reentrant. It never holds a circuit's lock while user code runs.
+    """
+    _lock.acquire()
+    _held_across_fork.clear()
+    for circuit in list(_circuits.values()):
+        circuit._lock.acquire()
+        _held_across_fork.append(circuit)  # only once held: the handlers after release these
+
+
+def _after_fork_in_parent() -> None:
+    for circuit in reversed(_held_across_fork):
+        circuit._lock.release()
+    _held_across_fork.clear()
+    _lock.release()
+
+
+def _after_fork_in_child() -> None:
+    """Make the child's fasthystrix work: it keeps the parent's settings, circuit states and
+    rolling windows, minus what ran on the parent's other threads.
+
+    Only the forking thread exists in the child (Python's own ``threading`` handler has run).
+    Each circuit holds no ticket (see ``TicketPool._after_fork_in_child``), its worker pool
+    forgets the parent's threads, the deadline timer gets a new thread, and every lock that a
+    thread gone with the fork may have held is replaced.
+    """
+    try:
+        for circuit in reversed(_held_across_fork):
+            circuit._lock.release()
+        _held_across_fork.clear()
+        # First the locks this handler takes itself (the timer's, to read its deadlines).
+        timer._after_fork_in_child()
+        for circuit in _circuits.values():
+            circuit._after_fork_in_child()
+            circuit._workers._after_fork_in_child()
+            for collector in circuit._collectors:
+                # Collectors that keep a lock or a thread say how to rebuild it (CumulativeCollector).
+                rebuild = getattr(collector, "_after_fork_in_child", None)
+                if rebuild is not None:
+                    try:
+                        rebuild()
+                    except Exception:
+                        logger.exception("metric collector %r failed to rebuild after a fork", collector)
+        _command._after_fork_in_child()
+        _transitions._lock = threading.Lock()
+        _config._defaults_lock = threading.Lock()
+        registry._lock = threading.Lock()
+        clock = _clock.get_clock()
+        if isinstance(clock, _clock.ManualClock):
+            clock._lock = threading.Lock()
+        # Last: its thread calls back into the commands, the circuits and their pools.
+        timer.resume()
+    finally:
+        _lock.release()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 
 _command.bind(_circuits, get_or_create)
 _impl.current().bind(_circuits, get_or_create, run_threaded)

@@ -26,10 +26,12 @@ before the first call of a command.
 from __future__ import annotations
 
 import collections
+import os
 import random
 import socket
 import threading
 import time
+import weakref
 from datetime import timedelta
 from decimal import Decimal
 
@@ -202,6 +204,21 @@ class StatsdCollectorClient:
         self._unlogged_drops = 0
         self._thread = threading.Thread(target=self._run, name="fasthystrix-statsd", daemon=True)
         self._thread.start()
+        _clients.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: a sender thread of its own, new locks, and none of the parent's queue.
+
+        The parent's thread does not exist in the child, and the parent sends what it had
+        queued. The socket is shared: both processes send datagrams through it.
+        """
+        self._queue.clear()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        if not self._closed:
+            self._thread = threading.Thread(target=self._run, name="fasthystrix-statsd", daemon=True)
+            self._thread.start()
 
     # -- the hystrix-go API -----------------------------------------------------------
 
@@ -408,3 +425,16 @@ def _packets(lines: list[str], flush_bytes: int) -> list[bytes]:
     if start < size:
         packets.append(blob[start:])
     return packets
+
+
+# The clients not yet garbage: in a forked child each gets a sender thread of its own.
+_clients: weakref.WeakSet[StatsdCollectorClient] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_clients):
+        client._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_after_fork_in_child)

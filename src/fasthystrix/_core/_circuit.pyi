@@ -76,6 +76,7 @@ class CircuitBreaker:
     def execute_c(
         self, ctx: Context, run: Callable[[Context], Any], fallback: Callable[[Context, BaseException], Any] | None
     ) -> Any: ...
+    def _after_fork_in_child(self) -> None: ...
 
 class CommandFunction:
     """A sync function decorated with ``@command``: each call runs as command ``command_name``."""

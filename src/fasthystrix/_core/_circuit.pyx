@@ -765,6 +765,19 @@ cdef class CircuitBreaker:
             return value
         return self.finish_c(event, err, start, run_us if err is error else -1, verdict, fallback, ctx, True, raised)
 
+    def _after_fork_in_child(self):
+        """In a forked child, before any other thread runs: no ticket held, no spinlock held.
+
+        The spinlocks are never held across a point where another thread can fork (their
+        holders keep the GIL, or stay attached, and call no Python code), so clearing them only
+        guards against what a signal handler might do; the forking thread holds none here.
+        """
+        if self._shared is None:
+            # A shared circuit's locks are in the file: the parent's threads still use them.
+            fh_store_relaxed(&self.st.lock, 0)
+            fh_store_relaxed(&self.metrics_c.w.lock, 0)
+        self.tickets._after_fork_in_child()
+
 
 cdef class BoundFallback:
     """``fallback(*args, err=err, **kwargs)`` as a one-argument fallback (made only when one is needed)."""

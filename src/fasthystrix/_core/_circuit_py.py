@@ -592,6 +592,11 @@ class CircuitBreaker:
             self._returned_coroutine(value, end, (end - start) // _NS_PER_US, verdict, True)
         return self._ended(value, None, start, end, timeout_at, verdict, fallback, ctx, True)
 
+    def _after_fork_in_child(self) -> None:
+        """In a forked child, before any other thread runs: no ticket held (see the pool's)."""
+        self._tickets._after_fork_in_child()
+        self._held = self._tickets._held
+
 
 class CommandFunction:
     """A sync function decorated with ``@command``: each call runs as command ``command_name``."""

@@ -27,10 +27,19 @@ cdef class TicketPool:
         return n
 
     cdef inline void give(self) noexcept nogil:
-        # This process' count first: the reaper subtracts a dead process' count from the total,
-        # so the total must never hold less than the live processes' counts.
+        # Shared circuits: this process' own count first (the reaper subtracts a dead process'
+        # count from the total, so the total never holds less than the live processes' counts).
+        # A give never takes a count below zero. In a process that never forked no give finds it
+        # at zero (every give follows its own take); in a forked child the count restarts at zero
+        # (a shared circuit's child counts in a slot of its own), and a command the forking
+        # thread had in flight gives back a ticket the child never counted: that give is
+        # absorbed here (why: _pool_py's _after_fork_in_child). One compare of the value the
+        # atomic add returns anyway.
         if self.mine is not NULL:
-            fh_add_relaxed(self.mine, -1)
-        fh_add_acq_rel(self.count, -1)
+            if fh_add_acq_rel(self.mine, -1) <= 0:
+                fh_add_relaxed(self.mine, 1)
+                return
+        if fh_add_acq_rel(self.count, -1) <= 0:
+            fh_add_relaxed(self.count, 1)
 
     cdef void attach(self, int64_t *count, int64_t *mine, object keep)

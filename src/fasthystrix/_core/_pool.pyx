@@ -5,7 +5,7 @@ The limit is read at each take, so a new ``max_concurrent_requests`` applies to 
 next call (hystrix-go fixed the pool size at circuit creation, issue #104).
 """
 
-from fasthystrix._core._atomic cimport fh_load_relaxed
+from fasthystrix._core._atomic cimport fh_load_relaxed, fh_store_relaxed
 
 __all__ = ["TicketPool"]
 
@@ -37,3 +37,11 @@ cdef class TicketPool:
     def give_back(self):
         """Return a ticket."""
         self.give()
+
+    def _after_fork_in_child(self):
+        """In a forked child: hold no ticket (the commands that held them run on in the parent).
+
+        A shared pool's count is the host's: the child gets a process slot of its own instead
+        (``_shared``), whose count starts at zero."""
+        if self.mine is NULL:
+            fh_store_relaxed(self.count, 0)

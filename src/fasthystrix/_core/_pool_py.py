@@ -53,4 +53,25 @@ class TicketPool:
 
     def give_back(self) -> None:
         """Return a ticket."""
-        self._held.pop()
+        held = self._held
+        held.pop()
+        # A give never takes the count below zero: see _after_fork_in_child. Popping first and
+        # checking after, as the compiled twin adds first and checks the value it returned.
+        if len(held) < BASE:
+            held.append(None)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: hold no ticket (the commands that held them run on in the parent)."""
+        # Why zero, and not the tickets of the forking thread's own commands in flight (a run
+        # that forked, a do_async suspended on the forking event loop): knowing which tickets a
+        # thread holds takes bookkeeping on every call (a thread-local push and pop around each
+        # run, in C and in Python), on the success path, for the sake of a fork that takes
+        # none. The other threads' commands do not exist in the child, so the only gives that
+        # can come for a ticket taken before the fork are those of the forking thread, and
+        # they are absorbed: the circuit's lock-free success path gives back to the list it
+        # read when its command started (the old one, which nothing counts any more: hence a
+        # new list, not the old one emptied), and every other give comes through give_back,
+        # which never takes the count below zero. The compiled twin compares the value its
+        # atomic add returns. The price: while such a command runs on in the child, the
+        # child does not count its ticket.
+        self._held = [None] * BASE

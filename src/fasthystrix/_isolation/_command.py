@@ -10,6 +10,7 @@ the limit, hystrix-go issue #81).
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -375,6 +376,37 @@ def _go(circuit: Any, run: Callable[..., Any], fallback: Any, ctx: Context | Non
         future.add_done_callback(lambda _: ctx._remove_done_callback(execution.expire))
     timer.schedule(wait_until, execution.expire, execution.is_pending)
     return future
+
+
+def _after_fork_in_child() -> None:
+    """In a forked child, before any other thread runs: free the commands this process may still
+    end from locks that threads gone with the fork may have held.
+
+    Two kinds of command started before the fork can still end in the child: a ``go()`` whose
+    deadline the timer keeps (its worker is gone; the deadline resolves its future), and a run
+    on the forking thread itself (a worker whose run forked). The other side of each (a caller
+    or worker thread, the timer thread, a thread waiting for the future) may have held the
+    command's lock, its future's condition or the lock inside a pure signal at the fork, so
+    they are all replaced: nobody in the child holds or waits on them yet.
+    """
+    executions = [getattr(callback, "__self__", None) for callback in timer.callbacks()]
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is _WORK_CODE:
+            executions.append(frame.f_locals.get("self"))
+        frame = frame.f_back  # type: ignore[assignment]
+    for execution in executions:
+        if isinstance(execution, _Execution):
+            execution.lock = threading.Lock()
+            workers = execution.circuit._workers
+            if execution.future is None:
+                execution.wake = workers.completion()
+            elif execution.future._state != _FINISHED:  # not done(): it takes the condition
+                execution.future._condition = threading.Condition()
+                execution.future._resolved = workers.completion()
+
+
+_WORK_CODE = _Execution.work.__code__
 
 
 def _unbound(name: str) -> Any:

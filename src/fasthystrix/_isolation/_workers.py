@@ -139,6 +139,19 @@ class WorkerPool:
             with self._lock:
                 self._workers.discard(worker)
 
+    def _after_fork_in_child(self) -> None:
+        """In a forked child, before any other thread runs: forget the parent's threads.
+
+        Only the forking thread exists in the child. An idle worker left in the list would
+        take a task that no thread runs, and the lock may have been held by a thread that is
+        gone: both are replaced, and the next task starts a new thread. If the forking thread
+        is one of this pool's workers (its run forked), it stays one.
+        """
+        current = threading.current_thread()
+        self._lock = threading.Lock()
+        self._idle = []
+        self._workers = {worker for worker in self._workers if worker.thread is current}
+
     def threads(self) -> list[threading.Thread]:
         """The live threads of this pool."""
         with self._lock:
@@ -191,10 +204,14 @@ class DeadlineTimer:
             heapq.heappush(heap, (at_ns, next(self._seq), callback, pending))
             self._stop_when_empty = False
             if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="fasthystrix-deadlines", daemon=True)
-                self._thread.start()
+                self._start()
             elif self._heap[0][0] == at_ns:
                 self._cond.notify()
+
+    def _start(self) -> None:
+        # With the lock held (or in a forked child, before any other thread runs).
+        self._thread = threading.Thread(target=self._loop, name="fasthystrix-deadlines", daemon=True)
+        self._thread.start()
 
     def _loop(self) -> None:
         cond = self._cond
@@ -249,6 +266,31 @@ class DeadlineTimer:
         """How many deadlines are scheduled (including finished ones not yet dropped)."""
         with self._cond:
             return len(self._heap)
+
+    def callbacks(self) -> list[Callable[[], object]]:
+        """The callbacks still scheduled (including those of finished commands)."""
+        with self._cond:
+            return [entry[2] for entry in self._heap]
+
+    def resume(self) -> None:
+        """Start the thread if deadlines are scheduled and no thread serves them."""
+        with self._lock:
+            if self._heap and self._thread is None:
+                self._stop_when_empty = False
+                self._start()
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child, before any other thread runs: a new lock and condition, no thread.
+
+        The parent's timer thread does not exist in the child, and the condition's lock may have
+        been held by a thread that is gone (the timer thread itself, between two waits). The
+        deadlines stay: :meth:`resume` gives them a thread once the child is ready for their
+        callbacks, so that a ``go()`` started before the fork still resolves in the child at its
+        deadline (its run's worker is gone).
+        """
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._thread = None
 
 
 timer = DeadlineTimer()

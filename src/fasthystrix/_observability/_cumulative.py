@@ -116,6 +116,13 @@ class CumulativeCollector:
         finally:
             lock.release()
 
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: a new lock (a thread gone with the fork may have held the old one).
+
+        The counts stay: they are the circuit's since its creation, as the child's window is.
+        """
+        self._lock = threading.Lock()
+
     def reset(self) -> None:
         """Nothing: cumulative counts survive the circuit closing (hystrix-go's plugins ignore ``Reset`` too)."""
 
