@@ -162,6 +162,7 @@ SANITIZER_TESTS = [
     "test_crash_safety.py",
     "test_decorator.py",
     "test_flush.py",
+    "test_fork.py",
     "test_go_deadlines.py",
     "test_go_unwaited.py",
     "test_handoff.py",
@@ -171,9 +172,20 @@ SANITIZER_TESTS = [
     "test_parity.py",
     "test_public_extras.py",
     "test_rolling.py",
+    "test_shared_fork.py",
+    "test_shared_layout.py",
     "test_smoke.py",
     "test_state_listeners.py",
     "test_stress.py",
+]
+# Run a second time with every test's circuits in a shared file (FASTHYSTRIX_TEST_SHARED=1): the
+# C paths of shared circuits under the sanitizers.
+SANITIZER_SHARED_TESTS = [
+    "test_circuit_edges.py",
+    "test_circuit_state_machine.py",
+    "test_stress.py",
+    "test_crash_safety.py",
+    "test_rolling.py",
 ]
 SANITIZER_SUPPORT = Path("tests/sanitizers")
 
@@ -208,8 +220,10 @@ def _sanitized_tests(
     # test, timeout ends the run after 15 minutes. --capture=sys leaves file descriptor 2 alone, so
     # a sanitizer's report reaches the terminal even when it kills the process in mid-test.
     command = ["timeout", "--kill-after=30", "900", *prefix, python, "-m", "pytest", "-p", "no:cacheprovider"]
-    command += ["--capture=sys", "-o", "faulthandler_timeout=120", *tests, *session.posargs]
-    session.run(*command, env=env, external=True)
+    command += ["--capture=sys", "-o", "faulthandler_timeout=120"]
+    session.run(*command, *tests, *session.posargs, env=env, external=True)
+    shared = [str(Path("tests") / name) for name in SANITIZER_SHARED_TESTS]
+    session.run(*command, *shared, *session.posargs, env={**env, "FASTHYSTRIX_TEST_SHARED": "1"}, external=True)
 
 
 @nox.session(name="sanitize-asan", python="3.11")
