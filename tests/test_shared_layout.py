@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import os
+import struct
+from pathlib import Path
+
 import pytest
 
 from fasthystrix import _impl
@@ -36,3 +40,38 @@ def test_compiled_structs_match_the_file_layout() -> None:
     assert layout["window.retired"] == layout["window.stamp"] + 8 * 4
     assert layout["proc"] == _shared.PROC_SIZE
     assert layout["proc.tickets"] == 8 * _shared.PROC_TICKETS
+
+
+def test_a_file_from_an_earlier_boot_keeps_only_its_name_and_settings(tmp_path: Path) -> None:
+    from fasthystrix._core._config import CommandConfig, Settings, get_defaults
+
+    settings = Settings.from_config(CommandConfig(timeout=250, max_concurrent_requests=3), get_defaults())
+    first = _shared.SharedCircuitFile("boot", _impl.current().name, settings, tmp_path)
+    words = memoryview(first.map).cast("q")
+    words[_shared.STATE // 8] = 1  # open
+    words[_shared.STATE // 8 + _shared.STATE_OPENED_NS] = 10**18  # a time of the last boot
+    words[_shared.TICKETS // 8] = 5  # tickets of processes of the last boot
+    words[(_shared.PROCS + 64) // 8] = 4242  # a slot of a pid of the last boot
+    words.release()
+    struct.pack_into("<q", first.map, _shared.BOOT, _shared._BOOT_ID + 1)  # as if written before a reboot
+    again = _shared.SharedCircuitFile("boot", _impl.current().name, settings, tmp_path)
+    words = memoryview(again.map).cast("q")
+    assert words[_shared.STATE // 8] == 0
+    assert words[_shared.STATE // 8 + _shared.STATE_OPENED_NS] == 0
+    assert words[_shared.TICKETS // 8] == 0
+    assert words[(_shared.PROCS + 64) // 8] in (0, os.getpid())
+    assert words[_shared.LIMITS // 8 + _shared.LIMIT_MAX_CONCURRENT] == 3  # the settings stay
+    words.release()
+    assert _shared.read_name(again.path) == "boot"
+
+
+def test_the_directory_holds_at_most_max_circuits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fasthystrix._core._config import get_defaults
+
+    monkeypatch.setattr(_shared, "MAX_CIRCUITS", 3)
+    for name in ("a", "b", "c"):
+        _shared.SharedCircuitFile(name, _impl.current().name, get_defaults(), tmp_path)
+    with pytest.raises(_shared.SharedStateError, match=r"already holds 3 shared circuits"):
+        _shared.SharedCircuitFile("d", _impl.current().name, get_defaults(), tmp_path)
+    assert len(_shared.circuit_files(tmp_path)) == 3  # nothing created
+    _shared.SharedCircuitFile("a", _impl.current().name, get_defaults(), tmp_path)  # existing names still open

@@ -117,6 +117,20 @@ within this (plus one check's time), well under 1 s."""
 
 _HEADER = struct.Struct("<8sqqqq")  # magic, layout version, implementation, size, name length
 _Q = struct.Struct("<q")
+BOOT = HEADER + _HEADER.size  # the boot the file's times and pids belong to (see _boot_id)
+
+
+def _boot_id() -> int:
+    """This boot of the machine, as a number: monotonic times and pids mean nothing across a
+    reboot, and a file on disk may outlive one (Linux: the kernel's boot id; 0 elsewhere)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            return int.from_bytes(hashlib.sha256(f.read().strip()).digest()[:7], "little")
+    except OSError:
+        return 0
+
+
+_BOOT_ID = _boot_id()
 
 _lock = threading.Lock()
 _dir: Path | None = None
@@ -311,6 +325,8 @@ class SharedCircuitFile:
                     self._initialize(encoded, settings)
                 else:
                     self._validate(encoded)
+                    if _Q.unpack_from(self.map, BOOT)[0] != _BOOT_ID:
+                        self._forget_last_boot()
                 self._claim_slot()
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
@@ -331,8 +347,22 @@ class SharedCircuitFile:
         for i in range(4):
             words[stamps + i] = -1
         words.release()
+        _Q.pack_into(m, BOOT, _BOOT_ID)
         # The header last: a file whose magic is there is complete.
         _HEADER.pack_into(m, HEADER, MAGIC, LAYOUT_VERSION, IMPL_CODES[self.impl], SIZE, len(encoded))
+
+    def _forget_last_boot(self) -> None:
+        """The file was written before the machine rebooted: its times (window, opening, trial)
+        and its process slots belong to clocks and pids of that boot. Keep the name and the
+        settings, start everything else afresh (no process of that boot can still use it)."""
+        m = self.map
+        m[STATE:SIZE] = bytes(SIZE - STATE)
+        words = memoryview(m).cast("q")
+        stamps = (WINDOW + 8 * (110 + 4 + 24)) // 8
+        for i in range(4):
+            words[stamps + i] = -1
+        words.release()
+        _Q.pack_into(m, BOOT, _BOOT_ID)
 
     def _validate(self, encoded: bytes) -> None:
         magic, version, impl, size, length = _HEADER.unpack_from(self.map, HEADER)
