@@ -108,8 +108,9 @@ PROC_PID = 0
 PROC_START = 1
 PROC_TICKETS = 2
 
-MAX_CIRCUITS = 4096
-"""Circuit files a shared directory may hold; a new name past it raises :class:`SharedStateError`."""
+MAX_CIRCUITS = 1024
+"""Circuit files a shared directory may hold (at most 1024 x 55 KiB = 55 MiB of shared memory);
+a new name past it raises :class:`SharedStateError`."""
 
 REAP_INTERVAL = 0.25
 """Seconds between two checks for dead processes: a killed worker's tickets and trial come back
@@ -221,6 +222,13 @@ def circuit_files(directory: Path | None = None) -> list[Path]:
         return []
 
 
+def _count_files(directory: Path) -> int:
+    try:
+        return sum(1 for name in os.listdir(directory) if name.endswith(SUFFIX))
+    except FileNotFoundError:
+        return 0
+
+
 def read_name(path: Path) -> str | None:
     """The command name a circuit file holds, or ``None`` if it is not one of ours (yet)."""
     try:
@@ -292,7 +300,7 @@ class SharedCircuitFile:
         self.path = directory / file_name(name)
         self.slot = -1
         flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-        if not self.path.exists() and len(circuit_files(directory)) >= MAX_CIRCUITS:
+        if not self.path.exists() and _count_files(directory) >= MAX_CIRCUITS:
             raise SharedStateError(
                 f"{str(directory)!r} already holds {MAX_CIRCUITS} shared circuits (MAX_CIRCUITS): "
                 f"cannot add {name[:80]!r}; clear the directory when the server starts"
@@ -420,16 +428,26 @@ class SharedCircuitFile:
         finally:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
 
-    def dead_slots(self) -> Iterator[int]:
-        """Slots claimed by processes that no longer run."""
+    def dead_slots(self, alive: dict[tuple[int, int], bool] | None = None) -> Iterator[int]:
+        """Slots claimed by processes that no longer run (``alive``: verdicts already made this
+        round, by ``(pid, start)``, so that each process is checked once however many files)."""
         me = os.getpid()
+        words = _PIDS.unpack_from(self.map, PROCS)
         for slot in range(MAX_PROCESSES):
-            (pid,) = _Q.unpack_from(self.map, self._proc_word(slot, PROC_PID))
+            pid, start = words[2 * slot], words[2 * slot + 1]
             if pid == 0 or pid == me:
                 continue
-            (start,) = _Q.unpack_from(self.map, self._proc_word(slot, PROC_START))
-            if not process_alive(pid, start):
+            verdict = None if alive is None else alive.get((pid, start))
+            if verdict is None:
+                verdict = process_alive(pid, start)
+                if alive is not None:
+                    alive[(pid, start)] = verdict
+            if not verdict:
                 yield slot
+
+    def busy(self) -> bool:
+        """Whether a dead process could hold something here: tickets in use, or the circuit open."""
+        return bool(_Q.unpack_from(self.map, TICKETS)[0] or _Q.unpack_from(self.map, STATE)[0])
 
     def free_slot(self, slot: int, pid_seen: int | None = None) -> None:
         """Give a dead process' slot back (after its tickets were reclaimed)."""
@@ -527,26 +545,33 @@ def register(circuit: Any) -> None:
             _reaper.start()
 
 
-def reap_once() -> int:
-    """Give back the tickets and trials of every dead process in this process' circuits; how many slots."""
+def reap_once(full: bool = True) -> int:
+    """Give back the tickets and trials of every dead process in this process' circuits, and free
+    their slots; how many slots. ``full=False`` looks only at circuits with tickets in use or
+    open (where a dead process can hold something back), so a round over thousands of idle
+    circuits costs a few loads each."""
     import fcntl
 
     reclaimed = 0
+    alive: dict[tuple[int, int], bool] = {}
+    seen: set[Path] = set()
     for circuit in list(_mapped):
         shared = circuit._shared
-        if shared is None:
+        if shared is None or shared.path in seen:
             continue
+        seen.add(shared.path)
         try:
-            dead = list(shared.dead_slots())
+            if not full and not shared.busy():
+                continue
+            dead = list(shared.dead_slots(alive))
             if not dead:
                 continue
             fcntl.flock(shared.fd, fcntl.LOCK_EX)
             try:
-                for slot in dead:
-                    if slot in set(shared.dead_slots()):
-                        circuit._reclaim_slot(slot)
-                        shared.free_slot(slot)
-                        reclaimed += 1
+                for slot in set(dead) & set(shared.dead_slots()):  # again, under the file lock
+                    circuit._reclaim_slot(slot)
+                    shared.free_slot(slot)
+                    reclaimed += 1
             finally:
                 fcntl.flock(shared.fd, fcntl.LOCK_UN)
         except OSError as exc:
@@ -555,6 +580,12 @@ def reap_once() -> int:
 
                 logger.warning("fasthystrix reaper: %s: %s", shared.path, exc)
     return reclaimed
+
+
+# Every FULL_ROUNDS rounds the reaper looks at every circuit, idle ones included (to free the
+# slots of processes that died without holding anything).
+FULL_ROUNDS = 20
+_PIDS = struct.Struct("<" + "qq48x" * MAX_PROCESSES)  # (pid, start) of each process slot
 
 
 def stop_reaper() -> None:
@@ -573,13 +604,15 @@ _reaper_stop = threading.Event()
 
 
 def _reap_forever() -> None:
+    rounds = 0
     while not _reaper_stop.is_set():
         _reaper_wake.wait(REAP_INTERVAL)
         _reaper_wake.clear()
         if _reaper_stop.is_set():
             return
+        rounds += 1
         try:
-            reap_once()
+            reap_once(full=rounds % FULL_ROUNDS == 0)
         except Exception:  # never let the reaper die: the next round may succeed
             from ._log import logger
 
