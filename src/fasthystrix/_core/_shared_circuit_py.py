@@ -14,8 +14,10 @@ exclude the threads of one process), then a record lock (``lockf``) on one byte 
 the file (``STATE_LOCK``'s), which excludes the other processes. Record locks are
 per process, so a forked child never inherits its parent's, and they go when the
 process dies, so a killed worker never leaves the circuit locked. They are also
-dropped when the process closes any descriptor of the file: only the
-``SharedCircuitFile``'s own descriptor is ever opened. The reaper takes the file's
+dropped when the process closes any descriptor of the file: a ``SharedCircuitFile``
+keeps its descriptor open for the process's life, and nothing else in a process
+that maps the file may open and close it (``_shared.read_name`` does: it is only
+for files this process has not mapped). The reaper takes the file's
 ``flock`` (another kind of lock, which does not conflict with record locks) and then
 the host lock; nothing takes them in the other order.
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import weakref
 from typing import Any
 
 from . import _shared
@@ -34,7 +37,7 @@ from ._circuit_py import CircuitBreaker
 from ._config import Settings
 from ._shared_rolling_py import SharedRollingMetrics
 
-__all__ = ["HostLock", "SharedCircuitBreaker", "SharedTicketPool", "attach"]
+__all__ = ["HostLock", "SharedCircuitBreaker", "SharedTicketPool", "attach", "host_lock"]
 
 # Word indices (int64) into the whole file.
 _LIMITS = _shared.LIMITS // 8
@@ -67,13 +70,16 @@ class HostLock:
 
     Reentrant because a ticket goes back both under the circuit's lock and
     without it, and a record lock is per process: the first ``__enter__`` of the
-    outermost holder takes it, the matching ``__exit__`` releases it.
+    outermost holder takes it, the matching ``__exit__`` releases it. For the same
+    reason every circuit object of one file in a process (a circuit and the one
+    that replaces it after ``flush()``) shares one ``HostLock`` (see :func:`host_lock`).
     """
 
-    __slots__ = ("_depth", "_fd", "_local", "_pid")
+    __slots__ = ("__weakref__", "_depth", "_file", "_local", "_pid")
 
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
+    def __init__(self, shared: _shared.SharedCircuitFile) -> None:
+        # The file object, not just its descriptor: the descriptor stays open while the lock exists.
+        self._file = shared
         self._local = threading.RLock()
         self._depth = 0  # nesting of the thread holding _local
         self._pid = os.getpid()
@@ -82,7 +88,7 @@ class HostLock:
         self._local.acquire()
         if self._depth == 0:
             try:
-                fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, _LOCK_BYTE, os.SEEK_SET)
+                fcntl.lockf(self._file.fd, fcntl.LOCK_EX, 1, _LOCK_BYTE, os.SEEK_SET)
             except BaseException:
                 self._local.release()
                 raise
@@ -92,7 +98,7 @@ class HostLock:
         self._depth -= 1
         try:
             if self._depth == 0:
-                fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, _LOCK_BYTE, os.SEEK_SET)
+                fcntl.lockf(self._file.fd, fcntl.LOCK_UN, 1, _LOCK_BYTE, os.SEEK_SET)
         finally:
             self._local.release()
 
@@ -105,6 +111,31 @@ class HostLock:
             self._pid = os.getpid()
 
 
+# One HostLock per file (device, inode) in this process.
+_host_locks: weakref.WeakValueDictionary[tuple[int, int], HostLock] = weakref.WeakValueDictionary()
+_host_locks_lock = threading.Lock()
+
+
+def host_lock(shared: _shared.SharedCircuitFile) -> HostLock:
+    """The lock of ``shared``'s file in this process, made on first use."""
+    info = os.fstat(shared.fd)
+    key = (info.st_dev, info.st_ino)
+    with _host_locks_lock:
+        lock = _host_locks.get(key)
+        if lock is None:
+            lock = _host_locks[key] = HostLock(shared)
+        return lock
+
+
+def _after_fork_in_child() -> None:
+    global _host_locks_lock
+    _host_locks_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class _Host:
     """A shared circuit's view of its file: the words, the lock, the settings read last."""
 
@@ -113,7 +144,7 @@ class _Host:
     def __init__(self, shared: _shared.SharedCircuitFile) -> None:
         self.shared = shared
         self.words = memoryview(shared.map).cast("q")
-        self.lock = HostLock(shared.fd)
+        self.lock = host_lock(shared)
         self.proc_tickets = _proc_tickets(shared.slot)
         self.version = -1
         self.settings: Settings | None = None
