@@ -152,6 +152,42 @@ class Ops:
             thread.join(WAIT)
         return n * threads
 
+    def open(self, name: str) -> str:
+        """Open (attach) the circuit of ``name`` too."""
+        return str(open_circuit(name).name)
+
+    def hold_lock(self, name: str) -> bool:
+        """A thread holds circuit ``name``'s lock until the test's ``release`` event; returns once it does."""
+        circuit = open_circuit(name)
+        held = threading.Event()
+
+        def hold() -> None:
+            with circuit._lock:
+                held.set()
+                self.extras["release"].wait(WAIT)
+
+        threading.Thread(target=hold, daemon=True).start()
+        return held.wait(WAIT)
+
+    def take_lock(self, name: str) -> None:
+        """A thread takes and releases circuit ``name``'s lock (see :meth:`take_lock_result`)."""
+        circuit = open_circuit(name)
+
+        def take() -> None:
+            try:
+                with circuit._lock:
+                    pass
+            except BaseException as exc:
+                self.outcomes.append(repr(exc))
+            else:
+                self.outcomes.append("ok")
+
+        self.threads = [threading.Thread(target=take, daemon=True)]
+        self.threads[0].start()
+
+    def take_lock_result(self) -> list[str]:
+        return self.join_threads()
+
     def start_threads(self, outcome: str, n: int) -> int:
         """Start ``n`` threads that each make one call (see :meth:`join_threads`)."""
 

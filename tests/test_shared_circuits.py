@@ -19,6 +19,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -281,6 +282,34 @@ def test_the_host_lock_excludes_other_processes_and_threads(start_workers: Start
     assert sum(worker.reply() for worker in workers) == counter.value == 4 * 300 * 2
 
 
+def _blocked_lock_waiters(pid: int) -> int:
+    """Record lock requests of process ``pid`` waiting now (``/proc/locks`` lines with ``->``)."""
+    lines = Path("/proc/locks").read_text().splitlines()
+    return sum(1 for line in lines if "->" in line and line.split()[5] == str(pid))
+
+
+@pytest.mark.skipif(IMPLEMENTATION != "pure", reason="the pure twin's host lock (the compiled one uses atomics)")
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs /proc/locks to see a blocked lock request")
+def test_the_host_lock_survives_a_deadlock_the_kernel_only_thinks_it_sees(start_workers: StartWorkers) -> None:
+    """Record locks belong to processes, not threads, so the kernel reports a cycle (EDEADLK) where
+    two threads of one process hold one circuit and wait for another: it is none, and the lock waits."""
+    configure("x")
+    configure("y")
+    release = SPAWN.Event()
+    p, q = start_workers(2, "x", release=release)
+    assert p.call("open", "y") == q.call("open", "y") == "y"
+    try:
+        assert p.call("hold_lock", "x")
+        assert q.call("hold_lock", "y")
+        p.call("take_lock", "y")  # waits for q
+        wait_until(lambda: _blocked_lock_waiters(p.process.pid) == 1, "p waiting for y's lock")
+        q.call("take_lock", "x")  # waits for p: the kernel sees p and q each wait for the other
+    finally:
+        release.set()  # the holders let go: both waiters get their lock
+    assert p.call("take_lock_result") == ["ok"]
+    assert q.call("take_lock_result") == ["ok"]
+
+
 def test_tickets_are_host_wide(start_workers: StartWorkers) -> None:
     name = "tickets"
     limit = 3
@@ -398,7 +427,31 @@ def test_force_open_and_reset_are_host_wide(start_workers: StartWorkers) -> None
     assert worker.call("calls", ["ok"]) == ["ran"]
 
 
-# -- one process: the window, fork ---------------------------------------------------------------
+# -- one process: isolation, the window, fork --------------------------------------------------------
+
+
+def test_thread_isolation_and_go_use_the_host_wide_circuit(shared_dir: Path) -> None:
+    fasthystrix.configure_command("threaded", {"isolation": "thread", "timeout": 30_000})
+    circuit = open_circuit("threaded")
+    caller = threading.current_thread().name
+    assert fasthystrix.do("threaded", lambda: threading.current_thread().name) != caller
+    assert do("threaded", "fail") == "fallback:ValueError"
+    assert fasthystrix.go("threaded", lambda: 42).result(WAIT) == 42
+    counts = snapshot_counts(circuit.metrics())
+    assert (counts["successes"], counts["failures"], counts["executed"]) == (2, 1, 3)
+    wait_until(lambda: circuit.tickets_in_use == 0, "every ticket back")
+
+
+def test_reset_state_closes_and_empties_a_private_circuit(clock: FakeClock) -> None:
+    configure("private-reset", request_volume_threshold=1)
+    assert do("private-reset", "fail") == "fallback:ValueError"
+    circuit = fasthystrix.get_circuit("private-reset")[0]
+    assert circuit._shared is None
+    assert circuit.is_open()
+    circuit.force_open = True
+    circuit._reset_state()
+    assert (circuit.state(), circuit.force_open, circuit.metrics().requests) == ("closed", False, 0)
+    assert do("private-reset", "ok") == "ran"
 
 
 def test_the_shared_window_counts_as_a_private_one(shared_dir: Path, clock: FakeClock) -> None:

@@ -273,7 +273,7 @@ class CircuitBreaker:
     def _attach_slot(self) -> None:
         """In a forked child: count this process's tickets in its own slot of the shared file."""
         if self._host is not None:
-            self._host.attach_slot()
+            self._host.attach_slot(self)
 
     def _reclaim_slot(self, slot: int) -> None:
         """The process of ``slot`` died: give its tickets back and free its trial (file lock held)."""

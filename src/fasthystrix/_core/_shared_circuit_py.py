@@ -26,9 +26,11 @@ A shared circuit never takes the lock-free path of ``_gate``: its gate stays clo
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import threading
+import time
 import weakref
 from typing import Any
 
@@ -52,6 +54,10 @@ _TICKETS = _shared.TICKETS // 8
 # The state word's bits, as the compiled twin's (_circuit.pxd).
 _OPEN = 1
 _FORCED = 2
+
+# Seconds between two tries of a record lock the kernel refused as a deadlock (see HostLock._lock_file).
+_FIRST_PAUSE = 0.00005
+_LAST_PAUSE = 0.002
 
 # No process slot: the trial slot of a circuit whose current trial (if any) has reported.
 _NO_SLOT = -1
@@ -88,11 +94,27 @@ class HostLock:
         self._local.acquire()
         if self._depth == 0:
             try:
-                fcntl.lockf(self._file.fd, fcntl.LOCK_EX, 1, _LOCK_BYTE, os.SEEK_SET)
+                self._lock_file()
             except BaseException:
                 self._local.release()
                 raise
         self._depth += 1
+
+    def _lock_file(self) -> None:
+        fd = self._file.fd
+        pause = _FIRST_PAUSE
+        while True:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX, 1, _LOCK_BYTE, os.SEEK_SET)
+                return
+            except OSError as exc:
+                if exc.errno != errno.EDEADLK:
+                    raise
+            # The kernel sees a cycle of processes, not of threads: this process's thread that holds
+            # another circuit's lock while one of its threads waits is not waiting for us, and lets go
+            # (no thread ever holds two circuits' locks). So there is no deadlock: try again shortly.
+            time.sleep(pause)
+            pause = min(pause * 2, _LAST_PAUSE)
 
     def __exit__(self, *exc_info: object) -> None:
         self._depth -= 1
@@ -139,7 +161,7 @@ if hasattr(os, "register_at_fork"):
 class _Host:
     """A shared circuit's view of its file: the words, the lock, the settings read last."""
 
-    __slots__ = ("lock", "proc_tickets", "settings", "shared", "version", "words")
+    __slots__ = ("lock", "pool", "proc_tickets", "settings", "shared", "version", "window", "words")
 
     def __init__(self, shared: _shared.SharedCircuitFile) -> None:
         self.shared = shared
@@ -148,6 +170,21 @@ class _Host:
         self.proc_tickets = _proc_tickets(shared.slot)
         self.version = -1
         self.settings: Settings | None = None
+        self.window = SharedRollingMetrics(shared.map)
+        self.pool = SharedTicketPool(self)
+
+    def install(self, circuit: CircuitBreaker) -> None:
+        """Point ``circuit`` and its default collector at the file: its lock, window and tickets."""
+        default = circuit._default
+        default._rolling = self.window
+        default._lock = self.lock
+        circuit._metrics = self.window
+        circuit._pending = self.window._pending
+        circuit._admits = self.window._admits
+        circuit._tickets = self.pool  # type: ignore[assignment]
+        circuit._lock = self.lock
+        circuit._host = self
+        circuit._shared = self.shared
 
     def read_settings(self) -> Settings:
         """The file's settings, rebuilt if another writer changed them since the last read."""
@@ -166,17 +203,20 @@ class _Host:
             self.version = self.words[_VERSION]
             self.settings = settings
 
-    def attach_slot(self) -> None:
+    def attach_slot(self, circuit: CircuitBreaker) -> None:
+        """In a forked child (after ``shared.reclaim_after_fork()``): this process's own slot and lock."""
         self.lock.after_fork()
         self.proc_tickets = _proc_tickets(self.shared.slot)
+        # Whatever else the fork hooks renewed in the circuit, its state stays the file's.
+        self.install(circuit)
 
     def reclaim_slot(self, circuit: CircuitBreaker, slot: int) -> None:
         words = self.words
         with self.lock:
             held = _proc_tickets(slot)
-            if words[held]:
+            if words[held] > 0:
                 words[_TICKETS] = max(words[_TICKETS] - words[held], 0)
-                words[held] = 0
+            words[held] = 0
             if words[_STATE_WORD] & _OPEN and words[_TRIAL_SLOT] == slot:
                 # Its trial will never report: let the next call take a trial now.
                 words[_OPENED_NS] = circuit._clock() - words[_SLEEP_WINDOW] - 1
@@ -311,23 +351,12 @@ def attach(circuit: CircuitBreaker, shared: _shared.SharedCircuitFile, configure
     if shared.slot < 0:
         raise RuntimeError(f"no process slot claimed in {str(shared.path)!r}")
     host = _Host(shared)
-    with host.lock:
-        if configured is not None:
-            host.write_settings(configured)
-        else:
-            host.read_settings()
-    window = SharedRollingMetrics(shared.map)
-    default = circuit._default
-    with circuit._lock:  # the private lock: nothing else should hold it, the circuit is unused
-        default._rolling = window
-        default._lock = host.lock
-        circuit._metrics = window
-        circuit._pending = window._pending
-        circuit._admits = window._admits
-        circuit._tickets = SharedTicketPool(host)  # type: ignore[assignment]
-        circuit._host = host
-        circuit._shared = shared
+    if configured is not None:
+        host.write_settings(configured)
+    else:
+        host.read_settings()
+    with circuit._lock:  # the private lock (nothing else should hold it: the circuit is unused)
+        host.install(circuit)
         # From here on the properties of SharedCircuitBreaker hold the state (see its __slots__).
         circuit.__class__ = SharedCircuitBreaker
-    circuit._lock = host.lock
     _shared.register(circuit)
