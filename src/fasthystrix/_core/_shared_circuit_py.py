@@ -19,7 +19,10 @@ keeps its descriptor open for the process's life, and nothing else in a process
 that maps the file may open and close it (``_shared.read_name`` does: it is only
 for files this process has not mapped). The reaper takes the file's
 ``flock`` (another kind of lock, which does not conflict with record locks) and then
-the host lock; nothing takes them in the other order.
+the host lock; nothing takes them in the other order. Because record locks belong to
+processes, the kernel may refuse one as a deadlock that is none (``EDEADLK``: two
+processes each hold one circuit while another of their threads waits for the other
+circuit); :class:`HostLock` tries again.
 
 A shared circuit never takes the lock-free path of ``_gate``: its gate stays closed.
 """
@@ -110,9 +113,10 @@ class HostLock:
             except OSError as exc:
                 if exc.errno != errno.EDEADLK:
                     raise
-            # The kernel sees a cycle of processes, not of threads: this process's thread that holds
-            # another circuit's lock while one of its threads waits is not waiting for us, and lets go
-            # (no thread ever holds two circuits' locks). So there is no deadlock: try again shortly.
+            # The kernel tracks record locks per process, so it sees a cycle where there is none: a
+            # thread of this process holds another circuit's lock while this thread waits, and that
+            # holder never waits for anyone (no thread holds two circuits' locks at once): it will
+            # let go. Try again shortly.
             time.sleep(pause)
             pause = min(pause * 2, _LAST_PAUSE)
 
