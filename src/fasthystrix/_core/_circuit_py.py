@@ -138,12 +138,14 @@ class CircuitBreaker:
         "_episode",
         "_force_open",
         "_held",
+        "_host",
         "_lock",
         "_metrics",
         "_open",
         "_opened_ns",
         "_pending",
         "_settings_obj",
+        "_shared",
         "_tickets",
         "_workers",
         "name",
@@ -170,6 +172,9 @@ class CircuitBreaker:
         self._episode = 0
         self._tickets = TicketPool()
         self._workers: Any = None
+        # The shared circuit file this circuit lives in (see _attach), and its view of that file.
+        self._shared: Any = None
+        self._host: Any = None
         # The lists the lock-free path appends to, loaded from here with one attribute read.
         self._held = self._tickets._held
         self._pending = self._metrics._pending
@@ -251,6 +256,40 @@ class CircuitBreaker:
         """A snapshot of the rolling window: counts, error percent, tickets, latencies."""
         snapshot: MetricsSnapshot = self._default.snapshot(self._tickets.in_use, self._clock())
         return snapshot
+
+    # -- host-wide circuits (see _shared and _shared_circuit_py) ----------------------------
+
+    def _attach(self, shared: Any, configured: Any) -> None:
+        """Keep this new, unused circuit in ``shared`` (a ``_shared.SharedCircuitFile``) from now on.
+
+        Its settings, state, tickets and rolling window then live in the file, one
+        circuit for every process that maps it. ``configured`` settings (if not
+        ``None``) are written to the file, else the file's are adopted.
+        """
+        from ._shared_circuit_py import attach
+
+        attach(self, shared, configured)
+
+    def _attach_slot(self) -> None:
+        """In a forked child: count this process's tickets in its own slot of the shared file."""
+        if self._host is not None:
+            self._host.attach_slot(self)
+
+    def _reclaim_slot(self, slot: int) -> None:
+        """The process of ``slot`` died: give its tickets back and free its trial (file lock held)."""
+        if self._host is not None:
+            self._host.reclaim_slot(self, slot)
+
+    def _reset_state(self) -> None:
+        """Close the circuit, clear ``force_open`` and empty the window (host-wide when shared).
+
+        Tickets in use are left alone: their commands still run and give them back.
+        """
+        with self._lock:
+            self._open = False
+            self._force_open = False
+            self._metrics.reset()
+            self._open_gate_locked()
 
     # -- state machine (lock held) ----------------------------------------------------
 
