@@ -3,10 +3,11 @@ and loading the examples."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +99,25 @@ KNOWN = {
     "fallback-success": 4,
     "fallback-failure": 1,
 }
+
+
+@contextlib.contextmanager
+def sharing(directory: Path) -> Iterator[Path]:
+    """Circuits shared through ``directory`` for the block (then as before: unshared, or the
+    directory FASTHYSTRIX_TEST_SHARED gave this test)."""
+    from fasthystrix import _registry
+    from fasthystrix._core import _shared
+
+    before = _shared.shared_dir()
+    fasthystrix.flush()
+    _shared._unshare()
+    fasthystrix.share_circuits(directory)
+    try:
+        yield directory
+    finally:
+        fasthystrix.flush()
+        _shared._unshare()
+        _registry._files.clear()
+        _registry._holders.clear()
+        if before is not None:
+            fasthystrix.share_circuits(before)

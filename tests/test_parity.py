@@ -54,7 +54,18 @@ def test_classes_have_the_same_public_methods_and_signatures(compiled: str, pure
             continue
         compiled_cls = getattr(c, name)
         pure_methods = {n for n in _public(pure_cls) if callable(getattr(pure_cls, n)) and not n.startswith("_")}
-        pure_methods |= {"_acquire", "_release", "_report", "_finish", "_after_fork_in_child"} & _public(pure_cls)
+        pure_methods |= {
+            "_acquire",
+            "_release",
+            "_report",
+            "_finish",
+            "_after_fork_in_child",
+            # The shared-circuit contract (_core/_shared.py and the registry call these).
+            "_attach",
+            "_attach_slot",
+            "_reclaim_slot",
+            "_reset_state",
+        } & _public(pure_cls)
         for method in sorted(pure_methods):
             assert hasattr(compiled_cls, method), f"{name}.{method}"
             assert _params(getattr(compiled_cls, method))[:1] == ["self"]

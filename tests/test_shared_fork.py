@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 import fasthystrix
-from fasthystrix import _impl, _registry
-from fasthystrix._core import _shared
-from support import WAIT
+from fasthystrix import _impl
+from support import WAIT, sharing
 
 pytestmark = [
     pytest.mark.skipif(sys.platform == "win32", reason="no fork"),
@@ -29,17 +28,8 @@ pytestmark = [
 
 @pytest.fixture
 def shared(tmp_path: Path) -> Iterator[Path]:
-    before = _shared.shared_dir()
-    fasthystrix.flush()
-    _shared._unshare()
-    fasthystrix.share_circuits(tmp_path / "circuits")
-    yield tmp_path / "circuits"
-    fasthystrix.flush()
-    _shared._unshare()
-    _registry._files.clear()
-    _registry._holders.clear()
-    if before is not None:
-        fasthystrix.share_circuits(before)
+    with sharing(tmp_path / "circuits") as directory:
+        yield directory
 
 
 def _wait_child(pid: int) -> int:

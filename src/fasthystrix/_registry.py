@@ -273,6 +273,10 @@ def _before_fork() -> None:
     _lock.acquire()
     _held_across_fork.clear()
     for circuit in list(_circuits.values()):
+        if circuit._shared is not None:
+            # Its state is in the shared file, which the parent's threads go on updating (each
+            # change under the file's lock): nothing of it is left half-done in the child.
+            continue
         circuit._lock.acquire()
         _held_across_fork.append(circuit)  # only once held: the handlers after release these
 
@@ -317,6 +321,9 @@ def _after_fork_in_child() -> None:
         clock = _clock.get_clock()
         if isinstance(clock, _clock.ManualClock):
             clock._lock = threading.Lock()
+        # Shared circuits: a process slot of the child's own in each file, and its own reaper
+        # (after the circuits above reset what is private to them).
+        _shared._after_fork_in_child()
         # Last: its thread calls back into the commands, the circuits and their pools.
         timer.resume()
     finally:

@@ -84,57 +84,6 @@ static inline void fh_pause(void) { }
 static inline void fh_yield(void) { sched_yield(); }
 #endif
 
-/* A spinlock for the rare multi-field transitions (bucket expiry, opening and
- * closing the circuit). Holders never call into Python, so a waiter only ever
- * waits for a few hundred instructions; it yields the CPU if it waits longer.
- *
- * The lock word holds the holder's pid, because a shared circuit's lock lives in a file
- * that several processes map: if a process is killed inside its few hundred instructions,
- * a waiter that has yielded for long finds its holder gone (kill(pid, 0) fails with ESRCH)
- * and takes the lock over instead of waiting forever. A live holder is always waited for.
- * fh_self_pid is per compilation unit: each module sets it at import (fh_pid_init) and
- * again in a forked child. */
-#if defined(_WIN32)
-static int64_t fh_self_pid = 1;
-static inline void fh_pid_init(void) { fh_self_pid = (int64_t)GetCurrentProcessId(); }
-static inline int fh_holder_gone(int64_t holder) { (void)holder; return 0; }
-#else
-#include <errno.h>
-#include <pthread.h>
-#include <signal.h>
-#include <sys/types.h>
-#include <unistd.h>
-static int64_t fh_self_pid = 1;
-static inline void fh_pid_refresh(void) { fh_store_relaxed(&fh_self_pid, (int64_t)getpid()); }
-static inline void fh_pid_init(void) {
-    fh_pid_refresh();
-    (void)pthread_atfork(NULL, NULL, fh_pid_refresh);
-}
-static inline int fh_holder_gone(int64_t holder) {
-    return holder != fh_load_relaxed(&fh_self_pid) && holder > 0
-        && kill((pid_t)holder, 0) == -1 && errno == ESRCH;
-}
-#endif
-
-static inline void fh_spin_lock(int64_t *lock) {
-    int spins = 0, yields = 0;
-    int64_t me = fh_load_relaxed(&fh_self_pid);
-    for (;;) {
-        int64_t expected = 0;
-        if (fh_load_relaxed(lock) == 0 && fh_cas_acq_rel(lock, &expected, me)) return;
-        if (++spins < 64) { fh_pause(); continue; }
-        fh_yield();
-        spins = 0;
-        if (++yields >= 4096) {
-            /* Held for thousands of yields: by a process that died holding it? */
-            int64_t holder = fh_load_relaxed(lock);
-            yields = 0;
-            if (holder != 0 && fh_holder_gone(holder) && fh_cas_acq_rel(lock, &holder, me)) return;
-        }
-    }
-}
-static inline void fh_spin_unlock(int64_t *lock) { fh_store_release(lock, 0); }
-
 /* The monotonic clock, in nanoseconds, read the way CPython's time.monotonic_ns() reads it on
  * each platform, so that times taken in C and in Python code compare: CLOCK_MONOTONIC on Linux
  * and the BSDs, CLOCK_UPTIME_RAW (mach_absolute_time) on macOS, QueryPerformanceCounter on
@@ -167,5 +116,64 @@ static inline int64_t fh_monotonic_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 #endif
+
+/* A spinlock for the rare multi-field transitions (bucket expiry, opening and
+ * closing the circuit). Holders never call into Python, so a waiter only ever
+ * waits for a few hundred instructions; it yields the CPU if it waits longer.
+ *
+ * The lock word holds the holder's pid, because a shared circuit's lock lives in a file
+ * that several processes map: if a process is killed inside its few hundred instructions,
+ * a waiter that has yielded for long finds its holder gone (kill(pid, 0) fails with ESRCH)
+ * and takes the lock over instead of waiting forever. So does a waiter that finds a word no
+ * process can hold (not a pid: a corrupt file), and one that has waited FH_LOCK_STEAL_NS for
+ * a live holder: holders run a few hundred instructions, so only a holder stopped (SIGSTOP,
+ * a debugger) inside them holds on that long, and a stopped worker must not stop the others.
+ * fh_self_pid is per compilation unit: each module sets it at import (fh_pid_init) and
+ * again in a forked child. */
+#define FH_LOCK_STEAL_NS 1000000000
+#if defined(_WIN32)
+static int64_t fh_self_pid = 1;
+static inline void fh_pid_init(void) { fh_self_pid = (int64_t)GetCurrentProcessId(); }
+static inline int fh_holder_gone(int64_t holder) { return holder <= 0 || holder > 0xffffffffLL; }
+#else
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/types.h>
+#include <unistd.h>
+static int64_t fh_self_pid = 1;
+static inline void fh_pid_refresh(void) { fh_store_relaxed(&fh_self_pid, (int64_t)getpid()); }
+static inline void fh_pid_init(void) {
+    fh_pid_refresh();
+    (void)pthread_atfork(NULL, NULL, fh_pid_refresh);
+}
+static inline int fh_holder_gone(int64_t holder) {
+    if (holder <= 0 || holder > INT32_MAX) return 1;  /* no process has that pid: a corrupt word */
+    return holder != fh_load_relaxed(&fh_self_pid) && kill((pid_t)holder, 0) == -1 && errno == ESRCH;
+}
+#endif
+
+static inline void fh_spin_lock(int64_t *lock) {
+    int spins = 0, yields = 0;
+    int64_t me = fh_load_relaxed(&fh_self_pid), since = -1;
+    for (;;) {
+        int64_t expected = 0;
+        if (fh_load_relaxed(lock) == 0 && fh_cas_acq_rel(lock, &expected, me)) return;
+        if (++spins < 64) { fh_pause(); continue; }
+        fh_yield();
+        spins = 0;
+        if (++yields >= 1024) {
+            /* Held for a thousand yields: by a process that died holding it, a corrupt word,
+             * or a stopped holder? */
+            int64_t holder = fh_load_relaxed(lock), now = fh_monotonic_ns();
+            yields = 0;
+            if (since < 0) since = now;
+            if (holder != 0 && (fh_holder_gone(holder) || now - since > FH_LOCK_STEAL_NS)
+                    && fh_cas_acq_rel(lock, &holder, me))
+                return;
+        }
+    }
+}
+static inline void fh_spin_unlock(int64_t *lock) { fh_store_release(lock, 0); }
 
 #endif /* FASTHYSTRIX_ATOMIC_H */

@@ -464,6 +464,7 @@ cdef class CircuitBreaker:
         # under this lock, and totals read before that reset must not trip it again.
         if self.st.state_word == 0 and self.unhealthy(now):
             fh_store_relaxed(&self.st.opened_ns, now)
+            fh_store_relaxed(&self.st.trial_slot, 0)  # a new episode: no trial yet
             fh_store_relaxed(&self.st.episode, self.st.episode + 1)
             fh_store_release(&self.st.state_word, STATE_OPEN)
             tripped = True

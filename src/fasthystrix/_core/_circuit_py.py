@@ -632,7 +632,12 @@ class CircuitBreaker:
         return self._ended(value, None, start, end, timeout_at, verdict, fallback, ctx, True)
 
     def _after_fork_in_child(self) -> None:
-        """In a forked child, before any other thread runs: no ticket held (see the pool's)."""
+        """In a forked child, before any other thread runs: no ticket held (see the pool's).
+
+        A shared circuit's tickets are the host's: ``_shared``'s fork handler gives the child a
+        process slot of its own instead (``_attach_slot``)."""
+        if self._shared is not None:
+            return
         self._tickets._after_fork_in_child()
         self._held = self._tickets._held
 

@@ -259,8 +259,8 @@ def _start_time(pid: int) -> int:
 
 def process_alive(pid: int, start: int) -> bool:
     """Whether the process that claimed a slot as ``(pid, start)`` still runs (a zombie does not)."""
-    if pid <= 0:
-        return False
+    if not 0 < pid < 2**31:
+        return False  # no process has that pid: a corrupt slot
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -280,6 +280,31 @@ def process_alive(pid: int, start: int) -> bool:
     return not (start and len(fields) > 19 and int(fields[19]) != start)
 
 
+class _FileLock:
+    __slots__ = ("shared",)
+
+    def __init__(self, shared: SharedCircuitFile) -> None:
+        self.shared = shared
+
+    def __enter__(self) -> None:
+        import fcntl
+
+        self.shared._tlock.acquire()
+        try:
+            fcntl.flock(self.shared.fd, fcntl.LOCK_EX)
+        except BaseException:
+            self.shared._tlock.release()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        import fcntl
+
+        try:
+            fcntl.flock(self.shared.fd, fcntl.LOCK_UN)
+        finally:
+            self.shared._tlock.release()
+
+
 class SharedCircuitFile:
     """One command's circuit file, mapped: what a circuit of either implementation is attached to.
 
@@ -288,7 +313,7 @@ class SharedCircuitFile:
     (the pure core locks it around updates).
     """
 
-    __slots__ = ("__weakref__", "fd", "impl", "map", "name", "path", "slot")
+    __slots__ = ("__weakref__", "_tlock", "fd", "impl", "map", "name", "path", "slot")
 
     def __init__(self, name: str, impl: str, settings: Settings, directory: Path | None = None) -> None:
         directory = directory or _dir
@@ -299,6 +324,7 @@ class SharedCircuitFile:
         self.impl = impl
         self.path = directory / file_name(name)
         self.slot = -1
+        self._tlock = threading.Lock()
         flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
         if not self.path.exists() and _count_files(directory) >= MAX_CIRCUITS:
             raise SharedStateError(
@@ -399,12 +425,14 @@ class SharedCircuitFile:
     def _claim_slot(self) -> None:
         m = self.map
         pid = os.getpid()
+        start = _start_time(pid)
         free = -1
         for slot in range(MAX_PROCESSES):
             (owner,) = _Q.unpack_from(m, self._proc_word(slot, PROC_PID))
-            if owner == pid:
-                self.slot = slot
+            if owner == pid and _Q.unpack_from(m, self._proc_word(slot, PROC_START))[0] == start:
+                self.slot = slot  # this process' slot (another circuit object of the same name)
                 return
+            # A slot of a dead process whose pid this one reuses is not ours: the reaper frees it.
             if owner == 0 and free < 0:
                 free = slot
         if free < 0:
@@ -412,21 +440,33 @@ class SharedCircuitFile:
                 f"{MAX_PROCESSES} live processes already share circuit {self.name[:80]!r} (MAX_PROCESSES); "
                 "dead ones are freed by the survivors' reaper within a second"
             )
-        _Q.pack_into(m, self._proc_word(free, PROC_START), _start_time(pid))
+        _Q.pack_into(m, self._proc_word(free, PROC_START), start)
         _Q.pack_into(m, self._proc_word(free, PROC_TICKETS), 0)
         _Q.pack_into(m, self._proc_word(free, PROC_PID), pid)
         self.slot = free
 
     def reclaim_after_fork(self) -> None:
-        """In a forked child: claim a slot of this process's own (the parent keeps its slot)."""
-        import fcntl
+        """In a forked child: claim a slot of this process's own (the parent keeps its slot).
 
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        Through a descriptor of its own first: the inherited one shares its open file (and so
+        its ``flock``) with the parent, which it would not exclude."""
+
+        self._tlock = threading.Lock()
+        fd = os.open(self.path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+        old, self.fd = self.fd, fd
+        weakref.finalize(self, os.close, fd)
         try:
+            os.close(old)  # the parent's open file stays open in the parent
+        except OSError:
+            pass
+        with self.locked():
             self.slot = -1
             self._claim_slot()
-        finally:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def locked(self) -> Any:
+        """The file's lock for slot changes: this process' threads (a lock) and other processes
+        (``flock``, which threads sharing one descriptor would not exclude)."""
+        return _FileLock(self)
 
     def dead_slots(self, alive: dict[tuple[int, int], bool] | None = None) -> Iterator[int]:
         """Slots claimed by processes that no longer run (``alive``: verdicts already made this
@@ -550,7 +590,6 @@ def reap_once(full: bool = True) -> int:
     their slots; how many slots. ``full=False`` looks only at circuits with tickets in use or
     open (where a dead process can hold something back), so a round over thousands of idle
     circuits costs a few loads each."""
-    import fcntl
 
     reclaimed = 0
     alive: dict[tuple[int, int], bool] = {}
@@ -566,14 +605,11 @@ def reap_once(full: bool = True) -> int:
             dead = list(shared.dead_slots(alive))
             if not dead:
                 continue
-            fcntl.flock(shared.fd, fcntl.LOCK_EX)
-            try:
+            with shared.locked():
                 for slot in set(dead) & set(shared.dead_slots()):  # again, under the file lock
                     circuit._reclaim_slot(slot)
                     shared.free_slot(slot)
                     reclaimed += 1
-            finally:
-                fcntl.flock(shared.fd, fcntl.LOCK_UN)
         except OSError as exc:
             if exc.errno != errno.EBADF:
                 from ._log import logger
@@ -635,8 +671,8 @@ def _after_fork_in_child() -> None:
         _reaper.start()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+# _after_fork_in_child is called by the registry's own fork handler, after the circuits have
+# reset what is private to them (so that what _attach_slot sets is what stays).
 
 
 # Read at import: the environment turns sharing on for the whole process.

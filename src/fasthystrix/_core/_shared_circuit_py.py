@@ -63,7 +63,7 @@ _FIRST_PAUSE = 0.00005
 _LAST_PAUSE = 0.002
 
 # No process slot: the trial slot of a circuit whose current trial (if any) has reported.
-_NO_SLOT = -1
+_NO_SLOT = 0  # STATE_TRIAL_SLOT holds the trial's process slot plus one, as the compiled twin
 
 # The byte the record lock covers: STATE_LOCK's first (the compiled twin's spinlock word, unused here).
 _LOCK_BYTE = _shared.STATE + 8 * _shared.STATE_LOCK
@@ -221,7 +221,7 @@ class _Host:
             if words[held] > 0:
                 words[_TICKETS] = max(words[_TICKETS] - words[held], 0)
             words[held] = 0
-            if words[_STATE_WORD] & _OPEN and words[_TRIAL_SLOT] == slot:
+            if words[_STATE_WORD] & _OPEN and words[_TRIAL_SLOT] == slot + 1:
                 # Its trial will never report: let the next call take a trial now.
                 words[_OPENED_NS] = circuit._clock() - words[_SLEEP_WINDOW] - 1
                 words[_TRIAL_SLOT] = _NO_SLOT
@@ -329,7 +329,7 @@ class SharedCircuitBreaker(CircuitBreaker):
     def _allow_single_test_locked(self, now: int, settings: Any) -> bool:
         if super()._allow_single_test_locked(now, settings):
             # If this process dies before the trial reports, the reaper frees the trial.
-            self._host.words[_TRIAL_SLOT] = self._shared.slot
+            self._host.words[_TRIAL_SLOT] = self._shared.slot + 1
             return True
         return False
 
@@ -339,7 +339,7 @@ class SharedCircuitBreaker(CircuitBreaker):
         if trial > 0:
             host = self._host
             with host.lock:
-                if trial == host.words[_EPISODE] and host.words[_TRIAL_SLOT] == self._shared.slot:
+                if trial == host.words[_EPISODE] and host.words[_TRIAL_SLOT] == self._shared.slot + 1:
                     host.words[_TRIAL_SLOT] = _NO_SLOT  # the trial ends: no longer the reaper's to free
         super()._report(event, fallback_event, now, run_us, total_us, trial, release)
 

@@ -49,7 +49,7 @@ __all__ = ["SharedRollingMetrics"]
 _REQUEST_EVENTS = CONTEXT_DEADLINE_EXCEEDED + 1  # events below this index are requests
 
 # The WINDOW region as int64 word indices into the whole file (fh_window in _layout.h):
-# buckets[10][11], requests, errors, second, lock, stats[4][2][3], stamp[4], retired[11].
+# buckets[10][11], requests, errors, second, lock, stats[4][2][3], stamp[4], retired[16].
 _W = _shared.WINDOW // 8
 _BUCKETS = _W
 _REQUESTS = _W + COUNTER_BUCKETS * BUCKET_WIDTH
@@ -58,7 +58,12 @@ _SECOND = _REQUESTS + 2
 _STATS = _REQUESTS + 4
 _STAMP = _STATS + LATENCY_SLOTS * 2 * 3
 _RETIRED = _STAMP + LATENCY_SLOTS
-assert _RETIRED + BUCKET_WIDTH <= (_shared.WINDOW + _shared.WINDOW_SIZE) // 8
+# retired: what expired buckets and reused latency slots held (the 9 events, then these).
+_RETIRED_RUN_COUNT = _RETIRED + 9
+_RETIRED_RUN_SUM = _RETIRED + 10
+_RETIRED_TOTAL_COUNT = _RETIRED + 11
+_RETIRED_TOTAL_SUM = _RETIRED + 12
+assert _RETIRED + 16 <= (_shared.WINDOW + _shared.WINDOW_SIZE) // 8
 assert LATENCY_BUCKETS == _shared.LATENCY_BUCKETS
 
 # stats[slot][kind][stat]: kind RUN counts run latencies, TOTAL the total latencies as a
@@ -74,7 +79,6 @@ _U32 = 0xFFFFFFFF
 _HIST_BYTES = 4 * LATENCY_BUCKETS  # one histogram: [slot][kind] at HIST + (slot * 2 + kind) * this
 _ZERO_HIST = bytes(_HIST_BYTES)
 _ZERO_BUCKETS = bytes(8 * COUNTER_BUCKETS * BUCKET_WIDTH)
-_ZERO_STATS = bytes(8 * LATENCY_SLOTS * 2 * 3)
 
 
 def _stat(slot: int, kind: int, stat: int) -> int:
@@ -89,12 +93,13 @@ class SharedRollingMetrics:
     host lock.
     """
 
-    __slots__ = ("_admits", "_hist", "_map", "_pending", "_words")
+    __slots__ = ("_admits", "_diffs", "_hist", "_map", "_pending", "_words")
 
     def __init__(self, mapping: mmap.mmap) -> None:
         self._map = mapping
         self._words = memoryview(mapping).cast("q")
         self._hist = memoryview(mapping).cast("I")
+        self._diffs = memoryview(mapping).cast("i")  # the TOTAL histograms' signed differences
         # What a private window's lock-free path appends to. A shared circuit never takes that
         # path (its gate stays closed), so these stay empty; the circuit holds references to them.
         self._pending: list[int] = []
@@ -117,25 +122,69 @@ class SharedRollingMetrics:
             words[index] -= 1
 
     def reset(self) -> None:
-        """Forget every event and sample."""
+        """Forget every event and sample (moved to the retired counts, see :meth:`cumulative`)."""
         words = self._words
-        m = self._map
-        m[_BUCKETS * 8 : _REQUESTS * 8] = _ZERO_BUCKETS
-        m[_STATS * 8 : _STAMP * 8] = _ZERO_STATS
+        for b in range(_BUCKETS, _REQUESTS, BUCKET_WIDTH):
+            self._retire_bucket(b)
         for slot in range(LATENCY_SLOTS):
-            words[_STAMP + slot] = -1  # stale: the histograms are cleared when the slot is next used
+            if words[_STAMP + slot] >= 0:
+                self._retire_slot(slot)
+            words[_STAMP + slot] = -1
         words[_REQUESTS] = 0
         words[_ERRORS] = 0
+        words[_SECOND] = 0  # the next call moves the window on from nothing, as the compiled twin
+
+    def _retire_bucket(self, b: int) -> None:
+        words = self._words
+        for event in range(NUM_EVENTS):
+            words[_RETIRED + event] += words[b + event]
+        self._map[8 * b : 8 * (b + BUCKET_WIDTH)] = _ZERO_BUCKETS[: 8 * BUCKET_WIDTH]
+
+    def _retire_slot(self, slot: int) -> None:
+        words = self._words
+        runs = _shared.HIST // 4 + slot * 2 * LATENCY_BUCKETS
+        run_count = sum(self._hist[runs : runs + LATENCY_BUCKETS])
+        diff_count = sum(self._diffs[runs + LATENCY_BUCKETS : runs + 2 * LATENCY_BUCKETS])
+        run_sum = words[_stat(slot, _RUN, _SUM)]
+        words[_RETIRED_RUN_COUNT] += run_count
+        words[_RETIRED_RUN_SUM] += run_sum
+        words[_RETIRED_TOTAL_COUNT] += run_count + diff_count
+        words[_RETIRED_TOTAL_SUM] += run_sum + words[_stat(slot, _TOTAL, _SUM)]
+        start = _shared.HIST + slot * 2 * _HIST_BYTES
+        self._map[start : start + 2 * _HIST_BYTES] = _ZERO_HIST * 2
+        for kind in (_RUN, _TOTAL):
+            words[_stat(slot, kind, _SUM)] = 0
+            words[_stat(slot, kind, _MIN)] = _INT64_MAX
+            words[_stat(slot, kind, _MAX)] = -1
+
+    def cumulative(self) -> tuple[tuple[int, ...], int, int, int, int]:
+        """Every count since the window was created, resets included: ``(events, run_count,
+        run_sum_us, total_count, total_sum_us)``, ``events`` the 9 event counts. Never decreases."""
+        words = self._words
+        events = [words[_RETIRED + e] for e in range(NUM_EVENTS)]
+        for b in range(_BUCKETS, _REQUESTS, BUCKET_WIDTH):
+            for e in range(NUM_EVENTS):
+                events[e] += words[b + e]
+        run_count, run_sum = words[_RETIRED_RUN_COUNT], words[_RETIRED_RUN_SUM]
+        total_count, total_sum = words[_RETIRED_TOTAL_COUNT], words[_RETIRED_TOTAL_SUM]
+        for slot in range(LATENCY_SLOTS):
+            if words[_STAMP + slot] < 0:
+                continue
+            runs = _shared.HIST // 4 + slot * 2 * LATENCY_BUCKETS
+            n = sum(self._hist[runs : runs + LATENCY_BUCKETS])
+            run_count += n
+            total_count += n + sum(self._diffs[runs + LATENCY_BUCKETS : runs + 2 * LATENCY_BUCKETS])
+            run_sum += words[_stat(slot, _RUN, _SUM)]
+            total_sum += words[_stat(slot, _RUN, _SUM)] + words[_stat(slot, _TOTAL, _SUM)]
+        return tuple(events), run_count, run_sum, total_count, total_sum
 
     def _advance(self, second: int) -> None:
         words = self._words
         last = words[_SECOND]
         if second <= last:
             return
-        m = self._map
         for s in range(max(last + 1, second - COUNTER_BUCKETS + 1), second + 1):
-            start = 8 * (_BUCKETS + (s % COUNTER_BUCKETS) * BUCKET_WIDTH)
-            m[start : start + 8 * BUCKET_WIDTH] = _ZERO_BUCKETS[: 8 * BUCKET_WIDTH]
+            self._retire_bucket(_BUCKETS + (s % COUNTER_BUCKETS) * BUCKET_WIDTH)
         # Recount the totals from the buckets, as the compiled twin does when the window moves.
         requests = errors = 0
         for b in range(_BUCKETS, _REQUESTS, BUCKET_WIDTH):
@@ -205,13 +254,8 @@ class SharedRollingMetrics:
         if seen != stamp:
             if seen > stamp:
                 return  # stamped before the slot was reused for a later minute: no sample
-            # The slot held samples from a minute ago (or none): start it afresh.
-            start = _shared.HIST + slot * 2 * _HIST_BYTES
-            self._map[start : start + 2 * _HIST_BYTES] = _ZERO_HIST * 2
-            for kind in (_RUN, _TOTAL):
-                words[_stat(slot, kind, _SUM)] = 0
-                words[_stat(slot, kind, _MIN)] = _INT64_MAX
-                words[_stat(slot, kind, _MAX)] = -1
+            # The slot held samples from a minute ago (or none): retire them, start afresh.
+            self._retire_slot(slot)
             words[_STAMP + slot] = stamp
         runs = _shared.HIST // 4 + slot * 2 * LATENCY_BUCKETS
         diffs = runs + LATENCY_BUCKETS

@@ -140,7 +140,9 @@ def shared_cumulative(circuit: Any) -> CumulativeCounts | None:
     (every process' commands, not only this one's); ``None`` for a private circuit."""
     if getattr(circuit, "_shared", None) is None:
         return None
-    events, run_count, run_us, total_count, total_us = circuit._default._rolling.cumulative()
+    default = circuit._default
+    with default._lock:  # the pure twin's shared window is read under its host lock
+        events, run_count, run_us, total_count, total_us = default._rolling.cumulative()
     return CumulativeCounts(tuple(events), run_count, run_us / 1e6, total_count, total_us / 1e6)
 
 
