@@ -663,6 +663,10 @@ cdef class CircuitBreaker:
                 raise
             return _run_threaded(self, run, fallback, None, start, verdict, timeout)
         result = fh_call0(run) if args is None else fh_call(run, args, kwargs)
+        if result is NULL:
+            # Taken from the thread state at once (through the C API: no traceback entry of ours),
+            # before anything else runs: a clock that is a Python callable must not run with it set.
+            exc = fh_fetch()
         end = self.now()
         elapsed = end - start
         # What follows is _outcomes.outcome's rule (timeout first, then run's own result), inlined
@@ -684,8 +688,6 @@ cdef class CircuitBreaker:
             event = TIMEOUT
             exc = new_error(TIMEOUT)
         else:
-            # Taken from the thread state at once (through the C API: no traceback entry of ours).
-            exc = fh_fetch()
             # The type's MRO, not isinstance(): no __instancecheck__ lookup on this path.
             kind = fh_kind_of(exc, _CANCELED_TYPE, _DEADLINE_TYPE)
             if kind == FH_NOT_EXCEPTION:
