@@ -1,4 +1,5 @@
-"""One semaphore-mode circuit driven by random calls, clock jumps, forcing and reconfiguration, checked
+"""One semaphore-mode circuit driven by random calls, clock jumps, forcing (open and closed), disabling and
+reconfiguration (rejections counted as errors or not), checked
 after every step against a small reference model of hystrix-go's breaker (with fasthystrix's documented
 changes: an exact 10 s window, synchronous metrics, only the trial closes a circuit, a forced-open circuit
 lets no trial through, and a trial slot is not spent when no ticket is free)."""
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from datetime import timedelta
 from fractions import Fraction
 from typing import Any
 
@@ -60,6 +62,10 @@ class Config:
     percent: int
     sleep_ms: int
     max_concurrent: int
+    enabled: bool = True
+    rejections_as_errors: bool = True
+    multiplier: float = 1.0
+    max_sleep_ms: int | None = None
 
 
 class Model:
@@ -71,7 +77,10 @@ class Model:
         self.peak_active: dict[int, int] = {}
         self.open = False
         self.forced = False
+        self.forced_closed = False
         self.opened_or_last_tested = 0
+        # The backoff: this episode's wait (0: the sleep window as configured now).
+        self.wait_ns = 0
         self.in_use = 0
 
     def window(self, now: int) -> Counter[str]:
@@ -90,6 +99,14 @@ class Model:
         counts = self.window(now)
         return sum(counts[e] for e in REQUEST_EVENTS), sum(counts[e] for e in ERROR_EVENTS)
 
+    def breaker_health(self, now: int) -> tuple[int, int]:
+        """What the breaker decides on: without rejections when they do not count as errors."""
+        requests, errors = self.health(now)
+        if not self.config.rejections_as_errors:
+            rejected = self.window(now)["rejected"]
+            requests, errors = requests - rejected, errors - rejected
+        return requests, errors
+
     @staticmethod
     def error_percent(requests: int, errors: int) -> int:
         if requests == 0:
@@ -98,20 +115,40 @@ class Model:
 
     def check_open(self, now: int) -> str:
         """``"open"``, ``"closed"``, or ``"tripped"`` when this check opens the circuit."""
-        if self.open or self.forced:
+        # Hystrix's order: a disabled breaker never opens, forced open beats forced closed,
+        # forced closed beats open.
+        if not self.config.enabled:
+            return "closed"
+        if self.forced:
             return "open"
-        requests, errors = self.health(now)
+        if self.forced_closed:
+            return "closed"
+        if self.open:
+            return "open"
+        requests, errors = self.breaker_health(now)
         if requests == 0 or requests < self.config.volume:
             return "closed"
         if self.error_percent(requests, errors) < self.config.percent:
             return "closed"
         self.open = True
         self.opened_or_last_tested = now
+        self.wait_ns = self.config.sleep_ms * NS_PER_MS if self.config.multiplier != 1.0 else 0
         return "tripped"
+
+    def current_wait(self) -> int:
+        return self.wait_ns or self.config.sleep_ms * NS_PER_MS
+
+    def reopened(self) -> None:
+        """A failed trial: the next wait is the last one times the multiplier, capped."""
+        if self.config.multiplier == 1.0:
+            self.wait_ns = 0
+            return
+        cap = (self.config.max_sleep_ms or 365 * 24 * 3600 * 1000) * NS_PER_MS
+        self.wait_ns = min(int((self.wait_ns or self.config.sleep_ms * NS_PER_MS) * self.config.multiplier), cap)
 
     def take_trial(self, now: int) -> bool:
         # fasthystrix: a forced-open circuit lets no trial through, even when it has also tripped.
-        if self.open and not self.forced and now > self.opened_or_last_tested + self.config.sleep_ms * NS_PER_MS:
+        if self.open and not self.forced and now > self.opened_or_last_tested + self.current_wait():
             self.opened_or_last_tested = now
             return True
         return False
@@ -135,15 +172,22 @@ class Model:
     def finish(self, event: str, fallback_event: str | None, end: int, trial: bool) -> None:
         if trial and event == "success" and self.open:
             self.open = False
+            self.wait_ns = 0
             self.events.clear()
             self.peak_active.clear()
+        elif trial and self.open:
+            self.reopened()
         counts = self.events.setdefault(end // NS_PER_S, Counter())
         counts[event] += 1
         if fallback_event is not None:
             counts[fallback_event] += 1
 
     def state(self) -> str:
-        return "forced-open" if self.forced else "open" if self.open else "closed"
+        if not self.config.enabled:
+            return "closed"
+        if self.forced:
+            return "forced-open"
+        return "open" if self.open and not self.forced_closed else "closed"
 
 
 configs = st.builds(
@@ -152,6 +196,10 @@ configs = st.builds(
     percent=st.one_of(st.sampled_from([1, 25, 50, 51, 99, 100]), st.integers(1, 100)),
     sleep_ms=st.integers(1000, 5000),
     max_concurrent=st.sampled_from([10, 10, 10, 10, 1, 0]),
+    enabled=st.sampled_from([True, True, True, True, False]),
+    rejections_as_errors=st.sampled_from([True, True, False]),
+    multiplier=st.sampled_from([1.0, 1.0, 1.5, 2.0]),
+    max_sleep_ms=st.sampled_from([None, 3000, 7000]),
 )
 fallbacks = st.sampled_from(["none", "returns", "raises"])
 
@@ -177,6 +225,10 @@ class CircuitMachine(RuleBasedStateMachine):
                 sleep_window=config.sleep_ms,
                 error_percent_threshold=config.percent,
                 isolation="semaphore",
+                circuit_breaker_enabled=config.enabled,
+                rejections_count_as_errors=config.rejections_as_errors,
+                sleep_window_multiplier=config.multiplier,
+                max_sleep_window=config.max_sleep_ms,
             ),
         )
 
@@ -339,7 +391,7 @@ class CircuitMachine(RuleBasedStateMachine):
     @rule(extra_ns=st.sampled_from([0, 1]))
     def advance_to_trial_time(self, extra_ns: int) -> None:
         """Jump to exactly the end of the sleep window (no trial yet) or one nanosecond past it."""
-        target = self.model.opened_or_last_tested + self.model.config.sleep_ms * NS_PER_MS + extra_ns
+        target = self.model.opened_or_last_tested + self.model.current_wait() + extra_ns
         if target > self.clock.now:
             self.clock.advance_ns(target - self.clock.now)
 
@@ -347,6 +399,11 @@ class CircuitMachine(RuleBasedStateMachine):
     def force_open(self, value: bool) -> None:
         self.circuit.force_open = value
         self.model.forced = value
+
+    @rule(value=st.sampled_from([True, False, False]))
+    def force_closed(self, value: bool) -> None:
+        self.circuit.force_closed = value
+        self.model.forced_closed = value
 
     @rule(config=configs)
     def reconfigure(self, config: Config) -> None:
@@ -392,6 +449,9 @@ class CircuitMachine(RuleBasedStateMachine):
     def state_matches_model(self) -> None:
         assert self.circuit.state() == self.model.state()
         assert self.circuit.force_open is self.model.forced
+        assert self.circuit.force_closed is self.model.forced_closed
+        if self.model.open:
+            assert self.circuit.sleep_window_now // timedelta(microseconds=1) * 1000 == self.model.current_wait()
 
 
 def test_circuit_follows_the_reference_model() -> None:

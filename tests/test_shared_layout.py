@@ -31,6 +31,8 @@ def test_compiled_structs_match_the_file_layout() -> None:
     assert layout["state"] == _shared.TICKETS - _shared.STATE
     assert layout["state.lock"] == 8 * _shared.STATE_LOCK
     assert layout["state.trial_slot"] == 8 * _shared.STATE_TRIAL_SLOT
+    assert layout["state.sleep_ns"] == 8 * _shared.STATE_SLEEP_NS
+    assert layout["limits.sleep_jitter_ppm"] == 8 * _shared.LIMIT_SLEEP_JITTER_PPM
     assert layout["tickets"] == _shared.WINDOW - _shared.TICKETS
     assert layout["window"] == _shared.WINDOW_SIZE
     assert layout["window.requests"] == 8 * 110
@@ -38,6 +40,7 @@ def test_compiled_structs_match_the_file_layout() -> None:
     # _shared initialises the latency stamps of a new file at this offset.
     assert layout["window.stamp"] == 8 * (110 + 4 + 24)
     assert layout["window.retired"] == layout["window.stamp"] + 8 * 4
+    assert layout["window.rejections"] == layout["window.retired"] + 8 * 16
     assert layout["proc"] == _shared.PROC_SIZE
     assert layout["proc.tickets"] == 8 * _shared.PROC_TICKETS
 

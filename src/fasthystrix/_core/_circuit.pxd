@@ -10,6 +10,7 @@ cdef enum:
     # Bits of the circuit state word.
     STATE_OPEN = 1     # tripped by its error rate
     STATE_FORCED = 2   # forced open by the user
+    STATE_FORCED_CLOSED = 4   # forced closed by the user: never opens (force_open wins)
     # Admission verdicts, as in _events.py (test_circuit_edges checks they agree); a positive verdict is
     # a trial request, numbered by the open episode.
     ADMITTED = 0
@@ -47,10 +48,13 @@ cdef class CircuitBreaker:
         object __weakref__
 
     cdef refresh_settings(self)
+    cdef set_state_bit(self, str field, int64_t bit, object value)
     cdef int64_t now(self) except? -1
     cdef int is_open_c(self, int64_t now) noexcept nogil
     cdef bint unhealthy(self, int64_t now) noexcept nogil
     cdef bint allow_single_test_c(self, int64_t now) noexcept nogil
+    cdef void first_wait_c(self, int64_t now, int64_t episode) noexcept nogil
+    cdef void reopen_c(self, int64_t now) noexcept nogil
     cdef int64_t admit(self, int64_t now) noexcept nogil
     cdef int64_t acquire_c(self, int64_t now) except? -9
     cdef int report_c(self, int event, int fallback_event, int64_t now, int64_t run_us, int64_t total_us,

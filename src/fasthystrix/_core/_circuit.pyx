@@ -14,13 +14,14 @@ out-parameter (``raised``), never left set across C code.
 """
 
 import time
+from datetime import timedelta as _timedelta
 from functools import partial
 from types import MethodType
 
 cimport cython
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memset
 
 from fasthystrix._core._atomic cimport (
@@ -56,7 +57,7 @@ from fasthystrix._core._errors import CircuitOpenError, FallbackError, MaxConcur
 from fasthystrix._core._errors import ContextCanceledError as _ContextCanceledError
 from fasthystrix._core._errors import ContextDeadlineExceededError as _ContextDeadlineExceededError
 from fasthystrix._core._errors import TimeoutError as CommandTimeoutError
-from fasthystrix._core import _clock, _shared, _transitions
+from fasthystrix._core import _backoff, _clock, _shared, _transitions
 from fasthystrix._core._outcomes import COROUTINE as _COROUTINE
 from fasthystrix._core._outcomes import (
     check_arguments,
@@ -135,6 +136,9 @@ def _layout():
         "state": sizeof(fh_state),
         "state.lock": <char *>&st.lock - <char *>&st,
         "state.trial_slot": <char *>&st.trial_slot - <char *>&st,
+        "state.sleep_ns": <char *>&st.sleep_ns - <char *>&st,
+        "limits.sleep_jitter_ppm": <char *>&lim.sleep_jitter_ppm - <char *>&lim,
+        "window.rejections": <char *>&w.rejections - base,
         "tickets": sizeof(fh_tickets),
         "window": sizeof(fh_window),
         "window.requests": <char *>&w.requests - base,
@@ -219,8 +223,54 @@ cdef inline int event_of(int kind) noexcept nogil:
     return FAILURE
 
 
+# -- the sleep window's backoff (_backoff.py is the pure twin of these, operation for operation) --
+
+cdef int64_t MAX_SLEEP_NS = 31536000000000000  # 365 days, _config.MAX_DURATION_MS
+
+
+cdef inline uint64_t splitmix64(uint64_t x) noexcept nogil:
+    x += <uint64_t>0x9E3779B97F4A7C15
+    x = (x ^ (x >> 30)) * <uint64_t>0xBF58476D1CE4E5B9
+    x = (x ^ (x >> 27)) * <uint64_t>0x94D049BB133111EB
+    return x ^ (x >> 31)
+
+
+cdef inline uint64_t backoff_seed(int64_t now, int64_t episode, int64_t reopens) noexcept nogil:
+    return <uint64_t>now ^ (<uint64_t>episode << 20) ^ <uint64_t>reopens
+
+
+cdef inline int64_t jittered(int64_t raw, int64_t jitter_ppm, uint64_t seed) noexcept nogil:
+    cdef int64_t r, v
+    if jitter_ppm == 0 or raw <= 0:
+        return raw
+    r = <int64_t>(splitmix64(seed) % <uint64_t>2000001) - 1000000
+    v = raw + <int64_t>(<double>raw * (<double>jitter_ppm / 1e6) * (<double>r / 1e6))
+    return v if v > 1 else 1
+
+
+cdef inline int64_t next_raw(int64_t previous, int64_t base, int64_t extra_ppm, int64_t max_ns) noexcept nogil:
+    cdef int64_t raw = previous if previous > 0 else base
+    cdef int64_t cap = max_ns if max_ns > 0 else MAX_SLEEP_NS
+    cdef double v = <double>raw * (<double>(1000000 + extra_ppm) / 1000000.0)
+    if v >= <double>cap:
+        return cap
+    return <int64_t>v
+
+
+cdef inline int open_verdict(int64_t word) noexcept nogil:
+    # A state word other than 0 (of an enabled breaker): whether calls are short-circuited (1) or
+    # not (0). As in Hystrix, forced open beats forced closed, and forced closed beats open.
+    if word & STATE_FORCED:
+        return 1
+    if word & STATE_FORCED_CLOSED:
+        return 0
+    return 1
+
+
 cdef inline str state_name(int64_t word):
-    return "forced-open" if word & STATE_FORCED else "open" if word & STATE_OPEN else "closed"
+    if word == 0 or open_verdict(word) == 0:
+        return "closed"
+    return "forced-open" if word & STATE_FORCED else "open"
 
 
 cdef object new_error(int event):
@@ -291,6 +341,11 @@ cdef class CircuitBreaker:
         cdef int64_t volume = settings.request_volume_threshold
         cdef int64_t threshold = settings.error_percent_threshold
         cdef int64_t semaphore = 1 if settings.semaphore else 0
+        cdef int64_t disabled = 0 if settings.circuit_breaker_enabled else 1
+        cdef int64_t rejections_not_errors = 0 if settings.rejections_count_as_errors else 1
+        cdef int64_t sleep_extra_ppm = _backoff.ppm(settings.sleep_window_multiplier - 1.0)
+        cdef int64_t max_sleep_ns = settings.max_sleep_window_ns
+        cdef int64_t sleep_jitter_ppm = _backoff.ppm(settings.sleep_window_jitter)
         cdef int64_t version
         fh_spin_lock(&self.st.lock)
         fh_store_relaxed(&self.lim.timeout_ns, timeout_ns)
@@ -299,6 +354,11 @@ cdef class CircuitBreaker:
         fh_store_relaxed(&self.lim.volume_threshold, volume)
         fh_store_relaxed(&self.lim.error_threshold, threshold)
         fh_store_relaxed(&self.lim.semaphore, semaphore)
+        fh_store_relaxed(&self.lim.breaker_disabled, disabled)
+        fh_store_relaxed(&self.lim.rejections_not_errors, rejections_not_errors)
+        fh_store_relaxed(&self.lim.sleep_extra_ppm, sleep_extra_ppm)
+        fh_store_relaxed(&self.lim.max_sleep_ns, max_sleep_ns)
+        fh_store_relaxed(&self.lim.sleep_jitter_ppm, sleep_jitter_ppm)
         # Release: a process that sees the new version sees the values (shared circuits: the
         # last writer's settings are every worker's).
         version = self.lim.version + 1
@@ -310,7 +370,7 @@ cdef class CircuitBreaker:
 
     cdef refresh_settings(self):
         # Another process wrote this shared circuit's settings: rebuild the Settings object.
-        cdef int64_t words[7]
+        cdef int64_t words[12]
         fh_spin_lock(&self.st.lock)
         words[0] = self.lim.timeout_ns
         words[1] = self.lim.sleep_window_ns
@@ -319,8 +379,13 @@ cdef class CircuitBreaker:
         words[4] = self.lim.error_threshold
         words[5] = self.lim.semaphore
         words[6] = self.lim.version
+        words[7] = self.lim.breaker_disabled
+        words[8] = self.lim.rejections_not_errors
+        words[9] = self.lim.sleep_extra_ppm
+        words[10] = self.lim.max_sleep_ns
+        words[11] = self.lim.sleep_jitter_ppm
         fh_spin_unlock(&self.st.lock)
-        settings = _shared.settings_from_words(tuple([words[i] for i in range(7)]))
+        settings = _shared.settings_from_words(tuple([words[i] for i in range(12)]))
         with cython.critical_section(self):
             self._settings_obj = settings
             self.settings_version = words[6]
@@ -385,6 +450,9 @@ cdef class CircuitBreaker:
         self.metrics_c._reset()
         fh_store_relaxed(&self.st.opened_ns, 0)
         fh_store_relaxed(&self.st.trial_slot, 0)
+        fh_store_relaxed(&self.st.reopens, 0)
+        fh_store_relaxed(&self.st.sleep_raw_ns, 0)
+        fh_store_relaxed(&self.st.sleep_ns, 0)
         fh_store_release(&self.st.state_word, 0)
         fh_spin_unlock(&self.st.lock)
         return state_name(before)
@@ -401,15 +469,25 @@ cdef class CircuitBreaker:
 
     @force_open.setter
     def force_open(self, value):
+        self.set_state_bit("force_open", STATE_FORCED, value)
+
+    @property
+    def force_closed(self):
+        """When true the circuit never opens (its health is still computed and reported);
+        ``force_open`` wins over it, as in Hystrix."""
+        return (fh_load_acquire(&self.st.state_word) & STATE_FORCED_CLOSED) != 0
+
+    @force_closed.setter
+    def force_closed(self, value):
+        self.set_state_bit("force_closed", STATE_FORCED_CLOSED, value)
+
+    cdef set_state_bit(self, str field, int64_t bit, object value):
         if not isinstance(value, bool):
-            raise TypeError(f"force_open must be a bool, not {value!r}")
+            raise TypeError(f"{field} must be a bool, not {value!r}")
         cdef int64_t before, after
         fh_spin_lock(&self.st.lock)
         before = self.st.state_word
-        if value:
-            after = before | STATE_FORCED
-        else:
-            after = before & ~STATE_FORCED
+        after = (before | bit) if value else (before & ~bit)
         fh_store_release(&self.st.state_word, after)
         fh_spin_unlock(&self.st.lock)
         _transitions.forced(self.name, state_name(before), state_name(after))
@@ -433,12 +511,24 @@ cdef class CircuitBreaker:
         return opened == 0 or trial
 
     @property
+    def sleep_window_now(self):
+        """The wait before the next trial of this open episode (a ``timedelta``): the sleep window,
+        or its backoff after failed trials."""
+        cdef int64_t wait = fh_load_relaxed(&self.st.sleep_ns)
+        if wait == 0:
+            wait = fh_load_relaxed(&self.lim.sleep_window_ns)
+        return _timedelta(microseconds=wait // 1000)
+
+    @property
     def tickets_in_use(self):
         """Concurrency tickets currently taken (commands whose run has not ended)."""
         return self.tickets.in_use
 
     def state(self):
-        """``"closed"``, ``"open"`` or ``"forced-open"``, read without side effects."""
+        """``"closed"``, ``"open"`` or ``"forced-open"``, read without side effects (``"closed"``
+        when forced closed, or when the breaker is disabled)."""
+        if fh_load_relaxed(&self.lim.breaker_disabled):
+            return "closed"
         return state_name(fh_load_acquire(&self.st.state_word))
 
     def metrics(self):
@@ -455,9 +545,13 @@ cdef class CircuitBreaker:
     cdef int is_open_c(self, int64_t now) noexcept nogil:
         """1 if open, 0 if closed, -1 if this check just tripped it."""
         cdef bint tripped = False
-        if fh_load_acquire(&self.st.state_word) != 0:
-            return 1
-        if not self.unhealthy(now):
+        cdef int64_t word = fh_load_acquire(&self.st.state_word)
+        if word != 0:
+            # circuit_breaker_enabled=False: never open (read only off the healthy, closed path).
+            if fh_load_relaxed(&self.lim.breaker_disabled):
+                return 0
+            return open_verdict(word)
+        if not self.unhealthy(now) or fh_load_relaxed(&self.lim.breaker_disabled):
             return 0
         fh_spin_lock(&self.st.lock)
         # Again under the lock: a trial that closed the circuit meanwhile reset the window
@@ -466,14 +560,21 @@ cdef class CircuitBreaker:
             fh_store_relaxed(&self.st.opened_ns, now)
             fh_store_relaxed(&self.st.trial_slot, 0)  # a new episode: no trial yet
             fh_store_relaxed(&self.st.episode, self.st.episode + 1)
+            fh_store_relaxed(&self.st.reopens, 0)
+            self.first_wait_c(now, self.st.episode)
             fh_store_release(&self.st.state_word, STATE_OPEN)
             tripped = True
         fh_spin_unlock(&self.st.lock)
         return -1 if tripped else 1
 
     cdef bint unhealthy(self, int64_t now) noexcept nogil:
-        cdef int64_t requests, errors
+        cdef int64_t requests, errors, rejections
         self.metrics_c.health_c(now, &requests, &errors)
+        if fh_load_relaxed(&self.lim.rejections_not_errors):
+            # Rejections are counted, but neither requests nor errors of the breaker's.
+            rejections = fh_load_relaxed(&self.metrics_c.w.rejections)
+            requests = requests - rejections if requests > rejections else 0
+            errors = errors - rejections if errors > rejections else 0
         if requests == 0 or requests < fh_load_relaxed(&self.lim.volume_threshold):
             return False
         # errors / requests * 100 rounded half up >= threshold, in integers.
@@ -481,11 +582,14 @@ cdef class CircuitBreaker:
 
     cdef bint allow_single_test_c(self, int64_t now) noexcept nogil:
         # A forced-open circuit lets no trial through, even if it also tripped (hystrix-go did).
-        cdef int64_t opened
+        cdef int64_t opened, wait
         if fh_load_acquire(&self.st.state_word) != STATE_OPEN:
             return False
         opened = fh_load_acquire(&self.st.opened_ns)
-        if now <= opened + fh_load_relaxed(&self.lim.sleep_window_ns):
+        wait = fh_load_relaxed(&self.st.sleep_ns)  # this episode's backoff, or 0: the sleep window
+        if wait == 0:
+            wait = fh_load_relaxed(&self.lim.sleep_window_ns)
+        if now <= opened + wait:
             return False
         # One winner per sleep window: compare-and-swap the last test time, as hystrix-go.
         if not fh_cas_acq_rel(&self.st.opened_ns, &opened, now):
@@ -493,6 +597,30 @@ cdef class CircuitBreaker:
         # Which process took it (shared circuits): if it dies, the reaper frees the trial.
         fh_store_relaxed(&self.st.trial_slot, self.slot + 1)
         return True
+
+    cdef void first_wait_c(self, int64_t now, int64_t episode) noexcept nogil:
+        # The wait of a new open episode (lock held): 0 (the sleep window as set now) unless a
+        # backoff is configured; see _backoff.py, whose arithmetic this is.
+        cdef int64_t extra = fh_load_relaxed(&self.lim.sleep_extra_ppm)
+        cdef int64_t jitter = fh_load_relaxed(&self.lim.sleep_jitter_ppm)
+        cdef int64_t raw = 0
+        if extra != 0 or jitter != 0:
+            raw = fh_load_relaxed(&self.lim.sleep_window_ns)
+        fh_store_relaxed(&self.st.sleep_raw_ns, raw)
+        fh_store_relaxed(&self.st.sleep_ns, jittered(raw, jitter, backoff_seed(now, episode, 0)))
+
+    cdef void reopen_c(self, int64_t now) noexcept nogil:
+        # The current episode's trial failed (lock held): one more reopen, and its longer wait.
+        cdef int64_t extra = fh_load_relaxed(&self.lim.sleep_extra_ppm)
+        cdef int64_t jitter = fh_load_relaxed(&self.lim.sleep_jitter_ppm)
+        cdef int64_t reopens = self.st.reopens + 1
+        cdef int64_t raw = 0
+        fh_store_relaxed(&self.st.reopens, reopens)
+        if extra != 0 or jitter != 0:
+            raw = next_raw(self.st.sleep_raw_ns, fh_load_relaxed(&self.lim.sleep_window_ns), extra,
+                           fh_load_relaxed(&self.lim.max_sleep_ns))
+        fh_store_relaxed(&self.st.sleep_raw_ns, raw)
+        fh_store_relaxed(&self.st.sleep_ns, jittered(raw, jitter, backoff_seed(now, self.st.episode, reopens)))
 
     cdef int64_t admit(self, int64_t now) noexcept nogil:
         cdef int opened = self.is_open_c(now)
@@ -544,11 +672,18 @@ cdef class CircuitBreaker:
                 # The window is reset before the state word says closed, both under the lock:
                 # a caller that sees the circuit closed sees the empty window (acquire/release).
                 self.metrics_c._reset()
+                fh_store_relaxed(&self.st.reopens, 0)
+                fh_store_relaxed(&self.st.sleep_raw_ns, 0)
+                fh_store_relaxed(&self.st.sleep_ns, 0)
                 fh_store_release(&self.st.state_word, self.st.state_word & ~STATE_OPEN)
                 closed = True
             fh_spin_unlock(&self.st.lock)
         elif trial > 0 and (fh_load_acquire(&self.st.state_word) & STATE_OPEN) and trial == fh_load_acquire(&self.st.episode):
-            reopened = True
+            fh_spin_lock(&self.st.lock)
+            if (self.st.state_word & STATE_OPEN) and trial == self.st.episode:
+                reopened = True
+                self.reopen_c(now)
+            fh_spin_unlock(&self.st.lock)
         if trial > 0 and self.slot >= 0:
             # The trial reported: nothing for the reaper to free (compare-and-swap: only our own).
             slot_word = self.slot + 1

@@ -15,10 +15,11 @@ maximum of tickets in use, collectors, thread isolation) takes the locked path.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from types import MethodType
 from typing import Any, NoReturn
 
-from . import _transitions
+from . import _backoff, _transitions
 from ._context import Context
 from ._errors import FallbackError
 from ._events import (
@@ -136,6 +137,7 @@ class CircuitBreaker:
         "_collectors",
         "_default",
         "_episode",
+        "_force_closed",
         "_force_open",
         "_held",
         "_host",
@@ -144,8 +146,11 @@ class CircuitBreaker:
         "_open",
         "_opened_ns",
         "_pending",
+        "_reopens",
         "_settings_obj",
         "_shared",
+        "_sleep_ns",
+        "_sleep_raw_ns",
         "_tickets",
         "_workers",
         "name",
@@ -168,8 +173,12 @@ class CircuitBreaker:
         self._clock = clock
         self._open = False
         self._force_open = False
+        self._force_closed = False
         self._opened_ns = 0
         self._episode = 0
+        self._reopens = 0  # failed trials since the circuit opened, and this episode's wait (_backoff)
+        self._sleep_raw_ns = 0
+        self._sleep_ns = 0
         self._tickets = TicketPool()
         self._workers: Any = None
         # The shared circuit file this circuit lives in (see _attach), and its view of that file.
@@ -210,11 +219,24 @@ class CircuitBreaker:
 
     @force_open.setter
     def force_open(self, value: bool) -> None:
+        self._set_forced("force_open", value)
+
+    @property
+    def force_closed(self) -> bool:
+        """When true the circuit never opens (its health is still computed and reported);
+        ``force_open`` wins over it, as in Hystrix."""
+        return self._force_closed
+
+    @force_closed.setter
+    def force_closed(self, value: bool) -> None:
+        self._set_forced("force_closed", value)
+
+    def _set_forced(self, field: str, value: bool) -> None:
         if not isinstance(value, bool):
-            raise TypeError(f"force_open must be a bool, not {value!r}")
+            raise TypeError(f"{field} must be a bool, not {value!r}")
         with self._lock:
             old = self.state()
-            self._force_open = value
+            setattr(self, "_" + field, value)
             self._metrics._gate = CLOSED
             self._open_gate_locked()
             new = self.state()
@@ -244,13 +266,24 @@ class CircuitBreaker:
         return opened is False or trial
 
     @property
+    def sleep_window_now(self) -> timedelta:
+        """The wait before the next trial of this open episode (a ``timedelta``): the sleep window,
+        or its backoff after failed trials."""
+        return timedelta(microseconds=(self._sleep_ns or self._settings_obj.sleep_window_ns) // 1000)
+
+    @property
     def tickets_in_use(self) -> int:
         """Concurrency tickets currently taken (commands whose run has not ended)."""
         return self._tickets.in_use
 
     def state(self) -> str:
-        """``"closed"``, ``"open"`` or ``"forced-open"``, read without side effects."""
-        return "forced-open" if self._force_open else "open" if self._open else "closed"
+        """``"closed"``, ``"open"`` or ``"forced-open"``, read without side effects (``"closed"``
+        when forced closed, or when the breaker is disabled)."""
+        if not self._settings_obj.circuit_breaker_enabled:
+            return "closed"
+        if self._force_open:
+            return "forced-open"
+        return "open" if self._open and not self._force_closed else "closed"
 
     def metrics(self) -> MetricsSnapshot:
         """A snapshot of the rolling window: counts, error percent, tickets, latencies."""
@@ -288,6 +321,8 @@ class CircuitBreaker:
         with self._lock:
             self._open = False
             self._force_open = False
+            self._force_closed = False
+            self._reopens = self._sleep_raw_ns = self._sleep_ns = 0
             self._metrics.reset()
             self._open_gate_locked()
 
@@ -295,9 +330,22 @@ class CircuitBreaker:
 
     def _is_open_locked(self, now: int, settings: Any) -> bool | None:
         """``True`` if open, ``False`` if closed, ``None`` if this check just tripped it."""
-        if self._open or self._force_open:
+        # As in Hystrix: a disabled breaker never opens, forced open beats forced closed, and
+        # forced closed beats open (health is still computed, for the metrics).
+        if not settings.circuit_breaker_enabled:
+            return False
+        if self._force_open:
+            return True
+        if self._force_closed:
+            return False
+        if self._open:
             return True
         requests, errors = self._metrics.health(now)
+        if not settings.rejections_count_as_errors:
+            # Rejections are counted, but neither requests nor errors of the breaker's.
+            rejections = self._metrics.rejections()
+            requests = max(requests - rejections, 0)
+            errors = max(errors - rejections, 0)
         if requests == 0 or requests < settings.request_volume_threshold:
             return False
         # errors / requests * 100 rounded half up >= threshold, in integers.
@@ -307,7 +355,22 @@ class CircuitBreaker:
         self._metrics._gate = CLOSED
         self._opened_ns = now
         self._episode += 1
+        self._reopens = 0
+        extra, jitter = _backoff.ppm(settings.sleep_window_multiplier - 1.0), _backoff.ppm(settings.sleep_window_jitter)
+        raw = settings.sleep_window_ns if extra or jitter else 0
+        self._sleep_raw_ns = raw
+        self._sleep_ns = _backoff.jittered(raw, jitter, _backoff.seed(now, self._episode, 0))
         return None
+
+    def _reopen_locked(self, now: int, settings: Any) -> None:
+        """The current episode's trial failed: one more reopen, and its longer wait (see _backoff)."""
+        self._reopens += 1
+        extra, jitter = _backoff.ppm(settings.sleep_window_multiplier - 1.0), _backoff.ppm(settings.sleep_window_jitter)
+        raw = 0
+        if extra or jitter:
+            raw = _backoff.next_raw(self._sleep_raw_ns, settings.sleep_window_ns, extra, settings.max_sleep_window_ns)
+        self._sleep_raw_ns = raw
+        self._sleep_ns = _backoff.jittered(raw, jitter, _backoff.seed(now, self._episode, self._reopens))
 
     def _open_gate_locked(self) -> None:
         """Publish the gate that lets calls take the lock-free path, if they may (see _gate).
@@ -320,6 +383,10 @@ class CircuitBreaker:
         metrics = self._metrics
         requests = metrics._requests
         errors = metrics._errors
+        if not settings.rejections_count_as_errors:
+            rejections = metrics.rejections()
+            requests = max(requests - rejections, 0)
+            errors = max(errors - rejections, 0)
         # The fewest more successes that bring the window to the volume threshold: the
         # circuit is healthy below that, and beyond it successes only lower the error
         # percentage, so if it is healthy there it stays healthy (up to the memory bound).
@@ -340,7 +407,7 @@ class CircuitBreaker:
     def _allow_single_test_locked(self, now: int, settings: Any) -> bool:
         # A forced-open circuit lets no trial through, even if it also tripped (hystrix-go did,
         # and a trial's success then "closed" a circuit that stayed forced open).
-        if self._open and not self._force_open and now > self._opened_ns + settings.sleep_window_ns:
+        if self._open and not self._force_open and now > self._opened_ns + (self._sleep_ns or settings.sleep_window_ns):
             self._opened_ns = now
             return True
         return False
@@ -395,10 +462,12 @@ class CircuitBreaker:
             if trial > 0 and self._open and trial == self._episode:
                 if event == SUCCESS:
                     self._open = False
+                    self._reopens = self._sleep_raw_ns = self._sleep_ns = 0
                     self._metrics.reset()
                     closed = True
                 else:
                     reopened = True
+                    self._reopen_locked(now, self._settings_obj)
             self._metrics.record(event, fallback_event, now, run_us, total_us)
             in_use = self._tickets.in_use
             self._open_gate_locked()

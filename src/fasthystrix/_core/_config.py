@@ -89,6 +89,32 @@ def _percent(field_name: str, value: object) -> int:
     return value
 
 
+#: The largest ``sleep_window_multiplier``.
+MAX_SLEEP_WINDOW_MULTIPLIER = 1000.0
+
+
+def _multiplier(field_name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{field_name} must be a number, not {safe_repr(value)}")
+    if not 1.0 <= value <= MAX_SLEEP_WINDOW_MULTIPLIER:  # NaN fails this too
+        raise ValueError(f"{field_name} must be between 1 and {MAX_SLEEP_WINDOW_MULTIPLIER:g}, got {safe_repr(value)}")
+    return float(value)
+
+
+def _fraction(field_name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{field_name} must be a number, not {safe_repr(value)}")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{field_name} must be between 0 and 1, got {safe_repr(value)}")
+    return float(value)
+
+
+def _flag(field_name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{field_name} must be a bool, not {safe_repr(value)}")
+    return value
+
+
 def _isolation(field_name: str, value: object) -> Isolation:
     if not isinstance(value, str):
         raise TypeError(f"{field_name} must be 'thread' or 'semaphore', not {safe_repr(value)}")
@@ -113,6 +139,20 @@ class CommandConfig:
     sleep_window: Duration | None = None
     error_percent_threshold: int | None = None
     isolation: Isolation | None = None
+    #: Hystrix's ``circuitBreaker.enabled``: when ``False`` the circuit never opens and never
+    #: short-circuits (``force_open`` included); tickets, timeouts and metrics work as before.
+    circuit_breaker_enabled: bool | None = None
+    #: ``False``: rejections (no ticket free) are counted and reported but left out of the error
+    #: percentage and the volume, so a burst beyond the concurrency limit cannot trip the breaker.
+    rejections_count_as_errors: bool | None = None
+    #: Each reopen of the circuit (a failed trial) without a close in between multiplies the
+    #: sleep window by this (1 to 1000; 1: hystrix-go's fixed window), up to ``max_sleep_window``.
+    sleep_window_multiplier: float | None = None
+    #: The longest sleep window the multiplier leads to (ms or timedelta; ``None``: 365 days).
+    max_sleep_window: Duration | None = None
+    #: Each sleep window is moved by up to this fraction of itself, either way (0 to 1), so that
+    #: clients of one dependency do not all send their trial at the same moment.
+    sleep_window_jitter: float | None = None
 
     def __post_init__(self) -> None:
         if self.timeout is not None:
@@ -127,6 +167,15 @@ class CommandConfig:
             _percent("error_percent_threshold", self.error_percent_threshold)
         if self.isolation is not None:
             _isolation("isolation", self.isolation)
+        for name in ("circuit_breaker_enabled", "rejections_count_as_errors"):
+            if getattr(self, name) is not None:
+                _flag(name, getattr(self, name))
+        if self.sleep_window_multiplier is not None:
+            _multiplier("sleep_window_multiplier", self.sleep_window_multiplier)
+        if self.max_sleep_window is not None:
+            _duration_ns("max_sleep_window", self.max_sleep_window)
+        if self.sleep_window_jitter is not None:
+            _fraction("sleep_window_jitter", self.sleep_window_jitter)
 
     @classmethod
     def from_mapping(cls, mapping: object) -> CommandConfig:
@@ -154,10 +203,16 @@ class Settings:
     sleep_window: timedelta
     error_percent_threshold: int
     isolation: Isolation
+    circuit_breaker_enabled: bool = True
+    rejections_count_as_errors: bool = True
+    sleep_window_multiplier: float = 1.0
+    max_sleep_window: timedelta | None = None
+    sleep_window_jitter: float = 0.0
     # Integer copies read on the hot path, so a call never converts a timedelta.
     timeout_ns: int = field(init=False, repr=False, compare=False)
     sleep_window_ns: int = field(init=False, repr=False, compare=False)
     semaphore: bool = field(init=False, repr=False, compare=False)
+    max_sleep_window_ns: int = field(init=False, repr=False, compare=False)  # 0: no maximum
 
     def __post_init__(self) -> None:
         # Checked again here, as CommandConfig does, because circuits take any Settings as
@@ -171,6 +226,21 @@ class Settings:
         _count("request_volume_threshold", self.request_volume_threshold)
         _percent("error_percent_threshold", self.error_percent_threshold)
         object.__setattr__(self, "semaphore", _isolation("isolation", self.isolation) == "semaphore")
+        _flag("circuit_breaker_enabled", self.circuit_breaker_enabled)
+        _flag("rejections_count_as_errors", self.rejections_count_as_errors)
+        object.__setattr__(
+            self, "sleep_window_multiplier", _multiplier("sleep_window_multiplier", self.sleep_window_multiplier)
+        )
+        object.__setattr__(self, "sleep_window_jitter", _fraction("sleep_window_jitter", self.sleep_window_jitter))
+        if self.max_sleep_window is not None and not isinstance(self.max_sleep_window, timedelta):
+            raise TypeError(
+                f"max_sleep_window must be a datetime.timedelta or None, not {safe_repr(self.max_sleep_window)}"
+            )
+        object.__setattr__(
+            self,
+            "max_sleep_window_ns",
+            0 if self.max_sleep_window is None else _duration_ns("max_sleep_window", self.max_sleep_window),
+        )
 
     @classmethod
     def from_config(cls, config: CommandConfig, defaults: Settings) -> Settings:
@@ -188,7 +258,18 @@ class Settings:
             sleep_window=sleep_window if isinstance(sleep_window, timedelta) else timedelta(milliseconds=sleep_window),  # type: ignore[arg-type]
             error_percent_threshold=pick(config.error_percent_threshold, defaults.error_percent_threshold),  # type: ignore[arg-type]
             isolation=pick(config.isolation, defaults.isolation),  # type: ignore[arg-type]
+            circuit_breaker_enabled=pick(config.circuit_breaker_enabled, defaults.circuit_breaker_enabled),  # type: ignore[arg-type]
+            rejections_count_as_errors=pick(config.rejections_count_as_errors, defaults.rejections_count_as_errors),  # type: ignore[arg-type]
+            sleep_window_multiplier=pick(config.sleep_window_multiplier, defaults.sleep_window_multiplier),  # type: ignore[arg-type]
+            max_sleep_window=_optional_duration(pick(config.max_sleep_window, defaults.max_sleep_window)),
+            sleep_window_jitter=pick(config.sleep_window_jitter, defaults.sleep_window_jitter),  # type: ignore[arg-type]
         )
+
+
+def _optional_duration(value: object) -> timedelta | None:
+    if value is None or isinstance(value, timedelta):
+        return value
+    return timedelta(milliseconds=value)  # type: ignore[arg-type]
 
 
 _HYSTRIX_DEFAULTS = Settings(

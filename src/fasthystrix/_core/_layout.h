@@ -19,7 +19,13 @@ typedef struct {
     int64_t error_threshold;
     int64_t semaphore;
     int64_t version;        /* bumped by every settings write */
-    int64_t reserved[25];
+    /* Booleans stored negated, so that a zeroed word is the default (enabled, counted). */
+    int64_t breaker_disabled;           /* circuit_breaker_enabled=False */
+    int64_t rejections_not_errors;      /* rejections_count_as_errors=False */
+    int64_t sleep_extra_ppm;            /* (sleep_window_multiplier - 1) in millionths */
+    int64_t max_sleep_ns;               /* max_sleep_window (0: none) */
+    int64_t sleep_jitter_ppm;           /* sleep_window_jitter in millionths */
+    int64_t reserved[20];
 } fh_limits;
 
 /* The state word and what changes with it (STATE region, one cache line). */
@@ -29,7 +35,9 @@ typedef struct {
     int64_t episode;        /* open episodes so far: a trial belongs to one */
     int64_t lock;           /* the circuit's spinlock (holder's pid) */
     int64_t trial_slot;     /* process slot of the last trial (shared circuits) */
-    int64_t reserved[3];
+    int64_t reopens;        /* failed trials since the circuit opened (backoff) */
+    int64_t sleep_raw_ns;   /* this episode's wait before jitter (0: the sleep window as set now) */
+    int64_t sleep_ns;       /* this episode's wait before a trial (0: the sleep window as set now) */
 } fh_state;
 
 /* Tickets in use (TICKETS region, a cache line of its own: every call writes it twice). */
@@ -55,7 +63,8 @@ typedef struct {
      * every count since the circuit was created: the 9 events, then run count, run sum (us),
      * total count, total sum (us). */
     int64_t retired[16];
-    int64_t reserved[2];
+    int64_t rejections;     /* running total of the window's rejections (health may leave them out) */
+    int64_t reserved[1];
 } fh_window;
 
 /* One process' slot in a shared file (PROCS region). */

@@ -12,6 +12,11 @@ cdef extern from "_layout.h" nogil:
         int64_t error_threshold
         int64_t semaphore
         int64_t version
+        int64_t breaker_disabled
+        int64_t rejections_not_errors
+        int64_t sleep_extra_ppm
+        int64_t max_sleep_ns
+        int64_t sleep_jitter_ppm
 
     ctypedef struct fh_state:
         int64_t state_word
@@ -19,6 +24,9 @@ cdef extern from "_layout.h" nogil:
         int64_t episode
         int64_t lock
         int64_t trial_slot
+        int64_t reopens
+        int64_t sleep_raw_ns
+        int64_t sleep_ns
 
     ctypedef struct fh_tickets:
         int64_t in_use
@@ -32,6 +40,7 @@ cdef extern from "_layout.h" nogil:
         int64_t stats[4][2][3]
         int64_t stamp[4]
         int64_t retired[16]
+        int64_t rejections
 
     ctypedef struct fh_proc:
         int64_t pid

@@ -128,6 +128,7 @@ cdef class RollingMetrics:
             fh_store_release(&self.w.stamp[slot], -1)
         fh_store_relaxed(&self.w.requests, 0)
         fh_store_relaxed(&self.w.errors, 0)
+        fh_store_relaxed(&self.w.rejections, 0)
         # The next call moves the window to its own second from nothing (every bucket is empty):
         # a window reset by flush() then used with an earlier clock (a test's manual clock, a
         # file from before a reboot) counts in the right buckets.
@@ -208,7 +209,7 @@ cdef class RollingMetrics:
         self._reset()
 
     cdef void _advance(self, int64_t second) noexcept nogil:
-        cdef int64_t last, s, start, requests = 0, errors = 0
+        cdef int64_t last, s, start, requests = 0, errors = 0, rejections = 0
         cdef int i
         cdef int64_t *b
         fh_spin_lock(&self.w.lock)
@@ -228,8 +229,10 @@ cdef class RollingMetrics:
                              + fh_load_relaxed(&b[6]))
                 errors += (fh_load_relaxed(&b[FAILURE]) + fh_load_relaxed(&b[REJECTED])
                            + fh_load_relaxed(&b[SHORT_CIRCUIT]) + fh_load_relaxed(&b[TIMEOUT]))
+                rejections += fh_load_relaxed(&b[REJECTED])
             fh_store_relaxed(&self.w.requests, requests)
             fh_store_relaxed(&self.w.errors, errors)
+            fh_store_relaxed(&self.w.rejections, rejections)
             # Release: whoever reads the new second sees the zeroed buckets.
             fh_store_release(&self.w.second, second)
         fh_spin_unlock(&self.w.lock)
@@ -242,6 +245,10 @@ cdef class RollingMetrics:
             # Stamped a moment before another thread moved the window on: count it now.
             second = last
         return self.w.buckets[second % COUNTER_BUCKETS]
+
+    def rejections(self):
+        """Rejections in the window as of its last :meth:`health` (which moves it on)."""
+        return fh_load_relaxed(&self.w.rejections)
 
     def health(self, int64_t now_ns):
         """``(requests, errors)`` in the window ending at ``now_ns``."""
@@ -258,6 +265,8 @@ cdef class RollingMetrics:
             fh_add_relaxed(&self.w.requests, 1)
             if FAILURE <= event <= TIMEOUT:
                 fh_add_relaxed(&self.w.errors, 1)
+                if event == REJECTED:
+                    fh_add_relaxed(&self.w.rejections, 1)
         if fallback_event >= 0:
             fh_add_relaxed(&bucket[fallback_event], 1)
         if run_us >= 0 or total_us >= 0:

@@ -331,6 +331,10 @@ class RollingMetrics:
             second = last
         return self._buckets[second % COUNTER_BUCKETS]
 
+    def rejections(self) -> int:
+        """Rejections in the window as of its last :meth:`health` (which moves it on)."""
+        return sum(bucket[REJECTED] for bucket in self._buckets)
+
     def health(self, now_ns: int) -> tuple[int, int]:
         """``(requests, errors)`` in the window ending at ``now_ns``."""
         self._fold()

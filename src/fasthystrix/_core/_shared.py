@@ -43,6 +43,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from ._backoff import PPM, ppm
 from ._config import Settings
 
 __all__ = [
@@ -94,7 +95,12 @@ LIMIT_MAX_CONCURRENT = 2
 LIMIT_VOLUME = 3
 LIMIT_ERROR_PERCENT = 4
 LIMIT_SEMAPHORE = 5
-LIMIT_VERSION = 6  # bumped by every settings write (the settings' seqlock: odd while writing)
+LIMIT_VERSION = 6  # bumped by every settings write
+LIMIT_BREAKER_DISABLED = 7  # circuit_breaker_enabled=False (negated: a zeroed word is the default)
+LIMIT_REJECTIONS_NOT_ERRORS = 8  # rejections_count_as_errors=False
+LIMIT_SLEEP_EXTRA_PPM = 9  # (sleep_window_multiplier - 1) in millionths
+LIMIT_MAX_SLEEP_NS = 10  # max_sleep_window in ns (0: none)
+LIMIT_SLEEP_JITTER_PPM = 11  # sleep_window_jitter in millionths
 
 # STATE words.
 STATE_WORD = 0
@@ -102,6 +108,9 @@ STATE_OPENED_NS = 1
 STATE_EPISODE = 2
 STATE_LOCK = 3
 STATE_TRIAL_SLOT = 4
+STATE_REOPENS = 5
+STATE_SLEEP_RAW_NS = 6
+STATE_SLEEP_NS = 7
 
 # PROCS words (per slot).
 PROC_PID = 0
@@ -523,6 +532,11 @@ def write_settings(m: Any, settings: Settings, bump: bool = True) -> None:
     )
     for i, v in enumerate(values):
         _Q.pack_into(m, base + 8 * i, v)
+    _Q.pack_into(m, base + 8 * LIMIT_BREAKER_DISABLED, 0 if settings.circuit_breaker_enabled else 1)
+    _Q.pack_into(m, base + 8 * LIMIT_REJECTIONS_NOT_ERRORS, 0 if settings.rejections_count_as_errors else 1)
+    _Q.pack_into(m, base + 8 * LIMIT_SLEEP_EXTRA_PPM, ppm(settings.sleep_window_multiplier - 1.0))
+    _Q.pack_into(m, base + 8 * LIMIT_MAX_SLEEP_NS, settings.max_sleep_window_ns)
+    _Q.pack_into(m, base + 8 * LIMIT_SLEEP_JITTER_PPM, ppm(settings.sleep_window_jitter))
     if bump:
         (version,) = _Q.unpack_from(m, base + 8 * LIMIT_VERSION)
         _Q.pack_into(m, base + 8 * LIMIT_VERSION, version + 1)
@@ -541,6 +555,11 @@ def _words(settings: Settings) -> tuple[int, ...]:
         settings.request_volume_threshold,
         settings.error_percent_threshold,
         1 if settings.semaphore else 0,
+        0 if settings.circuit_breaker_enabled else 1,
+        0 if settings.rejections_count_as_errors else 1,
+        ppm(settings.sleep_window_multiplier - 1.0),
+        settings.max_sleep_window_ns,
+        ppm(settings.sleep_window_jitter),
     )
 
 
@@ -552,7 +571,7 @@ def intern(settings: Settings) -> Settings:
 
 def settings_from_words(words: tuple[int, ...]) -> Settings:
     """The :class:`Settings` that the LIMITS words ``words`` (as read) describe."""
-    key = tuple(words[:6])
+    key = (*words[:6], *words[LIMIT_BREAKER_DISABLED : LIMIT_SLEEP_JITTER_PPM + 1])
     known = _interned.get(key)
     if known is not None:
         return known
@@ -563,6 +582,13 @@ def settings_from_words(words: tuple[int, ...]) -> Settings:
         sleep_window=timedelta(microseconds=words[LIMIT_SLEEP_WINDOW_NS] // 1000),
         error_percent_threshold=words[LIMIT_ERROR_PERCENT],
         isolation="semaphore" if words[LIMIT_SEMAPHORE] else "thread",
+        circuit_breaker_enabled=not words[LIMIT_BREAKER_DISABLED],
+        rejections_count_as_errors=not words[LIMIT_REJECTIONS_NOT_ERRORS],
+        sleep_window_multiplier=1.0 + words[LIMIT_SLEEP_EXTRA_PPM] / PPM,
+        max_sleep_window=timedelta(microseconds=words[LIMIT_MAX_SLEEP_NS] // 1000)
+        if words[LIMIT_MAX_SLEEP_NS]
+        else None,
+        sleep_window_jitter=words[LIMIT_SLEEP_JITTER_PPM] / PPM,
     )
     _interned[key] = settings
     return settings

@@ -52,11 +52,15 @@ _STATE_WORD = _shared.STATE // 8 + _shared.STATE_WORD
 _OPENED_NS = _shared.STATE // 8 + _shared.STATE_OPENED_NS
 _EPISODE = _shared.STATE // 8 + _shared.STATE_EPISODE
 _TRIAL_SLOT = _shared.STATE // 8 + _shared.STATE_TRIAL_SLOT
+_REOPENS = _shared.STATE // 8 + _shared.STATE_REOPENS
+_SLEEP_RAW_NS = _shared.STATE // 8 + _shared.STATE_SLEEP_RAW_NS
+_SLEEP_NS = _shared.STATE // 8 + _shared.STATE_SLEEP_NS
 _TICKETS = _shared.TICKETS // 8
 
 # The state word's bits, as the compiled twin's (_circuit.pxd).
 _OPEN = 1
 _FORCED = 2
+_FORCED_CLOSED = 4  # as the compiled twin's STATE_FORCED_CLOSED
 
 # Seconds between two tries of a record lock the kernel refused as a deadlock (see HostLock._lock_file).
 _FIRST_PAUSE = 0.00005
@@ -283,6 +287,39 @@ class SharedCircuitBreaker(CircuitBreaker):
     def _open(self, value: bool) -> None:
         words = self._host.words
         words[_STATE_WORD] = words[_STATE_WORD] | _OPEN if value else words[_STATE_WORD] & ~_OPEN
+
+    @property
+    def _reopens(self) -> int:
+        return int(self._host.words[_REOPENS])
+
+    @_reopens.setter
+    def _reopens(self, value: int) -> None:
+        self._host.words[_REOPENS] = value
+
+    @property
+    def _sleep_raw_ns(self) -> int:
+        return int(self._host.words[_SLEEP_RAW_NS])
+
+    @_sleep_raw_ns.setter
+    def _sleep_raw_ns(self, value: int) -> None:
+        self._host.words[_SLEEP_RAW_NS] = value
+
+    @property
+    def _sleep_ns(self) -> int:
+        return int(self._host.words[_SLEEP_NS])
+
+    @_sleep_ns.setter
+    def _sleep_ns(self, value: int) -> None:
+        self._host.words[_SLEEP_NS] = value
+
+    @property
+    def _force_closed(self) -> bool:
+        return bool(self._host.words[_STATE_WORD] & _FORCED_CLOSED)
+
+    @_force_closed.setter
+    def _force_closed(self, value: bool) -> None:
+        words = self._host.words
+        words[_STATE_WORD] = words[_STATE_WORD] | _FORCED_CLOSED if value else words[_STATE_WORD] & ~_FORCED_CLOSED
 
     @property
     def _force_open(self) -> bool:

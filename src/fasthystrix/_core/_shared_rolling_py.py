@@ -204,6 +204,11 @@ class SharedRollingMetrics:
             second = last
         return _BUCKETS + (second % COUNTER_BUCKETS) * BUCKET_WIDTH
 
+    def rejections(self) -> int:
+        """Rejections in the window as of its last :meth:`health` (which moves it on)."""
+        words = self._words
+        return sum(words[b + REJECTED] for b in range(_BUCKETS, _REQUESTS, BUCKET_WIDTH))
+
     def health(self, now_ns: int) -> tuple[int, int]:
         """``(requests, errors)`` in the window ending at ``now_ns``."""
         words = self._words
