@@ -121,7 +121,7 @@ MAX_CIRCUITS = 1024
 """Circuit files a shared directory may hold (at most 1024 x 55 KiB = 55 MiB of shared memory);
 a new name past it raises :class:`SharedStateError`."""
 
-REAP_INTERVAL = 0.25
+REAP_INTERVAL = 0.1
 """Seconds between two checks for dead processes: a killed worker's tickets and trial come back
 within this (plus one check's time), well under 1 s."""
 
@@ -646,7 +646,7 @@ def reap_once(full: bool = True) -> int:
 
 # Every FULL_ROUNDS rounds the reaper looks at every circuit, idle ones included (to free the
 # slots of processes that died without holding anything).
-FULL_ROUNDS = 20
+FULL_ROUNDS = 50
 _PIDS = struct.Struct("<" + "qq48x" * MAX_PROCESSES)  # (pid, start) of each process slot
 
 
