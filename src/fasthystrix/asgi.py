@@ -98,9 +98,9 @@ class _Outbox:
             self.buffered += size
             return
         # One step of the server's send(), on the caller's task, as awaiting it would take.
-        sending = self._send(message)
+        sending = self._send(message).__await__()
         try:
-            blocked_on = sending.send(None)  # type: ignore[attr-defined]  # a coroutine, by the ASGI spec
+            blocked_on = sending.send(None)
         except StopIteration:
             return  # taken without waiting
         except BaseException as exc:
@@ -161,36 +161,37 @@ class _Outbox:
 
 
 class _Resumed:
-    """The rest of a coroutine that was stepped once by hand and suspended on ``blocked_on``.
+    """The rest of an awaitable's iterator (``__await__()``) that was stepped once by hand and
+    suspended on ``blocked_on``.
 
     Awaiting it does what an asyncio task does with any coroutine: it waits on what the
-    coroutine yielded (a future, or ``None`` for a bare yield), then resumes the coroutine
-    with ``send(None)``, or throws into it what the waiting raised (cancellation), until
-    the coroutine returns. That holds for whatever the coroutine yielded, because it is
-    yielded unchanged to the task that awaits this (tests/test_asgi_middleware.py's
-    test_a_send_that_waits_is_finished_in_order_by_the_pump).
+    iterator yielded (a future, or ``None`` for a bare yield), then resumes it with
+    ``send(None)``, or throws into it what the waiting raised (cancellation), until it
+    returns. Invariant: what it yielded reaches the task that awaits this unchanged, so
+    the task waits on it exactly as it would have (tests/test_asgi_middleware.py,
+    test_a_send_that_waits_is_finished_in_order_by_the_pump, fails otherwise).
     """
 
-    __slots__ = ("_blocked_on", "_coroutine")
+    __slots__ = ("_blocked_on", "_iterator")
 
-    def __init__(self, coroutine: Any, blocked_on: Any) -> None:
-        self._coroutine = coroutine
+    def __init__(self, iterator: Generator[Any, None, Any], blocked_on: Any) -> None:
+        self._iterator = iterator
         self._blocked_on = blocked_on
 
     def __await__(self) -> Generator[Any, None, Any]:
-        coroutine = self._coroutine
+        iterator = self._iterator
         yielded = self._blocked_on
         while True:
             try:
                 yield yielded
-            except BaseException as exc:  # cancelled while waiting: the coroutine unwinds itself
+            except BaseException as exc:  # cancelled while waiting: the send unwinds itself
                 try:
-                    yielded = coroutine.throw(exc)
+                    yielded = iterator.throw(exc)
                 except StopIteration as stop:
                     return stop.value
                 continue
             try:
-                yielded = coroutine.send(None)
+                yielded = iterator.send(None)
             except StopIteration as stop:
                 return stop.value
 
