@@ -121,3 +121,34 @@ def sharing(directory: Path) -> Iterator[Path]:
         _registry._holders.clear()
         if before is not None:
             fasthystrix.share_circuits(before)
+
+
+#: Circuit names every exporter must survive: lone surrogates (what ``surrogateescape`` makes of
+#: bytes that are not UTF-8), the separators and escapes of the StatsD and Prometheus text
+#: formats, NUL, characters outside the BMP, an empty name and a 10 KB one.
+HOSTILE_NAMES = (
+    "lone \ud800 high surrogate",
+    "lone low surrogate \udfff",
+    "\ud83d\ude00 a pair, as two code points",
+    "new\nline",
+    "carriage\rreturn",
+    'quo"te',
+    "back\\slash",
+    'back\\slash and quote\\"',
+    "pi|pe",
+    "ha#sh",
+    "sp ace",
+    "tab\there",
+    "{br}aces=and,commas",
+    "col:on@at",
+    "nul\x00byte",
+    "emoji \U0001f600",
+    "",
+    "x" * 10_240,
+)
+
+
+def exported_label(name: str) -> str:
+    """What the Prometheus and OpenTelemetry exporters publish for circuit ``name``: every
+    surrogate code point replaced by U+FFFD, everything else as it is."""
+    return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in name)

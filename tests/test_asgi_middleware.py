@@ -17,6 +17,7 @@ import pytest
 import fasthystrix
 from fasthystrix import _registry
 from fasthystrix.asgi import CircuitBreakerMiddleware
+from slow_clients import SlowReaders, SlowUploads
 from support import WAIT, load_example, wait_until
 
 uvicorn = pytest.importorskip("uvicorn")
@@ -366,6 +367,168 @@ def test_a_client_leaving_mid_response_is_not_a_failure() -> None:
     assert (snapshot.context_canceled, snapshot.failures, snapshot.errors) == (1, 0, 0)
 
 
+# -- slow clients: their time is not the route's ---------------------------------------------------
+
+
+def counting(app: Any, seen: list[str]) -> Any:
+    """``app``, noting the path of each HTTP request as the server hands it over (headers read)."""
+
+    async def counted(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            seen.append(scope["path"])
+        await app(scope, receive, send)
+
+    return counted
+
+
+@pytest.mark.parametrize("trickle", [True, False], ids=["trickling", "stalled"])
+def test_slow_uploads_leave_the_route_to_other_clients(trickle: bool) -> None:
+    async def upload(request: Request) -> Response:
+        return PlainTextResponse(f"{len(await request.body())} bytes")
+
+    seen: list[str] = []
+    app = counting(app_with([Route("/upload", upload, methods=["POST"])]), seen)  # the default config
+    with serve(app) as client, SlowUploads(client.base_url.port or 0, "/upload", 10, trickle=trickle) as attack:
+        wait_until(lambda: attack.connected >= 10 and seen.count("/upload") >= 10, "ten slow uploads begun")
+        statuses = [client.post("/upload", content=b"y" * 1000).status_code for _ in range(30)]
+        assert statuses == [200] * 30
+        circuit = fasthystrix.get_circuit("POST /upload")[0]
+        wait_until(lambda: circuit.tickets_in_use == 0, "no ticket held while the uploads go on")
+        assert attack.answers == {}  # still uploading: the server's own timeouts are theirs
+    snapshot = metrics("POST /upload")
+    assert (snapshot.successes, snapshot.errors) == (30, 0)
+
+
+def test_slow_readers_leave_the_route_to_other_clients() -> None:
+    chunk = b"z" * 65536
+
+    async def chunks() -> Any:
+        for _ in range(64):  # 4 MiB in 64 messages: far more than the socket buffers hold
+            yield chunk
+
+    async def download(request: Request) -> Response:
+        produced.append(1)
+        return StreamingResponse(chunks(), media_type="application/octet-stream")
+
+    produced: list[int] = []
+    config = fasthystrix.CommandConfig(timeout=120_000)  # only the buffer, not the timeout, ends them
+    with serve(app_with([Route("/download", download)], config=config)) as client:
+        with SlowReaders(client.base_url.port or 0, "/download", 10):
+            wait_until(lambda: len(produced) == 10, "ten slow readers answered")
+            circuit = _registry.circuits()["GET /download"]  # made by the first request, with the config
+            wait_until(lambda: circuit.tickets_in_use == 0, "no ticket held for a client that does not read")
+            for _ in range(3):
+                response = client.get("/download")
+                assert (response.status_code, len(response.content)) == (200, 64 * 65536)
+    snapshot = metrics("GET /download")
+    assert (snapshot.rejects, snapshot.timeouts, snapshot.failures) == (0, 0, 0)
+
+
+def test_a_send_that_waits_is_finished_in_order_by_the_pump() -> None:
+    from fasthystrix.asgi import _Outbox
+
+    async def main() -> None:
+        sent: list[int] = []
+        unwound: list[int] = []
+        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def send(message: dict[str, Any]) -> None:
+            try:
+                if message.get("wait"):
+                    await gate
+                elif message.get("yield"):
+                    await asyncio.sleep(0)  # a bare yield, not a future
+            finally:
+                unwound.append(message["n"])
+            sent.append(message["n"])
+
+        outbox = _Outbox(send)
+        outbox.put({"n": 1, "body": b"x"})  # taken at once: no task, nothing buffered
+        assert (sent, outbox.buffered, outbox.idle) == ([1], 0, True)
+        outbox.put({"n": 2, "body": b"xx", "wait": True})  # waits: the pump finishes it
+        outbox.put({"n": 3, "body": b"yyy", "yield": True})  # queued behind it, in order
+        outbox.put({"n": 4, "body": b"zzzz"})
+        assert (sent, outbox.buffered, outbox.idle) == ([1], 9, False)
+        for _ in range(3):
+            await asyncio.sleep(0)  # the pump runs: still waiting for the gate
+        assert (sent, outbox.buffered, outbox.error) == ([1], 9, None)
+        gate.set_result(None)
+        await outbox.drained()
+        assert (sent, outbox.buffered, outbox.idle) == ([1, 2, 3, 4], 0, True)
+        outbox.put({"n": 5, "yield": True})  # after the pump ended: stepped at once again, then pumped
+        await outbox.close()
+        assert sent == [1, 2, 3, 4, 5]
+
+        # Stopped while the server's send waits: that send unwinds (cancelled).
+        never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def stuck(message: dict[str, Any]) -> None:
+            try:
+                await never
+            finally:
+                unwound.append(-1)
+
+        blocked = _Outbox(stuck)
+        blocked.put({"n": 7})
+        await asyncio.sleep(0)  # the pump starts waiting
+        blocked.abort()
+        await asyncio.sleep(0)
+        assert unwound[-1] == -1 and blocked.idle
+
+        # A send that fails: the app's next put raises its error; close() keeps quiet about an OSError.
+        async def gone(message: dict[str, Any]) -> None:
+            await asyncio.sleep(0)
+            raise ConnectionResetError("the client went away")
+
+        failing = _Outbox(gone)
+        failing.put({"n": 8})
+        await failing.drained()
+        with pytest.raises(ConnectionResetError):
+            failing.put({"n": 9})
+        await failing.close()
+
+    asyncio.run(main())
+
+
+def raw_exchange(port: int, request: bytes) -> bytes:
+    """Send ``request`` on a new connection, and nothing more; everything the server sends until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while data := sock.recv(65536):
+            received += data
+    return received
+
+
+def test_bodies_are_read_first_replayed_to_the_app_and_bounded() -> None:
+    bodies: list[bytes] = []
+
+    async def upload(request: Request) -> Response:
+        bodies.append(await request.body())
+        return PlainTextResponse(str(len(bodies[-1])))
+
+    app = app_with([Route("/upload", upload, methods=["POST"])], max_body_size=100_000)
+    body = bytes(range(256)) * 390  # 99 840 bytes
+    with serve(app) as client:
+        port = client.base_url.port or 0
+        assert client.post("/upload", content=body).text == "99840"
+        assert client.post("/upload", content=iter([body[:50_000], body[50_000:]])).text == "99840"  # chunked
+        assert client.post("/upload").text == "0"
+        # Announced too large: answered at once, the body never read.
+        head = b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100001\r\n\r\n"
+        answer = raw_exchange(port, head)
+        assert answer.startswith(b"HTTP/1.1 413 ")
+        assert b'{"error": "request body too large", "command": "POST /upload", "max_body_size": 100000}' in answer
+        # Chunked, found too large once past the bound.
+        chunked = b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        chunked += b"%x\r\n%s\r\n" % (60_000, b"c" * 60_000) * 2 + b"0\r\n\r\n"
+        assert raw_exchange(port, chunked).startswith(b"HTTP/1.1 413 ")
+    assert bodies == [body, body, b""]
+    snapshot = metrics("POST /upload")
+    assert (snapshot.requests, snapshot.successes) == (3, 3)  # a 413 never reaches the command
+
+
 # -- fallbacks ------------------------------------------------------------------------------------
 
 
@@ -436,6 +599,12 @@ def test_bad_arguments() -> None:
         CircuitBreakerMiddleware(item, exclude="/ops")
     with pytest.raises(ValueError, match="timeout"):
         CircuitBreakerMiddleware(item, config={"timeout": -1})
+    with pytest.raises(ValueError, match="max_body_size must be an int >= 0 or None, not -1"):
+        CircuitBreakerMiddleware(item, max_body_size=-1)
+    with pytest.raises(ValueError, match="max_body_size"):
+        CircuitBreakerMiddleware(item, max_body_size="1 MB")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="response_buffer_size must be an int >= 0, not True"):
+        CircuitBreakerMiddleware(item, response_buffer_size=True)
 
 
 # -- the example ----------------------------------------------------------------------------------

@@ -12,8 +12,9 @@ import httpx
 import pytest
 
 import fasthystrix
+from fasthystrix import _registry
 from fasthystrix.httpx import AsyncCommandTransport, CommandTransport, FailedResponseError, command_name
-from local_http_server import GZIPPED, HELD_BODY, NEVER_MS, LocalServer, closed_port, serving
+from local_http_server import GZIPPED, HELD_BODY, NEVER_MS, LocalServer, closed_port, refusing_ports, serving
 from support import WAIT, wait_until
 
 
@@ -103,9 +104,76 @@ def test_custom_names(server: LocalServer) -> None:
     assert metrics("api").successes == 1
 
 
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        ("https://API.Example.com/v1/x?y=1", "api.example.com:443"),
+        ("http://api.example.com/", "api.example.com:80"),
+        ("http://api.example.com:8080/", "api.example.com:8080"),
+        ("http://[::1]/", "[::1]:80"),
+    ],
+)
+def test_host_port_names_always_carry_the_port(url: str, name: str) -> None:
+    assert command_name(httpx.Request("GET", url), "host:port") == name
+
+
+def test_command_maps_each_url_to_its_command(server: LocalServer) -> None:
+    with client(command="host:port") as c:
+        assert c.get(server.url + "/ok").status_code == 200
+    with client(command="downstream") as c:
+        assert c.get(server.url + "/ok").status_code == 200
+    with client(command=lambda url: f"{url.host}{url.path}") as c:
+        assert c.get(server.url + "/notfound").status_code == 404
+    assert sorted(_registry.circuits()) == ["127.0.0.1/notfound", f"127.0.0.1:{server.port}", "downstream"]
+    with client(command=lambda url: "") as c, pytest.raises(TypeError, match=r"command\(url\) must return"):
+        c.get(server.url + "/ok")
+
+
+def test_urls_chosen_by_others_make_at_most_max_hosts_circuits(server: LocalServer) -> None:
+    # A service fetching URLs its users give: each port a new host:port. 100 by default, then one more.
+    with refusing_ports(101) as ports, client() as c:
+        for port in ports:
+            with pytest.raises(httpx.ConnectError):
+                c.get(f"http://127.0.0.1:{port}/")
+        assert c.get(server.url + "/ok").status_code == 200  # new too: past the bound
+        with pytest.raises(httpx.ConnectError):
+            c.get(f"http://127.0.0.1:{ports[0]}/")  # one of the first hundred: its own circuit still
+    assert set(_registry.circuits()) == {f"127.0.0.1:{port}" for port in ports[:100]} | {"<other hosts>"}
+    others = metrics("<other hosts>")
+    assert (others.failures, others.successes) == (1, 1)
+    assert metrics(f"127.0.0.1:{ports[0]}").failures == 2
+
+
+def test_max_hosts_applies_to_every_mapping_and_none_lifts_it(server: LocalServer) -> None:
+    from fasthystrix.httpx import DEFAULT_MAX_HOSTS, OTHER_HOSTS
+
+    assert (DEFAULT_MAX_HOSTS, OTHER_HOSTS) == (100, "<other hosts>")
+    with client(command=lambda url: url.path, max_hosts=2) as c:
+        for path in ("/ok", "/notfound", "/fail", "/ok", "/unavailable"):
+            c.get(server.url + path)
+    assert sorted(_registry.circuits()) == ["/notfound", "/ok", OTHER_HOSTS]
+    assert metrics(OTHER_HOSTS).requests == 2
+    fasthystrix.flush()
+    with client(name=lambda request: request.url.path, max_hosts=None) as c:
+        for path in ("/ok", "/notfound", "/fail"):
+            c.get(server.url + path)
+    assert sorted(_registry.circuits()) == ["/fail", "/notfound", "/ok"]
+
+
 def test_bad_options_are_refused() -> None:
     with pytest.raises(TypeError, match="name"):
         CommandTransport(name=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="command must be 'host', 'host:port', a command name"):
+        CommandTransport(command=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="command must not be empty"):
+        AsyncCommandTransport(command="")
+    with pytest.raises(TypeError, match="pass command or name, not both"):
+        CommandTransport(command="a", name="b")
+    for bad in (0, -1, True, 2.5):
+        with pytest.raises(ValueError, match="max_hosts must be an int >= 1 or None"):
+            CommandTransport(max_hosts=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="command must be 'host' or 'host:port'"):
+        command_name(httpx.Request("GET", "http://x/"), "x")
     with pytest.raises(TypeError, match="fallback"):
         CommandTransport(fallback="x")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="is_failure"):

@@ -16,7 +16,7 @@ from conftest import FakeClock
 from fasthystrix import otel
 from fasthystrix._observability import _cumulative
 from fasthystrix.metric_collector import registry as collector_registry
-from support import KNOWN, drive_known_events, semaphore_command
+from support import HOSTILE_NAMES, KNOWN, drive_known_events, exported_label, semaphore_command
 
 
 class Collected:
@@ -150,7 +150,7 @@ def test_close_and_instrument_again() -> None:
 
 def test_global_provider_default() -> None:
     with otel.instrument() as instrumentation:
-        assert len(instrumentation.instruments) == 13
+        assert len(instrumentation.instruments) == 14
         assert _cumulative.CumulativeCollector in collector_registry.factories
 
 
@@ -163,6 +163,30 @@ def test_shared_counting_with_prometheus(collect: Callable[[], Collected]) -> No
         assert collector_registry.factories.count(_cumulative.CumulativeCollector) == 1
     # OpenTelemetry still holds it.
     assert _cumulative.CumulativeCollector in collector_registry.factories
+
+
+def test_any_name_is_reported_with_attributes_any_exporter_can_encode(collect: Callable[[], Collected]) -> None:
+    names = ["normal", *HOSTILE_NAMES, "dup \ufffd"]
+    for name in names:
+        semaphore_command(name)
+        fasthystrix.do(name, lambda: None)
+    got = collect()
+    for name in names:
+        assert got("fasthystrix.events", command=exported_label(name), event="success") == 1
+        assert got("fasthystrix.circuit.open", command=exported_label(name)) == 0
+    for points in got.points.values():
+        for attributes in points:
+            for value in dict(attributes).values():
+                value.encode("utf-8")  # what OTLP and every other exporter must do
+    assert got("fasthystrix.exporter.skipped_circuits") == 0
+    # A second name that is "dup \ufffd" once exported: left out, and counted.
+    semaphore_command("dup \ud800")
+    fasthystrix.do("dup \ud800", lambda: None)
+    fasthystrix.do("dup \ud800", lambda: None)
+    got = collect()
+    assert got("fasthystrix.events", command="dup \ufffd", event="success") == 1
+    assert got("fasthystrix.exporter.skipped_circuits") == 1
+    assert isinstance(got.data["fasthystrix.exporter.skipped_circuits"], Gauge)
 
 
 def test_imports_only_the_api() -> None:

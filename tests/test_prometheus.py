@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
@@ -11,7 +12,8 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, generate_latest, make_wsgi_app
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
 import fasthystrix
@@ -19,7 +21,7 @@ from conftest import FakeClock
 from fasthystrix import prometheus
 from fasthystrix._observability import _cumulative
 from fasthystrix.metric_collector import registry as collector_registry
-from support import KNOWN, boom, drive_known_events, semaphore_command
+from support import HOSTILE_NAMES, KNOWN, boom, drive_known_events, exported_label, semaphore_command
 
 EVENTS = (
     "success",
@@ -35,16 +37,20 @@ EVENTS = (
 
 
 class Scrape:
-    """One parsed scrape: families by name and sample values by (name, labels)."""
+    """One parsed scrape (by prometheus_client's own parser of the format): families by name and
+    sample values by (name, labels); a series twice is an error."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, openmetrics: bool = False) -> None:
         self.text = text
         self.types: dict[str, str] = {}
         self.samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
-        for family in text_string_to_metric_families(text):
+        parse = openmetrics_families if openmetrics else text_string_to_metric_families
+        for family in parse(text):
             self.types[family.name] = family.type
             for sample in family.samples:
-                self.samples[sample.name, frozenset(sample.labels.items())] = sample.value
+                key = (sample.name, frozenset(sample.labels.items()))
+                assert key not in self.samples, f"series twice in a scrape: {key}"
+                self.samples[key] = sample.value
 
     def __call__(self, name: str, **labels: str) -> float:
         return self.samples[name, frozenset(labels.items())]
@@ -61,11 +67,12 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-@pytest.fixture
-def endpoint() -> Iterator[tuple[prometheus.FasthystrixCollector, Callable[[], Scrape]]]:
-    """A fresh registry with the collector, served by prometheus_client's own HTTP server on loopback."""
-    registry = CollectorRegistry()
-    collector = prometheus.register(registry)
+_OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+
+@contextlib.contextmanager
+def serving(registry: CollectorRegistry) -> Iterator[Callable[..., Scrape]]:
+    """Serve ``registry`` over HTTP on loopback; yield ``scrape(openmetrics=False)``."""
     # prometheus_client's own WSGI app (what start_http_server serves), on a loopback wsgiref server
     # polled often so that shutdown() is quick.
     server = make_server("127.0.0.1", 0, make_wsgi_app(registry), handler_class=_QuietHandler)
@@ -73,17 +80,32 @@ def endpoint() -> Iterator[tuple[prometheus.FasthystrixCollector, Callable[[], S
     thread.start()
     url = f"http://127.0.0.1:{server.server_port}/metrics"
 
-    def scrape() -> Scrape:
-        with urllib.request.urlopen(url, timeout=10) as response:
+    def scrape(openmetrics: bool = False) -> Scrape:
+        request = urllib.request.Request(url, headers={"Accept": _OPENMETRICS} if openmetrics else {})
+        with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 200
-            return Scrape(response.read().decode())
+            assert response.headers["Content-Type"].startswith(
+                "application/openmetrics-text" if openmetrics else "text/plain"
+            )
+            return Scrape(response.read().decode("utf-8"), openmetrics)
 
     try:
-        yield collector, scrape
+        yield scrape
     finally:
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+@pytest.fixture
+def endpoint() -> Iterator[tuple[prometheus.FasthystrixCollector, Callable[..., Scrape]]]:
+    """A fresh registry with the collector, served by prometheus_client's own HTTP server on loopback."""
+    registry = CollectorRegistry()
+    collector = prometheus.register(registry)
+    try:
+        with serving(registry) as scrape:
+            yield collector, scrape
+    finally:
         collector.close()
 
 
@@ -272,3 +294,40 @@ def test_exact_totals_under_threads(endpoint: Any) -> None:
     assert got("fasthystrix_events_total", command=name, event="fallback-success") == total // 4
     assert got("fasthystrix_run_duration_seconds_count", command=name) == total
     assert got("fasthystrix_total_duration_seconds_count", command=name) == total
+
+
+def test_any_name_gives_a_valid_scrape_and_leaves_the_apps_metrics_intact() -> None:
+    registry = CollectorRegistry()
+    requests = Counter("app_requests", "The application's own metric.", ["path"], registry=registry)
+    requests.labels(path="/home").inc(5)
+    names = ["normal", *HOSTILE_NAMES]
+    with prometheus.register(registry), serving(registry) as scrape:
+        for name in names:
+            semaphore_command(name)
+            fasthystrix.do(name, lambda: None)
+        fasthystrix.do("normal", boom, lambda err: None)
+        for got in (scrape(), scrape(openmetrics=True)):
+            assert got("app_requests_total", path="/home") == 5
+            assert got("fasthystrix_events_total", command="normal", event="success") == 1
+            assert got("fasthystrix_events_total", command="normal", event="failure") == 1
+            for name in names:
+                # Label values as they are (the format escapes them), surrogates replaced by U+FFFD.
+                assert got("fasthystrix_events_total", command=exported_label(name), event="success") == 1
+                assert got("fasthystrix_circuit_open", command=exported_label(name)) == 0
+            assert got("fasthystrix_exporter_skipped_circuits") == 0
+            assert got.types["fasthystrix_exporter_skipped_circuits"] == "gauge"
+
+
+def test_names_that_collide_once_exported_are_skipped_and_counted(endpoint: Any) -> None:
+    _, scrape = endpoint
+    for name in ("dup \ud800", "dup \udfff", "dup \ufffd", "other"):
+        semaphore_command(name)
+        fasthystrix.do(name, lambda: None)
+    fasthystrix.do("dup \ufffd", lambda: None)
+    for got in (scrape(), scrape(openmetrics=True)):
+        # The name that needed no replacement keeps its series; the other two would repeat it.
+        assert got("fasthystrix_events_total", command="dup \ufffd", event="success") == 2
+        assert got("fasthystrix_events_total", command="other", event="success") == 1
+        assert got("fasthystrix_exporter_skipped_circuits") == 2
+    fasthystrix.flush()
+    assert scrape()("fasthystrix_exporter_skipped_circuits") == 0

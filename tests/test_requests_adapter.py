@@ -16,8 +16,9 @@ from requests.adapters import HTTPAdapter
 from urllib3.util import Timeout
 
 import fasthystrix
+from fasthystrix import _registry
 from fasthystrix.requests import CommandAdapter, FailedResponseError, command_name, make_response
-from local_http_server import GZIPPED, HELD_BODY, NEVER_MS, LocalServer, closed_port, serving
+from local_http_server import GZIPPED, HELD_BODY, NEVER_MS, LocalServer, closed_port, refusing_ports, serving
 from support import WAIT, wait_until
 
 
@@ -114,16 +115,83 @@ def test_custom_names(server: LocalServer) -> None:
     assert metrics("api").successes == 1
 
 
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        ("https://API.Example.com/v1/x?y=1", "api.example.com:443"),
+        ("http://api.example.com/", "api.example.com:80"),
+        ("http://api.example.com:8080/", "api.example.com:8080"),
+        ("http://[::1]/", "[::1]:80"),
+    ],
+)
+def test_host_port_names_always_carry_the_port(url: str, name: str) -> None:
+    assert command_name(requests.Request("GET", url).prepare(), "host:port") == name
+
+
+def test_command_maps_each_url_to_its_command(server: LocalServer) -> None:
+    with session(command="host:port") as s:
+        assert s.get(server.url + "/ok").status_code == 200
+    with session(command="downstream") as s:
+        assert s.get(server.url + "/ok").status_code == 200
+    with session(command=lambda url: "path" + urlsplit(url).path) as s:
+        assert s.get(server.url + "/notfound").status_code == 404
+    assert sorted(_registry.circuits()) == [f"127.0.0.1:{server.port}", "downstream", "path/notfound"]
+    with session(command=lambda url: None) as s, pytest.raises(TypeError, match=r"command\(url\) must return"):
+        s.get(server.url + "/ok")
+
+
+def test_urls_chosen_by_others_make_at_most_max_hosts_circuits(server: LocalServer) -> None:
+    # A service fetching URLs its users give: each port a new host:port. 100 by default, then one more.
+    with refusing_ports(101) as ports, session() as s:
+        for port in ports:
+            with pytest.raises(requests.ConnectionError):
+                s.get(f"http://127.0.0.1:{port}/")
+        assert s.get(server.url + "/ok").status_code == 200  # new too: past the bound
+        with pytest.raises(requests.ConnectionError):
+            s.get(f"http://127.0.0.1:{ports[0]}/")  # one of the first hundred: its own circuit still
+    assert set(_registry.circuits()) == {f"127.0.0.1:{port}" for port in ports[:100]} | {"<other hosts>"}
+    others = metrics("<other hosts>")
+    assert (others.failures, others.successes) == (1, 1)
+    assert metrics(f"127.0.0.1:{ports[0]}").failures == 2
+
+
+def test_max_hosts_applies_to_every_mapping_and_none_lifts_it(server: LocalServer) -> None:
+    from fasthystrix.requests import DEFAULT_MAX_HOSTS, OTHER_HOSTS
+
+    assert (DEFAULT_MAX_HOSTS, OTHER_HOSTS) == (100, "<other hosts>")
+    with session(command=lambda url: urlsplit(url).path, max_hosts=2) as s:
+        for path in ("/ok", "/notfound", "/fail", "/ok", "/unavailable"):
+            s.get(server.url + path)
+    assert sorted(_registry.circuits()) == ["/notfound", "/ok", OTHER_HOSTS]
+    assert metrics(OTHER_HOSTS).requests == 2
+    fasthystrix.flush()
+    with session(name=lambda request: urlsplit(request.url).path, max_hosts=None) as s:
+        for path in ("/ok", "/notfound", "/fail"):
+            s.get(server.url + path)
+    assert sorted(_registry.circuits()) == ["/fail", "/notfound", "/ok"]
+
+
 def test_bad_options_are_refused() -> None:
     with pytest.raises(TypeError, match="name"):
         CommandAdapter(name=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="command must be 'host', 'host:port', a command name"):
+        CommandAdapter(command=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="command must not be empty"):
+        CommandAdapter(command="")
+    with pytest.raises(TypeError, match="pass command or name, not both"):
+        CommandAdapter(command="a", name="b")
+    for bad in (0, -1, True, 2.5):
+        with pytest.raises(ValueError, match="max_hosts must be an int >= 1 or None"):
+            CommandAdapter(max_hosts=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="command must be 'host' or 'host:port'"):
+        command_name(requests.Request("GET", "http://x/").prepare(), "x")
     with pytest.raises(TypeError, match="fallback"):
         CommandAdapter(fallback="x")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="is_failure"):
         CommandAdapter(is_failure=1)  # type: ignore[arg-type]
 
 
-def test_the_adapter_pickles_with_its_options() -> None:
+def test_the_adapter_pickles_with_its_options(server: LocalServer) -> None:
     adapter = CommandAdapter(name="api", pool_maxsize=3)
     copy = pickle.loads(pickle.dumps(adapter))
     try:
@@ -131,6 +199,16 @@ def test_the_adapter_pickles_with_its_options() -> None:
     finally:
         copy.close()
         adapter.close()
+    adapter = CommandAdapter(command="host:port", max_hosts=1)
+    copy = pickle.loads(pickle.dumps(adapter))
+    with requests.Session() as s:
+        s.trust_env = False
+        s.mount("http://", copy)
+        assert s.get(server.url + "/ok").status_code == 200
+        assert s.get(f"http://localhost:{server.port}/ok").status_code == 200
+    assert (copy.command, copy.max_hosts) == ("host:port", 1)
+    assert sorted(_registry.circuits()) == [f"127.0.0.1:{server.port}", "<other hosts>"]
+    adapter.close()
 
 
 # -- outcomes -------------------------------------------------------------------------------------

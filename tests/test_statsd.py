@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import threading
 import time
@@ -21,7 +22,7 @@ from fasthystrix.statsd import (
     StatsdCollectorClient,
     sanitize_name,
 )
-from support import WAIT
+from support import HOSTILE_NAMES, WAIT
 
 
 class Daemon:
@@ -125,6 +126,60 @@ def _parse(lines: list[str]) -> tuple[Counter[str], dict[str, list[str]], dict[s
 def test_sanitize_name() -> None:
     assert sanitize_name("svc/users:get.v2") == "svc-users-get-v2"
     assert sanitize_name("plain_name") == "plain_name"
+    # Every other character outside [A-Za-z0-9_-] becomes "_", one for each code point.
+    assert sanitize_name("GET /items/{item_id}") == "GET_-items-_item_id_"
+    assert sanitize_name("a|b#c d\ne\x00f\ud800g\U0001f600h@i") == "a_b_c_d_e_f_g_h_i"
+    assert sanitize_name("") == "_"
+    # Longer than 200 characters: cut, and told apart by a hash of the whole name.
+    long_a, long_b = sanitize_name("x" * 10_240), sanitize_name("x" * 10_239 + "y")
+    assert len(long_a) == len(long_b) == 200
+    assert long_a.startswith("x" * 191 + "-") and long_a != long_b
+    assert re.fullmatch("[0-9a-f]{8}", long_a[192:])
+    assert sanitize_name("y" * 200) == "y" * 200
+
+
+# One StatsD line, strictly: dot-separated segments of [A-Za-z0-9_-], a number, a type, a sample rate.
+_LINE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*:(0|[1-9][0-9]*)(\.[0-9]+)?\|(c|g|ms)(\|@(0\.[0-9]*[1-9]|1))?")
+
+
+def test_any_name_gives_valid_lines_and_every_circuit_arrives(daemon: Daemon) -> None:
+    names = ["normal", *HOSTILE_NAMES]
+    with StatsdCollectorClient(daemon.address, prefix="myapp.hystrix", flush_interval=60).register() as client:
+        for name in names:
+            _configure(name)
+            for _ in range(3):
+                fasthystrix.do(name, lambda: "ok")
+        client.flush()
+
+        def every_circuit(lines: list[str]) -> bool:
+            counters = _parse(lines)[0]
+            return sum(1 for key, n in counters.items() if key.endswith(".attempts") and n == 3) == len(names)
+
+        lines = daemon.receive(every_circuit)
+        assert (client.dropped_packets, client.dropped_commands) == (0, 0)
+        packets = list(daemon.packets)
+    for packet in packets:
+        assert len(packet) <= LAN_STATSD_FLUSH_BYTES
+        for line in packet.decode("ascii").split("\n"):
+            assert _LINE.fullmatch(line), line
+    counters = _parse(lines)[0]
+    circuits = {key.removeprefix("myapp.hystrix.").rpartition(".")[0] for key in counters}
+    assert len(circuits) == len(names)  # none merged with another
+    for circuit in ("normal", "new_line", "pi_pe", "ha_sh", "sp_ace", "col-on_at", "nul_byte", "emoji__", "_"):
+        assert counters[f"myapp.hystrix.{circuit}.successes"] == 3, circuit
+    assert counters["myapp.hystrix.lone___high_surrogate.successes"] == 3
+    assert any(circuit.startswith("x" * 191 + "-") and len(circuit) == 200 for circuit in circuits)
+
+
+def test_a_result_that_cannot_be_formatted_is_dropped_alone(daemon: Daemon) -> None:
+    with StatsdCollectorClient(daemon.address, flush_interval=60) as client:
+        good, bad = client.new_statsd_collector("good"), client.new_statsd_collector("bad")
+        good.update(MetricResult(attempts=1, successes=1))
+        bad.update(MetricResult(attempts=1, successes=1, run_duration="not a timedelta"))  # type: ignore[arg-type]
+        good.update(MetricResult(attempts=1, successes=1))
+        client.flush()
+        daemon.receive(_complete("good", 2))
+        assert client.dropped_commands == 1
 
 
 def test_hystrix_go_names_types_and_values(client: StatsdCollectorClient, daemon: Daemon, clock: FakeClock) -> None:
@@ -359,6 +414,9 @@ def test_direct_update_and_ipv6_address_parsing() -> None:
         ({"flush_interval": 3601}, "flush_interval"),
         ({"flush_interval": float("nan")}, "flush_interval"),
         ({"max_queue": 0}, "max_queue"),
+        ({"prefix": "my app"}, "prefix must be made of"),
+        ({"prefix": "app|x"}, "prefix"),
+        ({"prefix": "app..x"}, "prefix"),
     ],
 )
 def test_invalid_configuration(kwargs: dict[str, Any], message: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 import time
 import uuid
@@ -15,6 +16,7 @@ import pytest
 import fasthystrix
 from fasthystrix import _registry
 from fasthystrix.wsgi import CircuitBreakerMiddleware
+from slow_clients import SlowReaders, SlowUploads
 from support import WAIT, load_example, wait_until
 
 httpx = pytest.importorskip("httpx")
@@ -327,6 +329,107 @@ def test_streamed_bodies_and_a_late_start_response() -> None:
     assert (snapshot.successes, snapshot.failures) == (1, 1)
 
 
+# -- slow clients: their time is not the route's ---------------------------------------------------
+
+
+def counting(app: Any, seen: list[str]) -> Any:
+    """``app``, noting the path of each request as the server hands it over (headers read)."""
+
+    def counted(environ: dict[str, Any], start_response: Any) -> Any:
+        seen.append(environ["PATH_INFO"])
+        return app(environ, start_response)
+
+    return counted
+
+
+def upload_app(**options: Any) -> Any:
+    app = flask.Flask(f"upload-{uuid.uuid4().hex}")
+
+    @app.post("/upload")
+    def upload() -> Any:
+        return f"{len(flask.request.get_data())} bytes"
+
+    app.wsgi_app = CircuitBreakerMiddleware(app.wsgi_app, **options)  # type: ignore[method-assign]
+    return app
+
+
+@pytest.mark.parametrize("trickle", [True, False], ids=["trickling", "stalled"])
+@pytest.mark.parametrize("isolation", ["thread", "semaphore"])
+def test_slow_uploads_leave_the_route_to_other_clients(isolation: str, trickle: bool) -> None:
+    seen: list[str] = []
+    app = counting(upload_app(config=fasthystrix.CommandConfig(isolation=isolation)), seen)
+    with serve(app) as client, SlowUploads(client.base_url.port or 0, "/upload", 10, trickle=trickle) as attack:
+        wait_until(lambda: attack.connected >= 10 and seen.count("/upload") >= 10, "ten slow uploads begun")
+        statuses = [client.post("/upload", content=b"y" * 1000).status_code for _ in range(30)]
+        assert statuses == [200] * 30
+        circuit = _registry.circuits()["POST /upload"]
+        wait_until(lambda: circuit.tickets_in_use == 0, "no ticket held while the uploads go on")
+        assert attack.answers == {}  # still uploading: the server's own timeouts are theirs
+    snapshot = metrics("POST /upload")
+    assert (snapshot.successes, snapshot.errors) == (30, 0)
+
+
+def test_slow_readers_leave_the_route_to_other_clients() -> None:
+    produced: list[int] = []
+    app = flask.Flask("download")
+
+    @app.get("/download")
+    def download() -> Any:
+        produced.append(1)
+        return flask.Response((b"z" * 65536 for _ in range(64)), mimetype="application/octet-stream")
+
+    config = fasthystrix.CommandConfig(timeout=120_000)
+    app.wsgi_app = CircuitBreakerMiddleware(app.wsgi_app, config=config)  # type: ignore[method-assign]
+    with serve(app) as client, SlowReaders(client.base_url.port or 0, "/download", 10):
+        wait_until(lambda: len(produced) == 10, "ten slow readers answered")
+        circuit = _registry.circuits()["GET /download"]
+        wait_until(lambda: circuit.tickets_in_use == 0, "no ticket held for a client that does not read")
+        for _ in range(3):
+            response = client.get("/download")
+            assert (response.status_code, len(response.content)) == (200, 64 * 65536)
+    snapshot = metrics("GET /download")
+    assert (snapshot.rejects, snapshot.timeouts, snapshot.failures) == (0, 0, 0)
+
+
+def raw_exchange(port: int, request: bytes) -> bytes:
+    """Send ``request`` on a new connection, and nothing more; everything the server sends until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while data := sock.recv(65536):
+            received += data
+    return received
+
+
+def test_bodies_are_read_first_replayed_to_the_app_and_bounded() -> None:
+    bodies: list[bytes] = []
+    app = flask.Flask("upload")
+
+    @app.post("/upload")
+    def upload() -> Any:
+        bodies.append(flask.request.get_data())
+        return str(len(bodies[-1]))
+
+    app.wsgi_app = CircuitBreakerMiddleware(app.wsgi_app, max_body_size=100_000)  # type: ignore[method-assign]
+    body = bytes(range(256)) * 390  # 99 840 bytes
+    with serve(app) as client:
+        port = client.base_url.port or 0
+        assert client.post("/upload", content=body).text == "99840"
+        assert client.post("/upload", content=iter([body[:50_000], body[50_000:]])).text == "99840"  # chunked
+        assert client.post("/upload").text == "0"
+        head = b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100001\r\n\r\n"
+        answer = raw_exchange(port, head)
+        assert answer.startswith(b"HTTP/1.1 413 ")
+        assert b'{"error": "request body too large", "command": "POST /upload", "max_body_size": 100000}' in answer
+        chunked = b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        chunked += b"%x\r\n%s\r\n" % (60_000, b"c" * 60_000) * 2 + b"0\r\n\r\n"
+        assert raw_exchange(port, chunked).startswith(b"HTTP/1.1 413 ")
+    assert bodies == [body, body, b""]
+    snapshot = metrics("POST /upload")
+    assert (snapshot.requests, snapshot.successes) == (3, 3)  # a 413 never reaches the command
+
+
 # -- fallbacks ------------------------------------------------------------------------------------
 
 
@@ -373,6 +476,8 @@ def test_bad_arguments() -> None:
         CircuitBreakerMiddleware(app, name=3)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="exclude"):
         CircuitBreakerMiddleware(app, exclude="/ops")
+    with pytest.raises(ValueError, match="max_body_size must be an int >= 0 or None, not -1"):
+        CircuitBreakerMiddleware(app, max_body_size=-1)
     with pytest.raises(TypeError, match="isolation"):
         CircuitBreakerMiddleware(app, config={"isolation": 1})
     # Too large for the compiled circuit: refused here, not at the first request of each route.

@@ -10,29 +10,51 @@ successes; either way the client gets the app's own response. When the app is no
 (the circuit is open, every ticket is taken) or does not answer in time (the timeout:
 the app is cancelled), the client gets a 503 with a small JSON body naming the reason,
 or the response of ``fallback``.
+
+**What the command covers: the app, not the client.** The request body is read before
+the command starts (at most ``max_body_size`` bytes; a larger one is answered 413 and the
+app never runs) and replayed to the app by its ``receive()``, so a client that sends its
+body slowly, or never finishes it, holds no ticket and adds nothing to the route's
+latency: only the server's own timeouts end it. The app's ``send()`` never waits for the
+client while the command runs: a message the server cannot take at once (its buffers
+are full: the client reads slowly) is buffered and sent by a task of its own, with the
+ones after it. The command ends when the app's
+response is complete, or as soon as more than ``response_buffer_size`` body bytes wait for
+the client: it then counts as a success or a failure by its status, and the app's further
+sends wait for the client, outside the command's timeout and ticket.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Collection, Generator, Iterable, Mapping, MutableMapping
 from typing import Any
 
 from ._core import _errors
 from ._core._config import CommandConfig
 from ._integrations._middleware import (
+    DEFAULT_MAX_BODY_SIZE,
     UNMATCHED,
+    _content_length,
     _excluded,
     _method,
     _Names,
+    _optional_size,
     _rejection,
     _response_triple,
     _ServerError,
+    _size,
+    _too_large,
 )
 from ._isolation._asyncio import do_async
 
-__all__ = ["UNMATCHED", "CircuitBreakerMiddleware"]
+__all__ = ["DEFAULT_MAX_BODY_SIZE", "DEFAULT_RESPONSE_BUFFER_SIZE", "UNMATCHED", "CircuitBreakerMiddleware"]
+
+#: The default ``response_buffer_size``: body bytes of a response held for a slow client while the
+#: command runs (256 KiB).
+DEFAULT_RESPONSE_BUFFER_SIZE = 256 * 1024
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -44,32 +66,169 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 FallbackResult = None | tuple[int, Any, bytes | str] | ASGIApp
 
 
+class _Outbox:
+    """The app's response messages on their way to the client: :meth:`put` never waits for the client.
+
+    A message is handed to the server's ``send()`` at once, and that is all when the
+    server takes it without waiting (the common case: its buffers have room). When the
+    server's ``send()`` has to wait for the client, the rest of it, and every message put
+    meanwhile, are sent in order by a task of their own (the pump), and ``buffered``
+    counts their body bytes. A send that fails stops the pump; the app's next
+    :meth:`put` raises its error (an ``OSError``: the client went away).
+    """
+
+    __slots__ = ("_queue", "_raised", "_send", "_task", "buffered", "error")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self._queue: collections.deque[Message] = collections.deque()
+        self._task: asyncio.Future[None] | None = None
+        self._raised = False
+        self.buffered = 0
+        self.error: BaseException | None = None
+
+    def put(self, message: Message) -> None:
+        if self.error is not None:
+            self._raised = True
+            raise self.error
+        size = len(message.get("body", b""))
+        if self._task is not None:
+            # The pump is waiting for the client: queue behind it, to keep the order.
+            self._queue.append(message)
+            self.buffered += size
+            return
+        # One step of the server's send(), on the caller's task, as awaiting it would take.
+        sending = self._send(message).__await__()
+        try:
+            blocked_on = sending.send(None)
+        except StopIteration:
+            return  # taken without waiting
+        except BaseException as exc:
+            self._raised = True
+            self.error = exc
+            raise
+        self.buffered += size
+        self._task = asyncio.ensure_future(self._pump(_Resumed(sending, blocked_on), size))
+
+    async def _pump(self, first: _Resumed, size: int) -> None:
+        queue = self._queue
+        try:
+            await first
+            self.buffered -= size
+            while queue:
+                message = queue.popleft()
+                await self._send(message)
+                self.buffered -= len(message.get("body", b""))
+        except Exception as exc:
+            self.error = exc
+            queue.clear()
+            self.buffered = 0
+        finally:
+            self._task = None
+
+    @property
+    def idle(self) -> bool:
+        """Everything put was handed to the server, without error: :meth:`close` has nothing to do."""
+        return self._task is None and self.error is None
+
+    async def drained(self) -> None:
+        """Wait until everything put has been handed to the server, or sending failed."""
+        task = self._task
+        if task is not None:
+            await asyncio.wait((task,))  # not `await task`: cancelling the caller must not cancel the pump
+
+    async def close(self) -> None:
+        """Hand over what is left, then stop.
+
+        Raises the server's error if the app never saw it, unless it is an ``OSError``
+        (the client went away: nobody to answer, nothing to log).
+        """
+        try:
+            await self.drained()
+        finally:
+            self.abort()
+        error = self.error
+        if error is not None and not self._raised and not isinstance(error, OSError):
+            self._raised = True
+            raise error
+
+    def abort(self) -> None:
+        """Stop the pump now, whatever is left unsent."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+        self._queue.clear()
+
+
+class _Resumed:
+    """The rest of an awaitable's iterator (``__await__()``) that was stepped once by hand and
+    suspended on ``blocked_on``.
+
+    Awaiting it does what an asyncio task does with any coroutine: it waits on what the
+    iterator yielded (a future, or ``None`` for a bare yield), then resumes it with
+    ``send(None)``, or throws into it what the waiting raised (cancellation), until it
+    returns. Invariant: what it yielded reaches the task that awaits this unchanged, so
+    the task waits on it exactly as it would have (tests/test_asgi_middleware.py,
+    test_a_send_that_waits_is_finished_in_order_by_the_pump, fails otherwise).
+    """
+
+    __slots__ = ("_blocked_on", "_iterator")
+
+    def __init__(self, iterator: Generator[Any, None, Any], blocked_on: Any) -> None:
+        self._iterator = iterator
+        self._blocked_on = blocked_on
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        iterator = self._iterator
+        yielded = self._blocked_on
+        while True:
+            try:
+                yield yielded
+            except BaseException as exc:  # cancelled while waiting: the send unwinds itself
+                try:
+                    yielded = iterator.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+                continue
+            try:
+                yielded = iterator.send(None)
+            except StopIteration as stop:
+                return stop.value
+
+
 class _Exchange:
-    """One request's run of the app: the response status seen so far, and whether it is complete."""
+    """One request's run of the app: its body to replay, the response status seen so far, whether it is complete."""
 
     __slots__ = (
         "answered",
         "app",
+        "body",
+        "buffer_size",
         "complete",
+        "detached",
         "disconnected",
+        "outbox",
         "raised",
         "receive_upstream",
         "scope",
-        "send_downstream",
         "started",
         "status",
         "task",
         "trailers",
     )
 
-    def __init__(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    def __init__(self, app: ASGIApp, scope: Scope, body: bytes, receive: Receive, send: Send, buffer_size: int) -> None:
         self.app = app
         self.scope = scope
+        self.body: bytes | None = body
         self.receive_upstream = receive
-        self.send_downstream = send
+        self.outbox = _Outbox(send)
+        self.buffer_size = buffer_size
         self.status = 0
         self.started = False
         self.complete = False
+        # The command ended before the response did: more than buffer_size bytes wait for the client.
+        self.detached = False
         self.disconnected = False
         self.trailers = False
         self.raised: BaseException | None = None
@@ -77,6 +236,11 @@ class _Exchange:
         self.answered: asyncio.Future[None] | None = None
 
     async def receive(self) -> Message:
+        body = self.body
+        if body is not None:
+            # The body read before the command, whole; then the client's own messages (a disconnect).
+            self.body = None
+            return {"type": "http.request", "body": body, "more_body": False}
         message = await self.receive_upstream()
         if message["type"] == "http.disconnect":
             self.disconnected = True
@@ -88,8 +252,9 @@ class _Exchange:
             self.status = int(message["status"])
             self.started = True
             self.trailers = bool(message.get("trailers", False))
+        outbox = self.outbox
         try:
-            await self.send_downstream(message)
+            outbox.put(message)
         except OSError:
             # The client went away (ASGI 2.4 servers raise an OSError): not the app's failure.
             self.disconnected = True
@@ -101,6 +266,17 @@ class _Exchange:
         ):
             self.complete = True
             self._wake()
+            return
+        if not self.detached:
+            if outbox.buffered <= self.buffer_size:
+                return  # the command goes on, the client's pace aside
+            self.detached = True
+            self._wake()
+        # Outside the command now: the app goes at the client's pace.
+        await outbox.drained()
+        if isinstance(outbox.error, OSError):
+            self.disconnected = True
+            raise outbox.error
 
     def _wake(self, task: object = None) -> None:
         answered = self.answered
@@ -115,11 +291,12 @@ class _Exchange:
             task.exception()
 
     async def run(self) -> None:
-        """The command: the app, in its own task, until its response is complete.
+        """The command: the app, in its own task, until its response is complete (or detached).
 
         The app runs in a task of its own so the command ends with the response:
-        work the app does after it (Starlette's background tasks) is outside the
-        command's timeout, latency and ticket, and is awaited by :meth:`finish`.
+        work the app does after it (Starlette's background tasks, or the rest of a
+        response larger than the buffer) is outside the command's timeout, latency
+        and ticket, and is awaited by :meth:`finish`.
         """
         loop = asyncio.get_running_loop()
         self.answered = loop.create_future()
@@ -134,7 +311,7 @@ class _Exchange:
             task.cancel()
             await asyncio.wait((task,))
             raise
-        if not self.complete:
+        if not self.complete and not self.detached:
             # The app returned (or raised) without finishing its response.
             exc = task.exception()
             if self.disconnected:
@@ -149,7 +326,7 @@ class _Exchange:
             raise _ServerError(self.status)
 
     async def finish(self) -> None:
-        """Wait for what the app does after its response; its errors propagate (the server logs them)."""
+        """Wait for what the app does after the command; its errors propagate (the server logs them)."""
         task = self.task
         if task is None or task.cancelled():
             return
@@ -189,6 +366,17 @@ class CircuitBreakerMiddleware:
     out before responding (``err`` is a ``CircuitOpenError``, ``MaxConcurrencyError`` or
     ``TimeoutError``): it returns ``(status, headers, body)``, an ASGI app (a Starlette
     ``Response``), or ``None`` for the default 503.
+
+    ``max_body_size``: the largest request body, in bytes, read before the command
+    (default 1 MiB); a larger one (by its Content-Length, or once that many bytes have
+    come) is answered 413 with a small JSON body, the connection closed, and counts
+    nowhere. ``None`` reads bodies of any size (into memory). Exclude routes that stream
+    large uploads.
+
+    ``response_buffer_size``: the body bytes of a response that may wait for a slow
+    client while the command runs (default 256 KiB); past them the command ends and the
+    app waits for the client. ``0`` ends the command at the app's first body chunk
+    that is not its last.
     """
 
     def __init__(
@@ -199,6 +387,8 @@ class CircuitBreakerMiddleware:
         fallback: Callable[[Scope, _errors.CircuitError], FallbackResult | Awaitable[FallbackResult]] | None = None,
         config: CommandConfig | Mapping[str, Any] | None = None,
         exclude: Collection[str] = (),
+        max_body_size: int | None = DEFAULT_MAX_BODY_SIZE,
+        response_buffer_size: int = DEFAULT_RESPONSE_BUFFER_SIZE,
     ) -> None:
         if not callable(app):
             raise TypeError(f"app must be an ASGI app, not {app!r}")
@@ -211,6 +401,8 @@ class CircuitBreakerMiddleware:
         self._fallback = fallback
         self._names = _Names(config)
         self._excluded = _excluded(exclude)
+        self._max_body_size = _optional_size("max_body_size", max_body_size)
+        self._response_buffer_size = _size("response_buffer_size", response_buffer_size)
 
     def command_name(self, scope: Scope) -> str | None:
         """The command an HTTP request runs as, or ``None`` when it passes through."""
@@ -240,28 +432,70 @@ class CircuitBreakerMiddleware:
             await self.app(scope, receive, send)
             return
         self._names.prepare(name)
-        exchange = _Exchange(self.app, scope, receive, send)
+        body = await self._read_body(name, scope, receive, send)
+        if body is None:
+            return  # answered 413, or the client left before sending it all
+        exchange = _Exchange(self.app, scope, body, receive, send, self._response_buffer_size)
         try:
-            await do_async(name, exchange.run)
-        except _ServerError:
-            pass  # counted as a failure; the client has the app's response
-        except _errors.ContextCanceledError:
-            if not exchange.disconnected:
-                raise
-            return  # the client left mid-response: nobody to answer, nothing to log
-        except _errors.CircuitError as err:
-            if err is exchange.raised:
-                raise  # the app's own (a nested command's) error: a plain failure, already counted
-            if exchange.started:
-                if not exchange.complete:
-                    # Timed out mid-response: no 503 can follow a started response. Raising makes
-                    # the server close the connection, so the client sees it was cut short.
+            try:
+                await do_async(name, exchange.run)
+            except _ServerError:
+                pass  # counted as a failure; the client has the app's response
+            except _errors.ContextCanceledError:
+                if not exchange.disconnected:
                     raise
-                # Complete, but past its deadline: counted as a timeout; the client has it all.
-            else:
-                await self._answer(name, err, scope, receive, send)
-                return
-        await exchange.finish()
+                return  # the client left mid-response: nobody to answer, nothing to log
+            except _errors.CircuitError as err:
+                if err is exchange.raised:
+                    raise  # the app's own (a nested command's) error: a plain failure, already counted
+                if exchange.started:
+                    if not exchange.complete and not exchange.detached:
+                        # Timed out mid-response: no 503 can follow a started response. What the app
+                        # sent reaches the client, then raising makes the server close the
+                        # connection, so the client sees it was cut short.
+                        await exchange.outbox.close()
+                        raise
+                    # Complete (or detached), but past its deadline: counted as a timeout; the client
+                    # gets it all.
+                else:
+                    await self._answer(name, err, scope, _replaying(body, receive), send)
+                    return
+            await exchange.finish()
+            if not exchange.outbox.idle:
+                await exchange.outbox.close()
+        finally:
+            exchange.outbox.abort()
+
+    async def _read_body(self, name: str, scope: Scope, receive: Receive, send: Send) -> bytes | None:
+        """The whole request body, read before the command; ``None`` once answered 413 or the client has left."""
+        limit = self._max_body_size
+        if limit is not None:
+            announced = None
+            for key, value in scope.get("headers", ()):
+                if key == b"content-length":
+                    announced = _content_length(value)
+                    break
+            if announced is not None and announced > limit:
+                await _send_response(send, *_too_large(name, limit))
+                return None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            kind = message["type"]
+            if kind == "http.disconnect":
+                return None
+            if kind != "http.request":
+                continue
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if limit is not None and size > limit:
+                    await _send_response(send, *_too_large(name, limit))
+                    return None
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def _answer(self, name: str, err: _errors.CircuitError, scope: Scope, receive: Receive, send: Send) -> None:
         result: Any = None
@@ -272,15 +506,33 @@ class CircuitBreakerMiddleware:
         if result is not None and not isinstance(result, tuple) and callable(result):
             await result(scope, receive, send)
             return
-        status, headers, body = _rejection(name, err) if result is None else _response_triple(result)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await _send_response(send, *(_rejection(name, err) if result is None else _response_triple(result)))
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """A ``receive()`` that returns the body read before the command, whole, then the client's messages."""
+    pending: bytes | None = body
+
+    async def replay() -> Message:
+        nonlocal pending
+        if pending is not None:
+            message = {"type": "http.request", "body": pending, "more_body": False}
+            pending = None
+            return message
+        return await receive()
+
+    return replay
+
+
+async def _send_response(send: Send, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def _template(routes: Iterable[Any], scope: Scope, prefix: str) -> str | None:

@@ -8,7 +8,10 @@
 Each request is a command named after its host (``"api.example.com"``, or
 ``"host:port"`` when the port is not the scheme's default), so each dependency
 gets its own circuit, tickets, timeout and metrics: configure them with
-``fasthystrix.configure_command("api.example.com", ...)``. The time the command
+``fasthystrix.configure_command("api.example.com", ...)``. ``command=`` maps a URL
+to its command otherwise; at most ``max_hosts`` (100) names get a circuit of their
+own, and requests to further hosts share the command ``"<other hosts>"``, so URLs
+chosen by someone else cannot create circuits without bound. The time the command
 has left caps the request's connect, read, write and pool timeouts, so the
 socket gives up when the command does. Connection errors, timeouts and
 responses that ``is_failure`` flags (5xx by default) count as failures; the
@@ -24,25 +27,57 @@ import httpx
 
 from ._core._context import Context
 from ._integrations._http_client import (
+    DEFAULT_MAX_HOSTS,
+    HOST,
+    HOST_PORT,
+    OTHER_HOSTS,
+    CommandNames,
     FailedResponseError,
     cap_timeout,
     check_options,
-    command_name_of,
     host_command_name,
 )
 from ._isolation._asyncio import do_async
 from ._isolation._command import do_c
 from ._registry import get_settings
 
-__all__ = ["AsyncCommandTransport", "CommandTransport", "FailedResponseError", "command_name", "is_server_error"]
+__all__ = [
+    "DEFAULT_MAX_HOSTS",
+    "HOST",
+    "HOST_PORT",
+    "OTHER_HOSTS",
+    "AsyncCommandTransport",
+    "CommandTransport",
+    "FailedResponseError",
+    "command_name",
+    "is_server_error",
+]
 
 _TIMEOUT_KEYS = ("connect", "read", "write", "pool")
 
+#: What ``command=`` may be: ``"host"``, ``"host:port"``, one command name, or ``command(url) -> str``.
+Command = str | Callable[[httpx.URL], str]
 
-def command_name(request: httpx.Request) -> str:
-    """The default command name of ``request``: its host, with the port when not the scheme's default."""
+
+def _split(request: httpx.Request) -> tuple[str, str, int | None]:
     url = request.url
-    return host_command_name(url.scheme, url.raw_host.decode("ascii"), url.port)
+    return url.scheme, url.raw_host.decode("ascii"), url.port
+
+
+def _url(request: httpx.Request) -> httpx.URL:
+    return request.url
+
+
+def command_name(request: httpx.Request, command: str = HOST) -> str:
+    """The command name of ``request`` by its host: with the port when not the scheme's default
+    (``command="host"``, the default), or always (``command="host:port"``)."""
+    if command not in (HOST, HOST_PORT):
+        raise ValueError(f"command must be {HOST!r} or {HOST_PORT!r}, not {command!r}")
+    return host_command_name(*_split(request), command=command)
+
+
+def _names(command: object, name: object, max_hosts: object) -> CommandNames:
+    return CommandNames(command, name, max_hosts, _split, _url)
 
 
 def is_server_error(response: httpx.Response) -> bool:
@@ -85,8 +120,14 @@ def _deadline_passed(request: httpx.Request) -> httpx.ReadTimeout:
 class CommandTransport(httpx.BaseTransport):
     """An ``httpx`` transport that runs each request through ``transport`` as a fasthystrix command.
 
-    ``name``: the command name, a str for every request or ``name(request) -> str``;
-    by default the request's host (:func:`command_name`).
+    ``command``: the command of a request, from its URL: ``"host"`` (the default: the
+    host, with the port when not the scheme's default, :func:`command_name`),
+    ``"host:port"`` (the port always), any other str (one command for every request),
+    or ``command(url) -> str`` (``url`` is the ``httpx.URL``). ``name``: the older form,
+    a str or ``name(request) -> str``, given instead of ``command``.
+    ``max_hosts``: at most this many distinct names (100 by default) get a circuit of
+    their own, in the order requests first use them; a request whose name would be one
+    more runs as :data:`OTHER_HOSTS` (``"<other hosts>"``, logged once). ``None``: no bound.
     ``fallback(request, err) -> httpx.Response`` answers when the request fails,
     times out, is rejected or short-circuited; without one the error is raised
     (``CircuitOpenError``, ``MaxConcurrencyError``, ``TimeoutError``, or httpx's own
@@ -103,21 +144,26 @@ class CommandTransport(httpx.BaseTransport):
         self,
         transport: httpx.BaseTransport | None = None,
         *,
+        command: Command = HOST,
         name: str | Callable[[httpx.Request], str] | None = None,
+        max_hosts: int | None = DEFAULT_MAX_HOSTS,
         fallback: Callable[[httpx.Request, BaseException], httpx.Response] | None = None,
         is_failure: Callable[[httpx.Response], bool] | None = None,
         read_body: bool = True,
     ) -> None:
-        check_options(name, fallback, is_failure)
+        self._names = _names(command, name, max_hosts)
+        check_options(fallback, is_failure)
         self.transport = transport if transport is not None else httpx.HTTPTransport()
+        self.command = command
         self.name = name
+        self.max_hosts = max_hosts
         self.fallback = fallback
         self.is_failure = is_failure if is_failure is not None else is_server_error
         self.read_body = read_body
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` as the command of its name."""
-        name = command_name_of(self.name, request, command_name)
+        name = self._names(request)
         fallback = self.fallback
 
         def run(ctx: Context) -> httpx.Response:
@@ -181,21 +227,26 @@ class AsyncCommandTransport(httpx.AsyncBaseTransport):
         self,
         transport: httpx.AsyncBaseTransport | None = None,
         *,
+        command: Command = HOST,
         name: str | Callable[[httpx.Request], str] | None = None,
+        max_hosts: int | None = DEFAULT_MAX_HOSTS,
         fallback: Callable[[httpx.Request, BaseException], httpx.Response | Awaitable[httpx.Response]] | None = None,
         is_failure: Callable[[httpx.Response], bool] | None = None,
         read_body: bool = True,
     ) -> None:
-        check_options(name, fallback, is_failure)
+        self._names = _names(command, name, max_hosts)
+        check_options(fallback, is_failure)
         self.transport = transport if transport is not None else httpx.AsyncHTTPTransport()
+        self.command = command
         self.name = name
+        self.max_hosts = max_hosts
         self.fallback = fallback
         self.is_failure = is_failure if is_failure is not None else is_server_error
         self.read_body = read_body
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` as the command of its name."""
-        name = command_name_of(self.name, request, command_name)
+        name = self._names(request)
         fallback = self.fallback
         timeout = get_settings(name).timeout_ns / 1e9
         deadline = time.monotonic() + timeout

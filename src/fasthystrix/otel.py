@@ -20,7 +20,14 @@ Instruments (meter ``fasthystrix``), each with a ``command`` attribute:
 - ``fasthystrix.concurrent_requests``, ``fasthystrix.max_concurrent_requests`` (gauges);
 - ``fasthystrix.run.duration``, ``fasthystrix.total.duration`` (gauges in seconds, attribute
   ``quantile``: the rolling 60-second percentiles) with ``fasthystrix.run.duration.count``,
-  ``fasthystrix.run.duration.sum`` and the ``total`` pair (cumulative ObservableCounters).
+  ``fasthystrix.run.duration.sum`` and the ``total`` pair (cumulative ObservableCounters);
+- ``fasthystrix.exporter.skipped_circuits`` (gauge, no attributes): circuits left out of
+  the collection (see below); 0 but for names that are not valid UTF-8.
+
+Any name is reported: the ``command`` attribute is the name as it is, except that a
+name with surrogate code points (which no exporter can encode as UTF-8) is reported
+with each one replaced by U+FFFD. If that replaced name is another circuit's name too,
+the circuit is left out and counted in ``fasthystrix.exporter.skipped_circuits``.
 
 The same numbers as :mod:`fasthystrix.prometheus`. The cumulative counters come
 from a metric collector attached when a circuit is created: instrument before
@@ -41,6 +48,7 @@ from opentelemetry.metrics import CallbackOptions, Instrument, MeterProvider, Ob
 from ._core._events import EVENT_NAMES
 from ._observability import _cumulative
 from ._observability._cumulative import PERCENTILES, CircuitReading, quantile_label
+from ._observability._export_names import exportable
 
 __all__ = ["Instrumentation", "instrument"]
 
@@ -64,6 +72,7 @@ class _ProviderInstruments:
         self.active = False
         self._lock = threading.Lock()
         self._readings: list[CircuitReading] = []
+        self._skipped = 0
         self._read_at = 0.0
         self._consumed: set[str] = set()
         self.instruments: dict[str, Instrument] = {}
@@ -112,28 +121,44 @@ class _ProviderInstruments:
             self.instruments[name] = create(
                 name, callbacks=[self._callback(name, observe)], unit=unit, description=description
             )
+        skipped = "fasthystrix.exporter.skipped_circuits"
+        self.instruments[skipped] = gauge(
+            skipped,
+            callbacks=[self._skipped_callback(skipped)],
+            unit="{circuit}",
+            description="Circuits left out of this collection: their name, made valid UTF-8, is another circuit's.",
+        )
 
     def _callback(self, name: str, observe: Callable[[CircuitReading], Iterable[Observation]]) -> _Callback:
         def callback(options: CallbackOptions) -> Iterable[Observation]:
             if not self.active:
                 return []
-            return [observation for reading in self._reading_for(name) for observation in observe(reading)]
+            return [observation for reading in self._reading_for(name)[0] for observation in observe(reading)]
 
         return callback
 
-    def _reading_for(self, name: str) -> list[CircuitReading]:
-        """One reading of every circuit per collection, whatever order the instruments are called in.
+    def _skipped_callback(self, name: str) -> _Callback:
+        def callback(options: CallbackOptions) -> Iterable[Observation]:
+            if not self.active:
+                return []
+            return [Observation(self._reading_for(name)[1])]
+
+        return callback
+
+    def _reading_for(self, name: str) -> tuple[list[CircuitReading], int]:
+        """One reading of every circuit per collection, whatever order the instruments are called in,
+        and how many circuits it leaves out.
 
         An instrument asking a second time means a new collection has started.
         """
         with self._lock:
             now = time.monotonic()
             if name in self._consumed or now - self._read_at > _READING_MAX_AGE:
-                self._readings = _cumulative.read_circuits()
+                self._readings, self._skipped = exportable(_cumulative.read_circuits())
                 self._read_at = now
                 self._consumed.clear()
             self._consumed.add(name)
-            return self._readings
+            return self._readings, self._skipped
 
 
 def _events(reading: CircuitReading) -> Iterable[Observation]:

@@ -18,7 +18,17 @@ Exported, each with a ``command`` label (the circuit's name):
 - ``fasthystrix_concurrent_requests``, ``fasthystrix_max_concurrent_requests``;
 - ``fasthystrix_run_duration_seconds``, ``fasthystrix_total_duration_seconds``:
   summaries whose quantiles are the rolling 60-second percentiles and whose
-  ``_count``/``_sum`` are cumulative.
+  ``_count``/``_sum`` are cumulative;
+- ``fasthystrix_exporter_skipped_circuits`` (no labels): circuits left out of this
+  scrape (see below); 0 but for names that are not valid UTF-8.
+
+Any name can be scraped: the ``command`` label is the name as it is (the text
+formats escape quotes, backslashes and newlines), except that a name with surrogate
+code points (not encodable as UTF-8) is published with each one replaced by U+FFFD.
+If that replaced name is another circuit's name too, the circuit is left out of the
+scrape and counted in ``fasthystrix_exporter_skipped_circuits``: a scrape never
+holds a series twice, and one circuit never fails the others or the application's
+own metrics.
 
 The ``_total`` counters (and the summaries' ``_count``/``_sum``) come from a
 metric collector attached when a circuit is created: install this before the
@@ -37,6 +47,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from ._core._events import EVENT_NAMES
 from ._observability import _cumulative
 from ._observability._cumulative import PERCENTILES, CircuitReading, quantile_label
+from ._observability._export_names import exportable
 
 __all__ = ["FasthystrixCollector", "register"]
 
@@ -66,8 +77,10 @@ class FasthystrixCollector:
         if self._closed:
             return []
         families = self._families()
-        for reading in _cumulative.read_circuits():
+        readings, skipped = exportable(_cumulative.read_circuits())
+        for reading in readings:
             _add(families, reading)
+        families[-1].add_sample("fasthystrix_exporter_skipped_circuits", {}, skipped)
         return families
 
     def close(self) -> None:
@@ -139,11 +152,15 @@ class FasthystrixCollector:
                 "summary",
                 unit="seconds",
             ),
+            GaugeMetricFamily(
+                "fasthystrix_exporter_skipped_circuits",
+                "Circuits left out of this scrape: their name, made valid UTF-8, is another circuit's.",
+            ),
         ]
 
 
 def _add(families: list[Metric], reading: CircuitReading) -> None:
-    events, rolling, error_ratio, is_open, forced, concurrent, maximum, run, total = families
+    events, rolling, error_ratio, is_open, forced, concurrent, maximum, run, total, _ = families
     name = reading.name
     cumulative = reading.cumulative
     if cumulative is not None:

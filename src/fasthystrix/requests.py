@@ -8,7 +8,9 @@
 
 The same conventions as :mod:`fasthystrix.httpx`: each request is a command named
 after its host (``"api.example.com"``, or ``"host:port"`` when the port is not the
-scheme's default); the command's remaining time caps the ``timeout`` passed to the
+scheme's default), or as ``command=`` maps its URL, with at most ``max_hosts`` (100)
+circuits of its own before further hosts share ``"<other hosts>"``; the command's
+remaining time caps the ``timeout`` passed to the
 socket; connection errors, timeouts and responses that ``is_failure`` flags (5xx by
 default) count as failures, and a failed response still reaches the caller unless
 a fallback answers instead.
@@ -29,23 +31,51 @@ from urllib3.util import Timeout
 
 from ._core._context import Context
 from ._integrations._http_client import (
+    DEFAULT_MAX_HOSTS,
+    HOST,
+    HOST_PORT,
+    OTHER_HOSTS,
+    CommandNames,
     FailedResponseError,
     cap_timeout,
     check_options,
-    command_name_of,
     host_command_name,
 )
 from ._isolation._command import do_c
 
-__all__ = ["CommandAdapter", "FailedResponseError", "command_name", "is_server_error", "make_response"]
+__all__ = [
+    "DEFAULT_MAX_HOSTS",
+    "HOST",
+    "HOST_PORT",
+    "OTHER_HOSTS",
+    "CommandAdapter",
+    "FailedResponseError",
+    "command_name",
+    "is_server_error",
+    "make_response",
+]
 
 _CHUNK_SIZE = 16 * 1024
 
+#: What ``command=`` may be: ``"host"``, ``"host:port"``, one command name, or ``command(url) -> str``.
+Command = str | Callable[[str], str]
 
-def command_name(request: requests.PreparedRequest) -> str:
-    """The default command name of ``request``: its host, with the port when not the scheme's default."""
+
+def _split(request: requests.PreparedRequest) -> tuple[str, str, int | None]:
     url = urlsplit(request.url or "")
-    return host_command_name(url.scheme, url.hostname or "", url.port)
+    return url.scheme, url.hostname or "", url.port
+
+
+def _url(request: requests.PreparedRequest) -> str:
+    return request.url or ""
+
+
+def command_name(request: requests.PreparedRequest, command: str = HOST) -> str:
+    """The command name of ``request`` by its host: with the port when not the scheme's default
+    (``command="host"``, the default), or always (``command="host:port"``)."""
+    if command not in (HOST, HOST_PORT):
+        raise ValueError(f"command must be {HOST!r} or {HOST_PORT!r}, not {command!r}")
+    return host_command_name(*_split(request), command=command)
 
 
 def is_server_error(response: requests.Response) -> bool:
@@ -96,8 +126,14 @@ def _capped(timeout: Any, remaining: float | None) -> Any:
 class CommandAdapter(HTTPAdapter):
     """An ``HTTPAdapter`` that sends each request as a fasthystrix command.
 
-    ``name``: the command name, a str for every request or ``name(request) -> str``;
-    by default the request's host (:func:`command_name`).
+    ``command``: the command of a request, from its URL: ``"host"`` (the default: the
+    host, with the port when not the scheme's default, :func:`command_name`),
+    ``"host:port"`` (the port always), any other str (one command for every request),
+    or ``command(url) -> str`` (``url`` is the prepared request's URL, a str). ``name``:
+    the older form, a str or ``name(request) -> str``, given instead of ``command``.
+    ``max_hosts``: at most this many distinct names (100 by default) get a circuit of
+    their own, in the order requests first use them; a request whose name would be one
+    more runs as :data:`OTHER_HOSTS` (``"<other hosts>"``, logged once). ``None``: no bound.
     ``fallback(request, err) -> requests.Response`` answers when the request fails,
     times out, is rejected or short-circuited (:func:`make_response` builds one);
     without one the error is raised (``CircuitOpenError``, ``MaxConcurrencyError``,
@@ -109,12 +145,14 @@ class CommandAdapter(HTTPAdapter):
     """
 
     # What pickling keeps (HTTPAdapter.__getstate__); HTTPAdapter declares it, so no ClassVar.
-    __attrs__ = [*HTTPAdapter.__attrs__, "name", "fallback", "is_failure"]  # noqa: RUF012
+    __attrs__ = [*HTTPAdapter.__attrs__, "command", "name", "max_hosts", "fallback", "is_failure"]  # noqa: RUF012
 
     def __init__(
         self,
         *,
+        command: Command = HOST,
         name: str | Callable[[requests.PreparedRequest], str] | None = None,
+        max_hosts: int | None = DEFAULT_MAX_HOSTS,
         fallback: Callable[[requests.PreparedRequest, BaseException], requests.Response] | None = None,
         is_failure: Callable[[requests.Response], bool] | None = None,
         pool_connections: int = 10,
@@ -122,13 +160,21 @@ class CommandAdapter(HTTPAdapter):
         max_retries: Any = 0,
         pool_block: bool = False,
     ) -> None:
-        check_options(name, fallback, is_failure)
+        self._names = CommandNames(command, name, max_hosts, _split, _url)
+        check_options(fallback, is_failure)
+        self.command = command
         self.name = name
+        self.max_hosts = max_hosts
         self.fallback = fallback
         self.is_failure = is_failure if is_failure is not None else is_server_error
         super().__init__(
             pool_connections=pool_connections, pool_maxsize=pool_maxsize, max_retries=max_retries, pool_block=pool_block
         )
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)  # type: ignore[misc]  # defined by HTTPAdapter, missing from its stubs
+        # The hosts seen so far stay with the original: a copy counts its own.
+        self._names = CommandNames(self.command, self.name, self.max_hosts, _split, _url)
 
     def send(
         self,
@@ -140,7 +186,7 @@ class CommandAdapter(HTTPAdapter):
         proxies: Any = None,
     ) -> requests.Response:
         """Send ``request`` as the command of its name; ``timeout`` is capped at the command's time left."""
-        name = command_name_of(self.name, request, command_name)
+        name = self._names(request)
         fallback = self.fallback
 
         def run(ctx: Context) -> requests.Response:

@@ -10,7 +10,7 @@ Standard library only (the ``statsd`` extra adds nothing)::
 
 Each command queues its ``MetricResult`` (no formatting, no I/O on the command
 path); the thread formats hystrix-go's lines (``<prefix>.<name>.<metric>``,
-circuit names with ``/``, ``:`` and ``.`` replaced by ``-``) and sends them in
+the circuit's name escaped by :func:`sanitize_name`) and sends them in
 packets of at most ``flush_bytes`` every ``flush_interval`` seconds, sooner
 when many are queued. Counters of one flush are summed (``successes:42|c``)
 and a circuit's gauge sent once, with its last value; timings are all sent.
@@ -26,8 +26,10 @@ before the first call of a command.
 from __future__ import annotations
 
 import collections
+import hashlib
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -76,11 +78,31 @@ _MAX_FLUSH_INTERVAL = 3600
 _RESOLVE_RETRY = 5.0  # seconds between two attempts to resolve an address that failed
 # Results queued before the thread is woken early (it otherwise sleeps flush_interval).
 _WAKE_AT = 512
+# The longest escaped circuit name: well within Graphite's 255 bytes per path segment (a file name).
+_MAX_NAME = 200
+_HASH_HEX = 8
+_HYSTRIX_GO_SEPARATORS = str.maketrans("/:.", "---")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+_PREFIX = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 
 
 def sanitize_name(name: str) -> str:
-    """hystrix-go's statsd/graphite circuit name: ``/``, ``:`` and ``.`` replaced by ``-``."""
-    return name.replace("/", "-").replace(":", "-").replace(".", "-")
+    """A circuit's name as one segment of a StatsD metric name: ``[A-Za-z0-9_-]``, 1 to 200 characters.
+
+    As hystrix-go, ``/``, ``:`` and ``.`` become ``-``; every other character outside
+    ``A-Z a-z 0-9 _ -`` (a space, ``|``, ``#``, ``@``, a newline, NUL, a surrogate, any
+    non-ASCII character) becomes ``_``, one per code point; the empty name is ``_``.
+    A result longer than 200 characters is cut to 191, followed by ``-`` and the first
+    8 hex digits of the SHA-256 of the whole name (UTF-8, surrogates kept).
+
+    Distinct names can escape to the same segment (``"a b"``, ``"a|b"`` and ``"a_b"``
+    are all ``a_b``): the daemon then sees one metric, their counters summed.
+    """
+    escaped = _UNSAFE.sub("_", name.translate(_HYSTRIX_GO_SEPARATORS)) or "_"
+    if len(escaped) <= _MAX_NAME:
+        return escaped
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:_HASH_HEX]
+    return f"{escaped[: _MAX_NAME - _HASH_HEX - 1]}-{digest}"
 
 
 def _parse_address(address: str | tuple[str, int]) -> tuple[str, int]:
@@ -146,7 +168,8 @@ class StatsdCollectorClient:
     ``address`` is ``"host:port"`` (``"[::1]:8125"`` for IPv6) or ``(host, port)``,
     resolved by the background thread, never on the command path. ``prefix``
     starts every metric name; ``sample_rate`` in (0, 1] sends that fraction of
-    commands, marked ``|@rate`` (0 means 1, as hystrix-go); ``flush_bytes``
+    commands, marked ``|@rate`` (0 means 1, as hystrix-go); ``prefix`` is made of
+    dot-separated segments of ``A-Z a-z 0-9 _ -`` (a trailing dot is dropped); ``flush_bytes``
     bounds a packet (0 means :data:`LAN_STATSD_FLUSH_BYTES`); queued results are sent
     every ``flush_interval`` seconds (at most 3600); at most ``max_queue`` commands
     wait for the thread.
@@ -165,6 +188,10 @@ class StatsdCollectorClient:
         self.address = _parse_address(address)
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, not {prefix!r}")
+        if prefix.rstrip(".") and not _PREFIX.fullmatch(prefix.rstrip(".")):
+            raise ValueError(
+                f"prefix must be made of dot-separated segments of A-Z, a-z, 0-9, '_' and '-', not {prefix!r}"
+            )
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float)) or not 0 <= sample_rate <= 1:
             raise ValueError(f"sample_rate must be a number in [0, 1], not {sample_rate!r}")
         if isinstance(flush_bytes, bool) or not isinstance(flush_bytes, int) or flush_bytes < 0:
@@ -248,7 +275,7 @@ class StatsdCollectorClient:
 
     @property
     def dropped_commands(self) -> int:
-        """Commands not reported because the queue was full."""
+        """Commands not reported: the queue was full, or a result could not be formatted."""
         return self._dropped_commands
 
     def flush(self) -> None:
@@ -329,6 +356,18 @@ class StatsdCollectorClient:
         popleft = queue.popleft
         for _ in range(len(queue)):
             prefix, result = popleft()
+            try:
+                # The timings first: a result that cannot be formatted (a collector fed by hand
+                # with wrong types) is dropped alone, before it touches the batch's counts.
+                timing = (
+                    f"{prefix}totalDuration:{_milliseconds(result.total_duration)}|ms{suffix}",
+                    f"{prefix}runDuration:{_milliseconds(result.run_duration)}|ms{suffix}",
+                    f"{prefix}concurrencyInUse:{int(100 * result.concurrency_in_use)}|ms{suffix}",
+                )
+            except Exception as exc:
+                self._dropped(commands=1, error=exc)
+                continue
+            timings += timing
             counts = counters.get(prefix)
             if counts is None:
                 counts = counters[prefix] = [0] * len(_COUNTERS)
@@ -353,11 +392,6 @@ class StatsdCollectorClient:
                 counts[_FALLBACK_SUCCESSES] += result.fallback_successes
             elif result.fallback_failures:
                 counts[_FALLBACK_FAILURES] += result.fallback_failures
-            timings += (
-                f"{prefix}totalDuration:{_milliseconds(result.total_duration)}|ms{suffix}",
-                f"{prefix}runDuration:{_milliseconds(result.run_duration)}|ms{suffix}",
-                f"{prefix}concurrencyInUse:{int(100 * result.concurrency_in_use)}|ms{suffix}",
-            )
         lines = [f"{prefix}circuitOpen:{value}|g{suffix}" for prefix, value in gauges.items()]
         for prefix, counts in counters.items():
             lines += [

@@ -11,11 +11,17 @@ successes; either way the client gets the app's own response. When the app is no
 (the circuit is open, every ticket is taken) or does not answer in time, the client gets
 a 503 with a small JSON body naming the reason, or the response of ``fallback``.
 
-**What the command covers.** The call of the app up to its status (``start_response``):
-with Flask, the view function and its request hooks. Nothing reaches the server before
-the command has ended, so a timed-out request can always be answered with a 503. A body
-the app streams (a generator) is sent afterwards, outside the command's timeout and
-ticket, and an error while streaming it is not counted.
+**What the command covers: the app, not the client.** The call of the app up to its
+status (``start_response``): with Flask, the view function and its request hooks. Nothing
+reaches the server before the command has ended, so a timed-out request can always be
+answered with a 503. The request body is read before the command starts, on the server's
+thread (at most ``max_body_size`` bytes; a larger one is answered 413 and the app never
+runs), and handed to the app as ``wsgi.input`` (an ``io.BytesIO``): a client that sends
+its body slowly, or never finishes it, holds no ticket and adds nothing to the route's
+latency; only the server's own timeouts end it. The response is sent afterwards, by the
+server, outside the command's timeout and ticket: a client that reads slowly holds its
+server thread, not the route. A body the app streams (a generator) is produced then too,
+and an error while streaming it is not counted.
 
 **Thread or semaphore isolation** (the command's ``isolation`` setting):
 
@@ -23,9 +29,7 @@ ticket, and an error while streaming it is not counted.
   server's thread waits for it, and at the timeout answers the 503 while the app keeps
   running on its worker (holding its ticket) until it returns; its response is then
   closed and discarded. Real timeouts, for a thread hand-off per request (a few µs) and
-  up to ``max_concurrent_requests`` worker threads per route. An abandoned app may still
-  be reading ``wsgi.input``: for slow uploads prefer semaphore isolation (or a timeout
-  longer than the upload).
+  up to ``max_concurrent_requests`` worker threads per route.
 - ``"semaphore"`` calls the app on the server's thread: nothing interrupts a slow view,
   and one that returns after its deadline is recorded as a timeout and answered with
   the 503 (its response discarded). Use it when the views enforce their own timeouts,
@@ -34,6 +38,8 @@ ticket, and an error while streaming it is not counted.
 
 from __future__ import annotations
 
+import io
+import json
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from http import HTTPStatus
@@ -42,9 +48,23 @@ from typing import Any
 from . import _impl
 from ._core import _errors
 from ._core._config import CommandConfig
-from ._integrations._middleware import UNMATCHED, _excluded, _method, _Names, _rejection, _response_triple, _ServerError
+from ._integrations._middleware import (
+    DEFAULT_MAX_BODY_SIZE,
+    UNMATCHED,
+    _content_length,
+    _excluded,
+    _method,
+    _Names,
+    _optional_size,
+    _rejection,
+    _response_triple,
+    _ServerError,
+    _too_large,
+)
 
-__all__ = ["UNMATCHED", "CircuitBreakerMiddleware"]
+__all__ = ["DEFAULT_MAX_BODY_SIZE", "UNMATCHED", "CircuitBreakerMiddleware"]
+
+_READ_SIZE = 65536
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Callable[[bytes], object]]
@@ -80,6 +100,16 @@ class _Body:
         close = getattr(self._result, "close", None)
         if close is not None:
             close()
+
+
+def _incomplete(name: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The answer to a request whose body ended before its Content-Length: the app never runs."""
+    body = json.dumps({"error": "incomplete request body", "command": name}).encode()
+    return (
+        400,
+        [("content-type", "application/json"), ("content-length", str(len(body))), ("connection", "close")],
+        body,
+    )
 
 
 def _close(result: Iterable[bytes] | None) -> None:
@@ -206,6 +236,12 @@ class CircuitBreakerMiddleware:
     (``err`` is a ``CircuitOpenError``, ``MaxConcurrencyError`` or ``TimeoutError``): it
     returns ``(status, headers, body)``, a WSGI app (a Flask ``Response``; it is called
     outside Flask's request context), or ``None`` for the default 503.
+
+    ``max_body_size``: the largest request body, in bytes, read before the command
+    (default 1 MiB); a larger one (by its Content-Length, or once that many bytes have
+    come) is answered 413 with a small JSON body, the connection closed, and counts
+    nowhere. ``None`` reads bodies of any size (into memory). Exclude routes that stream
+    large uploads.
     """
 
     def __init__(
@@ -217,6 +253,7 @@ class CircuitBreakerMiddleware:
         config: CommandConfig | Mapping[str, Any] | None = None,
         exclude: Collection[str] = (),
         url_map: Any = None,
+        max_body_size: int | None = DEFAULT_MAX_BODY_SIZE,
     ) -> None:
         if not callable(app):
             raise TypeError(f"app must be a WSGI app, not {app!r}")
@@ -234,6 +271,7 @@ class CircuitBreakerMiddleware:
         self._fallback = fallback
         self._names = _Names(config)
         self._excluded = _excluded(exclude)
+        self._max_body_size = _optional_size("max_body_size", max_body_size)
 
     def command_name(self, environ: Environ) -> str | None:
         """The command a request runs as, or ``None`` when it passes through."""
@@ -261,6 +299,11 @@ class CircuitBreakerMiddleware:
         if name is None:
             return self.app(environ, start_response)
         self._names.prepare(name)
+        refused = self._read_body(name, environ)
+        if refused is not None:
+            status, headers, body = refused
+            start_response(_status_line(status), headers)
+            return [body]
         exchange = _Exchange(self.app, environ)
         try:
             _impl.current().do(name, exchange.run)
@@ -275,6 +318,34 @@ class CircuitBreakerMiddleware:
             exchange.abandon()
             raise
         return exchange.respond(start_response)
+
+    def _read_body(self, name: str, environ: Environ) -> tuple[int, list[tuple[str, str]], bytes] | None:
+        """Read the whole request body into ``wsgi.input``, before the command; else the answer to give."""
+        stream = environ.get("wsgi.input")
+        if stream is None:
+            return None
+        limit = self._max_body_size
+        length = _content_length(environ.get("CONTENT_LENGTH") or None)
+        if limit is not None and length is not None and length > limit:
+            return _too_large(name, limit)
+        chunks: list[bytes] = []
+        size = 0
+        if environ.get("wsgi.input_terminated"):
+            # A stream that ends by itself (chunked, or a server such as gunicorn): read to its end.
+            while chunk := stream.read(_READ_SIZE if limit is None else min(_READ_SIZE, limit - size + 1)):
+                size += len(chunk)
+                if limit is not None and size > limit:
+                    return _too_large(name, limit)
+                chunks.append(chunk)
+        elif length:
+            # PEP 3333: read no more than CONTENT_LENGTH (the stream need not end there).
+            while size < length and (chunk := stream.read(min(_READ_SIZE, length - size))):
+                size += len(chunk)
+                chunks.append(chunk)
+            if size < length:
+                return _incomplete(name)  # the client went away mid-body
+        environ["wsgi.input"] = io.BytesIO(b"".join(chunks))
+        return None
 
     def _answer(
         self, name: str, err: _errors.CircuitError, environ: Environ, start_response: StartResponse

@@ -1,4 +1,5 @@
-"""What the ASGI and WSGI middlewares share: command naming, exclusions, and the 503 answers."""
+"""What the ASGI and WSGI middlewares share: command naming, exclusions, the request body's bound,
+and the 503 and 413 answers."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from .._registry import configure_command, get_circuit_settings, get_settings
 
 #: The route template of a request that matches no route.
 UNMATCHED = "<unmatched>"
+
+#: The default ``max_body_size``: the largest request body read before the command, in bytes (1 MiB).
+DEFAULT_MAX_BODY_SIZE = 1 << 20
 
 # The methods a command name may carry; any other method string a client invents becomes
 # "OTHER", so methods cannot multiply circuits either.
@@ -64,6 +68,46 @@ def _excluded(prefixes: Collection[str]) -> Callable[[str], bool]:
         return any(path == p or path.startswith(p + "/") or not p for p in cleaned)
 
     return excluded
+
+
+def _size(field: str, value: object) -> int:
+    """A size option in bytes: an int >= 0, else ``ValueError`` naming it."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise ValueError(f"{field} must be an int >= 0, not {value!r}")
+
+
+def _optional_size(field: str, value: object) -> int | None:
+    """A size option in bytes that may be ``None`` (no bound)."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise ValueError(f"{field} must be an int >= 0 or None, not {value!r}")
+
+
+def _content_length(value: str | bytes | None) -> int | None:
+    """The Content-Length header's value, or ``None`` when absent or not a number (the server's to refuse)."""
+    if value is None:
+        return None
+    try:
+        length = int(value)
+    except ValueError:
+        return None
+    return length if length >= 0 else None
+
+
+def _too_large(name: str, limit: int) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The answer to a request whose body is larger than ``max_body_size``: the app never runs.
+
+    The connection is closed after it: the rest of the body is never read.
+    """
+    body = json.dumps({"error": "request body too large", "command": name, "max_body_size": limit}).encode()
+    return (
+        413,
+        [("content-type", "application/json"), ("content-length", str(len(body))), ("connection", "close")],
+        body,
+    )
 
 
 def _rejection(name: str, err: _errors.CircuitError) -> tuple[int, list[tuple[str, str]], bytes]:
