@@ -5,7 +5,7 @@ circuits are shared through ``FASTHYSTRIX_SHARED_DIR`` (read by fasthystrix at i
 
 - ``GET /call?mode=ok|fail|dep[&sleep=S]``: one command; ``dep`` calls the test's dependency server
   (``FH_TEST_DEP``) with this worker's pid. Answers JSON: the worker's pid and the outcome;
-- ``GET /state``: the circuit as this worker sees it (metrics, tickets, state, settings,
+- ``GET /state[?sleep=S]``: the circuit as this worker sees it (metrics, tickets, state, settings,
   cumulative totals);
 - ``GET /metrics``: a Prometheus scrape; ``GET /hystrix.stream``: the Hystrix stream.
 
@@ -43,7 +43,10 @@ _OUTCOMES = {
 
 
 def _dependency() -> str:
-    request = urllib.request.Request(_DEP, headers={"X-Worker": str(os.getpid())})
+    # X-Started: when run started (CLOCK_MONOTONIC, the same clock in every process of the host),
+    # microseconds after the circuit admitted it, whatever the request's way to the dependency.
+    headers = {"X-Worker": str(os.getpid()), "X-Started": repr(time.monotonic())}
+    request = urllib.request.Request(_DEP, headers=headers)
     with urllib.request.urlopen(request, timeout=30) as response:
         return str(response.read().decode())
 
@@ -93,6 +96,7 @@ def _answer(path: str, query: str) -> tuple[str, str, bytes]:
         sleep = float(params.get("sleep", ["0"])[0])
         return "200 OK", "application/json", json.dumps(call(mode, sleep)).encode()
     if path == "/state":
+        time.sleep(float(parse_qs(query).get("sleep", ["0"])[0]))  # keeps this worker busy (see call)
         return "200 OK", "application/json", json.dumps(state()).encode()
     if path == "/metrics":
         return "200 OK", "text/plain; version=0.0.4", generate_latest(_registry)
