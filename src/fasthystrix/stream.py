@@ -590,18 +590,19 @@ class _Connection(asyncio.Protocol):
         transport = self.transport
         if self.state != "stream" or client is None or transport is None:
             return
-        while not self.paused:
-            chunk = client.take_nowait()
+        while True:
+            if client.dropped:  # fell max_pending ticks behind: cut off at once
+                self.state = "answered"
+                transport.abort()
+                return
+            chunk = None if self.paused else client.take_nowait()
             if chunk is not None:
                 transport.write(chunk)  # may call pause_writing()
                 continue
-            if client.closed:
+            if client.closed:  # the handler closed: end the response, bounded by write_timeout
                 self.state = "answered"
-                if client.dropped:
-                    transport.abort()  # fell max_pending ticks behind: cut off at once
-                else:  # the handler closed: end the response, bounded by write_timeout
-                    transport.close()
-                    self._arm(self.serving.write_timeout, transport.abort)
+                transport.close()
+                self._arm(self.serving.write_timeout, transport.abort)
             return
 
     # -- timers --------------------------------------------------------------------------
