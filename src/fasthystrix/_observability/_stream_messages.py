@@ -138,25 +138,33 @@ _POOL_ROW = (
 )  # fmt: skip
 
 # The values read from the window, the state and the tickets, in the order _dynamic returns
-# them ("run" and "total" are latency maps: 9 values each), then those of the circuit's name
-# and settings, in the order _settings returns them.
+# them: the order of their fields in the text, repeats included ("run" and "total" are
+# latency maps, 9 values each). _segments() checks it against the rows.
 _DYNAMIC = (
+    # the command message, after its currentTime
     "requests", "errors", "error_percent", "open", "failures", "fallback_failures", "fallback_successes",
     "semaphore_rejects", "short_circuits", "successes", "pool_rejects", "timeouts", "concurrent",
-    "run_mean", "run", "total_mean", "total", "forced_open", "max_active", "canceled", "deadline", "executed",
+    "run_mean", "run", "total_mean", "total", "forced_open", "max_active", "canceled", "deadline",
+    # the pool message, before and after its currentTime
+    "concurrent", "max_active", "executed",
+    "pool_rejects",
 )  # fmt: skip
+# The values of the circuit's name and settings, in the order _settings returns them.
 _SETTINGS = ("name", "volume", "sleep_ms", "error_threshold", "strategy", "timeout_ms", "size")
 
 
-def _positions() -> dict[str, int]:
-    """Where each value is in ``_dynamic(...) + _settings(...)``."""
+def _positions(names: tuple[str, ...]) -> dict[str, int]:
+    """Where each value first is in a tuple of ``names``' values (a latency map takes 9)."""
     at: dict[str, int] = {}
-    for name in (*_DYNAMIC, *_SETTINGS):
-        at[name] = sum(9 if n in ("run", "total") else 1 for n in at)
+    n = 0
+    for name in names:
+        at.setdefault(name, n)
+        n += 9 if name in ("run", "total") else 1
     return at
 
 
-_AT = _positions()
+_DYNAMIC_AT = _positions(_DYNAMIC)
+_SETTINGS_AT = _positions(_SETTINGS)
 
 
 # The constants: as Python values for the dicts, as JSON text for the rendered text.
@@ -228,12 +236,15 @@ def _dynamic(
     # A rejection is a full semaphore or a full thread pool, as the strategy says, in the one
     # field the Netflix dashboard shows for that strategy (hystrix-go put every rejection in
     # the thread-pool field). The pool message counts thread-pool rejections only, as Java's.
+    pool_rejects = 0 if semaphore else rejects
     return (
         requests, errors, error_percent(requests, errors), false if state == "closed" else true,
         failures, counts[FALLBACK_FAILURE], counts[FALLBACK_SUCCESS],
-        rejects if semaphore else 0, short_circuits, successes, 0 if semaphore else rejects, timeouts, concurrent,
+        rejects if semaphore else 0, short_circuits, successes, pool_rejects, timeouts, concurrent,
         run_summary.mean, *run_latencies, total_summary.mean, *total_latencies,
-        true if state == "forced-open" else false, counts[MAX_ACTIVE], canceled, deadline, counts[EXECUTED],
+        true if state == "forced-open" else false, counts[MAX_ACTIVE], canceled, deadline,
+        concurrent, counts[MAX_ACTIVE], counts[EXECUTED],
+        pool_rejects,
     )  # fmt: skip
 
 
@@ -264,10 +275,10 @@ def messages(circuit: Any, now_ms: int | None = None) -> tuple[dict[str, Any], d
     counts, run, total = circuit._default.reading()
     latencies = (run, _latencies(run), total, _latencies(total))
     row = _dynamic(counts, latencies, circuit.state(), circuit.tickets_in_use, s.semaphore, _PYTHON)
-    row += _settings(circuit.name, s, _PYTHON)
     values = _constants(_PYTHON)
-    for name, at in _AT.items():
+    for name, at in _DYNAMIC_AT.items():
         values[name] = row[at : at + 9] if name in ("run", "total") else row[at]
+    values.update(zip(_SETTINGS, _settings(circuit.name, s, _PYTHON), strict=True))
     values["now"] = now_ms
     return _to_dict(COMMAND_FIELDS, _COMMAND_ROW, values), _to_dict(POOL_FIELDS, _POOL_ROW, values)
 
@@ -289,22 +300,27 @@ _Picker = Callable[[tuple[Any, ...]], tuple[Any, ...]]
 
 
 def _picker(positions: list[int]) -> _Picker:
+    if not positions:
+        return lambda values: ()
     if len(positions) == 1:  # itemgetter of one position returns the item, not a tuple
         at = positions[0]
         return lambda values: (values[at],)
     return operator.itemgetter(*positions)
 
 
-def _segments() -> list[tuple[bytes, _Picker]]:
-    """The text of a circuit's two messages around their ``currentTime`` values.
+def _segments() -> tuple[list[tuple[bytes, _Picker]], int]:
+    """The text of a circuit's two messages around their ``currentTime`` values, and where the
+    second segment's dynamic values end in ``_dynamic()``'s tuple.
 
-    Each segment is a bytes format with the constants written in, and the picker of its
-    values from ``_dynamic(...) + _settings(...)``. Bytes formatting copies the text between
-    slots whole, where str formatting goes character by character. A value given to a slot
-    is never read as a format: a name holding "%" is safe.
+    Each segment is a bytes format with the constants written in, for two passes: the first
+    (``% picker(_settings(...))``, once per circuit and settings) writes the name and settings
+    in and turns each ``%%d`` into the ``%d`` slot of a dynamic value; the second
+    (``% dynamic[start:stop]``) fills those. Bytes formatting copies the text between slots
+    whole, where str formatting goes character by character.
     """
     segments: list[list[str]] = [[]]
-    positions: list[list[int]] = [[]]
+    settings: list[list[int]] = [[]]
+    dynamic: list[list[str]] = [[]]
     pending = ""
     for fields, row in ((COMMAND_FIELDS, _COMMAND_ROW), (POOL_FIELDS, _POOL_ROW)):
         pending += "data:{"
@@ -314,26 +330,44 @@ def _segments() -> list[tuple[bytes, _Picker]]:
             if source == "now":
                 segments[-1].append(pending)
                 segments.append([])
-                positions.append([])
+                settings.append([])
+                dynamic.append([])
                 pending = ""
             elif source in _CONSTANTS:
                 pending += spec % _CONSTANTS[source]  # no constant holds a "%"
+            elif source in _SETTINGS_AT:
+                segments[-1].append(pending + spec)
+                settings[-1].append(_SETTINGS_AT[source])
+                pending = ""
             elif kind == "lat":
-                for j, percentile in enumerate(LATENCY_PERCENTILE_KEYS):
-                    segments[-1].append(pending + ("{" if j == 0 else ",") + f'"{percentile}":' + spec)
-                    positions[-1].append(_AT[source] + j)
-                    pending = ""
+                latency = ",".join(f'"{percentile}":%{spec}' for percentile in LATENCY_PERCENTILE_KEYS)
+                segments[-1].append(pending + "{" + latency)
+                dynamic[-1].append(source)
                 pending = "}"
             else:
-                segments[-1].append(pending + spec)
-                positions[-1].append(_AT[source])
+                segments[-1].append(pending + "%" + spec)
+                dynamic[-1].append(source)
                 pending = ""
         pending += "}\n\n"
     segments[-1].append(pending)
-    return [("".join(segment).encode(), _picker(at)) for segment, at in zip(segments, positions, strict=True)]
+    # render() relies on this shape: a command's and a pool's currentTime, so three segments,
+    # the first without dynamic values, the others with _DYNAMIC's values in its order.
+    if len(segments) != 3 or dynamic[0] or tuple(dynamic[1] + dynamic[2]) != _DYNAMIC:
+        raise RuntimeError("the message rows and _DYNAMIC disagree")
+    split = sum(9 if name in ("run", "total") else 1 for name in dynamic[1])
+    return [("".join(segment).encode(), _picker(at)) for segment, at in zip(segments, settings, strict=True)], split
 
 
-_SEGMENTS = _segments()
+_SEGMENTS, _SPLIT = _segments()
+
+
+def _compile(name: str, s: Any) -> tuple[bytes, bytes, bytes]:
+    """A circuit's first segment, and the formats of the other two, for these settings."""
+    values = _settings(name, s, _JSON_BYTES)
+    # In a format of the second pass, the name's "%" must read as text.
+    escaped = (values[0].replace(b"%", b"%%"), *values[1:])
+    (first, pick_first), (second, pick_second), (third, pick_third) = _SEGMENTS
+    return first % pick_first(values), second % pick_second(escaped), third % pick_third(escaped)
 
 
 def render(circuits: list[Any], now_ms: int | None = None, cache: dict[str, Any] | None = None) -> bytes:
@@ -347,8 +381,8 @@ def render(circuits: list[Any], now_ms: int | None = None, cache: dict[str, Any]
         now_ms = int(time.time() * 1000)
     previous = {} if cache is None else cache
     current: dict[str, Any] = {}
-    parts: list[list[bytes]] = []
-    latencies, dynamic, segments, constants = _latencies, _dynamic, _SEGMENTS, _JSON_BYTES
+    parts: list[tuple[bytes, bytes, bytes]] = []
+    latencies, dynamic, constants, split = _latencies, _dynamic, _JSON_BYTES, _SPLIT
     for circuit in circuits:
         name = circuit.name
         counts, run, total = circuit._default.reading()
@@ -357,21 +391,26 @@ def render(circuits: list[Any], now_ms: int | None = None, cache: dict[str, Any]
         s = circuit.settings
         summaries = (run, latencies(run), total, latencies(total))
         key = (counts, run.mean, summaries[1], total.mean, summaries[3], state, concurrent)
-        # entry: [key, settings, circuit, its _settings() values, the text around currentTime]
+        # entry: [key, settings, circuit, its _compile()d segments, the text around currentTime]
         entry = previous.get(name)
         if entry is None or entry[2] is not circuit or entry[1] is not s:
-            entry = [None, s, circuit, _settings(name, s, constants), None]
+            entry = [None, s, circuit, _compile(name, s), None]
         elif entry[0] == key:
             current[name] = entry
             parts.append(entry[4])
             continue
-        row = dynamic(counts, summaries, state, concurrent, s.semaphore, constants) + entry[3]
+        first, second, third = entry[3]
+        values = dynamic(counts, summaries, state, concurrent, s.semaphore, constants)
         entry[0] = key
-        entry[4] = pieces = [text % pick(row) for text, pick in segments]
+        entry[4] = pieces = (first, second % values[:split], third % values[split:])
         current[name] = entry
         parts.append(pieces)
     if cache is not None:
         cache.clear()
         cache.update(current)
     stamp = b"%d" % now_ms
-    return b"".join([stamp.join(pieces) for pieces in parts])
+    out: list[bytes] = []
+    add = out.extend
+    for first, between, last in parts:  # one join: the tick is copied once
+        add((first, stamp, between, stamp, last))
+    return b"".join(out)
