@@ -431,10 +431,10 @@ CLOSE_GRACE = 1.0
 class _Connection(asyncio.Protocol):
     """One client of the standalone server, from its request head to the end of its response.
 
-    ``state``: ``"new"`` until connected, ``"head"`` while its request head arrives (for
-    ``read_timeout`` seconds at most), ``"stream"`` while it gets the stream, ``"answered"``
-    once its whole answer is written (it then has ``read_timeout`` seconds to close its end),
-    ``"gone"`` once closed.
+    ``state``: ``"new"`` until connected (``"failed"`` if connecting did not end), ``"head"``
+    while its request head arrives (for ``read_timeout`` seconds at most), ``"stream"`` while
+    it gets the stream, ``"answered"`` once its whole answer is written (it then has
+    ``read_timeout`` seconds to close its end), ``"gone"`` once closed.
     """
 
     def __init__(self, serving: _Serving) -> None:
@@ -454,8 +454,11 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         serving = self.serving
-        serving.starting -= 1
         self.transport = transport
+        if self.state != "new":  # _connect() gave up on it (the server is closing)
+            transport.abort()
+            return
+        serving.starting -= 1
         self.state = "head"
         serving.connections.add(self)
         if serving.closing:
@@ -492,8 +495,6 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         serving = self.serving
-        if self.state == "new":
-            serving.starting -= 1
         self.state = "gone"
         self._disarm()
         if self.write_timer is not None:
@@ -715,7 +716,8 @@ class _Serving:
         try:
             await self.loop.connect_accepted_socket(lambda: protocol, sock)
         except (OSError, asyncio.CancelledError) as exc:
-            if protocol.state == "new":  # no transport took the socket
+            if protocol.state == "new":  # not connected yet: it never will be
+                protocol.state = "failed"
                 self.starting -= 1
                 sock.close()
                 self.connection_closed()
