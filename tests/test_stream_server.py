@@ -329,6 +329,16 @@ def test_an_answered_client_that_never_closes_is_dropped_after_the_read_timeout(
             wait_until(lambda: srv.connections == 0, "the lingering connection to be dropped")
 
 
+def test_what_follows_a_head_is_discarded_up_to_64_kib() -> None:
+    with fasthystrix.serve_stream(port=0, read_timeout=60) as srv:
+        with connect(srv) as sock:
+            sock.sendall(get("/", "127.0.0.1") + b"x" * stream.MAX_DISCARD)  # at the bound: kept
+            assert status(read_until_closed(sock)) == 200
+            assert srv.connections == 1  # waits for the client's end (read_timeout)
+            sock.sendall(b"x")  # past it: cut off at once, not after read_timeout
+            wait_until(lambda: srv.connections == 0, "the connection to be cut")
+
+
 def test_a_stream_client_queues_at_most_max_pending_ticks() -> None:
     """At the bound: max_pending chunks queued are kept, one more drops the client."""
     dropped = []
