@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -272,6 +273,39 @@ def test_publishing_never_trips_a_circuit() -> None:
         handler.render()
     assert circuit.state() == "closed"
     assert circuit.is_open() is True  # the check that does trip it shows the window was unhealthy
+
+
+def test_rendered_text_is_byte_for_byte_the_established_format(clock: FakeClock) -> None:
+    """The text the dashboard and Turbine read, frozen: tests/data/stream_tick.txt was written by
+    the renderer before it was rebuilt for speed, and both implementations must still match it."""
+
+    def slow(ms: float) -> Callable[[], str]:
+        def run() -> str:
+            clock.advance(ms=ms)
+            return "ok"
+
+        return run
+
+    def failing() -> None:
+        clock.advance(ms=10)
+        raise ValueError("down")
+
+    name = 'a "50%" <b&c>'  # JSON and HTML escapes, and a "%" that must not be read as a format
+    fasthystrix.configure_command(name, {**SEMAPHORE, "max_concurrent_requests": 7, "timeout": 250})
+    for ms in (30, 31.5, 2):
+        fasthystrix.do(name, slow(ms))
+    fasthystrix.do(name, failing, lambda err: "fb")
+    fasthystrix.configure_command("pool", {"isolation": "thread", "max_concurrent_requests": 0})
+    fasthystrix.do("pool", lambda: 1, lambda err: None)
+    fasthystrix.do("forced", slow(1))
+    fasthystrix.get_circuit("forced")[0].force_open = True
+    circuits = sorted(_registry.circuits().values(), key=lambda c: c.name)
+    expected = (Path(__file__).parent / "data" / "stream_tick.txt").read_bytes()
+    cache: dict[str, Any] = {}
+    assert _stream_messages.render(circuits, 1700000000123) == expected
+    assert _stream_messages.render(circuits, 1700000000123, cache) == expected
+    later = expected.replace(b":1700000000123,", b":1700000000124,")
+    assert _stream_messages.render(circuits, 1700000000124, cache) == later
 
 
 def test_message_functions_agree_with_render() -> None:

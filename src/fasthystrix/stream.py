@@ -22,17 +22,18 @@ What it does better than hystrix-go's ``StreamHandler``:
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from . import _registry
 from ._core._errors import safe_repr
 from ._core._log import logger
+from ._observability import _http
 from ._observability._stream_messages import render
 
 __all__ = ["StreamHandler", "StreamServer", "serve_stream"]
@@ -418,105 +419,467 @@ def _dashboard_page() -> bytes:
 
 # -- the standalone server -------------------------------------------------------------
 
+#: What a stream client's socket may hold unsent (bytes) before the server stops handing it
+#: chunks; the rest waits in the client's queue of at most ``max_pending`` ticks.
+WRITE_BUFFER = 64 * 1024
+#: Bytes a client may send after its request head; past that, it is cut off.
+MAX_DISCARD = 64 * 1024
+#: Seconds :meth:`StreamServer.close` lets the streams it ends send their last bytes.
+CLOSE_GRACE = 1.0
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    handler: StreamHandler
-    write_timeout: float
 
+class _Connection(asyncio.Protocol):
+    """One client of the standalone server, from its request head to the end of its response.
 
-class _RequestHandler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-    server_version = "fasthystrix"
+    ``state``: ``"new"`` until connected (``"failed"`` if connecting did not end), ``"head"``
+    while its request head arrives (for ``read_timeout`` seconds at most), ``"stream"`` while
+    it gets the stream, ``"answered"`` once its whole answer is written (it then has
+    ``read_timeout`` seconds to close its end), ``"gone"`` once closed.
+    """
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class names it so)
-        logger.debug("stream server: " + format, *args)
+    def __init__(self, serving: _Serving) -> None:
+        self.serving = serving
+        self.transport: asyncio.Transport | None = None
+        self.state = "new"
+        self.head = bytearray()
+        self.discarded = 0
+        self.timer: asyncio.TimerHandle | None = None
+        self.write_timer: asyncio.TimerHandle | None = None
+        self.paused = False
+        self.client: _Client | None = None
+        self.unsent = 0
 
-    def do_HEAD(self) -> None:
-        self._serve(head=True)
+    # -- asyncio's callbacks --------------------------------------------------------------
 
-    def do_GET(self) -> None:
-        self._serve(head=False)
-
-    def _serve(self, head: bool) -> None:
-        route = _route(self.path.split("?", 1)[0])
-        if route is None:
-            self._plain(404, b"not found\n", head)
-        elif route == "dashboard":
-            body = _dashboard_page()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            for key, value in _PAGE_HEADERS:
-                self.send_header(key, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if not head:
-                self.wfile.write(body)
-        else:
-            self._stream(head)
-
-    def _plain(self, status: int, body: bytes, head: bool) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if not head:
-            self.wfile.write(body)
-
-    def _stream(self, head: bool) -> None:
-        self.send_response(200)
-        for key, value in self.server.handler.stream_headers:
-            self.send_header(key, value)
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
-        if head:
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        serving = self.serving
+        self.transport = transport
+        if self.state != "new":  # _connect() gave up on it (the server is closing)
+            transport.abort()
             return
-        connection = self.connection
-        # A client that stops reading blocks our write at most this long...
-        connection.settimeout(self.server.write_timeout)
+        serving.starting -= 1
+        self.state = "head"
+        serving.connections.add(self)
+        if serving.closing:
+            transport.abort()
+            return
+        # High enough for a ping or a small tick; a larger tick goes out once the last one has.
+        transport.set_write_buffer_limits(high=WRITE_BUFFER)
+        self._arm(serving.read_timeout, self._read_timed_out)
 
-        def shut() -> None:
-            # ...and one dropped for falling behind is cut off at once.
-            try:
-                connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+    def data_received(self, data: bytes) -> None:
+        if self.state == "head":
+            searched = max(0, len(self.head) - 3)
+            self.head += data
+            if self.head.startswith((b"\r", b"\n")):  # empty lines before the request line
+                del self.head[: len(self.head) - len(self.head.lstrip(b"\r\n"))]
+            end = _http.head_end(self.head, searched)
+            if end < 0 and len(self.head) <= _http.MAX_HEAD:
+                return
+            if end < 0 or end > _http.MAX_HEAD:
+                self._refuse(_http.BadRequest(431, f"the request head is longer than {_http.MAX_HEAD} bytes"))
+                return
+            head = bytes(self.head[:end])
+            self.discarded = len(self.head) - end
+            self.head = bytearray()
+            self._request(head)
+        elif self.state != "stream":
+            # What follows a head is not read as anything; past a bound, the client is cut off.
+            self.discarded += len(data)
+        if self.discarded > MAX_DISCARD and self.transport is not None:
+            self.transport.abort()
 
-        handler = self.server.handler
-        client = handler._subscribe(on_drop=shut)
+    def eof_received(self) -> bool:
+        return False  # the client is done: close (a stream has nobody left to send to)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        serving = self.serving
+        self.state = "gone"
+        self._disarm()
+        if self.write_timer is not None:
+            self.write_timer.cancel()
+        serving.connections.discard(self)
+        if self.client is not None:
+            serving.handler._unsubscribe(self.client)
+            self.client = None
+        serving.connection_closed()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+        if self.write_timer is None and self.transport is not None:
+            # A client that stops reading is cut off after write_timeout.
+            self.write_timer = self.serving.loop.call_later(self.serving.write_timeout, self.transport.abort)
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self.write_timer is not None:
+            self.write_timer.cancel()
+            self.write_timer = None
+        self.pump()
+
+    # -- the request ---------------------------------------------------------------------
+
+    def _request(self, head: bytes) -> None:
+        serving = self.serving
+        transport = self.transport
+        assert transport is not None
+        self._disarm()
         try:
-            while True:
-                chunk = client.take(handler.keepalive)
-                if chunk is None:
-                    if client.closed:
-                        return
-                    continue
-                self.wfile.write(chunk)
-                self.wfile.flush()
-        except OSError:  # the client went away (reset, broken pipe, timeout)
+            request = _http.parse_head(head)
+            _http.refuse_body(request)
+            sockname = transport.get_extra_info("sockname")
+            local = _http.local_names(sockname[0] if isinstance(sockname, tuple) else "")
+            _http.host_allowed(request, serving.allowed_hosts, local)
+        except _http.BadRequest as error:
+            self._refuse(error)
             return
-        finally:
-            handler._unsubscribe(client)
+        route = _route(request.path)
+        head_only = request.method == "HEAD"
+        if route is None:
+            self._refuse(_http.BadRequest(404, "not found"))
+        elif request.method not in ("GET", "HEAD"):
+            body = b"method not allowed\n"
+            headers = [("Allow", "GET, HEAD"), ("Content-Type", "text/plain; charset=utf-8")]
+            self._answer(_http.response(405, [*headers, ("Content-Length", str(len(body)))], body))
+        elif route == "dashboard":
+            page = _dashboard_page()
+            headers = [("Content-Type", "text/html; charset=utf-8"), *_PAGE_HEADERS]
+            headers.append(("Content-Length", str(len(page))))
+            self._answer(_http.response(200, headers, page, send_body=not head_only))
+        elif head_only:
+            self._answer(_http.response(200, serving.handler.stream_headers, send_body=False))
+        else:
+            self._stream()
+
+    def _refuse(self, error: _http.BadRequest) -> None:
+        logger.debug("stream server: refused a request: %d %s", error.status, error.reason)
+        self._answer(_http.error_response(error))
+
+    def _answer(self, data: bytes) -> None:
+        """Write a whole answer, end our side, and give the client ``read_timeout`` s to end its own."""
+        transport = self.transport
+        assert transport is not None
+        self.state = "answered"
+        transport.write(data)
+        # Closing with unread bytes from the client would send a reset, which may destroy the
+        # answer before the client reads it: half-close, and read (discarding) until it closes.
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.unsent = transport.get_write_buffer_size()
+        self._arm(self.serving.read_timeout, self._linger_timed_out)
+
+    def _stream(self) -> None:
+        serving = self.serving
+        transport = self.transport
+        assert transport is not None
+        try:
+            self.client = serving.handler._subscribe(on_drop=self._notify, on_ready=self._notify)
+        except RuntimeError:  # the handler is closed: the server is closing
+            self._refuse(_http.BadRequest(503, "the stream is closed"))
+            return
+        self.state = "stream"
+        transport.write(_http.response(200, serving.handler.stream_headers, send_body=False))
+        self.pump()
+
+    def _notify(self) -> None:
+        self.serving.notify(self)
+
+    def pump(self) -> None:
+        """Hand the transport what the client's queue holds, until it pushes back."""
+        client = self.client
+        transport = self.transport
+        if self.state != "stream" or client is None or transport is None:
+            return
+        while True:
+            if client.dropped:  # fell max_pending ticks behind: cut off at once
+                self.state = "answered"
+                transport.abort()
+                return
+            chunk = None if self.paused else client.take_nowait()
+            if chunk is not None:
+                transport.write(chunk)  # may call pause_writing()
+                continue
+            if client.closed:  # the handler closed: end the response, bounded by write_timeout
+                self.state = "answered"
+                transport.close()
+                self._arm(self.serving.write_timeout, transport.abort)
+            return
+
+    # -- timers --------------------------------------------------------------------------
+
+    def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
+        self._disarm()
+        self.timer = self.serving.loop.call_later(seconds, callback)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _read_timed_out(self) -> None:
+        self.timer = None
+        if self.transport is None:
+            return
+        if self.head:  # a partial head: say why
+            self._refuse(_http.BadRequest(408, "the request head took too long"))
+        else:  # silence: nothing to answer
+            self.transport.abort()
+
+    def _linger_timed_out(self) -> None:
+        self.timer = None
+        if self.transport is None:
+            return
+        unsent = self.transport.get_write_buffer_size()
+        if unsent and unsent < self.unsent:  # still taking its answer: let it
+            self.unsent = unsent
+            self._arm(self.serving.read_timeout, self._linger_timed_out)
+            return
+        self.transport.abort()
+
+
+class _Serving:
+    """The standalone server's state on its event loop: the listening socket and the connections."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        listener: socket.socket,
+        handler: StreamHandler,
+        *,
+        write_timeout: float,
+        read_timeout: float,
+        max_clients: int,
+        backlog: int,
+        allowed_hosts: frozenset[str],
+    ) -> None:
+        self.loop = loop
+        self.listener = listener
+        self.handler = handler
+        self.write_timeout = write_timeout
+        self.read_timeout = read_timeout
+        self.max_clients = max_clients
+        self.backlog = backlog
+        self.allowed_hosts = allowed_hosts
+        self.connections: set[_Connection] = set()
+        self.starting = 0  # accepted, not yet connected to a protocol
+        self.accepting = False
+        self.closing = False
+        self.tasks: set[asyncio.Future[Any]] = set()
+        self._ready: list[_Connection] = []
+        self._ready_lock = threading.Lock()
+        self._wakeup_pending = False
+        self._empty: asyncio.Event | None = None
+
+    @property
+    def open(self) -> int:
+        return self.starting + len(self.connections)
+
+    # -- accepting -----------------------------------------------------------------------
+
+    def start_accepting(self) -> None:
+        if not self.accepting and not self.closing:
+            self.accepting = True
+            self.loop.add_reader(self.listener, self._accept)
+
+    def stop_accepting(self) -> None:
+        if self.accepting:
+            self.accepting = False
+            self.loop.remove_reader(self.listener)
+
+    def _accept(self) -> None:
+        # Take a burst of connections in one go, as asyncio's own servers do.
+        for _ in range(self.backlog):
+            if self.open >= self.max_clients:
+                # Full: further clients wait in the listen backlog until a connection ends.
+                self.stop_accepting()
+                return
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:  # out of descriptors or memory: wait, then try again
+                logger.warning("stream server: accepting a connection failed (%s); retrying in 1 s", exc)
+                self.stop_accepting()
+                self.loop.call_later(1.0, self.start_accepting)
+                return
+            sock.setblocking(False)
+            self.starting += 1
+            task = self.loop.create_task(self._connect(sock))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _connect(self, sock: socket.socket) -> None:
+        protocol = _Connection(self)
+        try:
+            await self.loop.connect_accepted_socket(lambda: protocol, sock)
+        except (OSError, asyncio.CancelledError) as exc:
+            if protocol.state == "new":  # not connected yet: it never will be
+                protocol.state = "failed"
+                self.starting -= 1
+                sock.close()
+                self.connection_closed()
+            if isinstance(exc, OSError):
+                logger.debug("stream server: a connection failed at once: %s", exc)
+
+    def connection_closed(self) -> None:
+        if self.closing:
+            if not self.connections and self._empty is not None:
+                self._empty.set()
+        elif not self.accepting and self.open < self.max_clients:
+            self.start_accepting()
+
+    # -- waking stream connections from the publisher's thread ----------------------------
+
+    def notify(self, connection: _Connection) -> None:
+        """``connection``'s queue changed (any thread): pump it on the loop, one wake-up for many."""
+        with self._ready_lock:
+            self._ready.append(connection)
+            if self._wakeup_pending:
+                return
+            self._wakeup_pending = True
+        try:
+            self.loop.call_soon_threadsafe(self._pump_ready)
+        except RuntimeError:  # the loop is closed: so is every connection
+            pass
+
+    def _pump_ready(self) -> None:
+        with self._ready_lock:
+            ready, self._ready = self._ready, []
+            self._wakeup_pending = False
+        for connection in dict.fromkeys(ready):
+            connection.pump()
+
+    # -- closing -------------------------------------------------------------------------
+
+    async def begin_close(self) -> None:
+        self.closing = True
+        self.stop_accepting()
+        self.listener.close()
+
+    async def finish_close(self) -> None:
+        """End every connection: streams (ended by the handler) get ``CLOSE_GRACE`` s to flush, then all are cut."""
+        self._empty = asyncio.Event()
+        self._pump_ready()  # the ends of streams that the handler's close queued
+        for connection in list(self.connections):
+            # What is not a stream sending its last bytes goes at once.
+            if connection.transport is not None and not connection.transport.is_closing():
+                connection.transport.abort()
+        if self.connections:
+            try:
+                await asyncio.wait_for(self._empty.wait(), CLOSE_GRACE)
+            except asyncio.TimeoutError:
+                pass
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.abort()
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        # An aborted transport tells its protocol on the loop's next turns.
+        for _ in range(100):
+            if not self.connections and not self.starting:
+                break
+            await asyncio.sleep(0)
+
+
+def _listen(host: str, port: int, backlog: int) -> socket.socket:
+    """A listening socket on ``host``:``port`` (IPv4 or IPv6, whichever ``host`` is)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        if os.name == "posix":  # a restarted server may bind while old connections are in TIME_WAIT
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _count(field: str, value: object, maximum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{field} must be an int, not {safe_repr(value)}")
+    if not 1 <= value <= maximum:
+        raise ValueError(f"{field} must be between 1 and {maximum}, got {safe_repr(value)}")
+    return value
 
 
 class StreamServer:
-    """A running :func:`serve_stream` server: the stream and the dashboard, in a background thread."""
+    """A running :func:`serve_stream` server: the stream and the dashboard, on one event-loop thread.
 
-    def __init__(self, handler: StreamHandler, host: str, port: int, write_timeout: float) -> None:
+    Every connection is a socket on that thread's event loop (no thread per client). The bounds
+    (see :func:`serve_stream`): ``max_clients`` connections at once (more wait in the ``backlog``),
+    ``read_timeout`` seconds for a request head of at most 8 KiB, and per stream client
+    ``max_pending`` queued ticks plus 64 KiB unsent in its socket.
+    """
+
+    def __init__(
+        self,
+        handler: StreamHandler,
+        host: str,
+        port: int,
+        write_timeout: float = 10.0,
+        *,
+        read_timeout: float = 10.0,
+        max_clients: int = 1024,
+        backlog: int = 1024,
+        allowed_hosts: Iterable[str] = (),
+    ) -> None:
+        if not isinstance(handler, StreamHandler):
+            raise TypeError(f"handler must be a StreamHandler, not {safe_repr(handler)}")
+        if not isinstance(host, str):
+            raise TypeError(f"host must be a str, not {safe_repr(host)}")
+        if isinstance(port, bool) or not isinstance(port, int):
+            raise TypeError(f"port must be an int, not {safe_repr(port)}")
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port must be between 0 and 65535, got {safe_repr(port)}")
+        _positive("write_timeout", write_timeout, maximum=MAX_SECONDS)
+        _positive("read_timeout", read_timeout, maximum=MAX_SECONDS)
+        _count("max_clients", max_clients, 1_000_000)
+        _count("backlog", backlog, 65535)
+        hosts = _http.allowed_hosts("allowed_hosts", allowed_hosts, host)
         self.handler = handler
-        self._server = _Server((host, port), _RequestHandler)
-        self._server.handler = handler
-        self._server.write_timeout = write_timeout
         self.host = host
-        self.port: int = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="fasthystrix-stream-server"
+        self.write_timeout = float(write_timeout)
+        self.read_timeout = float(read_timeout)
+        self.max_clients = max_clients
+        self.backlog = backlog
+        #: The names ``Host`` may carry besides the addresses served (normalised; ``"*"``: any).
+        self.allowed_hosts: frozenset[str] = hosts
+        listener = _listen(host, port, backlog)
+        self.port: int = listener.getsockname()[1]
+        # A selector loop of its own, whatever loop policy the application set.
+        self._loop = asyncio.SelectorEventLoop()
+        self._serving = _Serving(
+            self._loop,
+            listener,
+            handler,
+            write_timeout=self.write_timeout,
+            read_timeout=self.read_timeout,
+            max_clients=max_clients,
+            backlog=backlog,
+            allowed_hosts=hosts,
         )
-        self._thread.daemon = True
-        self._thread.start()
+        self._loop.set_exception_handler(_log_loop_error)
+        self._serving.start_accepting()
+        self._close_lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fasthystrix-stream-server", daemon=True)
+        try:
+            self._thread.start()
+        except BaseException:
+            self._serving.stop_accepting()
+            listener.close()
+            self._loop.close()
+            raise
 
     @property
     def url(self) -> str:
@@ -534,12 +897,30 @@ class StreamServer:
         """Where the dashboard page is: ``<url>/hystrix-dashboard``."""
         return self.url + "/hystrix-dashboard"
 
+    @property
+    def connections(self) -> int:
+        """Connections open now (at most ``max_clients``)."""
+        return self._serving.open
+
     def close(self) -> None:
-        """Stop serving, end every stream and wait for the server thread."""
-        self._server.shutdown()
-        self.handler.close()
-        self._server.server_close()
+        """Stop serving, end every stream and connection, and wait for the server's threads to end.
+
+        Afterwards the server holds no thread, socket or other descriptor. Streams get up to
+        one second to send their last bytes.
+        """
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("StreamServer.close() cannot be called from the server's own thread")
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        loop = self._loop
+        asyncio.run_coroutine_threadsafe(self._serving.begin_close(), loop).result()
+        self.handler.close()  # ends every stream; joins the publisher
+        asyncio.run_coroutine_threadsafe(self._serving.finish_close(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
         self._thread.join()
+        loop.close()
 
     def __enter__(self) -> StreamServer:
         return self
@@ -551,6 +932,10 @@ class StreamServer:
         return f"<StreamServer {self.url} clients={self.handler.clients}>"
 
 
+def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    logger.warning("stream server: %s", context.get("message"), exc_info=context.get("exception"))
+
+
 def serve_stream(
     port: int = 8181,
     host: str = "127.0.0.1",
@@ -560,21 +945,45 @@ def serve_stream(
     max_pending: int = 5,
     write_timeout: float = 10.0,
     allow_origin: str | None = None,
+    read_timeout: float = 10.0,
+    max_clients: int = 1024,
+    backlog: int = 1024,
+    allowed_hosts: Iterable[str] = (),
 ) -> StreamServer:
-    """Serve ``/hystrix.stream`` and the dashboard (``/``, ``/hystrix-dashboard``) in a background thread.
+    """Serve ``/hystrix.stream`` and the dashboard (``/``, ``/hystrix-dashboard``) on a background thread.
 
-    Binds to loopback unless ``host`` says otherwise; ``port=0`` picks a free
-    port (read it back from :attr:`StreamServer.port`). The other arguments are
-    :class:`StreamHandler`'s, plus ``write_timeout``: the seconds (at most 3600) a write
-    to a client that stopped reading may block before that client is disconnected.
-    Close the server (or use it as a context manager) to stop it.
+    Binds to loopback unless ``host`` says otherwise; ``port=0`` picks a free port (read it
+    back from :attr:`StreamServer.port`). ``interval``, ``keepalive``, ``max_pending`` and
+    ``allow_origin`` are :class:`StreamHandler`'s. The server's bounds:
+
+    * ``write_timeout``: seconds (at most 3600) a client that stopped reading keeps its
+      connection; each stream client holds at most ``max_pending`` ticks queued (the same
+      bytes for every client) and 64 KiB unsent in its socket, and is dropped when it falls
+      ``max_pending`` ticks behind.
+    * ``read_timeout``: seconds (at most 3600) a client has to send its request head, of at
+      most 8 KiB (longer: ``431``); a silent one is dropped, a slow one gets ``408``. After an
+      answer other than the stream, it also has this long to close its end.
+    * ``max_clients``: connections served at once (1 to 1 000 000); further clients wait in
+      the listen ``backlog`` (1 to 65535; the OS may cap it, as Linux does at
+      ``net.core.somaxconn``) until one ends. Each connection is a descriptor: keep
+      ``max_clients`` under the process's limit (``ulimit -n``).
+    * ``allowed_hosts``: host names (or IP addresses) the ``Host`` header may carry besides the
+      address the client reached (and ``localhost`` on loopback); ``["*"]`` allows any. Any
+      other ``Host`` gets ``400``, so a site whose name was pointed at this address (DNS
+      rebinding) cannot read the stream. Add the names you serve it under.
+
+    A request with a body (``Content-Length`` above 0, any ``Transfer-Encoding``) gets ``400``;
+    every answer closes its connection, and none names a server version. Close the server (or
+    use it as a context manager) to stop it.
     """
-    if isinstance(port, bool) or not isinstance(port, int):
-        raise TypeError(f"port must be an int, not {port!r}")
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port must be between 0 and 65535, got {port!r}")
-    if not isinstance(host, str):
-        raise TypeError(f"host must be a str, not {host!r}")
-    _positive("write_timeout", write_timeout, maximum=MAX_SECONDS)
     handler = StreamHandler(interval, keepalive=keepalive, max_pending=max_pending, allow_origin=allow_origin)
-    return StreamServer(handler, host, port, float(write_timeout))
+    return StreamServer(
+        handler,
+        host,
+        port,
+        write_timeout,
+        read_timeout=read_timeout,
+        max_clients=max_clients,
+        backlog=backlog,
+        allowed_hosts=allowed_hosts,
+    )
