@@ -62,6 +62,8 @@ def _reset() -> None:
     fasthystrix.flush()
     with _registry._lock:
         _registry._settings.clear()
+        _registry._configured.clear()
+        _registry._max_circuits = _registry.DEFAULT_MAX_CIRCUITS
     if SHARED_TESTS:
         _shared._unshare()
         _registry._files.clear()

@@ -41,7 +41,18 @@ from ._core._transitions import on_state_change
 from ._isolation._asyncio import do_async, go_async
 from ._isolation._command import do_c, go, go_c
 from ._isolation._decorator import command
-from ._registry import configure, configure_command, flush, get_circuit, get_circuit_settings, share_circuits
+from ._registry import (
+    CircuitLimitError,
+    circuit_table_stats,
+    configure,
+    configure_command,
+    flush,
+    get_circuit,
+    get_circuit_settings,
+    max_circuits,
+    set_max_circuits,
+    share_circuits,
+)
 from .metric_collector import MetricCollector, MetricResult
 from .stream import StreamHandler, StreamServer, serve_stream
 
@@ -64,6 +75,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "CircuitBreaker",
     "CircuitError",
+    "CircuitLimitError",
     "CircuitOpenError",
     "CommandConfig",
     "Context",
@@ -83,6 +95,7 @@ __all__ = [
     "StreamServer",
     "TimeoutError",
     "__version__",
+    "circuit_table_stats",
     "command",
     "configure",
     "configure_command",
@@ -98,11 +111,13 @@ __all__ = [
     "go_async",
     "go_c",
     "implementation",
+    "max_circuits",
     "metric_collector",
     "on_state_change",
     "set_clock",
     "serve_stream",
     "set_defaults",
+    "set_max_circuits",
     "share_circuits",
     "shared_dir",
     "stream",

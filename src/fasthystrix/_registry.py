@@ -11,6 +11,7 @@ from typing import Any
 from . import _impl
 from ._core import _clock, _config, _shared, _transitions
 from ._core._config import CommandConfig, Settings, get_defaults
+from ._core._events import CONTEXT_DEADLINE_EXCEEDED
 from ._core._log import logger
 from ._isolation import _command
 from ._isolation._command import run_threaded
@@ -24,16 +25,33 @@ __all__ = [
     "get_circuit",
     "get_circuit_settings",
     "get_or_create",
+    "CircuitLimitError",
+    "circuit_table_stats",
     "get_settings",
+    "max_circuits",
+    "set_max_circuits",
     "share_circuits",
 ]
 
 _circuits: dict[str, Any] = {}
+_REQUEST_EVENTS = CONTEXT_DEADLINE_EXCEEDED + 1  # the window's counts of calls: success .. deadline
 _settings: dict[str, Settings] = {}
 # Serialises circuit creation (so each factory runs once per circuit) and settings changes.
 # Reentrant: a collector factory may itself use fasthystrix.
 _lock = threading.RLock()
 _creating: set[str] = set()  # names whose circuit is being created (guarded by _lock)
+
+#: The default bound on circuits per process (``set_max_circuits``).
+DEFAULT_MAX_CIRCUITS = 10_000
+#: The circuit that answers, as an open circuit, the calls of a name the full table refused.
+REFUSED_NAME = "fasthystrix:circuit-limit"
+_max_circuits = DEFAULT_MAX_CIRCUITS
+# Names configured explicitly (configure, configure_command): their circuits are never
+# evicted and their settings are kept by flush(). Guarded by _lock.
+_configured: set[str] = set()
+# Circuits evicted and calls refused so far (guarded by _lock), for circuit_table_stats().
+_evicted_total = 0
+_refused_total = 0
 
 
 def _check_name(name: object) -> str:
@@ -73,6 +91,7 @@ def configure_command(name: str, config: CommandConfig | Mapping[str, Any]) -> S
     settings = Settings.from_config(CommandConfig.from_mapping(config), get_defaults())
     with _lock:
         _settings[name] = _shared.intern(settings)
+        _configured.add(name)
         circuit = _circuits.get(name)
         if circuit is None and _shared.shared_dir() is not None:
             circuit = _settings_holder(name)  # host-wide settings live in the circuit's file
@@ -95,6 +114,7 @@ def configure(mapping: Mapping[str, CommandConfig | Mapping[str, Any]]) -> dict[
     with _lock:
         for name, settings in resolved.items():
             _settings[name] = _shared.intern(settings)
+            _configured.add(name)
             circuit = _circuits.get(name)
             if circuit is None and _shared.shared_dir() is not None:
                 circuit = _settings_holder(name)
@@ -115,10 +135,120 @@ def get_circuit_settings() -> dict[str, Settings]:
 
 
 def get_or_create(name: str) -> Any:
-    """The circuit of ``name``, created on first use."""
+    """The circuit of ``name``, created on first use.
+
+    When the table is full and nothing can be evicted, the circuit named ``REFUSED_NAME``
+    (forced open): the command answers through its fallback with ``CircuitOpenError``.
+    """
     circuit = _circuits.get(name)
     if circuit is None:
-        circuit = get_circuit(name)[0]
+        try:
+            circuit = get_circuit(name)[0]
+        except CircuitLimitError:
+            circuit = _refused()
+    return circuit
+
+
+class CircuitLimitError(RuntimeError):
+    """The process holds ``max_circuits()`` circuits and none of them can be evicted."""
+
+
+def max_circuits() -> int:
+    """The most circuits this process keeps (default ``DEFAULT_MAX_CIRCUITS``, 10 000)."""
+    return _max_circuits
+
+
+def set_max_circuits(limit: int) -> int:
+    """Bound the circuits this process keeps to ``limit``; returns the previous bound.
+
+    A new name past the bound evicts the least used circuits that are closed, idle (no
+    ticket in use), not forced and not configured explicitly; open, forced and configured
+    circuits are never evicted. When none can be, the command is answered as by an open
+    circuit (its fallback gets ``CircuitOpenError``) and counted on the circuit named
+    ``"fasthystrix:circuit-limit"``. Circuits already over a lowered bound are evicted as
+    new names come.
+    """
+    global _max_circuits
+    if type(limit) is not int:
+        raise TypeError(f"max_circuits must be an int, not {limit!r}")
+    if limit < 1:
+        raise ValueError(f"max_circuits must be at least 1, not {limit!r}")
+    with _lock:
+        previous, _max_circuits = _max_circuits, limit
+    return previous
+
+
+def circuit_table_stats() -> dict[str, int]:
+    """The circuit table's size and bound, and the circuits evicted and calls refused so far."""
+    with _lock:
+        return {
+            "circuits": len(_circuits),
+            "max_circuits": _max_circuits,
+            "evicted": _evicted_total,
+            "refused": _refused_total,
+        }
+
+
+def _evictable(name: str, circuit: Any) -> bool:
+    return (
+        name not in _configured
+        and name != REFUSED_NAME
+        and getattr(circuit, "_shared", None) is None  # host-wide: bounded by _shared.MAX_CIRCUITS
+        and not circuit.force_open
+        and not circuit.force_closed
+        and circuit.state() == "closed"
+        and circuit.tickets_in_use == 0
+    )
+
+
+def _evict() -> int:
+    """Evict the least used evictable circuits (with ``_lock`` held); how many were evicted.
+
+    One pass evicts a sixteenth of the bound at once, so a stream of new names costs one
+    scan of the table per batch, not per name. Least used: no call in the rolling window
+    first, oldest first; then the fewest calls in the window.
+    """
+    global _evicted_total
+    now = _clock.now_ns()
+    candidates: list[tuple[int, int, str]] = []
+    for order, (name, circuit) in enumerate(_circuits.items()):
+        if _evictable(name, circuit):
+            counts = circuit._default._rolling.counts(now)
+            candidates.append((sum(counts[:_REQUEST_EVENTS]), order, name))
+    if not candidates:
+        return 0
+    excess = len(_circuits) - _max_circuits + 1
+    batch = min(len(candidates), max(excess, _max_circuits // 16, 1))
+    candidates.sort()
+    for _, _, name in candidates[:batch]:
+        circuit = _circuits.pop(name)
+        if name not in _configured:
+            _settings.pop(name, None)  # the defaults it took at first use
+        circuit._workers.shutdown()
+    _evicted_total += batch
+    return batch
+
+
+def _refused() -> Any:
+    """The forced-open circuit that answers the calls the full table refused."""
+    global _refused_total
+    with _lock:
+        _refused_total += 1
+        circuit = _circuits.get(REFUSED_NAME)
+        if circuit is None:
+            settings = _local_settings(REFUSED_NAME)
+            circuit = _impl.current().CircuitBreaker(
+                REFUSED_NAME, settings, DefaultMetricCollector(REFUSED_NAME), [], _clock.get_clock()
+            )
+            circuit._workers = WorkerPool(REFUSED_NAME)
+            circuit.force_open = True
+            _circuits[REFUSED_NAME] = circuit  # one more than the bound, in every stream and export
+            logger.warning(
+                "the circuit table is full (%d circuits, none evictable): new command names are "
+                "answered as open circuits, counted on %r",
+                _max_circuits,
+                REFUSED_NAME,
+            )
     return circuit
 
 
@@ -180,6 +310,11 @@ def _settings_holder(name: str) -> Any:
 
 def _create(name: str) -> Any:
     """Build and register the circuit of ``name`` (with ``_lock`` held)."""
+    if len(_circuits) - (REFUSED_NAME in _circuits) >= _max_circuits and not _evict():
+        raise CircuitLimitError(
+            f"circuit {name!r} not created: this process holds max_circuits={_max_circuits} "
+            "circuits and none is evictable (closed, idle, not forced, not configured)"
+        )
     settings = _local_settings(name)
     impl = _impl.current()
     # With sharing, the file first: a name the directory cannot take fails before anything changes.
@@ -236,12 +371,20 @@ def flush() -> None:
 
     Also stops the circuits' idle worker threads and the deadline timer, so
     nothing of fasthystrix keeps running; a run still executing finishes on
-    its thread, which then exits.
+    its thread, which then exits. Settings of names never configured explicitly
+    (the defaults they took at first use) are forgotten with their circuits, so
+    their memory is given back.
     """
+    global _evicted_total, _refused_total
     with _lock:
         flushed = list(_circuits.values())
         _circuits.clear()
         _holders.clear()
+        # Rebuilt, not deleted from: a dict keeps its table's size after deletions.
+        kept = {name: settings for name, settings in _settings.items() if name in _configured}
+        _settings.clear()
+        _settings.update(kept)
+        _evicted_total = _refused_total = 0
     for circuit in flushed:
         if getattr(circuit, "_shared", None) is not None:
             circuit._reset_state()  # host-wide: the next command of any process starts afresh
