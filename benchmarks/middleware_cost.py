@@ -41,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 TARGET = 0.97
@@ -240,6 +241,108 @@ class Load:
 
 
 # --------------------------------------------------------------------------------------------------
+# In-process: each app called directly, no server (``--profile``)
+# --------------------------------------------------------------------------------------------------
+
+
+def direct_app(framework: str, variant: str) -> Callable[[int], None]:
+    """A function making ``n`` requests to the app itself, in this process (an ASGI or WSGI call each)."""
+    if framework == "flask":
+        from werkzeug.test import EnvironBuilder
+
+        wsgi = wsgi_app(variant)
+        environ = EnvironBuilder(path="/", base_url="http://127.0.0.1/").get_environ()
+
+        def start_response(status: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], None]:
+            return lambda data: None
+
+        def run_wsgi(n: int) -> None:
+            for _ in range(n):
+                result = wsgi(dict(environ), start_response)
+                for _chunk in result:
+                    pass
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+
+        return run_wsgi
+    asgi = asgi_app(framework, variant)
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/",
+        "raw_path": b"/",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"127.0.0.1")],
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 80),
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        return None
+
+    async def requests(n: int) -> None:
+        for _ in range(n):
+            await asgi(dict(scope), receive, send)
+
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()  # as under uvicorn
+    except ImportError:
+        loop = asyncio.new_event_loop()
+
+    def run_asgi(n: int) -> None:
+        loop.run_until_complete(requests(n))
+
+    return run_asgi
+
+
+def profile(frameworks: list[str], requests: int, top: int) -> None:
+    """Per framework: µs per request of each variant called in-process (best of 5), then where the
+    middleware's variant spends its time (cProfile, by own time)."""
+    import cProfile
+    import io
+    import pstats
+
+    for framework in frameworks:
+        print(f"\n## {framework}: in-process, no server ({requests} requests per round, best of 5 rounds)\n")
+        runners = {variant: direct_app(framework, variant) for variant in VARIANTS[framework]}
+        best: dict[str, float] = {}
+        for variant, run in runners.items():
+            run(200)  # warm-up (and the circuit is created)
+            times = []
+            for _ in range(5):
+                started = time.perf_counter()
+                run(requests)
+                times.append((time.perf_counter() - started) / requests * 1e6)
+            best[variant] = min(times)
+        for variant, us in best.items():
+            extra = "" if variant == "bare" else f" (+{us - best['bare']:.1f} µs)"
+            print(f"- {variant}: {us:.1f} µs per request{extra}")
+        for variant, run in runners.items():
+            if variant == "bare":
+                continue
+            profiler = cProfile.Profile()
+            profiler.enable()
+            run(requests)
+            profiler.disable()
+            out = io.StringIO()
+            pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
+            print(f"\ncProfile, {framework} {variant}, by own time (cProfile's overhead inflates every call):\n")
+            print("```")
+            print("\n".join(line for line in out.getvalue().splitlines() if line.strip()).strip())
+            print("```")
+
+
+# --------------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------------
 
@@ -351,6 +454,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", help="also write the results as JSON here")
     parser.add_argument("--quick", action="store_true", help="a smoke run of seconds (CI): 1 round of 1 s")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead: each app called in-process (no server): µs per request, and cProfile of the middleware",
+    )
+    parser.add_argument("--profile-requests", type=int, default=20_000, help="requests per --profile round (20000)")
+    parser.add_argument("--top", type=int, default=25, help="functions shown per --profile (25)")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.seconds, args.warmup = 1, 1.0, 0.5
@@ -360,6 +470,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown framework(s) {unknown}; choose from {', '.join(FRAMEWORKS)}")
     import fasthystrix
 
+    if args.profile:
+        print(f"# middleware cost, in-process: fasthystrix {fasthystrix.__version__} ({fasthystrix.implementation})")
+        print(f"# {machine()}")
+        profile(frameworks, 1000 if args.quick else args.profile_requests, args.top)
+        return 0
     server_core, load_core = cores()
     load = Load(args.connections, load_core, args.client)
     loop, http = server_stack()

@@ -8,14 +8,17 @@
 worker, uvloop and httptools when installed, on a loopback port it picks itself). Its route
 ``GET /work`` calls a simulated downstream of known capacity ``C`` (``--capacity``), in-process:
 
-- the model (``Downstream``): a call that starts while ``n`` calls are in flight (itself included)
-  lasts ``base`` (``--base-ms``, 20 ms) when ``n <= C``, and ``base * x * (1 + k * (x - 1))`` with
-  ``x = n / C`` beyond. The first factor, ``x``, is a saturated server sharing its capacity among more
-  calls (throughput stays ``C / base``); the second is contention (locks, cache misses, context
-  switches), which makes throughput *fall* as the overload grows: ``C / base / (1 + k (x - 1))``,
-  a retrograde curve as in the Universal Scalability Law (``k`` is ``--contention``, 0.5). The
-  latency is fixed when the call starts (from ``n`` then), so a burst is served at 20 ms until it
-  has filled the downstream. The capacity is thus ``C / base`` calls per second (500/s by default).
+- the model (``Downstream``): processor sharing with contention. Each call needs ``base``
+  (``--base-ms``, 20 ms) of work; while ``n <= C`` calls are in flight each runs at full speed,
+  beyond that each runs at ``1 / (x * (1 + k * (x - 1)))`` with ``x = n / C``, recomputed whenever a
+  call starts or ends. Held at ``n`` calls, a call lasts ``base * x * (1 + k (x - 1))``: the factor
+  ``x`` is a saturated server sharing its capacity among more calls (throughput would stay
+  ``C / base``), the second is contention (locks, cache misses, context switches), which makes
+  throughput *fall* as the overload grows: ``C / base / (1 + k (x - 1))``, a retrograde curve as in
+  the Universal Scalability Law (``k`` is ``--contention``, 0.1). A call its caller cancels (the
+  middleware's timeout) leaves at once. The capacity is ``C / base`` calls per second (500/s by
+  default); a service without protection that is offered more piles up calls until each takes
+  longer than the client waits.
 
 **The load** is open-loop: this process sends requests on a fixed timetable (``i / rate`` seconds
 after the start), whatever the answers, over as many keep-alive connections as there are requests
@@ -56,6 +59,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import heapq
 import json
 import math
 import os
@@ -82,11 +86,18 @@ ROUTE = "/work"
 
 
 class Downstream:
-    """A simulated downstream of capacity ``capacity`` calls in flight at ``base`` seconds each.
+    """A simulated downstream: ``capacity`` calls at full speed, processor sharing with contention beyond.
 
-    A call started with ``n`` calls in flight (itself included) lasts ``base`` while ``n <= capacity``,
-    else ``base * x * (1 + contention * (x - 1))`` with ``x = n / capacity``: shared capacity times
-    contention, so throughput falls past saturation (see the module's docstring).
+    Each call needs ``base`` seconds of work at full speed. With ``n`` calls in flight, every one of
+    them progresses at ``speed(n)``: 1 while ``n <= capacity``, else ``1 / (x * (1 + contention *
+    (x - 1)))`` with ``x = n / capacity``, recomputed whenever a call starts or ends. So a call alone
+    lasts ``base``, and ``n > capacity`` calls held at ``n`` last ``base * x * (1 + contention * (x -
+    1))`` each: shared capacity times contention, throughput ``capacity / base / (1 + contention * (x
+    - 1))`` falling as the overload grows (see the module's docstring). A call cancelled by its caller
+    (a timeout) leaves at once, as a cancelled query does.
+
+    Implementation: a virtual clock ``v`` that runs at ``speed(n)``; a call started at ``v0`` ends when
+    ``v`` reaches ``v0 + base``: a heap of those ends, and one timer for the earliest.
     """
 
     def __init__(self, capacity: int, base: float, contention: float) -> None:
@@ -96,23 +107,67 @@ class Downstream:
         self.in_flight = 0
         self.max_in_flight = 0
         self.calls = 0
+        self._virtual = 0.0
+        self._at = time.perf_counter()
+        self._ends: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._sequence = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def speed(self, n: int) -> float:
+        """The rate at which each of ``n`` calls in flight progresses (1 = full speed)."""
+        if n <= self.capacity:
+            return 1.0
+        x = n / self.capacity
+        return 1.0 / (x * (1.0 + self.contention * (x - 1.0)))
 
     def latency(self, n: int) -> float:
-        """Seconds a call lasts when it starts with ``n`` calls in flight, itself included."""
-        if n <= self.capacity:
-            return self.base
-        x = n / self.capacity
-        return self.base * x * (1.0 + self.contention * (x - 1.0))
+        """Seconds a call lasts while ``n`` calls stay in flight, itself included."""
+        return self.base / self.speed(n)
+
+    def _advance(self) -> None:
+        now = time.perf_counter()
+        self._virtual += (now - self._at) * self.speed(self.in_flight)
+        self._at = now
+
+    def _schedule(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        ends = self._ends
+        while ends and ends[0][2].done():  # cancelled calls: gone already
+            heapq.heappop(ends)
+        if ends:
+            delay = (ends[0][0] - self._virtual) / self.speed(self.in_flight)
+            self._timer = asyncio.get_running_loop().call_later(max(0.0, delay), self._complete)
+
+    def _complete(self) -> None:
+        self._timer = None
+        self._advance()
+        ends = self._ends
+        while ends and ends[0][0] <= self._virtual + 1e-9:
+            _, _, future = heapq.heappop(ends)
+            if not future.done():
+                self.in_flight -= 1
+                future.set_result(None)
+        self._schedule()
 
     async def call(self) -> None:
+        self._advance()
+        future = asyncio.get_running_loop().create_future()
+        self._sequence += 1
+        heapq.heappush(self._ends, (self._virtual + self.base, self._sequence, future))
         self.in_flight += 1
         self.calls += 1
-        if self.in_flight > self.max_in_flight:
-            self.max_in_flight = self.in_flight
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        self._schedule()
         try:
-            await asyncio.sleep(self.latency(self.in_flight))
-        finally:
-            self.in_flight -= 1
+            await future
+        except asyncio.CancelledError:
+            if future.cancelled():  # it left before its end: the others speed up
+                self._advance()
+                self.in_flight -= 1
+                self._schedule()
+            raise
 
 
 def availability(config: str) -> str | None:
@@ -440,6 +495,7 @@ class Result:
     lag_max_ms: float
     downstream_max_in_flight: int
     server_cpu: float  # the server process's CPU seconds per second (1.0 = one core) in the measured window
+    load_average: float = math.nan  # the machine's 1-minute load average when the run started
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -580,6 +636,7 @@ def run_one(args: argparse.Namespace, config: str, multiple: float) -> Result:
     }
     capacity_rate = args.capacity / (args.base_ms / 1000.0)
     rate = capacity_rate * multiple
+    load_average = os.getloadavg()[0]
     count = min(args.max_requests, max(1, round(rate * (args.warmup + args.seconds))))
     with Server(options) as server:
         warmup = min(args.warmup, count / rate / 2)
@@ -595,7 +652,9 @@ def run_one(args: argparse.Namespace, config: str, multiple: float) -> Result:
         samples = new_event_loop_run(load)
         max_in_flight = int(server.stats().get("max_in_flight", -1))
     assert client is not None
-    return summarize(config, multiple, rate, warmup, samples, max_in_flight, client.server_cpu)
+    result = summarize(config, multiple, rate, warmup, samples, max_in_flight, client.server_cpu)
+    result.load_average = load_average
+    return result
 
 
 def new_event_loop_run(factory: Callable[[], Any]) -> Any:
@@ -617,8 +676,8 @@ def report(results: list[Result], skipped: dict[str, str], args: argparse.Namesp
     lines = [
         "| configuration | offered (xC) | offered req/s | goodput/s | goodput vs 1x | 503/s | errors "
         "| p50 ms (200s) | p99 ms (200s) | p99 vs 0.5x | downstream max in flight | server CPU "
-        "| client lag p99 / max ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| client lag p99 / max ms | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     by_config: dict[str, list[Result]] = {}
     for r in results:
@@ -626,7 +685,7 @@ def report(results: list[Result], skipped: dict[str, str], args: argparse.Namesp
     verdicts = []
     for config in CONFIGS:
         if config in skipped:
-            lines.append(f"| {config} | {skipped[config]} |  |  |  |  |  |  |  |  |  |  |  |")
+            lines.append(f"| {config} | {skipped[config]} |  |  |  |  |  |  |  |  |  |  |  |  |")
             continue
         runs = by_config.get(config, [])
         one = next((r for r in runs if r.multiple == 1.0), None)
@@ -641,7 +700,7 @@ def report(results: list[Result], skipped: dict[str, str], args: argparse.Namesp
                 f"| {config} | {r.multiple:g}x | {r.rate:,.0f} | {fmt(r.goodput)} | {vs_one} "
                 f"| {fmt(r.rejected)} | {errors} "
                 f"| {fmt(r.p50_ms)} | {fmt(r.p99_ms)} | {vs_half} | {r.downstream_max_in_flight} | {r.server_cpu:.0%} "
-                f"| {fmt(r.lag_p99_ms, 2)} / {fmt(r.lag_max_ms, 1)} |"
+                f"| {fmt(r.lag_p99_ms, 2)} / {fmt(r.lag_max_ms, 1)} | {fmt(r.load_average, 2)} |"
             )
         if one and half and runs:
             goodput_ok = one.goodput > 0 and all(
@@ -760,7 +819,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds per run excluded at its start (3)")
     parser.add_argument("--capacity", type=int, default=10, help="calls the downstream serves at base latency (10)")
     parser.add_argument("--base-ms", type=float, default=20.0, help="the downstream's latency below capacity (20)")
-    parser.add_argument("--contention", type=float, default=0.5, help="the model's contention factor k (0.5)")
+    parser.add_argument("--contention", type=float, default=0.1, help="the model's contention factor k (0.1)")
     parser.add_argument(
         "--queue-wait-ms", type=float, default=20.0, help="max_queue_wait of the queue configuration (20)"
     )

@@ -7,9 +7,11 @@ consistency, never for timing (a loaded machine may be slow; the figures are the
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -70,6 +72,33 @@ def test_downstream_model() -> None:
     throughputs = [n / model.latency(n) for n in (10, 20, 40, 80)]
     assert throughputs == sorted(throughputs, reverse=True)
     assert throughputs[0] == pytest.approx(500)
+
+
+def test_downstream_shares_and_releases() -> None:
+    """Calls in flight together share the downstream; a cancelled call leaves and the rest speed up."""
+    sys.path.insert(0, str(HERE))
+    try:
+        from overload import Downstream
+    finally:
+        sys.path.remove(str(HERE))
+
+    async def scenario() -> None:
+        model = Downstream(capacity=1, base=0.05, contention=0.0)
+        first = asyncio.ensure_future(model.call())
+        second = asyncio.ensure_future(model.call())
+        third = asyncio.ensure_future(model.call())
+        await asyncio.sleep(0)
+        assert model.in_flight == 3
+        started = time.perf_counter()
+        third.cancel()
+        await asyncio.gather(first, second)
+        # Two calls of 50 ms of work sharing a capacity of one: neither ends before 100 ms.
+        assert time.perf_counter() - started >= 0.1 - 0.005
+        assert third.cancelled()
+        assert (model.in_flight, model.max_in_flight, model.calls) == (0, 3, 3)
+        assert model._ends == [] or all(end[2].done() for end in model._ends)
+
+    asyncio.run(scenario())
 
 
 def test_middleware_cost_quick_reports_every_variant() -> None:
