@@ -180,6 +180,10 @@ def availability(config: str) -> str | None:
             return "not available: CommandConfig has no max_queue_wait"
     if config.startswith("adaptive-") and not hasattr(fasthystrix, "AdaptiveLimit"):
         return "not available: fasthystrix has no AdaptiveLimit"
+    try:  # the names exist, but may not be wired in yet
+        command_config(config, 10, 20.0)
+    except (TypeError, ValueError) as exc:
+        return f"not available: {exc}"
     return None
 
 
