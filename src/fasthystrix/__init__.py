@@ -41,6 +41,7 @@ from ._core._transitions import on_state_change
 from ._isolation._asyncio import do_async, go_async
 from ._isolation._command import do_c, go, go_c
 from ._isolation._decorator import command
+from ._isolation._workers import DEFAULT_MAX_THREADS, get_max_threads, set_max_threads
 from ._registry import configure, configure_command, flush, get_circuit, get_circuit_settings, share_circuits
 from .metric_collector import MetricCollector, MetricResult
 from .stream import StreamHandler, StreamServer, serve_stream
@@ -59,6 +60,7 @@ __all__ = [
     "DEFAULT_ERROR_PERCENT_THRESHOLD",
     "DEFAULT_ISOLATION",
     "DEFAULT_MAX_CONCURRENT_REQUESTS",
+    "DEFAULT_MAX_THREADS",
     "DEFAULT_REQUEST_VOLUME_THRESHOLD",
     "DEFAULT_SLEEP_WINDOW",
     "DEFAULT_TIMEOUT",
@@ -94,6 +96,7 @@ __all__ = [
     "get_circuit_settings",
     "get_clock",
     "get_defaults",
+    "get_max_threads",
     "go",
     "go_async",
     "go_c",
@@ -103,6 +106,7 @@ __all__ = [
     "set_clock",
     "serve_stream",
     "set_defaults",
+    "set_max_threads",
     "share_circuits",
     "shared_dir",
     "stream",

@@ -14,7 +14,7 @@ from ._core._config import CommandConfig, Settings, get_defaults
 from ._core._log import logger
 from ._isolation import _command
 from ._isolation._command import run_threaded
-from ._isolation._workers import WorkerPool, timer
+from ._isolation._workers import timer, workers
 from .metric_collector import DefaultMetricCollector, registry
 
 __all__ = [
@@ -187,7 +187,7 @@ def _create(name: str) -> Any:
     default = DefaultMetricCollector(name)
     collectors = registry.initialize_metric_collectors(name)
     circuit = impl.CircuitBreaker(name, settings, default, collectors, _clock.get_clock())
-    circuit._workers = WorkerPool(name)
+    circuit._workers = workers  # one pool for the process: its threads are bounded, not per name
     if shared is not None:
         circuit._attach(shared, None)  # the file's settings: the last writer's, from any process
         _holders.pop(name, None)
@@ -234,7 +234,7 @@ def share_circuits(path: str | os.PathLike[str]) -> Path:
 def flush() -> None:
     """Reset and forget every circuit (settings are kept), as hystrix-go's ``Flush``.
 
-    Also stops the circuits' idle worker threads and the deadline timer, so
+    Also stops the idle worker threads and the deadline timer, so
     nothing of fasthystrix keeps running; a run still executing finishes on
     its thread, which then exits.
     """
@@ -251,7 +251,7 @@ def flush() -> None:
                 collector.reset()
             except Exception:
                 logger.exception("metric collector %r failed to reset", collector)
-        circuit._workers.shutdown()
+    workers.retire()
     timer.discard_finished()
     _shared.stop_reaper()
 
@@ -303,9 +303,9 @@ def _after_fork_in_child() -> None:
         _held_across_fork.clear()
         # First the locks this handler takes itself (the timer's, to read its deadlines).
         timer._after_fork_in_child()
+        workers._after_fork_in_child()
         for circuit in _circuits.values():
             circuit._after_fork_in_child()
-            circuit._workers._after_fork_in_child()
             for collector in circuit._collectors:
                 # Collectors that keep a lock or a thread say how to rebuild it (CumulativeCollector).
                 rebuild = getattr(collector, "_after_fork_in_child", None)
