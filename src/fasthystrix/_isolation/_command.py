@@ -1,6 +1,6 @@
 """Thread isolation and the asynchronous front (``go``/``go_c``), on top of a circuit's primitives.
 
-A thread-mode command hands ``run`` to one of the circuit's worker threads and
+A thread-mode command hands ``run`` to a thread of the process's worker pool and
 waits for it until its deadline. Whoever decides the outcome first (the run
 finishing, the deadline, the context) wins exactly once, under the command's
 lock; the loser does nothing. The ticket stays taken until ``run`` really
