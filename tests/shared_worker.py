@@ -39,7 +39,7 @@ def open_circuit(name: str) -> Any:
         settings = _registry.get_settings(name)
         implementation = _impl.current()
         circuit = implementation.CircuitBreaker(name, settings, DefaultMetricCollector(name), [], _clock.get_clock())
-        circuit._workers = workers
+        circuit._workers = workers.for_command()
         circuit._attach(_shared.SharedCircuitFile(name, implementation.name, settings), configured)
         _registry._circuits[name] = circuit
         return circuit

@@ -331,13 +331,13 @@ def test_fork_inside_a_thread_isolated_run_gives_back_its_own_ticket_in_both_pro
 def test_locks_held_by_other_threads_at_the_fork_are_not_held_in_the_child() -> None:
     # Threads that do not exist in the child held these locks when the parent forked.
     from fasthystrix._core import _config, _transitions
-    from fasthystrix._isolation._workers import timer
+    from fasthystrix._isolation._workers import timer, workers
     from fasthystrix.metric_collector import registry as collector_registry
 
     name = "fork-locks"
-    circuit = configure(name, "thread")
+    configure(name, "thread")
     _warm_workers(name, 2)
-    locks = [circuit._workers._lock, timer._lock, _transitions._lock, _config._defaults_lock, collector_registry._lock]
+    locks = [workers._lock, timer._lock, _transitions._lock, _config._defaults_lock, collector_registry._lock]
     holding = threading.Event()
     done = threading.Event()
 

@@ -5,6 +5,7 @@ counted) without losing its ticket."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -449,3 +450,22 @@ def test_flush_keeps_the_pool_serving(long_timeouts: None) -> None:
     wait_until(lambda: not worker_threads(), "flush stopped the idle worker")
     assert fasthystrix.do("flushed", threading.current_thread) in worker_threads()
     assert fasthystrix.go("flushed", lambda: 3).result(WAIT) == 3
+
+
+def test_each_command_keeps_its_own_spin_budget_on_the_shared_pool(long_timeouts: None) -> None:
+    """Whether a caller spins for its result is learnt from its own command's runs: slow runs of
+    one command leave another's budget alone, though both run on the same threads."""
+    slow = fasthystrix.get_circuit("budget-slow")[0]
+    fast = fasthystrix.get_circuit("budget-fast")[0]
+    assert slow._workers.pool is fast._workers.pool is _workers.workers
+    assert slow._workers.result_waits is not fast._workers.result_waits
+    threads = set()
+    for _ in range(8):
+        assert (
+            fasthystrix.do("budget-slow", lambda: threads.add(threading.current_thread()) or time.sleep(0.005)) is None
+        )
+    assert fasthystrix.do("budget-fast", lambda: threads.add(threading.current_thread())) is None
+    assert len(threads) == 1, "both commands ran on the same worker"
+    budget = fast._workers.result_waits
+    assert budget.spun + budget.skipped == 1
+    assert slow._workers.result_waits.spun + slow._workers.result_waits.skipped == 8

@@ -187,7 +187,7 @@ def _create(name: str) -> Any:
     default = DefaultMetricCollector(name)
     collectors = registry.initialize_metric_collectors(name)
     circuit = impl.CircuitBreaker(name, settings, default, collectors, _clock.get_clock())
-    circuit._workers = workers  # one pool for the process: its threads are bounded, not per name
+    circuit._workers = workers.for_command()  # the process's one pool: threads bounded, not per name
     if shared is not None:
         circuit._attach(shared, None)  # the file's settings: the last writer's, from any process
         _holders.pop(name, None)

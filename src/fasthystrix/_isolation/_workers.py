@@ -1,8 +1,9 @@
 """The process-wide worker threads of thread isolation, and the one deadline timer ``go()`` needs.
 
-Every thread-isolated command runs on one pool, ``workers``, whatever its name: a
-command's concurrency is bounded by its own tickets, and the threads of the whole
-process by the pool's maximum (``set_max_threads``). Threads are created on
+Every thread-isolated command runs on one pool, ``workers``, whatever its name (each
+circuit holds a ``CommandWorkers`` view of it): a command's concurrency is bounded by
+its own tickets, and the threads of the whole process by the pool's maximum
+(``set_max_threads``). Threads are created on
 demand, reused while busy, and exit after ``IDLE_TIMEOUT`` seconds without work,
 so an idle process holds none. A task that finds every thread busy at the maximum,
 or that the OS will not give a thread, is refused at once (``NoWorkerThread``),
@@ -27,6 +28,7 @@ from .._core._log import logger
 __all__ = [
     "DEFAULT_MAX_THREADS",
     "IDLE_TIMEOUT",
+    "CommandWorkers",
     "DeadlineTimer",
     "NoWorkerThread",
     "WorkerPool",
@@ -90,6 +92,7 @@ class WorkerPool:
         # The implementation live when the pool was made, for all its signals: never a mix.
         impl = _impl.current()
         self._completion = impl.Completion
+        self._budget = impl.SpinBudget
         self.result_waits = impl.SpinBudget()
         self.task_waits = impl.SpinBudget()
         self.nudge_waits = impl.SpinBudget()
@@ -103,6 +106,14 @@ class WorkerPool:
     def completion(self) -> Any:
         """A new signal for a thread that waits for a task's outcome (spin budget ``result_waits``)."""
         return self._completion(self.result_waits)
+
+    def new_budget(self) -> Any:
+        """A new spin budget of the pool's implementation."""
+        return self._budget()
+
+    def for_command(self) -> CommandWorkers:
+        """The pool as one command uses it (``circuit._workers``): with its own ``result_waits``."""
+        return CommandWorkers(self)
 
     def submit(self, task: Callable[[], object], defer: bool = False, post: bool = False) -> Any:
         """Run ``task()`` on an idle worker, or on a new thread if none is idle.
@@ -258,6 +269,25 @@ class WorkerPool:
             self._generation += 1
             threads = self._stop_idle_locked(len(self._idle))
         self._join(threads, timeout)
+
+
+class CommandWorkers:
+    """A command's side of a shared ``WorkerPool``: the pool's threads, the command's own
+    ``result_waits`` budget (how long its runs take decides whether its callers spin, whatever
+    the other commands' runs take)."""
+
+    __slots__ = ("_completion", "pool", "result_waits", "submit")
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+        self.result_waits = pool.new_budget()
+        self._completion = pool._completion
+        # The pool's own bound method: the per-call lookup costs what the pool's did.
+        self.submit = pool.submit
+
+    def completion(self) -> Any:
+        """A new signal for a thread that waits for this command's outcome."""
+        return self._completion(self.result_waits)
 
 
 class DeadlineTimer:
