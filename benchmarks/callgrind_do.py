@@ -4,7 +4,8 @@
     python benchmarks/callgrind_do.py PATH N --measure [--impl ...]   # runs valgrind itself
 
 PATH is one of: bare, raise-catch, success, failure, failure-fallback, open-fallback, open-raise,
-open-fallback-thread (the open circuit in thread isolation).
+open-fallback-thread (the open circuit in thread isolation), success-thread (the hand-off to a
+worker thread and back; valgrind runs one thread at a time, so this counts the work of both sides).
 The set-up (implementation, configuration, circuit creation and WARMUP calls) is the same whatever
 N is, so instructions(N) - instructions(0) is the cost of N calls alone. ``--measure`` runs
 
@@ -37,6 +38,7 @@ PATHS = (
     "open-fallback",
     "open-raise",
     "open-fallback-thread",
+    "success-thread",
 )
 WARMUP = 2000
 
@@ -79,7 +81,7 @@ def build(path: str, impl: str) -> Callable[[], object]:
     circuit = fasthystrix.get_circuit(name)[0]
     assert fasthystrix.implementation == impl, fasthystrix.implementation
     do = fasthystrix.do
-    if path == "success":
+    if path in ("success", "success-thread"):
         return functools.partial(do, name, ok)
     if path == "failure":
         return caught(functools.partial(do, name, fail))

@@ -73,6 +73,7 @@ def _reset() -> None:
         _shared_dirs.append(tempfile.mkdtemp(prefix="fasthystrix-test-"))
         fasthystrix.share_circuits(_shared_dirs[-1])
     _config.set_defaults()
+    fasthystrix.set_max_threads()
     collector_registry._factories = ()
     _transitions._listeners = ()
 

@@ -17,7 +17,7 @@ from typing import Any
 import fasthystrix
 from fasthystrix import _impl, _registry
 from fasthystrix._core import _clock, _shared
-from fasthystrix._isolation._workers import WorkerPool
+from fasthystrix._isolation._workers import workers
 from fasthystrix.metric_collector import DefaultMetricCollector
 
 #: Seconds anything in a worker waits at most for the test (the test's own timeouts are shorter).
@@ -39,7 +39,7 @@ def open_circuit(name: str) -> Any:
         settings = _registry.get_settings(name)
         implementation = _impl.current()
         circuit = implementation.CircuitBreaker(name, settings, DefaultMetricCollector(name), [], _clock.get_clock())
-        circuit._workers = WorkerPool(name)
+        circuit._workers = workers.for_command()
         circuit._attach(_shared.SharedCircuitFile(name, implementation.name, settings), configured)
         _registry._circuits[name] = circuit
         return circuit

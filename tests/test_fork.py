@@ -170,6 +170,34 @@ def test_child_forked_with_calls_in_flight_on_other_threads_works(isolation: str
     assert circuit.metrics().successes == successes + IN_FLIGHT
 
 
+def test_child_of_a_parent_whose_worker_threads_are_all_busy_gets_threads_of_its_own() -> None:
+    """The parent's pool is at its maximum, every worker held by a run: those threads are not in
+    the child, so its pool starts empty and its calls run, up to the same maximum. (The child
+    uses a circuit of its own: with shared circuits, the parent's tickets are the host's.)"""
+    name = "fork-pool-full"
+    configure(name, "thread")
+    configure(f"{name}-child", "thread")
+    fasthystrix.set_max_threads(IN_FLIGHT)
+    with InFlight(name):
+        assert (
+            fasthystrix.do(name, lambda: "ran", lambda err: str(err))
+            == "hystrix: max concurrency: no worker thread free"
+        )
+
+        def child() -> None:
+            from fasthystrix._isolation._workers import workers
+
+            assert workers._workers == set() and workers._idle == []
+            assert fasthystrix.get_max_threads() == IN_FLIGHT
+            _calls_complete_at_once(f"{name}-child", IN_FLIGHT - 2)  # fewer go()s at once than threads
+            with InFlight(f"{name}-child", IN_FLIGHT):
+                assert fasthystrix.do(name, lambda: "ran", lambda err: type(err).__name__) == "MaxConcurrencyError"
+
+        fork_and_check(child)
+        assert fasthystrix.do(name, lambda: "ran", lambda err: type(err).__name__) == "MaxConcurrencyError"
+    assert fasthystrix.do(name, lambda: "ran") == "ran"
+
+
 @pytest.mark.parametrize("isolation", ISOLATIONS)
 def test_child_keeps_the_parent_circuit_states_and_settings(isolation: str) -> None:
     tripped = configure(f"fork-tripped-{isolation}", isolation, request_volume_threshold=2, sleep_window=60_000)
@@ -303,13 +331,13 @@ def test_fork_inside_a_thread_isolated_run_gives_back_its_own_ticket_in_both_pro
 def test_locks_held_by_other_threads_at_the_fork_are_not_held_in_the_child() -> None:
     # Threads that do not exist in the child held these locks when the parent forked.
     from fasthystrix._core import _config, _transitions
-    from fasthystrix._isolation._workers import timer
+    from fasthystrix._isolation._workers import timer, workers
     from fasthystrix.metric_collector import registry as collector_registry
 
     name = "fork-locks"
-    circuit = configure(name, "thread")
+    configure(name, "thread")
     _warm_workers(name, 2)
-    locks = [circuit._workers._lock, timer._lock, _transitions._lock, _config._defaults_lock, collector_registry._lock]
+    locks = [workers._lock, timer._lock, _transitions._lock, _config._defaults_lock, collector_registry._lock]
     holding = threading.Event()
     done = threading.Event()
 

@@ -41,7 +41,9 @@ from ._core._transitions import on_state_change
 from ._isolation._asyncio import do_async, go_async
 from ._isolation._command import do_c, go, go_c
 from ._isolation._decorator import command
+from ._isolation._workers import DEFAULT_MAX_THREADS, get_max_threads, set_max_threads
 from ._registry import (
+    DEFAULT_MAX_CIRCUITS,
     CircuitLimitError,
     circuit_table_stats,
     configure,
@@ -49,7 +51,7 @@ from ._registry import (
     flush,
     get_circuit,
     get_circuit_settings,
-    max_circuits,
+    get_max_circuits,
     set_max_circuits,
     share_circuits,
 )
@@ -69,7 +71,9 @@ CircuitBreaker = _impl.current().CircuitBreaker
 __all__ = [
     "DEFAULT_ERROR_PERCENT_THRESHOLD",
     "DEFAULT_ISOLATION",
+    "DEFAULT_MAX_CIRCUITS",
     "DEFAULT_MAX_CONCURRENT_REQUESTS",
+    "DEFAULT_MAX_THREADS",
     "DEFAULT_REQUEST_VOLUME_THRESHOLD",
     "DEFAULT_SLEEP_WINDOW",
     "DEFAULT_TIMEOUT",
@@ -107,17 +111,19 @@ __all__ = [
     "get_circuit_settings",
     "get_clock",
     "get_defaults",
+    "get_max_circuits",
+    "get_max_threads",
     "go",
     "go_async",
     "go_c",
     "implementation",
-    "max_circuits",
     "metric_collector",
     "on_state_change",
     "set_clock",
     "serve_stream",
     "set_defaults",
     "set_max_circuits",
+    "set_max_threads",
     "share_circuits",
     "shared_dir",
     "stream",

@@ -15,7 +15,7 @@ from ._core._events import CONTEXT_DEADLINE_EXCEEDED
 from ._core._log import logger
 from ._isolation import _command
 from ._isolation._command import run_threaded
-from ._isolation._workers import WorkerPool, timer
+from ._isolation._workers import timer, workers
 from .metric_collector import DefaultMetricCollector, registry
 
 __all__ = [
@@ -28,7 +28,7 @@ __all__ = [
     "CircuitLimitError",
     "circuit_table_stats",
     "get_settings",
-    "max_circuits",
+    "get_max_circuits",
     "set_max_circuits",
     "share_circuits",
 ]
@@ -150,16 +150,17 @@ def get_or_create(name: str) -> Any:
 
 
 class CircuitLimitError(RuntimeError):
-    """The process holds ``max_circuits()`` circuits and none of them can be evicted."""
+    """The process holds ``get_max_circuits()`` circuits and none of them can be evicted."""
 
 
-def max_circuits() -> int:
+def get_max_circuits() -> int:
     """The most circuits this process keeps (default ``DEFAULT_MAX_CIRCUITS``, 10 000)."""
     return _max_circuits
 
 
-def set_max_circuits(limit: int) -> int:
-    """Bound the circuits this process keeps to ``limit``; returns the previous bound.
+def set_max_circuits(limit: int | None = None) -> int:
+    """Bound the circuits this process keeps to ``limit`` (``None``: ``DEFAULT_MAX_CIRCUITS``);
+    returns the new bound.
 
     A new name past the bound evicts the least used circuits that are closed, idle (no
     ticket in use), not forced and not configured explicitly; open, forced and configured
@@ -169,13 +170,15 @@ def set_max_circuits(limit: int) -> int:
     new names come.
     """
     global _max_circuits
+    if limit is None:
+        limit = DEFAULT_MAX_CIRCUITS
     if type(limit) is not int:
         raise TypeError(f"max_circuits must be an int, not {limit!r}")
     if limit < 1:
         raise ValueError(f"max_circuits must be at least 1, not {limit!r}")
     with _lock:
-        previous, _max_circuits = _max_circuits, limit
-    return previous
+        _max_circuits = limit
+    return limit
 
 
 def circuit_table_stats() -> dict[str, int]:
@@ -224,7 +227,6 @@ def _evict() -> int:
         circuit = _circuits.pop(name)
         if name not in _configured:
             _settings.pop(name, None)  # the defaults it took at first use
-        circuit._workers.shutdown()
     _evicted_total += batch
     return batch
 
@@ -240,7 +242,7 @@ def _refused() -> Any:
             circuit = _impl.current().CircuitBreaker(
                 REFUSED_NAME, settings, DefaultMetricCollector(REFUSED_NAME), [], _clock.get_clock()
             )
-            circuit._workers = WorkerPool(REFUSED_NAME)
+            circuit._workers = workers.for_command()
             circuit.force_open = True
             _circuits[REFUSED_NAME] = circuit  # one more than the bound, in every stream and export
             logger.warning(
@@ -322,7 +324,7 @@ def _create(name: str) -> Any:
     default = DefaultMetricCollector(name)
     collectors = registry.initialize_metric_collectors(name)
     circuit = impl.CircuitBreaker(name, settings, default, collectors, _clock.get_clock())
-    circuit._workers = WorkerPool(name)
+    circuit._workers = workers.for_command()  # the process's one pool: threads bounded, not per name
     if shared is not None:
         circuit._attach(shared, None)  # the file's settings: the last writer's, from any process
         _holders.pop(name, None)
@@ -369,7 +371,7 @@ def share_circuits(path: str | os.PathLike[str]) -> Path:
 def flush() -> None:
     """Reset and forget every circuit (settings are kept), as hystrix-go's ``Flush``.
 
-    Also stops the circuits' idle worker threads and the deadline timer, so
+    Also stops the idle worker threads and the deadline timer, so
     nothing of fasthystrix keeps running; a run still executing finishes on
     its thread, which then exits. Settings of names never configured explicitly
     (the defaults they took at first use) are forgotten with their circuits, so
@@ -394,7 +396,7 @@ def flush() -> None:
                 collector.reset()
             except Exception:
                 logger.exception("metric collector %r failed to reset", collector)
-        circuit._workers.shutdown()
+    workers.retire()
     timer.discard_finished()
     _shared.stop_reaper()
 
@@ -446,9 +448,9 @@ def _after_fork_in_child() -> None:
         _held_across_fork.clear()
         # First the locks this handler takes itself (the timer's, to read its deadlines).
         timer._after_fork_in_child()
+        workers._after_fork_in_child()
         for circuit in _circuits.values():
             circuit._after_fork_in_child()
-            circuit._workers._after_fork_in_child()
             for collector in circuit._collectors:
                 # Collectors that keep a lock or a thread say how to rebuild it (CumulativeCollector).
                 rebuild = getattr(collector, "_after_fork_in_child", None)

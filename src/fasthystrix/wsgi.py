@@ -25,11 +25,11 @@ and an error while streaming it is not counted.
 
 **Thread or semaphore isolation** (the command's ``isolation`` setting):
 
-- ``"thread"`` (the default) calls the app on one of the command's worker threads; the
+- ``"thread"`` (the default) calls the app on a worker thread of the process's pool; the
   server's thread waits for it, and at the timeout answers the 503 while the app keeps
   running on its worker (holding its ticket) until it returns; its response is then
   closed and discarded. Real timeouts, for a thread hand-off per request (a few µs) and
-  up to ``max_concurrent_requests`` worker threads per route.
+  up to ``max_concurrent_requests`` worker threads per route (``set_max_threads`` in all).
 - ``"semaphore"`` calls the app on the server's thread: nothing interrupts a slow view,
   and one that returns after its deadline is recorded as a timeout and answered with
   the 503 (its response discarded). Use it when the views enforce their own timeouts,

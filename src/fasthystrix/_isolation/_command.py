@@ -1,6 +1,6 @@
 """Thread isolation and the asynchronous front (``go``/``go_c``), on top of a circuit's primitives.
 
-A thread-mode command hands ``run`` to one of the circuit's worker threads and
+A thread-mode command hands ``run`` to a thread of the process's worker pool and
 waits for it until its deadline. Whoever decides the outcome first (the run
 finishing, the deadline, the context) wins exactly once, under the command's
 lock; the loser does nothing. The ticket stays taken until ``run`` really
@@ -26,6 +26,7 @@ from .._core._events import (
     FAILURE,
     NO_EVENT,
     NOT_STARTED,
+    REJECTED,
     SUCCESS,
     TIMEOUT,
     turned_away_event,
@@ -39,7 +40,7 @@ from .._core._outcomes import (
     error_for,
     outcome,
 )
-from ._workers import timer
+from ._workers import NoWorkerThread, no_worker_error, timer
 
 __all__ = ["do", "do_c", "go", "go_c", "run_threaded"]
 
@@ -191,10 +192,7 @@ class _Execution:
         future = self.future
         assert future is not None
         task = _expired_task(self.circuit, event, self.start, self.verdict, self.fallback, self.ctx, future)
-        if self.fallback is None:
-            task().set()  # nothing slow to run: resolve right here
-        else:
-            self.circuit._workers.submit(task)
+        _run_fallback_task(self.circuit, task, self.fallback)
 
 
 def _expired_task(
@@ -207,6 +205,21 @@ def _expired_task(
         )
 
     return task
+
+
+def _run_fallback_task(circuit: Any, task: Callable[[], Any], fallback: Any) -> None:
+    """Run a ``go()`` command's ending on a worker if it has a fallback, else right here.
+
+    With every worker busy, the fallback runs on this thread: waiting for a worker could
+    wait for the very commands this thread serves (the timer's deadlines, go()'s caller).
+    """
+    if fallback is not None:
+        try:
+            circuit._workers.submit(task)
+            return
+        except NoWorkerThread:
+            pass
+    task().set()
 
 
 def _resolve(future: CommandFuture, produce: Callable[[], Any]) -> Any:
@@ -290,8 +303,15 @@ def run_threaded(
         ctx._add_done_callback(execution.wake.set)
     try:
         kick = circuit._workers.submit(execution.work, defer=True)
-    except BaseException:
-        # No worker could take it (no thread can start): a failure, and the ticket goes back.
+    except BaseException as exc:
+        if watch:
+            assert ctx is not None
+            ctx._remove_done_callback(execution.wake.set)
+        if isinstance(exc, NoWorkerThread):
+            # Every worker busy at the pool's maximum (or no thread from the OS): rejected, as when
+            # the command's own tickets are all taken; its ticket goes back before the fallback.
+            return circuit._finish(REJECTED, no_worker_error(), start, -1, verdict, fallback, ctx, True)
+        # Interrupted or out of memory on the way to a worker: a failure, and the ticket goes back.
         circuit._report(FAILURE, NO_EVENT, clock(), -1, (clock() - start) // _NS_PER_US, verdict, True)
         raise
     wait_until = deadline
@@ -351,11 +371,7 @@ def _go(circuit: Any, run: Callable[..., Any], fallback: Any, ctx: Context | Non
         if verdict < 0:
             event = turned_away_event(verdict)
     if event != NO_EVENT:
-        task = _expired_task(circuit, event, start, 0, fallback, ctx, future)
-        if fallback is None:
-            task().set()
-        else:
-            circuit._workers.submit(task)
+        _run_fallback_task(circuit, _expired_task(circuit, event, start, 0, fallback, ctx, future), fallback)
         return future
     deadline = start + settings.timeout_ns
     execution = _Execution(circuit, run, fallback, ctx, start, deadline, verdict, future, None)
@@ -364,6 +380,11 @@ def _go(circuit: Any, run: Callable[..., Any], fallback: Any, ctx: Context | Non
         # nudge it once this thread has let go of the GIL, so it does not sleep on the GIL
         # meanwhile; a caller that never waits only delays it by the grace period.
         future._nudge = circuit._workers.submit(execution.work, post=True)
+    except NoWorkerThread:
+        # Rejected (see run_threaded); with every worker busy, the fallback runs on this thread.
+        err = no_worker_error()
+        _resolve(future, lambda: circuit._finish(REJECTED, err, start, -1, verdict, fallback, ctx, True)).set()
+        return future
     except BaseException:
         circuit._release()
         raise

@@ -1,9 +1,13 @@
-"""Reusable worker threads for thread isolation, and the one deadline timer ``go()`` needs.
+"""The process-wide worker threads of thread isolation, and the one deadline timer ``go()`` needs.
 
-Threads are created on demand, reused while busy, and exit after
-``IDLE_TIMEOUT`` seconds without work, so an idle process holds none. A
-circuit's run workers are bounded by its tickets: only a call holding a ticket
-hands work to them.
+Every thread-isolated command runs on one pool, ``workers``, whatever its name (each
+circuit holds a ``CommandWorkers`` view of it): a command's concurrency is bounded by
+its own tickets, and the threads of the whole process by the pool's maximum
+(``set_max_threads``). Threads are created on
+demand, reused while busy, and exit after ``IDLE_TIMEOUT`` seconds without work,
+so an idle process holds none. A task that finds every thread busy at the maximum,
+or that the OS will not give a thread, is refused at once (``NoWorkerThread``),
+never queued: a run that itself waits for a nested command cannot deadlock the pool.
 """
 
 from __future__ import annotations
@@ -17,25 +21,61 @@ from typing import Any
 
 from .. import _impl
 from .._core import _clock
+from .._core._config import _count
+from .._core._errors import MaxConcurrencyError, safe_repr
 from .._core._log import logger
 
-__all__ = ["DeadlineTimer", "WorkerPool", "timer"]
+__all__ = [
+    "DEFAULT_MAX_THREADS",
+    "IDLE_TIMEOUT",
+    "CommandWorkers",
+    "DeadlineTimer",
+    "NoWorkerThread",
+    "WorkerPool",
+    "get_max_threads",
+    "set_max_threads",
+    "timer",
+    "workers",
+]
 
+#: Seconds a worker thread waits for its next task before it exits.
 IDLE_TIMEOUT = 30.0
+#: The default maximum number of worker threads of thread isolation, for the whole process.
+DEFAULT_MAX_THREADS = 1000
 _MIN_COMPACT = 256  # heap size below which finished entries are left for the timer thread
 
 
-class _Worker:
-    __slots__ = ("task", "thread", "wake")
+class NoWorkerThread(RuntimeError):
+    """No thread can take the task: the pool is at its maximum and every worker is busy, or the
+    OS refused to start a thread. Nothing of the task ran."""
 
-    def __init__(self, wake: Any) -> None:
+
+def no_worker_error() -> MaxConcurrencyError:
+    """The error a command refused for want of a worker thread ends with (a rejection).
+
+    Made where ``NoWorkerThread`` is handled: a traceback shows it alone, not that exception too.
+    """
+    error = MaxConcurrencyError("max concurrency: no worker thread free")
+    error.__suppress_context__ = True
+    return error
+
+
+class _Worker:
+    __slots__ = ("generation", "task", "thread", "wake")
+
+    def __init__(self, wake: Any, generation: int) -> None:
         self.task: Callable[[], object] | None = None
         self.wake = wake
         self.thread: threading.Thread | None = None
+        # Workers of an earlier generation (or -1: of a shut-down pool) exit once their task is done.
+        self.generation = generation
 
 
 class WorkerPool:
     """Threads that run submitted callables; idle threads are reused, then retire.
+
+    At most ``max_threads`` threads at once (``None``: no bound): a task that finds
+    them all busy, or whose new thread the OS refuses, raises ``NoWorkerThread``.
 
     Each kind of wait has its spin budget: ``result_waits`` for threads waiting for a
     task's outcome (``completion()`` makes their signals), ``task_waits`` for idle
@@ -45,12 +85,14 @@ class WorkerPool:
     the spin.
     """
 
-    def __init__(self, name: str, idle_timeout: float = IDLE_TIMEOUT) -> None:
+    def __init__(self, name: str, idle_timeout: float = IDLE_TIMEOUT, max_threads: int | None = None) -> None:
         self.name = name
         self.idle_timeout = idle_timeout
+        self.max_threads = max_threads
         # The implementation live when the pool was made, for all its signals: never a mix.
         impl = _impl.current()
         self._completion = impl.Completion
+        self._budget = impl.SpinBudget
         self.result_waits = impl.SpinBudget()
         self.task_waits = impl.SpinBudget()
         self.nudge_waits = impl.SpinBudget()
@@ -58,14 +100,26 @@ class WorkerPool:
         self._idle: list[_Worker] = []
         self._workers: set[_Worker] = set()
         self._closed = False
+        self._generation = 0
         self._counter = itertools.count(1)
 
     def completion(self) -> Any:
         """A new signal for a thread that waits for a task's outcome (spin budget ``result_waits``)."""
         return self._completion(self.result_waits)
 
+    def new_budget(self) -> Any:
+        """A new spin budget of the pool's implementation."""
+        return self._budget()
+
+    def for_command(self) -> CommandWorkers:
+        """The pool as one command uses it (``circuit._workers``): with its own ``result_waits``."""
+        return CommandWorkers(self)
+
     def submit(self, task: Callable[[], object], defer: bool = False, post: bool = False) -> Any:
         """Run ``task()`` on an idle worker, or on a new thread if none is idle.
+
+        Raises ``NoWorkerThread`` (and ``task`` never runs) when no worker is idle
+        and none can start: ``max_threads`` are alive, or the OS refused a thread.
 
         ``task`` may return a ``Completion``: the worker sets it once it has let
         go of the GIL. With ``defer``, an idle worker is not woken here: its
@@ -88,17 +142,29 @@ class WorkerPool:
                     return worker.wake
                 worker.wake.set()
                 return None
+            limit = self.max_threads
+            if limit is not None and len(self._workers) >= limit:
+                raise NoWorkerThread(f"all {limit} worker threads are busy")
             # The compiled Completion spins briefly before sleeping while tasks come soon after
             # a worker went idle, so a busy worker picks up its next one without a kernel round trip.
-            worker = _Worker(self._completion(self.task_waits, self.nudge_waits))
+            worker = _Worker(
+                self._completion(self.task_waits, self.nudge_waits), -1 if self._closed else self._generation
+            )
             worker.task = task
+            # Counted before its thread starts, so that racing submits never exceed the maximum.
             self._workers.add(worker)
             number = next(self._counter)
         thread = threading.Thread(
             target=self._loop, args=(worker,), name=f"fasthystrix-{self.name}-{number}", daemon=True
         )
         worker.thread = thread
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError as exc:  # "can't start new thread": the OS's limit, not ours
+            with self._lock:
+                self._workers.discard(worker)
+            worker.task = None
+            raise NoWorkerThread(f"no new thread: {exc}") from None
         return None
 
     def _loop(self, worker: _Worker) -> None:
@@ -114,7 +180,8 @@ class WorkerPool:
                     logger.exception("fasthystrix worker task failed in pool %s", self.name)
                 del task
                 with self._lock:
-                    closed = self._closed
+                    # Retired (flush, a lower maximum) or the pool shut down: exit, not idle.
+                    closed = worker.generation != self._generation
                     if not closed:
                         # Only the first idle worker may spin for its next task (if task_waits
                         # advises it): submit() takes the most recently idled worker, and several
@@ -157,6 +224,40 @@ class WorkerPool:
         with self._lock:
             return [w.thread for w in self._workers if w.thread is not None]
 
+    def retire(self, timeout: float | None = 1.0) -> None:
+        """Stop idle workers now (waiting up to ``timeout`` for them) and busy ones after their task.
+
+        Unlike :meth:`shutdown`, the pool goes on serving: a later task starts a new thread.
+        """
+        with self._lock:
+            self._generation += 1
+            threads = self._stop_idle_locked(len(self._idle))
+        self._join(threads, timeout)
+
+    def set_max_threads(self, max_threads: int | None) -> None:
+        """Change the maximum. Below the threads alive, idle threads beyond it exit now, and
+        busy ones once their task is done (the pool then starts threads as tasks come)."""
+        with self._lock:
+            self.max_threads = max_threads
+            if max_threads is not None and len(self._workers) > max_threads:
+                self._generation += 1
+                self._stop_idle_locked(len(self._workers) - max_threads)
+
+    def _stop_idle_locked(self, count: int) -> list[threading.Thread]:
+        # The longest idle first: submit() takes the most recently idled worker.
+        stopped, self._idle = self._idle[: max(count, 0)], self._idle[max(count, 0) :]
+        for worker in stopped:
+            worker.task = None
+            worker.wake.set()
+        return [w.thread for w in stopped if w.thread is not None]
+
+    @staticmethod
+    def _join(threads: list[threading.Thread], timeout: float | None) -> None:
+        current = threading.current_thread()
+        for thread in threads:
+            if thread is not current:
+                thread.join(timeout)
+
     def shutdown(self, timeout: float | None = 1.0) -> None:
         """Stop idle workers now (waiting up to ``timeout`` for them) and busy ones after their task.
 
@@ -165,15 +266,28 @@ class WorkerPool:
         """
         with self._lock:
             self._closed = True
-            idle, self._idle = self._idle, []
-            for worker in idle:
-                worker.task = None
-                worker.wake.set()
-            threads = [w.thread for w in idle if w.thread is not None]
-        current = threading.current_thread()
-        for thread in threads:
-            if thread is not current:
-                thread.join(timeout)
+            self._generation += 1
+            threads = self._stop_idle_locked(len(self._idle))
+        self._join(threads, timeout)
+
+
+class CommandWorkers:
+    """A command's side of a shared ``WorkerPool``: the pool's threads, the command's own
+    ``result_waits`` budget (how long its runs take decides whether its callers spin, whatever
+    the other commands' runs take)."""
+
+    __slots__ = ("_completion", "pool", "result_waits", "submit")
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+        self.result_waits = pool.new_budget()
+        self._completion = pool._completion
+        # The pool's own bound method: the per-call lookup costs what the pool's did.
+        self.submit = pool.submit
+
+    def completion(self) -> Any:
+        """A new signal for a thread that waits for this command's outcome."""
+        return self._completion(self.result_waits)
 
 
 class DeadlineTimer:
@@ -294,3 +408,32 @@ class DeadlineTimer:
 
 
 timer = DeadlineTimer()
+
+#: The worker threads of every thread-isolated command of the process.
+workers = WorkerPool("worker", max_threads=DEFAULT_MAX_THREADS)
+
+
+def set_max_threads(max_threads: int | None = None) -> int:
+    """Set how many worker threads thread isolation may use at once, for the whole process.
+
+    A thread-isolated command that finds them all busy is rejected at once, as when its
+    own tickets are all taken: its fallback gets a ``MaxConcurrencyError`` and it counts
+    as ``rejected``. ``None`` restores the default (``DEFAULT_MAX_THREADS``). Lowering it
+    stops idle threads beyond the new maximum now and busy ones when they are done.
+    Returns the new maximum.
+    """
+    if max_threads is None:
+        max_threads = DEFAULT_MAX_THREADS
+    else:
+        _count("max_threads", max_threads)
+        if max_threads < 1:
+            raise ValueError(f"max_threads must be at least 1, got {safe_repr(max_threads)}")
+    workers.set_max_threads(max_threads)
+    return max_threads
+
+
+def get_max_threads() -> int:
+    """The maximum number of worker threads of thread isolation (see :func:`set_max_threads`)."""
+    limit = workers.max_threads
+    assert limit is not None
+    return limit
