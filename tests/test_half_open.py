@@ -6,7 +6,6 @@ by one, the listeners' view, and threads racing for the trials."""
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -323,71 +322,6 @@ def test_host_wide_trials_count_together(tmp_path: Path, clock: Any) -> None:
         assert inner[0] == "other's trial"
         assert isinstance(inner[1], fasthystrix.CircuitOpenError)  # two trials, host-wide
         assert circuit.state() == other.state() == "closed"
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_a_dead_process_trials_count_as_failed(tmp_path: Path, clock: Any, events: list[tuple[str, str, str]]) -> None:
-    with sharing(tmp_path / "circuits"):
-        name = "dead-probes"
-        circuit = _configure(name, half_open_max_calls=2, error_percent_threshold=60)
-        _trip(name, clock)
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            try:
-                os.close(read)
-
-                def die() -> None:
-                    os.write(write, b"x")
-                    os._exit(0)  # in the middle of its trial: it never reports
-
-                fasthystrix.do(name, die)
-            finally:
-                os._exit(1)
-        os.close(write)
-        assert os.read(read, 1) == b"x"
-        os.close(read)
-        assert os.waitpid(pid, 0)[1] == 0
-        assert fasthystrix.do(name, lambda: "mine") == "mine"  # the second trial
-        assert circuit.state() == "open"  # the child's trial is still out
-        wait_until(lambda: _shared.reap_once() or circuit.state() == "closed", "the reaper")
-        # One failure (the dead trial) of two: 50 % < 60 %, closed.
-        wait_until(lambda: circuit.state() == "closed", "the verdict")
-        assert [(o, n) for x, o, n in events if x == name][-1] == ("half-open", "closed")
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_a_forked_child_does_not_wait_for_its_parent_trials(clock: Any) -> None:
-    if _shared.shared_dir() is not None:
-        pytest.skip("a shared circuit's trials are the host's (the reaper's test above)")
-    name = "fork-probes"
-    circuit = _configure(name, half_open_max_calls=2)
-    _trip(name, clock)
-    status: list[int] = []
-
-    def trial() -> str:
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            code = 1
-            try:
-                # No trial of the parent's phase reports here: the child opened it again (a sleep
-                # window from now), and then holds a phase of its own.
-                if isinstance(fasthystrix.do(name, lambda: "x", lambda err: err), fasthystrix.CircuitOpenError):
-                    clock.advance_ns(SLEEP_NS + 1)
-                    if fasthystrix.do(name, lambda: "a") == "a" and fasthystrix.do(name, lambda: "b") == "b":
-                        code = 0 if circuit.state() == "closed" else 3
-                else:
-                    code = 2
-            finally:
-                os._exit(code)
-        status.append(os.waitpid(pid, 0)[1])
-        return "parent"
-
-    assert fasthystrix.do(name, trial) == "parent"
-    assert status == [0]
-    assert circuit.state() == "open"  # in the parent, one of two trials has reported
-    assert fasthystrix.do(name, lambda: "b") == "b"
-    assert circuit.state() == "closed"
 
 
 @pytest.mark.parametrize("isolation", ["semaphore", "thread"])
