@@ -56,10 +56,9 @@ def test_a_dead_process_trials_count_as_failed(tmp_path: Path, clock: Any, event
         os.close(read)
         assert os.waitpid(pid, 0)[1] == 0
         assert fasthystrix.do(name, lambda: "mine") == "mine"  # the second trial
-        assert circuit.state() == "open"  # the child's trial is still out
-        wait_until(lambda: _shared.reap_once() or circuit.state() == "closed", "the reaper")
-        # One failure (the dead trial) of two: 50 % < 60 %, closed.
-        wait_until(lambda: circuit.state() == "closed", "the verdict")
+        # Only the reaper can end the phase (the child's trial never reports), before or after the
+        # second trial reported: one failure (the dead trial) of two, 50 % < 60 %, closed.
+        wait_until(lambda: _shared.reap_once() >= 0 and circuit.state() == "closed", "the verdict")
         assert [(o, n) for x, o, n in events if x == name][-1] == ("half-open", "closed")
 
 
