@@ -165,6 +165,8 @@ SANITIZER_TESTS = [
     "test_fork.py",
     "test_go_deadlines.py",
     "test_go_unwaited.py",
+    "test_half_open.py",
+    "test_half_open_fork.py",
     "test_handoff.py",
     "test_hystrix_go_inventory.py",
     "test_logging.py",
@@ -186,6 +188,7 @@ SANITIZER_SHARED_TESTS = [
     "test_stress.py",
     "test_crash_safety.py",
     "test_rolling.py",
+    "test_half_open.py",
 ]
 SANITIZER_SUPPORT = Path("tests/sanitizers")
 
@@ -277,7 +280,9 @@ def sanitize_tsan(session: nox.Session) -> None:
     }
     # ThreadSanitizer stops any process that starts a thread after forking a multi-threaded one
     # ("not supported"): the fork tests run under ASan only.
-    _sanitized_tests(session, ["thread"], env, prefix, skip=("test_fork.py", "test_shared_fork.py"))
+    _sanitized_tests(
+        session, ["thread"], env, prefix, skip=("test_fork.py", "test_shared_fork.py", "test_half_open_fork.py")
+    )
 
 
 @nox.session(name="stress-suite", python=False)

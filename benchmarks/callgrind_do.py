@@ -2,6 +2,7 @@
 
     python benchmarks/callgrind_do.py PATH N [--impl compiled|pure]
     python benchmarks/callgrind_do.py PATH N --measure [--impl ...]   # runs valgrind itself
+    python benchmarks/callgrind_do.py PATH N --measure --config '{"half_open_max_calls": 5}'
 
 PATH is one of: bare, raise-catch, success, failure, failure-fallback, open-fallback, open-raise,
 open-fallback-thread (the open circuit in thread isolation), success-thread (the hand-off to a
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
+import json
 import os
 import re
 import subprocess
@@ -70,12 +72,17 @@ def build(path: str, impl: str) -> Callable[[], object]:
 
     fasthystrix.flush()
     name = f"callgrind-{path}"
+    # --config: more CommandConfig fields (what a circuit using them costs), through the environment.
+    extra = json.loads(os.environ.get("FASTHYSTRIX_CALLGRIND_CONFIG") or "{}")
     fasthystrix.configure_command(
         name,
         fasthystrix.CommandConfig(
-            isolation="thread" if path.endswith("-thread") else "semaphore",
-            max_concurrent_requests=10**6,
-            request_volume_threshold=10**9,
+            **{
+                "isolation": "thread" if path.endswith("-thread") else "semaphore",
+                "max_concurrent_requests": 10**6,
+                "request_volume_threshold": 10**9,
+                **extra,
+            }
         ),
     )
     circuit = fasthystrix.get_circuit(name)[0]
@@ -154,7 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--impl", choices=("compiled", "pure"), default="compiled")
     parser.add_argument("--measure", action="store_true", help="run under callgrind for 0 and N calls, print Ir/call")
     parser.add_argument("--top", type=int, default=12, help="with --measure: functions to list (self Ir per call)")
+    parser.add_argument("--config", default="", help="JSON object of more CommandConfig fields for the command")
     args = parser.parse_args(argv)
+    if args.config:
+        json.loads(args.config)  # a bad one fails here, not inside valgrind
+        os.environ["FASTHYSTRIX_CALLGRIND_CONFIG"] = args.config
     if not args.measure:
         run(args.path, args.n, args.impl)
         return 0

@@ -1,5 +1,6 @@
 """One semaphore-mode circuit driven by random calls, clock jumps, forcing (open and closed), disabling and
-reconfiguration (rejections counted as errors or not), checked
+reconfiguration (rejections counted as errors or not, the sleep window's backoff, several trials in
+half-open and a bound on them), checked
 after every step against a small reference model of hystrix-go's breaker (with fasthystrix's documented
 changes: an exact 10 s window, synchronous metrics, only the trial closes a circuit, a forced-open circuit
 lets no trial through, and a trial slot is not spent when no ticket is free)."""
@@ -66,6 +67,13 @@ class Config:
     rejections_as_errors: bool = True
     multiplier: float = 1.0
     max_sleep_ms: int | None = None
+    half_open_calls: int = 1
+    max_wait_ms: int | None = None
+
+    @property
+    def probes(self) -> bool:
+        """Several trials, or a bound on them: half-open phases with a verdict of their own."""
+        return self.half_open_calls > 1 or self.max_wait_ms is not None
 
 
 class Model:
@@ -82,6 +90,12 @@ class Model:
         # The backoff: this episode's wait (0: the sleep window as configured now).
         self.wait_ns = 0
         self.in_use = 0
+        # Half-open phases (Config.probes): the open episode, its reopens so far (a phase is the
+        # pair), and the current phase's trials: admitted, finished, failed.
+        self.episode = 0
+        self.reopens = 0
+        self.probes = (0, 0, 0)
+        self.admitted_phase: tuple[int, int] | None = None  # the phase of the call admit() let in
 
     def window(self, now: int) -> Counter[str]:
         second = now // NS_PER_S
@@ -133,6 +147,9 @@ class Model:
         self.open = True
         self.opened_or_last_tested = now
         self.wait_ns = self.config.sleep_ms * NS_PER_MS if self.config.multiplier != 1.0 else 0
+        self.episode += 1
+        self.reopens = 0
+        self.probes = (0, 0, 0)
         return "tripped"
 
     def current_wait(self) -> int:
@@ -140,6 +157,8 @@ class Model:
 
     def reopened(self) -> None:
         """A failed trial: the next wait is the last one times the multiplier, capped."""
+        self.reopens += 1
+        self.probes = (0, 0, 0)
         if self.config.multiplier == 1.0:
             self.wait_ns = 0
             return
@@ -153,12 +172,73 @@ class Model:
             return True
         return False
 
+    def max_wait_passed(self, now: int) -> bool:
+        max_wait = self.config.max_wait_ms
+        return max_wait is not None and now > self.opened_or_last_tested + max_wait * NS_PER_MS
+
+    def reopen_phase(self, now: int) -> None:
+        """The half-open phase failed or ran past its bound: open again, the sleep window from now."""
+        self.opened_or_last_tested = now
+        self.reopened()
+
+    def take_probe(self, now: int) -> bool:
+        """With several trials: whether this call is one (``admitted_phase`` says of which phase)."""
+        if self.forced:
+            return False
+        admitted, done, failed = self.probes
+        if admitted == 0:
+            if now <= self.opened_or_last_tested + self.current_wait():
+                return False
+        elif self.max_wait_passed(now):
+            self.reopen_phase(now)  # this call finds the trials past their bound
+            return False
+        elif admitted >= self.config.half_open_calls:
+            return False
+        if self.in_use >= self.config.max_concurrent:
+            return False
+        if admitted == 0:
+            self.opened_or_last_tested = now
+        self.probes = (admitted + 1, done, failed)
+        self.admitted_phase = (self.episode, self.reopens)
+        return True
+
+    def probe_ended(self, phase: tuple[int, int], failed: bool, now: int) -> None:
+        admitted, done, failures = self.probes
+        if not self.open or admitted == 0 or phase != (self.episode, self.reopens):
+            return  # its phase has had its verdict
+        if self.max_wait_passed(now):
+            self.reopen_phase(now)
+            return
+        done += 1
+        failures += failed
+        if done < admitted or admitted < self.config.half_open_calls:
+            self.probes = (admitted, done, failures)
+            return
+        if self.error_percent(done, failures) < self.config.percent:
+            self.close()
+        else:
+            self.reopen_phase(now)
+
+    def close(self) -> None:
+        self.open = False
+        self.wait_ns = 0
+        self.reopens = 0
+        self.probes = (0, 0, 0)
+        self.events.clear()
+        self.peak_active.clear()
+
     def admit(self, now: int) -> str:
         """``"short-circuit"``, ``"rejected"``, ``"run"`` or ``"trial"``; an admitted call takes a ticket."""
         state = self.check_open(now)
         trial = False
+        self.admitted_phase = None
         if state != "closed":
-            if state == "tripped" or self.in_use >= self.config.max_concurrent or not self.take_trial(now):
+            if state == "tripped":
+                return "short-circuit"
+            if self.config.probes:
+                if not self.take_probe(now):
+                    return "short-circuit"
+            elif self.in_use >= self.config.max_concurrent or not self.take_trial(now):
                 return "short-circuit"
             trial = True
         if self.in_use >= self.config.max_concurrent:
@@ -169,12 +249,13 @@ class Model:
         self.peak_active[second] = max(self.peak_active.get(second, 0), self.in_use)
         return "trial" if trial else "run"
 
-    def finish(self, event: str, fallback_event: str | None, end: int, trial: bool) -> None:
-        if trial and event == "success" and self.open:
-            self.open = False
-            self.wait_ns = 0
-            self.events.clear()
-            self.peak_active.clear()
+    def finish(
+        self, event: str, fallback_event: str | None, end: int, trial: bool, phase: tuple[int, int] | None = None
+    ) -> None:
+        if phase is not None:
+            self.probe_ended(phase, event != "success", end)
+        elif trial and event == "success" and self.open:
+            self.close()
         elif trial and self.open:
             self.reopened()
         counts = self.events.setdefault(end // NS_PER_S, Counter())
@@ -193,13 +274,15 @@ class Model:
 configs = st.builds(
     Config,
     volume=st.integers(0, 5),
-    percent=st.one_of(st.sampled_from([1, 25, 50, 51, 99, 100]), st.integers(1, 100)),
+    percent=st.one_of(st.sampled_from([1, 25, 33, 34, 50, 51, 66, 67, 99, 100]), st.integers(1, 100)),
     sleep_ms=st.integers(1000, 5000),
     max_concurrent=st.sampled_from([10, 10, 10, 10, 1, 0]),
     enabled=st.sampled_from([True, True, True, True, False]),
     rejections_as_errors=st.sampled_from([True, True, False]),
     multiplier=st.sampled_from([1.0, 1.0, 1.5, 2.0]),
     max_sleep_ms=st.sampled_from([None, 3000, 7000]),
+    half_open_calls=st.sampled_from([1, 1, 1, 2, 3, 5]),
+    max_wait_ms=st.sampled_from([None, None, None, 50, 500, 3000]),
 )
 fallbacks = st.sampled_from(["none", "returns", "raises"])
 
@@ -229,6 +312,8 @@ class CircuitMachine(RuleBasedStateMachine):
                 rejections_count_as_errors=config.rejections_as_errors,
                 sleep_window_multiplier=config.multiplier,
                 max_sleep_window=config.max_sleep_ms,
+                half_open_max_calls=config.half_open_calls,
+                half_open_max_wait=config.max_wait_ms,
             ),
         )
 
@@ -249,13 +334,14 @@ class CircuitMachine(RuleBasedStateMachine):
         the circuit while the outer call is still running. Returns ``(got, expected)``."""
         now = self.clock.now
         verdict = self.model.admit(now)
+        phase = self.model.admitted_phase
         if verdict in ("run", "trial"):
             self.model.in_use -= 1
             if raises:
-                self.model.finish("failure", "fallback-success", now, verdict == "trial")
+                self.model.finish("failure", "fallback-success", now, verdict == "trial", phase)
                 expected: Any = (FALLBACK_VALUE, RuntimeError)
             else:
-                self.model.finish("success", None, now, verdict == "trial")
+                self.model.finish("success", None, now, verdict == "trial", phase)
                 expected = INNER_VALUE
         else:
             self.model.finish(verdict, "fallback-success", now, False)
@@ -309,6 +395,7 @@ class CircuitMachine(RuleBasedStateMachine):
         model = self.model
         start = self.clock.now
         verdict = model.admit(start)
+        phase = model.admitted_phase
         run_error = RuntimeError("run failed")
         fallback_error = ValueError("fallback failed")
         ran: list[tuple[int, str]] = []
@@ -378,7 +465,20 @@ class CircuitMachine(RuleBasedStateMachine):
                     assert raised.fallback_error is fallback_error
                     assert isinstance(raised.run_error, expected_error)
                     fallback_event = "fallback-failure"
-        model.finish(event, fallback_event, end, verdict == "trial")
+        model.finish(event, fallback_event, end, verdict == "trial", phase)
+
+    @rule(failures=st.lists(st.booleans(), min_size=1, max_size=6), nested=st.booleans())
+    def half_open_phase(self, failures: list[bool], nested: bool) -> None:
+        """Past the sleep window, calls that fail or not: the trials of a half-open phase and the
+        calls beyond them (all made one after the other, or all from inside the first)."""
+        target = self.model.opened_or_last_tested + self.model.current_wait() + 1
+        if target > self.clock.now:
+            self.clock.advance_ns(target - self.clock.now)
+        if nested:
+            self._do(failures[0], 0, "returns", tuple(failures[1:]))
+        else:
+            for raises in failures:
+                self._do(raises, 0, "returns", ())
 
     @rule(ms=st.integers(1, 999))
     def advance_milliseconds(self, ms: int) -> None:
@@ -392,6 +492,15 @@ class CircuitMachine(RuleBasedStateMachine):
     def advance_to_trial_time(self, extra_ns: int) -> None:
         """Jump to exactly the end of the sleep window (no trial yet) or one nanosecond past it."""
         target = self.model.opened_or_last_tested + self.model.current_wait() + extra_ns
+        if target > self.clock.now:
+            self.clock.advance_ns(target - self.clock.now)
+
+    @rule(extra_ns=st.sampled_from([0, 1]))
+    def advance_to_max_wait(self, extra_ns: int) -> None:
+        """Jump to exactly the bound of the half-open phase's trials, or one nanosecond past it."""
+        if self.model.config.max_wait_ms is None:
+            return
+        target = self.model.opened_or_last_tested + self.model.config.max_wait_ms * NS_PER_MS + extra_ns
         if target > self.clock.now:
             self.clock.advance_ns(target - self.clock.now)
 
@@ -419,7 +528,10 @@ class CircuitMachine(RuleBasedStateMachine):
     def allow_request(self) -> None:
         now = self.clock.now
         state = self.model.check_open(now)
-        expected = state == "closed" or (state == "open" and self.model.take_trial(now))
+        # With several trials, only commands are trials.
+        expected = state == "closed" or (
+            state == "open" and not self.model.config.probes and self.model.take_trial(now)
+        )
         assert self.circuit.allow_request() is expected
 
     @invariant()

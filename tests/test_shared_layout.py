@@ -33,6 +33,9 @@ def test_compiled_structs_match_the_file_layout() -> None:
     assert layout["state.trial_slot"] == 8 * _shared.STATE_TRIAL_SLOT
     assert layout["state.sleep_ns"] == 8 * _shared.STATE_SLEEP_NS
     assert layout["limits.sleep_jitter_ppm"] == 8 * _shared.LIMIT_SLEEP_JITTER_PPM
+    assert layout["limits.half_open_wait_ns"] == 8 * _shared.LIMIT_HALF_OPEN_WAIT_NS
+    assert layout["tickets.probes"] == 8 * _shared.TICKETS_PROBES
+    assert layout["proc.probes"] == 8 * _shared.PROC_PROBES
     assert layout["tickets"] == _shared.WINDOW - _shared.TICKETS
     assert layout["window"] == _shared.WINDOW_SIZE
     assert layout["window.requests"] == 8 * 110

@@ -2,7 +2,7 @@
 from cpython.object cimport PyObject
 from libc.stdint cimport int64_t
 
-from fasthystrix._core._layout cimport fh_limits, fh_state
+from fasthystrix._core._layout cimport fh_limits, fh_proc, fh_state
 from fasthystrix._core._pool cimport TicketPool
 from fasthystrix._core._rolling cimport RollingMetrics
 
@@ -17,6 +17,23 @@ cdef enum:
     REJECTED_VERDICT = -1
     SHORT_CIRCUITED = -2
     TRIPPED = -3
+    EXPIRED = -4
+
+
+cdef extern from *:
+    # A trial of a half-open phase with several trials (_events.PROBE, FIRST_PROBE, probe_phase).
+    """
+    #define FH_PROBE (((int64_t)1) << 61)
+    #define FH_FIRST_PROBE (((int64_t)1) << 60)
+    #define FH_PHASE_SHIFT 24
+    #define FH_PROBE_BITS 21
+    #define FH_PROBE_MASK ((((int64_t)1) << 21) - 1)
+    """
+    const int64_t FH_PROBE
+    const int64_t FH_FIRST_PROBE
+    const int FH_PHASE_SHIFT
+    const int FH_PROBE_BITS
+    const int64_t FH_PROBE_MASK
 
 
 cdef class CircuitBreaker:
@@ -32,6 +49,11 @@ cdef class CircuitBreaker:
         fh_state _own_state
         fh_limits *lim
         fh_state *st
+        # The half-open phase's trials: _own_probes, or the TICKETS region's word of a shared
+        # circuit; and this process's slot there (NULL for a private circuit).
+        int64_t _own_probes
+        int64_t *probes
+        fh_proc *proc
         int64_t settings_version
         int64_t slot
         public object _shared
@@ -55,6 +77,10 @@ cdef class CircuitBreaker:
     cdef bint allow_single_test_c(self, int64_t now) noexcept nogil
     cdef void first_wait_c(self, int64_t now, int64_t episode) noexcept nogil
     cdef void reopen_c(self, int64_t now) noexcept nogil
+    cdef bint several_probes(self) noexcept nogil
+    cdef int64_t probe_c(self, int64_t now, int64_t *in_use) noexcept nogil
+    cdef void reopen_probes_c(self, int64_t now) noexcept nogil
+    cdef int probe_ended_c(self, int64_t phase, bint failed, int64_t now) noexcept nogil
     cdef int64_t admit(self, int64_t now) noexcept nogil
     cdef int64_t acquire_c(self, int64_t now) except? -9
     cdef int report_c(self, int event, int fallback_event, int64_t now, int64_t run_us, int64_t total_us,

@@ -129,6 +129,7 @@ def _layout():
     cdef fh_state st
     cdef fh_limits lim
     cdef fh_proc proc
+    cdef fh_tickets tk
     base = <char *>&w
     return {
         "limits": sizeof(fh_limits),
@@ -138,6 +139,9 @@ def _layout():
         "state.trial_slot": <char *>&st.trial_slot - <char *>&st,
         "state.sleep_ns": <char *>&st.sleep_ns - <char *>&st,
         "limits.sleep_jitter_ppm": <char *>&lim.sleep_jitter_ppm - <char *>&lim,
+        "limits.half_open_wait_ns": <char *>&lim.half_open_wait_ns - <char *>&lim,
+        "tickets.probes": <char *>&tk.probes - <char *>&tk,
+        "proc.probes": <char *>&proc.probes - <char *>&proc,
         "window.rejections": <char *>&w.rejections - base,
         "tickets": sizeof(fh_tickets),
         "window": sizeof(fh_window),
@@ -301,6 +305,9 @@ cdef class CircuitBreaker:
         memset(&self._own_state, 0, sizeof(self._own_state))
         self.lim = &self._own_limits
         self.st = &self._own_state
+        self._own_probes = 0
+        self.probes = &self._own_probes
+        self.proc = NULL
         self.slot = -1
         self._shared = None
         self._keep = None
@@ -346,6 +353,8 @@ cdef class CircuitBreaker:
         cdef int64_t sleep_extra_ppm = _backoff.ppm(settings.sleep_window_multiplier - 1.0)
         cdef int64_t max_sleep_ns = settings.max_sleep_window_ns
         cdef int64_t sleep_jitter_ppm = _backoff.ppm(settings.sleep_window_jitter)
+        cdef int64_t half_open_calls = settings.half_open_max_calls
+        cdef int64_t half_open_wait_ns = settings.half_open_max_wait_ns
         cdef int64_t version
         fh_spin_lock(&self.st.lock)
         fh_store_relaxed(&self.lim.timeout_ns, timeout_ns)
@@ -359,6 +368,8 @@ cdef class CircuitBreaker:
         fh_store_relaxed(&self.lim.sleep_extra_ppm, sleep_extra_ppm)
         fh_store_relaxed(&self.lim.max_sleep_ns, max_sleep_ns)
         fh_store_relaxed(&self.lim.sleep_jitter_ppm, sleep_jitter_ppm)
+        fh_store_relaxed(&self.lim.half_open_calls, half_open_calls)
+        fh_store_relaxed(&self.lim.half_open_wait_ns, half_open_wait_ns)
         # Release: a process that sees the new version sees the values (shared circuits: the
         # last writer's settings are every worker's).
         version = self.lim.version + 1
@@ -370,7 +381,7 @@ cdef class CircuitBreaker:
 
     cdef refresh_settings(self):
         # Another process wrote this shared circuit's settings: rebuild the Settings object.
-        cdef int64_t words[12]
+        cdef int64_t words[14]
         fh_spin_lock(&self.st.lock)
         words[0] = self.lim.timeout_ns
         words[1] = self.lim.sleep_window_ns
@@ -384,8 +395,10 @@ cdef class CircuitBreaker:
         words[9] = self.lim.sleep_extra_ppm
         words[10] = self.lim.max_sleep_ns
         words[11] = self.lim.sleep_jitter_ppm
+        words[12] = self.lim.half_open_calls
+        words[13] = self.lim.half_open_wait_ns
         fh_spin_unlock(&self.st.lock)
-        settings = _shared.settings_from_words(tuple([words[i] for i in range(12)]))
+        settings = _shared.settings_from_words(tuple([words[i] for i in range(14)]))
         with cython.critical_section(self):
             self._settings_obj = settings
             self.settings_version = words[6]
@@ -405,6 +418,8 @@ cdef class CircuitBreaker:
         self._keep = view
         self.lim = <fh_limits *>&view[_shared.LIMITS]
         self.st = <fh_state *>&view[_shared.STATE]
+        self.probes = &(<fh_tickets *>&view[_shared.TICKETS]).probes
+        self.proc = &(<fh_proc *>&view[_shared.PROCS])[slot]
         self.tickets.attach(<int64_t *>&view[_shared.TICKETS], &(<fh_proc *>&view[_shared.PROCS])[slot].tickets, view)
         self.slot = slot
         self._shared = shared
@@ -421,13 +436,15 @@ cdef class CircuitBreaker:
         if not 0 <= slot < _shared.MAX_PROCESSES:
             raise ValueError(f"bad process slot {slot}")
         self.tickets.mine = &(<fh_proc *>&view[_shared.PROCS])[slot].tickets
+        self.proc = &(<fh_proc *>&view[_shared.PROCS])[slot]
         self.slot = slot
 
     def _reclaim_slot(self, Py_ssize_t slot):
         """The process of ``slot`` died: give its tickets back, and free the trial it took."""
         cdef unsigned char[::1] view = self._keep
         cdef fh_proc *proc
-        cdef int64_t held, now = self.now()
+        cdef int64_t held, lost, now = self.now()
+        cdef int verdict = 0, ended
         if not 0 <= slot < _shared.MAX_PROCESSES:
             raise ValueError(f"bad process slot {slot}")
         proc = &(<fh_proc *>&view[_shared.PROCS])[slot]
@@ -438,7 +455,18 @@ cdef class CircuitBreaker:
             # Its trial will never report: the next call may be the trial, now.
             fh_store_relaxed(&self.st.trial_slot, 0)
             fh_store_release(&self.st.opened_ns, now - fh_load_relaxed(&self.lim.sleep_window_ns) - 1)
+        # Its trials of the half-open phase will never report: each counts as failed.
+        lost = fh_exchange_acq_rel(&proc.probes, 0)
+        while lost > 0:
+            ended = self.probe_ended_c(proc.probe_phase, True, now)
+            if ended != 0:
+                verdict = ended
+            lost -= 1
         fh_spin_unlock(&self.st.lock)
+        if verdict == 1:
+            _transitions.closed(self.name)
+        elif verdict == 2:
+            _transitions.reopened(self.name)
         return held
 
     def _reset_state(self):
@@ -453,6 +481,7 @@ cdef class CircuitBreaker:
         fh_store_relaxed(&self.st.reopens, 0)
         fh_store_relaxed(&self.st.sleep_raw_ns, 0)
         fh_store_relaxed(&self.st.sleep_ns, 0)
+        fh_store_relaxed(self.probes, 0)
         fh_store_release(&self.st.state_word, 0)
         fh_spin_unlock(&self.st.lock)
         return state_name(before)
@@ -503,7 +532,8 @@ cdef class CircuitBreaker:
         """hystrix-go's ``AllowRequest``: closed, or open with this call taking the trial slot."""
         cdef int64_t now = self.now()
         cdef int opened = self.is_open_c(now)
-        cdef bint trial = opened == 1 and self.allow_single_test_c(now)
+        # With several trials only commands are trials (one taken here would never report).
+        cdef bint trial = opened == 1 and not self.several_probes() and self.allow_single_test_c(now)
         if opened < 0:
             _transitions.opened(self.name)
         if trial:
@@ -561,6 +591,7 @@ cdef class CircuitBreaker:
             fh_store_relaxed(&self.st.trial_slot, 0)  # a new episode: no trial yet
             fh_store_relaxed(&self.st.episode, self.st.episode + 1)
             fh_store_relaxed(&self.st.reopens, 0)
+            fh_store_relaxed(self.probes, 0)
             self.first_wait_c(now, self.st.episode)
             fh_store_release(&self.st.state_word, STATE_OPEN)
             tripped = True
@@ -616,11 +647,115 @@ cdef class CircuitBreaker:
         cdef int64_t reopens = self.st.reopens + 1
         cdef int64_t raw = 0
         fh_store_relaxed(&self.st.reopens, reopens)
+        fh_store_relaxed(self.probes, 0)  # a new half-open phase after this wait
         if extra != 0 or jitter != 0:
             raw = next_raw(self.st.sleep_raw_ns, fh_load_relaxed(&self.lim.sleep_window_ns), extra,
                            fh_load_relaxed(&self.lim.max_sleep_ns))
         fh_store_relaxed(&self.st.sleep_raw_ns, raw)
         fh_store_relaxed(&self.st.sleep_ns, jittered(raw, jitter, backoff_seed(now, self.st.episode, reopens)))
+
+    cdef bint several_probes(self) noexcept nogil:
+        # half_open_max_calls > 1 or a half_open_max_wait: the half-open phase of probe_c.
+        return fh_load_relaxed(&self.lim.half_open_calls) > 1 or fh_load_relaxed(&self.lim.half_open_wait_ns) > 0
+
+    cdef int64_t probe_c(self, int64_t now, int64_t *in_use) noexcept nogil:
+        """An open circuit with several trials: admit one (a verdict with FH_PROBE, its ticket taken
+        and the count in ``in_use``), or SHORT_CIRCUITED, or EXPIRED (this call found the trials
+        past half_open_max_wait and opened the circuit again). _circuit_py._probe_locked's twin."""
+        cdef int64_t word, admitted, opened, wait, n
+        cdef int64_t verdict = SHORT_CIRCUITED
+        cdef int64_t max_wait = fh_load_relaxed(&self.lim.half_open_wait_ns)
+        cdef int64_t calls = fh_load_relaxed(&self.lim.half_open_calls)
+        cdef bint admit = False
+        if fh_load_acquire(&self.st.state_word) != STATE_OPEN:
+            return SHORT_CIRCUITED  # forced open: no trial
+        # Without the lock first: the answers of an open circuit's every call (still sleeping, or
+        # every trial out). The lock decides everything else, and these again.
+        word = fh_load_acquire(self.probes)
+        opened = fh_load_acquire(&self.st.opened_ns)
+        if word == 0:
+            wait = fh_load_relaxed(&self.st.sleep_ns)
+            if wait == 0:
+                wait = fh_load_relaxed(&self.lim.sleep_window_ns)
+            if now <= opened + wait:
+                return SHORT_CIRCUITED
+        elif (word & FH_PROBE_MASK) >= calls and (max_wait == 0 or now <= opened + max_wait):
+            return SHORT_CIRCUITED
+        fh_spin_lock(&self.st.lock)
+        if self.st.state_word == STATE_OPEN:
+            word = self.probes[0]
+            admitted = word & FH_PROBE_MASK
+            opened = self.st.opened_ns
+            if admitted == 0:
+                wait = self.st.sleep_ns
+                if wait == 0:
+                    wait = fh_load_relaxed(&self.lim.sleep_window_ns)
+                admit = now > opened + wait
+            elif max_wait > 0 and now > opened + max_wait:
+                self.reopen_probes_c(now)
+                verdict = EXPIRED
+            else:
+                admit = admitted < calls
+            if admit:
+                n = self.tickets.take(fh_load_relaxed(&self.lim.max_concurrent))
+                if n >= 0:  # a trial only when it can run
+                    in_use[0] = n
+                    if admitted == 0:
+                        # The half-open phase starts: half_open_max_wait counts from here.
+                        fh_store_release(&self.st.opened_ns, now)
+                    fh_store_release(self.probes, word + 1)
+                    verdict = FH_PROBE | (self.st.episode << FH_PHASE_SHIFT) | (
+                        self.st.reopens & ((<int64_t>1 << FH_PHASE_SHIFT) - 1))
+                    if self.proc is not NULL:
+                        # If this process dies before its trials report, the reaper counts them failed.
+                        if self.proc.probe_phase != verdict:
+                            fh_store_relaxed(&self.proc.probe_phase, verdict)
+                            fh_store_relaxed(&self.proc.probes, 0)
+                        fh_add_acq_rel(&self.proc.probes, 1)
+                    if admitted == 0:
+                        verdict |= FH_FIRST_PROBE
+        fh_spin_unlock(&self.st.lock)
+        return verdict
+
+    cdef void reopen_probes_c(self, int64_t now) noexcept nogil:
+        # The half-open phase failed or ran past its bound (lock held): open again, for a (backed
+        # off) sleep window from now.
+        fh_store_release(&self.st.opened_ns, now)
+        self.reopen_c(now)
+
+    cdef int probe_ended_c(self, int64_t phase, bint failed, int64_t now) noexcept nogil:
+        """A trial of ``phase`` ended (lock held): 1 if this closed the circuit, 2 if it opened it
+        again (the phase's one verdict), else 0. _circuit_py._probe_ended_locked's twin."""
+        cdef int64_t word = self.probes[0]
+        cdef int64_t admitted = word & FH_PROBE_MASK
+        cdef int64_t done = (word >> FH_PROBE_BITS) & FH_PROBE_MASK
+        cdef int64_t failures = (word >> (2 * FH_PROBE_BITS)) & FH_PROBE_MASK
+        cdef int64_t max_wait = fh_load_relaxed(&self.lim.half_open_wait_ns)
+        cdef int64_t current = FH_PROBE | (self.st.episode << FH_PHASE_SHIFT) | (
+            self.st.reopens & ((<int64_t>1 << FH_PHASE_SHIFT) - 1))
+        if not (self.st.state_word & STATE_OPEN) or admitted == 0 or phase != current:
+            return 0  # a trial of a phase that has had its verdict
+        if max_wait > 0 and now > self.st.opened_ns + max_wait:
+            self.reopen_probes_c(now)
+            return 2
+        done += 1
+        if failed:
+            failures += 1
+        if done < admitted or admitted < fh_load_relaxed(&self.lim.half_open_calls):
+            fh_store_relaxed(self.probes, admitted | (done << FH_PROBE_BITS) | (failures << (2 * FH_PROBE_BITS)))
+            return 0
+        # errors / trials * 100 rounded half up < threshold, in integers (as the window's health).
+        if (failures * 200 + done) // (2 * done) < fh_load_relaxed(&self.lim.error_threshold):
+            # As a single trial's close: the window reset before the state word says closed.
+            self.metrics_c._reset()
+            fh_store_relaxed(&self.st.reopens, 0)
+            fh_store_relaxed(&self.st.sleep_raw_ns, 0)
+            fh_store_relaxed(&self.st.sleep_ns, 0)
+            fh_store_relaxed(self.probes, 0)
+            fh_store_release(&self.st.state_word, self.st.state_word & ~STATE_OPEN)
+            return 1
+        self.reopen_probes_c(now)
+        return 2
 
     cdef int64_t admit(self, int64_t now) noexcept nogil:
         cdef int opened = self.is_open_c(now)
@@ -630,6 +765,11 @@ cdef class CircuitBreaker:
         if opened != 0:
             if opened < 0:
                 return TRIPPED
+            if self.several_probes():
+                verdict = self.probe_c(now, &in_use)
+                if verdict > 0:
+                    self.metrics_c.record_executed_c(now, in_use)
+                return verdict
             # Only take the trial slot if the trial can run (a ticket is free).
             if fh_load_relaxed(self.tickets.count) >= limit or not self.allow_single_test_c(now):
                 return SHORT_CIRCUITED
@@ -647,7 +787,10 @@ cdef class CircuitBreaker:
         if verdict == TRIPPED:
             _transitions.opened(self.name)
         elif verdict > 0:
-            _transitions.trial(self.name)
+            if verdict < FH_PROBE or verdict & FH_FIRST_PROBE:
+                _transitions.trial(self.name)
+        elif verdict == EXPIRED:
+            _transitions.reopened(self.name)
         return verdict
 
     def _acquire(self, int64_t now, settings=None):
@@ -662,11 +805,22 @@ cdef class CircuitBreaker:
                       int64_t trial, bint release) except -1:
         cdef bint closed = False, reopened = False
         cdef int64_t slot_word
+        cdef int ended
         if release:
             self.tickets.give()
         # Only the trial of the current open episode closes the circuit (hystrix-go let any
         # success close it, even one that started before the circuit opened).
-        if trial > 0 and event == SUCCESS:
+        if trial >= FH_PROBE:
+            trial &= ~FH_FIRST_PROBE
+            fh_spin_lock(&self.st.lock)
+            if self.proc is not NULL and self.proc.probe_phase == trial and self.proc.probes > 0:
+                fh_add_acq_rel(&self.proc.probes, -1)  # reported: no longer the reaper's to count
+            ended = self.probe_ended_c(trial, event != SUCCESS, now)
+            fh_spin_unlock(&self.st.lock)
+            closed = ended == 1
+            reopened = ended == 2
+            trial = 0
+        elif trial > 0 and event == SUCCESS:
             fh_spin_lock(&self.st.lock)
             if (self.st.state_word & STATE_OPEN) and trial == self.st.episode:
                 # The window is reset before the state word says closed, both under the lock:
@@ -675,6 +829,7 @@ cdef class CircuitBreaker:
                 fh_store_relaxed(&self.st.reopens, 0)
                 fh_store_relaxed(&self.st.sleep_raw_ns, 0)
                 fh_store_relaxed(&self.st.sleep_ns, 0)
+                fh_store_relaxed(self.probes, 0)
                 fh_store_release(&self.st.state_word, self.st.state_word & ~STATE_OPEN)
                 closed = True
             fh_spin_unlock(&self.st.lock)
@@ -750,6 +905,8 @@ cdef class CircuitBreaker:
         cdef int event = REJECTED if verdict == REJECTED_VERDICT else SHORT_CIRCUIT
         if verdict == TRIPPED:
             _transitions.opened(self.name)
+        elif verdict == EXPIRED:
+            _transitions.reopened(self.name)
         return self.finish_c(event, new_error(event), start, -1, 0, fallback, ctx, False, raised)
 
     cdef int returned_coroutine(self, object coroutine, int64_t end, int64_t run_us, int64_t trial) except -1:
@@ -785,7 +942,7 @@ cdef class CircuitBreaker:
             if args is not None:
                 fallback = bind_fallback(fallback, args, kwargs)
             return self.turned_away(verdict, start, fallback, None, raised)
-        if verdict > 0:
+        if verdict > 0 and (verdict < FH_PROBE or verdict & FH_FIRST_PROBE):
             _transitions.trial(self.name)
         timeout = fh_load_relaxed(&self.lim.timeout_ns)
         if not fh_load_relaxed(&self.lim.semaphore):
@@ -866,7 +1023,7 @@ cdef class CircuitBreaker:
         verdict = self.admit(start)
         if verdict < 0:
             return self.turned_away(verdict, start, fallback, ctx, raised)
-        if verdict > 0:
+        if verdict > 0 and (verdict < FH_PROBE or verdict & FH_FIRST_PROBE):
             _transitions.trial(self.name)
         if not fh_load_relaxed(&self.lim.semaphore):
             return _run_threaded(self, run, fallback, ctx, start, verdict, fh_load_relaxed(&self.lim.timeout_ns))
@@ -914,6 +1071,10 @@ cdef class CircuitBreaker:
             # A shared circuit's locks are in the file: the parent's threads still use them.
             fh_store_relaxed(&self.st.lock, 0)
             fh_store_relaxed(&self.metrics_c.w.lock, 0)
+            if (self.st.state_word & STATE_OPEN) and self.probes[0] != 0:
+                # The half-open phase's trials run on the parent's threads: none reports here.
+                # Open again (a new phase after the sleep window), rather than wait for them forever.
+                self.reopen_probes_c(self.now())
         self.tickets._after_fork_in_child()
 
 

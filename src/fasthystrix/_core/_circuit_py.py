@@ -26,17 +26,21 @@ from ._events import (
     ADMITTED,
     CONTEXT_CANCELED,
     CONTEXT_DEADLINE_EXCEEDED,
+    EXPIRED,
     FAILURE,
     FALLBACK_FAILURE,
     FALLBACK_SUCCESS,
+    FIRST_PROBE,
     NO_EVENT,
     NOT_STARTED,
+    PROBE,
     REJECTED,
     REJECTED_VERDICT,
     SHORT_CIRCUIT,
     SHORT_CIRCUITED,
     SUCCESS,
     TRIPPED,
+    probe_phase,
     turned_away_event,
 )
 from ._gate import CLOSED, PENDING_LIMIT, Gate
@@ -60,6 +64,19 @@ __all__ = [
 ]
 
 _NS_PER_US = 1000
+
+# A half-open phase's trials in one int (as the compiled twin's word): admitted, finished, failed.
+_PROBE_BITS = 21
+_PROBE_MASK = (1 << _PROBE_BITS) - 1
+
+
+def _unpack_probes(word: int) -> tuple[int, int, int]:
+    return word & _PROBE_MASK, (word >> _PROBE_BITS) & _PROBE_MASK, (word >> 2 * _PROBE_BITS) & _PROBE_MASK
+
+
+def _pack_probes(admitted: int, done: int, failed: int) -> int:
+    return admitted | (done << _PROBE_BITS) | (failed << 2 * _PROBE_BITS)
+
 
 # Set by the registry (bind): the circuits table, the creator, and the thread-mode executor.
 _circuits: dict[str, CircuitBreaker] = {}
@@ -146,6 +163,7 @@ class CircuitBreaker:
         "_open",
         "_opened_ns",
         "_pending",
+        "_probes",
         "_reopens",
         "_settings_obj",
         "_shared",
@@ -179,6 +197,7 @@ class CircuitBreaker:
         self._reopens = 0  # failed trials since the circuit opened, and this episode's wait (_backoff)
         self._sleep_raw_ns = 0
         self._sleep_ns = 0
+        self._probes = 0  # the half-open phase's trials (_pack_probes), 0 outside one
         self._tickets = TicketPool()
         self._workers: Any = None
         # The shared circuit file this circuit lives in (see _attach), and its view of that file.
@@ -256,8 +275,10 @@ class CircuitBreaker:
         """hystrix-go's ``AllowRequest``: closed, or open with this call taking the trial slot."""
         now = self._clock()
         with self._lock:
-            opened = self._is_open_locked(now, self._settings_obj)
-            trial = opened is True and self._allow_single_test_locked(now, self._settings_obj)
+            settings = self._settings_obj
+            opened = self._is_open_locked(now, settings)
+            # With several trials only commands are trials (one taken here would never report).
+            trial = opened is True and not settings.probes and self._allow_single_test_locked(now, settings)
             self._open_gate_locked()
         if opened is None:
             _transitions.opened(self.name)
@@ -323,6 +344,7 @@ class CircuitBreaker:
             self._force_open = False
             self._force_closed = False
             self._reopens = self._sleep_raw_ns = self._sleep_ns = 0
+            self._probes = 0
             self._metrics.reset()
             self._open_gate_locked()
 
@@ -356,6 +378,7 @@ class CircuitBreaker:
         self._opened_ns = now
         self._episode += 1
         self._reopens = 0
+        self._probes = 0
         extra, jitter = _backoff.ppm(settings.sleep_window_multiplier - 1.0), _backoff.ppm(settings.sleep_window_jitter)
         raw = settings.sleep_window_ns if extra or jitter else 0
         self._sleep_raw_ns = raw
@@ -365,6 +388,7 @@ class CircuitBreaker:
     def _reopen_locked(self, now: int, settings: Any) -> None:
         """The current episode's trial failed: one more reopen, and its longer wait (see _backoff)."""
         self._reopens += 1
+        self._probes = 0  # a new half-open phase after this wait
         extra, jitter = _backoff.ppm(settings.sleep_window_multiplier - 1.0), _backoff.ppm(settings.sleep_window_jitter)
         raw = 0
         if extra or jitter:
@@ -412,12 +436,74 @@ class CircuitBreaker:
             return True
         return False
 
+    def _probe_locked(self, now: int, settings: Any) -> int:
+        """An open circuit with several trials (``settings.probes``): admit one (a verdict with
+        ``PROBE``, ticket taken), or ``SHORT_CIRCUITED``, or ``EXPIRED`` (this call found the trials
+        past ``half_open_max_wait`` and opened the circuit again)."""
+        if self._force_open:
+            return SHORT_CIRCUITED
+        admitted, done, failed = _unpack_probes(self._probes)
+        first = admitted == 0
+        if first:
+            # Open: the first trial once the sleep window (or its backoff) has passed.
+            if now <= self._opened_ns + (self._sleep_ns or settings.sleep_window_ns):
+                return SHORT_CIRCUITED
+        elif settings.half_open_max_wait_ns and now > self._opened_ns + settings.half_open_max_wait_ns:
+            self._reopen_probes_locked(now, settings)
+            return EXPIRED
+        elif admitted >= settings.half_open_max_calls:
+            return SHORT_CIRCUITED
+        in_use = self._tickets.try_take(settings.max_concurrent_requests)
+        if in_use < 0:
+            return SHORT_CIRCUITED  # a trial only when it can run
+        if first:
+            self._opened_ns = now  # the half-open phase starts: half_open_max_wait counts from here
+        self._probes = _pack_probes(admitted + 1, done, failed)
+        self._probe_admitted_locked()
+        self._metrics.record_executed(now, in_use)
+        verdict = probe_phase(self._episode, self._reopens)
+        return verdict | FIRST_PROBE if first else verdict
+
+    def _probe_admitted_locked(self) -> None:
+        """A trial of the half-open phase was admitted (shared circuits note which process has it)."""
+
+    def _reopen_probes_locked(self, now: int, settings: Any) -> None:
+        """The half-open phase failed (or ran past its bound): open again, for a (backed off) sleep window."""
+        self._opened_ns = now
+        self._reopen_locked(now, settings)
+
+    def _probe_ended_locked(self, phase: int, failed: bool, now: int, settings: Any) -> str | None:
+        """A trial of ``phase`` ended (``failed`` or not): ``"closed"`` or ``"reopened"`` if this
+        takes the phase's verdict, else ``None``. Exactly one verdict per phase: it ends the phase."""
+        admitted, done, failures = _unpack_probes(self._probes)
+        if not self._open or admitted == 0 or phase != probe_phase(self._episode, self._reopens):
+            return None  # a trial of a phase that has had its verdict
+        if settings.half_open_max_wait_ns and now > self._opened_ns + settings.half_open_max_wait_ns:
+            self._reopen_probes_locked(now, settings)
+            return "reopened"
+        done += 1
+        failures += failed
+        if done < admitted or admitted < settings.half_open_max_calls:
+            self._probes = _pack_probes(admitted, done, failures)
+            return None
+        # errors / trials * 100 rounded half up < threshold, in integers (as the window's health).
+        if (failures * 200 + done) // (2 * done) < settings.error_percent_threshold:
+            self._open = False
+            self._reopens = self._sleep_raw_ns = self._sleep_ns = 0
+            self._probes = 0
+            self._metrics.reset()
+            return "closed"
+        self._reopen_probes_locked(now, settings)
+        return "reopened"
+
     def _admit_locked(self, now: int, settings: Any) -> int:
         opened = self._is_open_locked(now, settings)
         verdict = ADMITTED
         if opened is not False:
             if opened is None:
                 return TRIPPED
+            if settings.probes:
+                return self._probe_locked(now, settings)
             # Only take the trial slot if the trial can run (a ticket is free).
             if self._tickets.in_use >= settings.max_concurrent_requests or not self._allow_single_test_locked(
                 now, settings
@@ -442,8 +528,14 @@ class CircuitBreaker:
         if verdict == TRIPPED:
             _transitions.opened(self.name)
         elif verdict > 0:
-            _transitions.trial(self.name)
+            if not verdict & PROBE or verdict & FIRST_PROBE:
+                _transitions.trial(self.name)
+        elif verdict == EXPIRED:
+            _transitions.reopened(self.name)
         return verdict
+
+    def _probe_reported_locked(self, phase: int) -> None:
+        """A trial of ``phase`` reports (shared circuits: no longer the reaper's to count)."""
 
     def _release(self) -> None:
         """Give a ticket back."""
@@ -459,10 +551,16 @@ class CircuitBreaker:
                 self._tickets.give_back()
             # Only the trial of the current open episode closes the circuit (hystrix-go let any
             # success close it, even one that started before the circuit opened).
-            if trial > 0 and self._open and trial == self._episode:
+            if trial >= PROBE:
+                self._probe_reported_locked(trial & ~FIRST_PROBE)
+                verdict = self._probe_ended_locked(trial & ~FIRST_PROBE, event != SUCCESS, now, self._settings_obj)
+                closed = verdict == "closed"
+                reopened = verdict == "reopened"
+            elif trial > 0 and self._open and trial == self._episode:
                 if event == SUCCESS:
                     self._open = False
                     self._reopens = self._sleep_raw_ns = self._sleep_ns = 0
+                    self._probes = 0
                     self._metrics.reset()
                     closed = True
                 else:
@@ -709,6 +807,10 @@ class CircuitBreaker:
             return
         self._tickets._after_fork_in_child()
         self._held = self._tickets._held
+        if self._open and self._probes:
+            # The half-open phase's trials run on the parent's threads: none reports here. Open
+            # again (a new phase after the sleep window), rather than wait for them forever.
+            self._reopen_probes_locked(self._clock(), self._settings_obj)
 
 
 class CommandFunction:

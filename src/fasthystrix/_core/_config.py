@@ -109,6 +109,26 @@ def _fraction(field_name: str, value: object) -> float:
     return float(value)
 
 
+#: The largest ``half_open_max_calls`` (the compiled circuit counts a half-open phase's trials
+#: in 21-bit fields of one word).
+MAX_HALF_OPEN_CALLS = 1_000_000
+
+
+def _probes(field_name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{field_name} must be an int, not {safe_repr(value)}")
+    if not 1 <= value <= MAX_HALF_OPEN_CALLS:
+        raise ValueError(f"{field_name} must be between 1 and {MAX_HALF_OPEN_CALLS}, got {safe_repr(value)}")
+    return value
+
+
+def _positive_duration_ns(field_name: str, value: object) -> int:
+    ns = _duration_ns(field_name, value)
+    if ns == 0:
+        raise ValueError(f"{field_name} must be positive (None for no bound), got {safe_repr(value)}")
+    return ns
+
+
 def _flag(field_name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{field_name} must be a bool, not {safe_repr(value)}")
@@ -153,6 +173,13 @@ class CommandConfig:
     #: Each sleep window is moved by up to this fraction of itself, either way (0 to 1), so that
     #: clients of one dependency do not all send their trial at the same moment.
     sleep_window_jitter: float | None = None
+    #: Trial calls an open circuit admits once its sleep window has passed (1 to 1,000,000; the
+    #: others are short-circuited). When all have finished, the circuit closes if their error
+    #: percentage is below ``error_percent_threshold``, else opens again. 1: hystrix-go's one trial.
+    half_open_max_calls: int | None = None
+    #: How long (ms or timedelta) the trials may take: if they have not all finished by then after
+    #: the first was admitted, the circuit opens again (``None``: no bound).
+    half_open_max_wait: Duration | None = None
 
     def __post_init__(self) -> None:
         if self.timeout is not None:
@@ -176,6 +203,10 @@ class CommandConfig:
             _duration_ns("max_sleep_window", self.max_sleep_window)
         if self.sleep_window_jitter is not None:
             _fraction("sleep_window_jitter", self.sleep_window_jitter)
+        if self.half_open_max_calls is not None:
+            _probes("half_open_max_calls", self.half_open_max_calls)
+        if self.half_open_max_wait is not None:
+            _positive_duration_ns("half_open_max_wait", self.half_open_max_wait)
 
     @classmethod
     def from_mapping(cls, mapping: object) -> CommandConfig:
@@ -208,11 +239,16 @@ class Settings:
     sleep_window_multiplier: float = 1.0
     max_sleep_window: timedelta | None = None
     sleep_window_jitter: float = 0.0
+    half_open_max_calls: int = 1
+    half_open_max_wait: timedelta | None = None
     # Integer copies read on the hot path, so a call never converts a timedelta.
     timeout_ns: int = field(init=False, repr=False, compare=False)
     sleep_window_ns: int = field(init=False, repr=False, compare=False)
     semaphore: bool = field(init=False, repr=False, compare=False)
     max_sleep_window_ns: int = field(init=False, repr=False, compare=False)  # 0: no maximum
+    half_open_max_wait_ns: int = field(init=False, repr=False, compare=False)  # 0: no bound
+    # Several trials, or a bound on them: the half-open phase of _circuit_py._probe_locked.
+    probes: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Checked again here, as CommandConfig does, because circuits take any Settings as
@@ -241,6 +277,16 @@ class Settings:
             "max_sleep_window_ns",
             0 if self.max_sleep_window is None else _duration_ns("max_sleep_window", self.max_sleep_window),
         )
+        _probes("half_open_max_calls", self.half_open_max_calls)
+        if self.half_open_max_wait is not None and not isinstance(self.half_open_max_wait, timedelta):
+            raise TypeError(
+                f"half_open_max_wait must be a datetime.timedelta or None, not {safe_repr(self.half_open_max_wait)}"
+            )
+        wait_ns = 0
+        if self.half_open_max_wait is not None:
+            wait_ns = _positive_duration_ns("half_open_max_wait", self.half_open_max_wait)
+        object.__setattr__(self, "half_open_max_wait_ns", wait_ns)
+        object.__setattr__(self, "probes", self.half_open_max_calls > 1 or wait_ns > 0)
 
     @classmethod
     def from_config(cls, config: CommandConfig, defaults: Settings) -> Settings:
@@ -263,6 +309,8 @@ class Settings:
             sleep_window_multiplier=pick(config.sleep_window_multiplier, defaults.sleep_window_multiplier),  # type: ignore[arg-type]
             max_sleep_window=_optional_duration(pick(config.max_sleep_window, defaults.max_sleep_window)),
             sleep_window_jitter=pick(config.sleep_window_jitter, defaults.sleep_window_jitter),  # type: ignore[arg-type]
+            half_open_max_calls=pick(config.half_open_max_calls, defaults.half_open_max_calls),  # type: ignore[arg-type]
+            half_open_max_wait=_optional_duration(pick(config.half_open_max_wait, defaults.half_open_max_wait)),
         )
 
 

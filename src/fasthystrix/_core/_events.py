@@ -8,6 +8,9 @@ from __future__ import annotations
 
 __all__ = [
     "ADMITTED",
+    "EXPIRED",
+    "FIRST_PROBE",
+    "PROBE",
     "CONTEXT_CANCELED",
     "CONTEXT_DEADLINE_EXCEEDED",
     "EVENT_NAMES",
@@ -23,6 +26,7 @@ __all__ = [
     "SUCCESS",
     "TIMEOUT",
     "TRIPPED",
+    "probe_phase",
     "turned_away_event",
 ]
 
@@ -56,6 +60,19 @@ ADMITTED = 0
 REJECTED_VERDICT = -1  # no ticket free
 SHORT_CIRCUITED = -2  # the circuit is open
 TRIPPED = -3  # short-circuited by the call that found the circuit unhealthy and opened it
+EXPIRED = -4  # short-circuited by the call that found the half-open trials past half_open_max_wait
+
+# With several trials (half_open_max_calls > 1, or a half_open_max_wait), a trial's verdict is
+# PROBE | its half-open phase (probe_phase), and the phase's first trial also has FIRST_PROBE
+# (the one that tells the listeners "half-open"; the report ignores that bit).
+PROBE = 1 << 61
+FIRST_PROBE = 1 << 60
+_PHASE_SHIFT = 24  # the phase: the open episode, then its reopens so far (mod 2**24)
+
+
+def probe_phase(episode: int, reopens: int) -> int:
+    """The verdict of a trial of an open episode's half-open phase (``reopens`` failed ones before it)."""
+    return PROBE | (episode << _PHASE_SHIFT) | (reopens & ((1 << _PHASE_SHIFT) - 1))
 
 
 def turned_away_event(verdict: int) -> int:

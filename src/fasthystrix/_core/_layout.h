@@ -25,7 +25,9 @@ typedef struct {
     int64_t sleep_extra_ppm;            /* (sleep_window_multiplier - 1) in millionths */
     int64_t max_sleep_ns;               /* max_sleep_window (0: none) */
     int64_t sleep_jitter_ppm;           /* sleep_window_jitter in millionths */
-    int64_t reserved[20];
+    int64_t half_open_calls;            /* half_open_max_calls (0 reads as 1) */
+    int64_t half_open_wait_ns;          /* half_open_max_wait (0: no bound) */
+    int64_t reserved[18];
 } fh_limits;
 
 /* The state word and what changes with it (STATE region, one cache line). */
@@ -43,7 +45,10 @@ typedef struct {
 /* Tickets in use (TICKETS region, a cache line of its own: every call writes it twice). */
 typedef struct {
     int64_t in_use;
-    int64_t reserved[7];
+    /* A half-open phase's trials (several trials only): admitted, finished, failed, 21 bits
+     * each; 0 outside a phase. Written only under the circuit's lock, in half-open. */
+    int64_t probes;
+    int64_t reserved[6];
 } fh_tickets;
 
 #define FH_COUNTER_BUCKETS 10
@@ -72,7 +77,9 @@ typedef struct {
     int64_t pid;
     int64_t start;
     int64_t tickets;        /* tickets this process holds */
-    int64_t reserved[5];
+    int64_t probe_phase;    /* the half-open phase whose trials it runs (their verdict) */
+    int64_t probes;         /* how many of them it runs now (the reaper counts a dead one's as failed) */
+    int64_t reserved[3];
 } fh_proc;
 
 #define FH_LAYOUT_CHECK(name, cond) typedef char fh_layout_##name[(cond) ? 1 : -1]

@@ -17,6 +17,8 @@ cdef extern from "_layout.h" nogil:
         int64_t sleep_extra_ppm
         int64_t max_sleep_ns
         int64_t sleep_jitter_ppm
+        int64_t half_open_calls
+        int64_t half_open_wait_ns
 
     ctypedef struct fh_state:
         int64_t state_word
@@ -30,6 +32,7 @@ cdef extern from "_layout.h" nogil:
 
     ctypedef struct fh_tickets:
         int64_t in_use
+        int64_t probes
 
     ctypedef struct fh_window:
         int64_t buckets[10][11]
@@ -46,3 +49,5 @@ cdef extern from "_layout.h" nogil:
         int64_t pid
         int64_t start
         int64_t tickets
+        int64_t probe_phase
+        int64_t probes

@@ -101,6 +101,9 @@ LIMIT_REJECTIONS_NOT_ERRORS = 8  # rejections_count_as_errors=False
 LIMIT_SLEEP_EXTRA_PPM = 9  # (sleep_window_multiplier - 1) in millionths
 LIMIT_MAX_SLEEP_NS = 10  # max_sleep_window in ns (0: none)
 LIMIT_SLEEP_JITTER_PPM = 11  # sleep_window_jitter in millionths
+LIMIT_HALF_OPEN_CALLS = 12  # half_open_max_calls (0 reads as 1)
+LIMIT_HALF_OPEN_WAIT_NS = 13  # half_open_max_wait in ns (0: no bound)
+LIMIT_LAST = LIMIT_HALF_OPEN_WAIT_NS
 
 # STATE words.
 STATE_WORD = 0
@@ -112,10 +115,16 @@ STATE_REOPENS = 5
 STATE_SLEEP_RAW_NS = 6
 STATE_SLEEP_NS = 7
 
+# TICKETS words.
+TICKETS_IN_USE = 0
+TICKETS_PROBES = 1  # a half-open phase's trials: admitted, finished, failed (21 bits each)
+
 # PROCS words (per slot).
 PROC_PID = 0
 PROC_START = 1
 PROC_TICKETS = 2
+PROC_PROBE_PHASE = 3  # the half-open phase whose trials this process runs (their verdict)
+PROC_PROBES = 4  # how many of them it runs now (the reaper counts a dead process's as failed)
 
 MAX_CIRCUITS = 1024
 """Circuit files a shared directory may hold (at most 1024 x 55 KiB = 55 MiB of shared memory);
@@ -537,6 +546,8 @@ def write_settings(m: Any, settings: Settings, bump: bool = True) -> None:
     _Q.pack_into(m, base + 8 * LIMIT_SLEEP_EXTRA_PPM, ppm(settings.sleep_window_multiplier - 1.0))
     _Q.pack_into(m, base + 8 * LIMIT_MAX_SLEEP_NS, settings.max_sleep_window_ns)
     _Q.pack_into(m, base + 8 * LIMIT_SLEEP_JITTER_PPM, ppm(settings.sleep_window_jitter))
+    _Q.pack_into(m, base + 8 * LIMIT_HALF_OPEN_CALLS, settings.half_open_max_calls)
+    _Q.pack_into(m, base + 8 * LIMIT_HALF_OPEN_WAIT_NS, settings.half_open_max_wait_ns)
     if bump:
         (version,) = _Q.unpack_from(m, base + 8 * LIMIT_VERSION)
         _Q.pack_into(m, base + 8 * LIMIT_VERSION, version + 1)
@@ -560,6 +571,8 @@ def _words(settings: Settings) -> tuple[int, ...]:
         ppm(settings.sleep_window_multiplier - 1.0),
         settings.max_sleep_window_ns,
         ppm(settings.sleep_window_jitter),
+        settings.half_open_max_calls,
+        settings.half_open_max_wait_ns,
     )
 
 
@@ -571,7 +584,8 @@ def intern(settings: Settings) -> Settings:
 
 def settings_from_words(words: tuple[int, ...]) -> Settings:
     """The :class:`Settings` that the LIMITS words ``words`` (as read) describe."""
-    key = (*words[:6], *words[LIMIT_BREAKER_DISABLED : LIMIT_SLEEP_JITTER_PPM + 1])
+    words = (*words[:LIMIT_HALF_OPEN_CALLS], max(words[LIMIT_HALF_OPEN_CALLS], 1), *words[LIMIT_HALF_OPEN_CALLS + 1 :])
+    key = (*words[:6], *words[LIMIT_BREAKER_DISABLED : LIMIT_LAST + 1])
     known = _interned.get(key)
     if known is not None:
         return known
@@ -589,6 +603,10 @@ def settings_from_words(words: tuple[int, ...]) -> Settings:
         if words[LIMIT_MAX_SLEEP_NS]
         else None,
         sleep_window_jitter=words[LIMIT_SLEEP_JITTER_PPM] / PPM,
+        half_open_max_calls=words[LIMIT_HALF_OPEN_CALLS],
+        half_open_max_wait=timedelta(microseconds=words[LIMIT_HALF_OPEN_WAIT_NS] // 1000)
+        if words[LIMIT_HALF_OPEN_WAIT_NS]
+        else None,
     )
     _interned[key] = settings
     return settings
@@ -690,7 +708,17 @@ def _after_fork_in_child() -> None:
     for circuit in circuits:
         shared = circuit._shared
         if shared is not None:
-            shared.reclaim_after_fork()
+            try:
+                shared.reclaim_after_fork()
+            except OSError as exc:
+                # Its file is gone (its directory was removed while mapped). The circuits after it
+                # must still get slots of their own: a child left in its parent's slot would have
+                # its tickets and trials counted as the parent's, never reaped.
+                _mapped.discard(circuit)
+                from ._log import logger
+
+                logger.warning("fasthystrix: %s: no slot in the forked child: %s", shared.path, exc)
+                continue
             circuit._attach_slot()
     if circuits:
         _reaper = threading.Thread(target=_reap_forever, name="fasthystrix-reaper", daemon=True)

@@ -37,9 +37,10 @@ import time
 import weakref
 from typing import Any
 
-from . import _shared
+from . import _shared, _transitions
 from ._circuit_py import CircuitBreaker
 from ._config import Settings
+from ._events import PROBE, probe_phase
 from ._shared_rolling_py import SharedRollingMetrics
 
 __all__ = ["HostLock", "SharedCircuitBreaker", "SharedTicketPool", "attach", "host_lock"]
@@ -56,6 +57,7 @@ _REOPENS = _shared.STATE // 8 + _shared.STATE_REOPENS
 _SLEEP_RAW_NS = _shared.STATE // 8 + _shared.STATE_SLEEP_RAW_NS
 _SLEEP_NS = _shared.STATE // 8 + _shared.STATE_SLEEP_NS
 _TICKETS = _shared.TICKETS // 8
+_PROBES = _TICKETS + _shared.TICKETS_PROBES
 
 # The state word's bits, as the compiled twin's (_circuit.pxd).
 _OPEN = 1
@@ -76,6 +78,11 @@ _LOCK_BYTE = _shared.STATE + 8 * _shared.STATE_LOCK
 def _proc_tickets(slot: int) -> int:
     """The word of the tickets held by the process of ``slot``."""
     return (_shared.PROCS + slot * _shared.PROC_SIZE) // 8 + _shared.PROC_TICKETS
+
+
+def _proc_probe_phase(slot: int) -> int:
+    """The word of the half-open phase whose trials the process of ``slot`` runs (then their count)."""
+    return (_shared.PROCS + slot * _shared.PROC_SIZE) // 8 + _shared.PROC_PROBE_PHASE
 
 
 class HostLock:
@@ -220,6 +227,7 @@ class _Host:
 
     def reclaim_slot(self, circuit: CircuitBreaker, slot: int) -> None:
         words = self.words
+        verdict = None
         with self.lock:
             held = _proc_tickets(slot)
             if words[held] > 0:
@@ -229,6 +237,18 @@ class _Host:
                 # Its trial will never report: let the next call take a trial now.
                 words[_OPENED_NS] = circuit._clock() - words[_SLEEP_WINDOW] - 1
                 words[_TRIAL_SLOT] = _NO_SLOT
+            phase = _proc_probe_phase(slot)
+            lost, words[phase + 1] = words[phase + 1], 0
+            if lost > 0:
+                # Its trials of the half-open phase will never report: each counts as failed.
+                now = circuit._clock()
+                settings = circuit._settings_obj
+                for _ in range(lost):
+                    verdict = circuit._probe_ended_locked(words[phase], True, now, settings) or verdict
+        if verdict == "closed":
+            _transitions.closed(circuit.name)
+        elif verdict == "reopened":
+            _transitions.reopened(circuit.name)
 
 
 class SharedTicketPool:
@@ -287,6 +307,14 @@ class SharedCircuitBreaker(CircuitBreaker):
     def _open(self, value: bool) -> None:
         words = self._host.words
         words[_STATE_WORD] = words[_STATE_WORD] | _OPEN if value else words[_STATE_WORD] & ~_OPEN
+
+    @property
+    def _probes(self) -> int:
+        return int(self._host.words[_PROBES])
+
+    @_probes.setter
+    def _probes(self, value: int) -> None:
+        self._host.words[_PROBES] = value
 
     @property
     def _reopens(self) -> int:
@@ -370,10 +398,26 @@ class SharedCircuitBreaker(CircuitBreaker):
             return True
         return False
 
+    def _probe_admitted_locked(self) -> None:
+        # If this process dies before its trials report, the reaper counts them as failed.
+        words = self._host.words
+        word = _proc_probe_phase(self._shared.slot)
+        phase = probe_phase(self._episode, self._reopens)
+        if words[word] != phase:
+            words[word] = phase
+            words[word + 1] = 0
+        words[word + 1] += 1
+
+    def _probe_reported_locked(self, phase: int) -> None:
+        words = self._host.words
+        word = _proc_probe_phase(self._shared.slot)
+        if words[word] == phase and words[word + 1] > 0:
+            words[word + 1] -= 1
+
     def _report(
         self, event: int, fallback_event: int, now: int, run_us: int, total_us: int, trial: int, release: bool
     ) -> None:
-        if trial > 0:
+        if 0 < trial < PROBE:
             host = self._host
             with host.lock:
                 if trial == host.words[_EPISODE] and host.words[_TRIAL_SLOT] == self._shared.slot + 1:

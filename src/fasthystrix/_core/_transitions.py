@@ -5,7 +5,14 @@ the circuit's lock (a listener may call back into fasthystrix). Transitions
 are rare, so this is never on a call's fast path.
 
 States: ``"closed"``, ``"open"``, ``"half-open"`` (an open circuit letting its
-one trial request through) and ``"forced-open"``.
+trial requests through) and ``"forced-open"``.
+
+With one trial (``half_open_max_calls=1`` and no ``half_open_max_wait``, hystrix-go's breaker)
+each trial is told as ``open -> half-open``, and its outcome as ``half-open -> closed`` or
+``half-open -> open``. With several trials (or a bound on them), each half-open phase is told
+once: ``open -> half-open`` when its first trial starts, then its one verdict, ``half-open ->
+closed`` or ``half-open -> open`` (the trials failed, or were still unfinished after
+``half_open_max_wait``).
 """
 
 from __future__ import annotations
@@ -64,21 +71,22 @@ def opened(name: str) -> None:
 
 
 def trial(name: str) -> None:
-    """An open circuit let its trial request through."""
+    """An open circuit let its trial request through (the first of a half-open phase's trials)."""
     logger.info("allowing single test to possibly close circuit %s", name)
     if _listeners:
         _notify(name, "open", "half-open")
 
 
 def closed(name: str) -> None:
-    """The trial succeeded: the circuit closed."""
+    """The trial succeeded (the half-open phase's trials mostly did): the circuit closed."""
     logger.info("closing circuit %s", name)
     if _listeners:
         _notify(name, "half-open", "closed")
 
 
 def reopened(name: str) -> None:
-    """The trial did not succeed: the circuit stays open for another sleep window."""
+    """The trial did not succeed (or the half-open phase's trials failed or ran past their bound):
+    the circuit stays open for another sleep window."""
     if _listeners:
         _notify(name, "half-open", "open")
 
