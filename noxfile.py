@@ -71,7 +71,8 @@ def lint(session: nox.Session) -> None:
     """ruff (lint and format), mypy --strict on the package, actionlint on the workflows."""
     # The integrations' libraries too: mypy checks those modules against their real types.
     session.install("-e", ".[lint,prometheus,otel,asgi,flask,httpx,requests]")
-    paths = [p for p in ("src", "tests", "benchmarks", "examples", "noxfile.py", "setup.py") if Path(p).exists()]
+    sources = ("src", "tests", "benchmarks", "examples", "docs/_hooks.py", "noxfile.py", "setup.py")
+    paths = [p for p in sources if Path(p).exists()]
     session.run("ruff", "check", *paths)
     session.run("ruff", "format", "--check", *paths)
     session.run("mypy")

@@ -19,7 +19,9 @@ from markdown.preprocessors import Preprocessor
 # Repository paths -> the page that holds the same text on the site.
 _PAGES = {"ARCHITECTURE.md": "architecture.md", "CHANGES.md": "changelog.md", "README.md": "index.md"}
 _REPO = "https://github.com/fasthystrix/fasthystrix/blob/main/"
-_LINK = re.compile(r"\]\(((?:docs|examples|benchmarks|tests|src)/[^)\s]*|ARCHITECTURE\.md|CHANGES\.md|README\.md)(#[^)\s]*)?\)")
+_LINK = re.compile(
+    r"\]\(((?:docs|examples|benchmarks|tests|src)/[^)\s]*|ARCHITECTURE\.md|CHANGES\.md|README\.md)(#[^)\s]*)?\)"
+)
 
 
 def _site_link(match: re.Match[str]) -> str:
@@ -37,7 +39,7 @@ class _RootLinks(Preprocessor):
 
 
 class _RootLinksExtension(Extension):
-    def extendMarkdown(self, md: Markdown) -> None:  # noqa: N802 - Python-Markdown's name
+    def extendMarkdown(self, md: Markdown) -> None:  # Python-Markdown names it
         # snippets runs at priority 32: this one sees the included text.
         md.preprocessors.register(_RootLinks(md), "fasthystrix_root_links", 31)
 
@@ -45,4 +47,3 @@ class _RootLinksExtension(Extension):
 def on_config(config: Any) -> Any:
     config.markdown_extensions.append(_RootLinksExtension())
     return config
-

@@ -18,7 +18,10 @@ import pytest
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 # A fenced block: its opening fence (any indentation), its language, its body, the closing fence.
-_FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>```+|~~~+)[ \t]*(?P<lang>[^\s`]*)[^\n]*\n(?P<body>.*?)^(?P=indent)(?P=fence)[ \t]*$", re.S | re.M)
+_FENCE = re.compile(
+    r"^(?P<indent>[ \t]*)(?P<fence>```+|~~~+)[ \t]*(?P<lang>[^\s`]*)[^\n]*\n(?P<body>.*?)^(?P=indent)(?P=fence)[ \t]*$",
+    re.S | re.M,
+)
 _SKIP = re.compile(r"<!--\s*example:\s*skip\s+(?P<reason>\S.*?)\s*-->\s*$")
 # A block that only includes a repository file (pymdownx.snippets): the file is shown, not run here
 # (examples/ has tests of its own); it must still compile.
@@ -75,7 +78,9 @@ def test_blocks_are_found() -> None:
 
 def test_a_skip_marker_needs_a_reason(tmp_path: Path) -> None:
     page = tmp_path / "p.md"
-    page.write_text("<!-- example: skip -->\n```python\n1/0\n```\n\n<!-- example: skip needs a server -->\n```python\n2\n```\n")
+    page.write_text(
+        "<!-- example: skip -->\n```python\n1/0\n```\n\n<!-- example: skip needs a server -->\n```python\n2\n```\n"
+    )
     (first, second) = blocks(page)
     assert first[2] is None  # no reason: the block runs (and here fails)
     assert second[2] == "needs a server"
@@ -102,4 +107,3 @@ def test_page_examples_run(page: Path, monkeypatch: pytest.MonkeyPatch, tmp_path
             raise AssertionError(f"the example at {page.relative_to(DOCS)}:{line} failed: {exc!r}") from exc
         ran += 1
     print(f"{page.relative_to(DOCS)}: {ran} of {len(found)} blocks ran")
-
