@@ -45,14 +45,19 @@ def _docs_missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The site, built once for the module with the checkout's mkdocs.yml, in strict mode."""
+def _require_docs() -> None:
+    """Skip without mkdocs, or fail when FASTHYSTRIX_REQUIRE_DOCS=1 says it must be there."""
     missing = _docs_missing()
     if missing:
         if os.environ.get("FASTHYSTRIX_REQUIRE_DOCS", "") == "1":
             pytest.fail(f"FASTHYSTRIX_REQUIRE_DOCS=1 but {missing}")
         pytest.skip(missing)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The site, built once for the module with the checkout's mkdocs.yml, in strict mode."""
+    _require_docs()
     out = tmp_path_factory.mktemp("site")
     command = [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml")]
     result = subprocess.run(
@@ -134,6 +139,17 @@ def _wait(driver: Any, condition: Any, what: str) -> Any:
     from selenium.webdriver.support.ui import WebDriverWait
 
     return WebDriverWait(driver, WAIT).until(lambda d: condition(d), message=what)
+
+
+def test_without_mkdocs_skips_unless_required(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mkdocs" else real(name, *a))
+    monkeypatch.delenv("FASTHYSTRIX_REQUIRE_DOCS", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="mkdocs is not installed"):
+        _require_docs()
+    monkeypatch.setenv("FASTHYSTRIX_REQUIRE_DOCS", "1")
+    with pytest.raises(pytest.fail.Exception, match="FASTHYSTRIX_REQUIRE_DOCS=1 but mkdocs is not installed"):
+        _require_docs()
 
 
 def test_the_site_has_every_page(site: Path) -> None:
