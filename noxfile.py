@@ -2,6 +2,7 @@
 
 nox            # tests on each interpreter, then lint
 nox -s tests-3.12
+nox -s docs    # the documentation site, built in strict mode into site/
 nox -s bench   # benchmarks against the peers (not part of the default run)
 nox -s bench-smoke   # each benchmark once, untimed (part of the default run)
 nox -s wheel   # pip wheel + auditwheel repair, then the suite against that wheel on 3.11 and 3.13
@@ -23,7 +24,7 @@ import nox
 
 PYTHONS = ["3.10", "3.11", "3.12", "3.13", "3.14"]
 
-nox.options.sessions = ["tests", "lint"]
+nox.options.sessions = ["tests", "lint", "docs"]
 nox.options.error_on_missing_interpreters = False
 nox.options.reuse_existing_virtualenvs = False
 
@@ -59,7 +60,8 @@ _expose_pyenv_interpreters()
 def tests(session: nox.Session) -> None:
     """The whole suite on one interpreter, once per implementation (each in a process of its own:
     the implementation is chosen once per process, at import)."""
-    session.install("-e", ".[test]")
+    # The docs extra too: tests/test_docs_site.py builds the site and reads it in a browser.
+    session.install("-e", ".[test,docs]")
     session.run("python", "-m", "pytest", *session.posargs, env={"FASTHYSTRIX_NO_EXTENSIONS": "0"})
     session.run("python", "-m", "pytest", *session.posargs, env={"FASTHYSTRIX_NO_EXTENSIONS": "1"})
 
@@ -69,12 +71,21 @@ def lint(session: nox.Session) -> None:
     """ruff (lint and format), mypy --strict on the package, actionlint on the workflows."""
     # The integrations' libraries too: mypy checks those modules against their real types.
     session.install("-e", ".[lint,prometheus,otel,asgi,flask,httpx,requests]")
-    paths = [p for p in ("src", "tests", "benchmarks", "examples", "noxfile.py", "setup.py") if Path(p).exists()]
+    sources = ("src", "tests", "benchmarks", "examples", "docs/_hooks.py", "noxfile.py", "setup.py")
+    paths = [p for p in sources if Path(p).exists()]
     session.run("ruff", "check", *paths)
     session.run("ruff", "format", "--check", *paths)
     session.run("mypy")
     # GitHub Actions cannot run here: check the workflows statically instead.
     session.run("actionlint", *sorted(str(p) for p in Path(".github/workflows").glob("*.yml")))
+
+
+@nox.session(python="3.11")
+def docs(session: nox.Session) -> None:
+    """The documentation site (mkdocs.yml, docs/) in strict mode: a warning, a broken internal link
+    or a docstring mkdocstrings cannot read fails the build. The site goes to site/."""
+    session.install("-e", ".[docs]")
+    session.run("python", "-m", "mkdocs", "build", "--strict", "--site-dir", "site", *session.posargs)
 
 
 @nox.session(python="3.11")
