@@ -1,5 +1,5 @@
 """One semaphore-mode circuit driven by random calls, clock jumps, forcing (open and closed), disabling and
-reconfiguration (rejections counted as errors or not), checked
+reconfiguration (rejections counted as errors or not; ``ignore`` and ``is_failure`` or not), checked
 after every step against a small reference model of hystrix-go's breaker (with fasthystrix's documented
 changes: an exact 10 s window, synchronous metrics, only the trial closes a circuit, a forced-open circuit
 lets no trial through, and a trial slot is not spent when no ticket is free)."""
@@ -42,11 +42,21 @@ SNAPSHOT_FIELDS = {
     "timeouts": "timeout",
     "fallback_successes": "fallback-success",
     "fallback_failures": "fallback-failure",
+    "bad_requests": "bad-request",
 }
 
 RUN_VALUE = "run-value"
 FALLBACK_VALUE = "fallback-value"
 INNER_VALUE = "inner-value"
+FAILED_VALUE = "failed-value"  # what is_failure accepts, when the rules are on
+
+
+class BadArgument(ValueError):
+    """What ignore accepts, when the rules are on."""
+
+
+def _is_failed_value(result: object) -> bool:
+    return result == FAILED_VALUE
 
 
 class Clock(_clock.ManualClock):
@@ -66,6 +76,7 @@ class Config:
     rejections_as_errors: bool = True
     multiplier: float = 1.0
     max_sleep_ms: int | None = None
+    rules: bool = False  # ignore=BadArgument and is_failure=_is_failed_value
 
 
 class Model:
@@ -200,6 +211,7 @@ configs = st.builds(
     rejections_as_errors=st.sampled_from([True, True, False]),
     multiplier=st.sampled_from([1.0, 1.0, 1.5, 2.0]),
     max_sleep_ms=st.sampled_from([None, 3000, 7000]),
+    rules=st.booleans(),
 )
 fallbacks = st.sampled_from(["none", "returns", "raises"])
 
@@ -229,6 +241,8 @@ class CircuitMachine(RuleBasedStateMachine):
                 rejections_count_as_errors=config.rejections_as_errors,
                 sleep_window_multiplier=config.multiplier,
                 max_sleep_window=config.max_sleep_ms,
+                ignore=BadArgument if config.rules else None,
+                is_failure=_is_failed_value if config.rules else None,
             ),
         )
 
@@ -303,13 +317,23 @@ class CircuitMachine(RuleBasedStateMachine):
         """Run advances the clock past the timeout (or exactly to it): a timeout whatever run did."""
         self._do(raises, delay_ns, fallback, ())
 
-    def _do(self, raises: bool, delay_ns: int, fallback: str, nested: tuple[bool, ...]) -> None:
+    @rule(
+        kind=st.sampled_from(["bad", "failed-result"]),
+        delay_ms=st.one_of(st.integers(0, TIMEOUT_MS), st.just(TIMEOUT_MS + 1)),
+        fallback=fallbacks,
+    )
+    def outcome_rule_call(self, kind: str, delay_ms: int, fallback: str) -> None:
+        """Run raises what ``ignore`` accepts, or returns what ``is_failure`` accepts (when the rules are on)."""
+        self._do(False, delay_ms * NS_PER_MS, fallback, (), kind)
+
+    def _do(self, raises: bool, delay_ns: int, fallback: str, nested: tuple[bool, ...], kind: str = "") -> None:
         """One ``do()`` predicted by the model: which path it takes, its event and its fallback event;
-        ``nested`` lists the calls run makes before returning (True: that call fails)."""
+        ``nested`` lists the calls run makes before returning (True: that call fails); ``kind``:
+        "bad" (run raises BadArgument) or "failed-result" (run returns FAILED_VALUE)."""
         model = self.model
         start = self.clock.now
         verdict = model.admit(start)
-        run_error = RuntimeError("run failed")
+        run_error: BaseException = BadArgument("bad argument") if kind == "bad" else RuntimeError("run failed")
         fallback_error = ValueError("fallback failed")
         ran: list[tuple[int, str]] = []
         inner: list[tuple[Any, Any]] = []
@@ -320,9 +344,9 @@ class CircuitMachine(RuleBasedStateMachine):
             for inner_raises in nested:
                 inner.append(self._inner_call(inner_raises))
             self.clock.advance_ns(delay_ns)
-            if raises:
+            if raises or kind == "bad":
                 raise run_error
-            return RUN_VALUE
+            return FAILED_VALUE if kind == "failed-result" else RUN_VALUE
 
         def fb(err: BaseException) -> str:
             fallback_args.append(err)
@@ -347,18 +371,40 @@ class CircuitMachine(RuleBasedStateMachine):
             for got, expected in inner:
                 assert got == expected, f"nested call: got {got!r}, model says {expected!r}"
             model.in_use -= 1
+            rules = model.config.rules
             if delay_ns > TIMEOUT_NS:
                 event = "timeout"
+            elif kind == "bad":
+                event = "bad-request" if rules else "failure"
+            elif kind == "failed-result":
+                event = "failure" if rules else "success"
             else:
                 event = "failure" if raises else "success"
         end = self.clock.now
+        failed_result = kind == "failed-result" and event == "failure"
 
         if event == "success":
-            assert raised is None and value == RUN_VALUE, (value, raised)
+            assert raised is None and value == (FAILED_VALUE if kind else RUN_VALUE), (value, raised)
             assert not fallback_args
             fallback_event = None
+        elif event == "bad-request":
+            # Neither success nor failure: run's error reaches the caller, the fallback never runs.
+            assert raised is run_error and not fallback_args, (value, raised, fallback_args)
+            fallback_event = None
+        elif failed_result:
+            if fallback == "none":
+                assert isinstance(raised, fasthystrix.FailedResultError) and raised.result == FAILED_VALUE
+                fallback_event = None
+            else:
+                (err,) = fallback_args
+                assert isinstance(err, fasthystrix.FailedResultError) and err.result == FAILED_VALUE
+                fallback_event = "fallback-success" if fallback == "returns" else "fallback-failure"
+                if fallback == "returns":
+                    assert raised is None and value == FALLBACK_VALUE, (value, raised)
+                else:
+                    assert isinstance(raised, fasthystrix.FallbackError) and raised.run_error is err
         else:
-            expected_error = ERROR_TYPES.get(event, RuntimeError)
+            expected_error = ERROR_TYPES.get(event, type(run_error))
             if fallback == "none":
                 assert isinstance(raised, expected_error), f"{event}: raised {raised!r}"
                 assert not fallback_args

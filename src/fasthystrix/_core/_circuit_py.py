@@ -24,6 +24,7 @@ from ._context import Context
 from ._errors import FallbackError
 from ._events import (
     ADMITTED,
+    BAD_REQUEST,
     CONTEXT_CANCELED,
     CONTEXT_DEADLINE_EXCEEDED,
     FAILURE,
@@ -378,7 +379,7 @@ class CircuitBreaker:
         Called with the lock held after anything that may have closed the gate.
         """
         settings = self._settings_obj
-        if self._open or self._force_open or not settings.semaphore or self._collectors:
+        if self._open or self._force_open or not settings.semaphore or self._collectors or settings.is_failure:
             return  # every call takes the locked path (the gate was closed when this became so)
         metrics = self._metrics
         requests = metrics._requests
@@ -504,9 +505,10 @@ class CircuitBreaker:
         The ticket (if ``release``) goes back before the fallback runs, as in
         hystrix-go: the fallback is not the dependency and must not hold its slot.
         Must be called from the ``except`` clause that caught ``err`` when ``err``
-        is run's own exception, so that a bare ``raise`` keeps its traceback.
+        is run's own exception, so that a bare ``raise`` keeps its traceback. A bad request
+        (an error ``ignore`` accepts) is raised without the fallback.
         """
-        if fallback is None:
+        if fallback is None or event == BAD_REQUEST:
             self._report_end(event, NO_EVENT, start, run_us, trial, release)
             raise err
         if release:
@@ -613,12 +615,19 @@ class CircuitBreaker:
     ) -> Any:
         """Complete a command whose run ended at ``end``, returning ``value`` or raising ``error``, by
         :func:`outcome`'s rule (called from the ``except`` clause that caught ``error``, if any)."""
-        event, err = outcome(error, end, timeout_at, ctx)
         run_us = (end - start) // _NS_PER_US
+        settings = self._settings_obj
+        try:
+            event, err = outcome(error, end, timeout_at, ctx, settings.ignores, settings.is_failure, value)
+        except BaseException:  # KeyboardInterrupt in an ignore/is_failure predicate: a failure, propagated
+            self._report(FAILURE, NO_EVENT, end, run_us, run_us, verdict, release)
+            raise
         if err is None:
             self._report(SUCCESS, NO_EVENT, end, run_us, run_us, verdict, release)
             return value
-        return self._finish(event, err, start, run_us if err is error else -1, verdict, fallback, ctx, release)
+        # Only the events fasthystrix decided (timeout, context) have no run latency.
+        run_us = run_us if event == FAILURE or err is error else -1
+        return self._finish(event, err, start, run_us, verdict, fallback, ctx, release)
 
     def _failed(
         self,
