@@ -4,7 +4,9 @@
     python benchmarks/callgrind_do.py PATH N --measure [--impl ...]   # runs valgrind itself
 
 PATH is one of: bare, raise-catch, success, failure, failure-fallback, open-fallback, open-raise,
-open-fallback-thread (the open circuit in thread isolation).
+open-fallback-thread (the open circuit in thread isolation), success-outcomes (success with
+``ignore`` and ``is_failure`` set, the predicate a C function: what the check itself costs),
+success-outcomes-def (the same with a predicate written in Python: plus one Python call).
 The set-up (implementation, configuration, circuit creation and WARMUP calls) is the same whatever
 N is, so instructions(N) - instructions(0) is the cost of N calls alone. ``--measure`` runs
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
+import operator
 import os
 import re
 import subprocess
@@ -37,6 +40,8 @@ PATHS = (
     "open-fallback",
     "open-raise",
     "open-fallback-thread",
+    "success-outcomes",
+    "success-outcomes-def",
 )
 WARMUP = 2000
 
@@ -47,6 +52,10 @@ def ok() -> int:
 
 def fail() -> None:
     raise ValueError
+
+
+def never(result: object) -> bool:
+    return False
 
 
 def caught(call: Callable[[], object]) -> Callable[[], None]:
@@ -74,12 +83,17 @@ def build(path: str, impl: str) -> Callable[[], object]:
             isolation="thread" if path.endswith("-thread") else "semaphore",
             max_concurrent_requests=10**6,
             request_volume_threshold=10**9,
+            **(
+                {"ignore": KeyError, "is_failure": never if path.endswith("-def") else operator.not_}
+                if path.startswith("success-outcomes")
+                else {}
+            ),
         ),
     )
     circuit = fasthystrix.get_circuit(name)[0]
     assert fasthystrix.implementation == impl, fasthystrix.implementation
     do = fasthystrix.do
-    if path == "success":
+    if path.startswith("success"):
         return functools.partial(do, name, ok)
     if path == "failure":
         return caught(functools.partial(do, name, fail))

@@ -54,7 +54,7 @@ from fasthystrix._core._rolling cimport (
 )
 
 from fasthystrix._core._context import Context
-from fasthystrix._core._errors import CircuitOpenError, FallbackError, MaxConcurrencyError
+from fasthystrix._core._errors import CircuitOpenError, FailedResultError, FallbackError, MaxConcurrencyError
 from fasthystrix._core._errors import ContextCanceledError as _ContextCanceledError
 from fasthystrix._core._errors import ContextDeadlineExceededError as _ContextDeadlineExceededError
 from fasthystrix._core._errors import TimeoutError as CommandTimeoutError
@@ -64,7 +64,6 @@ from fasthystrix._core._outcomes import (
     check_arguments,
     coroutine_returned,
     error_for,
-    failed_result,
     notify_collectors,
     outcome,
 )
@@ -170,6 +169,35 @@ cdef extern from "_capi.h":
         FH_CONTEXT_CANCELED
         FH_CONTEXT_DEADLINE
     int fh_kind_of(object exc, object canceled, object deadline)
+
+
+cdef extern from "Python.h":
+    PyObject *PyObject_CallOneArg(object callable, object arg)
+    int PyObject_IsTrue(PyObject *o)
+    PyObject *Py_True
+    PyObject *Py_False
+    PyObject *Py_None
+
+
+cdef object checked_result(object is_failure, object value):
+    """``_outcomes.failed_result``'s rule for the call path: ``None`` (a success), a
+    ``FailedResultError``, or what the predicate raised (any BaseException: returned, never
+    raised). Through the C API: no exception handler to set up on the success path."""
+    cdef PyObject *answer = PyObject_CallOneArg(is_failure, value)
+    cdef int truth
+    if answer is NULL:
+        return fh_fetch()
+    # The answer's reference is ours (fh_own): dropped when `verdict` goes.
+    verdict = fh_own(answer)
+    if answer == Py_False or answer == Py_None:
+        return None
+    if answer != Py_True:
+        truth = PyObject_IsTrue(answer)
+        if truth < 0:
+            return fh_fetch()
+        if truth == 0:
+            return None
+    return FailedResultError(value)
 
 
 # C globals, not module attributes: read on the call path without a dictionary lookup.
@@ -366,11 +394,13 @@ cdef class CircuitBreaker:
         version = self.lim.version + 1
         fh_store_release(&self.lim.version, version)
         fh_spin_unlock(&self.st.lock)
+        ignores = settings.ignores
+        is_failure = settings.is_failure
         with cython.critical_section(self):
             self._settings_obj = settings
-            self.ignores = settings.ignores
-            self.is_failure = settings.is_failure
-            self.slow_success = self.has_collectors or settings.is_failure is not None
+            self.ignores = ignores
+            self.is_failure = is_failure
+            self.slow_success = self.has_collectors or is_failure is not None
             self.settings_version = version
 
     cdef refresh_settings(self):
@@ -393,11 +423,13 @@ cdef class CircuitBreaker:
         with cython.critical_section(self):
             local = self._settings_obj
         settings = _shared.settings_from_words(tuple([words[i] for i in range(12)]), local)
+        ignores = settings.ignores
+        is_failure = settings.is_failure
         with cython.critical_section(self):
             self._settings_obj = settings
-            self.ignores = settings.ignores
-            self.is_failure = settings.is_failure
-            self.slow_success = self.has_collectors or settings.is_failure is not None
+            self.ignores = ignores
+            self.is_failure = is_failure
+            self.slow_success = self.has_collectors or is_failure is not None
             self.settings_version = words[6]
 
     cdef object ignores_now(self):
@@ -836,16 +868,18 @@ cdef class CircuitBreaker:
                     self.metrics_c.record_one_c(SUCCESS, end, elapsed // 1000)
                     return value
                 is_failure = self.is_failure_now()
-                exc = None
-                if is_failure is not None:
-                    try:
-                        exc = failed_result(is_failure, value)
-                    except BaseException:  # KeyboardInterrupt in the predicate: a failure, propagated
-                        self.report_c(FAILURE, NO_EVENT, end, elapsed // 1000, elapsed // 1000, verdict, True)
-                        raise
+                exc = None if is_failure is None else checked_result(is_failure, value)
                 if exc is None:
-                    self.report_c(SUCCESS, NO_EVENT, end, elapsed // 1000, elapsed // 1000, verdict, True)
+                    if verdict == ADMITTED and not self.has_collectors:
+                        self.tickets.give()
+                        self.metrics_c.record_one_c(SUCCESS, end, elapsed // 1000)
+                    else:
+                        self.report_c(SUCCESS, NO_EVENT, end, elapsed // 1000, elapsed // 1000, verdict, True)
                     return value
+                if not isinstance(exc, Exception):
+                    # KeyboardInterrupt in the predicate: a failure, propagated with the ticket back.
+                    self.report_c(FAILURE, NO_EVENT, end, elapsed // 1000, elapsed // 1000, verdict, True)
+                    return raise_later(exc, raised)
                 event = FAILURE  # a result is_failure accepts (exc: FailedResultError, or its own error)
             else:
                 # It succeeded too late: a timeout, as if a timer had been watching.
