@@ -175,6 +175,7 @@ class _Read:
         self.settings = circuit.settings
         self.tickets_in_use = circuit.tickets_in_use
         self._state = circuit.state()
+        self.force_closed = circuit.force_closed
         self._default = self
         self.window = circuit._default.reading()
 

@@ -47,6 +47,7 @@ from ._outcomes import (
     check_arguments,
     coroutine_returned,
     error_for,
+    failed_result,
     notify_collectors,
     outcome,
 )
@@ -119,7 +120,7 @@ def do(name: str, run: Callable[[], Any], fallback: Callable[[BaseException], An
     held.pop()
     elapsed = end - start
     if end >= until or elapsed > gate.timeout_ns or type(value) is _COROUTINE:
-        return circuit._succeeded_late(value, start, end, fallback)
+        return circuit._succeeded_late(value, start, end, until, fallback)
     pending.append(elapsed // 1000)  # microseconds (a constant is faster than a global)
     return value
 
@@ -379,7 +380,7 @@ class CircuitBreaker:
         Called with the lock held after anything that may have closed the gate.
         """
         settings = self._settings_obj
-        if self._open or self._force_open or not settings.semaphore or self._collectors or settings.is_failure:
+        if self._open or self._force_open or not settings.semaphore or self._collectors:
             return  # every call takes the locked path (the gate was closed when this became so)
         metrics = self._metrics
         requests = metrics._requests
@@ -402,7 +403,9 @@ class CircuitBreaker:
             (second + 1) * NS_PER_SECOND,
             budget,
             _HELD_BASE + min(peak, settings.max_concurrent_requests),
-            settings.timeout_ns,
+            # With is_failure, no success is "on time" for the gate: each goes to _succeeded_late,
+            # which checks its result and, if it is a success, still counts it lock-free.
+            settings.timeout_ns if settings.is_failure is None else -1,
         )
 
     def _allow_single_test_locked(self, now: int, settings: Any) -> bool:
@@ -575,7 +578,7 @@ class CircuitBreaker:
         held.pop()
         elapsed = end - start
         if end >= until or elapsed > gate.timeout_ns or type(value) is _COROUTINE:
-            return self._succeeded_late(value, start, end, fallback)
+            return self._succeeded_late(value, start, end, until, fallback)
         pending.append(elapsed // 1000)  # microseconds (a constant is faster than a global)
         return value
 
@@ -664,12 +667,29 @@ class CircuitBreaker:
             raise err from None  # not "during handling of" calling run: it never ran
         raise AssertionError(f"{run!r} is callable")  # pragma: no cover - only called when it is not
 
-    def _succeeded_late(self, value: Any, start: int, end: int, fallback: Callable[[BaseException], Any] | None) -> Any:
-        """Complete a lock-free success that ended in a later second, after the timeout, or with a
-        coroutine (ticket given back)."""
+    def _succeeded_late(
+        self, value: Any, start: int, end: int, until: int, fallback: Callable[[BaseException], Any] | None
+    ) -> Any:
+        """Complete a lock-free success that ended in a later second (``until``: the end of the
+        gate's), after the timeout, with a coroutine, or whose result ``is_failure`` must check
+        (ticket given back)."""
         if type(value) is _COROUTINE:
             self._returned_coroutine(value, end, (end - start) // _NS_PER_US, 0, False)
-        timeout_at = start + self._settings_obj.timeout_ns
+        settings = self._settings_obj
+        is_failure = settings.is_failure
+        if is_failure is not None and end < until and end - start <= settings.timeout_ns:
+            # On time, in the gate's second: only the result is left to check.
+            try:
+                err = failed_result(is_failure, value)
+            except BaseException:  # KeyboardInterrupt in the predicate: a failure, propagated
+                run_us = (end - start) // _NS_PER_US
+                self._report(FAILURE, NO_EVENT, end, run_us, run_us, 0, False)
+                raise
+            if err is None:
+                self._pending.append((end - start) // 1000)  # counted lock-free, as in execute()
+                return value
+            return self._finish(FAILURE, err, start, (end - start) // _NS_PER_US, 0, fallback, None, False)
+        timeout_at = start + settings.timeout_ns
         return self._ended(value, None, start, end, timeout_at, 0, fallback, None, False)
 
     def execute_c(
