@@ -6,7 +6,10 @@
 
 PATH is one of: bare, raise-catch, success, failure, failure-fallback, open-fallback, open-raise,
 open-fallback-thread (the open circuit in thread isolation), success-thread (the hand-off to a
-worker thread and back; valgrind runs one thread at a time, so this counts the work of both sides).
+worker thread and back; valgrind runs one thread at a time, so this counts the work of both sides),
+success-outcomes (success with ``ignore`` and ``is_failure`` set, the predicate a C function: what
+the check itself costs), success-outcomes-def (the same with a predicate written in Python: plus one
+Python call).
 The set-up (implementation, configuration, circuit creation and WARMUP calls) is the same whatever
 N is, so instructions(N) - instructions(0) is the cost of N calls alone. ``--measure`` runs
 
@@ -23,6 +26,7 @@ import argparse
 import functools
 import itertools
 import json
+import operator
 import os
 import re
 import subprocess
@@ -41,6 +45,8 @@ PATHS = (
     "open-raise",
     "open-fallback-thread",
     "success-thread",
+    "success-outcomes",
+    "success-outcomes-def",
 )
 WARMUP = 2000
 
@@ -51,6 +57,10 @@ def ok() -> int:
 
 def fail() -> None:
     raise ValueError
+
+
+def never(result: object) -> bool:
+    return False
 
 
 def caught(call: Callable[[], object]) -> Callable[[], None]:
@@ -81,6 +91,11 @@ def build(path: str, impl: str) -> Callable[[], object]:
                 "isolation": "thread" if path.endswith("-thread") else "semaphore",
                 "max_concurrent_requests": 10**6,
                 "request_volume_threshold": 10**9,
+                **(
+                    {"ignore": KeyError, "is_failure": never if path.endswith("-def") else operator.not_}
+                    if path.startswith("success-outcomes")
+                    else {}
+                ),
                 **extra,
             }
         ),
@@ -88,7 +103,7 @@ def build(path: str, impl: str) -> Callable[[], object]:
     circuit = fasthystrix.get_circuit(name)[0]
     assert fasthystrix.implementation == impl, fasthystrix.implementation
     do = fasthystrix.do
-    if path in ("success", "success-thread"):
+    if path.startswith("success"):
         return functools.partial(do, name, ok)
     if path == "failure":
         return caught(functools.partial(do, name, fail))

@@ -55,7 +55,8 @@ def boom() -> None:
 
 
 def drive_known_events(name: str, clock: FakeClock) -> None:
-    """success 3, failure 3, rejected 1, short-circuit 2, timeout 1, fallback-success 4, fallback-failure 1."""
+    """success 3, failure 3, rejected 1, short-circuit 2, timeout 1, fallback-success 4, fallback-failure 1,
+    bad-request 2 (errors ``ignore`` accepts: they reach the caller, without the fallback)."""
 
     def slow(ms: float) -> Callable[[], str]:
         def run() -> str:
@@ -68,9 +69,16 @@ def drive_known_events(name: str, clock: FakeClock) -> None:
         clock.advance(ms=10)
         raise ValueError("down")
 
-    semaphore_command(name, max_concurrent_requests=7)
+    def bad_request() -> None:
+        clock.advance(ms=10)
+        raise KeyError("bad argument")
+
+    semaphore_command(name, max_concurrent_requests=7, ignore=KeyError)
     for _ in range(3):
         assert fasthystrix.do(name, slow(30)) == "ok"
+    for _ in range(2):
+        with pytest.raises(KeyError):
+            fasthystrix.do(name, bad_request, lambda err: "fb")
     for _ in range(2):
         assert fasthystrix.do(name, failing_after_10ms, lambda err: "fb") == "fb"
     with pytest.raises(fasthystrix.FallbackError):
@@ -98,6 +106,7 @@ KNOWN = {
     "context_deadline_exceeded": 0,
     "fallback-success": 4,
     "fallback-failure": 1,
+    "bad-request": 2,
 }
 
 

@@ -219,6 +219,38 @@ def test_4xx_are_not_failures() -> None:
     assert not fasthystrix.get_circuit("GET /bad")[0].is_open()
 
 
+@pytest.mark.parametrize(
+    ("is_failure", "failures"),
+    [({429, 503}, 2), (lambda status: status >= 400, 3), (None, 1)],
+    ids=["statuses", "predicate", "default"],
+)
+def test_is_failure_says_which_statuses_are_failures(is_failure: Any, failures: int) -> None:
+    async def status(request: Request) -> Response:
+        code = request.path_params["code"]
+        return PlainTextResponse(f"answered {code}", status_code=code)
+
+    app = app_with(
+        [Route("/status/{code:int}", status)], config={"request_volume_threshold": 100}, is_failure=is_failure
+    )
+    with serve(app) as client:
+        for code in (200, 404, 429, 503):
+            response = client.get(f"/status/{code}")
+            assert (response.status_code, response.text) == (code, f"answered {code}")  # the app's own answer
+    circuit = fasthystrix.get_circuit("GET /status/{code}")[0]
+    wait_until(lambda: circuit.metrics().requests == 4, "the four requests recorded")
+    snapshot = metrics("GET /status/{code}")
+    assert (snapshot.successes, snapshot.failures) == (4 - failures, failures)
+
+
+@pytest.mark.parametrize("value", ["500", [500, "502"], [99], 3.5])
+def test_is_failure_is_checked(value: Any) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        pass
+
+    with pytest.raises(TypeError, match="is_failure"):
+        CircuitBreakerMiddleware(app, is_failure=value)
+
+
 def test_a_nested_commands_error_is_a_failure_not_a_503() -> None:
     async def nested(request: Request) -> Response:
         return await fasthystrix.do_async("inner", lambda: asyncio.sleep(0, "never"))

@@ -1,12 +1,13 @@
 """One semaphore-mode circuit driven by random calls, clock jumps, forcing (open and closed), disabling and
 reconfiguration (rejections counted as errors or not, the sleep window's backoff, several trials in
-half-open and a bound on them), checked
+half-open and a bound on them; ``ignore`` and ``is_failure`` or not), checked
 after every step against a small reference model of hystrix-go's breaker (with fasthystrix's documented
 changes: an exact 10 s window, synchronous metrics, only the trial closes a circuit, a forced-open circuit
 lets no trial through, and a trial slot is not spent when no ticket is free)."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
@@ -43,11 +44,21 @@ SNAPSHOT_FIELDS = {
     "timeouts": "timeout",
     "fallback_successes": "fallback-success",
     "fallback_failures": "fallback-failure",
+    "bad_requests": "bad-request",
 }
 
 RUN_VALUE = "run-value"
 FALLBACK_VALUE = "fallback-value"
 INNER_VALUE = "inner-value"
+FAILED_VALUE = "failed-value"  # what is_failure accepts, when the rules are on
+
+
+class BadArgument(ValueError):
+    """What ignore accepts, when the rules are on."""
+
+
+def _is_failed_value(result: object) -> bool:
+    return result == FAILED_VALUE
 
 
 class Clock(_clock.ManualClock):
@@ -74,6 +85,8 @@ class Config:
     def probes(self) -> bool:
         """Several trials, or a bound on them: half-open phases with a verdict of their own."""
         return self.half_open_calls > 1 or self.max_wait_ms is not None
+
+    rules: bool = False  # ignore=BadArgument and is_failure=_is_failed_value
 
 
 class Model:
@@ -283,6 +296,7 @@ configs = st.builds(
     max_sleep_ms=st.sampled_from([None, 3000, 7000]),
     half_open_calls=st.sampled_from([1, 1, 1, 2, 3, 5]),
     max_wait_ms=st.sampled_from([None, None, None, 50, 500, 3000]),
+    rules=st.booleans(),
 )
 fallbacks = st.sampled_from(["none", "returns", "raises"])
 
@@ -314,6 +328,8 @@ class CircuitMachine(RuleBasedStateMachine):
                 max_sleep_window=config.max_sleep_ms,
                 half_open_max_calls=config.half_open_calls,
                 half_open_max_wait=config.max_wait_ms,
+                ignore=BadArgument if config.rules else None,
+                is_failure=_is_failed_value if config.rules else None,
             ),
         )
 
@@ -389,14 +405,24 @@ class CircuitMachine(RuleBasedStateMachine):
         """Run advances the clock past the timeout (or exactly to it): a timeout whatever run did."""
         self._do(raises, delay_ns, fallback, ())
 
-    def _do(self, raises: bool, delay_ns: int, fallback: str, nested: tuple[bool, ...]) -> None:
+    @rule(
+        kind=st.sampled_from(["bad", "failed-result"]),
+        delay_ms=st.one_of(st.integers(0, TIMEOUT_MS), st.just(TIMEOUT_MS + 1)),
+        fallback=fallbacks,
+    )
+    def outcome_rule_call(self, kind: str, delay_ms: int, fallback: str) -> None:
+        """Run raises what ``ignore`` accepts, or returns what ``is_failure`` accepts (when the rules are on)."""
+        self._do(False, delay_ms * NS_PER_MS, fallback, (), kind)
+
+    def _do(self, raises: bool, delay_ns: int, fallback: str, nested: tuple[bool, ...], kind: str = "") -> None:
         """One ``do()`` predicted by the model: which path it takes, its event and its fallback event;
-        ``nested`` lists the calls run makes before returning (True: that call fails)."""
+        ``nested`` lists the calls run makes before returning (True: that call fails); ``kind``:
+        "bad" (run raises BadArgument) or "failed-result" (run returns FAILED_VALUE)."""
         model = self.model
         start = self.clock.now
         verdict = model.admit(start)
         phase = model.admitted_phase
-        run_error = RuntimeError("run failed")
+        run_error: BaseException = BadArgument("bad argument") if kind == "bad" else RuntimeError("run failed")
         fallback_error = ValueError("fallback failed")
         ran: list[tuple[int, str]] = []
         inner: list[tuple[Any, Any]] = []
@@ -407,9 +433,9 @@ class CircuitMachine(RuleBasedStateMachine):
             for inner_raises in nested:
                 inner.append(self._inner_call(inner_raises))
             self.clock.advance_ns(delay_ns)
-            if raises:
+            if raises or kind == "bad":
                 raise run_error
-            return RUN_VALUE
+            return FAILED_VALUE if kind == "failed-result" else RUN_VALUE
 
         def fb(err: BaseException) -> str:
             fallback_args.append(err)
@@ -434,18 +460,40 @@ class CircuitMachine(RuleBasedStateMachine):
             for got, expected in inner:
                 assert got == expected, f"nested call: got {got!r}, model says {expected!r}"
             model.in_use -= 1
+            rules = model.config.rules
             if delay_ns > TIMEOUT_NS:
                 event = "timeout"
+            elif kind == "bad":
+                event = "bad-request" if rules else "failure"
+            elif kind == "failed-result":
+                event = "failure" if rules else "success"
             else:
                 event = "failure" if raises else "success"
         end = self.clock.now
+        failed_result = kind == "failed-result" and event == "failure"
 
         if event == "success":
-            assert raised is None and value == RUN_VALUE, (value, raised)
+            assert raised is None and value == (FAILED_VALUE if kind else RUN_VALUE), (value, raised)
             assert not fallback_args
             fallback_event = None
+        elif event == "bad-request":
+            # Neither success nor failure: run's error reaches the caller, the fallback never runs.
+            assert raised is run_error and not fallback_args, (value, raised, fallback_args)
+            fallback_event = None
+        elif failed_result:
+            if fallback == "none":
+                assert isinstance(raised, fasthystrix.FailedResultError) and raised.result == FAILED_VALUE
+                fallback_event = None
+            else:
+                (err,) = fallback_args
+                assert isinstance(err, fasthystrix.FailedResultError) and err.result == FAILED_VALUE
+                fallback_event = "fallback-success" if fallback == "returns" else "fallback-failure"
+                if fallback == "returns":
+                    assert raised is None and value == FALLBACK_VALUE, (value, raised)
+                else:
+                    assert isinstance(raised, fasthystrix.FallbackError) and raised.run_error is err
         else:
-            expected_error = ERROR_TYPES.get(event, RuntimeError)
+            expected_error = ERROR_TYPES.get(event, type(run_error))
             if fallback == "none":
                 assert isinstance(raised, expected_error), f"{event}: raised {raised!r}"
                 assert not fallback_args
@@ -570,7 +618,7 @@ def test_circuit_follows_the_reference_model() -> None:
     run_state_machine_as_test(
         CircuitMachine,
         settings=settings(
-            max_examples=150,
+            max_examples=int(os.environ.get("FASTHYSTRIX_STATE_MACHINE_EXAMPLES", "150")),
             stateful_step_count=60,
             deadline=None,
             database=None,

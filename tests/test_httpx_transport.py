@@ -350,6 +350,10 @@ def test_fallback_answers_failures_timeouts_and_short_circuits(server: LocalServ
         fasthystrix.CircuitOpenError,
     ]
     assert seen[0].status_code == 500  # type: ignore[attr-defined]
+    # The wrappers' is_failure gives the core's FailedResultError, the response as its result.
+    assert isinstance(seen[0], fasthystrix.FailedResultError)
+    assert seen[0].result is seen[0].response  # type: ignore[attr-defined]
+    assert str(seen[0]) == "the response status 500 counts as a failure"
     m = metrics(server.name)
     assert (m.failures, m.timeouts, m.short_circuits, m.fallback_successes) == (2, 1, 1, 4)
 

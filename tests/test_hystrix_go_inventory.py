@@ -860,8 +860,8 @@ def test_max() -> None:
     for offset, active in enumerate((10, 11, 9)):
         rolling.record_executed(start + offset * NS_PER_SECOND, active)
     counts = rolling.counts(start + 2 * NS_PER_SECOND)
-    assert counts[-1] == 11
-    assert counts[-2] == 3
+    assert counts[_rolling_py.MAX_ACTIVE] == 11
+    assert counts[_rolling_py.EXECUTED] == 3
 
 
 def test_max_through_commands(clock: FakeClock) -> None:

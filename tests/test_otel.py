@@ -77,11 +77,11 @@ def test_latencies_in_seconds(collect: Callable[[], Collected], clock: FakeClock
     assert got("fasthystrix.run.duration", command="svc", quantile="0") == pytest.approx(0.010, rel=0.01)
     assert got("fasthystrix.run.duration", command="svc", quantile="0.995") == pytest.approx(0.030, rel=0.01)
     assert len(got.points["fasthystrix.run.duration"]) == 9
-    assert got("fasthystrix.run.duration.count", command="svc") == 6
-    assert got("fasthystrix.run.duration.sum", command="svc") == pytest.approx(0.12)
+    assert got("fasthystrix.run.duration.count", command="svc") == 8  # bad requests ran too
+    assert got("fasthystrix.run.duration.sum", command="svc") == pytest.approx(0.14)
     assert got("fasthystrix.total.duration", command="svc", quantile="1") == pytest.approx(1.5, rel=0.01)
-    assert got("fasthystrix.total.duration.count", command="svc") == 7
-    assert got("fasthystrix.total.duration.sum", command="svc") == pytest.approx(1.62)
+    assert got("fasthystrix.total.duration.count", command="svc") == 9
+    assert got("fasthystrix.total.duration.sum", command="svc") == pytest.approx(1.64)
     assert isinstance(got.data["fasthystrix.run.duration.sum"], Sum)
 
 

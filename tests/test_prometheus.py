@@ -33,6 +33,7 @@ EVENTS = (
     "context_deadline_exceeded",
     "fallback-success",
     "fallback-failure",
+    "bad-request",
 )
 
 
@@ -131,17 +132,18 @@ def test_latency_summaries_in_seconds(endpoint: Any, clock: FakeClock) -> None:
     for family in ("fasthystrix_run_duration_seconds", "fasthystrix_total_duration_seconds"):
         assert got.types[family] == "summary"
     run = "fasthystrix_run_duration_seconds"
-    # run() finished for 3 successes (30 ms) and 3 failures (10 ms); the histogram is within 0.8 %.
+    # run() finished for 3 successes (30 ms), 3 failures and 2 bad requests (10 ms); the histogram
+    # is within 0.8 %.
     assert got(run, command="svc", quantile="0") == pytest.approx(0.010, rel=0.01)
     assert got(run, command="svc", quantile="0.99") == pytest.approx(0.030, rel=0.01)
     assert got(run, command="svc", quantile="1") == pytest.approx(0.030, rel=0.01)
-    assert got(run + "_count", command="svc") == 6
-    assert got(run + "_sum", command="svc") == pytest.approx(0.120)
+    assert got(run + "_count", command="svc") == 8
+    assert got(run + "_sum", command="svc") == pytest.approx(0.140)
     total = "fasthystrix_total_duration_seconds"
     # Every command that ran (not rejected, not short-circuited): the timeout's 1.5 s included.
     assert got(total, command="svc", quantile="1") == pytest.approx(1.5, rel=0.01)
-    assert got(total + "_count", command="svc") == 7
-    assert got(total + "_sum", command="svc") == pytest.approx(0.09 + 0.03 + 1.5)
+    assert got(total + "_count", command="svc") == 9
+    assert got(total + "_sum", command="svc") == pytest.approx(0.09 + 0.05 + 1.5)
     quantiles = {labels for name, labels in got.samples if name == run}
     assert {dict(labels)["quantile"] for labels in quantiles} == {
         "0",

@@ -54,7 +54,7 @@ REQUESTS = (
     "context_deadline_exceeded",
 )
 ERRORS = ("failure", "timeout", "rejected", "short-circuit")
-EVENTS = (*REQUESTS, "fallback-success", "fallback-failure")
+EVENTS = (*REQUESTS, "fallback-success", "fallback-failure", "bad-request")
 COMMANDS = ("prices", "search", "payments")
 
 # What each instance does, as tests/prometheus_instance.py reads it: [outcome, count, ms].

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 
 from fasthystrix import _impl
 from fasthystrix._core._rolling_py import (
+    BUCKET_WIDTH,
     CONTEXT_CANCELED,
     CONTEXT_DEADLINE_EXCEEDED,
     EXECUTED,
@@ -79,7 +80,7 @@ def test_event_is_counted_for_exactly_ten_seconds(offset_ns: int) -> None:
             assert rolling.health(now) == (1, 1), k
     gone = BASE + 10 * NS
     assert rolling.health(gone) == (0, 0)
-    assert rolling.counts(gone) == (0,) * (NUM_EVENTS + 2)
+    assert rolling.counts(gone) == (0,) * BUCKET_WIDTH
 
 
 def test_health_alone_expires_the_tenth_second() -> None:
@@ -109,7 +110,7 @@ def test_reset_forgets_everything() -> None:
     rolling.reset()
     now = BASE + 5 * NS
     assert rolling.health(now) == (0, 0)
-    assert rolling.counts(now) == (0,) * (NUM_EVENTS + 2)
+    assert rolling.counts(now) == (0,) * BUCKET_WIDTH
     run, total = _summaries(rolling, now)
     assert run.count == total.count == 0
 

@@ -206,6 +206,35 @@ def test_4xx_are_not_failures() -> None:
     assert (snapshot.successes, snapshot.failures, snapshot.errors) == (8, 0, 0)
 
 
+@pytest.mark.parametrize(
+    ("is_failure", "failures"),
+    [({429, 503}, 2), (lambda status: status >= 400, 3), (None, 1)],
+    ids=["statuses", "predicate", "default"],
+)
+def test_is_failure_says_which_statuses_are_failures(is_failure: Any, failures: int) -> None:
+    app = flask.Flask("statuses")
+
+    @app.get("/status/<int:code>")
+    def status(code: int) -> Any:
+        return f"answered {code}", code
+
+    app.wsgi_app = CircuitBreakerMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, config={"request_volume_threshold": 100}, is_failure=is_failure
+    )
+    with serve(app) as client:
+        for code in (200, 404, 429, 503):
+            response = client.get(f"/status/{code}")
+            assert (response.status_code, response.text) == (code, f"answered {code}")  # the app's own answer
+    snapshot = metrics("GET /status/<int:code>")
+    assert (snapshot.successes, snapshot.failures) == (4 - failures, failures)
+
+
+@pytest.mark.parametrize("value", ["500", [500, "502"], [99], 3.5])
+def test_is_failure_is_checked(value: Any) -> None:
+    with pytest.raises(TypeError, match="is_failure"):
+        CircuitBreakerMiddleware(lambda environ, start_response: [], is_failure=value)
+
+
 @pytest.mark.parametrize("isolation", ["thread", "semaphore"])
 def test_a_nested_commands_error_is_a_failure_not_a_503(isolation: str) -> None:
     fasthystrix.get_circuit("inner")[0].force_open = True

@@ -31,6 +31,7 @@ from ._core._errors import (
     ErrCircuitOpen,
     ErrMaxConcurrency,
     ErrTimeout,
+    FailedResultError,
     FallbackError,
     MaxConcurrencyError,
     TimeoutError,  # noqa: A004 - hystrix-go's name; also a builtin TimeoutError subclass
@@ -88,6 +89,7 @@ __all__ = [
     "ErrCircuitOpen",
     "ErrMaxConcurrency",
     "ErrTimeout",
+    "FailedResultError",
     "FallbackError",
     "MaxConcurrencyError",
     "MetricCollector",

@@ -5,11 +5,11 @@ as the command ``"<METHOD> <route template>"`` (``"GET /items/{item_id}"``), nev
 raw URL: a client choosing URLs cannot create circuits without bound. Requests that
 match no route share one command per method (``"GET <unmatched>"``).
 
-The app's 5xx responses and exceptions are failures of the command, other answers are
-successes; either way the client gets the app's own response. When the app is not run
-(the circuit is open, every ticket is taken) or does not answer in time (the timeout:
-the app is cancelled), the client gets a 503 with a small JSON body naming the reason,
-or the response of ``fallback``.
+The app's exceptions, and the statuses ``is_failure`` accepts (a 5xx by default), are
+failures of the command, other answers are successes; either way the client gets the app's
+own response. When the app is not run (the circuit is open, every ticket is taken) or does
+not answer in time (the timeout: the app is cancelled), the client gets a 503 with a small
+JSON body naming the reason, or the response of ``fallback``.
 
 **What the command covers: the app, not the client.** The request body is read before
 the command starts (at most ``max_body_size`` bytes; a larger one is answered 413 and the
@@ -37,6 +37,7 @@ from ._core._config import CommandConfig
 from ._integrations._middleware import (
     DEFAULT_MAX_BODY_SIZE,
     UNMATCHED,
+    StatusRule,
     _content_length,
     _excluded,
     _method,
@@ -46,6 +47,7 @@ from ._integrations._middleware import (
     _response_triple,
     _ServerError,
     _size,
+    _status_rule,
     _too_large,
 )
 from ._isolation._asyncio import do_async
@@ -207,6 +209,7 @@ class _Exchange:
         "complete",
         "detached",
         "disconnected",
+        "is_failure",
         "outbox",
         "raised",
         "receive_upstream",
@@ -217,8 +220,18 @@ class _Exchange:
         "trailers",
     )
 
-    def __init__(self, app: ASGIApp, scope: Scope, body: bytes, receive: Receive, send: Send, buffer_size: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        scope: Scope,
+        body: bytes,
+        receive: Receive,
+        send: Send,
+        buffer_size: int,
+        is_failure: Callable[[int], bool],
+    ) -> None:
         self.app = app
+        self.is_failure = is_failure
         self.scope = scope
         self.body: bytes | None = body
         self.receive_upstream = receive
@@ -322,7 +335,7 @@ class _Exchange:
                 raise exc
             if not self.started:
                 raise _ServerError(500)  # the server answers 500 to an app that sent nothing
-        if self.status >= 500:
+        if self.is_failure(self.status):
             raise _ServerError(self.status)
 
     async def finish(self) -> None:
@@ -377,6 +390,12 @@ class CircuitBreakerMiddleware:
     client while the command runs (default 256 KiB); past them the command ends and the
     app waits for the client. ``0`` ends the command at the app's first body chunk
     that is not its last.
+
+    ``is_failure``: which of the app's statuses are failures of the command (counted, and
+    able to open the circuit; the client still gets the app's response): a predicate
+    ``(status) -> bool`` or a collection of statuses (``{500, 502, 503, 504}``); default
+    ``status >= 500``. A predicate that raises makes the request a failure. An app that
+    sends nothing is a failure whatever it says (the server answers 500).
     """
 
     def __init__(
@@ -389,6 +408,7 @@ class CircuitBreakerMiddleware:
         exclude: Collection[str] = (),
         max_body_size: int | None = DEFAULT_MAX_BODY_SIZE,
         response_buffer_size: int = DEFAULT_RESPONSE_BUFFER_SIZE,
+        is_failure: StatusRule | None = None,
     ) -> None:
         if not callable(app):
             raise TypeError(f"app must be an ASGI app, not {app!r}")
@@ -403,6 +423,7 @@ class CircuitBreakerMiddleware:
         self._excluded = _excluded(exclude)
         self._max_body_size = _optional_size("max_body_size", max_body_size)
         self._response_buffer_size = _size("response_buffer_size", response_buffer_size)
+        self._is_failure = _status_rule(is_failure)
 
     def command_name(self, scope: Scope) -> str | None:
         """The command an HTTP request runs as, or ``None`` when it passes through."""
@@ -435,7 +456,7 @@ class CircuitBreakerMiddleware:
         body = await self._read_body(name, scope, receive, send)
         if body is None:
             return  # answered 413, or the client left before sending it all
-        exchange = _Exchange(self.app, scope, body, receive, send, self._response_buffer_size)
+        exchange = _Exchange(self.app, scope, body, receive, send, self._response_buffer_size, self._is_failure)
         try:
             try:
                 await do_async(name, exchange.run)

@@ -20,6 +20,8 @@ from typing import Any, Protocol, runtime_checkable
 from . import _impl
 from ._core import _clock
 from ._core._events import (
+    BAD_REQUEST,
+    BAD_REQUEST_NAME,
     EVENT_NAMES,
     FAILURE,
     FALLBACK_FAILURE,
@@ -70,6 +72,9 @@ class MetricResult:
     total_duration: timedelta = timedelta(0)
     run_duration: timedelta = timedelta(0)
     concurrency_in_use: float = 0.0
+    #: 1 for an error the command's ``ignore`` accepted (neither success nor failure, not an attempt
+    #: of the breaker's: ``attempts`` and ``errors`` are 0).
+    bad_requests: int = 0
 
     @classmethod
     def from_event(
@@ -94,6 +99,8 @@ class MetricResult:
         for index, field_name in enumerate(_EVENT_FIELDS):
             if getattr(self, field_name):
                 names.append(EVENT_NAMES[index])
+        if self.bad_requests:
+            names.append(BAD_REQUEST_NAME)
         if self.fallback_successes:
             names.append("fallback-success")
         if self.fallback_failures:
@@ -107,6 +114,9 @@ _ZERO = timedelta(0)
 
 def _template(event: int, fallback_event: int) -> dict[str, object]:
     fields: dict[str, object] = {f.name: f.default for f in dataclass_fields(MetricResult)}
+    if event == BAD_REQUEST:
+        fields["bad_requests"] = 1
+        return fields
     fields["attempts"] = 1
     fields[_EVENT_FIELDS[event]] = 1
     if FAILURE <= event <= TIMEOUT:  # failure, rejected, short-circuit, timeout
@@ -123,6 +133,7 @@ _TEMPLATES = [
     {fallback: _template(event, fallback) for fallback in (NO_EVENT, FALLBACK_SUCCESS, FALLBACK_FAILURE)}
     for event in range(len(_EVENT_FIELDS))
 ]
+_TEMPLATES += [{}] * (BAD_REQUEST - len(_TEMPLATES)) + [{NO_EVENT: _template(BAD_REQUEST, NO_EVENT)}]
 
 
 @runtime_checkable
@@ -150,6 +161,8 @@ class DefaultMetricCollector:
     def update(self, result: MetricResult) -> None:
         """Record one result (the circuit's own commands record directly, without a ``MetricResult``)."""
         event = next((i for i, f in enumerate(_EVENT_FIELDS) if getattr(result, f)), None)
+        if event is None and result.bad_requests:
+            event = BAD_REQUEST
         if event is None:
             raise ValueError(f"MetricResult has no outcome: {result!r}")
         fallback_event = (
@@ -159,7 +172,8 @@ class DefaultMetricCollector:
             if result.fallback_failures
             else NO_EVENT
         )
-        run_us = result.run_duration // timedelta(microseconds=1) if event in (SUCCESS, FAILURE) else -1
+        ran = event in (SUCCESS, FAILURE, BAD_REQUEST)
+        run_us = result.run_duration // timedelta(microseconds=1) if ran else -1
         total_us = result.total_duration // timedelta(microseconds=1) if event not in (REJECTED, SHORT_CIRCUIT) else -1
         with self._lock:
             self._rolling.record(event, fallback_event, _clock.now_ns(), run_us, total_us)
@@ -171,8 +185,8 @@ class DefaultMetricCollector:
 
     def reading(self, now_ns: int | None = None) -> tuple[tuple[int, ...], Any, Any]:
         """``(counts, run, total)``: the window's counts (the 9 events, executed, max tickets in
-        use) and its two latency summaries, read together; what :meth:`snapshot` and the
-        metrics stream are made of."""
+        use, bad requests...: ``RollingMetrics.counts``) and its two latency summaries, read
+        together; what :meth:`snapshot` and the metrics stream are made of."""
         now = _clock.now_ns() if now_ns is None else now_ns
         with self._lock:
             counts = self._rolling.counts(now)
@@ -205,6 +219,7 @@ class DefaultMetricCollector:
             run_latency_mean=run.mean,
             total_latency_percentiles=total.percentiles,
             total_latency_mean=total.mean,
+            bad_requests=counts[BAD_REQUEST],
         )
 
 

@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Instrument, MeterProvider, Observation
 
-from ._core._events import EVENT_NAMES
+from ._core._events import COUNTED_EVENT_NAMES
 from ._observability import _cumulative
 from ._observability._cumulative import PERCENTILES, CircuitReading, quantile_label
 from ._observability._export_names import exportable
@@ -166,14 +166,14 @@ def _events(reading: CircuitReading) -> Iterable[Observation]:
         return ()
     return (
         Observation(count, {"command": reading.name, "event": event})
-        for event, count in zip(EVENT_NAMES, reading.cumulative.events, strict=True)
+        for event, count in zip(COUNTED_EVENT_NAMES, reading.cumulative.events, strict=True)
     )
 
 
 def _rolling_events(reading: CircuitReading) -> Iterable[Observation]:
     return (
         Observation(count, {"command": reading.name, "event": event})
-        for event, count in zip(EVENT_NAMES, reading.rolling_events(), strict=True)
+        for event, count in zip(COUNTED_EVENT_NAMES, reading.rolling_events(), strict=True)
     )
 
 

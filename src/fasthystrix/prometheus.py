@@ -44,7 +44,7 @@ from collections.abc import Iterable
 from prometheus_client import REGISTRY, CollectorRegistry, Metric
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
 
-from ._core._events import EVENT_NAMES
+from ._core._events import COUNTED_EVENT_NAMES
 from ._observability import _cumulative
 from ._observability._cumulative import PERCENTILES, CircuitReading, quantile_label
 from ._observability._export_names import exportable
@@ -164,9 +164,9 @@ def _add(families: list[Metric], reading: CircuitReading) -> None:
     name = reading.name
     cumulative = reading.cumulative
     if cumulative is not None:
-        for event, count in zip(EVENT_NAMES, cumulative.events, strict=True):
+        for event, count in zip(COUNTED_EVENT_NAMES, cumulative.events, strict=True):
             events.add_sample("fasthystrix_events_total", {"command": name, "event": event}, count)
-    for event, count in zip(EVENT_NAMES, reading.rolling_events(), strict=True):
+    for event, count in zip(COUNTED_EVENT_NAMES, reading.rolling_events(), strict=True):
         rolling.add_sample("fasthystrix_rolling_events", {"command": name, "event": event}, count)
     snapshot = reading.rolling
     ratio = snapshot.errors / snapshot.requests if snapshot.requests else 0.0

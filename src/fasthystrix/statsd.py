@@ -68,9 +68,11 @@ _COUNTERS = (
     ("fallback_failures", "fallbackFailures"),
     ("context_canceled", "contextCanceled"),
     ("context_deadline_exceeded", "contextDeadlineExceeded"),
+    ("bad_requests", "badRequests"),  # not hystrix-go's: errors ``ignore`` accepted
 )
 _ATTEMPTS, _ERRORS, _SUCCESSES = 0, 1, 2
 _FALLBACK_SUCCESSES, _FALLBACK_FAILURES, _CONTEXT_CANCELED, _CONTEXT_DEADLINE_EXCEEDED = 7, 8, 9, 10
+_BAD_REQUESTS = 11
 _ERROR_INDICES = (3, 4, 5, 6)  # failures, rejects, short_circuits, timeouts
 _LOG_EVERY = 60.0  # seconds between two warnings about dropped metrics
 # The longest flush_interval: the thread sleeps that long, and far longer sleeps overflow the OS's timers.
@@ -384,6 +386,7 @@ class StatsdCollectorClient:
                 else:
                     counts[_CONTEXT_CANCELED] += result.context_canceled
                     counts[_CONTEXT_DEADLINE_EXCEEDED] += result.context_deadline_exceeded
+                    counts[_BAD_REQUESTS] += result.bad_requests
                 if result.short_circuits:
                     gauges[prefix] = 1
                 counts[_ERRORS] += result.errors

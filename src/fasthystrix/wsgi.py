@@ -6,10 +6,11 @@ URL: a client choosing URLs cannot create circuits without bound. Requests that 
 rule share one command per method (``"GET <unmatched>"``), as does every request to a
 WSGI app without a werkzeug URL map.
 
-The app's 5xx responses and exceptions are failures of the command, other answers are
-successes; either way the client gets the app's own response. When the app is not run
-(the circuit is open, every ticket is taken) or does not answer in time, the client gets
-a 503 with a small JSON body naming the reason, or the response of ``fallback``.
+The app's exceptions, and the statuses ``is_failure`` accepts (a 5xx by default), are
+failures of the command, other answers are successes; either way the client gets the app's
+own response. When the app is not run (the circuit is open, every ticket is taken) or does
+not answer in time, the client gets a 503 with a small JSON body naming the reason, or the
+response of ``fallback``.
 
 **What the command covers: the app, not the client.** The call of the app up to its
 status (``start_response``): with Flask, the view function and its request hooks. Nothing
@@ -51,6 +52,7 @@ from ._core._config import CommandConfig
 from ._integrations._middleware import (
     DEFAULT_MAX_BODY_SIZE,
     UNMATCHED,
+    StatusRule,
     _content_length,
     _excluded,
     _method,
@@ -59,6 +61,7 @@ from ._integrations._middleware import (
     _rejection,
     _response_triple,
     _ServerError,
+    _status_rule,
     _too_large,
 )
 
@@ -128,6 +131,7 @@ class _Exchange:
         "environ",
         "head",
         "headers",
+        "is_failure",
         "lock",
         "raised",
         "rest",
@@ -135,9 +139,10 @@ class _Exchange:
         "status_line",
     )
 
-    def __init__(self, app: WSGIApp, environ: Environ) -> None:
+    def __init__(self, app: WSGIApp, environ: Environ, is_failure: Callable[[int], bool]) -> None:
         self.app = app
         self.environ = environ
+        self.is_failure = is_failure
         self.status_line: str | None = None
         self.headers: list[tuple[str, str]] = []
         self.head: list[bytes] = []  # write() calls and chunks pulled before the status was known
@@ -188,7 +193,7 @@ class _Exchange:
             _close(result)  # the caller answered without it (thread isolation, after the timeout)
             return
         status = int(self.status_line[:3])
-        if status >= 500:
+        if self.is_failure(status):
             raise _ServerError(status)
 
     def abandon(self) -> None:
@@ -242,6 +247,11 @@ class CircuitBreakerMiddleware:
     come) is answered 413 with a small JSON body, the connection closed, and counts
     nowhere. ``None`` reads bodies of any size (into memory). Exclude routes that stream
     large uploads.
+
+    ``is_failure``: which of the app's statuses are failures of the command (counted, and
+    able to open the circuit; the client still gets the app's response): a predicate
+    ``(status) -> bool`` or a collection of statuses (``{500, 502, 503, 504}``); default
+    ``status >= 500``. A predicate that raises makes the request a failure.
     """
 
     def __init__(
@@ -254,6 +264,7 @@ class CircuitBreakerMiddleware:
         exclude: Collection[str] = (),
         url_map: Any = None,
         max_body_size: int | None = DEFAULT_MAX_BODY_SIZE,
+        is_failure: StatusRule | None = None,
     ) -> None:
         if not callable(app):
             raise TypeError(f"app must be a WSGI app, not {app!r}")
@@ -272,6 +283,7 @@ class CircuitBreakerMiddleware:
         self._names = _Names(config)
         self._excluded = _excluded(exclude)
         self._max_body_size = _optional_size("max_body_size", max_body_size)
+        self._is_failure = _status_rule(is_failure)
 
     def command_name(self, environ: Environ) -> str | None:
         """The command a request runs as, or ``None`` when it passes through."""
@@ -304,7 +316,7 @@ class CircuitBreakerMiddleware:
             status, headers, body = refused
             start_response(_status_line(status), headers)
             return [body]
-        exchange = _Exchange(self.app, environ)
+        exchange = _Exchange(self.app, environ, self._is_failure)
         try:
             _impl.current().do(name, exchange.run)
         except _ServerError:

@@ -40,6 +40,12 @@ cdef class CircuitBreaker:
     cdef:
         readonly str name
         object _settings_obj
+        # The settings' code-valued fields (per process, never in a shared file): read under
+        # the object's critical section, as _settings_obj, and only off the success path.
+        object ignores
+        object is_failure
+        # A success cannot take the inlined path: collectors to tell, or a result to check.
+        bint slow_success
         # C copies of the settings: written under the lock with atomic stores, read with atomic
         # loads (a call that races a reconfiguration may see some old and some new fields,
         # each of them valid). The state word (one atomic load on every call), when it opened,
@@ -70,6 +76,8 @@ cdef class CircuitBreaker:
         object __weakref__
 
     cdef refresh_settings(self)
+    cdef object ignores_now(self)
+    cdef object is_failure_now(self)
     cdef set_state_bit(self, str field, int64_t bit, object value)
     cdef int64_t now(self) except? -1
     cdef int is_open_c(self, int64_t now) noexcept nogil

@@ -40,6 +40,7 @@ from fasthystrix._core._atomic cimport (
 from fasthystrix._core._layout cimport fh_limits, fh_proc, fh_state, fh_tickets, fh_window
 from fasthystrix._core._pool cimport TicketPool
 from fasthystrix._core._rolling cimport (
+    BAD_REQUEST,
     CONTEXT_CANCELED,
     CONTEXT_DEADLINE_EXCEEDED,
     FAILURE,
@@ -53,7 +54,7 @@ from fasthystrix._core._rolling cimport (
 )
 
 from fasthystrix._core._context import Context
-from fasthystrix._core._errors import CircuitOpenError, FallbackError, MaxConcurrencyError
+from fasthystrix._core._errors import CircuitOpenError, FailedResultError, FallbackError, MaxConcurrencyError
 from fasthystrix._core._errors import ContextCanceledError as _ContextCanceledError
 from fasthystrix._core._errors import ContextDeadlineExceededError as _ContextDeadlineExceededError
 from fasthystrix._core._errors import TimeoutError as CommandTimeoutError
@@ -172,6 +173,35 @@ cdef extern from "_capi.h":
         FH_CONTEXT_CANCELED
         FH_CONTEXT_DEADLINE
     int fh_kind_of(object exc, object canceled, object deadline)
+
+
+cdef extern from "Python.h":
+    PyObject *PyObject_CallOneArg(object callable, object arg)
+    int PyObject_IsTrue(PyObject *o)
+    PyObject *Py_True
+    PyObject *Py_False
+    PyObject *Py_None
+
+
+cdef object checked_result(object is_failure, object value):
+    """``_outcomes.failed_result``'s rule for the call path: ``None`` (a success), a
+    ``FailedResultError``, or what the predicate raised (any BaseException: returned, never
+    raised). Through the C API: no exception handler to set up on the success path."""
+    cdef PyObject *answer = PyObject_CallOneArg(is_failure, value)
+    cdef int truth
+    if answer is NULL:
+        return fh_fetch()
+    # The answer's reference is ours (fh_own): dropped when `verdict` goes.
+    verdict = fh_own(answer)
+    if answer == Py_False or answer == Py_None:
+        return None
+    if answer != Py_True:
+        truth = PyObject_IsTrue(answer)
+        if truth < 0:
+            return fh_fetch()
+        if truth == 0:
+            return None
+    return FailedResultError(value)
 
 
 # C globals, not module attributes: read on the call path without a dictionary lookup.
@@ -375,8 +405,13 @@ cdef class CircuitBreaker:
         version = self.lim.version + 1
         fh_store_release(&self.lim.version, version)
         fh_spin_unlock(&self.st.lock)
+        ignores = settings.ignores
+        is_failure = settings.is_failure
         with cython.critical_section(self):
             self._settings_obj = settings
+            self.ignores = ignores
+            self.is_failure = is_failure
+            self.slow_success = self.has_collectors or is_failure is not None
             self.settings_version = version
 
     cdef refresh_settings(self):
@@ -398,10 +433,25 @@ cdef class CircuitBreaker:
         words[12] = self.lim.half_open_calls
         words[13] = self.lim.half_open_wait_ns
         fh_spin_unlock(&self.st.lock)
-        settings = _shared.settings_from_words(tuple([words[i] for i in range(14)]))
+        with cython.critical_section(self):
+            local = self._settings_obj
+        settings = _shared.settings_from_words(tuple([words[i] for i in range(14)]), local)
+        ignores = settings.ignores
+        is_failure = settings.is_failure
         with cython.critical_section(self):
             self._settings_obj = settings
+            self.ignores = ignores
+            self.is_failure = is_failure
+            self.slow_success = self.has_collectors or is_failure is not None
             self.settings_version = words[6]
+
+    cdef object ignores_now(self):
+        with cython.critical_section(self):
+            return self.ignores
+
+    cdef object is_failure_now(self):
+        with cython.critical_section(self):
+            return self.is_failure
 
     # -- shared circuits (see _shared.py) --------------------------------------------------
 
@@ -878,7 +928,7 @@ cdef class CircuitBreaker:
         The ticket (if ``release``) goes back before the fallback runs, as in hystrix-go:
         the fallback is not the dependency and must not hold its slot.
         """
-        if fallback is None:
+        if fallback is None or event == BAD_REQUEST:
             self.report_end(event, NO_EVENT, start, run_us, trial, release)
             return raise_later(err, raised)
         if release:
@@ -969,16 +1019,29 @@ cdef class CircuitBreaker:
             if type(value) is _COROUTINE_TYPE:
                 self.returned_coroutine(value, end, elapsed // 1000, verdict)
             if elapsed <= timeout:
-                if verdict == ADMITTED and not self.has_collectors:
+                if verdict == ADMITTED and not self.slow_success:
                     # The common case, inlined: give the ticket back and count the success.
                     self.tickets.give()
                     self.metrics_c.record_one_c(SUCCESS, end, elapsed // 1000)
-                else:
-                    self.report_c(SUCCESS, NO_EVENT, end, elapsed // 1000, elapsed // 1000, verdict, True)
-                return value
-            # It succeeded too late: a timeout, as if a timer had been watching.
-            event = TIMEOUT
-            exc = new_error(TIMEOUT)
+                    return value
+                is_failure = self.is_failure_now()
+                exc = None if is_failure is None else checked_result(is_failure, value)
+                if exc is None:
+                    if verdict == ADMITTED and not self.has_collectors:
+                        self.tickets.give()
+                        self.metrics_c.record_one_c(SUCCESS, end, elapsed // 1000)
+                    else:
+                        self.report_c(SUCCESS, NO_EVENT, end, elapsed // 1000, elapsed // 1000, verdict, True)
+                    return value
+                if not isinstance(exc, Exception):
+                    # KeyboardInterrupt in the predicate: a failure, propagated with the ticket back.
+                    self.report_c(FAILURE, NO_EVENT, end, elapsed // 1000, elapsed // 1000, verdict, True)
+                    return raise_later(exc, raised)
+                event = FAILURE  # a result is_failure accepts (exc: FailedResultError, or its own error)
+            else:
+                # It succeeded too late: a timeout, as if a timer had been watching.
+                event = TIMEOUT
+                exc = new_error(TIMEOUT)
         else:
             # The type's MRO, not isinstance(): no __instancecheck__ lookup on this path.
             kind = fh_kind_of(exc, _CANCELED_TYPE, _DEADLINE_TYPE)
@@ -991,6 +1054,19 @@ cdef class CircuitBreaker:
                 exc = new_error(TIMEOUT)
             else:
                 event = event_of(kind)
+                if event == FAILURE:
+                    ignores = self.ignores_now()
+                    if ignores is not None:
+                        try:
+                            ignored = ignores(exc)
+                        except BaseException:  # KeyboardInterrupt in the predicate: a failure, propagated
+                            self.report_c(FAILURE, NO_EVENT, end, elapsed // 1000, elapsed // 1000, verdict, True)
+                            raise
+                        if ignored:
+                            # Neither success nor failure: no fallback, and not a request of the window's.
+                            self.report_c(BAD_REQUEST, NO_EVENT, end, elapsed // 1000, elapsed // 1000, verdict,
+                                          True)
+                            return raise_later(exc, raised)
         if fallback is None:
             # finish_c's no-fallback branch, inlined: the path an outage hammers.
             if event == TIMEOUT:
@@ -1054,11 +1130,17 @@ cdef class CircuitBreaker:
         """Complete a command whose run ended at ``end``, returning ``value`` or raising ``error``, by
         ``_outcomes.outcome``'s rule (which ``run_command`` inlines in C)."""
         cdef int64_t run_us = (end - start) // 1000
-        event, err = outcome(error, end, timeout_at, ctx)
+        try:
+            event, err = outcome(error, end, timeout_at, ctx, self.ignores_now(), self.is_failure_now(), value)
+        except BaseException:  # KeyboardInterrupt in an ignore/is_failure predicate: a failure, propagated
+            self.report_c(FAILURE, NO_EVENT, end, run_us, run_us, verdict, True)
+            raise
         if err is None:
             self.report_c(SUCCESS, NO_EVENT, end, run_us, run_us, verdict, True)
             return value
-        return self.finish_c(event, err, start, run_us if err is error else -1, verdict, fallback, ctx, True, raised)
+        if not (event == FAILURE or err is error):
+            run_us = -1  # timeouts and context events have no run latency
+        return self.finish_c(event, err, start, run_us, verdict, fallback, ctx, True, raised)
 
     def _after_fork_in_child(self):
         """In a forked child, before any other thread runs: no ticket held, no spinlock held.

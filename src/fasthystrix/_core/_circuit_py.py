@@ -24,6 +24,7 @@ from ._context import Context
 from ._errors import FallbackError
 from ._events import (
     ADMITTED,
+    BAD_REQUEST,
     CONTEXT_CANCELED,
     CONTEXT_DEADLINE_EXCEEDED,
     EXPIRED,
@@ -50,6 +51,7 @@ from ._outcomes import (
     check_arguments,
     coroutine_returned,
     error_for,
+    failed_result,
     notify_collectors,
     outcome,
 )
@@ -135,7 +137,7 @@ def do(name: str, run: Callable[[], Any], fallback: Callable[[BaseException], An
     held.pop()
     elapsed = end - start
     if end >= until or elapsed > gate.timeout_ns or type(value) is _COROUTINE:
-        return circuit._succeeded_late(value, start, end, fallback)
+        return circuit._succeeded_late(value, start, end, until, fallback)
     pending.append(elapsed // 1000)  # microseconds (a constant is faster than a global)
     return value
 
@@ -425,7 +427,9 @@ class CircuitBreaker:
             (second + 1) * NS_PER_SECOND,
             budget,
             _HELD_BASE + min(peak, settings.max_concurrent_requests),
-            settings.timeout_ns,
+            # With is_failure, no success is "on time" for the gate: each goes to _succeeded_late,
+            # which checks its result and, if it is a success, still counts it lock-free.
+            settings.timeout_ns if settings.is_failure is None else -1,
         )
 
     def _allow_single_test_locked(self, now: int, settings: Any) -> bool:
@@ -602,9 +606,10 @@ class CircuitBreaker:
         The ticket (if ``release``) goes back before the fallback runs, as in
         hystrix-go: the fallback is not the dependency and must not hold its slot.
         Must be called from the ``except`` clause that caught ``err`` when ``err``
-        is run's own exception, so that a bare ``raise`` keeps its traceback.
+        is run's own exception, so that a bare ``raise`` keeps its traceback. A bad request
+        (an error ``ignore`` accepts) is raised without the fallback.
         """
-        if fallback is None:
+        if fallback is None or event == BAD_REQUEST:
             self._report_end(event, NO_EVENT, start, run_us, trial, release)
             raise err
         if release:
@@ -671,7 +676,7 @@ class CircuitBreaker:
         held.pop()
         elapsed = end - start
         if end >= until or elapsed > gate.timeout_ns or type(value) is _COROUTINE:
-            return self._succeeded_late(value, start, end, fallback)
+            return self._succeeded_late(value, start, end, until, fallback)
         pending.append(elapsed // 1000)  # microseconds (a constant is faster than a global)
         return value
 
@@ -711,12 +716,19 @@ class CircuitBreaker:
     ) -> Any:
         """Complete a command whose run ended at ``end``, returning ``value`` or raising ``error``, by
         :func:`outcome`'s rule (called from the ``except`` clause that caught ``error``, if any)."""
-        event, err = outcome(error, end, timeout_at, ctx)
         run_us = (end - start) // _NS_PER_US
+        settings = self._settings_obj
+        try:
+            event, err = outcome(error, end, timeout_at, ctx, settings.ignores, settings.is_failure, value)
+        except BaseException:  # KeyboardInterrupt in an ignore/is_failure predicate: a failure, propagated
+            self._report(FAILURE, NO_EVENT, end, run_us, run_us, verdict, release)
+            raise
         if err is None:
             self._report(SUCCESS, NO_EVENT, end, run_us, run_us, verdict, release)
             return value
-        return self._finish(event, err, start, run_us if err is error else -1, verdict, fallback, ctx, release)
+        # Only the events fasthystrix decided (timeout, context) have no run latency.
+        run_us = run_us if event == FAILURE or err is error else -1
+        return self._finish(event, err, start, run_us, verdict, fallback, ctx, release)
 
     def _failed(
         self,
@@ -753,12 +765,29 @@ class CircuitBreaker:
             raise err from None  # not "during handling of" calling run: it never ran
         raise AssertionError(f"{run!r} is callable")  # pragma: no cover - only called when it is not
 
-    def _succeeded_late(self, value: Any, start: int, end: int, fallback: Callable[[BaseException], Any] | None) -> Any:
-        """Complete a lock-free success that ended in a later second, after the timeout, or with a
-        coroutine (ticket given back)."""
+    def _succeeded_late(
+        self, value: Any, start: int, end: int, until: int, fallback: Callable[[BaseException], Any] | None
+    ) -> Any:
+        """Complete a lock-free success that ended in a later second (``until``: the end of the
+        gate's), after the timeout, with a coroutine, or whose result ``is_failure`` must check
+        (ticket given back)."""
         if type(value) is _COROUTINE:
             self._returned_coroutine(value, end, (end - start) // _NS_PER_US, 0, False)
-        timeout_at = start + self._settings_obj.timeout_ns
+        settings = self._settings_obj
+        is_failure = settings.is_failure
+        if is_failure is not None and end < until and end - start <= settings.timeout_ns:
+            # On time, in the gate's second: only the result is left to check.
+            try:
+                err = failed_result(is_failure, value)
+            except BaseException:  # KeyboardInterrupt in the predicate: a failure, propagated
+                run_us = (end - start) // _NS_PER_US
+                self._report(FAILURE, NO_EVENT, end, run_us, run_us, 0, False)
+                raise
+            if err is None:
+                self._pending.append((end - start) // 1000)  # counted lock-free, as in execute()
+                return value
+            return self._finish(FAILURE, err, start, (end - start) // _NS_PER_US, 0, fallback, None, False)
+        timeout_at = start + settings.timeout_ns
         return self._ended(value, None, start, end, timeout_at, 0, fallback, None, False)
 
     def execute_c(

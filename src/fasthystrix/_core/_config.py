@@ -12,12 +12,13 @@ the deadlines computed from them cannot overflow.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from ._errors import safe_repr
+from ._log import logger
 
 __all__ = [
     "DEFAULT_ERROR_PERCENT_THRESHOLD",
@@ -37,6 +38,8 @@ __all__ = [
 
 Isolation = Literal["thread", "semaphore"]
 Duration = int | timedelta
+#: What ``ignore`` accepts: an exception type, a tuple of them, or a predicate of the error.
+Ignore = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
 
 #: hystrix-go's defaults (milliseconds, counts, percent).
 DEFAULT_TIMEOUT = 1000
@@ -135,6 +138,40 @@ def _flag(field_name: str, value: object) -> bool:
     return value
 
 
+def _is_error_type(value: object) -> bool:
+    return isinstance(value, type) and issubclass(value, BaseException)
+
+
+def _ignore(field_name: str, value: object) -> Callable[[BaseException], bool]:
+    """The test an ``ignore`` value stands for: an exception type, a tuple of them, or a predicate."""
+    if _is_error_type(value) or (isinstance(value, tuple) and all(_is_error_type(t) for t in value)):
+        types: Any = value
+        return lambda exc: isinstance(exc, types)
+    if callable(value) and not isinstance(value, type):
+        predicate: Any = value
+        return lambda exc: _ask(field_name, predicate, exc)
+    raise TypeError(
+        f"{field_name} must be an exception type, a tuple of exception types or a predicate "
+        f"(exc) -> bool, not {safe_repr(value)}"
+    )
+
+
+def _ask(field_name: str, predicate: Callable[[Any], object], value: object) -> bool:
+    # A predicate that raises says nothing: the answer that keeps the breaker protective is
+    # "no" (for ignore: the error stays a failure), and the predicate's error is logged.
+    try:
+        return bool(predicate(value))
+    except Exception:
+        logger.exception("%s predicate %r raised for %s; taken as False", field_name, predicate, safe_repr(value))
+        return False
+
+
+def _predicate(field_name: str, value: object) -> Callable[[Any], object]:
+    if not callable(value):
+        raise TypeError(f"{field_name} must be a predicate (result) -> bool, not {safe_repr(value)}")
+    return value
+
+
 def _isolation(field_name: str, value: object) -> Isolation:
     if not isinstance(value, str):
         raise TypeError(f"{field_name} must be 'thread' or 'semaphore', not {safe_repr(value)}")
@@ -180,6 +217,16 @@ class CommandConfig:
     #: How long (ms or timedelta) the trials may take: if they have not all finished by then after
     #: the first was admitted, the circuit opens again (``None``: no bound).
     half_open_max_wait: Duration | None = None
+    #: Errors that are neither success nor failure (Hystrix's bad requests): an exception type, a
+    #: tuple of them, or a predicate ``(exc) -> bool``. Such an error reaches the caller without
+    #: the fallback, is counted as ``bad_request`` and leaves the breaker's health alone (an open
+    #: circuit's trial that ends with one is not a success: the circuit stays open, as in Hystrix).
+    #: A predicate that raises is taken as ``False`` (logged). ``()`` ignores nothing.
+    ignore: Ignore | None = None
+    #: A predicate ``(result) -> bool``: a value run returns that it accepts is a failure without an
+    #: exception; the fallback (or, without one, the caller) gets a ``FailedResultError`` carrying
+    #: it. A predicate that raises makes the call a failure with the predicate's exception.
+    is_failure: Callable[[Any], object] | None = None
 
     def __post_init__(self) -> None:
         if self.timeout is not None:
@@ -207,6 +254,10 @@ class CommandConfig:
             _probes("half_open_max_calls", self.half_open_max_calls)
         if self.half_open_max_wait is not None:
             _positive_duration_ns("half_open_max_wait", self.half_open_max_wait)
+        if self.ignore is not None:
+            _ignore("ignore", self.ignore)
+        if self.is_failure is not None:
+            _predicate("is_failure", self.is_failure)
 
     @classmethod
     def from_mapping(cls, mapping: object) -> CommandConfig:
@@ -241,6 +292,11 @@ class Settings:
     sleep_window_jitter: float = 0.0
     half_open_max_calls: int = 1
     half_open_max_wait: timedelta | None = None
+    #: As in :class:`CommandConfig`; ``None``: no error is ignored. Code, not data: with shared
+    #: circuits each process uses its own (never written to the shared file).
+    ignore: Ignore | None = None
+    #: As in :class:`CommandConfig`; ``None``: every value run returns is a success. Code, as ``ignore``.
+    is_failure: Callable[[Any], object] | None = None
     # Integer copies read on the hot path, so a call never converts a timedelta.
     timeout_ns: int = field(init=False, repr=False, compare=False)
     sleep_window_ns: int = field(init=False, repr=False, compare=False)
@@ -249,6 +305,8 @@ class Settings:
     half_open_max_wait_ns: int = field(init=False, repr=False, compare=False)  # 0: no bound
     # Several trials, or a bound on them: the half-open phase of _circuit_py._probe_locked.
     probes: bool = field(init=False, repr=False, compare=False)
+    #: ``ignore`` as a test of an error (``None``: nothing is ignored).
+    ignores: Callable[[BaseException], bool] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Checked again here, as CommandConfig does, because circuits take any Settings as
@@ -287,6 +345,9 @@ class Settings:
             wait_ns = _positive_duration_ns("half_open_max_wait", self.half_open_max_wait)
         object.__setattr__(self, "half_open_max_wait_ns", wait_ns)
         object.__setattr__(self, "probes", self.half_open_max_calls > 1 or wait_ns > 0)
+        object.__setattr__(self, "ignores", None if self.ignore is None else _ignore("ignore", self.ignore))
+        if self.is_failure is not None:
+            _predicate("is_failure", self.is_failure)
 
     @classmethod
     def from_config(cls, config: CommandConfig, defaults: Settings) -> Settings:
@@ -311,6 +372,8 @@ class Settings:
             sleep_window_jitter=pick(config.sleep_window_jitter, defaults.sleep_window_jitter),  # type: ignore[arg-type]
             half_open_max_calls=pick(config.half_open_max_calls, defaults.half_open_max_calls),  # type: ignore[arg-type]
             half_open_max_wait=_optional_duration(pick(config.half_open_max_wait, defaults.half_open_max_wait)),
+            ignore=pick(config.ignore, defaults.ignore),  # type: ignore[arg-type]
+            is_failure=pick(config.is_failure, defaults.is_failure),  # type: ignore[arg-type]
         )
 
 

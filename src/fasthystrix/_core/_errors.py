@@ -18,6 +18,7 @@ __all__ = [
     "ErrCircuitOpen",
     "ErrMaxConcurrency",
     "ErrTimeout",
+    "FailedResultError",
     "FallbackError",
     "MaxConcurrencyError",
     "TimeoutError",
@@ -59,6 +60,28 @@ class TimeoutError(CircuitError, builtins.TimeoutError):  # noqa: A001 - hystrix
     """The command did not finish within its timeout."""
 
     _default_message = "timeout"
+
+
+class FailedResultError(CircuitError):
+    """run returned a value the command's ``is_failure`` accepts: a failure without an exception.
+
+    ``result`` is that value; the fallback gets this error, and so does the caller without one.
+    """
+
+    _default_message = "failed result"
+
+    def __init__(self, result: object) -> None:
+        super().__init__(result)  # args == (result,): pickles and copies with its result
+
+    @property
+    def result(self) -> object:
+        """What run returned."""
+        return self.args[0]
+
+    @property
+    def message(self) -> str:
+        """``"failed result"`` (the result itself is :attr:`result`)."""
+        return self._default_message
 
 
 class ContextCanceledError(Exception):

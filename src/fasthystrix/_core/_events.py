@@ -11,6 +11,9 @@ __all__ = [
     "EXPIRED",
     "FIRST_PROBE",
     "PROBE",
+    "BAD_REQUEST",
+    "BAD_REQUEST_NAME",
+    "COUNTED_EVENT_NAMES",
     "CONTEXT_CANCELED",
     "CONTEXT_DEADLINE_EXCEEDED",
     "EVENT_NAMES",
@@ -39,6 +42,9 @@ CONTEXT_CANCELED = 5
 CONTEXT_DEADLINE_EXCEEDED = 6
 FALLBACK_SUCCESS = 7
 FALLBACK_FAILURE = 8
+# An error ``ignore`` accepts: neither success nor failure (Hystrix's BAD_REQUEST). Not one of
+# hystrix-go's events: its index is its slot in a window bucket (after EXECUTED and MAX_ACTIVE).
+BAD_REQUEST = 11
 NO_EVENT = -1  # no fallback ran / no event
 NOT_STARTED = -1  # the "start" of a command that never ran (its context was already done)
 
@@ -53,6 +59,10 @@ EVENT_NAMES = (
     "fallback-success",
     "fallback-failure",
 )
+#: The name bad requests are published under (Hystrix's ``BAD_REQUEST``, in hystrix-go's style).
+BAD_REQUEST_NAME = "bad-request"
+#: Every count the exporters publish per event: hystrix-go's events, then bad requests.
+COUNTED_EVENT_NAMES = (*EVENT_NAMES, BAD_REQUEST_NAME)
 
 # Admission verdicts: the circuit's answer to a call. A positive verdict admits the open
 # circuit's trial request and is the number of the open episode it may close.

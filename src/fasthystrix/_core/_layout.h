@@ -52,10 +52,10 @@ typedef struct {
 } fh_tickets;
 
 #define FH_COUNTER_BUCKETS 10
-#define FH_BUCKET_WIDTH 11
+#define FH_BUCKET_WIDTH 13  /* events 0..8, executed, max active, bad requests, slow calls */
 #define FH_LATENCY_SLOTS 4
 
-/* The rolling window's counters and latency statistics (WINDOW region, 1280 bytes). */
+/* The rolling window's counters and latency statistics (WINDOW region, 1440 bytes). */
 typedef struct {
     int64_t buckets[FH_COUNTER_BUCKETS][FH_BUCKET_WIDTH];
     int64_t requests;
@@ -66,7 +66,7 @@ typedef struct {
     int64_t stamp[FH_LATENCY_SLOTS];
     /* What expired buckets and reused latency slots held, so that window plus retired is
      * every count since the circuit was created: the 9 events, then run count, run sum (us),
-     * total count, total sum (us). */
+     * total count, total sum (us), bad requests, slow calls. */
     int64_t retired[16];
     int64_t rejections;     /* running total of the window's rejections (health may leave them out) */
     int64_t reserved[1];
@@ -86,7 +86,7 @@ typedef struct {
 FH_LAYOUT_CHECK(limits, sizeof(fh_limits) == 256);
 FH_LAYOUT_CHECK(state, sizeof(fh_state) == 64);
 FH_LAYOUT_CHECK(tickets, sizeof(fh_tickets) == 64);
-FH_LAYOUT_CHECK(window, sizeof(fh_window) == 1280);
+FH_LAYOUT_CHECK(window, sizeof(fh_window) == 1440);
 FH_LAYOUT_CHECK(proc, sizeof(fh_proc) == 64);
 
 #endif /* FASTHYSTRIX_LAYOUT_H */

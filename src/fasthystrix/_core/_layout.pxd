@@ -35,7 +35,7 @@ cdef extern from "_layout.h" nogil:
         int64_t probes
 
     ctypedef struct fh_window:
-        int64_t buckets[10][11]
+        int64_t buckets[10][13]
         int64_t requests
         int64_t errors
         int64_t second

@@ -20,7 +20,8 @@ class MetricsSnapshot:
 
     ``requests`` counts every command (success, failure, rejected, short-circuit,
     timeout, context_*); ``errors`` counts failure, rejected, short-circuit and
-    timeout, as hystrix-go. Latencies are milliseconds; the percentile dicts are
+    timeout, as hystrix-go. ``bad_requests`` (errors ``ignore`` accepted) are
+    neither requests nor errors, as Hystrix's. Latencies are milliseconds; the percentile dicts are
     keyed 0, 25, 50, 75, 90, 95, 99, 99.5 and 100.
     """
 
@@ -43,3 +44,4 @@ class MetricsSnapshot:
     run_latency_mean: float
     total_latency_percentiles: dict[float, float]
     total_latency_mean: float
+    bad_requests: int = 0

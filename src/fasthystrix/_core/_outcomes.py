@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import CoroutineType
 from typing import Any
 
@@ -10,10 +11,12 @@ from ._errors import (
     CircuitOpenError,
     ContextCanceledError,
     ContextDeadlineExceededError,
+    FailedResultError,
     MaxConcurrencyError,
     TimeoutError as CommandTimeoutError,
 )
 from ._events import (
+    BAD_REQUEST,
     CONTEXT_CANCELED,
     CONTEXT_DEADLINE_EXCEEDED,
     FAILURE,
@@ -32,6 +35,7 @@ __all__ = [
     "context_outcome",
     "coroutine_returned",
     "error_for",
+    "failed_result",
     "outcome",
     "notify_collectors",
 ]
@@ -68,7 +72,13 @@ def coroutine_returned(coroutine: Any) -> TypeError:
 
 
 def outcome(
-    error: BaseException | None, end: int, timeout_at: int, ctx: Context | None = None
+    error: BaseException | None,
+    end: int,
+    timeout_at: int,
+    ctx: Context | None = None,
+    ignores: Callable[[BaseException], bool] | None = None,
+    is_failure: Callable[[Any], object] | None = None,
+    value: Any = None,
 ) -> tuple[int, BaseException | None]:
     """The one rule for how a command that ran ended: ``(event, err)``, err being what the fallback gets.
 
@@ -76,9 +86,12 @@ def outcome(
     before run ended gives that context event; run ending after its timeout gives
     ``TIMEOUT``, whatever run did (as if a timer had been watching); then run's own
     result: ``SUCCESS`` (``err`` is None), the context event of a context error it
-    raised, or ``FAILURE``. Events fasthystrix decided come with a fresh error; run's
-    own come with run's error. ``error`` is None or an ``Exception``: a BaseException
-    such as KeyboardInterrupt is always a failure that propagates, handled before.
+    raised, ``BAD_REQUEST`` for an error ``ignores`` (the settings' ``ignores``)
+    accepts, or ``FAILURE``; a ``value`` run returned that ``is_failure`` accepts is a
+    ``FAILURE`` with a :class:`FailedResultError` (see :func:`failed_result`). Events
+    fasthystrix decided come with a fresh error; run's own come with run's error. ``error``
+    is None or an ``Exception``: a BaseException such as KeyboardInterrupt is always a
+    failure that propagates, handled before.
 
     Every path uses it: the pure twin, thread isolation, asyncio and the compiled
     twin's context path; the compiled ``do()`` inlines the same rule in C.
@@ -87,8 +100,27 @@ def outcome(
     if late != NO_EVENT:
         return late, error_for(late)
     if error is None:
+        if is_failure is not None:
+            err = failed_result(is_failure, value)
+            if err is not None:
+                return FAILURE, err
         return SUCCESS, None
-    return classify(error), error
+    event = classify(error)
+    if event == FAILURE and ignores is not None and ignores(error):
+        return BAD_REQUEST, error
+    return event, error
+
+
+def failed_result(is_failure: Callable[[Any], object], value: Any) -> BaseException | None:
+    """The error of a ``value`` run returned: a :class:`FailedResultError` if ``is_failure``
+    accepts it, the predicate's own exception if it raises one (the safe answer: a result that
+    could not be checked is not trusted), ``None`` for a success."""
+    try:
+        if not is_failure(value):
+            return None
+    except Exception as exc:
+        return exc
+    return FailedResultError(value)
 
 
 def classify(exc: BaseException) -> int:

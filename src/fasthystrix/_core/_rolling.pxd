@@ -24,7 +24,8 @@ cdef enum:
     NUM_EVENTS = 9
     EXECUTED = 9
     MAX_ACTIVE = 10
-    BUCKET_WIDTH = 11
+    BAD_REQUEST = 11
+    BUCKET_WIDTH = 13
     REQUEST_EVENTS = 7
     COUNTER_BUCKETS = 10
     NS_PER_S = 1000000000
@@ -45,6 +46,7 @@ cdef enum:
     RETIRED_RUN_SUM = 10
     RETIRED_TOTAL_COUNT = 11
     RETIRED_TOTAL_SUM = 12
+    RETIRED_BAD_REQUEST = 13
 
 
 # Bit length via count-leading-zeros (GCC and Clang builtin; MSVC builds map it in _atomic.h).

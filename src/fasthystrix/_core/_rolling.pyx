@@ -140,6 +140,7 @@ cdef class RollingMetrics:
         cdef int event
         for event in range(NUM_EVENTS):
             fh_add_relaxed(&self.w.retired[event], fh_exchange_acq_rel(&bucket[event], 0))
+        fh_add_relaxed(&self.w.retired[RETIRED_BAD_REQUEST], fh_exchange_acq_rel(&bucket[BAD_REQUEST], 0))
         fh_store_relaxed(&bucket[EXECUTED], 0)
         fh_store_relaxed(&bucket[MAX_ACTIVE], 0)
 
@@ -167,8 +168,9 @@ cdef class RollingMetrics:
 
     def cumulative(self):
         """Every count since the window was created, resets included: ``(events, run_count,
-        run_sum_us, total_count, total_sum_us)``, ``events`` the 9 event counts. Never decreases."""
-        cdef int64_t events[NUM_EVENTS]
+        run_sum_us, total_count, total_sum_us)``, ``events`` the 9 event counts then bad requests
+        (``COUNTED_EVENT_NAMES``' order). Never decreases."""
+        cdef int64_t events[NUM_EVENTS + 1]
         cdef int64_t run_count, run_sum, total_count, total_sum, n
         cdef int i, event, slot
         cdef uint32_t *runs
@@ -180,6 +182,9 @@ cdef class RollingMetrics:
             events[event] = fh_load_relaxed(&self.w.retired[event])
             for i in range(COUNTER_BUCKETS):
                 events[event] += fh_load_relaxed(&self.w.buckets[i][event])
+        events[NUM_EVENTS] = fh_load_relaxed(&self.w.retired[RETIRED_BAD_REQUEST])
+        for i in range(COUNTER_BUCKETS):
+            events[NUM_EVENTS] += fh_load_relaxed(&self.w.buckets[i][BAD_REQUEST])
         run_count = fh_load_relaxed(&self.w.retired[RETIRED_RUN_COUNT])
         run_sum = fh_load_relaxed(&self.w.retired[RETIRED_RUN_SUM])
         total_count = fh_load_relaxed(&self.w.retired[RETIRED_TOTAL_COUNT])
@@ -202,7 +207,7 @@ cdef class RollingMetrics:
             run_sum += n
             total_sum += n + fh_load_relaxed(&self.w.stats[slot][TOTAL][STAT_SUM])
         fh_spin_unlock(&self.w.lock)
-        return tuple([events[i] for i in range(NUM_EVENTS)]), run_count, run_sum, total_count, total_sum
+        return tuple([events[i] for i in range(NUM_EVENTS + 1)]), run_count, run_sum, total_count, total_sum
 
     def reset(self):
         """Forget every event and sample."""
@@ -274,7 +279,7 @@ cdef class RollingMetrics:
 
     def record(self, int event, int fallback_event, int64_t now_ns, int64_t run_us, int64_t total_us):
         """Count one command: its event, its fallback event (or -1) and its latencies in us (or -1)."""
-        if not 0 <= event < NUM_EVENTS or not (fallback_event == -1 or FALLBACK_SUCCESS <= fallback_event
+        if not (0 <= event < NUM_EVENTS or event == BAD_REQUEST) or not (fallback_event == -1 or FALLBACK_SUCCESS <= fallback_event
                                                   <= FALLBACK_FAILURE):
             raise ValueError(f"bad event {event!r} / fallback event {fallback_event!r}")
         self.record_c(event, fallback_event, now_ns, run_us, total_us)
@@ -348,15 +353,17 @@ cdef class RollingMetrics:
         return h
 
     def counts(self, int64_t now_ns):
-        """Window totals of the 9 events, then executed and the window's max tickets in use."""
+        """Window totals of every bucket slot (``BUCKET_WIDTH``): the 9 events, executed, the window's
+        max tickets in use (at ``MAX_ACTIVE``), bad requests (at ``BAD_REQUEST``)..."""
         cdef int64_t sums[BUCKET_WIDTH]
         cdef int i, event
         cdef int64_t v
         self._bucket(now_ns // NS_PER_S)
         memset(sums, 0, sizeof(sums))
         for i in range(COUNTER_BUCKETS):
-            for event in range(NUM_EVENTS + 1):
-                sums[event] += fh_load_relaxed(&self.w.buckets[i][event])
+            for event in range(BUCKET_WIDTH):
+                if event != MAX_ACTIVE:
+                    sums[event] += fh_load_relaxed(&self.w.buckets[i][event])
             v = fh_load_relaxed(&self.w.buckets[i][MAX_ACTIVE])
             if v > sums[MAX_ACTIVE]:
                 sums[MAX_ACTIVE] = v

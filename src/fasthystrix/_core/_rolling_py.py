@@ -38,6 +38,7 @@ __all__ = [
 
 # The event indices, importable from here too (the compiled twin has them in _rolling.pxd).
 from ._events import (  # noqa: F401
+    BAD_REQUEST,
     CONTEXT_CANCELED,
     CONTEXT_DEADLINE_EXCEEDED,
     EVENT_NAMES,
@@ -51,11 +52,12 @@ from ._events import (  # noqa: F401
 )
 
 NUM_EVENTS = 9
-# Two more per-bucket slots: commands that took a ticket, and the highest
-# number of tickets in use seen in that second (a max, not a sum).
+# More per-bucket slots: commands that took a ticket, the highest number of tickets
+# in use seen in that second (a max, not a sum), then BAD_REQUEST (11, an event of
+# _events: errors ``ignore`` accepted) and one more count (12).
 EXECUTED = 9
 MAX_ACTIVE = 10
-BUCKET_WIDTH = 11
+BUCKET_WIDTH = 13
 
 COUNTER_BUCKETS = 10
 _REQUEST_EVENTS = CONTEXT_DEADLINE_EXCEEDED + 1  # events below this index are requests
@@ -420,12 +422,14 @@ class RollingMetrics:
             bucket[MAX_ACTIVE] = active
 
     def counts(self, now_ns: int) -> tuple[int, ...]:
-        """Window totals of the 9 events, then executed and the window's max tickets in use."""
+        """Window totals of every bucket slot (``BUCKET_WIDTH``): the 9 events, executed, the window's
+        max tickets in use (at ``MAX_ACTIVE``), bad requests (at ``BAD_REQUEST``)..."""
         self._fold()
         self._bucket(now_ns // NS_PER_SECOND)
         buckets = self._buckets
-        sums = [sum(bucket[i] for bucket in buckets) for i in range(NUM_EVENTS + 1)]
-        return (*sums, max(bucket[MAX_ACTIVE] for bucket in buckets))
+        sums = [sum(bucket[i] for bucket in buckets) for i in range(BUCKET_WIDTH)]
+        sums[MAX_ACTIVE] = max(bucket[MAX_ACTIVE] for bucket in buckets)
+        return tuple(sums)
 
     def latency_slots(self, now_ns: int) -> tuple[list[_Histogram], list[_Histogram]]:
         """Copies of the ``(run, total)`` histograms of the last 60 seconds, for :func:`summarize`.

@@ -29,6 +29,7 @@ that long.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import mmap
@@ -65,7 +66,7 @@ class SharedStateError(RuntimeError):
 
 
 MAGIC = b"FHCIRC\x00\x01"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 IMPL_CODES = {"compiled": 1, "pure": 2}
 SUFFIX = ".circuit"
 
@@ -79,14 +80,14 @@ LIMIT_WORDS = 32
 STATE = LIMITS + 8 * LIMIT_WORDS  # 1536
 TICKETS = STATE + 64  # 1600
 WINDOW = TICKETS + 64  # 1664
-WINDOW_SIZE = 1280
-HIST = WINDOW + WINDOW_SIZE  # 2944
+WINDOW_SIZE = 1440
+HIST = WINDOW + WINDOW_SIZE + 32  # 3136: the histograms start on a cache line of their own
 LATENCY_BUCKETS = (20 << 6) + 128
 HIST_SIZE = 4 * 2 * LATENCY_BUCKETS * 4  # 45056
-PROCS = HIST + HIST_SIZE  # 48000
+PROCS = HIST + HIST_SIZE  # 48192
 MAX_PROCESSES = 128
 PROC_SIZE = 64
-SIZE = PROCS + MAX_PROCESSES * PROC_SIZE  # 56192
+SIZE = PROCS + MAX_PROCESSES * PROC_SIZE  # 56384
 
 # LIMITS words.
 LIMIT_TIMEOUT_NS = 0
@@ -395,7 +396,7 @@ class SharedCircuitFile:
         write_settings(m, settings, bump=False)
         words = memoryview(m).cast("q")
         # Latency slots start unused (stamp -1), as a private window's do.
-        stamps = (WINDOW + 8 * (110 + 4 + 24)) // 8
+        stamps = (WINDOW + 8 * (130 + 4 + 24)) // 8
         for i in range(4):
             words[stamps + i] = -1
         words.release()
@@ -410,7 +411,7 @@ class SharedCircuitFile:
         m = self.map
         m[STATE:SIZE] = bytes(SIZE - STATE)
         words = memoryview(m).cast("q")
-        stamps = (WINDOW + 8 * (110 + 4 + 24)) // 8
+        stamps = (WINDOW + 8 * (130 + 4 + 24)) // 8
         for i in range(4):
             words[stamps + i] = -1
         words.release()
@@ -582,13 +583,15 @@ def intern(settings: Settings) -> Settings:
     return settings
 
 
-def settings_from_words(words: tuple[int, ...]) -> Settings:
-    """The :class:`Settings` that the LIMITS words ``words`` (as read) describe."""
+def settings_from_words(words: tuple[int, ...], local: Settings | None = None) -> Settings:
+    """The :class:`Settings` that the LIMITS words ``words`` (as read) describe, with the fields that
+    are code (``ignore``, ``is_failure``) taken from ``local``, this process's settings of the circuit (if any):
+    code cannot be shared, each process keeps its own."""
     words = (*words[:LIMIT_HALF_OPEN_CALLS], max(words[LIMIT_HALF_OPEN_CALLS], 1), *words[LIMIT_HALF_OPEN_CALLS + 1 :])
     key = (*words[:6], *words[LIMIT_BREAKER_DISABLED : LIMIT_LAST + 1])
     known = _interned.get(key)
     if known is not None:
-        return known
+        return _with_code_of(known, local)
     settings = Settings(
         timeout=timedelta(microseconds=words[LIMIT_TIMEOUT_NS] // 1000),
         max_concurrent_requests=words[LIMIT_MAX_CONCURRENT],
@@ -609,7 +612,15 @@ def settings_from_words(words: tuple[int, ...]) -> Settings:
         else None,
     )
     _interned[key] = settings
-    return settings
+    return _with_code_of(settings, local)
+
+
+def _with_code_of(settings: Settings, local: Settings | None) -> Settings:
+    ignore = None if local is None else local.ignore
+    is_failure = None if local is None else local.is_failure
+    if settings.ignore is ignore and settings.is_failure is is_failure:
+        return settings
+    return dataclasses.replace(settings, ignore=ignore, is_failure=is_failure)
 
 
 # -- the reaper -----------------------------------------------------------------------------------

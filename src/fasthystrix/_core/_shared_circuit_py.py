@@ -208,7 +208,7 @@ class _Host:
             with self.lock:  # read the words as one writer left them
                 self.version = self.words[_VERSION]
                 limits = tuple(self.words[_LIMITS : _LIMITS + _shared.LIMIT_WORDS])
-                settings = self.settings = _shared.settings_from_words(limits)
+                settings = self.settings = _shared.settings_from_words(limits, settings)
         return settings
 
     def write_settings(self, settings: Settings) -> None:
@@ -439,6 +439,8 @@ def attach(circuit: CircuitBreaker, shared: _shared.SharedCircuitFile, configure
     if configured is not None:
         host.write_settings(configured)
     else:
+        # The file's settings, with this process's code-valued fields (see settings_from_words).
+        host.settings = circuit._settings_obj
         host.read_settings()
     with circuit._lock:  # the private lock (nothing else should hold it: the circuit is unused)
         host.install(circuit)

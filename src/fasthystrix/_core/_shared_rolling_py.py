@@ -20,6 +20,7 @@ from array import array
 
 from . import _shared
 from ._events import (
+    BAD_REQUEST,
     CONTEXT_DEADLINE_EXCEEDED,
     FAILURE,
     FALLBACK_FAILURE,
@@ -49,7 +50,7 @@ __all__ = ["SharedRollingMetrics"]
 _REQUEST_EVENTS = CONTEXT_DEADLINE_EXCEEDED + 1  # events below this index are requests
 
 # The WINDOW region as int64 word indices into the whole file (fh_window in _layout.h):
-# buckets[10][11], requests, errors, second, lock, stats[4][2][3], stamp[4], retired[16].
+# buckets[10][13], requests, errors, second, lock, stats[4][2][3], stamp[4], retired[16].
 _W = _shared.WINDOW // 8
 _BUCKETS = _W
 _REQUESTS = _W + COUNTER_BUCKETS * BUCKET_WIDTH
@@ -63,6 +64,7 @@ _RETIRED_RUN_COUNT = _RETIRED + 9
 _RETIRED_RUN_SUM = _RETIRED + 10
 _RETIRED_TOTAL_COUNT = _RETIRED + 11
 _RETIRED_TOTAL_SUM = _RETIRED + 12
+_RETIRED_BAD_REQUEST = _RETIRED + 13
 assert _RETIRED + 16 <= (_shared.WINDOW + _shared.WINDOW_SIZE) // 8
 assert LATENCY_BUCKETS == _shared.LATENCY_BUCKETS
 
@@ -138,6 +140,7 @@ class SharedRollingMetrics:
         words = self._words
         for event in range(NUM_EVENTS):
             words[_RETIRED + event] += words[b + event]
+        words[_RETIRED_BAD_REQUEST] += words[b + BAD_REQUEST]
         self._map[8 * b : 8 * (b + BUCKET_WIDTH)] = _ZERO_BUCKETS[: 8 * BUCKET_WIDTH]
 
     def _retire_slot(self, slot: int) -> None:
@@ -159,12 +162,15 @@ class SharedRollingMetrics:
 
     def cumulative(self) -> tuple[tuple[int, ...], int, int, int, int]:
         """Every count since the window was created, resets included: ``(events, run_count,
-        run_sum_us, total_count, total_sum_us)``, ``events`` the 9 event counts. Never decreases."""
+        run_sum_us, total_count, total_sum_us)``, ``events`` the 9 event counts then bad requests
+        (``COUNTED_EVENT_NAMES``' order). Never decreases."""
         words = self._words
         events = [words[_RETIRED + e] for e in range(NUM_EVENTS)]
+        events.append(words[_RETIRED_BAD_REQUEST])
         for b in range(_BUCKETS, _REQUESTS, BUCKET_WIDTH):
             for e in range(NUM_EVENTS):
                 events[e] += words[b + e]
+            events[NUM_EVENTS] += words[b + BAD_REQUEST]
         run_count, run_sum = words[_RETIRED_RUN_COUNT], words[_RETIRED_RUN_SUM]
         total_count, total_sum = words[_RETIRED_TOTAL_COUNT], words[_RETIRED_TOTAL_SUM]
         for slot in range(LATENCY_SLOTS):
@@ -219,7 +225,7 @@ class SharedRollingMetrics:
 
     def record(self, event: int, fallback_event: int, now_ns: int, run_us: int, total_us: int) -> None:
         """Count one command: its event, its fallback event (or -1) and its latencies in us (or -1)."""
-        if not 0 <= event < NUM_EVENTS or not (
+        if not (0 <= event < NUM_EVENTS or event == BAD_REQUEST) or not (
             fallback_event == -1 or FALLBACK_SUCCESS <= fallback_event <= FALLBACK_FAILURE
         ):
             raise ValueError(f"bad event {event!r} / fallback event {fallback_event!r}")
@@ -288,16 +294,17 @@ class SharedRollingMetrics:
                 words[_stat(slot, _TOTAL, _MAX)] = total_us
 
     def counts(self, now_ns: int) -> tuple[int, ...]:
-        """Window totals of the 9 events, then executed and the window's max tickets in use."""
+        """Window totals of every bucket slot, as ``RollingMetrics.counts`` (``MAX_ACTIVE``: the max)."""
         self._bucket(now_ns // NS_PER_SECOND)
         words = self._words
-        sums = [0] * (NUM_EVENTS + 1)
+        sums = [0] * BUCKET_WIDTH
         peak = 0
         for b in range(_BUCKETS, _REQUESTS, BUCKET_WIDTH):
-            for event in range(NUM_EVENTS + 1):
+            for event in range(BUCKET_WIDTH):
                 sums[event] += words[b + event]
             peak = max(peak, words[b + MAX_ACTIVE])
-        return (*sums, peak)
+        sums[MAX_ACTIVE] = peak
+        return tuple(sums)
 
     def latency_slots(self, now_ns: int) -> tuple[list[_Histogram], list[_Histogram]]:
         """Copies of the ``(run, total)`` histograms of the last 60 seconds, for :func:`summarize`."""

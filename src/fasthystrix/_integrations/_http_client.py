@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from .._core._errors import FailedResultError
 from .._core._log import logger
 
 __all__ = [
@@ -42,8 +43,10 @@ DEFAULT_MAX_HOSTS = 100
 MIN_TIMEOUT = 0.001
 
 
-class FailedResponseError(Exception):
-    """The server answered, but the response counts as a failure of the command (by default: a 5xx).
+class FailedResponseError(FailedResultError):
+    """The server answered, but ``is_failure`` says the response is a failure of the command
+    (by default: a 5xx): the wrappers' :class:`~fasthystrix.FailedResultError`, ``result``
+    being the response.
 
     The command records a ``failure`` (so such answers can trip the circuit), and the
     fallback, if any, receives this error with the response as ``.response`` (its
@@ -57,7 +60,10 @@ class FailedResponseError(Exception):
     def __init__(self, response: Any, status_code: int) -> None:
         self.response = response
         self.status_code = status_code
-        super().__init__(f"the response status {status_code} counts as a failure")
+        super().__init__(response)
+
+    def __str__(self) -> str:
+        return f"the response status {self.status_code} counts as a failure"
 
     def __reduce__(self) -> tuple[type[FailedResponseError], tuple[Any, int]]:
         return (type(self), (self.response, self.status_code))

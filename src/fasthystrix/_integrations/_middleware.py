@@ -28,12 +28,44 @@ def _method(method: str) -> str:
     return method if method in _METHODS else "OTHER"
 
 
-class _ServerError(Exception):
-    """The app answered with a 5xx: a failure of the command, though the client has its response."""
+class _ServerError(_errors.FailedResultError):
+    """The app answered with a status ``is_failure`` accepts (a 5xx by default): a failure of the
+    command, whose ``result`` is the status, though the client has its response."""
 
-    def __init__(self, status: int) -> None:
-        super().__init__(f"the app answered {status}")
-        self.status = status
+    @property
+    def status(self) -> int:
+        """The status the app answered."""
+        return self.args[0]  # type: ignore[no-any-return]
+
+    def __str__(self) -> str:
+        return f"the app answered {self.status}"
+
+
+def _server_error(status: int) -> bool:
+    """The middlewares' default ``is_failure``: a 5xx status."""
+    return status >= 500
+
+
+#: What a middleware's ``is_failure`` may be: a predicate of the status, or the failing statuses.
+StatusRule = Callable[[int], bool] | Collection[int]
+
+
+def _status_rule(value: object) -> Callable[[int], bool]:
+    """A middleware's ``is_failure``: ``None`` (a 5xx), a predicate ``(status) -> bool``, or a
+    collection of the statuses that are failures; else ``TypeError`` naming it."""
+    if value is None:
+        return _server_error
+    if callable(value):
+        return value
+    if (
+        isinstance(value, Collection)
+        and not isinstance(value, (str, bytes))
+        and all(isinstance(s, int) and not isinstance(s, bool) and 100 <= s <= 599 for s in value)
+    ):
+        return frozenset(value).__contains__
+    raise TypeError(
+        f"is_failure must be a predicate (status) -> bool or a collection of statuses (ints 100..599), not {value!r}"
+    )
 
 
 class _Names:

@@ -19,6 +19,7 @@ from typing import Any
 
 from .._core._errors import FallbackError
 from .._core._events import (
+    BAD_REQUEST,
     CONTEXT_CANCELED,
     FAILURE,
     FALLBACK_FAILURE,
@@ -234,12 +235,18 @@ async def _ended(
 ) -> Any:
     """Complete a command whose run ended at ``end``, returning ``value`` or raising ``error``, by
     :func:`outcome`'s rule (the one every path uses)."""
-    event, err = outcome(error, end, timeout_at)
     run_us = (end - start) // _NS_PER_US
+    settings = circuit._settings
+    try:
+        event, err = outcome(error, end, timeout_at, None, settings.ignores, settings.is_failure, value)
+    except BaseException:  # KeyboardInterrupt in an ignore/is_failure predicate: a failure, propagated
+        circuit._report(FAILURE, NO_EVENT, end, run_us, run_us, verdict, True)
+        raise
     if err is None:
         circuit._report(SUCCESS, NO_EVENT, end, run_us, run_us, verdict, True)
         return value
-    return await _finish(circuit, event, err, start, run_us if err is error else -1, verdict, fallback, True)
+    run_us = run_us if event == FAILURE or err is error else -1  # timeouts and context events: none
+    return await _finish(circuit, event, err, start, run_us, verdict, fallback, True)
 
 
 async def _finish(
@@ -260,7 +267,7 @@ async def _finish(
         total_us = -1 if never_ran else (now - start) // _NS_PER_US
         circuit._report(event, fallback_event, start if never_ran else now, run_us, total_us, trial, give_back)
 
-    if fallback is None:
+    if fallback is None or event == BAD_REQUEST:  # a bad request never gets the fallback
         report(NO_EVENT, release)
         raise err
     if release:

@@ -169,14 +169,21 @@ class _Execution:
             raise error
         # KeyboardInterrupt, SystemExit...: a failure that propagates, unless a deadline came first.
         fatal = error is not None and not isinstance(error, Exception)
-        event, err = outcome(None if fatal else error, end, self.deadline, self.ctx)
         run_us = (end - self.start) // _NS_PER_US
+        try:
+            settings = circuit._settings
+            counted = None if fatal else error
+            is_failure = None if fatal else settings.is_failure
+            event, err = outcome(counted, end, self.deadline, self.ctx, settings.ignores, is_failure, self.value)
+        except BaseException:  # KeyboardInterrupt in an ignore/is_failure predicate: a failure, propagated
+            circuit._report(FAILURE, NO_EVENT, end, run_us, run_us, self.verdict, False)
+            raise
         if err is None:
             circuit._report(FAILURE if fatal else SUCCESS, NO_EVENT, end, run_us, run_us, self.verdict, False)
             if fatal:
                 raise error  # type: ignore[misc]
             return self.value
-        run_us = run_us if err is error else -1
+        run_us = run_us if event == FAILURE or err is error else -1  # timeouts and context events: none
         return circuit._finish(event, err, self.start, run_us, self.verdict, self.fallback, self.ctx, False)
 
     def expire(self) -> None:

@@ -21,7 +21,7 @@ from datetime import timedelta
 from typing import Any
 
 from .. import _registry
-from .._core._events import EVENT_NAMES
+from .._core._events import COUNTED_EVENT_NAMES
 from .._core._log import logger
 from .._core._metrics import MetricsSnapshot
 from .._core._rolling_py import PERCENTILES  # the rolling latency percentiles, in MetricsSnapshot's order
@@ -49,10 +49,11 @@ def quantile_label(percentile: float) -> str:
 
 @dataclass(frozen=True)
 class CumulativeCounts:
-    """Totals since the circuit was created: ``events`` in ``EVENT_NAMES`` order, durations in seconds.
+    """Totals since the circuit was created: ``events`` in ``COUNTED_EVENT_NAMES`` order (hystrix-go's
+    events, then bad requests), durations in seconds.
 
-    ``run_count``/``run_seconds`` cover the commands whose run finished (success
-    or failure); ``total_count``/``total_seconds`` every command that was not
+    ``run_count``/``run_seconds`` cover the commands whose run finished (success,
+    failure or bad request); ``total_count``/``total_seconds`` every command that was not
     rejected or short-circuited, as the rolling latency histograms.
     """
 
@@ -71,7 +72,7 @@ class CumulativeCollector:
     def __init__(self, name: str) -> None:
         self.name = name
         self._lock = threading.Lock()
-        self._counts = [0] * len(EVENT_NAMES)
+        self._counts = [0] * len(COUNTED_EVENT_NAMES)
         self._run_count = 0
         self._total_count = 0
         # Durations are summed as timedelta (an addition is ~3x cheaper than converting each to an int).
@@ -95,6 +96,8 @@ class CumulativeCollector:
             event = 5
         elif result.context_deadline_exceeded:
             event = 6
+        elif result.bad_requests:
+            event = 9  # its place in COUNTED_EVENT_NAMES
         else:
             return
         counts = self._counts
@@ -107,7 +110,7 @@ class CumulativeCollector:
                 counts[7] += 1
             elif result.fallback_failures:
                 counts[8] += 1
-            if event <= 1:
+            if event <= 1 or event == 9:
                 self._run_count += 1
                 self._run_sum += result.run_duration
             if event != 2 and event != 3:
@@ -176,7 +179,7 @@ class CircuitReading:
         return self.state == "forced-open"
 
     def rolling_events(self) -> tuple[int, ...]:
-        """The rolling window's counts in ``EVENT_NAMES`` order."""
+        """The rolling window's counts in ``COUNTED_EVENT_NAMES`` order."""
         r = self.rolling
         return (
             r.successes,
@@ -188,6 +191,7 @@ class CircuitReading:
             r.context_deadline_exceeded,
             r.fallback_successes,
             r.fallback_failures,
+            r.bad_requests,
         )
 
 

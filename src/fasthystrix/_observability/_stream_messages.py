@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .._core._events import FALLBACK_FAILURE, FALLBACK_SUCCESS
+from .._core._events import BAD_REQUEST, FALLBACK_FAILURE, FALLBACK_SUCCESS
 from .._core._metrics import error_percent
 from .._core._rolling_py import EXECUTED, MAX_ACTIVE, PERCENTILES as _PERCENTILES
 
@@ -127,7 +127,7 @@ _COMMAND_ROW = (
     "forced_open", "forced_closed", "enabled",
     "strategy", "timeout_ms", "false", "empty",
     "size", "zero", "window", "false", "false",
-    "zero", "zero", "zero", "zero", "max_active", "timeout_ms", "name",
+    "bad_requests", "zero", "zero", "zero", "max_active", "timeout_ms", "name",
     "canceled", "deadline",
 )  # fmt: skip
 _POOL_ROW = (
@@ -144,7 +144,8 @@ _DYNAMIC = (
     # the command message, after its currentTime
     "requests", "errors", "error_percent", "open", "failures", "fallback_failures", "fallback_successes",
     "semaphore_rejects", "short_circuits", "successes", "pool_rejects", "timeouts", "concurrent",
-    "run_mean", "run", "total_mean", "total", "forced_open", "forced_closed", "max_active", "canceled", "deadline",
+    "run_mean", "run", "total_mean", "total", "forced_open", "forced_closed", "bad_requests", "max_active",
+    "canceled", "deadline",
     # the pool message, before and after its currentTime
     "concurrent", "max_active", "executed",
     "pool_rejects",
@@ -246,7 +247,7 @@ def _dynamic(
         rejects if semaphore else 0, short_circuits, successes, pool_rejects, timeouts, concurrent,
         run_summary.mean, *run_latencies, total_summary.mean, *total_latencies,
         true if state == "forced-open" else false, true if forced_closed else false,
-        counts[MAX_ACTIVE], canceled, deadline,
+        counts[BAD_REQUEST], counts[MAX_ACTIVE], canceled, deadline,
         concurrent, counts[MAX_ACTIVE], counts[EXECUTED],
         pool_rejects,
     )  # fmt: skip
