@@ -430,17 +430,18 @@ class CircuitBreaker:
             or (slow_ns and (metrics._slow * 200 + total) // (2 * total) >= settings.slow_call_rate_threshold)
         ):
             budget = reach
+        # With is_failure, no success is "on time" for the gate: each goes to _succeeded_late,
+        # which checks its result and, if it is a success, still counts it lock-free. With
+        # slow_call_duration, a success slower than it takes that path too (counted slow under the
+        # lock): pending successes are all fast, so they only lower the slow percentage.
+        on_time_ns = settings.timeout_ns if not slow_ns else min(settings.timeout_ns, slow_ns)
         second = metrics._second
         peak = metrics._buckets[second % COUNTER_BUCKETS][MAX_ACTIVE]
         metrics._gate = Gate(
             (second + 1) * NS_PER_SECOND,
             budget,
             _HELD_BASE + min(peak, settings.max_concurrent_requests),
-            # With is_failure, no success is "on time" for the gate: each goes to _succeeded_late,
-            # which checks its result and, if it is a success, still counts it lock-free.
-            # With slow_call_duration, a success slower than it takes that path too (counted slow
-            # under the lock): pending successes are all fast, so they only lower the slow percentage.
-            -1 if settings.is_failure is not None else min(settings.timeout_ns, slow_ns) if slow_ns else settings.timeout_ns,
+            on_time_ns if settings.is_failure is None else -1,
         )
 
     def _allow_single_test_locked(self, now: int, settings: Any) -> bool:

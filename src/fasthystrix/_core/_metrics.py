@@ -22,8 +22,8 @@ class MetricsSnapshot:
     timeout, context_*); ``errors`` counts failure, rejected, short-circuit and
     timeout, as hystrix-go. ``bad_requests`` (errors ``ignore`` accepted) are
     neither requests nor errors, as Hystrix's. ``slow_calls`` counts the requests whose run took
-    longer than ``slow_call_duration`` (successes and failures; 0 when it is off). Latencies are milliseconds; the percentile dicts are
-    keyed 0, 25, 50, 75, 90, 95, 99, 99.5 and 100.
+    longer than ``slow_call_duration`` (successes and failures; 0 when it is off). Latencies are
+    milliseconds; the percentile dicts are keyed 0, 25, 50, 75, 90, 95, 99, 99.5 and 100.
     """
 
     requests: int

@@ -27,6 +27,7 @@ from ._events import (
     FALLBACK_SUCCESS,
     REJECTED,
     SHORT_CIRCUIT,
+    SLOW_CALL,
     SUCCESS,
     TIMEOUT,
 )
@@ -41,7 +42,6 @@ from ._rolling_py import (
     MAX_ACTIVE,
     NS_PER_SECOND,
     NUM_EVENTS,
-    SLOW_CALL,
     _Histogram,
     latency_bucket_index,
 )
