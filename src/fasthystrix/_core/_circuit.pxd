@@ -100,6 +100,8 @@ cdef class CircuitBreaker:
     cdef object turned_away(self, int64_t verdict, int64_t start, object fallback, object ctx,
                             PyObject **raised)
     cdef int returned_coroutine(self, object coroutine, int64_t end, int64_t run_us, int64_t trial) except -1
+    cdef object checked_success(self, object value, int64_t end, int64_t elapsed, int64_t verdict)
+    cdef bint ignored_failure(self, object exc, int64_t end, int64_t elapsed, int64_t verdict) except -1
     cdef object run_command(self, object run, object fallback, tuple args, object kwargs, PyObject **raised)
     cdef object ended(self, object value, object error, int64_t start, int64_t end, int64_t timeout_at,
                       int64_t verdict, object fallback, object ctx, PyObject **raised)

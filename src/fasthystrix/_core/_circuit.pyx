@@ -992,6 +992,43 @@ cdef class CircuitBreaker:
         cdef PyObject *raised = NULL
         return raise_if(self.run_command(function, fallback, args, kwargs, &raised), raised)
 
+    # The outcome rules' slow branches, out of run_command: their locals would cost every call
+    # (Cython initialises and releases a function's object locals on each call).
+
+    cdef object checked_success(self, object value, int64_t end, int64_t elapsed, int64_t verdict):
+        """A run that returned in time, on a circuit with ``is_failure``, collectors or a trial:
+        ``None`` when it is a success (counted, ticket back), else the error ``is_failure``'s check
+        gave (a ``FailedResultError`` or what the predicate raised; a ``BaseException`` that is not
+        an ``Exception`` is counted as a failure here, with the ticket back)."""
+        is_failure = self.is_failure_now()
+        exc = None if is_failure is None else checked_result(is_failure, value)
+        if exc is None:
+            if verdict == ADMITTED and not self.has_collectors:
+                self.tickets.give()
+                self.metrics_c.record_one_c(SUCCESS, end, elapsed // 1000, fh_load_relaxed(&self.lim.slow_us))
+            else:
+                self.report_c(SUCCESS, NO_EVENT, end, elapsed // 1000, elapsed // 1000, verdict, True)
+        elif not isinstance(exc, Exception):
+            self.report_c(FAILURE, NO_EVENT, end, elapsed // 1000, elapsed // 1000, verdict, True)
+        return exc
+
+    cdef bint ignored_failure(self, object exc, int64_t end, int64_t elapsed, int64_t verdict) except -1:
+        """Whether ``ignore`` takes run's error ``exc``: then it is counted as a bad request (neither
+        success nor failure, not a request of the window's), ticket back, and raised without the
+        fallback. What the predicate raises is counted as a failure and propagated."""
+        ignores = self.ignores_now()
+        if ignores is None:
+            return False
+        try:
+            ignored = ignores(exc)
+        except BaseException:  # KeyboardInterrupt in the predicate: a failure, propagated
+            self.report_c(FAILURE, NO_EVENT, end, elapsed // 1000, elapsed // 1000, verdict, True)
+            raise
+        if ignored:
+            self.report_c(BAD_REQUEST, NO_EVENT, end, elapsed // 1000, elapsed // 1000, verdict, True)
+            return True
+        return False
+
     cdef object run_command(self, object run, object fallback, tuple args, object kwargs, PyObject **raised):
         # args is None for do(): run() and fallback(err). Otherwise (the @command
         # decorator) run(*args, **kwargs) and fallback(*args, err=err, **kwargs),
@@ -1039,19 +1076,11 @@ cdef class CircuitBreaker:
                     self.tickets.give()
                     self.metrics_c.record_one_c(SUCCESS, end, elapsed // 1000, fh_load_relaxed(&self.lim.slow_us))
                     return value
-                is_failure = self.is_failure_now()
-                exc = None if is_failure is None else checked_result(is_failure, value)
+                exc = self.checked_success(value, end, elapsed, verdict)
                 if exc is None:
-                    if verdict == ADMITTED and not self.has_collectors:
-                        self.tickets.give()
-                        self.metrics_c.record_one_c(SUCCESS, end, elapsed // 1000, fh_load_relaxed(&self.lim.slow_us))
-                    else:
-                        self.report_c(SUCCESS, NO_EVENT, end, elapsed // 1000, elapsed // 1000, verdict, True)
                     return value
                 if not isinstance(exc, Exception):
-                    # KeyboardInterrupt in the predicate: a failure, propagated with the ticket back.
-                    self.report_c(FAILURE, NO_EVENT, end, elapsed // 1000, elapsed // 1000, verdict, True)
-                    return raise_later(exc, raised)
+                    return raise_later(exc, raised)  # KeyboardInterrupt in the predicate, counted
                 event = FAILURE  # a result is_failure accepts (exc: FailedResultError, or its own error)
             else:
                 # It succeeded too late: a timeout, as if a timer had been watching.
@@ -1069,19 +1098,8 @@ cdef class CircuitBreaker:
                 exc = new_error(TIMEOUT)
             else:
                 event = event_of(kind)
-                if event == FAILURE:
-                    ignores = self.ignores_now()
-                    if ignores is not None:
-                        try:
-                            ignored = ignores(exc)
-                        except BaseException:  # KeyboardInterrupt in the predicate: a failure, propagated
-                            self.report_c(FAILURE, NO_EVENT, end, elapsed // 1000, elapsed // 1000, verdict, True)
-                            raise
-                        if ignored:
-                            # Neither success nor failure: no fallback, and not a request of the window's.
-                            self.report_c(BAD_REQUEST, NO_EVENT, end, elapsed // 1000, elapsed // 1000, verdict,
-                                          True)
-                            return raise_later(exc, raised)
+                if event == FAILURE and self.ignored_failure(exc, end, elapsed, verdict):
+                    return raise_later(exc, raised)
         if fallback is None:
             # finish_c's no-fallback branch, inlined: the path an outage hammers.
             if event == TIMEOUT:
