@@ -45,6 +45,7 @@ SNAPSHOT_FIELDS = {
     "fallback_successes": "fallback-success",
     "fallback_failures": "fallback-failure",
     "bad_requests": "bad-request",
+    "slow_calls": "slow",
 }
 
 RUN_VALUE = "run-value"
@@ -80,6 +81,8 @@ class Config:
     max_sleep_ms: int | None = None
     half_open_calls: int = 1
     max_wait_ms: int | None = None
+    slow_ms: int | None = None  # slow_call_duration
+    slow_rate: int = 100  # slow_call_rate_threshold
 
     @property
     def probes(self) -> bool:
@@ -155,7 +158,11 @@ class Model:
         requests, errors = self.breaker_health(now)
         if requests == 0 or requests < self.config.volume:
             return "closed"
-        if self.error_percent(requests, errors) < self.config.percent:
+        if self.error_percent(requests, errors) < self.config.percent and not (
+            self.config.slow_ms is not None
+            and self.window(now)["slow"] > 0
+            and self.error_percent(requests, self.window(now)["slow"]) >= self.config.slow_rate
+        ):
             return "closed"
         self.open = True
         self.opened_or_last_tested = now
@@ -263,7 +270,13 @@ class Model:
         return "trial" if trial else "run"
 
     def finish(
-        self, event: str, fallback_event: str | None, end: int, trial: bool, phase: tuple[int, int] | None = None
+        self,
+        event: str,
+        fallback_event: str | None,
+        end: int,
+        trial: bool,
+        phase: tuple[int, int] | None = None,
+        run_ns: int = -1,
     ) -> None:
         if phase is not None:
             self.probe_ended(phase, event != "success", end)
@@ -275,6 +288,10 @@ class Model:
         counts[event] += 1
         if fallback_event is not None:
             counts[fallback_event] += 1
+        # A slow call: a request whose run (not a timeout's) took longer, in whole microseconds.
+        slow_ms = self.config.slow_ms
+        if slow_ms is not None and event in ("success", "failure") and run_ns // 1000 > slow_ms * 1000:
+            counts["slow"] += 1
 
     def state(self) -> str:
         if not self.config.enabled:
@@ -296,6 +313,8 @@ configs = st.builds(
     max_sleep_ms=st.sampled_from([None, 3000, 7000]),
     half_open_calls=st.sampled_from([1, 1, 1, 2, 3, 5]),
     max_wait_ms=st.sampled_from([None, None, None, 50, 500, 3000]),
+    slow_ms=st.sampled_from([None, None, 20, 50, 100]),
+    slow_rate=st.one_of(st.sampled_from([1, 50, 100]), st.integers(1, 100)),
     rules=st.booleans(),
 )
 fallbacks = st.sampled_from(["none", "returns", "raises"])
@@ -328,6 +347,8 @@ class CircuitMachine(RuleBasedStateMachine):
                 max_sleep_window=config.max_sleep_ms,
                 half_open_max_calls=config.half_open_calls,
                 half_open_max_wait=config.max_wait_ms,
+                slow_call_duration=config.slow_ms,
+                slow_call_rate_threshold=config.slow_rate,
                 ignore=BadArgument if config.rules else None,
                 is_failure=_is_failed_value if config.rules else None,
             ),
@@ -513,7 +534,7 @@ class CircuitMachine(RuleBasedStateMachine):
                     assert raised.fallback_error is fallback_error
                     assert isinstance(raised.run_error, expected_error)
                     fallback_event = "fallback-failure"
-        model.finish(event, fallback_event, end, verdict == "trial", phase)
+        model.finish(event, fallback_event, end, verdict == "trial", phase, end - start if ran else -1)
 
     @rule(failures=st.lists(st.booleans(), min_size=1, max_size=6), nested=st.booleans())
     def half_open_phase(self, failures: list[bool], nested: bool) -> None:

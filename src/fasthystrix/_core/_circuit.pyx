@@ -144,6 +144,9 @@ def _layout():
         "tickets.probes": <char *>&tk.probes - <char *>&tk,
         "proc.probes": <char *>&proc.probes - <char *>&proc,
         "window.rejections": <char *>&w.rejections - base,
+        "window.slow": <char *>&w.slow - base,
+        "limits.slow_us": <char *>&lim.slow_us - <char *>&lim,
+        "limits.slow_rate": <char *>&lim.slow_rate - <char *>&lim,
         "tickets": sizeof(fh_tickets),
         "window": sizeof(fh_window),
         "window.requests": <char *>&w.requests - base,
@@ -385,6 +388,8 @@ cdef class CircuitBreaker:
         cdef int64_t sleep_jitter_ppm = _backoff.ppm(settings.sleep_window_jitter)
         cdef int64_t half_open_calls = settings.half_open_max_calls
         cdef int64_t half_open_wait_ns = settings.half_open_max_wait_ns
+        cdef int64_t slow_us = (settings.slow_call_duration_ns + 999) // 1000
+        cdef int64_t slow_rate = settings.slow_call_rate_threshold
         cdef int64_t version
         fh_spin_lock(&self.st.lock)
         fh_store_relaxed(&self.lim.timeout_ns, timeout_ns)
@@ -400,6 +405,8 @@ cdef class CircuitBreaker:
         fh_store_relaxed(&self.lim.sleep_jitter_ppm, sleep_jitter_ppm)
         fh_store_relaxed(&self.lim.half_open_calls, half_open_calls)
         fh_store_relaxed(&self.lim.half_open_wait_ns, half_open_wait_ns)
+        fh_store_relaxed(&self.lim.slow_us, slow_us)
+        fh_store_relaxed(&self.lim.slow_rate, slow_rate)
         # Release: a process that sees the new version sees the values (shared circuits: the
         # last writer's settings are every worker's).
         version = self.lim.version + 1
@@ -416,7 +423,7 @@ cdef class CircuitBreaker:
 
     cdef refresh_settings(self):
         # Another process wrote this shared circuit's settings: rebuild the Settings object.
-        cdef int64_t words[14]
+        cdef int64_t words[16]
         fh_spin_lock(&self.st.lock)
         words[0] = self.lim.timeout_ns
         words[1] = self.lim.sleep_window_ns
@@ -432,10 +439,12 @@ cdef class CircuitBreaker:
         words[11] = self.lim.sleep_jitter_ppm
         words[12] = self.lim.half_open_calls
         words[13] = self.lim.half_open_wait_ns
+        words[14] = self.lim.slow_us
+        words[15] = self.lim.slow_rate
         fh_spin_unlock(&self.st.lock)
         with cython.critical_section(self):
             local = self._settings_obj
-        settings = _shared.settings_from_words(tuple([words[i] for i in range(14)]), local)
+        settings = _shared.settings_from_words(tuple([words[i] for i in range(16)]), local)
         ignores = settings.ignores
         is_failure = settings.is_failure
         with cython.critical_section(self):
@@ -649,7 +658,7 @@ cdef class CircuitBreaker:
         return -1 if tripped else 1
 
     cdef bint unhealthy(self, int64_t now) noexcept nogil:
-        cdef int64_t requests, errors, rejections
+        cdef int64_t requests, errors, rejections, slow
         self.metrics_c.health_c(now, &requests, &errors)
         if fh_load_relaxed(&self.lim.rejections_not_errors):
             # Rejections are counted, but neither requests nor errors of the breaker's.
@@ -659,7 +668,13 @@ cdef class CircuitBreaker:
         if requests == 0 or requests < fh_load_relaxed(&self.lim.volume_threshold):
             return False
         # errors / requests * 100 rounded half up >= threshold, in integers.
-        return (errors * 200 + requests) // (2 * requests) >= fh_load_relaxed(&self.lim.error_threshold)
+        if (errors * 200 + requests) // (2 * requests) >= fh_load_relaxed(&self.lim.error_threshold):
+            return True
+        if not fh_load_relaxed(&self.lim.slow_us):
+            return False
+        # Slow calls (slow_call_duration set): the same rule against slow_call_rate_threshold.
+        slow = fh_load_relaxed(&self.metrics_c.w.slow)
+        return slow > 0 and (slow * 200 + requests) // (2 * requests) >= fh_load_relaxed(&self.lim.slow_rate)
 
     cdef bint allow_single_test_c(self, int64_t now) noexcept nogil:
         # A forced-open circuit lets no trial through, even if it also tripped (hystrix-go did).
@@ -893,7 +908,7 @@ cdef class CircuitBreaker:
             # The trial reported: nothing for the reaper to free (compare-and-swap: only our own).
             slot_word = self.slot + 1
             fh_cas_acq_rel(&self.st.trial_slot, &slot_word, 0)
-        self.metrics_c.record_c(event, fallback_event, now, run_us, total_us)
+        self.metrics_c.record_c(event, fallback_event, now, run_us, total_us, fh_load_relaxed(&self.lim.slow_us))
         if closed:
             _transitions.closed(self.name)
         elif reopened:
@@ -990,7 +1005,7 @@ cdef class CircuitBreaker:
         if exc is None:
             if verdict == ADMITTED and not self.has_collectors:
                 self.tickets.give()
-                self.metrics_c.record_one_c(SUCCESS, end, elapsed // 1000)
+                self.metrics_c.record_one_c(SUCCESS, end, elapsed // 1000, fh_load_relaxed(&self.lim.slow_us))
             else:
                 self.report_c(SUCCESS, NO_EVENT, end, elapsed // 1000, elapsed // 1000, verdict, True)
         elif not isinstance(exc, Exception):
@@ -1059,7 +1074,7 @@ cdef class CircuitBreaker:
                 if verdict == ADMITTED and not self.slow_success:
                     # The common case, inlined: give the ticket back and count the success.
                     self.tickets.give()
-                    self.metrics_c.record_one_c(SUCCESS, end, elapsed // 1000)
+                    self.metrics_c.record_one_c(SUCCESS, end, elapsed // 1000, fh_load_relaxed(&self.lim.slow_us))
                     return value
                 exc = self.checked_success(value, end, elapsed, verdict)
                 if exc is None:
@@ -1091,7 +1106,7 @@ cdef class CircuitBreaker:
                 self.report_c(TIMEOUT, NO_EVENT, end, -1, elapsed // 1000, verdict, True)
             elif verdict == ADMITTED and not self.has_collectors:
                 self.tickets.give()
-                self.metrics_c.record_one_c(event, end, elapsed // 1000)
+                self.metrics_c.record_one_c(event, end, elapsed // 1000, fh_load_relaxed(&self.lim.slow_us))
             else:
                 self.report_c(event, NO_EVENT, end, elapsed // 1000, elapsed // 1000, verdict, True)
             return raise_later(exc, raised)

@@ -372,8 +372,13 @@ class CircuitBreaker:
             errors = max(errors - rejections, 0)
         if requests == 0 or requests < settings.request_volume_threshold:
             return False
-        # errors / requests * 100 rounded half up >= threshold, in integers.
-        if (errors * 200 + requests) // (2 * requests) < settings.error_percent_threshold:
+        # errors / requests * 100 rounded half up >= threshold, in integers; then slow calls
+        # (slow_call_duration set) by the same rule against slow_call_rate_threshold.
+        if (errors * 200 + requests) // (2 * requests) < settings.error_percent_threshold and not (
+            settings.slow_call_duration_ns
+            and (slow := self._metrics.slow_calls()) > 0
+            and (slow * 200 + requests) // (2 * requests) >= settings.slow_call_rate_threshold
+        ):
             return False
         self._open = True
         self._metrics._gate = CLOSED
@@ -419,17 +424,24 @@ class CircuitBreaker:
         reach = max(settings.request_volume_threshold - requests, 1 - requests, 0)
         total = requests + reach
         budget = PENDING_LIMIT
-        if (errors * 200 + total) // (2 * total) >= settings.error_percent_threshold and reach < budget:
+        slow_ns = settings.slow_call_duration_ns
+        if reach < budget and (
+            (errors * 200 + total) // (2 * total) >= settings.error_percent_threshold
+            or (slow_ns and (metrics._slow * 200 + total) // (2 * total) >= settings.slow_call_rate_threshold)
+        ):
             budget = reach
+        # With is_failure, no success is "on time" for the gate: each goes to _succeeded_late,
+        # which checks its result and, if it is a success, still counts it lock-free. With
+        # slow_call_duration, a success slower than it takes that path too (counted slow under the
+        # lock): pending successes are all fast, so they only lower the slow percentage.
+        on_time_ns = settings.timeout_ns if not slow_ns else min(settings.timeout_ns, slow_ns)
         second = metrics._second
         peak = metrics._buckets[second % COUNTER_BUCKETS][MAX_ACTIVE]
         metrics._gate = Gate(
             (second + 1) * NS_PER_SECOND,
             budget,
             _HELD_BASE + min(peak, settings.max_concurrent_requests),
-            # With is_failure, no success is "on time" for the gate: each goes to _succeeded_late,
-            # which checks its result and, if it is a success, still counts it lock-free.
-            settings.timeout_ns if settings.is_failure is None else -1,
+            on_time_ns if settings.is_failure is None else -1,
         )
 
     def _allow_single_test_locked(self, now: int, settings: Any) -> bool:
@@ -570,7 +582,9 @@ class CircuitBreaker:
                 else:
                     reopened = True
                     self._reopen_locked(now, self._settings_obj)
-            self._metrics.record(event, fallback_event, now, run_us, total_us)
+            self._metrics.record(
+                event, fallback_event, now, run_us, total_us, (self._settings_obj.slow_call_duration_ns + 999) // 1000
+            )
             in_use = self._tickets.in_use
             self._open_gate_locked()
         if closed:
@@ -775,8 +789,14 @@ class CircuitBreaker:
             self._returned_coroutine(value, end, (end - start) // _NS_PER_US, 0, False)
         settings = self._settings_obj
         is_failure = settings.is_failure
-        if is_failure is not None and end < until and end - start <= settings.timeout_ns:
-            # On time, in the gate's second: only the result is left to check.
+        slow_ns = settings.slow_call_duration_ns
+        if (
+            is_failure is not None
+            and end < until
+            and end - start <= settings.timeout_ns
+            and not (slow_ns and (end - start) // 1000 > (slow_ns + 999) // 1000)
+        ):
+            # On time, in the gate's second, not slow: only the result is left to check.
             try:
                 err = failed_result(is_failure, value)
             except BaseException:  # KeyboardInterrupt in the predicate: a failure, propagated

@@ -125,6 +125,14 @@ def _probes(field_name: str, value: object) -> int:
     return value
 
 
+def _slow_rate(field_name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{field_name} must be an int, not {safe_repr(value)}")
+    if not 1 <= value <= 100:
+        raise ValueError(f"{field_name} must be between 1 and 100, got {safe_repr(value)}")
+    return value
+
+
 def _positive_duration_ns(field_name: str, value: object) -> int:
     ns = _duration_ns(field_name, value)
     if ns == 0:
@@ -217,6 +225,12 @@ class CommandConfig:
     #: How long (ms or timedelta) the trials may take: if they have not all finished by then after
     #: the first was admitted, the circuit opens again (``None``: no bound).
     half_open_max_wait: Duration | None = None
+    #: A call whose run takes longer than this (ms or timedelta; ``None``: off) is slow, whether it
+    #: succeeds or fails (as in resilience4j; a timeout has no run time and is not slow).
+    slow_call_duration: Duration | None = None
+    #: The circuit also opens when slow calls reach this percentage (1 to 100) of the window's
+    #: requests, ``request_volume_threshold`` applying, even when the calls succeed.
+    slow_call_rate_threshold: int | None = None
     #: Errors that are neither success nor failure (Hystrix's bad requests): an exception type, a
     #: tuple of them, or a predicate ``(exc) -> bool``. Such an error reaches the caller without
     #: the fallback, is counted as ``bad_request`` and leaves the breaker's health alone (an open
@@ -254,6 +268,10 @@ class CommandConfig:
             _probes("half_open_max_calls", self.half_open_max_calls)
         if self.half_open_max_wait is not None:
             _positive_duration_ns("half_open_max_wait", self.half_open_max_wait)
+        if self.slow_call_duration is not None:
+            _positive_duration_ns("slow_call_duration", self.slow_call_duration)
+        if self.slow_call_rate_threshold is not None:
+            _slow_rate("slow_call_rate_threshold", self.slow_call_rate_threshold)
         if self.ignore is not None:
             _ignore("ignore", self.ignore)
         if self.is_failure is not None:
@@ -292,6 +310,8 @@ class Settings:
     sleep_window_jitter: float = 0.0
     half_open_max_calls: int = 1
     half_open_max_wait: timedelta | None = None
+    slow_call_duration: timedelta | None = None
+    slow_call_rate_threshold: int = 100
     #: As in :class:`CommandConfig`; ``None``: no error is ignored. Code, not data: with shared
     #: circuits each process uses its own (never written to the shared file).
     ignore: Ignore | None = None
@@ -303,6 +323,7 @@ class Settings:
     semaphore: bool = field(init=False, repr=False, compare=False)
     max_sleep_window_ns: int = field(init=False, repr=False, compare=False)  # 0: no maximum
     half_open_max_wait_ns: int = field(init=False, repr=False, compare=False)  # 0: no bound
+    slow_call_duration_ns: int = field(init=False, repr=False, compare=False)  # 0: off
     # Several trials, or a bound on them: the half-open phase of _circuit_py._probe_locked.
     probes: bool = field(init=False, repr=False, compare=False)
     #: ``ignore`` as a test of an error (``None``: nothing is ignored).
@@ -345,6 +366,15 @@ class Settings:
             wait_ns = _positive_duration_ns("half_open_max_wait", self.half_open_max_wait)
         object.__setattr__(self, "half_open_max_wait_ns", wait_ns)
         object.__setattr__(self, "probes", self.half_open_max_calls > 1 or wait_ns > 0)
+        if self.slow_call_duration is not None and not isinstance(self.slow_call_duration, timedelta):
+            raise TypeError(
+                f"slow_call_duration must be a datetime.timedelta or None, not {safe_repr(self.slow_call_duration)}"
+            )
+        slow_ns = 0
+        if self.slow_call_duration is not None:
+            slow_ns = _positive_duration_ns("slow_call_duration", self.slow_call_duration)
+        _slow_rate("slow_call_rate_threshold", self.slow_call_rate_threshold)
+        object.__setattr__(self, "slow_call_duration_ns", slow_ns)
         object.__setattr__(self, "ignores", None if self.ignore is None else _ignore("ignore", self.ignore))
         if self.is_failure is not None:
             _predicate("is_failure", self.is_failure)
@@ -372,6 +402,8 @@ class Settings:
             sleep_window_jitter=pick(config.sleep_window_jitter, defaults.sleep_window_jitter),  # type: ignore[arg-type]
             half_open_max_calls=pick(config.half_open_max_calls, defaults.half_open_max_calls),  # type: ignore[arg-type]
             half_open_max_wait=_optional_duration(pick(config.half_open_max_wait, defaults.half_open_max_wait)),
+            slow_call_duration=_optional_duration(pick(config.slow_call_duration, defaults.slow_call_duration)),
+            slow_call_rate_threshold=pick(config.slow_call_rate_threshold, defaults.slow_call_rate_threshold),  # type: ignore[arg-type]
             ignore=pick(config.ignore, defaults.ignore),  # type: ignore[arg-type]
             is_failure=pick(config.is_failure, defaults.is_failure),  # type: ignore[arg-type]
         )

@@ -13,6 +13,7 @@ __all__ = [
     "PROBE",
     "BAD_REQUEST",
     "BAD_REQUEST_NAME",
+    "SLOW_CALL",
     "COUNTED_EVENT_NAMES",
     "CONTEXT_CANCELED",
     "CONTEXT_DEADLINE_EXCEEDED",
@@ -45,6 +46,9 @@ FALLBACK_FAILURE = 8
 # An error ``ignore`` accepts: neither success nor failure (Hystrix's BAD_REQUEST). Not one of
 # hystrix-go's events: its index is its slot in a window bucket (after EXECUTED and MAX_ACTIVE).
 BAD_REQUEST = 11
+# A request whose run took longer than slow_call_duration (counted besides its event): the
+# next slot of a window bucket.
+SLOW_CALL = 12
 NO_EVENT = -1  # no fallback ran / no event
 NOT_STARTED = -1  # the "start" of a command that never ran (its context was already done)
 

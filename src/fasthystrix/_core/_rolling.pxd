@@ -25,6 +25,7 @@ cdef enum:
     EXECUTED = 9
     MAX_ACTIVE = 10
     BAD_REQUEST = 11
+    SLOW_CALL = 12
     BUCKET_WIDTH = 13
     REQUEST_EVENTS = 7
     COUNTER_BUCKETS = 10
@@ -47,6 +48,7 @@ cdef enum:
     RETIRED_TOTAL_COUNT = 11
     RETIRED_TOTAL_SUM = 12
     RETIRED_BAD_REQUEST = 13
+    RETIRED_SLOW_CALL = 14
 
 
 # Bit length via count-leading-zeros (GCC and Clang builtin; MSVC builds map it in _atomic.h).
@@ -97,7 +99,7 @@ cdef class RollingMetrics:
     cdef void _retire_bucket(self, int64_t *bucket) noexcept nogil
     cdef void _retire_slot(self, int slot) noexcept nogil
     cdef void record_c(self, int event, int fallback_event, int64_t now_ns, int64_t run_us,
-                       int64_t total_us) noexcept nogil
+                       int64_t total_us, int64_t slow_us) noexcept nogil
     cdef void _add_latency(self, int64_t second, int64_t run_us, int64_t total_us) noexcept nogil
     cdef uint32_t *_histogram(self, int slot, int kind) noexcept nogil
 
@@ -105,6 +107,7 @@ cdef class RollingMetrics:
     # (another module) compiles them inline instead of calling through the vtable.
 
     cdef inline void health_c(self, int64_t now_ns, int64_t *requests, int64_t *errors) noexcept nogil:
+        # (The window's slow calls, w.slow, are a running total moved on with these two.)
         cdef int64_t second = now_ns // NS_PER_S
         if second > fh_load_acquire(&self.w.second):
             self._advance(second)
@@ -121,9 +124,9 @@ cdef class RollingMetrics:
         fh_add_relaxed(&bucket[EXECUTED], 1)
         atomic_max(&bucket[MAX_ACTIVE], active)
 
-    cdef inline void record_one_c(self, int event, int64_t now_ns, int64_t us) noexcept nogil:
-        """record_c(event, -1, now_ns, us, us) for a request event (no fallback ran), fastest when
-        the window and the latency slot are current."""
+    cdef inline void record_one_c(self, int event, int64_t now_ns, int64_t us, int64_t slow_us) noexcept nogil:
+        """record_c(event, -1, now_ns, us, us, slow_us) for a request event (no fallback ran), fastest
+        when the window and the latency slot are current. ``slow_us``: slow_call_duration (0: off)."""
         cdef int64_t second = now_ns // NS_PER_S
         cdef int64_t stamp = second // LATENCY_SLOT_SECONDS
         cdef int slot = stamp % LATENCY_SLOTS
@@ -131,12 +134,15 @@ cdef class RollingMetrics:
         cdef int64_t *st
         if (runs == NULL or second != fh_load_acquire(&self.w.second)
                 or fh_load_acquire(&self.w.stamp[slot]) != stamp):
-            self.record_c(event, -1, now_ns, us, us)
+            self.record_c(event, -1, now_ns, us, us, slow_us)
             return
         fh_add_relaxed(&self.w.buckets[second % COUNTER_BUCKETS][event], 1)
         fh_add_relaxed(&self.w.requests, 1)
         if FAILURE <= event <= TIMEOUT:
             fh_add_relaxed(&self.w.errors, 1)
+        if slow_us and us > slow_us:
+            fh_add_relaxed(&self.w.buckets[second % COUNTER_BUCKETS][SLOW_CALL], 1)
+            fh_add_relaxed(&self.w.slow, 1)
         # Run and total latency are the same sample: only the RUN histogram changes (see _add_latency).
         fh_add32_relaxed(&runs[latency_index(us)], 1)
         st = self.w.stats[slot][RUN]

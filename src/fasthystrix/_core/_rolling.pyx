@@ -129,6 +129,7 @@ cdef class RollingMetrics:
         fh_store_relaxed(&self.w.requests, 0)
         fh_store_relaxed(&self.w.errors, 0)
         fh_store_relaxed(&self.w.rejections, 0)
+        fh_store_relaxed(&self.w.slow, 0)
         # The next call moves the window to its own second from nothing (every bucket is empty):
         # a window reset by flush() then used with an earlier clock (a test's manual clock, a
         # file from before a reboot) counts in the right buckets.
@@ -141,6 +142,7 @@ cdef class RollingMetrics:
         for event in range(NUM_EVENTS):
             fh_add_relaxed(&self.w.retired[event], fh_exchange_acq_rel(&bucket[event], 0))
         fh_add_relaxed(&self.w.retired[RETIRED_BAD_REQUEST], fh_exchange_acq_rel(&bucket[BAD_REQUEST], 0))
+        fh_add_relaxed(&self.w.retired[RETIRED_SLOW_CALL], fh_exchange_acq_rel(&bucket[SLOW_CALL], 0))
         fh_store_relaxed(&bucket[EXECUTED], 0)
         fh_store_relaxed(&bucket[MAX_ACTIVE], 0)
 
@@ -214,7 +216,7 @@ cdef class RollingMetrics:
         self._reset()
 
     cdef void _advance(self, int64_t second) noexcept nogil:
-        cdef int64_t last, s, start, requests = 0, errors = 0, rejections = 0
+        cdef int64_t last, s, start, requests = 0, errors = 0, rejections = 0, slow = 0
         cdef int i
         cdef int64_t *b
         fh_spin_lock(&self.w.lock)
@@ -235,7 +237,9 @@ cdef class RollingMetrics:
                 errors += (fh_load_relaxed(&b[FAILURE]) + fh_load_relaxed(&b[REJECTED])
                            + fh_load_relaxed(&b[SHORT_CIRCUIT]) + fh_load_relaxed(&b[TIMEOUT]))
                 rejections += fh_load_relaxed(&b[REJECTED])
+                slow += fh_load_relaxed(&b[SLOW_CALL])
             fh_store_relaxed(&self.w.requests, requests)
+            fh_store_relaxed(&self.w.slow, slow)
             fh_store_relaxed(&self.w.errors, errors)
             fh_store_relaxed(&self.w.rejections, rejections)
             # Release: whoever reads the new second sees the zeroed buckets.
@@ -255,6 +259,10 @@ cdef class RollingMetrics:
         """Rejections in the window as of its last :meth:`health` (which moves it on)."""
         return fh_load_relaxed(&self.w.rejections)
 
+    def slow_calls(self):
+        """Slow calls in the window as of its last :meth:`health` (which moves it on)."""
+        return fh_load_relaxed(&self.w.slow)
+
     def health(self, int64_t now_ns):
         """``(requests, errors)`` in the window ending at ``now_ns``."""
         cdef int64_t requests, errors
@@ -262,7 +270,7 @@ cdef class RollingMetrics:
         return requests, errors
 
     cdef void record_c(self, int event, int fallback_event, int64_t now_ns, int64_t run_us,
-                       int64_t total_us) noexcept nogil:
+                       int64_t total_us, int64_t slow_us) noexcept nogil:
         cdef int64_t second = now_ns // NS_PER_S
         cdef int64_t *bucket = self._bucket(second)
         fh_add_relaxed(&bucket[event], 1)
@@ -272,21 +280,28 @@ cdef class RollingMetrics:
                 fh_add_relaxed(&self.w.errors, 1)
                 if event == REJECTED:
                     fh_add_relaxed(&self.w.rejections, 1)
+            if slow_us and run_us > slow_us:
+                fh_add_relaxed(&bucket[SLOW_CALL], 1)
+                fh_add_relaxed(&self.w.slow, 1)
         if fallback_event >= 0:
             fh_add_relaxed(&bucket[fallback_event], 1)
         if run_us >= 0 or total_us >= 0:
             self._add_latency(second, run_us, total_us)
 
-    def record(self, int event, int fallback_event, int64_t now_ns, int64_t run_us, int64_t total_us):
-        """Count one command: its event, its fallback event (or -1) and its latencies in us (or -1)."""
+    def record(self, int event, int fallback_event, int64_t now_ns, int64_t run_us, int64_t total_us,
+               int64_t slow_us=0):
+        """Count one command: its event, its fallback event (or -1) and its latencies in us (or -1);
+        a request whose run took longer than ``slow_us`` (0: off) is also a slow call."""
         if not (0 <= event < NUM_EVENTS or event == BAD_REQUEST) or not (fallback_event == -1 or FALLBACK_SUCCESS <= fallback_event
                                                   <= FALLBACK_FAILURE):
             raise ValueError(f"bad event {event!r} / fallback event {fallback_event!r}")
-        self.record_c(event, fallback_event, now_ns, run_us, total_us)
+        if slow_us < 0:
+            raise ValueError(f"bad slow_us {slow_us!r}")
+        self.record_c(event, fallback_event, now_ns, run_us, total_us, slow_us)
 
     def record_success(self, int64_t now_ns, int64_t us):
         """``record(SUCCESS, -1, now_ns, us, us)``, specialised for the hot path."""
-        self.record_one_c(SUCCESS, now_ns, us)
+        self.record_one_c(SUCCESS, now_ns, us, 0)
 
     def record_executed(self, int64_t now_ns, int64_t active):
         """Count a command that took a ticket, with the tickets in use after it did."""
@@ -354,7 +369,8 @@ cdef class RollingMetrics:
 
     def counts(self, int64_t now_ns):
         """Window totals of every bucket slot (``BUCKET_WIDTH``): the 9 events, executed, the window's
-        max tickets in use (at ``MAX_ACTIVE``), bad requests (at ``BAD_REQUEST``)..."""
+        max tickets in use (at ``MAX_ACTIVE``), bad requests (at ``BAD_REQUEST``), slow calls (at
+        ``SLOW_CALL``)."""
         cdef int64_t sums[BUCKET_WIDTH]
         cdef int i, event
         cdef int64_t v

@@ -47,6 +47,7 @@ from ._events import (  # noqa: F401
     FALLBACK_SUCCESS,
     REJECTED,
     SHORT_CIRCUIT,
+    SLOW_CALL,
     SUCCESS,
     TIMEOUT,
 )
@@ -54,7 +55,7 @@ from ._events import (  # noqa: F401
 NUM_EVENTS = 9
 # More per-bucket slots: commands that took a ticket, the highest number of tickets
 # in use seen in that second (a max, not a sum), then BAD_REQUEST (11, an event of
-# _events: errors ``ignore`` accepted) and one more count (12).
+# _events: errors ``ignore`` accepted) and SLOW_CALL (12: runs longer than slow_call_duration).
 EXECUTED = 9
 MAX_ACTIVE = 10
 BUCKET_WIDTH = 13
@@ -238,6 +239,7 @@ class RollingMetrics:
         "_pending",
         "_requests",
         "_second",
+        "_slow",
     )
 
     def __init__(self) -> None:
@@ -245,6 +247,7 @@ class RollingMetrics:
         # Running totals of the window, so the health check never sums buckets.
         self._requests = 0
         self._errors = 0
+        self._slow = 0
         self._second = 0
         self._latency_run: list[_Histogram | None] = [None] * LATENCY_SLOTS
         self._latency_total: list[_Histogram | None] = [None] * LATENCY_SLOTS
@@ -308,6 +311,7 @@ class RollingMetrics:
             bucket[:] = _ZEROS
         self._requests = 0
         self._errors = 0
+        self._slow = 0
         # Histograms stay allocated (a stamp of -1 marks them stale), as in the compiled twin.
         self._latency_stamp = [-1] * LATENCY_SLOTS
 
@@ -321,12 +325,14 @@ class RollingMetrics:
                 self._buckets[s % COUNTER_BUCKETS][:] = _ZEROS
             # Recount the totals from the buckets (once a second at most): the compiled twin
             # relies on this to heal any drift between its lock-free totals and buckets.
-            requests = errors = 0
+            requests = errors = slow = 0
             for bucket in self._buckets:
                 requests += sum(bucket[:_REQUEST_EVENTS])
                 errors += bucket[FAILURE] + bucket[REJECTED] + bucket[SHORT_CIRCUIT] + bucket[TIMEOUT]
+                slow += bucket[SLOW_CALL]
             self._requests = requests
             self._errors = errors
+            self._slow = slow
             self._second = second
         elif second < last:
             # A report stamped a moment before another thread moved the window on: count it now.
@@ -337,6 +343,10 @@ class RollingMetrics:
         """Rejections in the window as of its last :meth:`health` (which moves it on)."""
         return sum(bucket[REJECTED] for bucket in self._buckets)
 
+    def slow_calls(self) -> int:
+        """Slow calls in the window as of its last :meth:`health` (which moves it on)."""
+        return self._slow
+
     def health(self, now_ns: int) -> tuple[int, int]:
         """``(requests, errors)`` in the window ending at ``now_ns``."""
         self._fold()
@@ -345,8 +355,11 @@ class RollingMetrics:
             self._bucket(second)
         return self._requests, self._errors
 
-    def record(self, event: int, fallback_event: int, now_ns: int, run_us: int, total_us: int) -> None:
-        """Count one command: its event, its fallback event (or -1) and its latencies in us (or -1)."""
+    def record(
+        self, event: int, fallback_event: int, now_ns: int, run_us: int, total_us: int, slow_us: int = 0
+    ) -> None:
+        """Count one command: its event, its fallback event (or -1) and its latencies in us (or -1);
+        a request whose run took longer than ``slow_us`` (0: off) is also a slow call."""
         second = now_ns // NS_PER_SECOND
         bucket = self._buckets[second % COUNTER_BUCKETS] if second == self._second else self._bucket(second)
         bucket[event] += 1
@@ -355,6 +368,9 @@ class RollingMetrics:
             self._requests += 1
             if FAILURE <= event <= TIMEOUT:
                 self._errors += 1
+            if slow_us and run_us > slow_us:
+                bucket[SLOW_CALL] += 1
+                self._slow += 1
         if fallback_event >= 0:
             bucket[fallback_event] += 1
         if run_us >= 0 or total_us >= 0:

@@ -104,7 +104,9 @@ LIMIT_MAX_SLEEP_NS = 10  # max_sleep_window in ns (0: none)
 LIMIT_SLEEP_JITTER_PPM = 11  # sleep_window_jitter in millionths
 LIMIT_HALF_OPEN_CALLS = 12  # half_open_max_calls (0 reads as 1)
 LIMIT_HALF_OPEN_WAIT_NS = 13  # half_open_max_wait in ns (0: no bound)
-LIMIT_LAST = LIMIT_HALF_OPEN_WAIT_NS
+LIMIT_SLOW_US = 14  # slow_call_duration in us (0: off)
+LIMIT_SLOW_RATE = 15  # slow_call_rate_threshold (0 reads as 100)
+LIMIT_LAST = LIMIT_SLOW_RATE
 
 # STATE words.
 STATE_WORD = 0
@@ -549,6 +551,8 @@ def write_settings(m: Any, settings: Settings, bump: bool = True) -> None:
     _Q.pack_into(m, base + 8 * LIMIT_SLEEP_JITTER_PPM, ppm(settings.sleep_window_jitter))
     _Q.pack_into(m, base + 8 * LIMIT_HALF_OPEN_CALLS, settings.half_open_max_calls)
     _Q.pack_into(m, base + 8 * LIMIT_HALF_OPEN_WAIT_NS, settings.half_open_max_wait_ns)
+    _Q.pack_into(m, base + 8 * LIMIT_SLOW_US, (settings.slow_call_duration_ns + 999) // 1000)
+    _Q.pack_into(m, base + 8 * LIMIT_SLOW_RATE, settings.slow_call_rate_threshold)
     if bump:
         (version,) = _Q.unpack_from(m, base + 8 * LIMIT_VERSION)
         _Q.pack_into(m, base + 8 * LIMIT_VERSION, version + 1)
@@ -574,6 +578,8 @@ def _words(settings: Settings) -> tuple[int, ...]:
         ppm(settings.sleep_window_jitter),
         settings.half_open_max_calls,
         settings.half_open_max_wait_ns,
+        (settings.slow_call_duration_ns + 999) // 1000,
+        settings.slow_call_rate_threshold,
     )
 
 
@@ -588,6 +594,7 @@ def settings_from_words(words: tuple[int, ...], local: Settings | None = None) -
     are code (``ignore``, ``is_failure``) taken from ``local``, this process's settings of the circuit (if any):
     code cannot be shared, each process keeps its own."""
     words = (*words[:LIMIT_HALF_OPEN_CALLS], max(words[LIMIT_HALF_OPEN_CALLS], 1), *words[LIMIT_HALF_OPEN_CALLS + 1 :])
+    words = (*words[:LIMIT_SLOW_RATE], words[LIMIT_SLOW_RATE] or 100, *words[LIMIT_SLOW_RATE + 1 :])
     key = (*words[:6], *words[LIMIT_BREAKER_DISABLED : LIMIT_LAST + 1])
     known = _interned.get(key)
     if known is not None:
@@ -610,6 +617,8 @@ def settings_from_words(words: tuple[int, ...], local: Settings | None = None) -
         half_open_max_wait=timedelta(microseconds=words[LIMIT_HALF_OPEN_WAIT_NS] // 1000)
         if words[LIMIT_HALF_OPEN_WAIT_NS]
         else None,
+        slow_call_duration=timedelta(microseconds=words[LIMIT_SLOW_US]) if words[LIMIT_SLOW_US] else None,
+        slow_call_rate_threshold=words[LIMIT_SLOW_RATE],
     )
     _interned[key] = settings
     return _with_code_of(settings, local)
