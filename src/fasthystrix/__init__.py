@@ -64,7 +64,7 @@ __version__ = "0.1.0"
 #: The live hot-path implementation: ``"compiled"`` or ``"pure"``.
 implementation: str = _impl.current().name
 
-#: Run ``run()`` as command ``name``; see the README. Bound to the live implementation's fast path.
+#: Run ``run()`` as command ``name``; see docs/concepts.md. Bound to the live implementation's fast path.
 do = _impl.current().do
 
 CircuitBreaker = _impl.current().CircuitBreaker
