@@ -376,3 +376,94 @@ def test_the_limit_grows_under_8_threads_and_admission_follows_it() -> None:
     _hammer("a", run)
     assert 1 < circuit.concurrency_limit <= 5
     assert 1 <= seen.max <= 5
+
+
+# -- the stream and the exporters report the current limit ------------------------------------
+
+
+def _adaptive_circuit_at(clock: FakeClock, limit: int) -> Any:
+    """An AIMD circuit brought from 10 down to ``limit`` by timeouts (each one x0.9, whole tickets:
+    one less), so its current limit differs from its settings' ``max_concurrent_requests``."""
+    circuit = _configure(
+        "adaptive", AdaptiveLimit("aimd", initial=10, max_limit=10), isolation="semaphore", timeout=100
+    )
+    while circuit.concurrency_limit > limit:
+        assert _call_taking(clock, "adaptive", 200 * MS) == "TimeoutError"
+    assert circuit.concurrency_limit == limit
+    assert circuit.settings.max_concurrent_requests == 10
+    return circuit
+
+
+def test_the_stream_reports_the_current_limit(clock: FakeClock) -> None:
+    from fasthystrix._observability import _stream_messages
+
+    circuit = _adaptive_circuit_at(clock, 7)
+    command, pool = _stream_messages.messages(circuit)
+    assert command["propertyValue_executionIsolationSemaphoreMaxConcurrentRequests"] == 7
+    for field in ("currentCorePoolSize", "currentLargestPoolSize", "currentMaximumPoolSize", "currentPoolSize"):
+        assert pool[field] == 7
+    cache: dict[str, Any] = {}
+    text = _stream_messages.render([circuit], 1, cache)
+    assert b'"propertyValue_executionIsolationSemaphoreMaxConcurrentRequests":7,' in text
+    assert b'"currentPoolSize":7,' in text
+    # The limit moves while the settings stay the same object: the cached text must follow it.
+    settings = circuit.settings
+    assert _call_taking(clock, "adaptive", 200 * MS) == "TimeoutError"
+    assert circuit.settings is settings
+    assert circuit.concurrency_limit == 6
+    text = _stream_messages.render([circuit], 2, cache)
+    assert b'"propertyValue_executionIsolationSemaphoreMaxConcurrentRequests":6,' in text
+    assert b'"currentPoolSize":6,' in text
+
+
+def test_the_exporters_report_the_current_limit(clock: FakeClock) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from fasthystrix import prometheus
+    from fasthystrix._observability import _cumulative
+
+    registry = CollectorRegistry()
+    collector = prometheus.register(registry)
+    try:
+        _adaptive_circuit_at(clock, 4)
+        (reading,) = [r for r in _cumulative.read_circuits() if r.name == "adaptive"]
+        assert reading.max_concurrent == 4
+        samples = {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(generate_latest(registry).decode())
+            for sample in family.samples
+            if sample.labels.get("command") == "adaptive"
+        }
+        assert samples["fasthystrix_max_concurrent_requests"] == 4
+    finally:
+        collector.close()
+
+
+def test_opentelemetry_reports_the_current_limit(clock: FakeClock) -> None:
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from fasthystrix import otel
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    instrumentation = otel.instrument(provider)
+    try:
+        _adaptive_circuit_at(clock, 5)
+        data = reader.get_metrics_data()
+        assert data is not None
+        points = [
+            point.value
+            for resource in data.resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+            if metric.name == "fasthystrix.max_concurrent_requests"
+            for point in metric.data.data_points
+            if dict(point.attributes) == {"command": "adaptive"}
+        ]
+        assert points == [5]
+    finally:
+        instrumentation.close()
+        provider.shutdown()
