@@ -6,17 +6,24 @@ tested in test_adaptive_limits.py."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import fasthystrix
-from conftest import FakeClock
+from conftest import IMPLEMENTATION, FakeClock
 from fasthystrix import AdaptiveLimit, CommandConfig
 from fasthystrix._core._limits import ALGORITHMS
-from support import WAIT
+from support import WAIT, sharing
+
+TESTS_DIR = Path(__file__).parent
 
 MS = 1_000_000
 
@@ -467,3 +474,40 @@ def test_opentelemetry_reports_the_current_limit(clock: FakeClock) -> None:
     finally:
         instrumentation.close()
         provider.shutdown()
+
+
+# -- host-wide circuits -----------------------------------------------------------------------
+
+
+def test_a_shared_circuit_stores_its_limit_in_the_host_wide_word(tmp_path: Path, clock: FakeClock) -> None:
+    """Each process runs its own limiter and stores into the circuit file's limit word, which
+    admission reads in every process: another process, configured or not, sees the limit."""
+    directory = tmp_path / "circuits"
+    with sharing(directory):
+        circuit = _adaptive_circuit_at(clock, 6)
+        assert circuit._shared is not None
+        assert fasthystrix.get_circuit_settings()["adaptive"].adaptive_limit == AdaptiveLimit(
+            "aimd", initial=10, max_limit=10
+        )
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]))
+        if IMPLEMENTATION == "pure":
+            env["FASTHYSTRIX_NO_EXTENSIONS"] = "1"
+        code = textwrap.dedent(
+            f"""
+            import shared_worker
+            shared_worker.share({str(directory)!r}, None)
+            circuit = shared_worker.open_circuit("adaptive")
+            print(circuit.concurrency_limit, circuit.settings.adaptive_limit)
+            """
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=WAIT * 2, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["6", "None"]  # the host's limit; the limiter is the other process's
+        # Admission here reads the same word: 6 tickets, the 7th call is rejected.
+        holders = Holders("adaptive", 6)
+        try:
+            assert fasthystrix.do("adaptive", lambda: "ran", lambda err: type(err).__name__) == "MaxConcurrencyError"
+        finally:
+            holders.close()

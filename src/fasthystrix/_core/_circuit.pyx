@@ -1204,6 +1204,8 @@ cdef class CircuitBreaker:
         holders keep the GIL, or stay attached, and call no Python code), so clearing them only
         guards against what a signal handler might do; the forking thread holds none here.
         """
+        # The limiter's lock may have been held by a thread that does not exist in the child.
+        self.limiter_lock = threading.Lock()
         if self._shared is None:
             # A shared circuit's locks are in the file: the parent's threads still use them.
             fh_store_relaxed(&self.st.lock, 0)
