@@ -329,10 +329,19 @@ def _hammer(name: str, run: Callable[[], Any], threads: int = 8, calls: int = 15
     assert not errors
 
 
+def _wait_for_tickets(circuit: Any) -> None:
+    """Until every run has ended (thread isolation: a timed-out run keeps its ticket until then)."""
+    for _ in range(int(WAIT * 100)):
+        if circuit.tickets_in_use == 0:
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError(f"tickets still in use: {circuit.tickets_in_use}")
+
+
 @pytest.mark.parametrize("isolation", ["semaphore", "thread"])
 def test_concurrency_never_exceeds_the_current_limit(isolation: str) -> None:
-    """Every call times out (timeout 0), so AIMD drops the limit from 6 to 1 and keeps it there;
-    8 threads hammering the command then never have more than one run in flight."""
+    """Every call times out (timeout 0), so AIMD brings the limit from 6 down to 1 and keeps it
+    there; 8 threads hammering the command then never have more than one run in flight."""
     fasthystrix.set_max_threads(64)
     circuit = _configure(
         "a",
@@ -341,28 +350,22 @@ def test_concurrency_never_exceeds_the_current_limit(isolation: str) -> None:
         timeout=0,
         request_volume_threshold=10**9,  # the breaker stays out of it
     )
-    first = InFlight()
+    seen = InFlight()
 
     def run() -> None:
-        with first:
+        with seen:
             threading.Event().wait(0.0005)
 
-    _hammer("a", run)
-    assert first.max <= 6
-    assert circuit.concurrency_limit == 1
-    # All runs have ended (the hammer joined its threads; thread isolation: the tickets are back).
-    for _ in range(1000):
-        if circuit.tickets_in_use == 0:
+    for _ in range(100):
+        if circuit.concurrency_limit == 1:
             break
-        threading.Event().wait(0.01)
-    second = InFlight()
-
-    def run_again() -> None:
-        with second:
-            threading.Event().wait(0.0005)
-
-    _hammer("a", run_again)
-    assert second.max == 1
+        fasthystrix.do("a", run, lambda err: None)
+        _wait_for_tickets(circuit)
+    assert circuit.concurrency_limit == 1
+    assert seen.max == 1
+    _hammer("a", run)
+    _wait_for_tickets(circuit)
+    assert seen.max == 1
     assert circuit.concurrency_limit == 1
 
 
@@ -511,3 +514,26 @@ def test_a_shared_circuit_stores_its_limit_in_the_host_wide_word(tmp_path: Path,
             assert fasthystrix.do("adaptive", lambda: "ran", lambda err: type(err).__name__) == "MaxConcurrencyError"
         finally:
             holders.close()
+
+
+def test_collectors_measure_concurrency_against_the_current_limit(clock: FakeClock, holders: list[Holders]) -> None:
+    """``MetricResult.concurrency_in_use`` (StatsD's ``concurrencyInUse``) is tickets in use over
+    the limit now, not over the settings' initial limit."""
+    from fasthystrix.metric_collector import registry as collector_registry
+
+    results: list[Any] = []
+
+    class Collector:
+        def update(self, result: Any) -> None:
+            results.append(result)
+
+        def reset(self) -> None:
+            pass
+
+    collector_registry.register(lambda name: Collector())
+    _adaptive_circuit_at(clock, 7)
+    holders.append(Holders("adaptive", 2))
+    results.clear()
+    assert _call_taking(clock, "adaptive", 20 * MS) == "ok"  # 3 in flight of 7: no demand, AIMD holds
+    assert _circuit("adaptive").concurrency_limit == 7
+    assert [r.concurrency_in_use for r in results] == [2 / 7]
