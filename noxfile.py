@@ -162,6 +162,7 @@ def wheel(session: nox.Session) -> None:
 # preloaded). The test files they run, by name under tests/: the core, stress and robustness tests,
 # not the integrations' servers nor the browser. A new core test file belongs here.
 SANITIZER_TESTS = [
+    "test_adaptive_wiring.py",
     "test_api_errors.py",
     "test_asyncio.py",
     "test_circuit_edges.py",
@@ -194,6 +195,7 @@ SANITIZER_TESTS = [
 # Run a second time with every test's circuits in a shared file (FASTHYSTRIX_TEST_SHARED=1): the
 # C paths of shared circuits under the sanitizers.
 SANITIZER_SHARED_TESTS = [
+    "test_adaptive_wiring.py",
     "test_circuit_edges.py",
     "test_circuit_state_machine.py",
     "test_stress.py",

@@ -36,6 +36,7 @@ from ._core._errors import (
     MaxConcurrencyError,
     TimeoutError,  # noqa: A004 - hystrix-go's name; also a builtin TimeoutError subclass
 )
+from ._core._limits import AdaptiveLimit
 from ._core._metrics import MetricsSnapshot
 from ._core._shared import SharedStateError, shared_dir
 from ._core._transitions import on_state_change
@@ -78,6 +79,7 @@ __all__ = [
     "DEFAULT_REQUEST_VOLUME_THRESHOLD",
     "DEFAULT_SLEEP_WINDOW",
     "DEFAULT_TIMEOUT",
+    "AdaptiveLimit",
     "CircuitBreaker",
     "CircuitError",
     "CircuitLimitError",

@@ -17,7 +17,8 @@ Instruments (meter ``fasthystrix``), each with a ``command`` attribute:
 - ``fasthystrix.rolling.events`` (gauge, attribute ``event``) and
   ``fasthystrix.rolling.error_ratio`` (gauge): the 10-second window the breaker decides on;
 - ``fasthystrix.circuit.open``, ``fasthystrix.circuit.forced_open`` (gauges, 0 or 1);
-- ``fasthystrix.concurrent_requests``, ``fasthystrix.max_concurrent_requests`` (gauges);
+- ``fasthystrix.concurrent_requests``, ``fasthystrix.max_concurrent_requests`` (gauges; the
+  latter is the current concurrency limit: an ``AdaptiveLimit``'s value now);
 - ``fasthystrix.run.duration``, ``fasthystrix.total.duration`` (gauges in seconds, attribute
   ``quantile``: the rolling 60-second percentiles) with ``fasthystrix.run.duration.count``,
   ``fasthystrix.run.duration.sum`` and the ``total`` pair (cumulative ObservableCounters);
@@ -97,7 +98,7 @@ class _ProviderInstruments:
             (gauge, "fasthystrix.circuit.open", "", "1 if open or forced open, else 0.", _open),
             (gauge, "fasthystrix.circuit.forced_open", "", "1 if forced open, else 0.", _forced),
             (gauge, "fasthystrix.concurrent_requests", "{request}", "Commands holding a ticket now.", _concurrent),
-            (gauge, "fasthystrix.max_concurrent_requests", "{request}", "The concurrency limit.", _maximum),
+            (gauge, "fasthystrix.max_concurrent_requests", "{request}", "The current concurrency limit.", _maximum),
             (
                 gauge,
                 "fasthystrix.run.duration",

@@ -15,7 +15,8 @@ Exported, each with a ``command`` label (the circuit's name):
 - ``fasthystrix_rolling_events{event}`` and ``fasthystrix_rolling_error_ratio``:
   gauges of the 10-second window the breaker decides on;
 - ``fasthystrix_circuit_open``, ``fasthystrix_circuit_forced_open``: 0 or 1;
-- ``fasthystrix_concurrent_requests``, ``fasthystrix_max_concurrent_requests``;
+- ``fasthystrix_concurrent_requests``, ``fasthystrix_max_concurrent_requests`` (the current
+  concurrency limit: ``max_concurrent_requests``, or an ``AdaptiveLimit``'s value now);
 - ``fasthystrix_run_duration_seconds``, ``fasthystrix_total_duration_seconds``:
   summaries whose quantiles are the rolling 60-second percentiles and whose
   ``_count``/``_sum`` are cumulative;
@@ -136,7 +137,7 @@ class FasthystrixCollector:
             ),
             GaugeMetricFamily(
                 "fasthystrix_max_concurrent_requests",
-                "The configured concurrency limit (max_concurrent_requests).",
+                "The current concurrency limit (max_concurrent_requests, or an adaptive limit's value now).",
                 labels=command,
             ),
             Metric(

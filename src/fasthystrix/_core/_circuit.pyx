@@ -13,6 +13,7 @@ the thread state at once and handed back to the caller through an explicit
 out-parameter (``raised``), never left set across C code.
 """
 
+import threading
 import time
 from datetime import timedelta as _timedelta
 from functools import partial
@@ -344,6 +345,8 @@ cdef class CircuitBreaker:
         self.slot = -1
         self._shared = None
         self._keep = None
+        self.limiter = None
+        self.limiter_lock = threading.Lock()
 
     def __init__(self, str name, settings, default_collector, collectors, clock):
         self.name = name
@@ -391,6 +394,10 @@ cdef class CircuitBreaker:
         cdef int64_t slow_us = (settings.slow_call_duration_ns + 999) // 1000
         cdef int64_t slow_rate = settings.slow_call_rate_threshold
         cdef int64_t version
+        adaptive_limit = settings.adaptive_limit
+        limiter = None if adaptive_limit is None else adaptive_limit.limiter()
+        # Under limiter_lock: a sample of the old limiter cannot store its limit after this.
+        self.limiter_lock.acquire()
         fh_spin_lock(&self.st.lock)
         fh_store_relaxed(&self.lim.timeout_ns, timeout_ns)
         fh_store_relaxed(&self.lim.sleep_window_ns, sleep_window_ns)
@@ -412,13 +419,17 @@ cdef class CircuitBreaker:
         version = self.lim.version + 1
         fh_store_release(&self.lim.version, version)
         fh_spin_unlock(&self.st.lock)
+        self.limiter = limiter
+        self.limiter_lock.release()
         ignores = settings.ignores
         is_failure = settings.is_failure
         with cython.critical_section(self):
             self._settings_obj = settings
             self.ignores = ignores
             self.is_failure = is_failure
-            self.slow_success = self.has_collectors or is_failure is not None
+            self.adaptive = limiter is not None
+            self.slow_report = self.has_collectors or self.adaptive
+            self.slow_success = self.slow_report or is_failure is not None
             self.settings_version = version
 
     cdef refresh_settings(self):
@@ -451,7 +462,7 @@ cdef class CircuitBreaker:
             self._settings_obj = settings
             self.ignores = ignores
             self.is_failure = is_failure
-            self.slow_success = self.has_collectors or is_failure is not None
+            self.slow_success = self.slow_report or is_failure is not None
             self.settings_version = words[6]
 
     cdef object ignores_now(self):
@@ -607,6 +618,12 @@ cdef class CircuitBreaker:
         if wait == 0:
             wait = fh_load_relaxed(&self.lim.sleep_window_ns)
         return _timedelta(microseconds=wait // 1000)
+
+    @property
+    def concurrency_limit(self):
+        """The ticket limit admission applies now: ``max_concurrent_requests``, or an adaptive
+        limit's current value."""
+        return fh_load_relaxed(&self.lim.max_concurrent)
 
     @property
     def tickets_in_use(self):
@@ -870,7 +887,11 @@ cdef class CircuitBreaker:
                       int64_t trial, bint release) except -1:
         cdef bint closed = False, reopened = False
         cdef int64_t slot_word
+        cdef int64_t inflight = 0
         cdef int ended
+        if self.adaptive:
+            # The calls in flight as this one ends, itself included (its ticket may be back already).
+            inflight = fh_load_relaxed(self.tickets.count) + (0 if release else 1)
         if release:
             self.tickets.give()
         # Only the trial of the current open episode closes the circuit (hystrix-go let any
@@ -909,6 +930,8 @@ cdef class CircuitBreaker:
             slot_word = self.slot + 1
             fh_cas_acq_rel(&self.st.trial_slot, &slot_word, 0)
         self.metrics_c.record_c(event, fallback_event, now, run_us, total_us, fh_load_relaxed(&self.lim.slow_us))
+        if self.adaptive:
+            self.feed_limiter(event, run_us, total_us, inflight)
         if closed:
             _transitions.closed(self.name)
         elif reopened:
@@ -916,6 +939,20 @@ cdef class CircuitBreaker:
         if closed or self.has_collectors:
             notify_collectors(self.name, self._collectors, closed, event, fallback_event, run_us, total_us,
                               self.tickets.in_use, fh_load_relaxed(&self.lim.max_concurrent))
+        return 0
+
+    cdef int feed_limiter(self, int event, int64_t run_us, int64_t total_us, int64_t inflight) except -1:
+        """One sample for the adaptive limiter (calls that ran: not rejected nor short-circuited, nor
+        ended by their context); its new limit goes to the word admission reads."""
+        cdef int64_t rtt_us = run_us if run_us >= 0 else total_us
+        cdef int64_t limit
+        if rtt_us < 0 or not (event == SUCCESS or event == FAILURE or event == TIMEOUT or event == BAD_REQUEST):
+            return 0
+        with self.limiter_lock:
+            limiter = self.limiter
+            if limiter is not None:  # reconfigured to a fixed limit meanwhile
+                limit = limiter.on_sample(rtt_us * 1000, inflight, event == TIMEOUT)
+                fh_store_relaxed(&self.lim.max_concurrent, limit)
         return 0
 
     def _report(self, int event, int fallback_event, int64_t now, int64_t run_us, int64_t total_us,
@@ -1003,7 +1040,7 @@ cdef class CircuitBreaker:
         is_failure = self.is_failure_now()
         exc = None if is_failure is None else checked_result(is_failure, value)
         if exc is None:
-            if verdict == ADMITTED and not self.has_collectors:
+            if verdict == ADMITTED and not self.slow_report:
                 self.tickets.give()
                 self.metrics_c.record_one_c(SUCCESS, end, elapsed // 1000, fh_load_relaxed(&self.lim.slow_us))
             else:
@@ -1104,7 +1141,7 @@ cdef class CircuitBreaker:
             # finish_c's no-fallback branch, inlined: the path an outage hammers.
             if event == TIMEOUT:
                 self.report_c(TIMEOUT, NO_EVENT, end, -1, elapsed // 1000, verdict, True)
-            elif verdict == ADMITTED and not self.has_collectors:
+            elif verdict == ADMITTED and not self.slow_report:
                 self.tickets.give()
                 self.metrics_c.record_one_c(event, end, elapsed // 1000, fh_load_relaxed(&self.lim.slow_us))
             else:
@@ -1182,6 +1219,8 @@ cdef class CircuitBreaker:
         holders keep the GIL, or stay attached, and call no Python code), so clearing them only
         guards against what a signal handler might do; the forking thread holds none here.
         """
+        # The limiter's lock may have been held by a thread that does not exist in the child.
+        self.limiter_lock = threading.Lock()
         if self._shared is None:
             # A shared circuit's locks are in the file: the parent's threads still use them.
             fh_store_relaxed(&self.st.lock, 0)

@@ -40,6 +40,7 @@ from ._events import (
     SHORT_CIRCUIT,
     SHORT_CIRCUITED,
     SUCCESS,
+    TIMEOUT,
     TRIPPED,
     probe_phase,
     turned_away_event,
@@ -66,6 +67,8 @@ __all__ = [
 ]
 
 _NS_PER_US = 1000
+# The endings an adaptive limiter learns from: the calls that ran (their ticket's whole life).
+_SAMPLED_EVENTS = frozenset((SUCCESS, FAILURE, TIMEOUT, BAD_REQUEST))
 
 # A half-open phase's trials in one int (as the compiled twin's word): admitted, finished, failed.
 _PROBE_BITS = 21
@@ -160,6 +163,8 @@ class CircuitBreaker:
         "_force_open",
         "_held",
         "_host",
+        "_limit",
+        "_limiter",
         "_lock",
         "_metrics",
         "_open",
@@ -185,7 +190,6 @@ class CircuitBreaker:
         clock: Callable[[], int],
     ) -> None:
         self.name = name
-        self._settings_obj = settings
         self._default = default_collector
         self._metrics = default_collector._rolling
         self._lock = default_collector._lock
@@ -209,6 +213,14 @@ class CircuitBreaker:
         self._held = self._tickets._held
         self._pending = self._metrics._pending
         self._admits = self._metrics._admits
+        self._settings_obj = settings
+        self._use_limit_of(settings)
+
+    def _use_limit_of(self, settings: Any) -> None:
+        # The limit admission reads (the compiled twin's lim.max_concurrent word), and the limiter
+        # that moves it with an adaptive limit (fed in _report, under the lock).
+        self._limiter = None if settings.adaptive_limit is None else settings.adaptive_limit.limiter()
+        self._limit = settings.max_concurrent_requests
 
     def __repr__(self) -> str:
         state = "forced open" if self._force_open else "open" if self._open else "closed"
@@ -225,6 +237,7 @@ class CircuitBreaker:
         # The registry assigns new settings here; the gate holds a copy of some of them.
         with self._lock:
             self._settings_obj = settings
+            self._use_limit_of(settings)
             self._metrics._gate = CLOSED
             self._open_gate_locked()
 
@@ -293,6 +306,13 @@ class CircuitBreaker:
         """The wait before the next trial of this open episode (a ``timedelta``): the sleep window,
         or its backoff after failed trials."""
         return timedelta(microseconds=(self._sleep_ns or self._settings_obj.sleep_window_ns) // 1000)
+
+    @property
+    def concurrency_limit(self) -> int:
+        """The ticket limit admission applies now: ``max_concurrent_requests``, or an adaptive
+        limit's current value."""
+        limit: int = self._limit
+        return limit
 
     @property
     def tickets_in_use(self) -> int:
@@ -409,7 +429,7 @@ class CircuitBreaker:
         Called with the lock held after anything that may have closed the gate.
         """
         settings = self._settings_obj
-        if self._open or self._force_open or not settings.semaphore or self._collectors:
+        if self._open or self._force_open or not settings.semaphore or self._collectors or self._limiter is not None:
             return  # every call takes the locked path (the gate was closed when this became so)
         metrics = self._metrics
         requests = metrics._requests
@@ -440,7 +460,9 @@ class CircuitBreaker:
         metrics._gate = Gate(
             (second + 1) * NS_PER_SECOND,
             budget,
-            _HELD_BASE + min(peak, settings.max_concurrent_requests),
+            _HELD_BASE + min(peak, self._limit),
+            # With is_failure, no success is "on time" for the gate: each goes to _succeeded_late,
+            # which checks its result and, if it is a success, still counts it lock-free.
             on_time_ns if settings.is_failure is None else -1,
         )
 
@@ -469,7 +491,7 @@ class CircuitBreaker:
             return EXPIRED
         elif admitted >= settings.half_open_max_calls:
             return SHORT_CIRCUITED
-        in_use = self._tickets.try_take(settings.max_concurrent_requests)
+        in_use = self._tickets.try_take(self._limit)
         if in_use < 0:
             return SHORT_CIRCUITED  # a trial only when it can run
         if first:
@@ -521,12 +543,10 @@ class CircuitBreaker:
             if settings.probes:
                 return self._probe_locked(now, settings)
             # Only take the trial slot if the trial can run (a ticket is free).
-            if self._tickets.in_use >= settings.max_concurrent_requests or not self._allow_single_test_locked(
-                now, settings
-            ):
+            if self._tickets.in_use >= self._limit or not self._allow_single_test_locked(now, settings):
                 return SHORT_CIRCUITED
             verdict = self._episode
-        in_use = self._tickets.try_take(settings.max_concurrent_requests)
+        in_use = self._tickets.try_take(self._limit)
         if in_use < 0:
             return REJECTED_VERDICT
         self._metrics.record_executed(now, in_use)
@@ -563,6 +583,8 @@ class CircuitBreaker:
         """Record one finished command (releasing its ticket if ``release``), then tell the collectors."""
         closed = reopened = False
         with self._lock:
+            # The calls in flight as this one ends, itself included (its ticket may be back already).
+            inflight = self._tickets.in_use + (0 if release else 1)
             if release:
                 self._tickets.give_back()
             # Only the trial of the current open episode closes the circuit (hystrix-go let any
@@ -585,6 +607,8 @@ class CircuitBreaker:
             self._metrics.record(
                 event, fallback_event, now, run_us, total_us, (self._settings_obj.slow_call_duration_ns + 999) // 1000
             )
+            if self._limiter is not None:
+                self._feed_limiter_locked(event, run_us, total_us, inflight)
             in_use = self._tickets.in_use
             self._open_gate_locked()
         if closed:
@@ -601,8 +625,16 @@ class CircuitBreaker:
                 run_us,
                 total_us,
                 in_use,
-                self._settings_obj.max_concurrent_requests,
+                self._limit,
             )
+
+    def _feed_limiter_locked(self, event: int, run_us: int, total_us: int, inflight: int) -> None:
+        """One sample for the adaptive limiter (calls that ran: not rejected nor short-circuited, nor
+        ended by their context); its new limit is the one admission reads."""
+        rtt_us = run_us if run_us >= 0 else total_us
+        limiter = self._limiter
+        if limiter is not None and rtt_us >= 0 and event in _SAMPLED_EVENTS:
+            self._limit = limiter.on_sample(rtt_us * 1000, inflight, event == TIMEOUT)
 
     def _finish(
         self,

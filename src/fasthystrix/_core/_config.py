@@ -18,6 +18,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from ._errors import safe_repr
+from ._limits import AdaptiveLimit
 from ._log import logger
 
 __all__ = [
@@ -82,6 +83,14 @@ def _count(field_name: str, value: object) -> int:
     if value > MAX_COUNT:
         raise ValueError(f"{field_name} must be at most {MAX_COUNT} (2**31 - 1), got {safe_repr(value)}")
     return value
+
+
+def _limit(field_name: str, value: object) -> int | AdaptiveLimit:
+    if isinstance(value, AdaptiveLimit):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{field_name} must be an int or an AdaptiveLimit, not {safe_repr(value)}")
+    return _count(field_name, value)
 
 
 def _percent(field_name: str, value: object) -> int:
@@ -199,7 +208,9 @@ class CommandConfig:
     """
 
     timeout: Duration | None = None
-    max_concurrent_requests: int | None = None
+    #: Tickets: an int (a fixed limit), or an :class:`AdaptiveLimit` (a limit each circuit moves
+    #: with its latencies, from ``initial`` within ``min_limit`` .. ``max_limit``).
+    max_concurrent_requests: int | AdaptiveLimit | None = None
     request_volume_threshold: int | None = None
     sleep_window: Duration | None = None
     error_percent_threshold: int | None = None
@@ -246,7 +257,7 @@ class CommandConfig:
         if self.timeout is not None:
             _duration_ns("timeout", self.timeout)
         if self.max_concurrent_requests is not None:
-            _count("max_concurrent_requests", self.max_concurrent_requests)
+            _limit("max_concurrent_requests", self.max_concurrent_requests)
         if self.request_volume_threshold is not None:
             _count("request_volume_threshold", self.request_volume_threshold)
         if self.sleep_window is not None:
@@ -295,7 +306,12 @@ _FIELDS = frozenset(CommandConfig.__dataclass_fields__)
 
 @dataclass(frozen=True)
 class Settings:
-    """A command's effective settings; times are ``timedelta`` like hystrix-go's ``time.Duration``."""
+    """A command's effective settings; times are ``timedelta`` like hystrix-go's ``time.Duration``.
+
+    With an adaptive limit, ``max_concurrent_requests`` is its ``initial`` value (the int every
+    reader of a fixed limit gets) and ``adaptive_limit`` the :class:`AdaptiveLimit`; the limit a
+    circuit admits with now is ``CircuitBreaker.concurrency_limit``.
+    """
 
     timeout: timedelta
     max_concurrent_requests: int
@@ -317,6 +333,8 @@ class Settings:
     ignore: Ignore | None = None
     #: As in :class:`CommandConfig`; ``None``: every value run returns is a success. Code, as ``ignore``.
     is_failure: Callable[[Any], object] | None = None
+    #: The :class:`AdaptiveLimit` of ``max_concurrent_requests``, or ``None`` for a fixed limit.
+    adaptive_limit: AdaptiveLimit | None = None
     # Integer copies read on the hot path, so a call never converts a timedelta.
     timeout_ns: int = field(init=False, repr=False, compare=False)
     sleep_window_ns: int = field(init=False, repr=False, compare=False)
@@ -378,6 +396,8 @@ class Settings:
         object.__setattr__(self, "ignores", None if self.ignore is None else _ignore("ignore", self.ignore))
         if self.is_failure is not None:
             _predicate("is_failure", self.is_failure)
+        if self.adaptive_limit is not None and not isinstance(self.adaptive_limit, AdaptiveLimit):
+            raise TypeError(f"adaptive_limit must be an AdaptiveLimit or None, not {safe_repr(self.adaptive_limit)}")
 
     @classmethod
     def from_config(cls, config: CommandConfig, defaults: Settings) -> Settings:
@@ -388,9 +408,18 @@ class Settings:
 
         timeout = pick(config.timeout, defaults.timeout)
         sleep_window = pick(config.sleep_window, defaults.sleep_window)
+        # An adaptive limit keeps its initial value as the int everything else reads.
+        limit: int
+        adaptive: AdaptiveLimit | None
+        if config.max_concurrent_requests is None:
+            limit, adaptive = defaults.max_concurrent_requests, defaults.adaptive_limit
+        elif isinstance(config.max_concurrent_requests, AdaptiveLimit):
+            limit, adaptive = config.max_concurrent_requests.initial, config.max_concurrent_requests
+        else:
+            limit, adaptive = config.max_concurrent_requests, None
         return cls(
             timeout=timeout if isinstance(timeout, timedelta) else timedelta(milliseconds=timeout),  # type: ignore[arg-type]
-            max_concurrent_requests=pick(config.max_concurrent_requests, defaults.max_concurrent_requests),  # type: ignore[arg-type]
+            max_concurrent_requests=limit,
             request_volume_threshold=pick(config.request_volume_threshold, defaults.request_volume_threshold),  # type: ignore[arg-type]
             sleep_window=sleep_window if isinstance(sleep_window, timedelta) else timedelta(milliseconds=sleep_window),  # type: ignore[arg-type]
             error_percent_threshold=pick(config.error_percent_threshold, defaults.error_percent_threshold),  # type: ignore[arg-type]
@@ -406,6 +435,7 @@ class Settings:
             slow_call_rate_threshold=pick(config.slow_call_rate_threshold, defaults.slow_call_rate_threshold),  # type: ignore[arg-type]
             ignore=pick(config.ignore, defaults.ignore),  # type: ignore[arg-type]
             is_failure=pick(config.is_failure, defaults.is_failure),  # type: ignore[arg-type]
+            adaptive_limit=adaptive,
         )
 
 

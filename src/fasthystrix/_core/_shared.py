@@ -625,11 +625,22 @@ def settings_from_words(words: tuple[int, ...], local: Settings | None = None) -
 
 
 def _with_code_of(settings: Settings, local: Settings | None) -> Settings:
+    # An adaptive limit is this process's too: its limiter runs on this process's samples and
+    # stores into the host's limit word, so that word is not the settings' initial limit.
     ignore = None if local is None else local.ignore
     is_failure = None if local is None else local.is_failure
-    if settings.ignore is ignore and settings.is_failure is is_failure:
+    adaptive = None if local is None else local.adaptive_limit
+    if settings.ignore is ignore and settings.is_failure is is_failure and settings.adaptive_limit is adaptive:
         return settings
-    return dataclasses.replace(settings, ignore=ignore, is_failure=is_failure)
+    if adaptive is not None:
+        return dataclasses.replace(
+            settings,
+            ignore=ignore,
+            is_failure=is_failure,
+            adaptive_limit=adaptive,
+            max_concurrent_requests=adaptive.initial,
+        )
+    return dataclasses.replace(settings, ignore=ignore, is_failure=is_failure, adaptive_limit=None)
 
 
 # -- the reaper -----------------------------------------------------------------------------------

@@ -192,8 +192,10 @@ def _constants(constants: tuple[Any, ...]) -> dict[str, Any]:
 _CONSTANTS = _constants(_JSON)
 
 
-def _settings(name: str, s: Any, constants: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The values of the circuit's name and settings, in _SETTINGS's order."""
+def _settings(name: str, s: Any, constants: tuple[Any, ...], limit: int) -> tuple[Any, ...]:
+    """The values of the circuit's name and settings, in _SETTINGS's order; ``limit`` is the
+    circuit's current concurrency limit (an adaptive limit's value now), reported as the
+    semaphore maximum and the pool's sizes."""
     true, false = constants[:2]
     semaphore, thread = constants[4:6]
     return (
@@ -204,7 +206,7 @@ def _settings(name: str, s: Any, constants: tuple[Any, ...]) -> tuple[Any, ...]:
         true if s.circuit_breaker_enabled else false,
         semaphore if s.semaphore else thread,
         s.timeout_ns // 1_000_000,
-        s.max_concurrent_requests,
+        limit,
     )
 
 
@@ -285,7 +287,7 @@ def messages(circuit: Any, now_ms: int | None = None) -> tuple[dict[str, Any], d
     values = _constants(_PYTHON)
     for name, at in _DYNAMIC_AT.items():
         values[name] = row[at : at + 9] if name in ("run", "total") else row[at]
-    values.update(zip(_SETTINGS, _settings(circuit.name, s, _PYTHON), strict=True))
+    values.update(zip(_SETTINGS, _settings(circuit.name, s, _PYTHON, circuit.concurrency_limit), strict=True))
     values["now"] = now_ms
     return _to_dict(COMMAND_FIELDS, _COMMAND_ROW, values), _to_dict(POOL_FIELDS, _POOL_ROW, values)
 
@@ -368,9 +370,9 @@ def _segments() -> tuple[list[tuple[bytes, _Picker]], int]:
 _SEGMENTS, _SPLIT = _segments()
 
 
-def _compile(name: str, s: Any) -> tuple[bytes, bytes, bytes]:
-    """A circuit's first segment, and the formats of the other two, for these settings."""
-    values = _settings(name, s, _JSON_BYTES)
+def _compile(name: str, s: Any, limit: int) -> tuple[bytes, bytes, bytes]:
+    """A circuit's first segment, and the formats of the other two, for these settings and limit."""
+    values = _settings(name, s, _JSON_BYTES, limit)
     # In a format of the second pass, the name's "%" must read as text.
     escaped = (values[0].replace(b"%", b"%%"), *values[1:])
     (first, pick_first), (second, pick_second), (third, pick_third) = _SEGMENTS
@@ -397,12 +399,14 @@ def render(circuits: list[Any], now_ms: int | None = None, cache: dict[str, Any]
         forced_closed = circuit.force_closed
         concurrent = circuit.tickets_in_use
         s = circuit.settings
+        limit = circuit.concurrency_limit
         summaries = (run, latencies(run), total, latencies(total))
         key = (counts, run.mean, summaries[1], total.mean, summaries[3], state, forced_closed, concurrent)
-        # entry: [key, settings, circuit, its _compile()d segments, the text around currentTime]
+        # entry: [key, settings, circuit, its _compile()d segments, the text around currentTime,
+        # the concurrency limit they were compiled with (an adaptive one moves)]
         entry = previous.get(name)
-        if entry is None or entry[2] is not circuit or entry[1] is not s:
-            entry = [None, s, circuit, _compile(name, s), None]
+        if entry is None or entry[2] is not circuit or entry[1] is not s or entry[5] != limit:
+            entry = [None, s, circuit, _compile(name, s, limit), None, limit]
         elif entry[0] == key:
             current[name] = entry
             parts.append(entry[4])
