@@ -58,7 +58,8 @@ from fasthystrix._core._errors import CircuitOpenError, FailedResultError, Fallb
 from fasthystrix._core._errors import ContextCanceledError as _ContextCanceledError
 from fasthystrix._core._errors import ContextDeadlineExceededError as _ContextDeadlineExceededError
 from fasthystrix._core._errors import TimeoutError as CommandTimeoutError
-from fasthystrix._core import _backoff, _clock, _shared, _transitions
+from fasthystrix._core import _backoff, _clock, _queue, _shared, _transitions
+from fasthystrix._core._events import turned_away_event
 from fasthystrix._core._outcomes import COROUTINE as _COROUTINE
 from fasthystrix._core._outcomes import (
     check_arguments,
@@ -354,6 +355,7 @@ cdef class CircuitBreaker:
         self.c_clock = clock is _monotonic_ns or isinstance(clock, _clock.ManualClock)
         self._clock = now_ns if self.c_clock else clock
         self.tickets = TicketPool()
+        self.tickets.limit = &self.lim.max_concurrent
         self._workers = None
         self._settings = settings
 
@@ -385,6 +387,7 @@ cdef class CircuitBreaker:
         cdef int64_t sleep_jitter_ppm = _backoff.ppm(settings.sleep_window_jitter)
         cdef int64_t half_open_calls = settings.half_open_max_calls
         cdef int64_t half_open_wait_ns = settings.half_open_max_wait_ns
+        cdef int64_t queue_wait_ns = settings.max_queue_wait_ns
         cdef int64_t version
         fh_spin_lock(&self.st.lock)
         fh_store_relaxed(&self.lim.timeout_ns, timeout_ns)
@@ -413,6 +416,7 @@ cdef class CircuitBreaker:
             self.is_failure = is_failure
             self.slow_success = self.has_collectors or is_failure is not None
             self.settings_version = version
+        fh_store_relaxed(&self.queue_wait_ns, queue_wait_ns)
 
     cdef refresh_settings(self):
         # Another process wrote this shared circuit's settings: rebuild the Settings object.
@@ -444,6 +448,7 @@ cdef class CircuitBreaker:
             self.is_failure = is_failure
             self.slow_success = self.has_collectors or is_failure is not None
             self.settings_version = words[6]
+        fh_store_relaxed(&self.queue_wait_ns, settings.max_queue_wait_ns)
 
     cdef object ignores_now(self):
         with cython.critical_section(self):
@@ -471,6 +476,7 @@ cdef class CircuitBreaker:
         self.probes = &(<fh_tickets *>&view[_shared.TICKETS]).probes
         self.proc = &(<fh_proc *>&view[_shared.PROCS])[slot]
         self.tickets.attach(<int64_t *>&view[_shared.TICKETS], &(<fh_proc *>&view[_shared.PROCS])[slot].tickets, view)
+        self.tickets.limit = &self.lim.max_concurrent
         self.slot = slot
         self._shared = shared
         if configured is not None:
@@ -824,6 +830,8 @@ cdef class CircuitBreaker:
             if fh_load_relaxed(self.tickets.count) >= limit or not self.allow_single_test_c(now):
                 return SHORT_CIRCUITED
             verdict = fh_load_acquire(&self.st.episode)
+        elif fh_load_relaxed(&self.tickets.waiting) != 0:
+            return REJECTED_VERDICT  # calls wait for a ticket: this one queues behind them
         in_use = self.tickets.take(limit)
         if in_use < 0:
             return REJECTED_VERDICT if verdict == ADMITTED else SHORT_CIRCUITED
@@ -842,6 +850,33 @@ cdef class CircuitBreaker:
         elif verdict == EXPIRED:
             _transitions.reopened(self.name)
         return verdict
+
+    cdef int64_t wait_for_ticket(self, int64_t start, object ctx) except? -99:
+        """A call admitted by the breaker found no ticket: wait up to ``max_queue_wait`` for one
+        (a verdict: ``ADMITTED`` with the ticket taken and counted, or why not; see _queue)."""
+        cdef int64_t verdict, in_use
+        queue, ops = self._queue_ops()
+        verdict, in_use = _queue.wait(queue, ops, start, self.now(), fh_load_relaxed(&self.queue_wait_ns),
+                                      fh_load_relaxed(&self.lim.timeout_ns), ctx, self._clock)
+        if verdict == ADMITTED:
+            self.metrics_c.record_executed_c(self.now(), in_use)
+        return verdict
+
+    def _queue_ops(self):
+        """The queue of calls waiting for a ticket, and what it needs of this circuit (see _queue)."""
+        cdef TicketPool tickets = self.tickets
+        ops = _queue._Ops(tickets.queue.lock, fh_load_relaxed(&self.lim.max_concurrent), tickets._take_for_waiter,
+                          tickets._untake, tickets.give_back, tickets._publish)
+        return tickets.queue, ops
+
+    def _queue_admitted(self, int64_t in_use):
+        """A call that waited got its ticket (``in_use`` tickets then): counted as executed."""
+        self.metrics_c.record_executed_c(self.now(), in_use)
+
+    @property
+    def queue_size(self):
+        """Calls of this process waiting for a ticket now (``max_queue_wait``)."""
+        return fh_load_relaxed(&self.tickets.waiting)
 
     def _acquire(self, int64_t now, settings=None):
         """Check the circuit and take a ticket; a verdict (>= 0: admitted, > 0: trial)."""
@@ -953,6 +988,8 @@ cdef class CircuitBreaker:
                             PyObject **raised):
         """Complete a command the circuit did not admit (``verdict < 0``): nothing ran, no ticket taken."""
         cdef int event = REJECTED if verdict == REJECTED_VERDICT else SHORT_CIRCUIT
+        if verdict <= QUEUE_TIMEOUT:
+            event = turned_away_event(verdict)
         if verdict == TRIPPED:
             _transitions.opened(self.name)
         elif verdict == EXPIRED:
@@ -1025,6 +1062,8 @@ cdef class CircuitBreaker:
         # Admission first, whatever the isolation: a call the circuit turns away costs the same
         # in thread and semaphore mode.
         verdict = self.admit(start)
+        if verdict == REJECTED_VERDICT and fh_load_relaxed(&self.queue_wait_ns) != 0:
+            verdict = self.wait_for_ticket(start, None)
         if verdict < 0:
             if args is not None:
                 fallback = bind_fallback(fallback, args, kwargs)
@@ -1115,6 +1154,8 @@ cdef class CircuitBreaker:
             event = CONTEXT_CANCELED if kind == "canceled" else CONTEXT_DEADLINE_EXCEEDED
             return self.finish_c(event, error_for(event), NOT_STARTED, -1, 0, fallback, ctx, False, raised)
         verdict = self.admit(start)
+        if verdict == REJECTED_VERDICT and fh_load_relaxed(&self.queue_wait_ns) != 0:
+            verdict = self.wait_for_ticket(start, ctx)
         if verdict < 0:
             return self.turned_away(verdict, start, fallback, ctx, raised)
         if verdict > 0 and (verdict < FH_PROBE or verdict & FH_FIRST_PROBE):

@@ -618,9 +618,11 @@ def settings_from_words(words: tuple[int, ...], local: Settings | None = None) -
 def _with_code_of(settings: Settings, local: Settings | None) -> Settings:
     ignore = None if local is None else local.ignore
     is_failure = None if local is None else local.is_failure
-    if settings.ignore is ignore and settings.is_failure is is_failure:
+    # The queue of calls waiting for a ticket is this process's: so is its max_queue_wait.
+    queue_wait = timedelta(0) if local is None else local.max_queue_wait
+    if settings.ignore is ignore and settings.is_failure is is_failure and settings.max_queue_wait == queue_wait:
         return settings
-    return dataclasses.replace(settings, ignore=ignore, is_failure=is_failure)
+    return dataclasses.replace(settings, ignore=ignore, is_failure=is_failure, max_queue_wait=queue_wait)
 
 
 # -- the reaper -----------------------------------------------------------------------------------
