@@ -18,6 +18,7 @@ from hypothesis import given, settings as hsettings, strategies as st
 import fasthystrix
 from fasthystrix import Context, ContextCanceledError, ContextDeadlineExceededError
 from fasthystrix._core import _clock, _events, _queue
+from fasthystrix._observability import _stream_messages
 from support import WAIT, wait_until
 
 LONG = 60_000  # ms: a timeout or wait no test reaches
@@ -566,3 +567,27 @@ def test_do_async_wait_ends_at_the_timeout() -> None:
     asyncio.run(scenario())
     holders.release_all()
     assert c.metrics().timeouts == 2  # the waiter, and the holder that ran past its timeout
+
+
+# -- what the metrics and the stream show ---------------------------------------------------------
+
+
+def test_metrics_and_the_stream_show_the_waiting_calls() -> None:
+    c = configure("shown", max_concurrent_requests=3)
+    command, pool = _stream_messages.messages(c)
+    assert (command["currentQueueCount"], pool["currentQueueSize"]) == (0, 0)
+    assert pool["propertyValue_queueSizeRejectionThreshold"] == 3  # the bound: max_concurrent_requests
+    holders = Holders("shown", 3)
+    callers = [Caller(lambda: fasthystrix.do("shown", lambda: "waited")) for _ in range(2)]
+    queued("shown", 2)
+    assert c.metrics().queue_size == 2
+    command, pool = _stream_messages.messages(c)
+    assert (command["currentQueueCount"], pool["currentQueueSize"]) == (2, 2)
+    text = _stream_messages.render([c], 1700000000123)
+    assert b'"currentQueueCount":2}' in text and b'"currentQueueSize":2,' in text
+    holders.release_all()
+    assert [caller.result() for caller in callers] == ["waited", "waited"]
+    assert c.metrics().queue_size == 0
+    assert _stream_messages.messages(c)[1]["currentQueueSize"] == 0
+    fasthystrix.configure_command("no-queue", fasthystrix.CommandConfig(max_concurrent_requests=3))
+    assert _stream_messages.messages(circuit("no-queue"))[1]["propertyValue_queueSizeRejectionThreshold"] == 0

@@ -13,6 +13,7 @@ the thread state at once and handed back to the caller through an explicit
 out-parameter (``raised``), never left set across C code.
 """
 
+import dataclasses as _dataclasses
 import time
 from datetime import timedelta as _timedelta
 from functools import partial
@@ -619,7 +620,9 @@ cdef class CircuitBreaker:
 
     def metrics(self):
         """A snapshot of the rolling window: counts, error percent, tickets, latencies."""
-        return self._default.snapshot(self.tickets.in_use, self.now())
+        snapshot = self._default.snapshot(self.tickets.in_use, self.now())
+        waiting = fh_load_relaxed(&self.tickets.waiting)
+        return _dataclasses.replace(snapshot, queue_size=waiting) if waiting else snapshot
 
     # -- state machine ----------------------------------------------------------------
 

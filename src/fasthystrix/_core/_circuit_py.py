@@ -14,6 +14,7 @@ maximum of tickets in use, collectors, thread isolation) takes the locked path.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from datetime import timedelta
 from types import MethodType
@@ -315,7 +316,8 @@ class CircuitBreaker:
     def metrics(self) -> MetricsSnapshot:
         """A snapshot of the rolling window: counts, error percent, tickets, latencies."""
         snapshot: MetricsSnapshot = self._default.snapshot(self._tickets.in_use, self._clock())
-        return snapshot
+        waiting = len(self._queue.waiters)
+        return dataclasses.replace(snapshot, queue_size=waiting) if waiting else snapshot
 
     # -- host-wide circuits (see _shared and _shared_circuit_py) ----------------------------
 

@@ -45,3 +45,5 @@ class MetricsSnapshot:
     total_latency_percentiles: dict[float, float]
     total_latency_mean: float
     bad_requests: int = 0
+    #: Calls of this process waiting for a ticket now (``max_queue_wait``).
+    queue_size: int = 0
