@@ -591,3 +591,98 @@ def test_metrics_and_the_stream_show_the_waiting_calls() -> None:
     assert _stream_messages.messages(c)[1]["currentQueueSize"] == 0
     fasthystrix.configure_command("no-queue", fasthystrix.CommandConfig(max_concurrent_requests=3))
     assert _stream_messages.messages(circuit("no-queue"))[1]["propertyValue_queueSizeRejectionThreshold"] == 0
+
+
+# -- go and go_c: they wait without a thread of their own ----------------------------------------
+
+
+def test_go_waits_in_order_and_returns_at_once() -> None:
+    c = configure("go-fifo", max_concurrent_requests=2, isolation="thread")
+    holders = Holders("go-fifo", 2)
+    admitted: list[int] = []
+    finish = threading.Event()
+    futures = []
+    for i in range(2):
+        futures.append(fasthystrix.go("go-fifo", lambda i=i: admitted.append(i) or (finish.wait(WAIT) and i)))
+        queued("go-fifo", i + 1)  # go() returned: the call waits without the caller
+    assert not any(f.done() for f in futures)
+    for i in range(2):
+        holders.release(i)
+        wait_until(lambda i=i: len(admitted) == i + 1, f"waiter {i} admitted")
+    finish.set()
+    assert [f.result(WAIT) for f in futures] == [0, 1]
+    holders.release_all()
+    assert c.queue_size == 0
+    assert c.metrics().successes == 4
+
+
+def test_go_beyond_the_bound_is_rejected_and_a_wait_that_runs_out_too() -> None:
+    c = configure("go-bound", max_concurrent_requests=1, isolation="thread", max_queue_wait=50)
+    holders = Holders("go-bound", 1)
+    waiting = fasthystrix.go("go-bound", lambda: "ran", lambda err: type(err).__name__)
+    full = fasthystrix.go("go-bound", lambda: "ran", lambda err: type(err).__name__)
+    assert full.result(WAIT) == "MaxConcurrencyError"  # the one place in the queue was taken
+    assert waiting.result(WAIT) == "MaxConcurrencyError"  # its 50 ms ran out
+    assert c.queue_size == 0
+    holders.release_all()
+    assert c.metrics().rejects == 2
+
+
+def test_go_wait_ends_at_the_timeout() -> None:
+    c = configure("go-timeout", max_concurrent_requests=1, isolation="thread", timeout=50)
+    holders = Holders("go-timeout", 1)
+    future = fasthystrix.go("go-timeout", lambda: "ran")
+    with pytest.raises(fasthystrix.TimeoutError):
+        future.result(WAIT)
+    holders.release_all()
+    assert c.queue_size == 0
+    assert c.metrics().timeouts == 2
+
+
+def test_go_c_wait_ends_when_the_context_is_cancelled() -> None:
+    c = configure("go-cancel", max_concurrent_requests=1, isolation="thread")
+    holders = Holders("go-cancel", 1)
+    ctx = Context()
+    future = fasthystrix.go_c(ctx, "go-cancel", lambda child: "ran")
+    queued("go-cancel", 1)
+    ctx.cancel()
+    with pytest.raises(ContextCanceledError):
+        future.result(WAIT)
+    assert c.queue_size == 0
+    holders.release_all()
+    m = c.metrics()
+    assert (m.context_canceled, m.successes) == (1, 1)
+
+
+def test_no_ticket_leaks_with_go_under_eight_threads() -> None:
+    c = configure("go-stress", max_concurrent_requests=2, max_queue_wait=20, timeout=40, isolation="thread",
+                  circuit_breaker_enabled=False)  # fmt: skip
+    futures: list[Any] = []
+    lock = threading.Lock()
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(40):
+            pause = rng.random() * 0.004
+            ctx = Context()
+            f = fasthystrix.go_c(ctx, "go-stress", lambda child, pause=pause: threading.Event().wait(pause))
+            if rng.random() < 0.3:
+                ctx.cancel()
+            with lock:
+                futures.append(f)
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT)
+    answered = 0
+    for f in futures:
+        try:
+            f.result(WAIT)
+        except (fasthystrix.MaxConcurrencyError, fasthystrix.TimeoutError, ContextCanceledError):
+            pass
+        answered += 1
+    assert answered == 8 * 40
+    wait_until(lambda: c.tickets_in_use == 0, "every ticket back")
+    assert c.queue_size == 0

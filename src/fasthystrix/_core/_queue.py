@@ -50,20 +50,24 @@ Lock = Any  # a context manager: threading.Lock, or a shared circuit's host lock
 
 
 class Waiter:
-    """One call waiting for a ticket: woken by an event (threads) or a future (asyncio)."""
+    """One call waiting for a ticket: woken by an event (threads), a future (asyncio) or a
+    callback (``go``: called with the queue's lock held, so it must only hand the work on)."""
 
-    __slots__ = ("event", "future", "granted", "in_use", "loop")
+    __slots__ = ("callback", "event", "future", "granted", "in_use", "loop")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop | None = None, callback: Callable[[], object] | None = None
+    ) -> None:
         self.granted = False  # a ticket was taken for this waiter (read and written under the lock)
         self.in_use = 0  # the tickets in use once it was
         self.loop = loop
+        self.callback = callback
         self.event: threading.Event | None = None
         self.future: asyncio.Future[None] | None = None
-        if loop is None:
-            self.event = threading.Event()
-        else:
+        if loop is not None:
             self.future = loop.create_future()
+        elif callback is None:
+            self.event = threading.Event()
 
     def wake(self) -> None:
         """Wake the waiting call (any thread; raises ``RuntimeError`` if its event loop is closed)."""
@@ -71,6 +75,8 @@ class Waiter:
             self.event.set()
         elif self.loop is not None and self.future is not None:
             self.loop.call_soon_threadsafe(_resolve, self.future)
+        elif self.callback is not None:
+            self.callback()
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
