@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+import types
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -686,3 +687,22 @@ def test_no_ticket_leaks_with_go_under_eight_threads() -> None:
     assert answered == 8 * 40
     wait_until(lambda: c.tickets_in_use == 0, "every ticket back")
     assert c.queue_size == 0
+
+
+def test_a_call_interrupted_while_it_waits_is_a_failure_and_leaves_the_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    c = configure("interrupted", max_concurrent_requests=1)
+    holders = Holders("interrupted", 1)
+
+    class InterruptedEvent(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            raise KeyboardInterrupt
+
+    # Only the queue's waiters get this event (not the threading module's other users).
+    monkeypatch.setattr(_queue, "threading", types.SimpleNamespace(Event=InterruptedEvent, Lock=threading.Lock))
+    with pytest.raises(KeyboardInterrupt):
+        fasthystrix.do("interrupted", lambda: "ran")
+    monkeypatch.undo()
+    assert c.queue_size == 0
+    holders.release_all()
+    m = c.metrics()
+    assert (m.failures, m.successes, m.rejects) == (1, 1, 0)

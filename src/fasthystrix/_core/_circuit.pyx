@@ -858,9 +858,17 @@ cdef class CircuitBreaker:
         """A call admitted by the breaker found no ticket: wait up to ``max_queue_wait`` for one
         (a verdict: ``ADMITTED`` with the ticket taken and counted, or why not; see _queue)."""
         cdef int64_t verdict, in_use
+        cdef int64_t end
         queue, ops = self._queue_ops()
-        verdict, in_use = _queue.wait(queue, ops, start, self.now(), fh_load_relaxed(&self.queue_wait_ns),
-                                      fh_load_relaxed(&self.lim.timeout_ns), ctx, self._clock)
+        try:
+            verdict, in_use = _queue.wait(queue, ops, start, self.now(), fh_load_relaxed(&self.queue_wait_ns),
+                                          fh_load_relaxed(&self.lim.timeout_ns), ctx, self._clock)
+        except BaseException:
+            # Interrupted while it waited (KeyboardInterrupt): a failure, as an interrupted run;
+            # it left the queue and holds no ticket.
+            end = self.now()
+            self.report_c(FAILURE, NO_EVENT, end, -1, (end - start) // 1000, 0, False)
+            raise
         if verdict == ADMITTED:
             self.metrics_c.record_executed_c(self.now(), in_use)
         return verdict

@@ -588,9 +588,16 @@ class CircuitBreaker:
         (a verdict: ``ADMITTED`` with the ticket taken and counted, or why not)."""
         clock = self._clock
         queue, ops = self._queue_ops()
-        verdict, in_use = _wait_for_ticket(
-            queue, ops, start, clock(), settings.max_queue_wait_ns, settings.timeout_ns, ctx, clock
-        )
+        try:
+            verdict, in_use = _wait_for_ticket(
+                queue, ops, start, clock(), settings.max_queue_wait_ns, settings.timeout_ns, ctx, clock
+            )
+        except BaseException:
+            # Interrupted while it waited (KeyboardInterrupt): a failure, as an interrupted run;
+            # it left the queue and holds no ticket.
+            end = clock()
+            self._report(FAILURE, NO_EVENT, end, -1, (end - start) // _NS_PER_US, 0, False)
+            raise
         if verdict == ADMITTED:
             self._queue_admitted(in_use)
         return verdict

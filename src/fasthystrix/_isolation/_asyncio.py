@@ -245,6 +245,10 @@ async def _wait_for_ticket(circuit: Any, settings: Any, start: int) -> int:
         end = clock()
         circuit._report(CONTEXT_CANCELED, NO_EVENT, end, -1, (end - start) // _NS_PER_US, 0, False)
         raise
+    except BaseException:  # KeyboardInterrupt while it waited: a failure, as an interrupted run
+        end = clock()
+        circuit._report(FAILURE, NO_EVENT, end, -1, (end - start) // _NS_PER_US, 0, False)
+        raise
     if verdict == ADMITTED:
         circuit._queue_admitted(in_use)
     return verdict
