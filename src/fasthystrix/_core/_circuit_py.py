@@ -900,7 +900,9 @@ class CircuitBreaker:
         """In a forked child, before any other thread runs: no ticket held (see the pool's).
 
         A shared circuit's tickets are the host's: ``_shared``'s fork handler gives the child a
-        process slot of its own instead (``_attach_slot``)."""
+        process slot of its own instead (``_attach_slot``). No call waits in the child (the waiting
+        threads and event loops are the parent's): a new, empty queue."""
+        self._queue = TicketQueue()
         if self._shared is not None:
             return
         self._tickets._after_fork_in_child()

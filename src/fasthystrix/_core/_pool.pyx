@@ -80,6 +80,9 @@ cdef class TicketPool:
         """In a forked child: hold no ticket (the commands that held them run on in the parent).
 
         A shared pool's count is the host's: the child gets a process slot of its own instead
-        (``_shared``), whose count starts at zero."""
+        (``_shared``), whose count starts at zero. No call waits in the child (the waiting threads
+        and event loops are the parent's): a new, empty queue, whose lock no parent thread holds."""
+        self.queue = TicketQueue()
+        fh_store_relaxed(&self.waiting, 0)
         if self.mine is NULL:
             fh_store_relaxed(self.count, 0)
