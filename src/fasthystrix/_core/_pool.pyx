@@ -7,6 +7,8 @@ next call (hystrix-go fixed the pool size at circuit creation, issue #104).
 
 from fasthystrix._core._atomic cimport fh_add_acq_rel, fh_add_relaxed, fh_load_relaxed, fh_store_relaxed
 
+from threading import Lock
+
 from fasthystrix._core._queue import TicketQueue
 
 __all__ = ["TicketPool"]
@@ -21,7 +23,7 @@ cdef class TicketPool:
         self.mine = NULL
         self._keep = None
         self.waiting = 0
-        self.queue = TicketQueue()
+        self.queue = TicketQueue(Lock())
         self._no_limit = 0
         self.limit = &self._no_limit
 
@@ -82,7 +84,7 @@ cdef class TicketPool:
         A shared pool's count is the host's: the child gets a process slot of its own instead
         (``_shared``), whose count starts at zero. No call waits in the child (the waiting threads
         and event loops are the parent's): a new, empty queue, whose lock no parent thread holds."""
-        self.queue = TicketQueue()
+        self.queue = TicketQueue(Lock())
         fh_store_relaxed(&self.waiting, 0)
         if self.mine is NULL:
             fh_store_relaxed(self.count, 0)

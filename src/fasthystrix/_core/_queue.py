@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -89,9 +88,12 @@ class TicketQueue:
 
     __slots__ = ("lock", "waiters")
 
-    def __init__(self) -> None:
-        self.lock = threading.Lock()  # the compiled twin's; the pure twin uses the circuit's lock
-        self.waiters: deque[Waiter] = deque()
+    def __init__(self, lock: Lock = None) -> None:
+        # The compiled twin's own lock; the pure twin passes none and uses the circuit's.
+        self.lock = lock
+        # A list, not a deque: every circuit has a queue, nearly always empty (an empty list is a
+        # tenth of an empty deque), and at most max_concurrent_requests calls wait.
+        self.waiters: list[Waiter] = []
 
     def __len__(self) -> int:
         return len(self.waiters)
@@ -103,7 +105,7 @@ class TicketQueue:
             in_use = take()
             if in_use < 0:
                 return
-            waiter = waiters.popleft()
+            waiter = waiters.pop(0)
             waiter.granted = True
             waiter.in_use = in_use
             try:
