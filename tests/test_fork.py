@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 import fasthystrix
+from conftest import SHARED_TESTS
 from fasthystrix import _registry
 from support import WAIT, wait_until
 
@@ -570,8 +571,9 @@ def test_a_child_has_no_waiting_calls_of_its_parent(isolation: str) -> None:
     def checks() -> None:
         child = fasthystrix.get_circuit("queued")[0]
         assert child.queue_size == 0
-        assert fasthystrix.do("queued", lambda: "child") == "child"
         assert child.metrics().queue_size == 0
+        if not SHARED_TESTS:  # a shared circuit's tickets are the host's: the parent's holder has the one
+            assert fasthystrix.do("queued", lambda: "child") == "child"
 
     with InFlight("queued", 1):
         waiter = threading.Thread(target=lambda: waiting.append(fasthystrix.do("queued", lambda: "waited")))
