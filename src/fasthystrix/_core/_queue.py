@@ -166,7 +166,7 @@ def wait_limits(start: int, now: int, wait_ns: int, timeout_ns: int, ctx: Contex
     return max(wait_ns, 0), verdict
 
 
-def end_of_wait(verdict: int, start: int, now: int, timeout_ns: int, ctx: Context | None) -> int:
+def end_of_wait(start: int, now: int, timeout_ns: int, ctx: Context | None) -> int:
     """The verdict of a call granted a ticket as its wait ended: ``ADMITTED``, or why it must pass
     the ticket on (its context is done, or its timeout passed)."""
     if ctx is not None:
@@ -252,7 +252,7 @@ def wait(
             ops.give()  # interrupted (KeyboardInterrupt...) as the ticket came: pass it on
     if not granted:
         return verdict, 0
-    verdict = end_of_wait(verdict, start, clock(), timeout_ns, ctx)
+    verdict = end_of_wait(start, clock(), timeout_ns, ctx)
     if verdict != ADMITTED:
         ops.give()
         return verdict, 0
@@ -299,7 +299,7 @@ async def wait_async(
             ops.give()  # cancelled as the ticket came: pass it on
     if not granted:
         return verdict, 0
-    verdict = end_of_wait(verdict, start, clock(), timeout_ns, None)
+    verdict = end_of_wait(start, clock(), timeout_ns, None)
     if verdict != ADMITTED:
         ops.give()
         return verdict, 0

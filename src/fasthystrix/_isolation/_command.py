@@ -425,7 +425,7 @@ def _go_queued(
         if watch:
             ctx._remove_done_callback(cancelled)  # type: ignore[union-attr]
         if granted:
-            verdict = _queue.end_of_wait(expired_verdict, start, clock(), settings.timeout_ns, ctx)
+            verdict = _queue.end_of_wait(start, clock(), settings.timeout_ns, ctx)
             if verdict == ADMITTED:
                 circuit._queue_admitted(waiter.in_use)
                 _go_submit(circuit, run, fallback, ctx, future, settings, start, ADMITTED)
