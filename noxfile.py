@@ -185,6 +185,7 @@ SANITIZER_TESTS = [
     "test_metric_collector.py",
     "test_parity.py",
     "test_public_extras.py",
+    "test_queue_wait.py",
     "test_rolling.py",
     "test_shared_fork.py",
     "test_shared_layout.py",
@@ -202,6 +203,7 @@ SANITIZER_SHARED_TESTS = [
     "test_crash_safety.py",
     "test_rolling.py",
     "test_half_open.py",
+    "test_queue_wait.py",
 ]
 SANITIZER_SUPPORT = Path("tests/sanitizers")
 

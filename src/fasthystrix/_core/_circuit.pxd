@@ -18,6 +18,9 @@ cdef enum:
     SHORT_CIRCUITED = -2
     TRIPPED = -3
     EXPIRED = -4
+    QUEUE_TIMEOUT = -5
+    QUEUE_CANCELED = -6
+    QUEUE_DEADLINE = -7
 
 
 cdef extern from *:
@@ -53,6 +56,8 @@ cdef class CircuitBreaker:
         bint adaptive
         object limiter
         object limiter_lock
+        # max_queue_wait (ns; 0: a call with no ticket is rejected at once), read only by such a call.
+        int64_t queue_wait_ns
         # C copies of the settings: written under the lock with atomic stores, read with atomic
         # loads (a call that races a reconfiguration may see some old and some new fields,
         # each of them valid). The state word (one atomic load on every call), when it opened,
@@ -98,6 +103,7 @@ cdef class CircuitBreaker:
     cdef int probe_ended_c(self, int64_t phase, bint failed, int64_t now) noexcept nogil
     cdef int64_t admit(self, int64_t now) noexcept nogil
     cdef int64_t acquire_c(self, int64_t now) except? -9
+    cdef int64_t wait_for_ticket(self, int64_t start, object ctx) except? -99
     cdef int report_c(self, int event, int fallback_event, int64_t now, int64_t run_us, int64_t total_us,
                       int64_t trial, bint release) except -1
     cdef int feed_limiter(self, int event, int64_t run_us, int64_t total_us, int64_t inflight) except -1

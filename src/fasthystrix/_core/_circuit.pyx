@@ -13,6 +13,7 @@ the thread state at once and handed back to the caller through an explicit
 out-parameter (``raised``), never left set across C code.
 """
 
+import dataclasses as _dataclasses
 import threading
 import time
 from datetime import timedelta as _timedelta
@@ -59,7 +60,8 @@ from fasthystrix._core._errors import CircuitOpenError, FailedResultError, Fallb
 from fasthystrix._core._errors import ContextCanceledError as _ContextCanceledError
 from fasthystrix._core._errors import ContextDeadlineExceededError as _ContextDeadlineExceededError
 from fasthystrix._core._errors import TimeoutError as CommandTimeoutError
-from fasthystrix._core import _backoff, _clock, _shared, _transitions
+from fasthystrix._core import _backoff, _clock, _queue, _shared, _transitions
+from fasthystrix._core._events import turned_away_event
 from fasthystrix._core._outcomes import COROUTINE as _COROUTINE
 from fasthystrix._core._outcomes import (
     check_arguments,
@@ -360,6 +362,7 @@ cdef class CircuitBreaker:
         self.c_clock = clock is _monotonic_ns or isinstance(clock, _clock.ManualClock)
         self._clock = now_ns if self.c_clock else clock
         self.tickets = TicketPool()
+        self.tickets.limit = &self.lim.max_concurrent
         self._workers = None
         self._settings = settings
 
@@ -393,6 +396,7 @@ cdef class CircuitBreaker:
         cdef int64_t half_open_wait_ns = settings.half_open_max_wait_ns
         cdef int64_t slow_us = (settings.slow_call_duration_ns + 999) // 1000
         cdef int64_t slow_rate = settings.slow_call_rate_threshold
+        cdef int64_t queue_wait_ns = settings.max_queue_wait_ns
         cdef int64_t version
         adaptive_limit = settings.adaptive_limit
         limiter = None if adaptive_limit is None else adaptive_limit.limiter()
@@ -431,6 +435,7 @@ cdef class CircuitBreaker:
             self.slow_report = self.has_collectors or self.adaptive
             self.slow_success = self.slow_report or is_failure is not None
             self.settings_version = version
+        fh_store_relaxed(&self.queue_wait_ns, queue_wait_ns)
 
     cdef refresh_settings(self):
         # Another process wrote this shared circuit's settings: rebuild the Settings object.
@@ -464,6 +469,7 @@ cdef class CircuitBreaker:
             self.is_failure = is_failure
             self.slow_success = self.slow_report or is_failure is not None
             self.settings_version = words[6]
+        fh_store_relaxed(&self.queue_wait_ns, settings.max_queue_wait_ns)
 
     cdef object ignores_now(self):
         with cython.critical_section(self):
@@ -491,6 +497,7 @@ cdef class CircuitBreaker:
         self.probes = &(<fh_tickets *>&view[_shared.TICKETS]).probes
         self.proc = &(<fh_proc *>&view[_shared.PROCS])[slot]
         self.tickets.attach(<int64_t *>&view[_shared.TICKETS], &(<fh_proc *>&view[_shared.PROCS])[slot].tickets, view)
+        self.tickets.limit = &self.lim.max_concurrent
         self.slot = slot
         self._shared = shared
         if configured is not None:
@@ -639,7 +646,9 @@ cdef class CircuitBreaker:
 
     def metrics(self):
         """A snapshot of the rolling window: counts, error percent, tickets, latencies."""
-        return self._default.snapshot(self.tickets.in_use, self.now())
+        snapshot = self._default.snapshot(self.tickets.in_use, self.now())
+        waiting = fh_load_relaxed(&self.tickets.waiting)
+        return _dataclasses.replace(snapshot, queue_size=waiting) if waiting else snapshot
 
     # -- state machine ----------------------------------------------------------------
 
@@ -856,6 +865,8 @@ cdef class CircuitBreaker:
             if fh_load_relaxed(self.tickets.count) >= limit or not self.allow_single_test_c(now):
                 return SHORT_CIRCUITED
             verdict = fh_load_acquire(&self.st.episode)
+        elif fh_load_relaxed(&self.tickets.waiting) != 0:
+            return REJECTED_VERDICT  # calls wait for a ticket: this one queues behind them
         in_use = self.tickets.take(limit)
         if in_use < 0:
             return REJECTED_VERDICT if verdict == ADMITTED else SHORT_CIRCUITED
@@ -874,6 +885,41 @@ cdef class CircuitBreaker:
         elif verdict == EXPIRED:
             _transitions.reopened(self.name)
         return verdict
+
+    cdef int64_t wait_for_ticket(self, int64_t start, object ctx) except? -99:
+        """A call admitted by the breaker found no ticket: wait up to ``max_queue_wait`` for one
+        (a verdict: ``ADMITTED`` with the ticket taken and counted, or why not; see _queue)."""
+        cdef int64_t verdict, in_use
+        cdef int64_t end
+        queue, ops = self._queue_ops()
+        try:
+            verdict, in_use = _queue.wait(queue, ops, start, self.now(), fh_load_relaxed(&self.queue_wait_ns),
+                                          fh_load_relaxed(&self.lim.timeout_ns), ctx, self._clock)
+        except BaseException:
+            # Interrupted while it waited (KeyboardInterrupt): a failure, as an interrupted run;
+            # it left the queue and holds no ticket.
+            end = self.now()
+            self.report_c(FAILURE, NO_EVENT, end, -1, (end - start) // 1000, 0, False)
+            raise
+        if verdict == ADMITTED:
+            self.metrics_c.record_executed_c(self.now(), in_use)
+        return verdict
+
+    def _queue_ops(self):
+        """The queue of calls waiting for a ticket, and what it needs of this circuit (see _queue)."""
+        cdef TicketPool tickets = self.tickets
+        ops = _queue._Ops(tickets.queue.lock, fh_load_relaxed(&self.lim.max_concurrent), tickets._take_for_waiter,
+                          tickets._untake, tickets.give_back, tickets._publish)
+        return tickets.queue, ops
+
+    def _queue_admitted(self, int64_t in_use):
+        """A call that waited got its ticket (``in_use`` tickets then): counted as executed."""
+        self.metrics_c.record_executed_c(self.now(), in_use)
+
+    @property
+    def queue_size(self):
+        """Calls of this process waiting for a ticket now (``max_queue_wait``)."""
+        return fh_load_relaxed(&self.tickets.waiting)
 
     def _acquire(self, int64_t now, settings=None):
         """Check the circuit and take a ticket; a verdict (>= 0: admitted, > 0: trial)."""
@@ -1005,6 +1051,8 @@ cdef class CircuitBreaker:
                             PyObject **raised):
         """Complete a command the circuit did not admit (``verdict < 0``): nothing ran, no ticket taken."""
         cdef int event = REJECTED if verdict == REJECTED_VERDICT else SHORT_CIRCUIT
+        if verdict <= QUEUE_TIMEOUT:
+            event = turned_away_event(verdict)
         if verdict == TRIPPED:
             _transitions.opened(self.name)
         elif verdict == EXPIRED:
@@ -1077,6 +1125,8 @@ cdef class CircuitBreaker:
         # Admission first, whatever the isolation: a call the circuit turns away costs the same
         # in thread and semaphore mode.
         verdict = self.admit(start)
+        if verdict == REJECTED_VERDICT and fh_load_relaxed(&self.queue_wait_ns) != 0:
+            verdict = self.wait_for_ticket(start, None)
         if verdict < 0:
             if args is not None:
                 fallback = bind_fallback(fallback, args, kwargs)
@@ -1167,6 +1217,8 @@ cdef class CircuitBreaker:
             event = CONTEXT_CANCELED if kind == "canceled" else CONTEXT_DEADLINE_EXCEEDED
             return self.finish_c(event, error_for(event), NOT_STARTED, -1, 0, fallback, ctx, False, raised)
         verdict = self.admit(start)
+        if verdict == REJECTED_VERDICT and fh_load_relaxed(&self.queue_wait_ns) != 0:
+            verdict = self.wait_for_ticket(start, ctx)
         if verdict < 0:
             return self.turned_away(verdict, start, fallback, ctx, raised)
         if verdict > 0 and (verdict < FH_PROBE or verdict & FH_FIRST_PROBE):

@@ -14,6 +14,7 @@ maximum of tickets in use, collectors, thread isolation) takes the locked path.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from datetime import timedelta
 from types import MethodType
@@ -57,6 +58,7 @@ from ._outcomes import (
     outcome,
 )
 from ._pool_py import BASE as _HELD_BASE, TicketPool
+from ._queue import TicketQueue, _Ops, wait as _wait_for_ticket
 from ._rolling_py import COUNTER_BUCKETS, MAX_ACTIVE, NS_PER_SECOND
 
 __all__ = [
@@ -171,6 +173,7 @@ class CircuitBreaker:
         "_opened_ns",
         "_pending",
         "_probes",
+        "_queue",
         "_reopens",
         "_settings_obj",
         "_shared",
@@ -205,6 +208,8 @@ class CircuitBreaker:
         self._sleep_ns = 0
         self._probes = 0  # the half-open phase's trials (_pack_probes), 0 outside one
         self._tickets = TicketPool()
+        # Calls waiting for a ticket (max_queue_wait), under the circuit's lock.
+        self._queue = TicketQueue()
         self._workers: Any = None
         # The shared circuit file this circuit lives in (see _attach), and its view of that file.
         self._shared: Any = None
@@ -331,7 +336,8 @@ class CircuitBreaker:
     def metrics(self) -> MetricsSnapshot:
         """A snapshot of the rolling window: counts, error percent, tickets, latencies."""
         snapshot: MetricsSnapshot = self._default.snapshot(self._tickets.in_use, self._clock())
-        return snapshot
+        waiting = len(self._queue.waiters)
+        return dataclasses.replace(snapshot, queue_size=waiting) if waiting else snapshot
 
     # -- host-wide circuits (see _shared and _shared_circuit_py) ----------------------------
 
@@ -429,7 +435,14 @@ class CircuitBreaker:
         Called with the lock held after anything that may have closed the gate.
         """
         settings = self._settings_obj
-        if self._open or self._force_open or not settings.semaphore or self._collectors or self._limiter is not None:
+        if (
+            self._open
+            or self._force_open
+            or not settings.semaphore
+            or self._collectors
+            or self._limiter is not None
+            or self._queue.waiters
+        ):
             return  # every call takes the locked path (the gate was closed when this became so)
         metrics = self._metrics
         requests = metrics._requests
@@ -546,6 +559,8 @@ class CircuitBreaker:
             if self._tickets.in_use >= self._limit or not self._allow_single_test_locked(now, settings):
                 return SHORT_CIRCUITED
             verdict = self._episode
+        elif self._queue.waiters:
+            return REJECTED_VERDICT  # calls wait for a ticket: this one queues behind them
         in_use = self._tickets.try_take(self._limit)
         if in_use < 0:
             return REJECTED_VERDICT
@@ -574,8 +589,62 @@ class CircuitBreaker:
         """A trial of ``phase`` reports (shared circuits: no longer the reaper's to count)."""
 
     def _release(self) -> None:
-        """Give a ticket back."""
+        """Give a ticket back (to the oldest call waiting for one, if any)."""
         self._tickets.give_back()
+        if self._queue.waiters:
+            with self._lock:
+                self._queue.drain_locked(self._take_for_waiter, self._tickets.give_back)
+                self._queue_changed_locked(len(self._queue.waiters))
+
+    # -- waiting for a ticket (max_queue_wait; see _queue) ------------------------------------
+
+    def _take_for_waiter(self) -> int:
+        return self._tickets.try_take(self._limit)
+
+    def _queue_changed_locked(self, waiting: int) -> None:
+        if waiting:
+            self._metrics._gate = CLOSED  # newcomers take the locked path, and queue behind
+
+    def _queue_ops(self) -> tuple[TicketQueue, _Ops]:
+        """The queue of calls waiting for a ticket, and what it needs of this circuit (see _queue)."""
+        ops = _Ops(
+            self._lock,
+            self._limit,
+            self._take_for_waiter,
+            self._tickets.give_back,
+            self._release,
+            self._queue_changed_locked,
+        )
+        return self._queue, ops
+
+    def _queue_admitted(self, in_use: int) -> None:
+        """A call that waited got its ticket (``in_use`` tickets then): counted as executed."""
+        with self._lock:
+            self._metrics.record_executed(self._clock(), in_use)
+
+    def _wait_for_ticket(self, start: int, settings: Any, ctx: Context | None) -> int:
+        """A call admitted by the breaker found no ticket: wait up to ``max_queue_wait`` for one
+        (a verdict: ``ADMITTED`` with the ticket taken and counted, or why not)."""
+        clock = self._clock
+        queue, ops = self._queue_ops()
+        try:
+            verdict, in_use = _wait_for_ticket(
+                queue, ops, start, clock(), settings.max_queue_wait_ns, settings.timeout_ns, ctx, clock
+            )
+        except BaseException:
+            # Interrupted while it waited (KeyboardInterrupt): a failure, as an interrupted run;
+            # it left the queue and holds no ticket.
+            end = clock()
+            self._report(FAILURE, NO_EVENT, end, -1, (end - start) // _NS_PER_US, 0, False)
+            raise
+        if verdict == ADMITTED:
+            self._queue_admitted(in_use)
+        return verdict
+
+    @property
+    def queue_size(self) -> int:
+        """Calls of this process waiting for a ticket now (``max_queue_wait``)."""
+        return len(self._queue.waiters)
 
     def _report(
         self, event: int, fallback_event: int, now: int, run_us: int, total_us: int, trial: int, release: bool
@@ -587,6 +656,9 @@ class CircuitBreaker:
             inflight = self._tickets.in_use + (0 if release else 1)
             if release:
                 self._tickets.give_back()
+                if self._queue.waiters:
+                    self._queue.drain_locked(self._take_for_waiter, self._tickets.give_back)
+                    self._queue_changed_locked(len(self._queue.waiters))
             # Only the trial of the current open episode closes the circuit (hystrix-go let any
             # success close it, even one that started before the circuit opened).
             if trial >= PROBE:
@@ -734,6 +806,8 @@ class CircuitBreaker:
         # Admission first, whatever the isolation: a call the circuit turns away costs the same
         # in thread and semaphore mode.
         verdict = self._acquire(start, settings)
+        if verdict == REJECTED_VERDICT and settings.max_queue_wait_ns:
+            verdict = self._wait_for_ticket(start, settings, None)
         if verdict < 0:
             event = turned_away_event(verdict)
             return self._finish(event, error_for(event), start, -1, 0, fallback, None, False)
@@ -855,6 +929,8 @@ class CircuitBreaker:
             event = CONTEXT_CANCELED if kind == "canceled" else CONTEXT_DEADLINE_EXCEEDED
             return self._finish(event, error_for(event), NOT_STARTED, -1, 0, fallback, ctx, False)
         verdict = self._acquire(start, settings)
+        if verdict == REJECTED_VERDICT and settings.max_queue_wait_ns:
+            verdict = self._wait_for_ticket(start, settings, ctx)
         if verdict < 0:
             event = turned_away_event(verdict)
             return self._finish(event, error_for(event), start, -1, 0, fallback, ctx, False)
@@ -883,7 +959,9 @@ class CircuitBreaker:
         """In a forked child, before any other thread runs: no ticket held (see the pool's).
 
         A shared circuit's tickets are the host's: ``_shared``'s fork handler gives the child a
-        process slot of its own instead (``_attach_slot``)."""
+        process slot of its own instead (``_attach_slot``). No call waits in the child (the waiting
+        threads and event loops are the parent's): a new, empty queue."""
+        self._queue = TicketQueue()
         if self._shared is not None:
             return
         self._tickets._after_fork_in_child()

@@ -252,6 +252,10 @@ class CommandConfig:
     #: exception; the fallback (or, without one, the caller) gets a ``FailedResultError`` carrying
     #: it. A predicate that raises makes the call a failure with the predicate's exception.
     is_failure: Callable[[Any], object] | None = None
+    #: How long (ms or timedelta) a call that finds no free ticket waits for one, first come first
+    #: served, before it is rejected (0: rejected at once, hystrix-go's behaviour). The wait counts
+    #: in the command's timeout. At most ``max_concurrent_requests`` calls wait at once.
+    max_queue_wait: Duration | None = None
 
     def __post_init__(self) -> None:
         if self.timeout is not None:
@@ -287,6 +291,8 @@ class CommandConfig:
             _ignore("ignore", self.ignore)
         if self.is_failure is not None:
             _predicate("is_failure", self.is_failure)
+        if self.max_queue_wait is not None:
+            _duration_ns("max_queue_wait", self.max_queue_wait)
 
     @classmethod
     def from_mapping(cls, mapping: object) -> CommandConfig:
@@ -335,6 +341,9 @@ class Settings:
     is_failure: Callable[[Any], object] | None = None
     #: The :class:`AdaptiveLimit` of ``max_concurrent_requests``, or ``None`` for a fixed limit.
     adaptive_limit: AdaptiveLimit | None = None
+    #: As in :class:`CommandConfig`. Each process keeps its own (its calls wait in its own queue),
+    #: even for shared circuits.
+    max_queue_wait: timedelta = timedelta(0)
     # Integer copies read on the hot path, so a call never converts a timedelta.
     timeout_ns: int = field(init=False, repr=False, compare=False)
     sleep_window_ns: int = field(init=False, repr=False, compare=False)
@@ -342,6 +351,7 @@ class Settings:
     max_sleep_window_ns: int = field(init=False, repr=False, compare=False)  # 0: no maximum
     half_open_max_wait_ns: int = field(init=False, repr=False, compare=False)  # 0: no bound
     slow_call_duration_ns: int = field(init=False, repr=False, compare=False)  # 0: off
+    max_queue_wait_ns: int = field(init=False, repr=False, compare=False)  # 0: no waiting
     # Several trials, or a bound on them: the half-open phase of _circuit_py._probe_locked.
     probes: bool = field(init=False, repr=False, compare=False)
     #: ``ignore`` as a test of an error (``None``: nothing is ignored).
@@ -398,6 +408,9 @@ class Settings:
             _predicate("is_failure", self.is_failure)
         if self.adaptive_limit is not None and not isinstance(self.adaptive_limit, AdaptiveLimit):
             raise TypeError(f"adaptive_limit must be an AdaptiveLimit or None, not {safe_repr(self.adaptive_limit)}")
+        if not isinstance(self.max_queue_wait, timedelta):
+            raise TypeError(f"max_queue_wait must be a datetime.timedelta, not {safe_repr(self.max_queue_wait)}")
+        object.__setattr__(self, "max_queue_wait_ns", _duration_ns("max_queue_wait", self.max_queue_wait))
 
     @classmethod
     def from_config(cls, config: CommandConfig, defaults: Settings) -> Settings:
@@ -436,6 +449,7 @@ class Settings:
             ignore=pick(config.ignore, defaults.ignore),  # type: ignore[arg-type]
             is_failure=pick(config.is_failure, defaults.is_failure),  # type: ignore[arg-type]
             adaptive_limit=adaptive,
+            max_queue_wait=_optional_duration(pick(config.max_queue_wait, defaults.max_queue_wait)),  # type: ignore[arg-type]
         )
 
 

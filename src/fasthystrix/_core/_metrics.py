@@ -47,3 +47,5 @@ class MetricsSnapshot:
     total_latency_mean: float
     bad_requests: int = 0
     slow_calls: int = 0
+    #: Calls of this process waiting for a ticket now (``max_queue_wait``).
+    queue_size: int = 0

@@ -630,7 +630,14 @@ def _with_code_of(settings: Settings, local: Settings | None) -> Settings:
     ignore = None if local is None else local.ignore
     is_failure = None if local is None else local.is_failure
     adaptive = None if local is None else local.adaptive_limit
-    if settings.ignore is ignore and settings.is_failure is is_failure and settings.adaptive_limit is adaptive:
+    # The queue of calls waiting for a ticket is this process's: so is its max_queue_wait.
+    queue_wait = timedelta(0) if local is None else local.max_queue_wait
+    if (
+        settings.ignore is ignore
+        and settings.is_failure is is_failure
+        and settings.adaptive_limit is adaptive
+        and settings.max_queue_wait == queue_wait
+    ):
         return settings
     if adaptive is not None:
         return dataclasses.replace(
@@ -639,8 +646,11 @@ def _with_code_of(settings: Settings, local: Settings | None) -> Settings:
             is_failure=is_failure,
             adaptive_limit=adaptive,
             max_concurrent_requests=adaptive.initial,
+            max_queue_wait=queue_wait,
         )
-    return dataclasses.replace(settings, ignore=ignore, is_failure=is_failure, adaptive_limit=None)
+    return dataclasses.replace(
+        settings, ignore=ignore, is_failure=is_failure, adaptive_limit=None, max_queue_wait=queue_wait
+    )
 
 
 # -- the reaper -----------------------------------------------------------------------------------

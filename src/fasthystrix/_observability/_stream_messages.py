@@ -93,6 +93,8 @@ COMMAND_FIELDS: tuple[tuple[str, str], ...] = (
     # fasthystrix's context events, which neither hystrix-go nor Java stream.
     ("rollingCountContextCanceled", "int"),
     ("rollingCountContextDeadlineExceeded", "int"),
+    # Calls waiting for a ticket (max_queue_wait), as the pool message's currentQueueSize.
+    ("currentQueueCount", "int"),
 )
 POOL_FIELDS: tuple[tuple[str, str], ...] = (
     ("type", "str"),
@@ -128,12 +130,12 @@ _COMMAND_ROW = (
     "strategy", "timeout_ms", "false", "empty",
     "size", "zero", "window", "false", "false",
     "bad_requests", "zero", "zero", "zero", "max_active", "timeout_ms", "name",
-    "canceled", "deadline",
+    "canceled", "deadline", "queued",
 )  # fmt: skip
 _POOL_ROW = (
     "pool_type", "name", "one",
-    "concurrent", "zero", "size", "size", "size", "size", "zero", "zero",
-    "max_active", "executed", "window", "zero",
+    "concurrent", "zero", "size", "size", "size", "size", "queued", "zero",
+    "max_active", "executed", "window", "queue_bound",
     "now", "pool_rejects",
 )  # fmt: skip
 
@@ -145,13 +147,15 @@ _DYNAMIC = (
     "requests", "errors", "error_percent", "open", "failures", "fallback_failures", "fallback_successes",
     "semaphore_rejects", "short_circuits", "successes", "pool_rejects", "timeouts", "concurrent",
     "run_mean", "run", "total_mean", "total", "forced_open", "forced_closed", "bad_requests", "max_active",
-    "canceled", "deadline",
+    "canceled", "deadline", "queued",
     # the pool message, before and after its currentTime
-    "concurrent", "max_active", "executed",
+    "concurrent", "queued", "max_active", "executed",
     "pool_rejects",
 )  # fmt: skip
 # The values of the circuit's name and settings, in the order _settings returns them.
-_SETTINGS = ("name", "volume", "sleep_ms", "error_threshold", "enabled", "strategy", "timeout_ms", "size")
+_SETTINGS = (
+    "name", "volume", "sleep_ms", "error_threshold", "enabled", "strategy", "timeout_ms", "size", "queue_bound",
+)  # fmt: skip
 
 
 def _positions(names: tuple[str, ...]) -> dict[str, int]:
@@ -207,6 +211,8 @@ def _settings(name: str, s: Any, constants: tuple[Any, ...], limit: int) -> tupl
         semaphore if s.semaphore else thread,
         s.timeout_ns // 1_000_000,
         limit,
+        # Hystrix's queueSizeRejectionThreshold: at most the concurrency limit's calls wait.
+        limit if s.max_queue_wait_ns else 0,
     )
 
 
@@ -228,6 +234,7 @@ def _dynamic(
     concurrent: int,
     semaphore: bool,
     constants: tuple[Any, ...],
+    queued: int = 0,
 ) -> tuple[Any, ...]:
     """The values read from the window, the state and the tickets, in _DYNAMIC's order.
 
@@ -249,8 +256,8 @@ def _dynamic(
         rejects if semaphore else 0, short_circuits, successes, pool_rejects, timeouts, concurrent,
         run_summary.mean, *run_latencies, total_summary.mean, *total_latencies,
         true if state == "forced-open" else false, true if forced_closed else false,
-        counts[BAD_REQUEST], counts[MAX_ACTIVE], canceled, deadline,
-        concurrent, counts[MAX_ACTIVE], counts[EXECUTED],
+        counts[BAD_REQUEST], counts[MAX_ACTIVE], canceled, deadline, queued,
+        concurrent, queued, counts[MAX_ACTIVE], counts[EXECUTED],
         pool_rejects,
     )  # fmt: skip
 
@@ -282,7 +289,14 @@ def messages(circuit: Any, now_ms: int | None = None) -> tuple[dict[str, Any], d
     counts, run, total = circuit._default.reading()
     latencies = (run, _latencies(run), total, _latencies(total))
     row = _dynamic(
-        counts, latencies, circuit.state(), circuit.force_closed, circuit.tickets_in_use, s.semaphore, _PYTHON
+        counts,
+        latencies,
+        circuit.state(),
+        circuit.force_closed,
+        circuit.tickets_in_use,
+        s.semaphore,
+        _PYTHON,
+        circuit.queue_size,
     )
     values = _constants(_PYTHON)
     for name, at in _DYNAMIC_AT.items():
@@ -398,10 +412,11 @@ def render(circuits: list[Any], now_ms: int | None = None, cache: dict[str, Any]
         state = circuit.state()
         forced_closed = circuit.force_closed
         concurrent = circuit.tickets_in_use
+        queued = circuit.queue_size
         s = circuit.settings
         limit = circuit.concurrency_limit
         summaries = (run, latencies(run), total, latencies(total))
-        key = (counts, run.mean, summaries[1], total.mean, summaries[3], state, forced_closed, concurrent)
+        key = (counts, run.mean, summaries[1], total.mean, summaries[3], state, forced_closed, concurrent, queued)
         # entry: [key, settings, circuit, its _compile()d segments, the text around currentTime,
         # the concurrency limit they were compiled with (an adaptive one moves)]
         entry = previous.get(name)
@@ -412,7 +427,7 @@ def render(circuits: list[Any], now_ms: int | None = None, cache: dict[str, Any]
             parts.append(entry[4])
             continue
         first, second, third = entry[3]
-        values = dynamic(counts, summaries, state, forced_closed, concurrent, s.semaphore, constants)
+        values = dynamic(counts, summaries, state, forced_closed, concurrent, s.semaphore, constants, queued)
         entry[0] = key
         entry[4] = pieces = (first, second % values[:split], third % values[split:])
         current[name] = entry
