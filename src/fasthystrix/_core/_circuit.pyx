@@ -391,6 +391,8 @@ cdef class CircuitBreaker:
         cdef int64_t slow_us = (settings.slow_call_duration_ns + 999) // 1000
         cdef int64_t slow_rate = settings.slow_call_rate_threshold
         cdef int64_t version
+        # First: it refuses a window a host-wide circuit cannot keep, before anything changes.
+        self.metrics_c.configure_window(settings.rolling_bucket_ns, settings.rolling_buckets)
         fh_spin_lock(&self.st.lock)
         fh_store_relaxed(&self.lim.timeout_ns, timeout_ns)
         fh_store_relaxed(&self.lim.sleep_window_ns, sleep_window_ns)

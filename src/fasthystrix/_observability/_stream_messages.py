@@ -34,7 +34,6 @@ __all__ = [
 
 #: The latency map's keys, in emitted order (hystrix-go's percentiles).
 LATENCY_PERCENTILE_KEYS = ("0", "25", "50", "75", "90", "95", "99", "99.5", "100")
-_WINDOW_MS = 10_000
 
 # Each message's keys in emitted order, with the JSON kind of their value: "int",
 # "bool", "str", or "lat" (a latency map: 9 integers, keyed as above). The dict
@@ -151,7 +150,7 @@ _DYNAMIC = (
     "pool_rejects",
 )  # fmt: skip
 # The values of the circuit's name and settings, in the order _settings returns them.
-_SETTINGS = ("name", "volume", "sleep_ms", "error_threshold", "enabled", "strategy", "timeout_ms", "size")
+_SETTINGS = ("name", "volume", "sleep_ms", "error_threshold", "enabled", "strategy", "timeout_ms", "size", "window")
 
 
 def _positions(names: tuple[str, ...]) -> dict[str, int]:
@@ -185,7 +184,6 @@ def _constants(constants: tuple[Any, ...]) -> dict[str, Any]:
         "true": true,
         "false": false,
         "empty": empty,
-        "window": _WINDOW_MS,
     }
 
 
@@ -205,6 +203,7 @@ def _settings(name: str, s: Any, constants: tuple[Any, ...]) -> tuple[Any, ...]:
         semaphore if s.semaphore else thread,
         s.timeout_ns // 1_000_000,
         s.max_concurrent_requests,
+        s.rolling_bucket_ns * s.rolling_buckets // 1_000_000,  # the configured rolling window
     )
 
 
