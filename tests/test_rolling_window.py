@@ -404,3 +404,17 @@ def test_host_wide_circuits_refuse_another_window(tmp_path: Path) -> None:
                 CommandConfig(rolling_window=2000, rolling_buckets=4), fasthystrix.get_defaults()
             )
         assert circuit.settings.default_window
+
+
+def test_a_window_set_before_sharing_is_refused_when_the_circuit_is_created(tmp_path: Path) -> None:
+    fasthystrix.flush()
+    configured = fasthystrix.configure_command("window-early", {"rolling_window": 2000, "rolling_buckets": 4})
+    fasthystrix.set_defaults(CommandConfig(rolling_window=3000, rolling_buckets=6))
+    with sharing(tmp_path / "circuits"):
+        for name in ("window-early", "window-by-default"):
+            with pytest.raises(ValueError, match="host-wide circuits"):
+                fasthystrix.get_circuit(name)
+            assert name not in fasthystrix._registry.circuits()
+        fasthystrix.set_defaults()
+        assert fasthystrix.get_circuit("window-later")[0].settings.default_window
+    assert fasthystrix.get_circuit_settings()["window-early"] is configured

@@ -296,7 +296,9 @@ _holders: dict[str, Any] = {}
 def _file(name: str) -> _shared.SharedCircuitFile:
     shared = _files.get(name)
     if shared is None or shared.path.parent != _shared.shared_dir():
-        shared = _files[name] = _shared.SharedCircuitFile(name, _impl.current().name, _local_settings(name))
+        settings = _local_settings(name)
+        _check_shareable(settings)  # e.g. configured before share_circuits(), or set_defaults()
+        shared = _files[name] = _shared.SharedCircuitFile(name, _impl.current().name, settings)
     return shared
 
 
