@@ -406,6 +406,7 @@ def test_host_wide_circuits_refuse_another_window(tmp_path: Path) -> None:
         assert circuit.settings.default_window
 
 
+@private_only  # it configures before sharing
 def test_a_window_set_before_sharing_is_refused_when_the_circuit_is_created(tmp_path: Path) -> None:
     fasthystrix.flush()
     configured = fasthystrix.configure_command("window-early", {"rolling_window": 2000, "rolling_buckets": 4})
