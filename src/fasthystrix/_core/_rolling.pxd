@@ -104,7 +104,7 @@ cdef class RollingMetrics:
         bint shared
         object _keep
         # NULL for the default window (w.buckets, one-second buckets: constant arithmetic on the
-        # hot path); else the configured one, which the fast paths leave to record_c.
+        # hot path); else the configured one (a division by its width on the fast paths).
         fh_geometry *geom
         # Every geometry ever configured (a list through prev), reused when configured again.
         fh_geometry *geoms
@@ -138,12 +138,22 @@ cdef class RollingMetrics:
         errors[0] = fh_load_relaxed(&self.w.errors)
 
     cdef inline void record_executed_c(self, int64_t now_ns, int64_t active) noexcept nogil:
-        cdef int64_t second = now_ns // NS_PER_S
+        cdef fh_geometry *g = <fh_geometry *>fh_load_ptr_acquire(<void **>&self.geom)
+        cdef int64_t second
         cdef int64_t *bucket
-        if second == fh_load_acquire(&self.w.second) and fh_load_ptr_acquire(<void **>&self.geom) == NULL:
-            bucket = self.w.buckets[second % COUNTER_BUCKETS]  # _bucket's common case, inline
+        # _bucket's common case, inline: the window is at the current bucket.
+        if g == NULL:
+            second = now_ns // NS_PER_S
+            if second == fh_load_acquire(&self.w.second):
+                bucket = self.w.buckets[second % COUNTER_BUCKETS]
+            else:
+                bucket = self._bucket(now_ns)
         else:
-            bucket = self._bucket(now_ns)
+            second = now_ns // g.width_ns
+            if second == fh_load_acquire(&self.w.second):
+                bucket = g.buckets + (second % g.n) * BUCKET_WIDTH
+            else:
+                bucket = self._bucket(now_ns)
         fh_add_relaxed(&bucket[EXECUTED], 1)
         atomic_max(&bucket[MAX_ACTIVE], active)
 
@@ -154,18 +164,31 @@ cdef class RollingMetrics:
         cdef int64_t stamp = second // LATENCY_SLOT_SECONDS
         cdef int slot = stamp % LATENCY_SLOTS
         cdef uint32_t *runs = <uint32_t *>fh_load_ptr_acquire(<void **>&self.hist[slot][RUN])
+        cdef fh_geometry *g = <fh_geometry *>fh_load_ptr_acquire(<void **>&self.geom)
         cdef int64_t *st
-        if (runs == NULL or second != fh_load_acquire(&self.w.second)
-                or fh_load_ptr_acquire(<void **>&self.geom) != NULL
-                or fh_load_acquire(&self.w.stamp[slot]) != stamp):
+        cdef int64_t *bucket
+        cdef int64_t tick
+        if runs == NULL or fh_load_acquire(&self.w.stamp[slot]) != stamp:
             self.record_c(event, -1, now_ns, us, us, slow_us)
             return
-        fh_add_relaxed(&self.w.buckets[second % COUNTER_BUCKETS][event], 1)
+        if g == NULL:
+            # The default window: constant width and count.
+            if second != fh_load_acquire(&self.w.second):
+                self.record_c(event, -1, now_ns, us, us, slow_us)
+                return
+            bucket = self.w.buckets[second % COUNTER_BUCKETS]
+        else:
+            tick = now_ns // g.width_ns
+            if tick != fh_load_acquire(&self.w.second):
+                self.record_c(event, -1, now_ns, us, us, slow_us)
+                return
+            bucket = g.buckets + (tick % g.n) * BUCKET_WIDTH
+        fh_add_relaxed(&bucket[event], 1)
         fh_add_relaxed(&self.w.requests, 1)
         if FAILURE <= event <= TIMEOUT:
             fh_add_relaxed(&self.w.errors, 1)
         if slow_us and us > slow_us:
-            fh_add_relaxed(&self.w.buckets[second % COUNTER_BUCKETS][SLOW_CALL], 1)
+            fh_add_relaxed(&bucket[SLOW_CALL], 1)
             fh_add_relaxed(&self.w.slow, 1)
         # Run and total latency are the same sample: only the RUN histogram changes (see _add_latency).
         fh_add32_relaxed(&runs[latency_index(us)], 1)
