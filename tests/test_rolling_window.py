@@ -366,7 +366,7 @@ def _traced_per_circuit(names: list[str]) -> float:
     ("window", "buckets", "bound"),
     [
         (None, None, 4096),  # the default window: what every circuit costs today
-        (2000, 4, 4096),  # fewer buckets: no more than the default
+        (2000, 4, 4096),  # a few buckets: within the 4 KiB of any idle circuit
         (10_000, 10, 4096),  # the default, spelled out
         (1000, MAX_ROLLING_BUCKETS, 4096 + MAX_ROLLING_BUCKETS * 200),  # only the buckets asked for
     ],
