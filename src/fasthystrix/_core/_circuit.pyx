@@ -398,6 +398,8 @@ cdef class CircuitBreaker:
         cdef int64_t slow_rate = settings.slow_call_rate_threshold
         cdef int64_t queue_wait_ns = settings.max_queue_wait_ns
         cdef int64_t version
+        # First: it refuses a window a host-wide circuit cannot keep, before anything changes.
+        self.metrics_c.configure_window(settings.rolling_bucket_ns, settings.rolling_buckets)
         adaptive_limit = settings.adaptive_limit
         limiter = None if adaptive_limit is None else adaptive_limit.limiter()
         # Under limiter_lock: a sample of the old limiter cannot store its limit after this.

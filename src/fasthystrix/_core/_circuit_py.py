@@ -59,7 +59,7 @@ from ._outcomes import (
 )
 from ._pool_py import BASE as _HELD_BASE, TicketPool
 from ._queue import TicketQueue, _Ops, wait as _wait_for_ticket
-from ._rolling_py import COUNTER_BUCKETS, MAX_ACTIVE, NS_PER_SECOND
+from ._rolling_py import MAX_ACTIVE
 
 __all__ = [
     "CircuitBreaker",
@@ -195,6 +195,7 @@ class CircuitBreaker:
         self.name = name
         self._default = default_collector
         self._metrics = default_collector._rolling
+        self._metrics.configure_window(settings.rolling_bucket_ns, settings.rolling_buckets)
         self._lock = default_collector._lock
         self._collectors = tuple(collectors)
         self._clock = clock
@@ -241,6 +242,7 @@ class CircuitBreaker:
     def _settings(self, settings: Any) -> None:
         # The registry assigns new settings here; the gate holds a copy of some of them.
         with self._lock:
+            self._metrics.configure_window(settings.rolling_bucket_ns, settings.rolling_buckets)
             self._settings_obj = settings
             self._use_limit_of(settings)
             self._metrics._gate = CLOSED
@@ -469,9 +471,9 @@ class CircuitBreaker:
         # lock): pending successes are all fast, so they only lower the slow percentage.
         on_time_ns = settings.timeout_ns if not slow_ns else min(settings.timeout_ns, slow_ns)
         second = metrics._second
-        peak = metrics._buckets[second % COUNTER_BUCKETS][MAX_ACTIVE]
+        peak = metrics._buckets[second % metrics._nb][MAX_ACTIVE]
         metrics._gate = Gate(
-            (second + 1) * NS_PER_SECOND,
+            (second + 1) * metrics._width_ns,
             budget,
             _HELD_BASE + min(peak, self._limit),
             # With is_failure, no success is "on time" for the gate: each goes to _succeeded_late,

@@ -30,6 +30,9 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "MAX_COUNT",
     "MAX_DURATION_MS",
+    "MAX_ROLLING_BUCKETS",
+    "MAX_ROLLING_WINDOW_MS",
+    "MIN_ROLLING_BUCKET_MS",
     "CommandConfig",
     "Isolation",
     "Settings",
@@ -140,6 +143,53 @@ def _slow_rate(field_name: str, value: object) -> int:
     if not 1 <= value <= 100:
         raise ValueError(f"{field_name} must be between 1 and 100, got {safe_repr(value)}")
     return value
+
+
+#: The rolling window's bounds: at most 100 buckets (each costs a private circuit 104 bytes), each
+#: at least 10 ms wide, and a window of at most 24 hours.
+MAX_ROLLING_BUCKETS = 100
+MIN_ROLLING_BUCKET_MS = 10
+MAX_ROLLING_WINDOW_MS = 24 * 3600 * 1000
+DEFAULT_ROLLING_WINDOW = 10_000
+DEFAULT_ROLLING_BUCKETS = 10
+
+
+def _rolling_window_ms(field_name: str, value: object) -> int:
+    ns = _duration_ns(field_name, value)
+    if ns % _NS_PER_MS:
+        raise ValueError(f"{field_name} must be a whole number of milliseconds, got {safe_repr(value)}")
+    ms = ns // _NS_PER_MS
+    if not MIN_ROLLING_BUCKET_MS <= ms <= MAX_ROLLING_WINDOW_MS:
+        raise ValueError(
+            f"{field_name} must be between {MIN_ROLLING_BUCKET_MS} and {MAX_ROLLING_WINDOW_MS} ms (24 hours), "
+            f"got {safe_repr(value)}"
+        )
+    return ms
+
+
+def _rolling_buckets(field_name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{field_name} must be an int, not {safe_repr(value)}")
+    if not 1 <= value <= MAX_ROLLING_BUCKETS:
+        raise ValueError(f"{field_name} must be between 1 and {MAX_ROLLING_BUCKETS}, got {safe_repr(value)}")
+    return value
+
+
+def _rolling_geometry(window: object, buckets: object) -> int:
+    """The bucket width in ms of ``rolling_window`` split into ``rolling_buckets``, checked."""
+    ms = _rolling_window_ms("rolling_window", window)
+    n = _rolling_buckets("rolling_buckets", buckets)
+    if ms % n:
+        raise ValueError(
+            f"rolling_window must divide evenly into rolling_buckets (whole milliseconds per bucket), "
+            f"got rolling_window={ms} ms and rolling_buckets={n}"
+        )
+    if ms // n < MIN_ROLLING_BUCKET_MS:
+        raise ValueError(
+            f"rolling_window / rolling_buckets must be at least {MIN_ROLLING_BUCKET_MS} ms per bucket, "
+            f"got rolling_window={ms} ms and rolling_buckets={n}"
+        )
+    return ms // n
 
 
 def _positive_duration_ns(field_name: str, value: object) -> int:
@@ -256,6 +306,13 @@ class CommandConfig:
     #: served, before it is rejected (0: rejected at once, hystrix-go's behaviour). The wait counts
     #: in the command's timeout. At most ``max_concurrent_requests`` calls wait at once.
     max_queue_wait: Duration | None = None
+    #: Hystrix's ``metrics.rollingStats.timeInMilliseconds``: the window (ms or timedelta, whole
+    #: milliseconds, 10 ms to 24 h; default 10 s) whose counts the breaker decides on and
+    #: ``metrics()`` reports. The latency percentiles keep their own 60-second window.
+    rolling_window: Duration | None = None
+    #: Hystrix's ``metrics.rollingStats.numBuckets``: the buckets (1 to 100; default 10) the window
+    #: expires by. ``rolling_window`` must divide evenly into them, at least 10 ms each.
+    rolling_buckets: int | None = None
 
     def __post_init__(self) -> None:
         if self.timeout is not None:
@@ -293,6 +350,12 @@ class CommandConfig:
             _predicate("is_failure", self.is_failure)
         if self.max_queue_wait is not None:
             _duration_ns("max_queue_wait", self.max_queue_wait)
+        if self.rolling_window is not None:
+            _rolling_window_ms("rolling_window", self.rolling_window)
+        if self.rolling_buckets is not None:
+            _rolling_buckets("rolling_buckets", self.rolling_buckets)
+        if self.rolling_window is not None and self.rolling_buckets is not None:
+            _rolling_geometry(self.rolling_window, self.rolling_buckets)
 
     @classmethod
     def from_mapping(cls, mapping: object) -> CommandConfig:
@@ -344,6 +407,8 @@ class Settings:
     #: As in :class:`CommandConfig`. Each process keeps its own (its calls wait in its own queue),
     #: even for shared circuits.
     max_queue_wait: timedelta = timedelta(0)
+    rolling_window: timedelta = timedelta(milliseconds=DEFAULT_ROLLING_WINDOW)
+    rolling_buckets: int = DEFAULT_ROLLING_BUCKETS
     # Integer copies read on the hot path, so a call never converts a timedelta.
     timeout_ns: int = field(init=False, repr=False, compare=False)
     sleep_window_ns: int = field(init=False, repr=False, compare=False)
@@ -356,6 +421,8 @@ class Settings:
     probes: bool = field(init=False, repr=False, compare=False)
     #: ``ignore`` as a test of an error (``None``: nothing is ignored).
     ignores: Callable[[BaseException], bool] | None = field(init=False, repr=False, compare=False)
+    #: The width of one bucket of the rolling window, in nanoseconds.
+    rolling_bucket_ns: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Checked again here, as CommandConfig does, because circuits take any Settings as
@@ -411,6 +478,15 @@ class Settings:
         if not isinstance(self.max_queue_wait, timedelta):
             raise TypeError(f"max_queue_wait must be a datetime.timedelta, not {safe_repr(self.max_queue_wait)}")
         object.__setattr__(self, "max_queue_wait_ns", _duration_ns("max_queue_wait", self.max_queue_wait))
+        if not isinstance(self.rolling_window, timedelta):
+            raise TypeError(f"rolling_window must be a datetime.timedelta, not {safe_repr(self.rolling_window)}")
+        width_ms = _rolling_geometry(self.rolling_window, self.rolling_buckets)
+        object.__setattr__(self, "rolling_bucket_ns", width_ms * _NS_PER_MS)
+
+    @property
+    def default_window(self) -> bool:
+        """Whether the rolling window is the default one (10 buckets of one second)."""
+        return self.rolling_bucket_ns == 1_000_000_000 and self.rolling_buckets == DEFAULT_ROLLING_BUCKETS
 
     @classmethod
     def from_config(cls, config: CommandConfig, defaults: Settings) -> Settings:
@@ -450,6 +526,8 @@ class Settings:
             is_failure=pick(config.is_failure, defaults.is_failure),  # type: ignore[arg-type]
             adaptive_limit=adaptive,
             max_queue_wait=_optional_duration(pick(config.max_queue_wait, defaults.max_queue_wait)),  # type: ignore[arg-type]
+            rolling_window=_optional_duration(pick(config.rolling_window, defaults.rolling_window)),  # type: ignore[arg-type]
+            rolling_buckets=pick(config.rolling_buckets, defaults.rolling_buckets),  # type: ignore[arg-type]
         )
 
 

@@ -585,7 +585,10 @@ def _words(settings: Settings) -> tuple[int, ...]:
 
 def intern(settings: Settings) -> Settings:
     """Remember ``settings`` as the object that its words read back as (see ``settings_from_words``)."""
-    _interned[_words(settings)] = settings
+    # Only the default rolling window can be read back from the words (a shared file has no
+    # other): settings with another window never stand for a file's settings.
+    if settings.default_window:
+        _interned[_words(settings)] = settings
     return settings
 
 

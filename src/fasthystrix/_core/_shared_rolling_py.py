@@ -42,6 +42,7 @@ from ._rolling_py import (
     MAX_ACTIVE,
     NS_PER_SECOND,
     NUM_EVENTS,
+    SHARED_WINDOW_ERROR,
     _Histogram,
     latency_bucket_index,
 )
@@ -119,6 +120,15 @@ class SharedRollingMetrics:
     @_gate.setter
     def _gate(self, gate: Gate) -> None:
         pass  # the circuit closes the gate after changes; it is closed already
+
+    def configure_window(self, bucket_ns: int, buckets: int) -> None:
+        """The shared layout keeps the default window only: anything else is a ``ValueError``."""
+        if (bucket_ns, buckets) != (NS_PER_SECOND, COUNTER_BUCKETS):
+            raise ValueError(SHARED_WINDOW_ERROR)
+
+    def window(self) -> tuple[int, int]:
+        """``(bucket_ns, buckets)``: always the default, 10 buckets of one second."""
+        return NS_PER_SECOND, COUNTER_BUCKETS
 
     def _unadmit(self) -> None:
         """Take back one admission counted in the window's current second."""

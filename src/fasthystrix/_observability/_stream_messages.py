@@ -34,7 +34,6 @@ __all__ = [
 
 #: The latency map's keys, in emitted order (hystrix-go's percentiles).
 LATENCY_PERCENTILE_KEYS = ("0", "25", "50", "75", "90", "95", "99", "99.5", "100")
-_WINDOW_MS = 10_000
 
 # Each message's keys in emitted order, with the JSON kind of their value: "int",
 # "bool", "str", or "lat" (a latency map: 9 integers, keyed as above). The dict
@@ -155,6 +154,7 @@ _DYNAMIC = (
 # The values of the circuit's name and settings, in the order _settings returns them.
 _SETTINGS = (
     "name", "volume", "sleep_ms", "error_threshold", "enabled", "strategy", "timeout_ms", "size", "queue_bound",
+    "window",
 )  # fmt: skip
 
 
@@ -189,7 +189,6 @@ def _constants(constants: tuple[Any, ...]) -> dict[str, Any]:
         "true": true,
         "false": false,
         "empty": empty,
-        "window": _WINDOW_MS,
     }
 
 
@@ -213,6 +212,7 @@ def _settings(name: str, s: Any, constants: tuple[Any, ...], limit: int) -> tupl
         limit,
         # Hystrix's queueSizeRejectionThreshold: at most the concurrency limit's calls wait.
         limit if s.max_queue_wait_ns else 0,
+        s.rolling_bucket_ns * s.rolling_buckets // 1_000_000,  # the configured rolling window
     )
 
 
