@@ -373,8 +373,16 @@ class CommandConfig:
 _FIELDS = frozenset(CommandConfig.__dataclass_fields__)
 
 
-@dataclass(frozen=True)
-class Settings:
+class _WeakReferable:
+    """A base that gives a slotted class a ``__weakref__`` slot (``weakref_slot=`` is 3.11+)."""
+
+    __slots__ = ("__weakref__",)
+
+
+# Slots: with more than 30 attributes an instance dict no longer shares its keys (CPython's
+# limit) and costs 1.5 KB per name; a slotted Settings is a tenth of that (tests/test_circuit_table.py).
+@dataclass(frozen=True, slots=True)
+class Settings(_WeakReferable):
     """A command's effective settings; times are ``timedelta`` like hystrix-go's ``time.Duration``.
 
     With an adaptive limit, ``max_concurrent_requests`` is its ``initial`` value (the int every
