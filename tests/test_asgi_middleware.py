@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import fasthystrix
+from conftest import FakeClock
 from fasthystrix import _registry
 from fasthystrix.asgi import CircuitBreakerMiddleware
 from slow_clients import SlowReaders, SlowUploads
@@ -288,13 +289,112 @@ def test_max_concurrency_rejects_with_503() -> None:
                 break
         assert [r.status_code for r in rejected] == [503] * 4
         assert all(r.json() == {"error": "max concurrency", "command": "GET /slow"} for r in rejected)
-        assert "retry-after" not in rejected[0].headers
+        assert rejected[0].headers["retry-after"] == "1"  # retry_after_rejected's default
         wait_until(lambda: len(inside) == 2, "the two admitted requests in the handler")
         release.set()
         statuses = sorted(f.result().status_code for f in futures)
     assert statuses == [200, 200, 503, 503, 503, 503]
     snapshot = metrics("GET /slow")
     assert (snapshot.successes, snapshot.rejects) == (2, 4)
+
+
+def test_a_full_route_sheds_at_the_door_without_reading_the_body() -> None:
+    release = threading.Event()
+    calls: list[str] = []
+
+    async def slow(request: Request) -> Response:
+        calls.append(request.method)
+        while not release.is_set():
+            await asyncio.sleep(0.005)
+        return PlainTextResponse("done")
+
+    config = fasthystrix.CommandConfig(max_concurrent_requests=1, timeout=120_000)
+    app = app_with([Route("/slow", slow, methods=["GET", "POST"])], name="slow", config=config, retry_after_rejected=7)
+    with serve(app) as client, ThreadPoolExecutor(1) as pool:
+        held = pool.submit(client.get, "/slow")
+        wait_until(lambda: calls == ["GET"], "the one ticket taken")
+        response = client.get("/slow")
+        assert response.status_code == 503
+        assert response.json() == {"error": "max concurrency", "command": "slow"}
+        assert response.headers["retry-after"] == "7"
+        assert "close" not in response.headers.get("connection", "")  # no body: the connection is kept
+        # A body announced and never sent: answered at once, the body never read (the command's
+        # path would wait for it), and the connection closed.
+        head = b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n"
+        answer = raw_exchange(client.base_url.port or 0, head)
+        assert answer.startswith(b"HTTP/1.1 503 "), answer
+        assert b"retry-after: 7\r\n" in answer.lower()
+        assert b"connection: close\r\n" in answer.lower()
+        assert b'{"error": "max concurrency", "command": "slow"}' in answer
+        release.set()
+        assert held.result().text == "done"
+    assert calls == ["GET"]  # the app never ran for a shed request
+    assert (metrics("slow").successes, metrics("slow").rejects) == (1, 2)
+    # No ticket outlives its request (the autouse fixture checks it too).
+    assert fasthystrix.get_circuit("slow")[0].tickets_in_use == 0
+
+
+def test_an_open_circuit_sheds_at_the_door_with_what_remains_of_the_sleep_window(clock: FakeClock) -> None:
+    state = {"fail": True, "calls": 0}
+
+    async def flaky(request: Request) -> Response:
+        state["calls"] += 1
+        return PlainTextResponse("down" if state["fail"] else "fine", status_code=500 if state["fail"] else 200)
+
+    config = fasthystrix.CommandConfig(request_volume_threshold=2, error_percent_threshold=50, sleep_window=5000)
+    with serve(app_with([Route("/flaky", flaky)], config=config)) as client:
+        assert [client.get("/flaky").status_code for _ in range(2)] == [500, 500]
+        response = client.get("/flaky")  # its command trips the circuit
+        assert (response.status_code, response.headers["retry-after"]) == (503, "5")
+        clock.advance(1.3)
+        response = client.get("/flaky")  # at the door
+        assert response.status_code == 503
+        assert response.json() == {"error": "circuit open", "command": "GET /flaky"}
+        assert response.headers["retry-after"] == "4"  # 3.7 s left, rounded up
+        clock.advance(3.6)
+        assert client.get("/flaky").headers["retry-after"] == "1"  # 0.1 s left: at least 1
+        assert state["calls"] == 2  # the app never ran while open
+        assert metrics("GET /flaky").short_circuits == 3
+        state["fail"] = False
+        clock.advance(0.2)  # the window has passed: the next request is the trial
+        assert client.get("/flaky").text == "fine"
+        circuit, _ = fasthystrix.get_circuit("GET /flaky")
+        wait_until(lambda: circuit.state() == "closed", "the trial closed the circuit")
+        assert client.get("/flaky").text == "fine"
+    assert state["calls"] == 4
+
+
+def test_a_failed_trial_keeps_the_window_it_began(clock: FakeClock) -> None:
+    state = {"calls": 0}
+
+    async def down(request: Request) -> Response:
+        state["calls"] += 1
+        clock.advance(0.5)  # the trial takes half a second of the circuit's time
+        return PlainTextResponse("down", status_code=500)
+
+    config = fasthystrix.CommandConfig(request_volume_threshold=1, error_percent_threshold=50, sleep_window=2000)
+    with serve(app_with([Route("/down", down)], config=config)) as client:
+        assert client.get("/down").status_code == 500
+        assert client.get("/down").headers["retry-after"] == "2"  # tripped
+        clock.advance(2.1)
+        assert client.get("/down").status_code == 500  # the trial, which fails
+        # The window began when the trial did (0.5 s ago), as the circuit counts it: 1.5 s left.
+        assert client.get("/down").headers["retry-after"] == "2"
+        clock.advance(1.4)
+        assert client.get("/down").headers["retry-after"] == "1"
+    assert state["calls"] == 2
+
+
+def test_forced_open_sheds_with_the_sleep_window() -> None:
+    async def ok(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    with serve(app_with([Route("/ok", ok)], config={"sleep_window": 2500})) as client:
+        assert client.get("/ok").text == "ok"
+        fasthystrix.get_circuit("GET /ok")[0].force_open = True
+        response = client.get("/ok")
+        assert (response.status_code, response.headers["retry-after"]) == (503, "3")
+    assert metrics("GET /ok").short_circuits == 1
 
 
 def test_timeout_answers_503_and_really_cancels_the_handler() -> None:
@@ -637,6 +737,10 @@ def test_bad_arguments() -> None:
         CircuitBreakerMiddleware(item, max_body_size="1 MB")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="response_buffer_size must be an int >= 0, not True"):
         CircuitBreakerMiddleware(item, response_buffer_size=True)
+    with pytest.raises(TypeError, match="retry_after_rejected must be an int, not '1'"):
+        CircuitBreakerMiddleware(item, retry_after_rejected="1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="retry_after_rejected must not be negative, got -1"):
+        CircuitBreakerMiddleware(item, retry_after_rejected=-1)
 
 
 # -- the example ----------------------------------------------------------------------------------

@@ -5,6 +5,13 @@ as the command ``"<METHOD> <route template>"`` (``"GET /items/{item_id}"``), nev
 raw URL: a client choosing URLs cannot create circuits without bound. Requests that
 match no route share one command per method (``"GET <unmatched>"``).
 
+**Shedding at the door.** A request the route's circuit would turn away now (it is open
+and no trial is due, or every ticket is taken) is answered at once, before its body is
+read and without a task: a 503 with ``Retry-After`` (what remains of the sleep window,
+rounded up to whole seconds, at least 1; ``retry_after_rejected`` seconds, default 1, for
+want of a ticket), or the ``fallback``'s answer. It is counted as the command would count it
+(``short_circuits`` or ``rejects``).
+
 The app's exceptions, and the statuses ``is_failure`` accepts (a 5xx by default), are
 failures of the command, other answers are successes; either way the client gets the app's
 own response. When the app is not run (the circuit is open, every ticket is taken) or does
@@ -36,23 +43,35 @@ from ._core import _errors
 from ._core._config import CommandConfig
 from ._integrations._middleware import (
     DEFAULT_MAX_BODY_SIZE,
+    DEFAULT_RETRY_AFTER_REJECTED,
     UNMATCHED,
     StatusRule,
     _content_length,
+    _door,
+    _door_error,
     _excluded,
     _method,
     _Names,
     _optional_size,
     _rejection,
     _response_triple,
+    _retry_after,
+    _retry_after_rejected,
     _ServerError,
     _size,
     _status_rule,
     _too_large,
+    _watch_windows,
 )
 from ._isolation._asyncio import do_async
 
-__all__ = ["DEFAULT_MAX_BODY_SIZE", "DEFAULT_RESPONSE_BUFFER_SIZE", "UNMATCHED", "CircuitBreakerMiddleware"]
+__all__ = [
+    "DEFAULT_MAX_BODY_SIZE",
+    "DEFAULT_RESPONSE_BUFFER_SIZE",
+    "DEFAULT_RETRY_AFTER_REJECTED",
+    "UNMATCHED",
+    "CircuitBreakerMiddleware",
+]
 
 #: The default ``response_buffer_size``: body bytes of a response held for a slow client while the
 #: command runs (256 KiB).
@@ -396,6 +415,9 @@ class CircuitBreakerMiddleware:
     ``(status) -> bool`` or a collection of statuses (``{500, 502, 503, 504}``); default
     ``status >= 500``. A predicate that raises makes the request a failure. An app that
     sends nothing is a failure whatever it says (the server answers 500).
+
+    ``retry_after_rejected``: the ``Retry-After`` (whole seconds, default 1) of a 503 for
+    want of a ticket. A short-circuit's is what remains of the sleep window (at least 1).
     """
 
     def __init__(
@@ -409,6 +431,7 @@ class CircuitBreakerMiddleware:
         max_body_size: int | None = DEFAULT_MAX_BODY_SIZE,
         response_buffer_size: int = DEFAULT_RESPONSE_BUFFER_SIZE,
         is_failure: StatusRule | None = None,
+        retry_after_rejected: int = DEFAULT_RETRY_AFTER_REJECTED,
     ) -> None:
         if not callable(app):
             raise TypeError(f"app must be an ASGI app, not {app!r}")
@@ -424,6 +447,8 @@ class CircuitBreakerMiddleware:
         self._max_body_size = _optional_size("max_body_size", max_body_size)
         self._response_buffer_size = _size("response_buffer_size", response_buffer_size)
         self._is_failure = _status_rule(is_failure)
+        self._retry_after_rejected = _retry_after_rejected(retry_after_rejected)
+        _watch_windows()
 
     def command_name(self, scope: Scope) -> str | None:
         """The command an HTTP request runs as, or ``None`` when it passes through."""
@@ -453,6 +478,10 @@ class CircuitBreakerMiddleware:
             await self.app(scope, receive, send)
             return
         self._names.prepare(name)
+        shed = _door(name)
+        if shed is not None:
+            await self._answer(name, _door_error(shed[1]), scope, receive, send, _body_announced(scope))
+            return
         body = await self._read_body(name, scope, receive, send)
         if body is None:
             return  # answered 413, or the client left before sending it all
@@ -518,7 +547,10 @@ class CircuitBreakerMiddleware:
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    async def _answer(self, name: str, err: _errors.CircuitError, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _answer(
+        self, name: str, err: _errors.CircuitError, scope: Scope, receive: Receive, send: Send, close: bool = False
+    ) -> None:
+        """The fallback's answer, or the 503; ``close``: the request's body is left unread."""
         result: Any = None
         if self._fallback is not None:
             result = self._fallback(scope, err)
@@ -527,7 +559,23 @@ class CircuitBreakerMiddleware:
         if result is not None and not isinstance(result, tuple) and callable(result):
             await result(scope, receive, send)
             return
-        await _send_response(send, *(_rejection(name, err) if result is None else _response_triple(result)))
+        if result is None:
+            status, headers, body = _rejection(name, err, _retry_after(name, err, self._retry_after_rejected))
+        else:
+            status, headers, body = _response_triple(result)
+        if close:
+            headers.append(("connection", "close"))
+        await _send_response(send, status, headers, body)
+
+
+def _body_announced(scope: Scope) -> bool:
+    """The request comes with a body (a Content-Length above 0, or chunked)."""
+    for key, value in scope.get("headers", ()):
+        if key == b"content-length":
+            return value.strip() not in (b"0", b"")
+        if key == b"transfer-encoding":
+            return True
+    return False
 
 
 def _replaying(body: bytes, receive: Receive) -> Receive:
