@@ -420,6 +420,34 @@ def test_timeout_answers_503_and_really_cancels_the_handler() -> None:
     assert metrics("GET /stuck").timeouts == 1
 
 
+@pytest.mark.parametrize("swallow", [False, True], ids=["reraises", "swallows"])
+def test_a_handler_that_awaits_while_it_unwinds_from_the_timeout(swallow: bool) -> None:
+    cleaned = threading.Event()
+
+    async def stubborn(request: Request) -> Response:
+        try:
+            await asyncio.sleep(2 * WAIT)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.05)  # cleanup that awaits: the command ends once it has
+            await asyncio.sleep(0)
+            cleaned.set()
+            if not swallow:
+                raise
+        return PlainTextResponse("too late")
+
+    config = fasthystrix.CommandConfig(timeout=100)
+    with serve(app_with([Route("/stubborn", stubborn)], config=config)) as client:
+        response = client.get("/stubborn")
+        if swallow:
+            # A complete response, though past its deadline: the client gets it, counted as a timeout.
+            assert (response.status_code, response.text) == (200, "too late")
+        else:
+            assert (response.status_code, response.json()["error"]) == (503, "timeout")
+        assert cleaned.is_set()  # the answer came after the handler had unwound
+        assert fasthystrix.get_circuit("GET /stubborn")[0].tickets_in_use == 0
+    assert metrics("GET /stubborn").timeouts == 1
+
+
 def test_timeout_mid_stream_cuts_the_response_short() -> None:
     cancelled = threading.Event()
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import inspect
 from collections.abc import Awaitable, Callable, Collection, Generator, Iterable, Mapping, MutableMapping
 from typing import Any
@@ -221,7 +222,6 @@ class _Exchange:
     """One request's run of the app: its body to replay, the response status seen so far, whether it is complete."""
 
     __slots__ = (
-        "answered",
         "app",
         "body",
         "buffer_size",
@@ -235,7 +235,7 @@ class _Exchange:
         "scope",
         "started",
         "status",
-        "task",
+        "steps",
         "trailers",
     )
 
@@ -264,8 +264,7 @@ class _Exchange:
         self.disconnected = False
         self.trailers = False
         self.raised: BaseException | None = None
-        self.task: asyncio.Future[None] | None = None
-        self.answered: asyncio.Future[None] | None = None
+        self.steps: _AppSteps | None = None
 
     async def receive(self) -> Message:
         body = self.body
@@ -297,76 +296,160 @@ class _Exchange:
             or kind == "http.response.pathsend"
         ):
             self.complete = True
-            self._wake()
+            if self.steps is not None:
+                self.steps.response_ended()
             return
         if not self.detached:
             if outbox.buffered <= self.buffer_size:
                 return  # the command goes on, the client's pace aside
             self.detached = True
-            self._wake()
+            if self.steps is not None:
+                self.steps.response_ended()
         # Outside the command now: the app goes at the client's pace.
         await outbox.drained()
         if isinstance(outbox.error, OSError):
             self.disconnected = True
             raise outbox.error
 
-    def _wake(self, task: object = None) -> None:
-        answered = self.answered
-        if answered is not None and not answered.done():
-            answered.set_result(None)
-
-    @staticmethod
-    def _observe(task: asyncio.Future[None]) -> None:
-        # The app's error is raised where it matters (run or finish); after a timeout it is
-        # dropped on purpose, so asyncio must not log it as never retrieved.
-        if not task.cancelled():
-            task.exception()
-
     async def run(self) -> None:
-        """The command: the app, in its own task, until its response is complete (or detached).
+        """The command: the app, stepped on the request's own task, until its response is complete
+        (or detached).
 
-        The app runs in a task of its own so the command ends with the response:
-        work the app does after it (Starlette's background tasks, or the rest of a
-        response larger than the buffer) is outside the command's timeout, latency
-        and ticket, and is awaited by :meth:`finish`.
+        The command ends with the response, not with the app: :class:`_AppSteps` drives the
+        app's coroutine, as a task would, and stops driving it at the step that completed
+        the response, leaving it suspended. What the app does after that (Starlette's
+        background tasks, or the rest of a response larger than the buffer) is outside the
+        command's timeout, latency and ticket: :meth:`finish` drives it to its end.
         """
-        loop = asyncio.get_running_loop()
-        self.answered = loop.create_future()
-        task = self.task = asyncio.ensure_future(self.app(self.scope, self.receive, self.send), loop=loop)
-        task.add_done_callback(self._observe)
-        task.add_done_callback(self._wake)
+        steps = self.steps = _AppSteps(self)
         try:
-            await self.answered
+            await steps
         except asyncio.CancelledError:
-            # The timeout (or the server) cancelled the command: stop the app, and give the
-            # ticket back only once it has unwound.
-            task.cancel()
-            await asyncio.wait((task,))
+            # The timeout (or the server) cancelled the command: the app has unwound (the
+            # cancellation went into it), so its ticket can come back.
             raise
-        if not self.complete and not self.detached:
-            # The app returned (or raised) without finishing its response.
-            exc = task.exception()
-            if self.disconnected:
-                # The client left: not the app's failure. Counted as context_canceled, not an error.
-                raise _errors.ContextCanceledError() from exc
-            if exc is not None:
+        except BaseException as exc:
+            if self.complete or self.detached:
+                steps.error = exc  # raised after the response: finish() raises it (the server logs it)
+            else:
                 self.raised = exc
-                raise exc
+                if self.disconnected and isinstance(exc, Exception):
+                    # The client left: not the app's failure. Counted as context_canceled, not an error.
+                    raise _errors.ContextCanceledError() from exc
+                raise
+        if not self.complete and not self.detached:
+            # The app returned without finishing its response.
+            if self.disconnected:
+                raise _errors.ContextCanceledError()
             if not self.started:
                 raise _ServerError(500)  # the server answers 500 to an app that sent nothing
         if self.is_failure(self.status):
             raise _ServerError(self.status)
 
     async def finish(self) -> None:
-        """Wait for what the app does after the command; its errors propagate (the server logs them)."""
-        task = self.task
-        if task is None or task.cancelled():
+        """Drive what the app does after the command; its errors propagate (the server logs them)."""
+        steps = self.steps
+        if steps is None or steps.cancelled:
             return
-        if task.done():
-            if task.exception() is not self.raised:
-                task.result()
-            return
-        await task
+        if steps.waiting is not _ENDED:
+            await _Resumed(steps.app, steps.waiting)
+        elif steps.error is not None and steps.error is not self.raised:
+            raise steps.error
+
+
+_ENDED = object()
+
+
+class _AppSteps:
+    """The app's coroutine, driven step by step on the awaiting task until the response is
+    complete (or detached), or the app ends.
+
+    Each step is what a task would do: ``send(None)`` into the app's iterator, or ``throw``
+    what the waiting raised (the deadline's cancellation), then yield what the app yielded
+    (a future, or ``None``) to the task, unchanged. When a step completes the response,
+    awaiting this returns with the app suspended on ``waiting`` (``_ENDED`` if it has
+    ended); ``_Resumed(app, waiting)`` goes on from there. Invariant: the app's iterator is
+    driven by one task, this one, at a time (tests/test_asgi_middleware.py,
+    test_a_complete_stream_and_background_work_after_the_response, covers the hand-over).
+    """
+
+    __slots__ = ("app", "cancelled", "error", "exchange", "waiting", "wake")
+
+    def __init__(self, exchange: _Exchange) -> None:
+        self.exchange = exchange
+        self.app: Generator[Any, None, Any] = exchange.app(exchange.scope, exchange.receive, exchange.send).__await__()
+        self.waiting: Any = _ENDED
+        self.error: BaseException | None = None
+        self.cancelled = False
+        self.wake: asyncio.Future[None] | None = None
+
+    def __await__(self) -> Generator[Any, None, None]:
+        app = self.app
+        exchange = self.exchange
+        thrown: BaseException | None = None  # the first error the task threw in: the command's end
+        throw: BaseException | None = None
+        while True:
+            try:
+                yielded = app.send(None) if throw is None else app.throw(throw)
+            except StopIteration:
+                self.waiting = _ENDED
+                if thrown is not None:
+                    raise thrown from None  # the app swallowed it: the command was cancelled all the same
+                return
+            except BaseException as exc:
+                self.waiting = _ENDED
+                if thrown is not None and exc is not thrown:
+                    raise thrown from exc  # whatever the app made of its cancellation
+                raise
+            throw = None
+            if thrown is None and (exchange.complete or exchange.detached):
+                self.waiting = yielded
+                return
+            add_done_callback = getattr(yielded, "add_done_callback", None)
+            if add_done_callback is None:  # a bare yield: the task steps again at once
+                try:
+                    yield yielded
+                except BaseException as exc:
+                    throw = exc
+                    if thrown is None:
+                        thrown = exc
+                        self.cancelled = isinstance(exc, asyncio.CancelledError)
+                continue
+            # The task waits on a future of ours, done with the app's, or sooner when the app's
+            # response completes in another task (a streaming response's): the command ends then.
+            while True:
+                wake = self.wake = asyncio.get_running_loop().create_future()
+                wake._asyncio_future_blocking = True  # what a future's __await__ sets before yielding itself
+                add_done_callback(functools.partial(_wake_up, wake))
+                try:
+                    yield wake
+                except BaseException as exc:  # cancelled: the app's future too, as a task would
+                    yielded.cancel()
+                    throw = exc
+                    if thrown is None:
+                        thrown = exc
+                        self.cancelled = isinstance(exc, asyncio.CancelledError)
+                    break
+                finally:
+                    self.wake = None
+                if yielded.done():
+                    break
+                if thrown is None:
+                    # Woken by the response's end: the app still waits on its future.
+                    self.waiting = yielded
+                    return
+                # Cancelled, and the app unwinds: the command ends when it has.
+
+    def response_ended(self) -> None:
+        """The response is complete (or detached): wake the command if it waits on the app."""
+        wake = self.wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+
+def _wake_up(wake: asyncio.Future[None], done: object) -> None:
+    if not wake.done():
+        wake.set_result(None)
 
 
 class CircuitBreakerMiddleware:
