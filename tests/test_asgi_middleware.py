@@ -17,7 +17,7 @@ import pytest
 import fasthystrix
 from conftest import FakeClock
 from fasthystrix import _registry
-from fasthystrix.asgi import CircuitBreakerMiddleware
+from fasthystrix.asgi import UNMATCHED, CircuitBreakerMiddleware
 from slow_clients import SlowReaders, SlowUploads
 from support import WAIT, load_example, wait_until
 
@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 from starlette.requests import Request  # noqa: E402
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse  # noqa: E402
-from starlette.routing import Mount, Route  # noqa: E402
+from starlette.routing import Host, Mount, Route  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -102,6 +102,36 @@ def test_commands_are_named_after_route_templates_not_urls() -> None:
     assert metrics("GET /items/{item_id}").successes == 2
     unmatched = metrics("GET <unmatched>")
     assert (unmatched.requests, unmatched.failures) == (3, 0)  # one shared circuit; 404s are not failures
+
+
+def test_route_templates_are_remembered_per_path_unless_a_host_route_decides() -> None:
+    async def thing(request: Request) -> Response:
+        return PlainTextResponse("thing")
+
+    app = Starlette(
+        routes=[
+            Host("api.example", app=Starlette(routes=[Route("/x", thing)])),
+            Route("/items/{item_id:int}", item),
+            Route("/x/{rest}", thing),
+        ]
+    )
+    middleware = CircuitBreakerMiddleware(app)
+
+    def scope(path: str, host: bytes = b"example", method: str = "GET") -> dict[str, Any]:
+        return {"type": "http", "method": method, "path": path, "root_path": "", "headers": [(b"host", host)]}
+
+    for _ in range(2):  # the second time from the table
+        assert middleware.route_template(scope("/items/1")) == "/items/{item_id}"
+        assert middleware.route_template(scope("/items/1", method="BREW")) == "/items/{item_id}"
+        assert middleware.route_template(scope("/nope")) == UNMATCHED
+    # A Host route took part: the same path names another route under another host.
+    assert middleware.route_template(scope("/x", host=b"api.example")) == "/x"
+    assert middleware.route_template(scope("/x")) == UNMATCHED
+    assert middleware.route_template(scope("/x", host=b"api.example")) == "/x"
+    # Bounded: a client choosing paths cannot grow the table without end.
+    for i in range(5000):
+        middleware.route_template(scope(f"/items/{i}"))
+    assert len(middleware._templates) <= 4096
 
 
 def test_wrapping_the_app_directly_and_a_plain_asgi_app() -> None:

@@ -74,6 +74,8 @@ __all__ = [
     "CircuitBreakerMiddleware",
 ]
 
+_TEMPLATES = 4096  # route templates remembered per middleware, by method and path
+
 #: The default ``response_buffer_size``: body bytes of a response held for a slow client while the
 #: command runs (256 KiB).
 DEFAULT_RESPONSE_BUFFER_SIZE = 256 * 1024
@@ -527,6 +529,7 @@ class CircuitBreakerMiddleware:
         self._fallback = fallback
         self._names = _Names(config)
         self._excluded = _excluded(exclude)
+        self._templates: dict[tuple[str, str, str], str] = {}
         self._max_body_size = _optional_size("max_body_size", max_body_size)
         self._response_buffer_size = _size("response_buffer_size", response_buffer_size)
         self._is_failure = _status_rule(is_failure)
@@ -546,10 +549,22 @@ class CircuitBreakerMiddleware:
 
     def route_template(self, scope: Scope) -> str:
         """The template of the route ``scope`` matches (``"/items/{item_id}"``), or ``"<unmatched>"``."""
+        # The router matches each request again: remember the answer per method and path (a
+        # bounded table, emptied when full), unless a Host route took part (it reads headers).
+        key = (scope["method"], scope["path"], scope.get("root_path", ""))
+        template = self._templates.get(key)
+        if template is not None:
+            return template
         for source in (self.app, scope.get("app"), scope.get("router")):
             routes = getattr(source, "routes", None)
             if routes is not None:
-                return _template(routes, scope, "") or UNMATCHED
+                by_host: list[bool] = []
+                template = _template(routes, scope, "", by_host) or UNMATCHED
+                if not by_host:
+                    if len(self._templates) >= _TEMPLATES:
+                        self._templates.clear()
+                    self._templates[key] = template
+                return template
         return UNMATCHED
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -687,7 +702,7 @@ async def _send_response(send: Send, status: int, headers: list[tuple[str, str]]
     await send({"type": "http.response.body", "body": body})
 
 
-def _template(routes: Iterable[Any], scope: Scope, prefix: str) -> str | None:
+def _template(routes: Iterable[Any], scope: Scope, prefix: str, by_host: list[bool]) -> str | None:
     """The template of the route Starlette's router would pick for ``scope``, or ``None``.
 
     As the router does: the first full match wins, else the first partial one (the
@@ -698,18 +713,20 @@ def _template(routes: Iterable[Any], scope: Scope, prefix: str) -> str | None:
         matches = getattr(route, "matches", None)
         if matches is None:
             continue
+        if hasattr(route, "host"):
+            by_host.append(True)  # starlette.routing.Host: the answer depends on the Host header
         match, child = matches(scope)
         kind = getattr(match, "name", "NONE")  # starlette.routing.Match, without importing starlette
         if kind == "FULL":
-            return _route_template(route, {**scope, **child}, prefix)
+            return _route_template(route, {**scope, **child}, prefix, by_host)
         if kind == "PARTIAL" and partial is None:
             partial = (route, child)
     if partial is not None:
-        return _route_template(partial[0], {**scope, **partial[1]}, prefix)
+        return _route_template(partial[0], {**scope, **partial[1]}, prefix, by_host)
     return None
 
 
-def _route_template(route: Any, scope: Scope, prefix: str) -> str | None:
+def _route_template(route: Any, scope: Scope, prefix: str, by_host: list[bool]) -> str | None:
     path_format = getattr(route, "path_format", None)  # convertors stripped: "/items/{item_id}"
     if not hasattr(route, "routes"):
         return prefix + (path_format or "")
@@ -718,4 +735,4 @@ def _route_template(route: Any, scope: Scope, prefix: str) -> str | None:
     inner = route.routes
     if not inner:
         return prefix + (path_format or "/{path}")  # an app of its own: one template for all of it
-    return _template(inner, scope, mount_prefix)
+    return _template(inner, scope, mount_prefix, by_host)
