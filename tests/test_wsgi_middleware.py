@@ -16,7 +16,7 @@ import pytest
 import fasthystrix
 from conftest import FakeClock
 from fasthystrix import _registry
-from fasthystrix.wsgi import CircuitBreakerMiddleware
+from fasthystrix.wsgi import UNMATCHED, CircuitBreakerMiddleware
 from slow_clients import SlowReaders, SlowUploads
 from support import WAIT, load_example, wait_until
 
@@ -109,6 +109,33 @@ def test_a_plain_wsgi_app_with_and_without_a_url_map() -> None:
         assert client.get("/nope").text == "plain"
     assert sorted(_registry.circuits()) == ["GET /users/<name>", "GET <unmatched>"]
     assert metrics("GET /users/<name>").successes == 2
+
+
+def test_rules_are_remembered_per_method_path_and_host_in_a_bounded_table() -> None:
+    def plain(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        return []
+
+    url_map = Map([Rule("/users/<name>", methods=["GET"]), Rule("/", host="api.example")], host_matching=False)
+    middleware = CircuitBreakerMiddleware(plain, url_map=url_map)
+
+    def environ(path: str, method: str = "GET", host: str = "example") -> dict[str, Any]:
+        return {
+            "REQUEST_METHOD": method,
+            "PATH_INFO": path,
+            "SCRIPT_NAME": "",
+            "HTTP_HOST": host,
+            "SERVER_NAME": host,
+            "SERVER_PORT": "80",
+            "wsgi.url_scheme": "http",
+        }
+
+    for _ in range(2):  # the second time from the table
+        assert middleware.route_template(environ("/users/ann")) == "/users/<name>"
+        assert middleware.route_template(environ("/users/ann", method="POST")) == UNMATCHED  # a 405
+        assert middleware.route_template(environ("/nope")) == UNMATCHED
+    for i in range(5000):
+        middleware.route_template(environ(f"/users/{i}"))
+    assert len(middleware._templates) <= 4096
 
 
 def test_name_callable_string_and_exclude() -> None:

@@ -81,6 +81,7 @@ from ._integrations._middleware import (
 __all__ = ["DEFAULT_MAX_BODY_SIZE", "DEFAULT_RETRY_AFTER_REJECTED", "UNMATCHED", "CircuitBreakerMiddleware"]
 
 _READ_SIZE = 65536
+_TEMPLATES = 4096  # rules remembered per middleware, by method, path and host
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Callable[[bytes], object]]
@@ -295,6 +296,7 @@ class CircuitBreakerMiddleware:
         if url_map is None:
             url_map = getattr(getattr(app, "__self__", None), "url_map", None)  # flask_app.wsgi_app
         self.url_map = url_map
+        self._templates: dict[tuple[str, ...], str] = {}
         self._name = name
         self._fallback = fallback
         self._names = _Names(config)
@@ -319,11 +321,28 @@ class CircuitBreakerMiddleware:
         """The rule the request matches (``"/items/<int:item_id>"``), or ``"<unmatched>"``."""
         if self.url_map is None:
             return UNMATCHED
+        # The app matches each request again: remember the answer per method, path and host (a
+        # bounded table, emptied when full).
+        key = (
+            environ.get("REQUEST_METHOD", ""),
+            environ.get("PATH_INFO", ""),
+            environ.get("SCRIPT_NAME", ""),
+            environ.get("HTTP_HOST", ""),
+            environ.get("wsgi.url_scheme", ""),
+        )
+        template = self._templates.get(key)
+        if template is not None:
+            return template
         try:
             rule, _ = self.url_map.bind_to_environ(environ).match(return_rule=True)
+            template = str(rule.rule)
         except Exception:  # NotFound, MethodNotAllowed, RequestRedirect: all one name
-            return UNMATCHED
-        return str(rule.rule)
+            template = UNMATCHED
+        templates = self._templates
+        if len(templates) >= _TEMPLATES:
+            templates.clear()
+        templates[key] = template
+        return template
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         name = self.command_name(environ)
