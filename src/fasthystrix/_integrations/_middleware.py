@@ -162,7 +162,8 @@ _window_starts: dict[str, int] = {}
 
 def _window_listener(name: str, old: str, new: str) -> None:
     circuit = _circuits.get(name)
-    if circuit is None or new == "closed":
+    if circuit is None or new == "closed" or old == "forced-open":
+        # Closed, or no longer forced open: when its window began is unknown here (the command decides).
         _window_starts.pop(name, None)
         return
     if new == "half-open":
@@ -195,8 +196,9 @@ def _door(name: str) -> tuple[Any, int] | None:
         return None  # the first request: its command makes the circuit
     state = circuit.state()
     if state == "closed":
-        if circuit.tickets_in_use < circuit.settings.max_concurrent_requests:
-            return None
+        limit = circuit.settings.max_concurrent_requests
+        if type(limit) is not int or circuit.tickets_in_use < limit:
+            return None  # a ticket is free (or the limit is not a plain count: the command decides)
         event = REJECTED
     elif state == "open":
         start = _window_starts.get(name)
