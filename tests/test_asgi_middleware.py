@@ -478,6 +478,28 @@ def test_a_handler_that_awaits_while_it_unwinds_from_the_timeout(swallow: bool) 
     assert metrics("GET /stubborn").timeouts == 1
 
 
+def test_a_nested_commands_timeout_is_its_own_not_the_routes() -> None:
+    async def slow_dependency() -> str:
+        await asyncio.sleep(2 * WAIT)
+        return "fresh"
+
+    async def price(request: Request) -> Response:
+        # The inner deadline cancels the request's task, which runs the app: the inner command
+        # takes its cancellation back and answers with its fallback; the route goes on.
+        value = await fasthystrix.do_async("dependency", slow_dependency, lambda err: "stale")
+        await asyncio.sleep(0)
+        return PlainTextResponse(value)
+
+    fasthystrix.configure_command("dependency", fasthystrix.CommandConfig(timeout=50))
+    with serve(app_with([Route("/price", price)], config={"timeout": 10_000})) as client:
+        for _ in range(2):
+            response = client.get("/price")
+            assert (response.status_code, response.text) == (200, "stale")
+    route = metrics("GET /price")
+    assert (route.successes, route.timeouts, route.failures) == (2, 0, 0)
+    assert metrics("dependency").timeouts == 2
+
+
 def test_timeout_mid_stream_cuts_the_response_short() -> None:
     cancelled = threading.Event()
 

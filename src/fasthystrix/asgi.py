@@ -351,7 +351,7 @@ class _Exchange:
     async def finish(self) -> None:
         """Drive what the app does after the command; its errors propagate (the server logs them)."""
         steps = self.steps
-        if steps is None or steps.cancelled:
+        if steps is None:
             return
         if steps.waiting is not _ENDED:
             await _Resumed(steps.app, steps.waiting)
@@ -375,36 +375,33 @@ class _AppSteps:
     test_a_complete_stream_and_background_work_after_the_response, covers the hand-over).
     """
 
-    __slots__ = ("app", "cancelled", "error", "exchange", "waiting", "wake")
+    __slots__ = ("app", "error", "exchange", "waiting", "wake")
 
     def __init__(self, exchange: _Exchange) -> None:
         self.exchange = exchange
         self.app: Generator[Any, None, Any] = exchange.app(exchange.scope, exchange.receive, exchange.send).__await__()
         self.waiting: Any = _ENDED
         self.error: BaseException | None = None
-        self.cancelled = False
         self.wake: asyncio.Future[None] | None = None
 
     def __await__(self) -> Generator[Any, None, None]:
         app = self.app
         exchange = self.exchange
-        thrown: BaseException | None = None  # the first error the task threw in: the command's end
+        # What the task threw in (a cancellation) goes into the app, as a task would: the app's
+        # handling decides. A nested command's deadline cancels this task too, and the app's
+        # do_async takes that cancellation back; the route's own deadline is do_async's to tell.
         throw: BaseException | None = None
         while True:
             try:
                 yielded = app.send(None) if throw is None else app.throw(throw)
             except StopIteration:
                 self.waiting = _ENDED
-                if thrown is not None:
-                    raise thrown from None  # the app swallowed it: the command was cancelled all the same
                 return
-            except BaseException as exc:
+            except BaseException:
                 self.waiting = _ENDED
-                if thrown is not None and exc is not thrown:
-                    raise thrown from exc  # whatever the app made of its cancellation
                 raise
             throw = None
-            if thrown is None and (exchange.complete or exchange.detached):
+            if exchange.complete or exchange.detached:
                 self.waiting = yielded
                 return
             add_done_callback = getattr(yielded, "add_done_callback", None)
@@ -413,34 +410,24 @@ class _AppSteps:
                     yield yielded
                 except BaseException as exc:
                     throw = exc
-                    if thrown is None:
-                        thrown = exc
-                        self.cancelled = isinstance(exc, asyncio.CancelledError)
                 continue
             # The task waits on a future of ours, done with the app's, or sooner when the app's
             # response completes in another task (a streaming response's): the command ends then.
-            while True:
-                wake = self.wake = asyncio.get_running_loop().create_future()
-                wake._asyncio_future_blocking = True  # what a future's __await__ sets before yielding itself
-                add_done_callback(functools.partial(_wake_up, wake))
-                try:
-                    yield wake
-                except BaseException as exc:  # cancelled: the app's future too, as a task would
-                    yielded.cancel()
-                    throw = exc
-                    if thrown is None:
-                        thrown = exc
-                        self.cancelled = isinstance(exc, asyncio.CancelledError)
-                    break
-                finally:
-                    self.wake = None
-                if yielded.done():
-                    break
-                if thrown is None:
-                    # Woken by the response's end: the app still waits on its future.
-                    self.waiting = yielded
-                    return
-                # Cancelled, and the app unwinds: the command ends when it has.
+            wake = self.wake = asyncio.get_running_loop().create_future()
+            wake._asyncio_future_blocking = True  # what a future's __await__ sets before yielding itself
+            add_done_callback(functools.partial(_wake_up, wake))
+            try:
+                yield wake
+            except BaseException as exc:  # cancelled: the app's future too, as a task would
+                yielded.cancel()
+                throw = exc
+                continue
+            finally:
+                self.wake = None
+            if not yielded.done():
+                # Woken by the response's end: the app still waits on its future.
+                self.waiting = yielded
+                return
 
     def response_ended(self) -> None:
         """The response is complete (or detached): wake the command if it waits on the app."""
