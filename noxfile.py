@@ -162,6 +162,7 @@ def wheel(session: nox.Session) -> None:
 # preloaded). The test files they run, by name under tests/: the core, stress and robustness tests,
 # not the integrations' servers nor the browser. A new core test file belongs here.
 SANITIZER_TESTS = [
+    "test_adaptive_wiring.py",
     "test_api_errors.py",
     "test_asyncio.py",
     "test_circuit_edges.py",
@@ -184,6 +185,7 @@ SANITIZER_TESTS = [
     "test_metric_collector.py",
     "test_parity.py",
     "test_public_extras.py",
+    "test_queue_wait.py",
     "test_rolling.py",
     "test_shared_fork.py",
     "test_shared_layout.py",
@@ -194,12 +196,14 @@ SANITIZER_TESTS = [
 # Run a second time with every test's circuits in a shared file (FASTHYSTRIX_TEST_SHARED=1): the
 # C paths of shared circuits under the sanitizers.
 SANITIZER_SHARED_TESTS = [
+    "test_adaptive_wiring.py",
     "test_circuit_edges.py",
     "test_circuit_state_machine.py",
     "test_stress.py",
     "test_crash_safety.py",
     "test_rolling.py",
     "test_half_open.py",
+    "test_queue_wait.py",
 ]
 SANITIZER_SUPPORT = Path("tests/sanitizers")
 

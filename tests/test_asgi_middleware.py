@@ -364,6 +364,55 @@ def test_a_full_route_sheds_at_the_door_without_reading_the_body() -> None:
     assert fasthystrix.get_circuit("slow")[0].tickets_in_use == 0
 
 
+def test_a_full_route_with_max_queue_wait_lets_the_request_wait_for_a_ticket() -> None:
+    release = threading.Event()
+    calls: list[str] = []
+
+    async def slow(request: Request) -> Response:
+        calls.append(request.url.path)
+        while not release.is_set():
+            await asyncio.sleep(0.005)
+        return PlainTextResponse("done")
+
+    config = fasthystrix.CommandConfig(max_concurrent_requests=1, timeout=120_000, max_queue_wait=120_000)
+    app = app_with([Route("/slow", slow)], name="slow", config=config)
+    with serve(app) as client, ThreadPoolExecutor(2) as pool:
+        held = pool.submit(client.get, "/slow")
+        wait_until(lambda: len(calls) == 1, "the one ticket taken")
+        waiting = pool.submit(client.get, "/slow")  # not shed at the door: its command queues
+        circuit = fasthystrix.get_circuit("slow")[0]
+        wait_until(lambda: circuit.queue_size == 1, "the second request waiting for the ticket")
+        release.set()
+        assert (held.result().text, waiting.result().text) == ("done", "done")
+    assert len(calls) == 2
+    assert (metrics("slow").successes, metrics("slow").rejects) == (2, 0)
+
+
+def test_the_door_sheds_by_the_current_adaptive_limit() -> None:
+    release = threading.Event()
+    calls: list[str] = []
+
+    async def slow(request: Request) -> Response:
+        calls.append(request.url.path)
+        while not release.is_set():
+            await asyncio.sleep(0.005)
+        return PlainTextResponse("done")
+
+    limit = fasthystrix.AdaptiveLimit(algorithm="aimd", initial=1, min_limit=1, max_limit=5)
+    config = fasthystrix.CommandConfig(max_concurrent_requests=limit, timeout=120_000)
+    app = app_with([Route("/slow", slow)], name="slow", config=config)
+    with serve(app) as client, ThreadPoolExecutor(1) as pool:
+        held = pool.submit(client.get, "/slow")
+        wait_until(lambda: len(calls) == 1, "the one ticket of the adaptive limit taken")
+        assert fasthystrix.get_circuit("slow")[0].concurrency_limit == 1
+        response = client.get("/slow")
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        release.set()
+        assert held.result().text == "done"
+    assert calls == ["/slow"]
+    assert (metrics("slow").successes, metrics("slow").rejects) == (1, 1)
+
+
 def test_an_open_circuit_sheds_at_the_door_with_what_remains_of_the_sleep_window(clock: FakeClock) -> None:
     state = {"fail": True, "calls": 0}
 

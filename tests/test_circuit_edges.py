@@ -93,3 +93,7 @@ def test_admission_verdicts_are_the_named_ones(clock: Any) -> None:
     assert circuit.state() == "closed"
     assert _events.turned_away_event(_events.REJECTED_VERDICT) == _events.REJECTED
     assert _events.turned_away_event(_events.TRIPPED) == _events.SHORT_CIRCUIT
+    # The ends of a wait for a ticket (max_queue_wait) other than a rejection.
+    assert _events.turned_away_event(_events.QUEUE_TIMEOUT) == _events.TIMEOUT
+    assert _events.turned_away_event(_events.QUEUE_CANCELED) == _events.CONTEXT_CANCELED
+    assert _events.turned_away_event(_events.QUEUE_DEADLINE) == _events.CONTEXT_DEADLINE_EXCEEDED

@@ -1,15 +1,16 @@
 """One semaphore-mode circuit driven by random calls, clock jumps, forcing (open and closed), disabling and
 reconfiguration (rejections counted as errors or not, the sleep window's backoff, several trials in
-half-open and a bound on them; ``ignore`` and ``is_failure`` or not), checked
+half-open and a bound on them; ``ignore`` and ``is_failure`` or not; the rolling window's length and
+buckets), checked
 after every step against a small reference model of hystrix-go's breaker (with fasthystrix's documented
-changes: an exact 10 s window, synchronous metrics, only the trial closes a circuit, a forced-open circuit
+changes: an exact window (10 s by default), synchronous metrics, only the trial closes a circuit, a forced-open circuit
 lets no trial through, and a trial slot is not spent when no ticket is free)."""
 
 from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from fractions import Fraction
 from typing import Any
@@ -19,6 +20,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
 import fasthystrix
+from conftest import SHARED_TESTS
 from fasthystrix._core import _clock
 
 NAME = "state-machine"
@@ -26,7 +28,6 @@ TIMEOUT_MS = 100
 NS_PER_MS = 1_000_000
 TIMEOUT_NS = TIMEOUT_MS * NS_PER_MS
 NS_PER_S = 1_000_000_000
-WINDOW_SECONDS = 10
 START_NS = 1_000_000 * NS_PER_S
 
 REQUEST_EVENTS = ("success", "failure", "rejected", "short-circuit", "timeout")
@@ -45,6 +46,7 @@ SNAPSHOT_FIELDS = {
     "fallback_successes": "fallback-success",
     "fallback_failures": "fallback-failure",
     "bad_requests": "bad-request",
+    "slow_calls": "slow",
 }
 
 RUN_VALUE = "run-value"
@@ -55,6 +57,10 @@ FAILED_VALUE = "failed-value"  # what is_failure accepts, when the rules are on
 
 class BadArgument(ValueError):
     """What ignore accepts, when the rules are on."""
+
+
+# (rolling_window, rolling_buckets): mostly the default; host-wide circuits keep only the default.
+WINDOWS = [(10_000, 10)] if SHARED_TESTS else [(10_000, 10), (10_000, 10), (2000, 4), (1000, 1), (3000, 100), (500, 50)]
 
 
 def _is_failed_value(result: object) -> bool:
@@ -80,6 +86,14 @@ class Config:
     max_sleep_ms: int | None = None
     half_open_calls: int = 1
     max_wait_ms: int | None = None
+    slow_ms: int | None = None  # slow_call_duration
+    slow_rate: int = 100  # slow_call_rate_threshold
+    window_ms: int = 10_000  # rolling_window
+    buckets: int = 10  # rolling_buckets
+
+    @property
+    def bucket_ns(self) -> int:
+        return self.window_ms // self.buckets * NS_PER_MS
 
     @property
     def probes(self) -> bool:
@@ -111,16 +125,24 @@ class Model:
         self.admitted_phase: tuple[int, int] | None = None  # the phase of the call admit() let in
 
     def window(self, now: int) -> Counter[str]:
-        second = now // NS_PER_S
+        bucket = now // self.config.bucket_ns
         total: Counter[str] = Counter()
         for s, counts in self.events.items():
-            if second - WINDOW_SECONDS < s <= second:
+            if bucket - self.config.buckets < s <= bucket:
                 total.update(counts)
         return total
 
     def window_peak(self, now: int) -> int:
-        second = now // NS_PER_S
-        return max((n for s, n in self.peak_active.items() if second - WINDOW_SECONDS < s <= second), default=0)
+        bucket = now // self.config.bucket_ns
+        n = self.config.buckets
+        return max((p for s, p in self.peak_active.items() if bucket - n < s <= bucket), default=0)
+
+    def reconfigured(self, config: Config) -> None:
+        """New settings: another window starts empty (events keyed by its buckets)."""
+        if (config.window_ms, config.buckets) != (self.config.window_ms, self.config.buckets):
+            self.events.clear()
+            self.peak_active.clear()
+        self.config = config
 
     def health(self, now: int) -> tuple[int, int]:
         counts = self.window(now)
@@ -155,7 +177,11 @@ class Model:
         requests, errors = self.breaker_health(now)
         if requests == 0 or requests < self.config.volume:
             return "closed"
-        if self.error_percent(requests, errors) < self.config.percent:
+        if self.error_percent(requests, errors) < self.config.percent and not (
+            self.config.slow_ms is not None
+            and self.window(now)["slow"] > 0
+            and self.error_percent(requests, self.window(now)["slow"]) >= self.config.slow_rate
+        ):
             return "closed"
         self.open = True
         self.opened_or_last_tested = now
@@ -257,13 +283,19 @@ class Model:
         if self.in_use >= self.config.max_concurrent:
             return "rejected"
         self.in_use += 1
-        second = now // NS_PER_S
-        self.events.setdefault(second, Counter())["executed"] += 1
-        self.peak_active[second] = max(self.peak_active.get(second, 0), self.in_use)
+        bucket = now // self.config.bucket_ns
+        self.events.setdefault(bucket, Counter())["executed"] += 1
+        self.peak_active[bucket] = max(self.peak_active.get(bucket, 0), self.in_use)
         return "trial" if trial else "run"
 
     def finish(
-        self, event: str, fallback_event: str | None, end: int, trial: bool, phase: tuple[int, int] | None = None
+        self,
+        event: str,
+        fallback_event: str | None,
+        end: int,
+        trial: bool,
+        phase: tuple[int, int] | None = None,
+        run_ns: int = -1,
     ) -> None:
         if phase is not None:
             self.probe_ended(phase, event != "success", end)
@@ -271,10 +303,14 @@ class Model:
             self.close()
         elif trial and self.open:
             self.reopened()
-        counts = self.events.setdefault(end // NS_PER_S, Counter())
+        counts = self.events.setdefault(end // self.config.bucket_ns, Counter())
         counts[event] += 1
         if fallback_event is not None:
             counts[fallback_event] += 1
+        # A slow call: a request whose run (not a timeout's) took longer, in whole microseconds.
+        slow_ms = self.config.slow_ms
+        if slow_ms is not None and event in ("success", "failure") and run_ns // 1000 > slow_ms * 1000:
+            counts["slow"] += 1
 
     def state(self) -> str:
         if not self.config.enabled:
@@ -296,8 +332,10 @@ configs = st.builds(
     max_sleep_ms=st.sampled_from([None, 3000, 7000]),
     half_open_calls=st.sampled_from([1, 1, 1, 2, 3, 5]),
     max_wait_ms=st.sampled_from([None, None, None, 50, 500, 3000]),
+    slow_ms=st.sampled_from([None, None, 20, 50, 100]),
+    slow_rate=st.one_of(st.sampled_from([1, 50, 100]), st.integers(1, 100)),
     rules=st.booleans(),
-)
+).flatmap(lambda c: st.sampled_from(WINDOWS).map(lambda w: replace(c, window_ms=w[0], buckets=w[1])))
 fallbacks = st.sampled_from(["none", "returns", "raises"])
 
 
@@ -328,8 +366,12 @@ class CircuitMachine(RuleBasedStateMachine):
                 max_sleep_window=config.max_sleep_ms,
                 half_open_max_calls=config.half_open_calls,
                 half_open_max_wait=config.max_wait_ms,
+                slow_call_duration=config.slow_ms,
+                slow_call_rate_threshold=config.slow_rate,
                 ignore=BadArgument if config.rules else None,
                 is_failure=_is_failed_value if config.rules else None,
+                rolling_window=config.window_ms,
+                rolling_buckets=config.buckets,
             ),
         )
 
@@ -513,7 +555,7 @@ class CircuitMachine(RuleBasedStateMachine):
                     assert raised.fallback_error is fallback_error
                     assert isinstance(raised.run_error, expected_error)
                     fallback_event = "fallback-failure"
-        model.finish(event, fallback_event, end, verdict == "trial", phase)
+        model.finish(event, fallback_event, end, verdict == "trial", phase, end - start if ran else -1)
 
     @rule(failures=st.lists(st.booleans(), min_size=1, max_size=6), nested=st.booleans())
     def half_open_phase(self, failures: list[bool], nested: bool) -> None:
@@ -565,7 +607,7 @@ class CircuitMachine(RuleBasedStateMachine):
     @rule(config=configs)
     def reconfigure(self, config: Config) -> None:
         self._configure(config)
-        self.model.config = config
+        self.model.reconfigured(config)
 
     @rule()
     def is_open(self) -> None:

@@ -5,7 +5,9 @@ other), on a clean registry (conftest's autouse fixture flushes circuits, settin
 collectors and listeners before and after each page). A block may be left out only with an
 explicit, visible reason on the line before it: ``<!-- example: skip <reason> -->``. Nothing is
 left out silently: a block with neither a run nor a reason fails the test, and the counts of
-blocks run and skipped are checked against the pages.
+blocks run and skipped are checked against the pages. A block about something host-wide circuits
+do not do runs on private circuits only: ``<!-- example: private <reason> -->`` (under
+FASTHYSTRIX_TEST_SHARED it is left out, with that reason).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SHARED_TESTS
+
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 # A fenced block: its opening fence (any indentation), its language, its body, the closing fence.
 _FENCE = re.compile(
@@ -23,6 +27,7 @@ _FENCE = re.compile(
     re.S | re.M,
 )
 _SKIP = re.compile(r"<!--\s*example:\s*skip\s+(?P<reason>\S.*?)\s*-->\s*$")
+_PRIVATE = re.compile(r"<!--\s*example:\s*private\s+(?P<reason>\S.*?)\s*-->\s*$")
 # A block that only includes a repository file (pymdownx.snippets): the file is shown, not run here
 # (examples/ has tests of its own); it must still compile.
 _INCLUDE = re.compile(r'^\s*--8<--\s+"(?P<path>[^"]+)"\s*$')
@@ -48,6 +53,9 @@ def blocks(page: Path) -> list[tuple[int, str, str | None]]:
         skip = _SKIP.search(before)
         code = textwrap.dedent(match.group("body"))
         reason = skip.group("reason") if skip else None
+        private = _PRIVATE.search(before)
+        if private and SHARED_TESTS:
+            reason = f"private circuits only: {private.group('reason')}"
         includes = [_INCLUDE.match(c) for c in code.strip().splitlines()]
         if includes and all(includes):
             code = "".join((ROOT / m.group("path")).read_text(encoding="utf-8") for m in includes if m)

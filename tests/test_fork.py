@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 import fasthystrix
+from conftest import SHARED_TESTS
 from fasthystrix import _registry
 from support import WAIT, wait_until
 
@@ -558,3 +559,26 @@ def test_fork_repeatedly_while_threads_hammer_do_and_go(isolation: str) -> None:
             thread.join(WAIT)
     assert not errors, errors
     wait_until(lambda: circuit.tickets_in_use == 0, "the parent's tickets back")
+
+
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_a_child_has_no_waiting_calls_of_its_parent(isolation: str) -> None:
+    # The parent's calls waiting for a ticket (max_queue_wait) do not exist in the child: its
+    # queue is empty, and its own calls take tickets (none of the parent's are held there).
+    circuit = configure("queued", isolation, max_concurrent_requests=1, max_queue_wait=TIMEOUT_MS)
+    waiting: list[object] = []
+
+    def checks() -> None:
+        child = fasthystrix.get_circuit("queued")[0]
+        assert child.queue_size == 0
+        assert child.metrics().queue_size == 0
+        if not SHARED_TESTS:  # a shared circuit's tickets are the host's: the parent's holder has the one
+            assert fasthystrix.do("queued", lambda: "child") == "child"
+
+    with InFlight("queued", 1):
+        waiter = threading.Thread(target=lambda: waiting.append(fasthystrix.do("queued", lambda: "waited")))
+        waiter.start()
+        wait_until(lambda: circuit.queue_size == 1, "a call waits for a ticket")
+        fork_and_check(checks)
+    waiter.join(WAIT)
+    assert waiting == ["waited"]

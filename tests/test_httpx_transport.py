@@ -495,3 +495,27 @@ def test_an_encoded_chunked_body_is_buffered_as_sent_and_decoded_by_the_client(s
         response = c.get(server.url + "/gzip")
         assert response.content == GZIPPED
         assert response.headers["content-encoding"] == "gzip"
+
+
+@pytest.mark.parametrize("read_body", [True, False])
+def test_a_transport_that_answers_with_a_read_response_works_like_httpx_alone(read_body: bool) -> None:
+    # httpx.MockTransport's responses (json=, content=) arrive already read: their stream
+    # cannot be iterated again, so the command keeps them as they are.
+    def handler(request: httpx.Request) -> httpx.Response:
+        status = 500 if request.url.path == "/fail" else 200
+        return httpx.Response(status, json={"path": request.url.path})
+
+    name = "mock.test"
+    transport = CommandTransport(httpx.MockTransport(handler), read_body=read_body)
+    with httpx.Client(transport=transport) as c:
+        assert c.get("http://mock.test/a").json() == {"path": "/a"}
+        assert c.get("http://mock.test/fail").json() == {"path": "/fail"}
+
+    async def main() -> list[Any]:
+        async_transport = AsyncCommandTransport(httpx.MockTransport(handler), read_body=read_body)
+        async with httpx.AsyncClient(transport=async_transport) as c:
+            return [(await c.get(f"http://mock.test/{p}")).json() for p in ("b", "fail")]
+
+    assert asyncio.run(main()) == [{"path": "/b"}, {"path": "/fail"}]
+    m = metrics(name)
+    assert (m.successes, m.failures) == (2, 2)

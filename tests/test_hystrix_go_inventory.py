@@ -199,7 +199,8 @@ def test_force_open_circuit_allows_no_trial(clock: FakeClock) -> None:
     """The documented force_open: every call short-circuits, even on a tripped circuit past its sleep window.
 
     (hystrix-go let trials through when the circuit was also tripped, spec 3.5; fasthystrix's
-    README and ``force_open`` docstring promise no trial request.)
+    documentation (docs/concepts.md, docs/configuration.md) and ``force_open`` docstring promise no
+    trial request.)
     """
     name = "forced-and-tripped"
     _configure(name, isolation="semaphore", request_volume_threshold=1)

@@ -338,6 +338,30 @@ def test_tickets_are_host_wide(start_workers: StartWorkers) -> None:
     assert parent.metrics().max_concurrent == limit
 
 
+def test_a_waiter_gets_a_ticket_another_process_gives_back(start_workers: StartWorkers) -> None:
+    # max_queue_wait is this process's own (the queue is): the worker's calls do not wait.
+    name = "queued-host"
+    configure(name, max_concurrent_requests=2, request_volume_threshold=1000, timeout=60_000)
+    release = SPAWN.Event()
+    (worker,) = start_workers(1, name, inflight=SPAWN.Value("q", 0), release=release)
+    configure(name, max_concurrent_requests=2, request_volume_threshold=1000, timeout=60_000, max_queue_wait=60_000)
+    parent = open_circuit(name)
+    assert parent.settings.max_queue_wait_ns == 60_000_000_000
+    _hold_tickets(worker, 2, "hold")
+    answers: list[str] = []
+    waiter = threading.Thread(target=lambda: answers.append(fasthystrix.do(name, lambda: "waited")))
+    waiter.start()
+    try:
+        wait_until(lambda: parent.queue_size == 1, "the call waits for a ticket")
+        assert worker.call("tickets") == 2
+    finally:
+        release.set()  # the worker gives its tickets back: no give-back here tells the waiter
+    waiter.join(WAIT)
+    assert answers == ["waited"]
+    assert worker.call("join_threads") == ["ran", "ran"]
+    assert parent.tickets_in_use == 0 and parent.queue_size == 0
+
+
 def _hold_tickets(worker: Worker, n: int, outcome: str = "hang") -> None:
     """Start ``n`` calls in ``worker`` that keep their tickets (until it is killed, for ``"hang"``)."""
     assert worker.call("start_threads", outcome, n) == n

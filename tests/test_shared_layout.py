@@ -34,6 +34,11 @@ def test_compiled_structs_match_the_file_layout() -> None:
     assert layout["state.sleep_ns"] == 8 * _shared.STATE_SLEEP_NS
     assert layout["limits.sleep_jitter_ppm"] == 8 * _shared.LIMIT_SLEEP_JITTER_PPM
     assert layout["limits.half_open_wait_ns"] == 8 * _shared.LIMIT_HALF_OPEN_WAIT_NS
+    assert layout["limits.slow_us"] == 8 * _shared.LIMIT_SLOW_US
+    assert layout["limits.slow_rate"] == 8 * _shared.LIMIT_SLOW_RATE
+    from fasthystrix._core import _shared_rolling_py
+
+    assert layout["window.slow"] == 8 * _shared_rolling_py._SLOW - _shared.WINDOW
     assert layout["tickets.probes"] == 8 * _shared.TICKETS_PROBES
     assert layout["proc.probes"] == 8 * _shared.PROC_PROBES
     assert layout["tickets"] == _shared.WINDOW - _shared.TICKETS

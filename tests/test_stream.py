@@ -149,7 +149,11 @@ def test_command_message_has_hystrix_go_keys_in_order_then_the_java_keys() -> No
     assert keys[: len(HYSTRIX_GO_COMMAND_KEYS)] == HYSTRIX_GO_COMMAND_KEYS
     extra = keys[len(HYSTRIX_GO_COMMAND_KEYS) :]
     assert extra[: len(JAVA_COMMAND_KEYS)] == JAVA_COMMAND_KEYS
-    assert extra[len(JAVA_COMMAND_KEYS) :] == ["rollingCountContextCanceled", "rollingCountContextDeadlineExceeded"]
+    assert extra[len(JAVA_COMMAND_KEYS) :] == [
+        "rollingCountContextCanceled",
+        "rollingCountContextDeadlineExceeded",
+        "currentQueueCount",  # calls waiting for a ticket (max_queue_wait)
+    ]
     assert DASHBOARD_REQUIRED_COMMAND_KEYS <= set(keys)
     assert list(msg["latencyExecute"]) == LATENCY_KEYS
     assert list(msg["latencyTotal"]) == LATENCY_KEYS

@@ -174,6 +174,8 @@ class _Read:
         self.name = circuit.name
         self.settings = circuit.settings
         self.tickets_in_use = circuit.tickets_in_use
+        self.concurrency_limit = circuit.concurrency_limit
+        self.queue_size = circuit.queue_size
         self._state = circuit.state()
         self.force_closed = circuit.force_closed
         self._default = self

@@ -36,6 +36,7 @@ from ._core._errors import (
     MaxConcurrencyError,
     TimeoutError,  # noqa: A004 - hystrix-go's name; also a builtin TimeoutError subclass
 )
+from ._core._limits import AdaptiveLimit
 from ._core._metrics import MetricsSnapshot
 from ._core._shared import SharedStateError, shared_dir
 from ._core._transitions import on_state_change
@@ -64,7 +65,7 @@ __version__ = "0.1.0"
 #: The live hot-path implementation: ``"compiled"`` or ``"pure"``.
 implementation: str = _impl.current().name
 
-#: Run ``run()`` as command ``name``; see the README. Bound to the live implementation's fast path.
+#: Run ``run()`` as command ``name``; see docs/concepts.md. Bound to the live implementation's fast path.
 do = _impl.current().do
 
 CircuitBreaker = _impl.current().CircuitBreaker
@@ -78,6 +79,7 @@ __all__ = [
     "DEFAULT_REQUEST_VOLUME_THRESHOLD",
     "DEFAULT_SLEEP_WINDOW",
     "DEFAULT_TIMEOUT",
+    "AdaptiveLimit",
     "CircuitBreaker",
     "CircuitError",
     "CircuitLimitError",

@@ -106,10 +106,11 @@ the summary says so, and why any effect did not show."""
 
 _TIMEOUT_MS = 1000
 _SLEEP_WINDOW_MS = 2000
+_TICKETS = 10
 #: The command the API uses (hystrix-go's defaults, except a 20 % trip point and a 2 s sleep window).
 DEMO_CONFIG = CommandConfig(
     timeout=_TIMEOUT_MS,
-    max_concurrent_requests=10,
+    max_concurrent_requests=_TICKETS,
     request_volume_threshold=20,
     error_percent_threshold=20,
     sleep_window=_SLEEP_WINDOW_MS,
@@ -551,7 +552,7 @@ class _Demo:
         self.stop_event = stop_event
         self.command = command
         self.counter = EventCounter()
-        self.max_tickets = DEMO_CONFIG.max_concurrent_requests or 0
+        self.max_tickets = _TICKETS
         self.downstream: Downstream | None = None
         self.api: Api | None = None
         self.stream: StreamServer | None = None
@@ -828,7 +829,7 @@ def run_demo(
         live=is_live,
         color=color,
         unicode=supports_unicode(stream_out),
-        max_tickets=DEMO_CONFIG.max_concurrent_requests or 0,
+        max_tickets=_TICKETS,
     )
     demo = _Demo(seconds, float(rate), port, host, display, on_phase, stop or threading.Event(), command)
     interrupted = completed = False

@@ -198,6 +198,8 @@ class CommandTransport(httpx.BaseTransport):
     def _read(ctx: Context, request: httpx.Request, response: httpx.Response) -> httpx.Response:
         # Each socket read gives up at the time left when the request started; checking the
         # deadline between chunks also stops a server that trickles its answer.
+        if response.is_stream_consumed:
+            return response  # read already by its transport (httpx.MockTransport): nothing to wait for
         chunks = []
         try:
             for chunk in response.iter_raw():
@@ -284,6 +286,8 @@ class AsyncCommandTransport(httpx.AsyncBaseTransport):
     @staticmethod
     async def _read(response: httpx.Response) -> httpx.Response:
         # No deadline check between chunks: do_async cancels the whole run at the timeout.
+        if response.is_stream_consumed:
+            return response  # read already by its transport (httpx.MockTransport)
         chunks = []
         try:
             async for chunk in response.aiter_raw():

@@ -29,6 +29,7 @@ from ._core._events import (
     NO_EVENT,
     REJECTED,
     SHORT_CIRCUIT,
+    SLOW_CALL,
     SUCCESS,
     TIMEOUT,
 )
@@ -220,6 +221,7 @@ class DefaultMetricCollector:
             total_latency_percentiles=total.percentiles,
             total_latency_mean=total.mean,
             bad_requests=counts[BAD_REQUEST],
+            slow_calls=counts[SLOW_CALL],
         )
 
 

@@ -15,9 +15,10 @@ Instruments (meter ``fasthystrix``), each with a ``command`` attribute:
 - ``fasthystrix.events`` (ObservableCounter, ``{event}``, attribute ``event``):
   every event since the circuit was created, with hystrix-go's event names;
 - ``fasthystrix.rolling.events`` (gauge, attribute ``event``) and
-  ``fasthystrix.rolling.error_ratio`` (gauge): the 10-second window the breaker decides on;
+  ``fasthystrix.rolling.error_ratio`` (gauge): the rolling window the breaker decides on (10 s by default);
 - ``fasthystrix.circuit.open``, ``fasthystrix.circuit.forced_open`` (gauges, 0 or 1);
-- ``fasthystrix.concurrent_requests``, ``fasthystrix.max_concurrent_requests`` (gauges);
+- ``fasthystrix.concurrent_requests``, ``fasthystrix.max_concurrent_requests`` (gauges; the
+  latter is the current concurrency limit: an ``AdaptiveLimit``'s value now);
 - ``fasthystrix.run.duration``, ``fasthystrix.total.duration`` (gauges in seconds, attribute
   ``quantile``: the rolling 60-second percentiles) with ``fasthystrix.run.duration.count``,
   ``fasthystrix.run.duration.sum`` and the ``total`` pair (cumulative ObservableCounters);
@@ -90,14 +91,14 @@ class _ProviderInstruments:
                 gauge,
                 "fasthystrix.rolling.events",
                 "{event}",
-                "Commands by event over the rolling 10-second window the breaker decides on.",
+                "Commands by event over the rolling window (10 s by default) the breaker decides on.",
                 _rolling_events,
             ),
-            (gauge, "fasthystrix.rolling.error_ratio", "1", "Errors / requests over the 10-second window.", _ratio),
+            (gauge, "fasthystrix.rolling.error_ratio", "1", "Errors / requests over the rolling window.", _ratio),
             (gauge, "fasthystrix.circuit.open", "", "1 if open or forced open, else 0.", _open),
             (gauge, "fasthystrix.circuit.forced_open", "", "1 if forced open, else 0.", _forced),
             (gauge, "fasthystrix.concurrent_requests", "{request}", "Commands holding a ticket now.", _concurrent),
-            (gauge, "fasthystrix.max_concurrent_requests", "{request}", "The concurrency limit.", _maximum),
+            (gauge, "fasthystrix.max_concurrent_requests", "{request}", "The current concurrency limit.", _maximum),
             (
                 gauge,
                 "fasthystrix.run.duration",

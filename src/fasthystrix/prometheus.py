@@ -13,9 +13,10 @@ Exported, each with a ``command`` label (the circuit's name):
   ``short-circuit``, ``timeout``, ``context_canceled``,
   ``context_deadline_exceeded``, ``fallback-success``, ``fallback-failure``);
 - ``fasthystrix_rolling_events{event}`` and ``fasthystrix_rolling_error_ratio``:
-  gauges of the 10-second window the breaker decides on;
+  gauges of the rolling window the breaker decides on (10 s unless ``rolling_window`` says otherwise);
 - ``fasthystrix_circuit_open``, ``fasthystrix_circuit_forced_open``: 0 or 1;
-- ``fasthystrix_concurrent_requests``, ``fasthystrix_max_concurrent_requests``;
+- ``fasthystrix_concurrent_requests``, ``fasthystrix_max_concurrent_requests`` (the current
+  concurrency limit: ``max_concurrent_requests``, or an ``AdaptiveLimit``'s value now);
 - ``fasthystrix_run_duration_seconds``, ``fasthystrix_total_duration_seconds``:
   summaries whose quantiles are the rolling 60-second percentiles and whose
   ``_count``/``_sum`` are cumulative;
@@ -111,12 +112,12 @@ class FasthystrixCollector:
             ),
             GaugeMetricFamily(
                 "fasthystrix_rolling_events",
-                "Commands by event over the rolling 10-second window the circuit breaker decides on.",
+                "Commands by event over the rolling window (10 s by default) the circuit breaker decides on.",
                 labels=["command", "event"],
             ),
             GaugeMetricFamily(
                 "fasthystrix_rolling_error_ratio",
-                "Errors / requests over the rolling 10-second window (what error_percent_threshold is compared with).",
+                "Errors / requests over the rolling window (what error_percent_threshold is compared with).",
                 labels=command,
             ),
             GaugeMetricFamily(
@@ -136,7 +137,7 @@ class FasthystrixCollector:
             ),
             GaugeMetricFamily(
                 "fasthystrix_max_concurrent_requests",
-                "The configured concurrency limit (max_concurrent_requests).",
+                "The current concurrency limit (max_concurrent_requests, or an adaptive limit's value now).",
                 labels=command,
             ),
             Metric(

@@ -18,6 +18,9 @@ cdef enum:
     SHORT_CIRCUITED = -2
     TRIPPED = -3
     EXPIRED = -4
+    QUEUE_TIMEOUT = -5
+    QUEUE_CANCELED = -6
+    QUEUE_DEADLINE = -7
 
 
 cdef extern from *:
@@ -46,6 +49,15 @@ cdef class CircuitBreaker:
         object is_failure
         # A success cannot take the inlined path: collectors to tell, or a result to check.
         bint slow_success
+        # Every ending must go through report_c: collectors to tell, or a limiter to feed.
+        bint slow_report
+        # An adaptive limit: each ending feeds the limiter (under limiter_lock), which stores
+        # the new limit in lim.max_concurrent, the word admission reads.
+        bint adaptive
+        object limiter
+        object limiter_lock
+        # max_queue_wait (ns; 0: a call with no ticket is rejected at once), read only by such a call.
+        int64_t queue_wait_ns
         # C copies of the settings: written under the lock with atomic stores, read with atomic
         # loads (a call that races a reconfiguration may see some old and some new fields,
         # each of them valid). The state word (one atomic load on every call), when it opened,
@@ -91,8 +103,10 @@ cdef class CircuitBreaker:
     cdef int probe_ended_c(self, int64_t phase, bint failed, int64_t now) noexcept nogil
     cdef int64_t admit(self, int64_t now) noexcept nogil
     cdef int64_t acquire_c(self, int64_t now) except? -9
+    cdef int64_t wait_for_ticket(self, int64_t start, object ctx) except? -99
     cdef int report_c(self, int event, int fallback_event, int64_t now, int64_t run_us, int64_t total_us,
                       int64_t trial, bint release) except -1
+    cdef int feed_limiter(self, int event, int64_t run_us, int64_t total_us, int64_t inflight) except -1
     cdef int report_end(self, int event, int fallback_event, int64_t start, int64_t run_us, int64_t trial,
                         bint release) except -1
     cdef object finish_c(self, int event, object err, int64_t start, int64_t run_us, int64_t trial,

@@ -13,6 +13,8 @@ the thread state at once and handed back to the caller through an explicit
 out-parameter (``raised``), never left set across C code.
 """
 
+import dataclasses as _dataclasses
+import threading
 import time
 from datetime import timedelta as _timedelta
 from functools import partial
@@ -58,7 +60,8 @@ from fasthystrix._core._errors import CircuitOpenError, FailedResultError, Fallb
 from fasthystrix._core._errors import ContextCanceledError as _ContextCanceledError
 from fasthystrix._core._errors import ContextDeadlineExceededError as _ContextDeadlineExceededError
 from fasthystrix._core._errors import TimeoutError as CommandTimeoutError
-from fasthystrix._core import _backoff, _clock, _shared, _transitions
+from fasthystrix._core import _backoff, _clock, _queue, _shared, _transitions
+from fasthystrix._core._events import turned_away_event
 from fasthystrix._core._outcomes import COROUTINE as _COROUTINE
 from fasthystrix._core._outcomes import (
     check_arguments,
@@ -144,6 +147,9 @@ def _layout():
         "tickets.probes": <char *>&tk.probes - <char *>&tk,
         "proc.probes": <char *>&proc.probes - <char *>&proc,
         "window.rejections": <char *>&w.rejections - base,
+        "window.slow": <char *>&w.slow - base,
+        "limits.slow_us": <char *>&lim.slow_us - <char *>&lim,
+        "limits.slow_rate": <char *>&lim.slow_rate - <char *>&lim,
         "tickets": sizeof(fh_tickets),
         "window": sizeof(fh_window),
         "window.requests": <char *>&w.requests - base,
@@ -341,6 +347,8 @@ cdef class CircuitBreaker:
         self.slot = -1
         self._shared = None
         self._keep = None
+        self.limiter = None
+        self.limiter_lock = threading.Lock()
 
     def __init__(self, str name, settings, default_collector, collectors, clock):
         self.name = name
@@ -354,6 +362,7 @@ cdef class CircuitBreaker:
         self.c_clock = clock is _monotonic_ns or isinstance(clock, _clock.ManualClock)
         self._clock = now_ns if self.c_clock else clock
         self.tickets = TicketPool()
+        self.tickets.limit = &self.lim.max_concurrent
         self._workers = None
         self._settings = settings
 
@@ -385,7 +394,16 @@ cdef class CircuitBreaker:
         cdef int64_t sleep_jitter_ppm = _backoff.ppm(settings.sleep_window_jitter)
         cdef int64_t half_open_calls = settings.half_open_max_calls
         cdef int64_t half_open_wait_ns = settings.half_open_max_wait_ns
+        cdef int64_t slow_us = (settings.slow_call_duration_ns + 999) // 1000
+        cdef int64_t slow_rate = settings.slow_call_rate_threshold
+        cdef int64_t queue_wait_ns = settings.max_queue_wait_ns
         cdef int64_t version
+        # First: it refuses a window a host-wide circuit cannot keep, before anything changes.
+        self.metrics_c.configure_window(settings.rolling_bucket_ns, settings.rolling_buckets)
+        adaptive_limit = settings.adaptive_limit
+        limiter = None if adaptive_limit is None else adaptive_limit.limiter()
+        # Under limiter_lock: a sample of the old limiter cannot store its limit after this.
+        self.limiter_lock.acquire()
         fh_spin_lock(&self.st.lock)
         fh_store_relaxed(&self.lim.timeout_ns, timeout_ns)
         fh_store_relaxed(&self.lim.sleep_window_ns, sleep_window_ns)
@@ -400,23 +418,30 @@ cdef class CircuitBreaker:
         fh_store_relaxed(&self.lim.sleep_jitter_ppm, sleep_jitter_ppm)
         fh_store_relaxed(&self.lim.half_open_calls, half_open_calls)
         fh_store_relaxed(&self.lim.half_open_wait_ns, half_open_wait_ns)
+        fh_store_relaxed(&self.lim.slow_us, slow_us)
+        fh_store_relaxed(&self.lim.slow_rate, slow_rate)
         # Release: a process that sees the new version sees the values (shared circuits: the
         # last writer's settings are every worker's).
         version = self.lim.version + 1
         fh_store_release(&self.lim.version, version)
         fh_spin_unlock(&self.st.lock)
+        self.limiter = limiter
+        self.limiter_lock.release()
         ignores = settings.ignores
         is_failure = settings.is_failure
         with cython.critical_section(self):
             self._settings_obj = settings
             self.ignores = ignores
             self.is_failure = is_failure
-            self.slow_success = self.has_collectors or is_failure is not None
+            self.adaptive = limiter is not None
+            self.slow_report = self.has_collectors or self.adaptive
+            self.slow_success = self.slow_report or is_failure is not None
             self.settings_version = version
+        fh_store_relaxed(&self.queue_wait_ns, queue_wait_ns)
 
     cdef refresh_settings(self):
         # Another process wrote this shared circuit's settings: rebuild the Settings object.
-        cdef int64_t words[14]
+        cdef int64_t words[16]
         fh_spin_lock(&self.st.lock)
         words[0] = self.lim.timeout_ns
         words[1] = self.lim.sleep_window_ns
@@ -432,18 +457,21 @@ cdef class CircuitBreaker:
         words[11] = self.lim.sleep_jitter_ppm
         words[12] = self.lim.half_open_calls
         words[13] = self.lim.half_open_wait_ns
+        words[14] = self.lim.slow_us
+        words[15] = self.lim.slow_rate
         fh_spin_unlock(&self.st.lock)
         with cython.critical_section(self):
             local = self._settings_obj
-        settings = _shared.settings_from_words(tuple([words[i] for i in range(14)]), local)
+        settings = _shared.settings_from_words(tuple([words[i] for i in range(16)]), local)
         ignores = settings.ignores
         is_failure = settings.is_failure
         with cython.critical_section(self):
             self._settings_obj = settings
             self.ignores = ignores
             self.is_failure = is_failure
-            self.slow_success = self.has_collectors or is_failure is not None
+            self.slow_success = self.slow_report or is_failure is not None
             self.settings_version = words[6]
+        fh_store_relaxed(&self.queue_wait_ns, settings.max_queue_wait_ns)
 
     cdef object ignores_now(self):
         with cython.critical_section(self):
@@ -471,6 +499,7 @@ cdef class CircuitBreaker:
         self.probes = &(<fh_tickets *>&view[_shared.TICKETS]).probes
         self.proc = &(<fh_proc *>&view[_shared.PROCS])[slot]
         self.tickets.attach(<int64_t *>&view[_shared.TICKETS], &(<fh_proc *>&view[_shared.PROCS])[slot].tickets, view)
+        self.tickets.limit = &self.lim.max_concurrent
         self.slot = slot
         self._shared = shared
         if configured is not None:
@@ -600,6 +629,12 @@ cdef class CircuitBreaker:
         return _timedelta(microseconds=wait // 1000)
 
     @property
+    def concurrency_limit(self):
+        """The ticket limit admission applies now: ``max_concurrent_requests``, or an adaptive
+        limit's current value."""
+        return fh_load_relaxed(&self.lim.max_concurrent)
+
+    @property
     def tickets_in_use(self):
         """Concurrency tickets currently taken (commands whose run has not ended)."""
         return self.tickets.in_use
@@ -613,7 +648,9 @@ cdef class CircuitBreaker:
 
     def metrics(self):
         """A snapshot of the rolling window: counts, error percent, tickets, latencies."""
-        return self._default.snapshot(self.tickets.in_use, self.now())
+        snapshot = self._default.snapshot(self.tickets.in_use, self.now())
+        waiting = fh_load_relaxed(&self.tickets.waiting)
+        return _dataclasses.replace(snapshot, queue_size=waiting) if waiting else snapshot
 
     # -- state machine ----------------------------------------------------------------
 
@@ -649,7 +686,7 @@ cdef class CircuitBreaker:
         return -1 if tripped else 1
 
     cdef bint unhealthy(self, int64_t now) noexcept nogil:
-        cdef int64_t requests, errors, rejections
+        cdef int64_t requests, errors, rejections, slow
         self.metrics_c.health_c(now, &requests, &errors)
         if fh_load_relaxed(&self.lim.rejections_not_errors):
             # Rejections are counted, but neither requests nor errors of the breaker's.
@@ -659,7 +696,13 @@ cdef class CircuitBreaker:
         if requests == 0 or requests < fh_load_relaxed(&self.lim.volume_threshold):
             return False
         # errors / requests * 100 rounded half up >= threshold, in integers.
-        return (errors * 200 + requests) // (2 * requests) >= fh_load_relaxed(&self.lim.error_threshold)
+        if (errors * 200 + requests) // (2 * requests) >= fh_load_relaxed(&self.lim.error_threshold):
+            return True
+        if not fh_load_relaxed(&self.lim.slow_us):
+            return False
+        # Slow calls (slow_call_duration set): the same rule against slow_call_rate_threshold.
+        slow = fh_load_relaxed(&self.metrics_c.w.slow)
+        return slow > 0 and (slow * 200 + requests) // (2 * requests) >= fh_load_relaxed(&self.lim.slow_rate)
 
     cdef bint allow_single_test_c(self, int64_t now) noexcept nogil:
         # A forced-open circuit lets no trial through, even if it also tripped (hystrix-go did).
@@ -824,6 +867,8 @@ cdef class CircuitBreaker:
             if fh_load_relaxed(self.tickets.count) >= limit or not self.allow_single_test_c(now):
                 return SHORT_CIRCUITED
             verdict = fh_load_acquire(&self.st.episode)
+        elif fh_load_relaxed(&self.tickets.waiting) != 0:
+            return REJECTED_VERDICT  # calls wait for a ticket: this one queues behind them
         in_use = self.tickets.take(limit)
         if in_use < 0:
             return REJECTED_VERDICT if verdict == ADMITTED else SHORT_CIRCUITED
@@ -843,6 +888,41 @@ cdef class CircuitBreaker:
             _transitions.reopened(self.name)
         return verdict
 
+    cdef int64_t wait_for_ticket(self, int64_t start, object ctx) except? -99:
+        """A call admitted by the breaker found no ticket: wait up to ``max_queue_wait`` for one
+        (a verdict: ``ADMITTED`` with the ticket taken and counted, or why not; see _queue)."""
+        cdef int64_t verdict, in_use
+        cdef int64_t end
+        queue, ops = self._queue_ops()
+        try:
+            verdict, in_use = _queue.wait(queue, ops, start, self.now(), fh_load_relaxed(&self.queue_wait_ns),
+                                          fh_load_relaxed(&self.lim.timeout_ns), ctx, self._clock)
+        except BaseException:
+            # Interrupted while it waited (KeyboardInterrupt): a failure, as an interrupted run;
+            # it left the queue and holds no ticket.
+            end = self.now()
+            self.report_c(FAILURE, NO_EVENT, end, -1, (end - start) // 1000, 0, False)
+            raise
+        if verdict == ADMITTED:
+            self.metrics_c.record_executed_c(self.now(), in_use)
+        return verdict
+
+    def _queue_ops(self):
+        """The queue of calls waiting for a ticket, and what it needs of this circuit (see _queue)."""
+        cdef TicketPool tickets = self.tickets
+        ops = _queue._Ops(tickets.queue.lock, fh_load_relaxed(&self.lim.max_concurrent), tickets._take_for_waiter,
+                          tickets._untake, tickets.give_back, tickets._publish)
+        return tickets.queue, ops
+
+    def _queue_admitted(self, int64_t in_use):
+        """A call that waited got its ticket (``in_use`` tickets then): counted as executed."""
+        self.metrics_c.record_executed_c(self.now(), in_use)
+
+    @property
+    def queue_size(self):
+        """Calls of this process waiting for a ticket now (``max_queue_wait``)."""
+        return fh_load_relaxed(&self.tickets.waiting)
+
     def _acquire(self, int64_t now, settings=None):
         """Check the circuit and take a ticket; a verdict (>= 0: admitted, > 0: trial)."""
         return self.acquire_c(now)
@@ -855,7 +935,11 @@ cdef class CircuitBreaker:
                       int64_t trial, bint release) except -1:
         cdef bint closed = False, reopened = False
         cdef int64_t slot_word
+        cdef int64_t inflight = 0
         cdef int ended
+        if self.adaptive:
+            # The calls in flight as this one ends, itself included (its ticket may be back already).
+            inflight = fh_load_relaxed(self.tickets.count) + (0 if release else 1)
         if release:
             self.tickets.give()
         # Only the trial of the current open episode closes the circuit (hystrix-go let any
@@ -893,7 +977,9 @@ cdef class CircuitBreaker:
             # The trial reported: nothing for the reaper to free (compare-and-swap: only our own).
             slot_word = self.slot + 1
             fh_cas_acq_rel(&self.st.trial_slot, &slot_word, 0)
-        self.metrics_c.record_c(event, fallback_event, now, run_us, total_us)
+        self.metrics_c.record_c(event, fallback_event, now, run_us, total_us, fh_load_relaxed(&self.lim.slow_us))
+        if self.adaptive:
+            self.feed_limiter(event, run_us, total_us, inflight)
         if closed:
             _transitions.closed(self.name)
         elif reopened:
@@ -901,6 +987,20 @@ cdef class CircuitBreaker:
         if closed or self.has_collectors:
             notify_collectors(self.name, self._collectors, closed, event, fallback_event, run_us, total_us,
                               self.tickets.in_use, fh_load_relaxed(&self.lim.max_concurrent))
+        return 0
+
+    cdef int feed_limiter(self, int event, int64_t run_us, int64_t total_us, int64_t inflight) except -1:
+        """One sample for the adaptive limiter (calls that ran: not rejected nor short-circuited, nor
+        ended by their context); its new limit goes to the word admission reads."""
+        cdef int64_t rtt_us = run_us if run_us >= 0 else total_us
+        cdef int64_t limit
+        if rtt_us < 0 or not (event == SUCCESS or event == FAILURE or event == TIMEOUT or event == BAD_REQUEST):
+            return 0
+        with self.limiter_lock:
+            limiter = self.limiter
+            if limiter is not None:  # reconfigured to a fixed limit meanwhile
+                limit = limiter.on_sample(rtt_us * 1000, inflight, event == TIMEOUT)
+                fh_store_relaxed(&self.lim.max_concurrent, limit)
         return 0
 
     def _report(self, int event, int fallback_event, int64_t now, int64_t run_us, int64_t total_us,
@@ -953,6 +1053,8 @@ cdef class CircuitBreaker:
                             PyObject **raised):
         """Complete a command the circuit did not admit (``verdict < 0``): nothing ran, no ticket taken."""
         cdef int event = REJECTED if verdict == REJECTED_VERDICT else SHORT_CIRCUIT
+        if verdict <= QUEUE_TIMEOUT:
+            event = turned_away_event(verdict)
         if verdict == TRIPPED:
             _transitions.opened(self.name)
         elif verdict == EXPIRED:
@@ -988,9 +1090,9 @@ cdef class CircuitBreaker:
         is_failure = self.is_failure_now()
         exc = None if is_failure is None else checked_result(is_failure, value)
         if exc is None:
-            if verdict == ADMITTED and not self.has_collectors:
+            if verdict == ADMITTED and not self.slow_report:
                 self.tickets.give()
-                self.metrics_c.record_one_c(SUCCESS, end, elapsed // 1000)
+                self.metrics_c.record_one_c(SUCCESS, end, elapsed // 1000, fh_load_relaxed(&self.lim.slow_us))
             else:
                 self.report_c(SUCCESS, NO_EVENT, end, elapsed // 1000, elapsed // 1000, verdict, True)
         elif not isinstance(exc, Exception):
@@ -1025,6 +1127,8 @@ cdef class CircuitBreaker:
         # Admission first, whatever the isolation: a call the circuit turns away costs the same
         # in thread and semaphore mode.
         verdict = self.admit(start)
+        if verdict == REJECTED_VERDICT and fh_load_relaxed(&self.queue_wait_ns) != 0:
+            verdict = self.wait_for_ticket(start, None)
         if verdict < 0:
             if args is not None:
                 fallback = bind_fallback(fallback, args, kwargs)
@@ -1059,7 +1163,7 @@ cdef class CircuitBreaker:
                 if verdict == ADMITTED and not self.slow_success:
                     # The common case, inlined: give the ticket back and count the success.
                     self.tickets.give()
-                    self.metrics_c.record_one_c(SUCCESS, end, elapsed // 1000)
+                    self.metrics_c.record_one_c(SUCCESS, end, elapsed // 1000, fh_load_relaxed(&self.lim.slow_us))
                     return value
                 exc = self.checked_success(value, end, elapsed, verdict)
                 if exc is None:
@@ -1089,9 +1193,9 @@ cdef class CircuitBreaker:
             # finish_c's no-fallback branch, inlined: the path an outage hammers.
             if event == TIMEOUT:
                 self.report_c(TIMEOUT, NO_EVENT, end, -1, elapsed // 1000, verdict, True)
-            elif verdict == ADMITTED and not self.has_collectors:
+            elif verdict == ADMITTED and not self.slow_report:
                 self.tickets.give()
-                self.metrics_c.record_one_c(event, end, elapsed // 1000)
+                self.metrics_c.record_one_c(event, end, elapsed // 1000, fh_load_relaxed(&self.lim.slow_us))
             else:
                 self.report_c(event, NO_EVENT, end, elapsed // 1000, elapsed // 1000, verdict, True)
             return raise_later(exc, raised)
@@ -1115,6 +1219,8 @@ cdef class CircuitBreaker:
             event = CONTEXT_CANCELED if kind == "canceled" else CONTEXT_DEADLINE_EXCEEDED
             return self.finish_c(event, error_for(event), NOT_STARTED, -1, 0, fallback, ctx, False, raised)
         verdict = self.admit(start)
+        if verdict == REJECTED_VERDICT and fh_load_relaxed(&self.queue_wait_ns) != 0:
+            verdict = self.wait_for_ticket(start, ctx)
         if verdict < 0:
             return self.turned_away(verdict, start, fallback, ctx, raised)
         if verdict > 0 and (verdict < FH_PROBE or verdict & FH_FIRST_PROBE):
@@ -1167,6 +1273,8 @@ cdef class CircuitBreaker:
         holders keep the GIL, or stay attached, and call no Python code), so clearing them only
         guards against what a signal handler might do; the forking thread holds none here.
         """
+        # The limiter's lock may have been held by a thread that does not exist in the child.
+        self.limiter_lock = threading.Lock()
         if self._shared is None:
             # A shared circuit's locks are in the file: the parent's threads still use them.
             fh_store_relaxed(&self.st.lock, 0)

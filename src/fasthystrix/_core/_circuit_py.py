@@ -14,6 +14,7 @@ maximum of tickets in use, collectors, thread isolation) takes the locked path.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from datetime import timedelta
 from types import MethodType
@@ -40,6 +41,7 @@ from ._events import (
     SHORT_CIRCUIT,
     SHORT_CIRCUITED,
     SUCCESS,
+    TIMEOUT,
     TRIPPED,
     probe_phase,
     turned_away_event,
@@ -56,7 +58,8 @@ from ._outcomes import (
     outcome,
 )
 from ._pool_py import BASE as _HELD_BASE, TicketPool
-from ._rolling_py import COUNTER_BUCKETS, MAX_ACTIVE, NS_PER_SECOND
+from ._queue import TicketQueue, _Ops, wait as _wait_for_ticket
+from ._rolling_py import MAX_ACTIVE
 
 __all__ = [
     "CircuitBreaker",
@@ -66,6 +69,8 @@ __all__ = [
 ]
 
 _NS_PER_US = 1000
+# The endings an adaptive limiter learns from: the calls that ran (their ticket's whole life).
+_SAMPLED_EVENTS = frozenset((SUCCESS, FAILURE, TIMEOUT, BAD_REQUEST))
 
 # A half-open phase's trials in one int (as the compiled twin's word): admitted, finished, failed.
 _PROBE_BITS = 21
@@ -160,12 +165,15 @@ class CircuitBreaker:
         "_force_open",
         "_held",
         "_host",
+        "_limit",
+        "_limiter",
         "_lock",
         "_metrics",
         "_open",
         "_opened_ns",
         "_pending",
         "_probes",
+        "_queue",
         "_reopens",
         "_settings_obj",
         "_shared",
@@ -185,9 +193,9 @@ class CircuitBreaker:
         clock: Callable[[], int],
     ) -> None:
         self.name = name
-        self._settings_obj = settings
         self._default = default_collector
         self._metrics = default_collector._rolling
+        self._metrics.configure_window(settings.rolling_bucket_ns, settings.rolling_buckets)
         self._lock = default_collector._lock
         self._collectors = tuple(collectors)
         self._clock = clock
@@ -201,6 +209,8 @@ class CircuitBreaker:
         self._sleep_ns = 0
         self._probes = 0  # the half-open phase's trials (_pack_probes), 0 outside one
         self._tickets = TicketPool()
+        # Calls waiting for a ticket (max_queue_wait), under the circuit's lock.
+        self._queue = TicketQueue()
         self._workers: Any = None
         # The shared circuit file this circuit lives in (see _attach), and its view of that file.
         self._shared: Any = None
@@ -209,6 +219,14 @@ class CircuitBreaker:
         self._held = self._tickets._held
         self._pending = self._metrics._pending
         self._admits = self._metrics._admits
+        self._settings_obj = settings
+        self._use_limit_of(settings)
+
+    def _use_limit_of(self, settings: Any) -> None:
+        # The limit admission reads (the compiled twin's lim.max_concurrent word), and the limiter
+        # that moves it with an adaptive limit (fed in _report, under the lock).
+        self._limiter = None if settings.adaptive_limit is None else settings.adaptive_limit.limiter()
+        self._limit = settings.max_concurrent_requests
 
     def __repr__(self) -> str:
         state = "forced open" if self._force_open else "open" if self._open else "closed"
@@ -224,7 +242,9 @@ class CircuitBreaker:
     def _settings(self, settings: Any) -> None:
         # The registry assigns new settings here; the gate holds a copy of some of them.
         with self._lock:
+            self._metrics.configure_window(settings.rolling_bucket_ns, settings.rolling_buckets)
             self._settings_obj = settings
+            self._use_limit_of(settings)
             self._metrics._gate = CLOSED
             self._open_gate_locked()
 
@@ -295,6 +315,13 @@ class CircuitBreaker:
         return timedelta(microseconds=(self._sleep_ns or self._settings_obj.sleep_window_ns) // 1000)
 
     @property
+    def concurrency_limit(self) -> int:
+        """The ticket limit admission applies now: ``max_concurrent_requests``, or an adaptive
+        limit's current value."""
+        limit: int = self._limit
+        return limit
+
+    @property
     def tickets_in_use(self) -> int:
         """Concurrency tickets currently taken (commands whose run has not ended)."""
         return self._tickets.in_use
@@ -311,7 +338,8 @@ class CircuitBreaker:
     def metrics(self) -> MetricsSnapshot:
         """A snapshot of the rolling window: counts, error percent, tickets, latencies."""
         snapshot: MetricsSnapshot = self._default.snapshot(self._tickets.in_use, self._clock())
-        return snapshot
+        waiting = len(self._queue.waiters)
+        return dataclasses.replace(snapshot, queue_size=waiting) if waiting else snapshot
 
     # -- host-wide circuits (see _shared and _shared_circuit_py) ----------------------------
 
@@ -372,8 +400,13 @@ class CircuitBreaker:
             errors = max(errors - rejections, 0)
         if requests == 0 or requests < settings.request_volume_threshold:
             return False
-        # errors / requests * 100 rounded half up >= threshold, in integers.
-        if (errors * 200 + requests) // (2 * requests) < settings.error_percent_threshold:
+        # errors / requests * 100 rounded half up >= threshold, in integers; then slow calls
+        # (slow_call_duration set) by the same rule against slow_call_rate_threshold.
+        if (errors * 200 + requests) // (2 * requests) < settings.error_percent_threshold and not (
+            settings.slow_call_duration_ns
+            and (slow := self._metrics.slow_calls()) > 0
+            and (slow * 200 + requests) // (2 * requests) >= settings.slow_call_rate_threshold
+        ):
             return False
         self._open = True
         self._metrics._gate = CLOSED
@@ -404,7 +437,14 @@ class CircuitBreaker:
         Called with the lock held after anything that may have closed the gate.
         """
         settings = self._settings_obj
-        if self._open or self._force_open or not settings.semaphore or self._collectors:
+        if (
+            self._open
+            or self._force_open
+            or not settings.semaphore
+            or self._collectors
+            or self._limiter is not None
+            or self._queue.waiters
+        ):
             return  # every call takes the locked path (the gate was closed when this became so)
         metrics = self._metrics
         requests = metrics._requests
@@ -419,17 +459,26 @@ class CircuitBreaker:
         reach = max(settings.request_volume_threshold - requests, 1 - requests, 0)
         total = requests + reach
         budget = PENDING_LIMIT
-        if (errors * 200 + total) // (2 * total) >= settings.error_percent_threshold and reach < budget:
+        slow_ns = settings.slow_call_duration_ns
+        if reach < budget and (
+            (errors * 200 + total) // (2 * total) >= settings.error_percent_threshold
+            or (slow_ns and (metrics._slow * 200 + total) // (2 * total) >= settings.slow_call_rate_threshold)
+        ):
             budget = reach
+        # With is_failure, no success is "on time" for the gate: each goes to _succeeded_late,
+        # which checks its result and, if it is a success, still counts it lock-free. With
+        # slow_call_duration, a success slower than it takes that path too (counted slow under the
+        # lock): pending successes are all fast, so they only lower the slow percentage.
+        on_time_ns = settings.timeout_ns if not slow_ns else min(settings.timeout_ns, slow_ns)
         second = metrics._second
-        peak = metrics._buckets[second % COUNTER_BUCKETS][MAX_ACTIVE]
+        peak = metrics._buckets[second % metrics._nb][MAX_ACTIVE]
         metrics._gate = Gate(
-            (second + 1) * NS_PER_SECOND,
+            (second + 1) * metrics._width_ns,
             budget,
-            _HELD_BASE + min(peak, settings.max_concurrent_requests),
+            _HELD_BASE + min(peak, self._limit),
             # With is_failure, no success is "on time" for the gate: each goes to _succeeded_late,
             # which checks its result and, if it is a success, still counts it lock-free.
-            settings.timeout_ns if settings.is_failure is None else -1,
+            on_time_ns if settings.is_failure is None else -1,
         )
 
     def _allow_single_test_locked(self, now: int, settings: Any) -> bool:
@@ -457,7 +506,7 @@ class CircuitBreaker:
             return EXPIRED
         elif admitted >= settings.half_open_max_calls:
             return SHORT_CIRCUITED
-        in_use = self._tickets.try_take(settings.max_concurrent_requests)
+        in_use = self._tickets.try_take(self._limit)
         if in_use < 0:
             return SHORT_CIRCUITED  # a trial only when it can run
         if first:
@@ -509,12 +558,12 @@ class CircuitBreaker:
             if settings.probes:
                 return self._probe_locked(now, settings)
             # Only take the trial slot if the trial can run (a ticket is free).
-            if self._tickets.in_use >= settings.max_concurrent_requests or not self._allow_single_test_locked(
-                now, settings
-            ):
+            if self._tickets.in_use >= self._limit or not self._allow_single_test_locked(now, settings):
                 return SHORT_CIRCUITED
             verdict = self._episode
-        in_use = self._tickets.try_take(settings.max_concurrent_requests)
+        elif self._queue.waiters:
+            return REJECTED_VERDICT  # calls wait for a ticket: this one queues behind them
+        in_use = self._tickets.try_take(self._limit)
         if in_use < 0:
             return REJECTED_VERDICT
         self._metrics.record_executed(now, in_use)
@@ -542,8 +591,62 @@ class CircuitBreaker:
         """A trial of ``phase`` reports (shared circuits: no longer the reaper's to count)."""
 
     def _release(self) -> None:
-        """Give a ticket back."""
+        """Give a ticket back (to the oldest call waiting for one, if any)."""
         self._tickets.give_back()
+        if self._queue.waiters:
+            with self._lock:
+                self._queue.drain_locked(self._take_for_waiter, self._tickets.give_back)
+                self._queue_changed_locked(len(self._queue.waiters))
+
+    # -- waiting for a ticket (max_queue_wait; see _queue) ------------------------------------
+
+    def _take_for_waiter(self) -> int:
+        return self._tickets.try_take(self._limit)
+
+    def _queue_changed_locked(self, waiting: int) -> None:
+        if waiting:
+            self._metrics._gate = CLOSED  # newcomers take the locked path, and queue behind
+
+    def _queue_ops(self) -> tuple[TicketQueue, _Ops]:
+        """The queue of calls waiting for a ticket, and what it needs of this circuit (see _queue)."""
+        ops = _Ops(
+            self._lock,
+            self._limit,
+            self._take_for_waiter,
+            self._tickets.give_back,
+            self._release,
+            self._queue_changed_locked,
+        )
+        return self._queue, ops
+
+    def _queue_admitted(self, in_use: int) -> None:
+        """A call that waited got its ticket (``in_use`` tickets then): counted as executed."""
+        with self._lock:
+            self._metrics.record_executed(self._clock(), in_use)
+
+    def _wait_for_ticket(self, start: int, settings: Any, ctx: Context | None) -> int:
+        """A call admitted by the breaker found no ticket: wait up to ``max_queue_wait`` for one
+        (a verdict: ``ADMITTED`` with the ticket taken and counted, or why not)."""
+        clock = self._clock
+        queue, ops = self._queue_ops()
+        try:
+            verdict, in_use = _wait_for_ticket(
+                queue, ops, start, clock(), settings.max_queue_wait_ns, settings.timeout_ns, ctx, clock
+            )
+        except BaseException:
+            # Interrupted while it waited (KeyboardInterrupt): a failure, as an interrupted run;
+            # it left the queue and holds no ticket.
+            end = clock()
+            self._report(FAILURE, NO_EVENT, end, -1, (end - start) // _NS_PER_US, 0, False)
+            raise
+        if verdict == ADMITTED:
+            self._queue_admitted(in_use)
+        return verdict
+
+    @property
+    def queue_size(self) -> int:
+        """Calls of this process waiting for a ticket now (``max_queue_wait``)."""
+        return len(self._queue.waiters)
 
     def _report(
         self, event: int, fallback_event: int, now: int, run_us: int, total_us: int, trial: int, release: bool
@@ -551,8 +654,13 @@ class CircuitBreaker:
         """Record one finished command (releasing its ticket if ``release``), then tell the collectors."""
         closed = reopened = False
         with self._lock:
+            # The calls in flight as this one ends, itself included (its ticket may be back already).
+            inflight = self._tickets.in_use + (0 if release else 1)
             if release:
                 self._tickets.give_back()
+                if self._queue.waiters:
+                    self._queue.drain_locked(self._take_for_waiter, self._tickets.give_back)
+                    self._queue_changed_locked(len(self._queue.waiters))
             # Only the trial of the current open episode closes the circuit (hystrix-go let any
             # success close it, even one that started before the circuit opened).
             if trial >= PROBE:
@@ -570,7 +678,11 @@ class CircuitBreaker:
                 else:
                     reopened = True
                     self._reopen_locked(now, self._settings_obj)
-            self._metrics.record(event, fallback_event, now, run_us, total_us)
+            self._metrics.record(
+                event, fallback_event, now, run_us, total_us, (self._settings_obj.slow_call_duration_ns + 999) // 1000
+            )
+            if self._limiter is not None:
+                self._feed_limiter_locked(event, run_us, total_us, inflight)
             in_use = self._tickets.in_use
             self._open_gate_locked()
         if closed:
@@ -587,8 +699,16 @@ class CircuitBreaker:
                 run_us,
                 total_us,
                 in_use,
-                self._settings_obj.max_concurrent_requests,
+                self._limit,
             )
+
+    def _feed_limiter_locked(self, event: int, run_us: int, total_us: int, inflight: int) -> None:
+        """One sample for the adaptive limiter (calls that ran: not rejected nor short-circuited, nor
+        ended by their context); its new limit is the one admission reads."""
+        rtt_us = run_us if run_us >= 0 else total_us
+        limiter = self._limiter
+        if limiter is not None and rtt_us >= 0 and event in _SAMPLED_EVENTS:
+            self._limit = limiter.on_sample(rtt_us * 1000, inflight, event == TIMEOUT)
 
     def _finish(
         self,
@@ -688,6 +808,8 @@ class CircuitBreaker:
         # Admission first, whatever the isolation: a call the circuit turns away costs the same
         # in thread and semaphore mode.
         verdict = self._acquire(start, settings)
+        if verdict == REJECTED_VERDICT and settings.max_queue_wait_ns:
+            verdict = self._wait_for_ticket(start, settings, None)
         if verdict < 0:
             event = turned_away_event(verdict)
             return self._finish(event, error_for(event), start, -1, 0, fallback, None, False)
@@ -775,8 +897,14 @@ class CircuitBreaker:
             self._returned_coroutine(value, end, (end - start) // _NS_PER_US, 0, False)
         settings = self._settings_obj
         is_failure = settings.is_failure
-        if is_failure is not None and end < until and end - start <= settings.timeout_ns:
-            # On time, in the gate's second: only the result is left to check.
+        slow_ns = settings.slow_call_duration_ns
+        if (
+            is_failure is not None
+            and end < until
+            and end - start <= settings.timeout_ns
+            and not (slow_ns and (end - start) // 1000 > (slow_ns + 999) // 1000)
+        ):
+            # On time, in the gate's second, not slow: only the result is left to check.
             try:
                 err = failed_result(is_failure, value)
             except BaseException:  # KeyboardInterrupt in the predicate: a failure, propagated
@@ -803,6 +931,8 @@ class CircuitBreaker:
             event = CONTEXT_CANCELED if kind == "canceled" else CONTEXT_DEADLINE_EXCEEDED
             return self._finish(event, error_for(event), NOT_STARTED, -1, 0, fallback, ctx, False)
         verdict = self._acquire(start, settings)
+        if verdict == REJECTED_VERDICT and settings.max_queue_wait_ns:
+            verdict = self._wait_for_ticket(start, settings, ctx)
         if verdict < 0:
             event = turned_away_event(verdict)
             return self._finish(event, error_for(event), start, -1, 0, fallback, ctx, False)
@@ -831,7 +961,9 @@ class CircuitBreaker:
         """In a forked child, before any other thread runs: no ticket held (see the pool's).
 
         A shared circuit's tickets are the host's: ``_shared``'s fork handler gives the child a
-        process slot of its own instead (``_attach_slot``)."""
+        process slot of its own instead (``_attach_slot``). No call waits in the child (the waiting
+        threads and event loops are the parent's): a new, empty queue."""
+        self._queue = TicketQueue()
         if self._shared is not None:
             return
         self._tickets._after_fork_in_child()

@@ -18,6 +18,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from ._errors import safe_repr
+from ._limits import AdaptiveLimit
 from ._log import logger
 
 __all__ = [
@@ -29,6 +30,9 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "MAX_COUNT",
     "MAX_DURATION_MS",
+    "MAX_ROLLING_BUCKETS",
+    "MAX_ROLLING_WINDOW_MS",
+    "MIN_ROLLING_BUCKET_MS",
     "CommandConfig",
     "Isolation",
     "Settings",
@@ -84,6 +88,14 @@ def _count(field_name: str, value: object) -> int:
     return value
 
 
+def _limit(field_name: str, value: object) -> int | AdaptiveLimit:
+    if isinstance(value, AdaptiveLimit):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{field_name} must be an int or an AdaptiveLimit, not {safe_repr(value)}")
+    return _count(field_name, value)
+
+
 def _percent(field_name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{field_name} must be an int, not {safe_repr(value)}")
@@ -123,6 +135,61 @@ def _probes(field_name: str, value: object) -> int:
     if not 1 <= value <= MAX_HALF_OPEN_CALLS:
         raise ValueError(f"{field_name} must be between 1 and {MAX_HALF_OPEN_CALLS}, got {safe_repr(value)}")
     return value
+
+
+def _slow_rate(field_name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{field_name} must be an int, not {safe_repr(value)}")
+    if not 1 <= value <= 100:
+        raise ValueError(f"{field_name} must be between 1 and 100, got {safe_repr(value)}")
+    return value
+
+
+#: The rolling window's bounds: at most 100 buckets (each costs a private circuit 104 bytes), each
+#: at least 10 ms wide, and a window of at most 24 hours.
+MAX_ROLLING_BUCKETS = 100
+MIN_ROLLING_BUCKET_MS = 10
+MAX_ROLLING_WINDOW_MS = 24 * 3600 * 1000
+DEFAULT_ROLLING_WINDOW = 10_000
+DEFAULT_ROLLING_BUCKETS = 10
+
+
+def _rolling_window_ms(field_name: str, value: object) -> int:
+    ns = _duration_ns(field_name, value)
+    if ns % _NS_PER_MS:
+        raise ValueError(f"{field_name} must be a whole number of milliseconds, got {safe_repr(value)}")
+    ms = ns // _NS_PER_MS
+    if not MIN_ROLLING_BUCKET_MS <= ms <= MAX_ROLLING_WINDOW_MS:
+        raise ValueError(
+            f"{field_name} must be between {MIN_ROLLING_BUCKET_MS} and {MAX_ROLLING_WINDOW_MS} ms (24 hours), "
+            f"got {safe_repr(value)}"
+        )
+    return ms
+
+
+def _rolling_buckets(field_name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{field_name} must be an int, not {safe_repr(value)}")
+    if not 1 <= value <= MAX_ROLLING_BUCKETS:
+        raise ValueError(f"{field_name} must be between 1 and {MAX_ROLLING_BUCKETS}, got {safe_repr(value)}")
+    return value
+
+
+def _rolling_geometry(window: object, buckets: object) -> int:
+    """The bucket width in ms of ``rolling_window`` split into ``rolling_buckets``, checked."""
+    ms = _rolling_window_ms("rolling_window", window)
+    n = _rolling_buckets("rolling_buckets", buckets)
+    if ms % n:
+        raise ValueError(
+            f"rolling_window must divide evenly into rolling_buckets (whole milliseconds per bucket), "
+            f"got rolling_window={ms} ms and rolling_buckets={n}"
+        )
+    if ms // n < MIN_ROLLING_BUCKET_MS:
+        raise ValueError(
+            f"rolling_window / rolling_buckets must be at least {MIN_ROLLING_BUCKET_MS} ms per bucket, "
+            f"got rolling_window={ms} ms and rolling_buckets={n}"
+        )
+    return ms // n
 
 
 def _positive_duration_ns(field_name: str, value: object) -> int:
@@ -191,7 +258,9 @@ class CommandConfig:
     """
 
     timeout: Duration | None = None
-    max_concurrent_requests: int | None = None
+    #: Tickets: an int (a fixed limit), or an :class:`AdaptiveLimit` (a limit each circuit moves
+    #: with its latencies, from ``initial`` within ``min_limit`` .. ``max_limit``).
+    max_concurrent_requests: int | AdaptiveLimit | None = None
     request_volume_threshold: int | None = None
     sleep_window: Duration | None = None
     error_percent_threshold: int | None = None
@@ -217,6 +286,12 @@ class CommandConfig:
     #: How long (ms or timedelta) the trials may take: if they have not all finished by then after
     #: the first was admitted, the circuit opens again (``None``: no bound).
     half_open_max_wait: Duration | None = None
+    #: A call whose run takes longer than this (ms or timedelta; ``None``: off) is slow, whether it
+    #: succeeds or fails (as in resilience4j; a timeout has no run time and is not slow).
+    slow_call_duration: Duration | None = None
+    #: The circuit also opens when slow calls reach this percentage (1 to 100) of the window's
+    #: requests, ``request_volume_threshold`` applying, even when the calls succeed.
+    slow_call_rate_threshold: int | None = None
     #: Errors that are neither success nor failure (Hystrix's bad requests): an exception type, a
     #: tuple of them, or a predicate ``(exc) -> bool``. Such an error reaches the caller without
     #: the fallback, is counted as ``bad_request`` and leaves the breaker's health alone (an open
@@ -227,12 +302,23 @@ class CommandConfig:
     #: exception; the fallback (or, without one, the caller) gets a ``FailedResultError`` carrying
     #: it. A predicate that raises makes the call a failure with the predicate's exception.
     is_failure: Callable[[Any], object] | None = None
+    #: How long (ms or timedelta) a call that finds no free ticket waits for one, first come first
+    #: served, before it is rejected (0: rejected at once, hystrix-go's behaviour). The wait counts
+    #: in the command's timeout. At most ``max_concurrent_requests`` calls wait at once.
+    max_queue_wait: Duration | None = None
+    #: Hystrix's ``metrics.rollingStats.timeInMilliseconds``: the window (ms or timedelta, whole
+    #: milliseconds, 10 ms to 24 h; default 10 s) whose counts the breaker decides on and
+    #: ``metrics()`` reports. The latency percentiles keep their own 60-second window.
+    rolling_window: Duration | None = None
+    #: Hystrix's ``metrics.rollingStats.numBuckets``: the buckets (1 to 100; default 10) the window
+    #: expires by. ``rolling_window`` must divide evenly into them, at least 10 ms each.
+    rolling_buckets: int | None = None
 
     def __post_init__(self) -> None:
         if self.timeout is not None:
             _duration_ns("timeout", self.timeout)
         if self.max_concurrent_requests is not None:
-            _count("max_concurrent_requests", self.max_concurrent_requests)
+            _limit("max_concurrent_requests", self.max_concurrent_requests)
         if self.request_volume_threshold is not None:
             _count("request_volume_threshold", self.request_volume_threshold)
         if self.sleep_window is not None:
@@ -254,10 +340,22 @@ class CommandConfig:
             _probes("half_open_max_calls", self.half_open_max_calls)
         if self.half_open_max_wait is not None:
             _positive_duration_ns("half_open_max_wait", self.half_open_max_wait)
+        if self.slow_call_duration is not None:
+            _positive_duration_ns("slow_call_duration", self.slow_call_duration)
+        if self.slow_call_rate_threshold is not None:
+            _slow_rate("slow_call_rate_threshold", self.slow_call_rate_threshold)
         if self.ignore is not None:
             _ignore("ignore", self.ignore)
         if self.is_failure is not None:
             _predicate("is_failure", self.is_failure)
+        if self.max_queue_wait is not None:
+            _duration_ns("max_queue_wait", self.max_queue_wait)
+        if self.rolling_window is not None:
+            _rolling_window_ms("rolling_window", self.rolling_window)
+        if self.rolling_buckets is not None:
+            _rolling_buckets("rolling_buckets", self.rolling_buckets)
+        if self.rolling_window is not None and self.rolling_buckets is not None:
+            _rolling_geometry(self.rolling_window, self.rolling_buckets)
 
     @classmethod
     def from_mapping(cls, mapping: object) -> CommandConfig:
@@ -277,7 +375,12 @@ _FIELDS = frozenset(CommandConfig.__dataclass_fields__)
 
 @dataclass(frozen=True)
 class Settings:
-    """A command's effective settings; times are ``timedelta`` like hystrix-go's ``time.Duration``."""
+    """A command's effective settings; times are ``timedelta`` like hystrix-go's ``time.Duration``.
+
+    With an adaptive limit, ``max_concurrent_requests`` is its ``initial`` value (the int every
+    reader of a fixed limit gets) and ``adaptive_limit`` the :class:`AdaptiveLimit`; the limit a
+    circuit admits with now is ``CircuitBreaker.concurrency_limit``.
+    """
 
     timeout: timedelta
     max_concurrent_requests: int
@@ -292,21 +395,34 @@ class Settings:
     sleep_window_jitter: float = 0.0
     half_open_max_calls: int = 1
     half_open_max_wait: timedelta | None = None
+    slow_call_duration: timedelta | None = None
+    slow_call_rate_threshold: int = 100
     #: As in :class:`CommandConfig`; ``None``: no error is ignored. Code, not data: with shared
     #: circuits each process uses its own (never written to the shared file).
     ignore: Ignore | None = None
     #: As in :class:`CommandConfig`; ``None``: every value run returns is a success. Code, as ``ignore``.
     is_failure: Callable[[Any], object] | None = None
+    #: The :class:`AdaptiveLimit` of ``max_concurrent_requests``, or ``None`` for a fixed limit.
+    adaptive_limit: AdaptiveLimit | None = None
+    #: As in :class:`CommandConfig`. Each process keeps its own (its calls wait in its own queue),
+    #: even for shared circuits.
+    max_queue_wait: timedelta = timedelta(0)
+    rolling_window: timedelta = timedelta(milliseconds=DEFAULT_ROLLING_WINDOW)
+    rolling_buckets: int = DEFAULT_ROLLING_BUCKETS
     # Integer copies read on the hot path, so a call never converts a timedelta.
     timeout_ns: int = field(init=False, repr=False, compare=False)
     sleep_window_ns: int = field(init=False, repr=False, compare=False)
     semaphore: bool = field(init=False, repr=False, compare=False)
     max_sleep_window_ns: int = field(init=False, repr=False, compare=False)  # 0: no maximum
     half_open_max_wait_ns: int = field(init=False, repr=False, compare=False)  # 0: no bound
+    slow_call_duration_ns: int = field(init=False, repr=False, compare=False)  # 0: off
+    max_queue_wait_ns: int = field(init=False, repr=False, compare=False)  # 0: no waiting
     # Several trials, or a bound on them: the half-open phase of _circuit_py._probe_locked.
     probes: bool = field(init=False, repr=False, compare=False)
     #: ``ignore`` as a test of an error (``None``: nothing is ignored).
     ignores: Callable[[BaseException], bool] | None = field(init=False, repr=False, compare=False)
+    #: The width of one bucket of the rolling window, in nanoseconds.
+    rolling_bucket_ns: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Checked again here, as CommandConfig does, because circuits take any Settings as
@@ -345,9 +461,32 @@ class Settings:
             wait_ns = _positive_duration_ns("half_open_max_wait", self.half_open_max_wait)
         object.__setattr__(self, "half_open_max_wait_ns", wait_ns)
         object.__setattr__(self, "probes", self.half_open_max_calls > 1 or wait_ns > 0)
+        if self.slow_call_duration is not None and not isinstance(self.slow_call_duration, timedelta):
+            raise TypeError(
+                f"slow_call_duration must be a datetime.timedelta or None, not {safe_repr(self.slow_call_duration)}"
+            )
+        slow_ns = 0
+        if self.slow_call_duration is not None:
+            slow_ns = _positive_duration_ns("slow_call_duration", self.slow_call_duration)
+        _slow_rate("slow_call_rate_threshold", self.slow_call_rate_threshold)
+        object.__setattr__(self, "slow_call_duration_ns", slow_ns)
         object.__setattr__(self, "ignores", None if self.ignore is None else _ignore("ignore", self.ignore))
         if self.is_failure is not None:
             _predicate("is_failure", self.is_failure)
+        if self.adaptive_limit is not None and not isinstance(self.adaptive_limit, AdaptiveLimit):
+            raise TypeError(f"adaptive_limit must be an AdaptiveLimit or None, not {safe_repr(self.adaptive_limit)}")
+        if not isinstance(self.max_queue_wait, timedelta):
+            raise TypeError(f"max_queue_wait must be a datetime.timedelta, not {safe_repr(self.max_queue_wait)}")
+        object.__setattr__(self, "max_queue_wait_ns", _duration_ns("max_queue_wait", self.max_queue_wait))
+        if not isinstance(self.rolling_window, timedelta):
+            raise TypeError(f"rolling_window must be a datetime.timedelta, not {safe_repr(self.rolling_window)}")
+        width_ms = _rolling_geometry(self.rolling_window, self.rolling_buckets)
+        object.__setattr__(self, "rolling_bucket_ns", width_ms * _NS_PER_MS)
+
+    @property
+    def default_window(self) -> bool:
+        """Whether the rolling window is the default one (10 buckets of one second)."""
+        return self.rolling_bucket_ns == 1_000_000_000 and self.rolling_buckets == DEFAULT_ROLLING_BUCKETS
 
     @classmethod
     def from_config(cls, config: CommandConfig, defaults: Settings) -> Settings:
@@ -358,9 +497,18 @@ class Settings:
 
         timeout = pick(config.timeout, defaults.timeout)
         sleep_window = pick(config.sleep_window, defaults.sleep_window)
+        # An adaptive limit keeps its initial value as the int everything else reads.
+        limit: int
+        adaptive: AdaptiveLimit | None
+        if config.max_concurrent_requests is None:
+            limit, adaptive = defaults.max_concurrent_requests, defaults.adaptive_limit
+        elif isinstance(config.max_concurrent_requests, AdaptiveLimit):
+            limit, adaptive = config.max_concurrent_requests.initial, config.max_concurrent_requests
+        else:
+            limit, adaptive = config.max_concurrent_requests, None
         return cls(
             timeout=timeout if isinstance(timeout, timedelta) else timedelta(milliseconds=timeout),  # type: ignore[arg-type]
-            max_concurrent_requests=pick(config.max_concurrent_requests, defaults.max_concurrent_requests),  # type: ignore[arg-type]
+            max_concurrent_requests=limit,
             request_volume_threshold=pick(config.request_volume_threshold, defaults.request_volume_threshold),  # type: ignore[arg-type]
             sleep_window=sleep_window if isinstance(sleep_window, timedelta) else timedelta(milliseconds=sleep_window),  # type: ignore[arg-type]
             error_percent_threshold=pick(config.error_percent_threshold, defaults.error_percent_threshold),  # type: ignore[arg-type]
@@ -372,8 +520,14 @@ class Settings:
             sleep_window_jitter=pick(config.sleep_window_jitter, defaults.sleep_window_jitter),  # type: ignore[arg-type]
             half_open_max_calls=pick(config.half_open_max_calls, defaults.half_open_max_calls),  # type: ignore[arg-type]
             half_open_max_wait=_optional_duration(pick(config.half_open_max_wait, defaults.half_open_max_wait)),
+            slow_call_duration=_optional_duration(pick(config.slow_call_duration, defaults.slow_call_duration)),
+            slow_call_rate_threshold=pick(config.slow_call_rate_threshold, defaults.slow_call_rate_threshold),  # type: ignore[arg-type]
             ignore=pick(config.ignore, defaults.ignore),  # type: ignore[arg-type]
             is_failure=pick(config.is_failure, defaults.is_failure),  # type: ignore[arg-type]
+            adaptive_limit=adaptive,
+            max_queue_wait=_optional_duration(pick(config.max_queue_wait, defaults.max_queue_wait)),  # type: ignore[arg-type]
+            rolling_window=_optional_duration(pick(config.rolling_window, defaults.rolling_window)),  # type: ignore[arg-type]
+            rolling_buckets=pick(config.rolling_buckets, defaults.rolling_buckets),  # type: ignore[arg-type]
         )
 
 

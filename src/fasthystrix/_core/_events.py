@@ -11,8 +11,12 @@ __all__ = [
     "EXPIRED",
     "FIRST_PROBE",
     "PROBE",
+    "QUEUE_CANCELED",
+    "QUEUE_DEADLINE",
+    "QUEUE_TIMEOUT",
     "BAD_REQUEST",
     "BAD_REQUEST_NAME",
+    "SLOW_CALL",
     "COUNTED_EVENT_NAMES",
     "CONTEXT_CANCELED",
     "CONTEXT_DEADLINE_EXCEEDED",
@@ -45,6 +49,9 @@ FALLBACK_FAILURE = 8
 # An error ``ignore`` accepts: neither success nor failure (Hystrix's BAD_REQUEST). Not one of
 # hystrix-go's events: its index is its slot in a window bucket (after EXECUTED and MAX_ACTIVE).
 BAD_REQUEST = 11
+# A request whose run took longer than slow_call_duration (counted besides its event): the
+# next slot of a window bucket.
+SLOW_CALL = 12
 NO_EVENT = -1  # no fallback ran / no event
 NOT_STARTED = -1  # the "start" of a command that never ran (its context was already done)
 
@@ -71,6 +78,10 @@ REJECTED_VERDICT = -1  # no ticket free
 SHORT_CIRCUITED = -2  # the circuit is open
 TRIPPED = -3  # short-circuited by the call that found the circuit unhealthy and opened it
 EXPIRED = -4  # short-circuited by the call that found the half-open trials past half_open_max_wait
+# The end of a wait for a ticket (max_queue_wait) other than a rejection: nothing ran, no ticket held.
+QUEUE_TIMEOUT = -5  # the command's timeout ended the wait
+QUEUE_CANCELED = -6  # the call's context was cancelled while it waited
+QUEUE_DEADLINE = -7  # the call's context's deadline ended the wait
 
 # With several trials (half_open_max_calls > 1, or a half_open_max_wait), a trial's verdict is
 # PROBE | its half-open phase (probe_phase), and the phase's first trial also has FIRST_PROBE
@@ -87,4 +98,9 @@ def probe_phase(episode: int, reopens: int) -> int:
 
 def turned_away_event(verdict: int) -> int:
     """The event of a call the circuit did not admit (``verdict < 0``)."""
+    if verdict <= QUEUE_TIMEOUT:
+        return _QUEUE_EVENTS[verdict]
     return REJECTED if verdict == REJECTED_VERDICT else SHORT_CIRCUIT
+
+
+_QUEUE_EVENTS = {QUEUE_TIMEOUT: TIMEOUT, QUEUE_CANCELED: CONTEXT_CANCELED, QUEUE_DEADLINE: CONTEXT_DEADLINE_EXCEEDED}

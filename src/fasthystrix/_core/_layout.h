@@ -27,7 +27,9 @@ typedef struct {
     int64_t sleep_jitter_ppm;           /* sleep_window_jitter in millionths */
     int64_t half_open_calls;            /* half_open_max_calls (0 reads as 1) */
     int64_t half_open_wait_ns;          /* half_open_max_wait (0: no bound) */
-    int64_t reserved[18];
+    int64_t slow_us;                    /* slow_call_duration in us (0: off) */
+    int64_t slow_rate;                  /* slow_call_rate_threshold (1..100) */
+    int64_t reserved[16];
 } fh_limits;
 
 /* The state word and what changes with it (STATE region, one cache line). */
@@ -69,7 +71,7 @@ typedef struct {
      * total count, total sum (us), bad requests, slow calls. */
     int64_t retired[16];
     int64_t rejections;     /* running total of the window's rejections (health may leave them out) */
-    int64_t reserved[1];
+    int64_t slow;           /* running total of the window's slow calls (slow_call_duration) */
 } fh_window;
 
 /* One process' slot in a shared file (PROCS region). */

@@ -19,6 +19,8 @@ cdef extern from "_layout.h" nogil:
         int64_t sleep_jitter_ppm
         int64_t half_open_calls
         int64_t half_open_wait_ns
+        int64_t slow_us
+        int64_t slow_rate
 
     ctypedef struct fh_state:
         int64_t state_word
@@ -44,6 +46,7 @@ cdef extern from "_layout.h" nogil:
         int64_t stamp[4]
         int64_t retired[16]
         int64_t rejections
+        int64_t slow
 
     ctypedef struct fh_proc:
         int64_t pid

@@ -21,8 +21,9 @@ class MetricsSnapshot:
     ``requests`` counts every command (success, failure, rejected, short-circuit,
     timeout, context_*); ``errors`` counts failure, rejected, short-circuit and
     timeout, as hystrix-go. ``bad_requests`` (errors ``ignore`` accepted) are
-    neither requests nor errors, as Hystrix's. Latencies are milliseconds; the percentile dicts are
-    keyed 0, 25, 50, 75, 90, 95, 99, 99.5 and 100.
+    neither requests nor errors, as Hystrix's. ``slow_calls`` counts the requests whose run took
+    longer than ``slow_call_duration`` (successes and failures; 0 when it is off). Latencies are
+    milliseconds; the percentile dicts are keyed 0, 25, 50, 75, 90, 95, 99, 99.5 and 100.
     """
 
     requests: int
@@ -45,3 +46,6 @@ class MetricsSnapshot:
     total_latency_percentiles: dict[float, float]
     total_latency_mean: float
     bad_requests: int = 0
+    slow_calls: int = 0
+    #: Calls of this process waiting for a ticket now (``max_queue_wait``).
+    queue_size: int = 0

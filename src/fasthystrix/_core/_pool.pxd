@@ -1,7 +1,7 @@
 # cython: language_level=3
 from libc.stdint cimport int64_t
 
-from fasthystrix._core._atomic cimport fh_add_acq_rel, fh_add_relaxed
+from fasthystrix._core._atomic cimport fh_add_acq_rel, fh_add_relaxed, fh_load_relaxed
 
 
 cdef class TicketPool:
@@ -13,6 +13,13 @@ cdef class TicketPool:
         # tickets of a process that died can be given back; NULL for a private circuit.
         int64_t *mine
         object _keep
+        # Calls of this process waiting for a ticket (max_queue_wait): how many (written under the
+        # queue's lock, read by every give-back), the queue (_queue.TicketQueue) and the limit a
+        # ticket taken for a waiter obeys (the circuit's max_concurrent word).
+        int64_t waiting
+        object queue
+        int64_t _no_limit
+        int64_t *limit
 
     # Inline so the circuit's fast path takes and returns a ticket without a call.
     cdef inline int64_t take(self, int64_t limit) noexcept nogil:
@@ -41,5 +48,15 @@ cdef class TicketPool:
                 return
         if fh_add_acq_rel(self.count, -1) <= 0:
             fh_add_relaxed(self.count, 1)
+            return
+        # Waiters: the ticket goes to the oldest (the only cost when none wait: this load). Relaxed
+        # is enough with the add above: a waiter counts itself in `waiting` and then takes again
+        # (under the queue's lock), so either it sees this ticket free or this give sees it
+        # waiting; on weakly ordered CPUs a load could still pass the add, which the waiters'
+        # periodic re-check (_queue.POLL_NS) covers.
+        if fh_load_relaxed(&self.waiting) != 0:
+            self.hand_off()
 
+    cdef void hand_off(self) noexcept with gil
+    cdef void untake(self) noexcept nogil
     cdef void attach(self, int64_t *count, int64_t *mine, object keep)

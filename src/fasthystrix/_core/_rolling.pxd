@@ -25,6 +25,7 @@ cdef enum:
     EXECUTED = 9
     MAX_ACTIVE = 10
     BAD_REQUEST = 11
+    SLOW_CALL = 12
     BUCKET_WIDTH = 13
     REQUEST_EVENTS = 7
     COUNTER_BUCKETS = 10
@@ -47,6 +48,7 @@ cdef enum:
     RETIRED_TOTAL_COUNT = 11
     RETIRED_TOTAL_SUM = 12
     RETIRED_BAD_REQUEST = 13
+    RETIRED_SLOW_CALL = 14
 
 
 # Bit length via count-leading-zeros (GCC and Clang builtin; MSVC builds map it in _atomic.h).
@@ -77,6 +79,17 @@ cdef inline void atomic_max(int64_t *p, int64_t v) noexcept nogil:
         pass
 
 
+# A window other than the default 10 one-second buckets: its width and bucket count with its own
+# buckets (``n`` rows of BUCKET_WIDTH words after the struct, one allocation). Never changed once
+# published and never freed before its RollingMetrics, so a reader holding a stale pointer writes
+# into memory that is still owned (and still counted by cumulative()).
+cdef struct fh_geometry:
+    int64_t width_ns
+    int64_t n
+    int64_t *buckets
+    fh_geometry *prev
+
+
 cdef class RollingMetrics:
     cdef:
         # The counters, totals, latency statistics and the spinlock (for expiring buckets and
@@ -90,14 +103,21 @@ cdef class RollingMetrics:
         uint32_t *hist[LATENCY_SLOTS][2]
         bint shared
         object _keep
+        # NULL for the default window (w.buckets, one-second buckets: constant arithmetic on the
+        # hot path); else the configured one (a division by its width on the fast paths).
+        fh_geometry *geom
+        # Every geometry ever configured (a list through prev), reused when configured again.
+        fh_geometry *geoms
 
-    cdef int64_t *_bucket(self, int64_t second) noexcept nogil
-    cdef void _advance(self, int64_t second) noexcept nogil
+    cdef int64_t *_bucket(self, int64_t now_ns) noexcept nogil
+    cdef bint _advance(self, int64_t tick, fh_geometry *g) noexcept nogil
+    cdef void _health_custom(self, fh_geometry *g, int64_t now_ns, int64_t *requests, int64_t *errors) noexcept nogil
     cdef void _reset(self) noexcept nogil
+    cdef void _retire_buckets(self) noexcept nogil
     cdef void _retire_bucket(self, int64_t *bucket) noexcept nogil
     cdef void _retire_slot(self, int slot) noexcept nogil
     cdef void record_c(self, int event, int fallback_event, int64_t now_ns, int64_t run_us,
-                       int64_t total_us) noexcept nogil
+                       int64_t total_us, int64_t slow_us) noexcept nogil
     cdef void _add_latency(self, int64_t second, int64_t run_us, int64_t total_us) noexcept nogil
     cdef uint32_t *_histogram(self, int slot, int kind) noexcept nogil
 
@@ -105,38 +125,71 @@ cdef class RollingMetrics:
     # (another module) compiles them inline instead of calling through the vtable.
 
     cdef inline void health_c(self, int64_t now_ns, int64_t *requests, int64_t *errors) noexcept nogil:
-        cdef int64_t second = now_ns // NS_PER_S
+        # (The window's slow calls, w.slow, are a running total moved on with these two.)
+        cdef fh_geometry *g = <fh_geometry *>fh_load_ptr_acquire(<void **>&self.geom)
+        cdef int64_t second
+        if g != NULL:
+            self._health_custom(g, now_ns, requests, errors)
+            return
+        second = now_ns // NS_PER_S
         if second > fh_load_acquire(&self.w.second):
-            self._advance(second)
+            self._advance(second, NULL)
         requests[0] = fh_load_relaxed(&self.w.requests)
         errors[0] = fh_load_relaxed(&self.w.errors)
 
     cdef inline void record_executed_c(self, int64_t now_ns, int64_t active) noexcept nogil:
-        cdef int64_t second = now_ns // NS_PER_S
+        cdef fh_geometry *g = <fh_geometry *>fh_load_ptr_acquire(<void **>&self.geom)
+        cdef int64_t second
         cdef int64_t *bucket
-        if second == fh_load_acquire(&self.w.second):
-            bucket = self.w.buckets[second % COUNTER_BUCKETS]  # _bucket's common case, inline
+        # _bucket's common case, inline: the window is at the current bucket.
+        if g == NULL:
+            second = now_ns // NS_PER_S
+            if second == fh_load_acquire(&self.w.second):
+                bucket = self.w.buckets[second % COUNTER_BUCKETS]
+            else:
+                bucket = self._bucket(now_ns)
         else:
-            bucket = self._bucket(second)
+            second = now_ns // g.width_ns
+            if second == fh_load_acquire(&self.w.second):
+                bucket = g.buckets + (second % g.n) * BUCKET_WIDTH
+            else:
+                bucket = self._bucket(now_ns)
         fh_add_relaxed(&bucket[EXECUTED], 1)
         atomic_max(&bucket[MAX_ACTIVE], active)
 
-    cdef inline void record_one_c(self, int event, int64_t now_ns, int64_t us) noexcept nogil:
-        """record_c(event, -1, now_ns, us, us) for a request event (no fallback ran), fastest when
-        the window and the latency slot are current."""
+    cdef inline void record_one_c(self, int event, int64_t now_ns, int64_t us, int64_t slow_us) noexcept nogil:
+        """record_c(event, -1, now_ns, us, us, slow_us) for a request event (no fallback ran), fastest
+        when the window and the latency slot are current. ``slow_us``: slow_call_duration (0: off)."""
         cdef int64_t second = now_ns // NS_PER_S
         cdef int64_t stamp = second // LATENCY_SLOT_SECONDS
         cdef int slot = stamp % LATENCY_SLOTS
         cdef uint32_t *runs = <uint32_t *>fh_load_ptr_acquire(<void **>&self.hist[slot][RUN])
+        cdef fh_geometry *g = <fh_geometry *>fh_load_ptr_acquire(<void **>&self.geom)
         cdef int64_t *st
-        if (runs == NULL or second != fh_load_acquire(&self.w.second)
-                or fh_load_acquire(&self.w.stamp[slot]) != stamp):
-            self.record_c(event, -1, now_ns, us, us)
+        cdef int64_t *bucket
+        cdef int64_t tick
+        if runs == NULL or fh_load_acquire(&self.w.stamp[slot]) != stamp:
+            self.record_c(event, -1, now_ns, us, us, slow_us)
             return
-        fh_add_relaxed(&self.w.buckets[second % COUNTER_BUCKETS][event], 1)
+        if g == NULL:
+            # The default window: constant width and count.
+            if second != fh_load_acquire(&self.w.second):
+                self.record_c(event, -1, now_ns, us, us, slow_us)
+                return
+            bucket = self.w.buckets[second % COUNTER_BUCKETS]
+        else:
+            tick = now_ns // g.width_ns
+            if tick != fh_load_acquire(&self.w.second):
+                self.record_c(event, -1, now_ns, us, us, slow_us)
+                return
+            bucket = g.buckets + (tick % g.n) * BUCKET_WIDTH
+        fh_add_relaxed(&bucket[event], 1)
         fh_add_relaxed(&self.w.requests, 1)
         if FAILURE <= event <= TIMEOUT:
             fh_add_relaxed(&self.w.errors, 1)
+        if slow_us and us > slow_us:
+            fh_add_relaxed(&bucket[SLOW_CALL], 1)
+            fh_add_relaxed(&self.w.slow, 1)
         # Run and total latency are the same sample: only the RUN histogram changes (see _add_latency).
         fh_add32_relaxed(&runs[latency_index(us)], 1)
         st = self.w.stats[slot][RUN]

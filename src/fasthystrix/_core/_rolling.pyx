@@ -42,6 +42,7 @@ from fasthystrix._core._rolling_py import (
     EVENT_NAMES,
     NS_PER_SECOND,
     PERCENTILES,
+    SHARED_WINDOW_ERROR,
     LatencySummary,
     latency_bucket_bounds,
     latency_bucket_index,
@@ -54,6 +55,7 @@ __all__ = [
     "LATENCY_SLOTS",
     "LATENCY_SLOT_SECONDS",
     "PERCENTILES",
+    "SHARED_WINDOW_ERROR",
     "LatencySummary",
     "RollingMetrics",
     "latency_bucket_bounds",
@@ -75,7 +77,8 @@ fh_pid_init()
 
 
 cdef class RollingMetrics:
-    """Counters of every event over the last 10 seconds and latencies over the last 60."""
+    """Counters of every event over the rolling window (default: 10 one-second buckets) and
+    latencies over the last 60 seconds."""
 
     def __cinit__(self):
         cdef int slot
@@ -87,9 +90,17 @@ cdef class RollingMetrics:
             self.w.stamp[slot] = -1
         self.shared = False
         self._keep = None
+        self.geom = NULL
+        self.geoms = NULL
 
     def __dealloc__(self):
         cdef int slot
+        cdef fh_geometry *g = self.geoms
+        cdef fh_geometry *prev
+        while g != NULL:
+            prev = g.prev
+            PyMem_RawFree(g)
+            g = prev
         if self.shared:
             return  # the histograms are in the file's mapping
         for slot in range(LATENCY_SLOTS):
@@ -103,6 +114,8 @@ cdef class RollingMetrics:
         cdef int slot, kind
         if self.shared or fh_load_relaxed(&self._own.second) != 0:
             raise RuntimeError("a rolling window is attached once, before its first use")
+        if self.geom != NULL:
+            raise ValueError(SHARED_WINDOW_ERROR)
         if window < 0 or hist < 0 or window + <Py_ssize_t>sizeof(fh_window) > view.shape[0] or (
                 hist + LATENCY_SLOTS * 2 * LATENCY_BUCKETS * 4 > view.shape[0]):
             raise ValueError("window or histograms outside the mapping")
@@ -120,8 +133,7 @@ cdef class RollingMetrics:
         # moved to the retired counts or stays in the window, never lost nor torn.
         cdef int slot, i
         fh_spin_lock(&self.w.lock)
-        for i in range(COUNTER_BUCKETS):
-            self._retire_bucket(self.w.buckets[i])
+        self._retire_buckets()
         for slot in range(LATENCY_SLOTS):
             if fh_load_relaxed(&self.w.stamp[slot]) >= 0:
                 self._retire_slot(slot)
@@ -129,11 +141,76 @@ cdef class RollingMetrics:
         fh_store_relaxed(&self.w.requests, 0)
         fh_store_relaxed(&self.w.errors, 0)
         fh_store_relaxed(&self.w.rejections, 0)
+        fh_store_relaxed(&self.w.slow, 0)
         # The next call moves the window to its own second from nothing (every bucket is empty):
         # a window reset by flush() then used with an earlier clock (a test's manual clock, a
         # file from before a reboot) counts in the right buckets.
         fh_store_release(&self.w.second, 0)
         fh_spin_unlock(&self.w.lock)
+
+    cdef void _retire_buckets(self) noexcept nogil:
+        # Every bucket of every geometry (lock held): a writer holding a stale geometry may have
+        # counted into one that is not the current one.
+        cdef int i
+        cdef fh_geometry *g = self.geoms
+        for i in range(COUNTER_BUCKETS):
+            self._retire_bucket(self.w.buckets[i])
+        while g != NULL:
+            for i in range(g.n):
+                self._retire_bucket(g.buckets + i * BUCKET_WIDTH)
+            g = g.prev
+
+    def configure_window(self, int64_t bucket_ns, int64_t buckets):
+        """Use ``buckets`` buckets of ``bucket_ns`` each from now on. A change empties the window
+        (its counts go to the retired totals); the same geometry again changes nothing."""
+        cdef fh_geometry *g
+        cdef fh_geometry *cur
+        cdef int64_t cur_width, cur_n
+        if bucket_ns <= 0 or not 1 <= buckets <= 1_000_000:
+            raise ValueError(f"bad rolling window: {buckets!r} buckets of {bucket_ns!r} ns")
+        if self.shared:
+            if bucket_ns == NS_PER_S and buckets == COUNTER_BUCKETS:
+                return
+            raise ValueError(SHARED_WINDOW_ERROR)
+        fh_spin_lock(&self.w.lock)
+        cur = self.geom
+        cur_width = NS_PER_S if cur == NULL else cur.width_ns
+        cur_n = COUNTER_BUCKETS if cur == NULL else cur.n
+        if cur_width == bucket_ns and cur_n == buckets:
+            fh_spin_unlock(&self.w.lock)
+            return
+        g = NULL
+        if not (bucket_ns == NS_PER_S and buckets == COUNTER_BUCKETS):
+            g = self.geoms
+            while g != NULL and not (g.width_ns == bucket_ns and g.n == buckets):
+                g = g.prev
+            if g == NULL:
+                g = <fh_geometry *>PyMem_RawCalloc(1, sizeof(fh_geometry) + buckets * BUCKET_WIDTH * sizeof(int64_t))
+                if g == NULL:
+                    fh_spin_unlock(&self.w.lock)
+                    raise MemoryError()
+                g.width_ns = bucket_ns
+                g.n = buckets
+                g.buckets = <int64_t *>(g + 1)
+                g.prev = self.geoms
+                self.geoms = g
+        # Publish first, then empty every bucket: a writer that still counts into the old
+        # geometry's buckets after this is counted by cumulative() and retired by the next reset.
+        fh_store_ptr_release(<void **>&self.geom, g)
+        self._retire_buckets()
+        fh_store_relaxed(&self.w.requests, 0)
+        fh_store_relaxed(&self.w.errors, 0)
+        fh_store_relaxed(&self.w.rejections, 0)
+        fh_store_relaxed(&self.w.slow, 0)
+        fh_store_release(&self.w.second, 0)
+        fh_spin_unlock(&self.w.lock)
+
+    def window(self):
+        """``(bucket_ns, buckets)``: the rolling window's geometry."""
+        cdef fh_geometry *g = <fh_geometry *>fh_load_ptr_acquire(<void **>&self.geom)
+        if g == NULL:
+            return NS_PER_S, COUNTER_BUCKETS
+        return g.width_ns, g.n
 
     cdef void _retire_bucket(self, int64_t *bucket) noexcept nogil:
         # Empty a bucket into the retired counts (lock held).
@@ -141,6 +218,7 @@ cdef class RollingMetrics:
         for event in range(NUM_EVENTS):
             fh_add_relaxed(&self.w.retired[event], fh_exchange_acq_rel(&bucket[event], 0))
         fh_add_relaxed(&self.w.retired[RETIRED_BAD_REQUEST], fh_exchange_acq_rel(&bucket[BAD_REQUEST], 0))
+        fh_add_relaxed(&self.w.retired[RETIRED_SLOW_CALL], fh_exchange_acq_rel(&bucket[SLOW_CALL], 0))
         fh_store_relaxed(&bucket[EXECUTED], 0)
         fh_store_relaxed(&bucket[MAX_ACTIVE], 0)
 
@@ -175,6 +253,7 @@ cdef class RollingMetrics:
         cdef int i, event, slot
         cdef uint32_t *runs
         cdef uint32_t *diffs
+        cdef fh_geometry *g
         # Under the lock, nothing moves between the window and the retired counts; increments
         # only add, so the sum read is one that existed.
         fh_spin_lock(&self.w.lock)
@@ -185,6 +264,13 @@ cdef class RollingMetrics:
         events[NUM_EVENTS] = fh_load_relaxed(&self.w.retired[RETIRED_BAD_REQUEST])
         for i in range(COUNTER_BUCKETS):
             events[NUM_EVENTS] += fh_load_relaxed(&self.w.buckets[i][BAD_REQUEST])
+        g = self.geoms
+        while g != NULL:
+            for i in range(g.n):
+                for event in range(NUM_EVENTS):
+                    events[event] += fh_load_relaxed(&g.buckets[i * BUCKET_WIDTH + event])
+                events[NUM_EVENTS] += fh_load_relaxed(&g.buckets[i * BUCKET_WIDTH + BAD_REQUEST])
+            g = g.prev
         run_count = fh_load_relaxed(&self.w.retired[RETIRED_RUN_COUNT])
         run_sum = fh_load_relaxed(&self.w.retired[RETIRED_RUN_SUM])
         total_count = fh_load_relaxed(&self.w.retired[RETIRED_TOTAL_COUNT])
@@ -213,47 +299,84 @@ cdef class RollingMetrics:
         """Forget every event and sample."""
         self._reset()
 
-    cdef void _advance(self, int64_t second) noexcept nogil:
-        cdef int64_t last, s, start, requests = 0, errors = 0, rejections = 0
-        cdef int i
+    cdef bint _advance(self, int64_t second, fh_geometry *g) noexcept nogil:
+        # Move the window to bucket number ``second`` of geometry ``g`` (NULL: the default one);
+        # false if the geometry changed meanwhile (the caller starts again with the new one).
+        cdef int64_t last, s, start, n, requests = 0, errors = 0, rejections = 0, slow = 0
+        cdef int64_t i
         cdef int64_t *b
+        cdef int64_t *rows
         fh_spin_lock(&self.w.lock)
+        if self.geom != g:
+            fh_spin_unlock(&self.w.lock)
+            return False
+        if g == NULL:
+            n = COUNTER_BUCKETS
+            rows = self.w.buckets[0]
+        else:
+            n = g.n
+            rows = g.buckets
         last = fh_load_relaxed(&self.w.second)
         if second > last:
             start = last + 1
-            if second - COUNTER_BUCKETS + 1 > start:
-                start = second - COUNTER_BUCKETS + 1
+            if second - n + 1 > start:
+                start = second - n + 1
             s = start
             while s <= second:
-                self._retire_bucket(self.w.buckets[s % COUNTER_BUCKETS])
+                self._retire_bucket(rows + (s % n) * BUCKET_WIDTH)
                 s += 1
-            for i in range(COUNTER_BUCKETS):
-                b = self.w.buckets[i]
+            for i in range(n):
+                b = rows + i * BUCKET_WIDTH
                 requests += (fh_load_relaxed(&b[0]) + fh_load_relaxed(&b[1]) + fh_load_relaxed(&b[2])
                              + fh_load_relaxed(&b[3]) + fh_load_relaxed(&b[4]) + fh_load_relaxed(&b[5])
                              + fh_load_relaxed(&b[6]))
                 errors += (fh_load_relaxed(&b[FAILURE]) + fh_load_relaxed(&b[REJECTED])
                            + fh_load_relaxed(&b[SHORT_CIRCUIT]) + fh_load_relaxed(&b[TIMEOUT]))
                 rejections += fh_load_relaxed(&b[REJECTED])
+                slow += fh_load_relaxed(&b[SLOW_CALL])
             fh_store_relaxed(&self.w.requests, requests)
+            fh_store_relaxed(&self.w.slow, slow)
             fh_store_relaxed(&self.w.errors, errors)
             fh_store_relaxed(&self.w.rejections, rejections)
             # Release: whoever reads the new second sees the zeroed buckets.
             fh_store_release(&self.w.second, second)
         fh_spin_unlock(&self.w.lock)
+        return True
 
-    cdef int64_t *_bucket(self, int64_t second) noexcept nogil:
-        cdef int64_t last = fh_load_acquire(&self.w.second)
-        if second > last:
-            self._advance(second)
-        elif second < last:
-            # Stamped a moment before another thread moved the window on: count it now.
-            second = last
-        return self.w.buckets[second % COUNTER_BUCKETS]
+    cdef int64_t *_bucket(self, int64_t now_ns) noexcept nogil:
+        # The bucket of ``now_ns``, moving the window on first if it ends before it.
+        cdef fh_geometry *g
+        cdef int64_t second, last
+        while True:
+            g = <fh_geometry *>fh_load_ptr_acquire(<void **>&self.geom)
+            second = now_ns // (NS_PER_S if g == NULL else g.width_ns)
+            last = fh_load_acquire(&self.w.second)
+            if second > last:
+                if not self._advance(second, g):
+                    continue
+            elif second < last:
+                # Stamped a moment before another thread moved the window on: count it now.
+                second = last
+            if g == NULL:
+                return self.w.buckets[second % COUNTER_BUCKETS]
+            return g.buckets + (second % g.n) * BUCKET_WIDTH
+
+    cdef void _health_custom(self, fh_geometry *g, int64_t now_ns, int64_t *requests,
+                             int64_t *errors) noexcept nogil:
+        # health_c for a configured window: its bucket width is not a constant.
+        cdef int64_t second = now_ns // g.width_ns
+        if second > fh_load_acquire(&self.w.second):
+            self._advance(second, g)
+        requests[0] = fh_load_relaxed(&self.w.requests)
+        errors[0] = fh_load_relaxed(&self.w.errors)
 
     def rejections(self):
         """Rejections in the window as of its last :meth:`health` (which moves it on)."""
         return fh_load_relaxed(&self.w.rejections)
+
+    def slow_calls(self):
+        """Slow calls in the window as of its last :meth:`health` (which moves it on)."""
+        return fh_load_relaxed(&self.w.slow)
 
     def health(self, int64_t now_ns):
         """``(requests, errors)`` in the window ending at ``now_ns``."""
@@ -262,9 +385,9 @@ cdef class RollingMetrics:
         return requests, errors
 
     cdef void record_c(self, int event, int fallback_event, int64_t now_ns, int64_t run_us,
-                       int64_t total_us) noexcept nogil:
+                       int64_t total_us, int64_t slow_us) noexcept nogil:
         cdef int64_t second = now_ns // NS_PER_S
-        cdef int64_t *bucket = self._bucket(second)
+        cdef int64_t *bucket = self._bucket(now_ns)
         fh_add_relaxed(&bucket[event], 1)
         if event < REQUEST_EVENTS:
             fh_add_relaxed(&self.w.requests, 1)
@@ -272,21 +395,28 @@ cdef class RollingMetrics:
                 fh_add_relaxed(&self.w.errors, 1)
                 if event == REJECTED:
                     fh_add_relaxed(&self.w.rejections, 1)
+            if slow_us and run_us > slow_us:
+                fh_add_relaxed(&bucket[SLOW_CALL], 1)
+                fh_add_relaxed(&self.w.slow, 1)
         if fallback_event >= 0:
             fh_add_relaxed(&bucket[fallback_event], 1)
         if run_us >= 0 or total_us >= 0:
             self._add_latency(second, run_us, total_us)
 
-    def record(self, int event, int fallback_event, int64_t now_ns, int64_t run_us, int64_t total_us):
-        """Count one command: its event, its fallback event (or -1) and its latencies in us (or -1)."""
+    def record(self, int event, int fallback_event, int64_t now_ns, int64_t run_us, int64_t total_us,
+               int64_t slow_us=0):
+        """Count one command: its event, its fallback event (or -1) and its latencies in us (or -1);
+        a request whose run took longer than ``slow_us`` (0: off) is also a slow call."""
         if not (0 <= event < NUM_EVENTS or event == BAD_REQUEST) or not (fallback_event == -1 or FALLBACK_SUCCESS <= fallback_event
                                                   <= FALLBACK_FAILURE):
             raise ValueError(f"bad event {event!r} / fallback event {fallback_event!r}")
-        self.record_c(event, fallback_event, now_ns, run_us, total_us)
+        if slow_us < 0:
+            raise ValueError(f"bad slow_us {slow_us!r}")
+        self.record_c(event, fallback_event, now_ns, run_us, total_us, slow_us)
 
     def record_success(self, int64_t now_ns, int64_t us):
         """``record(SUCCESS, -1, now_ns, us, us)``, specialised for the hot path."""
-        self.record_one_c(SUCCESS, now_ns, us)
+        self.record_one_c(SUCCESS, now_ns, us, 0)
 
     def record_executed(self, int64_t now_ns, int64_t active):
         """Count a command that took a ticket, with the tickets in use after it did."""
@@ -354,17 +484,27 @@ cdef class RollingMetrics:
 
     def counts(self, int64_t now_ns):
         """Window totals of every bucket slot (``BUCKET_WIDTH``): the 9 events, executed, the window's
-        max tickets in use (at ``MAX_ACTIVE``), bad requests (at ``BAD_REQUEST``)..."""
+        max tickets in use (at ``MAX_ACTIVE``), bad requests (at ``BAD_REQUEST``), slow calls (at
+        ``SLOW_CALL``)."""
         cdef int64_t sums[BUCKET_WIDTH]
-        cdef int i, event
-        cdef int64_t v
-        self._bucket(now_ns // NS_PER_S)
+        cdef int event
+        cdef int64_t v, i, n
+        cdef int64_t *rows
+        cdef fh_geometry *g
+        self._bucket(now_ns)
+        g = <fh_geometry *>fh_load_ptr_acquire(<void **>&self.geom)
+        if g == NULL:
+            n = COUNTER_BUCKETS
+            rows = self.w.buckets[0]
+        else:
+            n = g.n
+            rows = g.buckets
         memset(sums, 0, sizeof(sums))
-        for i in range(COUNTER_BUCKETS):
+        for i in range(n):
             for event in range(BUCKET_WIDTH):
                 if event != MAX_ACTIVE:
-                    sums[event] += fh_load_relaxed(&self.w.buckets[i][event])
-            v = fh_load_relaxed(&self.w.buckets[i][MAX_ACTIVE])
+                    sums[event] += fh_load_relaxed(&rows[i * BUCKET_WIDTH + event])
+            v = fh_load_relaxed(&rows[i * BUCKET_WIDTH + MAX_ACTIVE])
             if v > sums[MAX_ACTIVE]:
                 sums[MAX_ACTIVE] = v
         return tuple([sums[i] for i in range(BUCKET_WIDTH)])

@@ -1,8 +1,8 @@
 """Rolling event counters and latency histograms of one circuit (pure-Python twin).
 
-Counters: exactly 10 one-second buckets (hystrix-go sums 11 and prunes lazily,
-which let errors exceed requests, issue #115) plus running totals, so the
-health check never sums buckets. Latencies: a fixed log-linear histogram per
+Counters: exactly ``rolling_buckets`` buckets (by default 10 of one second;
+hystrix-go sums 11 and prunes lazily, which let errors exceed requests, issue
+#115) plus running totals, so the health check never sums buckets. Latencies: a fixed log-linear histogram per
 slot (4 slots of 15 s, a 60 s window like hystrix-go's ``Timing``), in
 microseconds, exact below 128 us and within 1/64 (midpoint within 0.8 %) above,
 so memory does not grow with the call rate (hystrix-go keeps every sample).
@@ -29,6 +29,7 @@ __all__ = [
     "LATENCY_SLOTS",
     "LATENCY_SLOT_SECONDS",
     "PERCENTILES",
+    "SHARED_WINDOW_ERROR",
     "LatencySummary",
     "RollingMetrics",
     "latency_bucket_bounds",
@@ -47,6 +48,7 @@ from ._events import (  # noqa: F401
     FALLBACK_SUCCESS,
     REJECTED,
     SHORT_CIRCUIT,
+    SLOW_CALL,
     SUCCESS,
     TIMEOUT,
 )
@@ -54,7 +56,7 @@ from ._events import (  # noqa: F401
 NUM_EVENTS = 9
 # More per-bucket slots: commands that took a ticket, the highest number of tickets
 # in use seen in that second (a max, not a sum), then BAD_REQUEST (11, an event of
-# _events: errors ``ignore`` accepted) and one more count (12).
+# _events: errors ``ignore`` accepted) and SLOW_CALL (12: runs longer than slow_call_duration).
 EXECUTED = 9
 MAX_ACTIVE = 10
 BUCKET_WIDTH = 13
@@ -69,6 +71,11 @@ LATENCY_SLOT_SECONDS = 15
 _SUB_BITS = 7  # 128 exact values, then 64 sub-buckets per power of two
 _MAX_SHIFT = 20  # top bucket starts at 2**27 us (134 s); longer samples are clamped into it
 LATENCY_BUCKETS = (_MAX_SHIFT << 6) + 128
+#: Why a host-wide circuit refuses a window other than the default one.
+SHARED_WINDOW_ERROR = (
+    "host-wide circuits (share_circuits) keep the default rolling window: rolling_window=10000 ms and "
+    "rolling_buckets=10"
+)
 PERCENTILES = (0.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 100.0)
 
 
@@ -225,7 +232,8 @@ def _rank(p: float, n: int) -> int:
 
 
 class RollingMetrics:
-    """Counters of every event over the last 10 seconds and latencies over the last 60."""
+    """Counters of every event over the rolling window (default: 10 one-second buckets) and
+    latencies over the last 60 seconds."""
 
     __slots__ = (
         "_admits",
@@ -235,16 +243,23 @@ class RollingMetrics:
         "_latency_run",
         "_latency_stamp",
         "_latency_total",
+        "_nb",
         "_pending",
         "_requests",
         "_second",
+        "_slow",
+        "_width_ns",
     )
 
     def __init__(self) -> None:
         self._buckets = [[0] * BUCKET_WIDTH for _ in range(COUNTER_BUCKETS)]
+        # The window's geometry: ``_nb`` buckets of ``_width_ns``; ``_second`` numbers the buckets.
+        self._nb = COUNTER_BUCKETS
+        self._width_ns = NS_PER_SECOND
         # Running totals of the window, so the health check never sums buckets.
         self._requests = 0
         self._errors = 0
+        self._slow = 0
         self._second = 0
         self._latency_run: list[_Histogram | None] = [None] * LATENCY_SLOTS
         self._latency_total: list[_Histogram | None] = [None] * LATENCY_SLOTS
@@ -262,7 +277,7 @@ class RollingMetrics:
         executed = len(admits)
         if executed:
             del admits[:executed]
-            self._buckets[self._second % COUNTER_BUCKETS][EXECUTED] += executed
+            self._buckets[self._second % self._nb][EXECUTED] += executed
         pending = self._pending
         succeeded = len(pending)
         if succeeded:
@@ -279,9 +294,10 @@ class RollingMetrics:
             else:
                 succeeded = len(raw)
                 counts = _tally(raw)
-            self._buckets[self._second % COUNTER_BUCKETS][SUCCESS] += succeeded
+            self._buckets[self._second % self._nb][SUCCESS] += succeeded
             self._requests += succeeded
-            slot = self._fresh_slot(self._second)
+            # The latency slot of the window's current bucket (its start, in seconds).
+            slot = self._fresh_slot(self._second * self._width_ns // NS_PER_SECOND)
             if slot >= 0:
                 for histograms in (self._latency_run, self._latency_total):
                     h = histograms[slot]
@@ -295,7 +311,7 @@ class RollingMetrics:
         try:
             self._admits.pop()
         except IndexError:  # folded already, into the window's current second
-            bucket = self._buckets[self._second % COUNTER_BUCKETS]
+            bucket = self._buckets[self._second % self._nb]
             if bucket[EXECUTED] > 0:
                 bucket[EXECUTED] -= 1
 
@@ -308,57 +324,91 @@ class RollingMetrics:
             bucket[:] = _ZEROS
         self._requests = 0
         self._errors = 0
+        self._slow = 0
         # Histograms stay allocated (a stamp of -1 marks them stale), as in the compiled twin.
         self._latency_stamp = [-1] * LATENCY_SLOTS
 
+    def configure_window(self, bucket_ns: int, buckets: int) -> None:
+        """Use ``buckets`` buckets of ``bucket_ns`` each from now on. A change empties the window;
+        the same geometry again changes nothing."""
+        if bucket_ns <= 0 or not 1 <= buckets <= 1_000_000:
+            raise ValueError(f"bad rolling window: {buckets!r} buckets of {bucket_ns!r} ns")
+        if bucket_ns == self._width_ns and buckets == self._nb:
+            return
+        self._fold()
+        self._gate = CLOSED
+        self._buckets = [[0] * BUCKET_WIDTH for _ in range(buckets)]
+        self._nb = buckets
+        self._width_ns = bucket_ns
+        self._requests = self._errors = self._slow = 0
+        self._second = 0
+
+    def window(self) -> tuple[int, int]:
+        """``(bucket_ns, buckets)``: the rolling window's geometry."""
+        return self._width_ns, self._nb
+
     def _bucket(self, second: int) -> list[int]:
-        """The bucket of ``second``, expiring the buckets the window has moved past."""
+        """The bucket numbered ``second`` (``now_ns // bucket_ns``), expiring the buckets the window
+        has moved past."""
         last = self._second
+        n = self._nb
         if second > last:
-            self._fold()  # what the lock-free path appended belongs to the second ending now
+            self._fold()  # what the lock-free path appended belongs to the bucket ending now
             self._gate = CLOSED
-            for s in range(max(last + 1, second - COUNTER_BUCKETS + 1), second + 1):
-                self._buckets[s % COUNTER_BUCKETS][:] = _ZEROS
+            for s in range(max(last + 1, second - n + 1), second + 1):
+                self._buckets[s % n][:] = _ZEROS
             # Recount the totals from the buckets (once a second at most): the compiled twin
             # relies on this to heal any drift between its lock-free totals and buckets.
-            requests = errors = 0
+            requests = errors = slow = 0
             for bucket in self._buckets:
                 requests += sum(bucket[:_REQUEST_EVENTS])
                 errors += bucket[FAILURE] + bucket[REJECTED] + bucket[SHORT_CIRCUIT] + bucket[TIMEOUT]
+                slow += bucket[SLOW_CALL]
             self._requests = requests
             self._errors = errors
+            self._slow = slow
             self._second = second
         elif second < last:
             # A report stamped a moment before another thread moved the window on: count it now.
             second = last
-        return self._buckets[second % COUNTER_BUCKETS]
+        return self._buckets[second % n]
 
     def rejections(self) -> int:
         """Rejections in the window as of its last :meth:`health` (which moves it on)."""
         return sum(bucket[REJECTED] for bucket in self._buckets)
 
+    def slow_calls(self) -> int:
+        """Slow calls in the window as of its last :meth:`health` (which moves it on)."""
+        return self._slow
+
     def health(self, now_ns: int) -> tuple[int, int]:
         """``(requests, errors)`` in the window ending at ``now_ns``."""
         self._fold()
-        second = now_ns // NS_PER_SECOND
+        second = now_ns // self._width_ns
         if second != self._second:
             self._bucket(second)
         return self._requests, self._errors
 
-    def record(self, event: int, fallback_event: int, now_ns: int, run_us: int, total_us: int) -> None:
-        """Count one command: its event, its fallback event (or -1) and its latencies in us (or -1)."""
-        second = now_ns // NS_PER_SECOND
-        bucket = self._buckets[second % COUNTER_BUCKETS] if second == self._second else self._bucket(second)
+    def record(
+        self, event: int, fallback_event: int, now_ns: int, run_us: int, total_us: int, slow_us: int = 0
+    ) -> None:
+        """Count one command: its event, its fallback event (or -1) and its latencies in us (or -1);
+        a request whose run took longer than ``slow_us`` (0: off) is also a slow call."""
+        tick = now_ns // self._width_ns
+        bucket = self._buckets[tick % self._nb] if tick == self._second else self._bucket(tick)
         bucket[event] += 1
         if event < _REQUEST_EVENTS:
             self._gate = CLOSED
             self._requests += 1
             if FAILURE <= event <= TIMEOUT:
                 self._errors += 1
+            if slow_us and run_us > slow_us:
+                bucket[SLOW_CALL] += 1
+                self._slow += 1
         if fallback_event >= 0:
             bucket[fallback_event] += 1
         if run_us >= 0 or total_us >= 0:
-            slot = self._fresh_slot(second)
+            slot = self._fresh_slot(now_ns // NS_PER_SECOND)
             if slot < 0:
                 return
             if run_us >= 0:
@@ -388,15 +438,15 @@ class RollingMetrics:
 
     def record_success(self, now_ns: int, us: int) -> None:
         """``record(SUCCESS, -1, now_ns, us, us)``, specialised for the hot path."""
-        second = now_ns // NS_PER_SECOND
-        stamp = second // LATENCY_SLOT_SECONDS
+        tick = now_ns // self._width_ns
+        stamp = now_ns // NS_PER_SECOND // LATENCY_SLOT_SECONDS
         slot = stamp % LATENCY_SLOTS
         run = self._latency_run[slot]
         total = self._latency_total[slot]
-        if second != self._second or self._latency_stamp[slot] != stamp or run is None or total is None:
+        if tick != self._second or self._latency_stamp[slot] != stamp or run is None or total is None:
             self.record(SUCCESS, -1, now_ns, us, us)
             return
-        self._buckets[second % COUNTER_BUCKETS][SUCCESS] += 1
+        self._buckets[tick % self._nb][SUCCESS] += 1
         self._gate = CLOSED
         self._requests += 1
         if us < 128:
@@ -415,8 +465,8 @@ class RollingMetrics:
 
     def record_executed(self, now_ns: int, active: int) -> None:
         """Count a command that took a ticket, with the tickets in use after it did."""
-        second = now_ns // NS_PER_SECOND
-        bucket = self._buckets[second % COUNTER_BUCKETS] if second == self._second else self._bucket(second)
+        tick = now_ns // self._width_ns
+        bucket = self._buckets[tick % self._nb] if tick == self._second else self._bucket(tick)
         bucket[EXECUTED] += 1
         if active > bucket[MAX_ACTIVE]:
             bucket[MAX_ACTIVE] = active
@@ -425,7 +475,7 @@ class RollingMetrics:
         """Window totals of every bucket slot (``BUCKET_WIDTH``): the 9 events, executed, the window's
         max tickets in use (at ``MAX_ACTIVE``), bad requests (at ``BAD_REQUEST``)..."""
         self._fold()
-        self._bucket(now_ns // NS_PER_SECOND)
+        self._bucket(now_ns // self._width_ns)
         buckets = self._buckets
         sums = [sum(bucket[i] for bucket in buckets) for i in range(BUCKET_WIDTH)]
         sums[MAX_ACTIVE] = max(bucket[MAX_ACTIVE] for bucket in buckets)

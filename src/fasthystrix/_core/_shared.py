@@ -104,7 +104,9 @@ LIMIT_MAX_SLEEP_NS = 10  # max_sleep_window in ns (0: none)
 LIMIT_SLEEP_JITTER_PPM = 11  # sleep_window_jitter in millionths
 LIMIT_HALF_OPEN_CALLS = 12  # half_open_max_calls (0 reads as 1)
 LIMIT_HALF_OPEN_WAIT_NS = 13  # half_open_max_wait in ns (0: no bound)
-LIMIT_LAST = LIMIT_HALF_OPEN_WAIT_NS
+LIMIT_SLOW_US = 14  # slow_call_duration in us (0: off)
+LIMIT_SLOW_RATE = 15  # slow_call_rate_threshold (0 reads as 100)
+LIMIT_LAST = LIMIT_SLOW_RATE
 
 # STATE words.
 STATE_WORD = 0
@@ -549,6 +551,8 @@ def write_settings(m: Any, settings: Settings, bump: bool = True) -> None:
     _Q.pack_into(m, base + 8 * LIMIT_SLEEP_JITTER_PPM, ppm(settings.sleep_window_jitter))
     _Q.pack_into(m, base + 8 * LIMIT_HALF_OPEN_CALLS, settings.half_open_max_calls)
     _Q.pack_into(m, base + 8 * LIMIT_HALF_OPEN_WAIT_NS, settings.half_open_max_wait_ns)
+    _Q.pack_into(m, base + 8 * LIMIT_SLOW_US, (settings.slow_call_duration_ns + 999) // 1000)
+    _Q.pack_into(m, base + 8 * LIMIT_SLOW_RATE, settings.slow_call_rate_threshold)
     if bump:
         (version,) = _Q.unpack_from(m, base + 8 * LIMIT_VERSION)
         _Q.pack_into(m, base + 8 * LIMIT_VERSION, version + 1)
@@ -574,12 +578,17 @@ def _words(settings: Settings) -> tuple[int, ...]:
         ppm(settings.sleep_window_jitter),
         settings.half_open_max_calls,
         settings.half_open_max_wait_ns,
+        (settings.slow_call_duration_ns + 999) // 1000,
+        settings.slow_call_rate_threshold,
     )
 
 
 def intern(settings: Settings) -> Settings:
     """Remember ``settings`` as the object that its words read back as (see ``settings_from_words``)."""
-    _interned[_words(settings)] = settings
+    # Only the default rolling window can be read back from the words (a shared file has no
+    # other): settings with another window never stand for a file's settings.
+    if settings.default_window:
+        _interned[_words(settings)] = settings
     return settings
 
 
@@ -588,6 +597,7 @@ def settings_from_words(words: tuple[int, ...], local: Settings | None = None) -
     are code (``ignore``, ``is_failure``) taken from ``local``, this process's settings of the circuit (if any):
     code cannot be shared, each process keeps its own."""
     words = (*words[:LIMIT_HALF_OPEN_CALLS], max(words[LIMIT_HALF_OPEN_CALLS], 1), *words[LIMIT_HALF_OPEN_CALLS + 1 :])
+    words = (*words[:LIMIT_SLOW_RATE], words[LIMIT_SLOW_RATE] or 100, *words[LIMIT_SLOW_RATE + 1 :])
     key = (*words[:6], *words[LIMIT_BREAKER_DISABLED : LIMIT_LAST + 1])
     known = _interned.get(key)
     if known is not None:
@@ -610,17 +620,40 @@ def settings_from_words(words: tuple[int, ...], local: Settings | None = None) -
         half_open_max_wait=timedelta(microseconds=words[LIMIT_HALF_OPEN_WAIT_NS] // 1000)
         if words[LIMIT_HALF_OPEN_WAIT_NS]
         else None,
+        slow_call_duration=timedelta(microseconds=words[LIMIT_SLOW_US]) if words[LIMIT_SLOW_US] else None,
+        slow_call_rate_threshold=words[LIMIT_SLOW_RATE],
     )
     _interned[key] = settings
     return _with_code_of(settings, local)
 
 
 def _with_code_of(settings: Settings, local: Settings | None) -> Settings:
+    # An adaptive limit is this process's too: its limiter runs on this process's samples and
+    # stores into the host's limit word, so that word is not the settings' initial limit.
     ignore = None if local is None else local.ignore
     is_failure = None if local is None else local.is_failure
-    if settings.ignore is ignore and settings.is_failure is is_failure:
+    adaptive = None if local is None else local.adaptive_limit
+    # The queue of calls waiting for a ticket is this process's: so is its max_queue_wait.
+    queue_wait = timedelta(0) if local is None else local.max_queue_wait
+    if (
+        settings.ignore is ignore
+        and settings.is_failure is is_failure
+        and settings.adaptive_limit is adaptive
+        and settings.max_queue_wait == queue_wait
+    ):
         return settings
-    return dataclasses.replace(settings, ignore=ignore, is_failure=is_failure)
+    if adaptive is not None:
+        return dataclasses.replace(
+            settings,
+            ignore=ignore,
+            is_failure=is_failure,
+            adaptive_limit=adaptive,
+            max_concurrent_requests=adaptive.initial,
+            max_queue_wait=queue_wait,
+        )
+    return dataclasses.replace(
+        settings, ignore=ignore, is_failure=is_failure, adaptive_limit=None, max_queue_wait=queue_wait
+    )
 
 
 # -- the reaper -----------------------------------------------------------------------------------

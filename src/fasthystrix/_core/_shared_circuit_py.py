@@ -375,6 +375,17 @@ class SharedCircuitBreaker(CircuitBreaker):
         self._host.words[_EPISODE] = value
 
     @property
+    def _limit(self) -> int:
+        # The host's limit word: admission in every process reads it; a process with an adaptive
+        # limit stores its limiter's value there (the last sample wins, as with the settings).
+        limit: int = self._host.words[_LIMITS + _shared.LIMIT_MAX_CONCURRENT]
+        return limit
+
+    @_limit.setter
+    def _limit(self, value: int) -> None:
+        self._host.words[_LIMITS + _shared.LIMIT_MAX_CONCURRENT] = value
+
+    @property
     def _settings_obj(self) -> Settings:
         return self._host.read_settings()  # type: ignore[no-any-return]
 

@@ -27,6 +27,7 @@ from ._events import (
     FALLBACK_SUCCESS,
     REJECTED,
     SHORT_CIRCUIT,
+    SLOW_CALL,
     SUCCESS,
     TIMEOUT,
 )
@@ -41,6 +42,7 @@ from ._rolling_py import (
     MAX_ACTIVE,
     NS_PER_SECOND,
     NUM_EVENTS,
+    SHARED_WINDOW_ERROR,
     _Histogram,
     latency_bucket_index,
 )
@@ -65,7 +67,10 @@ _RETIRED_RUN_SUM = _RETIRED + 10
 _RETIRED_TOTAL_COUNT = _RETIRED + 11
 _RETIRED_TOTAL_SUM = _RETIRED + 12
 _RETIRED_BAD_REQUEST = _RETIRED + 13
-assert _RETIRED + 16 <= (_shared.WINDOW + _shared.WINDOW_SIZE) // 8
+_RETIRED_SLOW_CALL = _RETIRED + 14
+# After retired[16]: rejections (kept by the compiled twin only), then the running slow-call total.
+_SLOW = _RETIRED + 17
+assert _SLOW < (_shared.WINDOW + _shared.WINDOW_SIZE) // 8
 assert LATENCY_BUCKETS == _shared.LATENCY_BUCKETS
 
 # stats[slot][kind][stat]: kind RUN counts run latencies, TOTAL the total latencies as a
@@ -116,6 +121,15 @@ class SharedRollingMetrics:
     def _gate(self, gate: Gate) -> None:
         pass  # the circuit closes the gate after changes; it is closed already
 
+    def configure_window(self, bucket_ns: int, buckets: int) -> None:
+        """The shared layout keeps the default window only: anything else is a ``ValueError``."""
+        if (bucket_ns, buckets) != (NS_PER_SECOND, COUNTER_BUCKETS):
+            raise ValueError(SHARED_WINDOW_ERROR)
+
+    def window(self) -> tuple[int, int]:
+        """``(bucket_ns, buckets)``: always the default, 10 buckets of one second."""
+        return NS_PER_SECOND, COUNTER_BUCKETS
+
     def _unadmit(self) -> None:
         """Take back one admission counted in the window's current second."""
         words = self._words
@@ -134,6 +148,7 @@ class SharedRollingMetrics:
             words[_STAMP + slot] = -1
         words[_REQUESTS] = 0
         words[_ERRORS] = 0
+        words[_SLOW] = 0
         words[_SECOND] = 0  # the next call moves the window on from nothing, as the compiled twin
 
     def _retire_bucket(self, b: int) -> None:
@@ -141,6 +156,7 @@ class SharedRollingMetrics:
         for event in range(NUM_EVENTS):
             words[_RETIRED + event] += words[b + event]
         words[_RETIRED_BAD_REQUEST] += words[b + BAD_REQUEST]
+        words[_RETIRED_SLOW_CALL] += words[b + SLOW_CALL]
         self._map[8 * b : 8 * (b + BUCKET_WIDTH)] = _ZERO_BUCKETS[: 8 * BUCKET_WIDTH]
 
     def _retire_slot(self, slot: int) -> None:
@@ -192,12 +208,14 @@ class SharedRollingMetrics:
         for s in range(max(last + 1, second - COUNTER_BUCKETS + 1), second + 1):
             self._retire_bucket(_BUCKETS + (s % COUNTER_BUCKETS) * BUCKET_WIDTH)
         # Recount the totals from the buckets, as the compiled twin does when the window moves.
-        requests = errors = 0
+        requests = errors = slow = 0
         for b in range(_BUCKETS, _REQUESTS, BUCKET_WIDTH):
             requests += sum(words[b : b + _REQUEST_EVENTS])
             errors += words[b + FAILURE] + words[b + REJECTED] + words[b + SHORT_CIRCUIT] + words[b + TIMEOUT]
+            slow += words[b + SLOW_CALL]
         words[_REQUESTS] = requests
         words[_ERRORS] = errors
+        words[_SLOW] = slow
         words[_SECOND] = second
 
     def _bucket(self, second: int) -> int:
@@ -215,6 +233,10 @@ class SharedRollingMetrics:
         words = self._words
         return sum(words[b + REJECTED] for b in range(_BUCKETS, _REQUESTS, BUCKET_WIDTH))
 
+    def slow_calls(self) -> int:
+        """Slow calls in the window as of its last :meth:`health` (which moves it on)."""
+        return self._words[_SLOW]
+
     def health(self, now_ns: int) -> tuple[int, int]:
         """``(requests, errors)`` in the window ending at ``now_ns``."""
         words = self._words
@@ -223,8 +245,11 @@ class SharedRollingMetrics:
             self._advance(second)
         return words[_REQUESTS], words[_ERRORS]
 
-    def record(self, event: int, fallback_event: int, now_ns: int, run_us: int, total_us: int) -> None:
-        """Count one command: its event, its fallback event (or -1) and its latencies in us (or -1)."""
+    def record(
+        self, event: int, fallback_event: int, now_ns: int, run_us: int, total_us: int, slow_us: int = 0
+    ) -> None:
+        """Count one command: its event, its fallback event (or -1) and its latencies in us (or -1);
+        a request whose run took longer than ``slow_us`` (0: off) is also a slow call."""
         if not (0 <= event < NUM_EVENTS or event == BAD_REQUEST) or not (
             fallback_event == -1 or FALLBACK_SUCCESS <= fallback_event <= FALLBACK_FAILURE
         ):
@@ -237,6 +262,9 @@ class SharedRollingMetrics:
             words[_REQUESTS] += 1
             if FAILURE <= event <= TIMEOUT:
                 words[_ERRORS] += 1
+            if slow_us and run_us > slow_us:
+                words[bucket + SLOW_CALL] += 1
+                words[_SLOW] += 1
         if fallback_event >= 0:
             words[bucket + fallback_event] += 1
         if run_us >= 0 or total_us >= 0:

@@ -196,9 +196,8 @@ def _door(name: str) -> tuple[Any, int] | None:
         return None  # the first request: its command makes the circuit
     state = circuit.state()
     if state == "closed":
-        limit = circuit.settings.max_concurrent_requests
-        if type(limit) is not int or circuit.tickets_in_use < limit:
-            return None  # a ticket is free (or the limit is not a plain count: the command decides)
+        if circuit.settings.max_queue_wait_ns or circuit.tickets_in_use < circuit.concurrency_limit:
+            return None  # a ticket is free (the current limit, adaptive or not), or the command may wait for one
         event = REJECTED
     elif state == "open":
         start = _window_starts.get(name)

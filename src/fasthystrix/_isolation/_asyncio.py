@@ -17,8 +17,10 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .._core import _queue
 from .._core._errors import FallbackError
 from .._core._events import (
+    ADMITTED,
     BAD_REQUEST,
     CONTEXT_CANCELED,
     FAILURE,
@@ -26,6 +28,7 @@ from .._core._events import (
     FALLBACK_SUCCESS,
     NO_EVENT,
     REJECTED,
+    REJECTED_VERDICT,
     SHORT_CIRCUIT,
     SUCCESS,
     TIMEOUT,
@@ -172,6 +175,10 @@ async def do_async(
     clock = circuit._clock
     start = clock()
     verdict = circuit._acquire(start, settings)
+    timeout_s = settings.timeout_ns / 1e9
+    if verdict == REJECTED_VERDICT and settings.max_queue_wait_ns:
+        verdict = await _wait_for_ticket(circuit, settings, start)
+        timeout_s = (start + settings.timeout_ns - clock()) / 1e9  # the wait counts in the timeout
     if verdict < 0:
         event = turned_away_event(verdict)
         return await _finish(circuit, event, error_for(event), start, -1, 0, fallback, False)
@@ -183,7 +190,7 @@ async def do_async(
         deadlines = last[1]
     else:
         deadlines = _deadlines_of(loop)
-    entry = deadlines.add(loop.time() + settings.timeout_ns / 1e9, task)
+    entry = deadlines.add(loop.time() + timeout_s, task)
     try:
         try:
             awaitable = run()
@@ -221,6 +228,30 @@ async def do_async(
     if timed_out:
         _uncancel(task)  # run swallowed our cancellation: take the request back
     return await _ended(circuit, value, None, start, end, start + settings.timeout_ns, verdict, fallback)
+
+
+async def _wait_for_ticket(circuit: Any, settings: Any, start: int) -> int:
+    """Wait (the event loop runs meanwhile) up to ``max_queue_wait`` for a ticket: a verdict.
+
+    A task cancelled while it waits leaves the queue (a ticket granted to it meanwhile goes to
+    the next waiter), is counted as ``context_canceled``, and sees its ``CancelledError``."""
+    clock = circuit._clock
+    queue, ops = circuit._queue_ops()
+    try:
+        verdict, in_use = await _queue.wait_async(
+            queue, ops, start, clock(), settings.max_queue_wait_ns, settings.timeout_ns, clock
+        )
+    except asyncio.CancelledError:
+        end = clock()
+        circuit._report(CONTEXT_CANCELED, NO_EVENT, end, -1, (end - start) // _NS_PER_US, 0, False)
+        raise
+    except BaseException:  # KeyboardInterrupt while it waited: a failure, as an interrupted run
+        end = clock()
+        circuit._report(FAILURE, NO_EVENT, end, -1, (end - start) // _NS_PER_US, 0, False)
+        raise
+    if verdict == ADMITTED:
+        circuit._queue_admitted(in_use)
+    return verdict
 
 
 async def _ended(

@@ -19,14 +19,18 @@ from concurrent.futures._base import FINISHED as _FINISHED, RUNNING as _RUNNING
 from typing import Any
 
 from .. import _impl
+from .._core import _queue
 from .._core._context import Context
 from .._core._events import (
+    ADMITTED,
     CONTEXT_CANCELED,
     CONTEXT_DEADLINE_EXCEEDED,
     FAILURE,
     NO_EVENT,
     NOT_STARTED,
+    QUEUE_CANCELED,
     REJECTED,
+    REJECTED_VERDICT,
     SUCCESS,
     TIMEOUT,
     turned_away_event,
@@ -375,11 +379,106 @@ def _go(circuit: Any, run: Callable[..., Any], fallback: Any, ctx: Context | Non
             start = NOT_STARTED
     if event == NO_EVENT:
         verdict = circuit._acquire(start, settings)
+        if verdict == REJECTED_VERDICT and settings.max_queue_wait_ns:
+            _go_queued(circuit, run, fallback, ctx, future, settings, start)
+            return future
         if verdict < 0:
             event = turned_away_event(verdict)
     if event != NO_EVENT:
         _run_fallback_task(circuit, _expired_task(circuit, event, start, 0, fallback, ctx, future), fallback)
         return future
+    _go_submit(circuit, run, fallback, ctx, future, settings, start, verdict)
+    return future
+
+
+def _go_queued(
+    circuit: Any,
+    run: Callable[..., Any],
+    fallback: Any,
+    ctx: Context | None,
+    future: CommandFuture,
+    settings: Any,
+    start: int,
+) -> None:
+    """``go()`` of a call that found no ticket: it waits in the queue (see _queue) without a thread.
+
+    Its ending is decided once (``settle``, under the queue's lock): on the timer's thread
+    soon after a ticket is granted to it, at the end of its wait (the timer), or when its
+    context is cancelled. Meanwhile the timer re-checks every ``_queue.POLL_NS`` for a ticket
+    no give-back announced."""
+    clock = circuit._clock
+    queue, ops = circuit._queue_ops()
+    now = clock()
+    limit_ns, expired_verdict = _queue.wait_limits(start, now, settings.max_queue_wait_ns, settings.timeout_ns, ctx)
+    settled = False
+
+    def pending() -> bool:
+        return not settled
+
+    def settle(kind: str) -> None:
+        nonlocal settled
+        with ops.lock:
+            if settled:
+                return
+            settled = True
+            granted = queue.leave_locked(waiter, ops.publish)
+        if watch:
+            ctx._remove_done_callback(cancelled)  # type: ignore[union-attr]
+        if granted:
+            verdict = _queue.end_of_wait(start, clock(), settings.timeout_ns, ctx)
+            if verdict == ADMITTED:
+                circuit._queue_admitted(waiter.in_use)
+                _go_submit(circuit, run, fallback, ctx, future, settings, start, ADMITTED)
+                return
+            ops.give()  # its time ran out as the ticket came: passed on
+        elif kind == "canceled":
+            verdict = QUEUE_CANCELED
+        else:
+            verdict = expired_verdict
+        event = turned_away_event(verdict)
+        _run_fallback_task(circuit, _expired_task(circuit, event, start, 0, fallback, ctx, future), fallback)
+
+    def granted() -> None:  # the queue's lock is held: only hand the work to the timer's thread
+        timer.schedule(0, lambda: settle("granted"), pending)
+
+    def cancelled() -> None:
+        settle("canceled")
+
+    def poll() -> None:
+        with ops.lock:
+            if settled:
+                return
+            queue.drain_locked(ops.take, ops.untake)
+            ops.publish(len(queue.waiters))
+        timer.schedule(clock() + _queue.POLL_NS, poll, pending)
+
+    waiter = _queue.Waiter(callback=granted)
+    watch = ctx is not None and ctx is not Context.background()
+    with ops.lock:
+        if not queue.enqueue_locked(waiter, ops.bound, ops.take, ops.untake, ops.publish):
+            settled = True
+    if settled:
+        _run_fallback_task(circuit, _expired_task(circuit, REJECTED, start, 0, fallback, ctx, future), fallback)
+        return
+    if watch and not ctx._add_done_callback(cancelled):  # type: ignore[union-attr]
+        watch = False
+        settle("canceled")
+        return
+    timer.schedule(now + limit_ns, lambda: settle("expired"), pending)
+    timer.schedule(now + _queue.POLL_NS, poll, pending)
+
+
+def _go_submit(
+    circuit: Any,
+    run: Callable[..., Any],
+    fallback: Any,
+    ctx: Context | None,
+    future: CommandFuture,
+    settings: Any,
+    start: int,
+    verdict: int,
+) -> None:
+    """Hand an admitted ``go()`` call (its ticket taken) to a worker, and watch its deadline."""
     deadline = start + settings.timeout_ns
     execution = _Execution(circuit, run, fallback, ctx, start, deadline, verdict, future, None)
     try:
@@ -391,7 +490,7 @@ def _go(circuit: Any, run: Callable[..., Any], fallback: Any, ctx: Context | Non
         # Rejected (see run_threaded); with every worker busy, the fallback runs on this thread.
         err = no_worker_error()
         _resolve(future, lambda: circuit._finish(REJECTED, err, start, -1, verdict, fallback, ctx, True)).set()
-        return future
+        return
     except BaseException:
         circuit._release()
         raise
@@ -403,7 +502,6 @@ def _go(circuit: Any, run: Callable[..., Any], fallback: Any, ctx: Context | Non
             execution.expire()
         future.add_done_callback(lambda _: ctx._remove_done_callback(execution.expire))
     timer.schedule(wait_until, execution.expire, execution.is_pending)
-    return future
 
 
 def _after_fork_in_child() -> None:

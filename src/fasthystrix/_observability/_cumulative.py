@@ -164,6 +164,7 @@ class CircuitReading:
     name: str
     state: str
     concurrent: int
+    #: The concurrency limit now (``CircuitBreaker.concurrency_limit``: an adaptive limit's current value).
     max_concurrent: int
     rolling: MetricsSnapshot
     cumulative: CumulativeCounts | None
@@ -208,7 +209,7 @@ def read_circuits() -> list[CircuitReading]:
                 name=name,
                 state=circuit.state(),
                 concurrent=circuit.tickets_in_use,
-                max_concurrent=circuit.settings.max_concurrent_requests,
+                max_concurrent=circuit.concurrency_limit,
                 rolling=circuit.metrics(),
                 cumulative=counts,
             )

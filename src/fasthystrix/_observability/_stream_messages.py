@@ -34,7 +34,6 @@ __all__ = [
 
 #: The latency map's keys, in emitted order (hystrix-go's percentiles).
 LATENCY_PERCENTILE_KEYS = ("0", "25", "50", "75", "90", "95", "99", "99.5", "100")
-_WINDOW_MS = 10_000
 
 # Each message's keys in emitted order, with the JSON kind of their value: "int",
 # "bool", "str", or "lat" (a latency map: 9 integers, keyed as above). The dict
@@ -93,6 +92,8 @@ COMMAND_FIELDS: tuple[tuple[str, str], ...] = (
     # fasthystrix's context events, which neither hystrix-go nor Java stream.
     ("rollingCountContextCanceled", "int"),
     ("rollingCountContextDeadlineExceeded", "int"),
+    # Calls waiting for a ticket (max_queue_wait), as the pool message's currentQueueSize.
+    ("currentQueueCount", "int"),
 )
 POOL_FIELDS: tuple[tuple[str, str], ...] = (
     ("type", "str"),
@@ -128,12 +129,12 @@ _COMMAND_ROW = (
     "strategy", "timeout_ms", "false", "empty",
     "size", "zero", "window", "false", "false",
     "bad_requests", "zero", "zero", "zero", "max_active", "timeout_ms", "name",
-    "canceled", "deadline",
+    "canceled", "deadline", "queued",
 )  # fmt: skip
 _POOL_ROW = (
     "pool_type", "name", "one",
-    "concurrent", "zero", "size", "size", "size", "size", "zero", "zero",
-    "max_active", "executed", "window", "zero",
+    "concurrent", "zero", "size", "size", "size", "size", "queued", "zero",
+    "max_active", "executed", "window", "queue_bound",
     "now", "pool_rejects",
 )  # fmt: skip
 
@@ -145,13 +146,16 @@ _DYNAMIC = (
     "requests", "errors", "error_percent", "open", "failures", "fallback_failures", "fallback_successes",
     "semaphore_rejects", "short_circuits", "successes", "pool_rejects", "timeouts", "concurrent",
     "run_mean", "run", "total_mean", "total", "forced_open", "forced_closed", "bad_requests", "max_active",
-    "canceled", "deadline",
+    "canceled", "deadline", "queued",
     # the pool message, before and after its currentTime
-    "concurrent", "max_active", "executed",
+    "concurrent", "queued", "max_active", "executed",
     "pool_rejects",
 )  # fmt: skip
 # The values of the circuit's name and settings, in the order _settings returns them.
-_SETTINGS = ("name", "volume", "sleep_ms", "error_threshold", "enabled", "strategy", "timeout_ms", "size")
+_SETTINGS = (
+    "name", "volume", "sleep_ms", "error_threshold", "enabled", "strategy", "timeout_ms", "size", "queue_bound",
+    "window",
+)  # fmt: skip
 
 
 def _positions(names: tuple[str, ...]) -> dict[str, int]:
@@ -185,15 +189,16 @@ def _constants(constants: tuple[Any, ...]) -> dict[str, Any]:
         "true": true,
         "false": false,
         "empty": empty,
-        "window": _WINDOW_MS,
     }
 
 
 _CONSTANTS = _constants(_JSON)
 
 
-def _settings(name: str, s: Any, constants: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The values of the circuit's name and settings, in _SETTINGS's order."""
+def _settings(name: str, s: Any, constants: tuple[Any, ...], limit: int) -> tuple[Any, ...]:
+    """The values of the circuit's name and settings, in _SETTINGS's order; ``limit`` is the
+    circuit's current concurrency limit (an adaptive limit's value now), reported as the
+    semaphore maximum and the pool's sizes."""
     true, false = constants[:2]
     semaphore, thread = constants[4:6]
     return (
@@ -204,7 +209,10 @@ def _settings(name: str, s: Any, constants: tuple[Any, ...]) -> tuple[Any, ...]:
         true if s.circuit_breaker_enabled else false,
         semaphore if s.semaphore else thread,
         s.timeout_ns // 1_000_000,
-        s.max_concurrent_requests,
+        limit,
+        # Hystrix's queueSizeRejectionThreshold: at most the concurrency limit's calls wait.
+        limit if s.max_queue_wait_ns else 0,
+        s.rolling_bucket_ns * s.rolling_buckets // 1_000_000,  # the configured rolling window
     )
 
 
@@ -226,6 +234,7 @@ def _dynamic(
     concurrent: int,
     semaphore: bool,
     constants: tuple[Any, ...],
+    queued: int = 0,
 ) -> tuple[Any, ...]:
     """The values read from the window, the state and the tickets, in _DYNAMIC's order.
 
@@ -247,8 +256,8 @@ def _dynamic(
         rejects if semaphore else 0, short_circuits, successes, pool_rejects, timeouts, concurrent,
         run_summary.mean, *run_latencies, total_summary.mean, *total_latencies,
         true if state == "forced-open" else false, true if forced_closed else false,
-        counts[BAD_REQUEST], counts[MAX_ACTIVE], canceled, deadline,
-        concurrent, counts[MAX_ACTIVE], counts[EXECUTED],
+        counts[BAD_REQUEST], counts[MAX_ACTIVE], canceled, deadline, queued,
+        concurrent, queued, counts[MAX_ACTIVE], counts[EXECUTED],
         pool_rejects,
     )  # fmt: skip
 
@@ -280,12 +289,19 @@ def messages(circuit: Any, now_ms: int | None = None) -> tuple[dict[str, Any], d
     counts, run, total = circuit._default.reading()
     latencies = (run, _latencies(run), total, _latencies(total))
     row = _dynamic(
-        counts, latencies, circuit.state(), circuit.force_closed, circuit.tickets_in_use, s.semaphore, _PYTHON
+        counts,
+        latencies,
+        circuit.state(),
+        circuit.force_closed,
+        circuit.tickets_in_use,
+        s.semaphore,
+        _PYTHON,
+        circuit.queue_size,
     )
     values = _constants(_PYTHON)
     for name, at in _DYNAMIC_AT.items():
         values[name] = row[at : at + 9] if name in ("run", "total") else row[at]
-    values.update(zip(_SETTINGS, _settings(circuit.name, s, _PYTHON), strict=True))
+    values.update(zip(_SETTINGS, _settings(circuit.name, s, _PYTHON, circuit.concurrency_limit), strict=True))
     values["now"] = now_ms
     return _to_dict(COMMAND_FIELDS, _COMMAND_ROW, values), _to_dict(POOL_FIELDS, _POOL_ROW, values)
 
@@ -368,9 +384,9 @@ def _segments() -> tuple[list[tuple[bytes, _Picker]], int]:
 _SEGMENTS, _SPLIT = _segments()
 
 
-def _compile(name: str, s: Any) -> tuple[bytes, bytes, bytes]:
-    """A circuit's first segment, and the formats of the other two, for these settings."""
-    values = _settings(name, s, _JSON_BYTES)
+def _compile(name: str, s: Any, limit: int) -> tuple[bytes, bytes, bytes]:
+    """A circuit's first segment, and the formats of the other two, for these settings and limit."""
+    values = _settings(name, s, _JSON_BYTES, limit)
     # In a format of the second pass, the name's "%" must read as text.
     escaped = (values[0].replace(b"%", b"%%"), *values[1:])
     (first, pick_first), (second, pick_second), (third, pick_third) = _SEGMENTS
@@ -396,19 +412,22 @@ def render(circuits: list[Any], now_ms: int | None = None, cache: dict[str, Any]
         state = circuit.state()
         forced_closed = circuit.force_closed
         concurrent = circuit.tickets_in_use
+        queued = circuit.queue_size
         s = circuit.settings
+        limit = circuit.concurrency_limit
         summaries = (run, latencies(run), total, latencies(total))
-        key = (counts, run.mean, summaries[1], total.mean, summaries[3], state, forced_closed, concurrent)
-        # entry: [key, settings, circuit, its _compile()d segments, the text around currentTime]
+        key = (counts, run.mean, summaries[1], total.mean, summaries[3], state, forced_closed, concurrent, queued)
+        # entry: [key, settings, circuit, its _compile()d segments, the text around currentTime,
+        # the concurrency limit they were compiled with (an adaptive one moves)]
         entry = previous.get(name)
-        if entry is None or entry[2] is not circuit or entry[1] is not s:
-            entry = [None, s, circuit, _compile(name, s), None]
+        if entry is None or entry[2] is not circuit or entry[1] is not s or entry[5] != limit:
+            entry = [None, s, circuit, _compile(name, s, limit), None, limit]
         elif entry[0] == key:
             current[name] = entry
             parts.append(entry[4])
             continue
         first, second, third = entry[3]
-        values = dynamic(counts, summaries, state, forced_closed, concurrent, s.semaphore, constants)
+        values = dynamic(counts, summaries, state, forced_closed, concurrent, s.semaphore, constants, queued)
         entry[0] = key
         entry[4] = pieces = (first, second % values[:split], third % values[split:])
         current[name] = entry
