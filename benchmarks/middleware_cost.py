@@ -14,7 +14,11 @@ its own, one per variant, all started at once:
   isolation.
 
 The middleware's commands get ``max_concurrent_requests=1000`` (no request is ever rejected: this
-measures the cost, not shedding) and the default 1 s timeout. The load is closed-loop: ``wrk -t1
+measures the cost, not shedding) and the default 1 s timeout. One more variant per framework,
+``middleware-shed``, measures the 503 path: its command has no ticket (``max_concurrent_requests=0``),
+so every request is shed at the door (503, ``Retry-After: 1``, the app never runs); its throughput
+against the served middleware's, in the same rounds, is what a rejection costs against a served
+request (its 503s are expected, not counted as failures). The load is closed-loop: ``wrk -t1
 -c10`` (``--connections``), or, where wrk is not installed, a Python client of as many keep-alive
 connections in a process of its own. With two cores or more the servers run on the first core and
 the load tool on the second (``sched_setaffinity``), so they do not compete with each other.
@@ -47,11 +51,16 @@ from typing import Any
 TARGET = 0.97
 FRAMEWORKS = ("starlette", "fastapi", "flask")
 VARIANTS = {
-    "starlette": ("bare", "middleware"),
-    "fastapi": ("bare", "middleware"),
-    "flask": ("bare", "middleware-thread", "middleware-semaphore"),
+    "starlette": ("bare", "middleware", "middleware-shed"),
+    "fastapi": ("bare", "middleware", "middleware-shed"),
+    "flask": ("bare", "middleware-thread", "middleware-semaphore", "middleware-shed"),
 }
 TICKETS = 1000  # max_concurrent_requests: never a rejection
+SHED = "middleware-shed"  # no ticket at all: every request answered 503 at the door
+
+
+def tickets(variant: str) -> int:
+    return 0 if variant == SHED else TICKETS
 
 
 # --------------------------------------------------------------------------------------------------
@@ -59,12 +68,12 @@ TICKETS = 1000  # max_concurrent_requests: never a rejection
 # --------------------------------------------------------------------------------------------------
 
 
-def asgi_app(framework: str, variant: str) -> Any:
+def asgi_app(framework: str, variant: str, name: str | None = None) -> Any:
     """The Starlette or FastAPI app, bare or with the middleware."""
     import fasthystrix
     from fasthystrix.asgi import CircuitBreakerMiddleware
 
-    config = fasthystrix.CommandConfig(max_concurrent_requests=TICKETS)
+    config = fasthystrix.CommandConfig(max_concurrent_requests=tickets(variant), rejections_count_as_errors=False)
     if framework == "starlette":
         from starlette.applications import Starlette
         from starlette.requests import Request
@@ -75,7 +84,7 @@ def asgi_app(framework: str, variant: str) -> Any:
             return PlainTextResponse("ok")
 
         app: Any = Starlette(routes=[Route("/", index)])
-        return app if variant == "bare" else CircuitBreakerMiddleware(app, config=config)
+        return app if variant == "bare" else CircuitBreakerMiddleware(app, config=config, name=name)
     from fastapi import FastAPI
     from fastapi.responses import PlainTextResponse as FastAPIText
 
@@ -86,11 +95,11 @@ def asgi_app(framework: str, variant: str) -> Any:
         return "ok"
 
     if variant != "bare":
-        api.add_middleware(CircuitBreakerMiddleware, config=config)
+        api.add_middleware(CircuitBreakerMiddleware, config=config, name=name)
     return api
 
 
-def wsgi_app(variant: str) -> Any:
+def wsgi_app(variant: str, name: str | None = None) -> Any:
     """The Flask app, bare or with the middleware in thread or semaphore isolation."""
     from flask import Flask
 
@@ -104,9 +113,13 @@ def wsgi_app(variant: str) -> Any:
         return "ok"
 
     if variant != "bare":
-        isolation = variant.removeprefix("middleware-")
-        config = fasthystrix.CommandConfig(max_concurrent_requests=TICKETS, isolation=isolation)  # type: ignore[arg-type]
-        app.wsgi_app = CircuitBreakerMiddleware(app.wsgi_app, config=config)  # type: ignore[method-assign]
+        isolation = "thread" if variant == SHED else variant.removeprefix("middleware-")
+        config = fasthystrix.CommandConfig(
+            max_concurrent_requests=tickets(variant),
+            isolation=isolation,  # type: ignore[arg-type]
+            rejections_count_as_errors=False,
+        )
+        app.wsgi_app = CircuitBreakerMiddleware(app.wsgi_app, config=config, name=name)  # type: ignore[method-assign]
     return app
 
 
@@ -250,7 +263,7 @@ def direct_app(framework: str, variant: str) -> Callable[[int], None]:
     if framework == "flask":
         from werkzeug.test import EnvironBuilder
 
-        wsgi = wsgi_app(variant)
+        wsgi = wsgi_app(variant, name=f"{framework} {variant}")  # a command per variant: its own config
         environ = EnvironBuilder(path="/", base_url="http://127.0.0.1/").get_environ()
 
         def start_response(status: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], None]:
@@ -266,7 +279,7 @@ def direct_app(framework: str, variant: str) -> Callable[[int], None]:
                     close()
 
         return run_wsgi
-    asgi = asgi_app(framework, variant)
+    asgi = asgi_app(framework, variant, name=f"{framework} {variant}")
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -313,20 +326,21 @@ def profile(frameworks: list[str], requests: int, top: int) -> None:
     import pstats
 
     for framework in frameworks:
-        print(f"\n## {framework}: in-process, no server ({requests} requests per round, best of 5 rounds)\n")
+        print(f"\n## {framework}: in-process, no server ({requests} requests per round, CPU time, best of 5 rounds)\n")
         runners = {variant: direct_app(framework, variant) for variant in VARIANTS[framework]}
         best: dict[str, float] = {}
         for variant, run in runners.items():
             run(200)  # warm-up (and the circuit is created)
             times = []
             for _ in range(5):
-                started = time.perf_counter()
+                # CPU time, not wall time: other processes on a shared machine do not count.
+                started = time.process_time()
                 run(requests)
-                times.append((time.perf_counter() - started) / requests * 1e6)
+                times.append((time.process_time() - started) / requests * 1e6)
             best[variant] = min(times)
         for variant, us in best.items():
-            extra = "" if variant == "bare" else f" (+{us - best['bare']:.1f} µs)"
-            print(f"- {variant}: {us:.1f} µs per request{extra}")
+            extra = "" if variant == "bare" else f" ({us - best['bare']:+.1f} µs)"
+            print(f"- {variant}: {us:.1f} µs of CPU per request{extra}")
         for variant, run in runners.items():
             if variant == "bare":
                 continue
@@ -377,7 +391,7 @@ class Server:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
                 sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-                return sock.recv(64).startswith(b"HTTP/1.1 200")
+                return sock.recv(64).startswith(b"HTTP/1.1 503" if self.name.endswith(SHED) else b"HTTP/1.1 200")
         except OSError:
             return False
 
@@ -493,12 +507,29 @@ def main(argv: list[str] | None = None) -> int:
     for result in results:
         server = "gunicorn" if result["framework"] == "flask" else "uvicorn"
         for variant, v in result["variants"].items():
+            if variant == SHED:
+                continue
             met = "" if variant == "bare" else ("met" if v["ratio"] >= TARGET else "NOT met")
             rounds = ", ".join(f"{r:.3f}" for r in v["ratios"])
             print(
                 f"| {result['framework']} ({server}) | {variant} | {v['requests_per_s']:,.0f} | {v['ratio']:.1%} "
                 f"| {rounds} | {v['failures']} | {met} |"
             )
+    print("\nThe 503 path (every request shed at the door) against a served request through the middleware:\n")
+    print("| framework (server) | 503s/s (median) | served/s (median) | 503s per served request, per round (median) |")
+    print("|---|---|---|---|")
+    for result in results:
+        server = "gunicorn" if result["framework"] == "flask" else "uvicorn"
+        variants = result["variants"]
+        if SHED not in variants:
+            continue
+        served = "middleware-thread" if result["framework"] == "flask" else "middleware"
+        shed, ok = variants[SHED], variants[served]
+        ratios = [r / s for r, s in zip(shed["ratios"], ok["ratios"], strict=True)]
+        print(
+            f"| {result['framework']} ({server}) | {shed['requests_per_s']:,.0f} | {ok['requests_per_s']:,.0f} "
+            f"({served}) | {statistics.median(ratios):.2f}x ({', '.join(f'{r:.2f}' for r in ratios)}) |"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

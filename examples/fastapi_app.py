@@ -20,9 +20,11 @@ Load it and watch the dashboard (http://127.0.0.1:8000/ops/hystrix-dashboard):
 
     wrk -t2 -c50 -d30s http://127.0.0.1:8000/api/price
 
-50 connections against 20 tickets per route: "GET /api/price" rejects the excess (503
-{"error": "max concurrency"}; rejections count as errors, as in hystrix, so a burst of them opens
-the route's circuit too: short-circuits); "pricing-service" (10 tickets, 100 ms timeout) rejects
+50 connections against 40 tickets per route:
+"GET /api/price" sheds the excess at the door (503 {"error": "max concurrency"} with
+Retry-After: 1, before anything else runs); a rejection is overload, not a fault, so it never opens
+the route's circuit (``rejections_count_as_errors=False``) and the route goes on serving at its
+capacity. "pricing-service" (10 tickets, 100 ms timeout) rejects
 and, during each outage, trips and short-circuits, answered by its fallback. With
 ``wrk -t2 -c50 -d30s http://127.0.0.1:8000/api/items/7`` the route's own circuit opens in each outage.
 """
@@ -92,7 +94,9 @@ app = FastAPI(title="fasthystrix example")
 app.add_middleware(
     CircuitBreakerMiddleware,
     # Every route's command; configure_command("GET /api/items/{item_id}", ...) would override one.
-    config=fasthystrix.CommandConfig(timeout=500, max_concurrent_requests=20, request_volume_threshold=20),
+    config=fasthystrix.CommandConfig(
+        timeout=500, max_concurrent_requests=40, request_volume_threshold=20, rejections_count_as_errors=False
+    ),
     exclude=("/ops", "/metrics"),  # the stream never ends: keep it out of the commands' timeouts
 )
 stream_handler = fasthystrix.StreamHandler()

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 import fasthystrix
+from conftest import FakeClock
 from fasthystrix import _registry
-from fasthystrix.asgi import CircuitBreakerMiddleware
+from fasthystrix.asgi import UNMATCHED, CircuitBreakerMiddleware
 from slow_clients import SlowReaders, SlowUploads
 from support import WAIT, load_example, wait_until
 
@@ -30,7 +31,7 @@ from starlette.exceptions import HTTPException  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 from starlette.requests import Request  # noqa: E402
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse  # noqa: E402
-from starlette.routing import Mount, Route  # noqa: E402
+from starlette.routing import Host, Mount, Route  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -101,6 +102,36 @@ def test_commands_are_named_after_route_templates_not_urls() -> None:
     assert metrics("GET /items/{item_id}").successes == 2
     unmatched = metrics("GET <unmatched>")
     assert (unmatched.requests, unmatched.failures) == (3, 0)  # one shared circuit; 404s are not failures
+
+
+def test_route_templates_are_remembered_per_path_unless_a_host_route_decides() -> None:
+    async def thing(request: Request) -> Response:
+        return PlainTextResponse("thing")
+
+    app = Starlette(
+        routes=[
+            Host("api.example", app=Starlette(routes=[Route("/x", thing)])),
+            Route("/items/{item_id:int}", item),
+            Route("/x/{rest}", thing),
+        ]
+    )
+    middleware = CircuitBreakerMiddleware(app)
+
+    def scope(path: str, host: bytes = b"example", method: str = "GET") -> dict[str, Any]:
+        return {"type": "http", "method": method, "path": path, "root_path": "", "headers": [(b"host", host)]}
+
+    for _ in range(2):  # the second time from the table
+        assert middleware.route_template(scope("/items/1")) == "/items/{item_id}"
+        assert middleware.route_template(scope("/items/1", method="BREW")) == "/items/{item_id}"
+        assert middleware.route_template(scope("/nope")) == UNMATCHED
+    # A Host route took part: the same path names another route under another host.
+    assert middleware.route_template(scope("/x", host=b"api.example")) == "/x"
+    assert middleware.route_template(scope("/x")) == UNMATCHED
+    assert middleware.route_template(scope("/x", host=b"api.example")) == "/x"
+    # Bounded: a client choosing paths cannot grow the table without end.
+    for i in range(5000):
+        middleware.route_template(scope(f"/items/{i}"))
+    assert len(middleware._templates) <= 4096
 
 
 def test_wrapping_the_app_directly_and_a_plain_asgi_app() -> None:
@@ -288,13 +319,161 @@ def test_max_concurrency_rejects_with_503() -> None:
                 break
         assert [r.status_code for r in rejected] == [503] * 4
         assert all(r.json() == {"error": "max concurrency", "command": "GET /slow"} for r in rejected)
-        assert "retry-after" not in rejected[0].headers
+        assert rejected[0].headers["retry-after"] == "1"  # retry_after_rejected's default
         wait_until(lambda: len(inside) == 2, "the two admitted requests in the handler")
         release.set()
         statuses = sorted(f.result().status_code for f in futures)
     assert statuses == [200, 200, 503, 503, 503, 503]
     snapshot = metrics("GET /slow")
     assert (snapshot.successes, snapshot.rejects) == (2, 4)
+
+
+def test_a_full_route_sheds_at_the_door_without_reading_the_body() -> None:
+    release = threading.Event()
+    calls: list[str] = []
+
+    async def slow(request: Request) -> Response:
+        calls.append(request.method)
+        while not release.is_set():
+            await asyncio.sleep(0.005)
+        return PlainTextResponse("done")
+
+    config = fasthystrix.CommandConfig(max_concurrent_requests=1, timeout=120_000)
+    app = app_with([Route("/slow", slow, methods=["GET", "POST"])], name="slow", config=config, retry_after_rejected=7)
+    with serve(app) as client, ThreadPoolExecutor(1) as pool:
+        held = pool.submit(client.get, "/slow")
+        wait_until(lambda: calls == ["GET"], "the one ticket taken")
+        response = client.get("/slow")
+        assert response.status_code == 503
+        assert response.json() == {"error": "max concurrency", "command": "slow"}
+        assert response.headers["retry-after"] == "7"
+        assert "close" not in response.headers.get("connection", "")  # no body: the connection is kept
+        # A body announced and never sent: answered at once, the body never read (the command's
+        # path would wait for it), and the connection closed.
+        head = b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n"
+        answer = raw_exchange(client.base_url.port or 0, head)
+        assert answer.startswith(b"HTTP/1.1 503 "), answer
+        assert b"retry-after: 7\r\n" in answer.lower()
+        assert b"connection: close\r\n" in answer.lower()
+        assert b'{"error": "max concurrency", "command": "slow"}' in answer
+        release.set()
+        assert held.result().text == "done"
+    assert calls == ["GET"]  # the app never ran for a shed request
+    assert (metrics("slow").successes, metrics("slow").rejects) == (1, 2)
+    # No ticket outlives its request (the autouse fixture checks it too).
+    assert fasthystrix.get_circuit("slow")[0].tickets_in_use == 0
+
+
+def test_a_full_route_with_max_queue_wait_lets_the_request_wait_for_a_ticket() -> None:
+    release = threading.Event()
+    calls: list[str] = []
+
+    async def slow(request: Request) -> Response:
+        calls.append(request.url.path)
+        while not release.is_set():
+            await asyncio.sleep(0.005)
+        return PlainTextResponse("done")
+
+    config = fasthystrix.CommandConfig(max_concurrent_requests=1, timeout=120_000, max_queue_wait=120_000)
+    app = app_with([Route("/slow", slow)], name="slow", config=config)
+    with serve(app) as client, ThreadPoolExecutor(2) as pool:
+        held = pool.submit(client.get, "/slow")
+        wait_until(lambda: len(calls) == 1, "the one ticket taken")
+        waiting = pool.submit(client.get, "/slow")  # not shed at the door: its command queues
+        circuit = fasthystrix.get_circuit("slow")[0]
+        wait_until(lambda: circuit.queue_size == 1, "the second request waiting for the ticket")
+        release.set()
+        assert (held.result().text, waiting.result().text) == ("done", "done")
+    assert len(calls) == 2
+    assert (metrics("slow").successes, metrics("slow").rejects) == (2, 0)
+
+
+def test_the_door_sheds_by_the_current_adaptive_limit() -> None:
+    release = threading.Event()
+    calls: list[str] = []
+
+    async def slow(request: Request) -> Response:
+        calls.append(request.url.path)
+        while not release.is_set():
+            await asyncio.sleep(0.005)
+        return PlainTextResponse("done")
+
+    limit = fasthystrix.AdaptiveLimit(algorithm="aimd", initial=1, min_limit=1, max_limit=5)
+    config = fasthystrix.CommandConfig(max_concurrent_requests=limit, timeout=120_000)
+    app = app_with([Route("/slow", slow)], name="slow", config=config)
+    with serve(app) as client, ThreadPoolExecutor(1) as pool:
+        held = pool.submit(client.get, "/slow")
+        wait_until(lambda: len(calls) == 1, "the one ticket of the adaptive limit taken")
+        assert fasthystrix.get_circuit("slow")[0].concurrency_limit == 1
+        response = client.get("/slow")
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        release.set()
+        assert held.result().text == "done"
+    assert calls == ["/slow"]
+    assert (metrics("slow").successes, metrics("slow").rejects) == (1, 1)
+
+
+def test_an_open_circuit_sheds_at_the_door_with_what_remains_of_the_sleep_window(clock: FakeClock) -> None:
+    state = {"fail": True, "calls": 0}
+
+    async def flaky(request: Request) -> Response:
+        state["calls"] += 1
+        return PlainTextResponse("down" if state["fail"] else "fine", status_code=500 if state["fail"] else 200)
+
+    config = fasthystrix.CommandConfig(request_volume_threshold=2, error_percent_threshold=50, sleep_window=5000)
+    with serve(app_with([Route("/flaky", flaky)], config=config)) as client:
+        assert [client.get("/flaky").status_code for _ in range(2)] == [500, 500]
+        response = client.get("/flaky")  # its command trips the circuit
+        assert (response.status_code, response.headers["retry-after"]) == (503, "5")
+        clock.advance(1.3)
+        response = client.get("/flaky")  # at the door
+        assert response.status_code == 503
+        assert response.json() == {"error": "circuit open", "command": "GET /flaky"}
+        assert response.headers["retry-after"] == "4"  # 3.7 s left, rounded up
+        clock.advance(3.6)
+        assert client.get("/flaky").headers["retry-after"] == "1"  # 0.1 s left: at least 1
+        assert state["calls"] == 2  # the app never ran while open
+        assert metrics("GET /flaky").short_circuits == 3
+        state["fail"] = False
+        clock.advance(0.2)  # the window has passed: the next request is the trial
+        assert client.get("/flaky").text == "fine"
+        circuit, _ = fasthystrix.get_circuit("GET /flaky")
+        wait_until(lambda: circuit.state() == "closed", "the trial closed the circuit")
+        assert client.get("/flaky").text == "fine"
+    assert state["calls"] == 4
+
+
+def test_a_failed_trial_keeps_the_window_it_began(clock: FakeClock) -> None:
+    state = {"calls": 0}
+
+    async def down(request: Request) -> Response:
+        state["calls"] += 1
+        clock.advance(0.5)  # the trial takes half a second of the circuit's time
+        return PlainTextResponse("down", status_code=500)
+
+    config = fasthystrix.CommandConfig(request_volume_threshold=1, error_percent_threshold=50, sleep_window=2000)
+    with serve(app_with([Route("/down", down)], config=config)) as client:
+        assert client.get("/down").status_code == 500
+        assert client.get("/down").headers["retry-after"] == "2"  # tripped
+        clock.advance(2.1)
+        assert client.get("/down").status_code == 500  # the trial, which fails
+        # The window began when the trial did (0.5 s ago), as the circuit counts it: 1.5 s left.
+        assert client.get("/down").headers["retry-after"] == "2"
+        clock.advance(1.4)
+        assert client.get("/down").headers["retry-after"] == "1"
+    assert state["calls"] == 2
+
+
+def test_forced_open_sheds_with_the_sleep_window() -> None:
+    async def ok(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    with serve(app_with([Route("/ok", ok)], config={"sleep_window": 2500})) as client:
+        assert client.get("/ok").text == "ok"
+        fasthystrix.get_circuit("GET /ok")[0].force_open = True
+        response = client.get("/ok")
+        assert (response.status_code, response.headers["retry-after"]) == (503, "3")
+    assert metrics("GET /ok").short_circuits == 1
 
 
 def test_timeout_answers_503_and_really_cancels_the_handler() -> None:
@@ -318,6 +497,56 @@ def test_timeout_answers_503_and_really_cancels_the_handler() -> None:
     assert elapsed >= 0.19
     assert cancelled.is_set()  # at the timeout, not at the end of the handler's sleep
     assert metrics("GET /stuck").timeouts == 1
+
+
+@pytest.mark.parametrize("swallow", [False, True], ids=["reraises", "swallows"])
+def test_a_handler_that_awaits_while_it_unwinds_from_the_timeout(swallow: bool) -> None:
+    cleaned = threading.Event()
+
+    async def stubborn(request: Request) -> Response:
+        try:
+            await asyncio.sleep(2 * WAIT)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.05)  # cleanup that awaits: the command ends once it has
+            await asyncio.sleep(0)
+            cleaned.set()
+            if not swallow:
+                raise
+        return PlainTextResponse("too late")
+
+    config = fasthystrix.CommandConfig(timeout=100)
+    with serve(app_with([Route("/stubborn", stubborn)], config=config)) as client:
+        response = client.get("/stubborn")
+        if swallow:
+            # A complete response, though past its deadline: the client gets it, counted as a timeout.
+            assert (response.status_code, response.text) == (200, "too late")
+        else:
+            assert (response.status_code, response.json()["error"]) == (503, "timeout")
+        assert cleaned.is_set()  # the answer came after the handler had unwound
+        assert fasthystrix.get_circuit("GET /stubborn")[0].tickets_in_use == 0
+    assert metrics("GET /stubborn").timeouts == 1
+
+
+def test_a_nested_commands_timeout_is_its_own_not_the_routes() -> None:
+    async def slow_dependency() -> str:
+        await asyncio.sleep(2 * WAIT)
+        return "fresh"
+
+    async def price(request: Request) -> Response:
+        # The inner deadline cancels the request's task, which runs the app: the inner command
+        # takes its cancellation back and answers with its fallback; the route goes on.
+        value = await fasthystrix.do_async("dependency", slow_dependency, lambda err: "stale")
+        await asyncio.sleep(0)
+        return PlainTextResponse(value)
+
+    fasthystrix.configure_command("dependency", fasthystrix.CommandConfig(timeout=50))
+    with serve(app_with([Route("/price", price)], config={"timeout": 10_000})) as client:
+        for _ in range(2):
+            response = client.get("/price")
+            assert (response.status_code, response.text) == (200, "stale")
+    route = metrics("GET /price")
+    assert (route.successes, route.timeouts, route.failures) == (2, 0, 0)
+    assert metrics("dependency").timeouts == 2
 
 
 def test_timeout_mid_stream_cuts_the_response_short() -> None:
@@ -637,6 +866,10 @@ def test_bad_arguments() -> None:
         CircuitBreakerMiddleware(item, max_body_size="1 MB")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="response_buffer_size must be an int >= 0, not True"):
         CircuitBreakerMiddleware(item, response_buffer_size=True)
+    with pytest.raises(TypeError, match="retry_after_rejected must be an int, not '1'"):
+        CircuitBreakerMiddleware(item, retry_after_rejected="1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="retry_after_rejected must not be negative, got -1"):
+        CircuitBreakerMiddleware(item, retry_after_rejected=-1)
 
 
 # -- the example ----------------------------------------------------------------------------------

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 import fasthystrix
+from conftest import FakeClock
 from fasthystrix import _registry
-from fasthystrix.wsgi import CircuitBreakerMiddleware
+from fasthystrix.wsgi import UNMATCHED, CircuitBreakerMiddleware
 from slow_clients import SlowReaders, SlowUploads
 from support import WAIT, load_example, wait_until
 
@@ -108,6 +109,33 @@ def test_a_plain_wsgi_app_with_and_without_a_url_map() -> None:
         assert client.get("/nope").text == "plain"
     assert sorted(_registry.circuits()) == ["GET /users/<name>", "GET <unmatched>"]
     assert metrics("GET /users/<name>").successes == 2
+
+
+def test_rules_are_remembered_per_method_path_and_host_in_a_bounded_table() -> None:
+    def plain(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        return []
+
+    url_map = Map([Rule("/users/<name>", methods=["GET"]), Rule("/", host="api.example")], host_matching=False)
+    middleware = CircuitBreakerMiddleware(plain, url_map=url_map)
+
+    def environ(path: str, method: str = "GET", host: str = "example") -> dict[str, Any]:
+        return {
+            "REQUEST_METHOD": method,
+            "PATH_INFO": path,
+            "SCRIPT_NAME": "",
+            "HTTP_HOST": host,
+            "SERVER_NAME": host,
+            "SERVER_PORT": "80",
+            "wsgi.url_scheme": "http",
+        }
+
+    for _ in range(2):  # the second time from the table
+        assert middleware.route_template(environ("/users/ann")) == "/users/<name>"
+        assert middleware.route_template(environ("/users/ann", method="POST")) == UNMATCHED  # a 405
+        assert middleware.route_template(environ("/nope")) == UNMATCHED
+    for i in range(5000):
+        middleware.route_template(environ(f"/users/{i}"))
+    assert len(middleware._templates) <= 4096
 
 
 def test_name_callable_string_and_exclude() -> None:
@@ -284,6 +312,80 @@ def test_max_concurrency_rejects_with_503(isolation: str) -> None:
     assert statuses == [200, 200, 503, 503, 503, 503]
     snapshot = metrics("GET /slow")
     assert (snapshot.successes, snapshot.rejects) == (2, 4)
+
+
+@pytest.mark.parametrize("isolation", ["thread", "semaphore"])
+def test_a_full_route_sheds_at_the_door_without_reading_the_body(isolation: str) -> None:
+    release = threading.Event()
+    calls: list[str] = []
+    app = flask.Flask("slow")
+
+    @app.route("/slow", methods=["GET", "POST"])
+    def slow() -> Any:
+        calls.append(flask.request.method)
+        release.wait(2 * WAIT)
+        return "done"
+
+    config = fasthystrix.CommandConfig(max_concurrent_requests=1, timeout=120_000, isolation=isolation)
+    app.wsgi_app = CircuitBreakerMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, name="slow", config=config, retry_after_rejected=7
+    )
+    with serve(app) as client, ThreadPoolExecutor(1) as pool:
+        held = pool.submit(client.get, "/slow")
+        wait_until(lambda: calls == ["GET"], "the one ticket taken")
+        response = client.get("/slow")
+        assert response.status_code == 503
+        assert response.json() == {"error": "max concurrency", "command": "slow"}
+        assert response.headers["retry-after"] == "7"
+        # A body announced and never sent: answered at once, the body never read (the command's
+        # path would answer 400, an incomplete body), and the connection closed.
+        head = b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n"
+        answer = raw_exchange(client.base_url.port or 0, head)
+        assert answer.startswith(b"HTTP/1.1 503 "), answer
+        assert b"retry-after: 7\r\n" in answer.lower()
+        assert b"connection: close\r\n" in answer.lower()
+        release.set()
+        assert held.result().text == "done"
+    assert calls == ["GET"]  # the app never ran for a shed request
+    assert (metrics("slow").successes, metrics("slow").rejects) == (1, 2)
+    assert fasthystrix.get_circuit("slow")[0].tickets_in_use == 0
+
+
+@pytest.mark.parametrize("isolation", ["thread", "semaphore"])
+def test_an_open_circuit_sheds_at_the_door_with_what_remains_of_the_sleep_window(
+    isolation: str, clock: FakeClock
+) -> None:
+    state = {"fail": True, "calls": 0}
+    app = flask.Flask("flaky")
+
+    @app.get("/flaky")
+    def flaky() -> Any:
+        state["calls"] += 1
+        return ("down", 500) if state["fail"] else "fine"
+
+    config = fasthystrix.CommandConfig(
+        request_volume_threshold=2, error_percent_threshold=50, sleep_window=5000, isolation=isolation
+    )
+    app.wsgi_app = CircuitBreakerMiddleware(app.wsgi_app, config=config)  # type: ignore[method-assign]
+    with serve(app) as client:
+        assert [client.get("/flaky").status_code for _ in range(2)] == [500, 500]
+        response = client.get("/flaky")  # its command trips the circuit
+        assert (response.status_code, response.headers["retry-after"]) == (503, "5")
+        clock.advance(1.3)
+        response = client.get("/flaky")  # at the door
+        assert response.status_code == 503
+        assert response.json() == {"error": "circuit open", "command": "GET /flaky"}
+        assert response.headers["retry-after"] == "4"  # 3.7 s left, rounded up
+        clock.advance(3.6)
+        assert client.get("/flaky").headers["retry-after"] == "1"  # 0.1 s left: at least 1
+        assert state["calls"] == 2  # the app never ran while open
+        assert metrics("GET /flaky").short_circuits == 3
+        state["fail"] = False
+        clock.advance(0.2)  # the window has passed: the next request is the trial
+        assert client.get("/flaky").text == "fine"
+        assert fasthystrix.get_circuit("GET /flaky")[0].state() == "closed"
+        assert client.get("/flaky").text == "fine"
+    assert state["calls"] == 4
 
 
 @pytest.mark.parametrize("isolation", ["thread", "semaphore"])
@@ -507,6 +609,10 @@ def test_bad_arguments() -> None:
         CircuitBreakerMiddleware(app, exclude="/ops")
     with pytest.raises(ValueError, match="max_body_size must be an int >= 0 or None, not -1"):
         CircuitBreakerMiddleware(app, max_body_size=-1)
+    with pytest.raises(TypeError, match=r"retry_after_rejected must be an int, not 1\.5"):
+        CircuitBreakerMiddleware(app, retry_after_rejected=1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="retry_after_rejected must not be negative, got -2"):
+        CircuitBreakerMiddleware(app, retry_after_rejected=-2)
     with pytest.raises(TypeError, match="isolation"):
         CircuitBreakerMiddleware(app, config={"isolation": 1})
     # Too large for the compiled circuit: refused here, not at the first request of each route.

@@ -5,6 +5,13 @@ as the command ``"<METHOD> <route template>"`` (``"GET /items/{item_id}"``), nev
 raw URL: a client choosing URLs cannot create circuits without bound. Requests that
 match no route share one command per method (``"GET <unmatched>"``).
 
+**Shedding at the door.** A request the route's circuit would turn away now (it is open
+and no trial is due, or every ticket is taken) is answered at once, before its body is
+read and without a task: a 503 with ``Retry-After`` (what remains of the sleep window,
+rounded up to whole seconds, at least 1; ``retry_after_rejected`` seconds, default 1, for
+want of a ticket), or the ``fallback``'s answer. It is counted as the command would count it
+(``short_circuits`` or ``rejects``).
+
 The app's exceptions, and the statuses ``is_failure`` accepts (a 5xx by default), are
 failures of the command, other answers are successes; either way the client gets the app's
 own response. When the app is not run (the circuit is open, every ticket is taken) or does
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import inspect
 from collections.abc import Awaitable, Callable, Collection, Generator, Iterable, Mapping, MutableMapping
 from typing import Any
@@ -36,23 +44,37 @@ from ._core import _errors
 from ._core._config import CommandConfig
 from ._integrations._middleware import (
     DEFAULT_MAX_BODY_SIZE,
+    DEFAULT_RETRY_AFTER_REJECTED,
     UNMATCHED,
     StatusRule,
     _content_length,
+    _door,
+    _door_error,
     _excluded,
     _method,
     _Names,
     _optional_size,
     _rejection,
     _response_triple,
+    _retry_after,
+    _retry_after_rejected,
     _ServerError,
     _size,
     _status_rule,
     _too_large,
+    _watch_windows,
 )
 from ._isolation._asyncio import do_async
 
-__all__ = ["DEFAULT_MAX_BODY_SIZE", "DEFAULT_RESPONSE_BUFFER_SIZE", "UNMATCHED", "CircuitBreakerMiddleware"]
+__all__ = [
+    "DEFAULT_MAX_BODY_SIZE",
+    "DEFAULT_RESPONSE_BUFFER_SIZE",
+    "DEFAULT_RETRY_AFTER_REJECTED",
+    "UNMATCHED",
+    "CircuitBreakerMiddleware",
+]
+
+_TEMPLATES = 4096  # route templates remembered per middleware, by method and path
 
 #: The default ``response_buffer_size``: body bytes of a response held for a slow client while the
 #: command runs (256 KiB).
@@ -202,7 +224,6 @@ class _Exchange:
     """One request's run of the app: its body to replay, the response status seen so far, whether it is complete."""
 
     __slots__ = (
-        "answered",
         "app",
         "body",
         "buffer_size",
@@ -216,7 +237,7 @@ class _Exchange:
         "scope",
         "started",
         "status",
-        "task",
+        "steps",
         "trailers",
     )
 
@@ -245,8 +266,7 @@ class _Exchange:
         self.disconnected = False
         self.trailers = False
         self.raised: BaseException | None = None
-        self.task: asyncio.Future[None] | None = None
-        self.answered: asyncio.Future[None] | None = None
+        self.steps: _AppSteps | None = None
 
     async def receive(self) -> Message:
         body = self.body
@@ -278,76 +298,147 @@ class _Exchange:
             or kind == "http.response.pathsend"
         ):
             self.complete = True
-            self._wake()
+            if self.steps is not None:
+                self.steps.response_ended()
             return
         if not self.detached:
             if outbox.buffered <= self.buffer_size:
                 return  # the command goes on, the client's pace aside
             self.detached = True
-            self._wake()
+            if self.steps is not None:
+                self.steps.response_ended()
         # Outside the command now: the app goes at the client's pace.
         await outbox.drained()
         if isinstance(outbox.error, OSError):
             self.disconnected = True
             raise outbox.error
 
-    def _wake(self, task: object = None) -> None:
-        answered = self.answered
-        if answered is not None and not answered.done():
-            answered.set_result(None)
-
-    @staticmethod
-    def _observe(task: asyncio.Future[None]) -> None:
-        # The app's error is raised where it matters (run or finish); after a timeout it is
-        # dropped on purpose, so asyncio must not log it as never retrieved.
-        if not task.cancelled():
-            task.exception()
-
     async def run(self) -> None:
-        """The command: the app, in its own task, until its response is complete (or detached).
+        """The command: the app, stepped on the request's own task, until its response is complete
+        (or detached).
 
-        The app runs in a task of its own so the command ends with the response:
-        work the app does after it (Starlette's background tasks, or the rest of a
-        response larger than the buffer) is outside the command's timeout, latency
-        and ticket, and is awaited by :meth:`finish`.
+        The command ends with the response, not with the app: :class:`_AppSteps` drives the
+        app's coroutine, as a task would, and stops driving it at the step that completed
+        the response, leaving it suspended. What the app does after that (Starlette's
+        background tasks, or the rest of a response larger than the buffer) is outside the
+        command's timeout, latency and ticket: :meth:`finish` drives it to its end.
         """
-        loop = asyncio.get_running_loop()
-        self.answered = loop.create_future()
-        task = self.task = asyncio.ensure_future(self.app(self.scope, self.receive, self.send), loop=loop)
-        task.add_done_callback(self._observe)
-        task.add_done_callback(self._wake)
+        steps = self.steps = _AppSteps(self)
         try:
-            await self.answered
+            await steps
         except asyncio.CancelledError:
-            # The timeout (or the server) cancelled the command: stop the app, and give the
-            # ticket back only once it has unwound.
-            task.cancel()
-            await asyncio.wait((task,))
+            # The timeout (or the server) cancelled the command: the app has unwound (the
+            # cancellation went into it), so its ticket can come back.
             raise
-        if not self.complete and not self.detached:
-            # The app returned (or raised) without finishing its response.
-            exc = task.exception()
-            if self.disconnected:
-                # The client left: not the app's failure. Counted as context_canceled, not an error.
-                raise _errors.ContextCanceledError() from exc
-            if exc is not None:
+        except BaseException as exc:
+            if self.complete or self.detached:
+                steps.error = exc  # raised after the response: finish() raises it (the server logs it)
+            else:
                 self.raised = exc
-                raise exc
+                if self.disconnected and isinstance(exc, Exception):
+                    # The client left: not the app's failure. Counted as context_canceled, not an error.
+                    raise _errors.ContextCanceledError() from exc
+                raise
+        if not self.complete and not self.detached:
+            # The app returned without finishing its response.
+            if self.disconnected:
+                raise _errors.ContextCanceledError()
             if not self.started:
                 raise _ServerError(500)  # the server answers 500 to an app that sent nothing
         if self.is_failure(self.status):
             raise _ServerError(self.status)
 
     async def finish(self) -> None:
-        """Wait for what the app does after the command; its errors propagate (the server logs them)."""
-        task = self.task
-        if task is None or task.cancelled():
+        """Drive what the app does after the command; its errors propagate (the server logs them)."""
+        steps = self.steps
+        if steps is None:
             return
-        if task.done():
-            if task.exception() is not self.raised:
-                task.result()
-            return
-        await task
+        if steps.waiting is not _ENDED:
+            await _Resumed(steps.app, steps.waiting)
+        elif steps.error is not None and steps.error is not self.raised:
+            raise steps.error
+
+
+_ENDED = object()
+
+
+class _AppSteps:
+    """The app's coroutine, driven step by step on the awaiting task until the response is
+    complete (or detached), or the app ends.
+
+    Each step is what a task would do: ``send(None)`` into the app's iterator, or ``throw``
+    what the waiting raised (the deadline's cancellation), then yield what the app yielded
+    (a future, or ``None``) to the task, unchanged. When a step completes the response,
+    awaiting this returns with the app suspended on ``waiting`` (``_ENDED`` if it has
+    ended); ``_Resumed(app, waiting)`` goes on from there. Invariant: the app's iterator is
+    driven by one task, this one, at a time (tests/test_asgi_middleware.py,
+    test_a_complete_stream_and_background_work_after_the_response, covers the hand-over).
+    """
+
+    __slots__ = ("app", "error", "exchange", "waiting", "wake")
+
+    def __init__(self, exchange: _Exchange) -> None:
+        self.exchange = exchange
+        self.app: Generator[Any, None, Any] = exchange.app(exchange.scope, exchange.receive, exchange.send).__await__()
+        self.waiting: Any = _ENDED
+        self.error: BaseException | None = None
+        self.wake: asyncio.Future[None] | None = None
+
+    def __await__(self) -> Generator[Any, None, None]:
+        app = self.app
+        exchange = self.exchange
+        # What the task threw in (a cancellation) goes into the app, as a task would: the app's
+        # handling decides. A nested command's deadline cancels this task too, and the app's
+        # do_async takes that cancellation back; the route's own deadline is do_async's to tell.
+        throw: BaseException | None = None
+        while True:
+            try:
+                yielded = app.send(None) if throw is None else app.throw(throw)
+            except StopIteration:
+                self.waiting = _ENDED
+                return
+            except BaseException:
+                self.waiting = _ENDED
+                raise
+            throw = None
+            if exchange.complete or exchange.detached:
+                self.waiting = yielded
+                return
+            add_done_callback = getattr(yielded, "add_done_callback", None)
+            if add_done_callback is None:  # a bare yield: the task steps again at once
+                try:
+                    yield yielded
+                except BaseException as exc:
+                    throw = exc
+                continue
+            # The task waits on a future of ours, done with the app's, or sooner when the app's
+            # response completes in another task (a streaming response's): the command ends then.
+            wake = self.wake = asyncio.get_running_loop().create_future()
+            wake._asyncio_future_blocking = True  # what a future's __await__ sets before yielding itself
+            add_done_callback(functools.partial(_wake_up, wake))
+            try:
+                yield wake
+            except BaseException as exc:  # cancelled: the app's future too, as a task would
+                yielded.cancel()
+                throw = exc
+                continue
+            finally:
+                self.wake = None
+            if not yielded.done():
+                # Woken by the response's end: the app still waits on its future.
+                self.waiting = yielded
+                return
+
+    def response_ended(self) -> None:
+        """The response is complete (or detached): wake the command if it waits on the app."""
+        wake = self.wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+
+def _wake_up(wake: asyncio.Future[None], done: object) -> None:
+    if not wake.done():
+        wake.set_result(None)
 
 
 class CircuitBreakerMiddleware:
@@ -396,6 +487,9 @@ class CircuitBreakerMiddleware:
     ``(status) -> bool`` or a collection of statuses (``{500, 502, 503, 504}``); default
     ``status >= 500``. A predicate that raises makes the request a failure. An app that
     sends nothing is a failure whatever it says (the server answers 500).
+
+    ``retry_after_rejected``: the ``Retry-After`` (whole seconds, default 1) of a 503 for
+    want of a ticket. A short-circuit's is what remains of the sleep window (at least 1).
     """
 
     def __init__(
@@ -409,6 +503,7 @@ class CircuitBreakerMiddleware:
         max_body_size: int | None = DEFAULT_MAX_BODY_SIZE,
         response_buffer_size: int = DEFAULT_RESPONSE_BUFFER_SIZE,
         is_failure: StatusRule | None = None,
+        retry_after_rejected: int = DEFAULT_RETRY_AFTER_REJECTED,
     ) -> None:
         if not callable(app):
             raise TypeError(f"app must be an ASGI app, not {app!r}")
@@ -421,9 +516,12 @@ class CircuitBreakerMiddleware:
         self._fallback = fallback
         self._names = _Names(config)
         self._excluded = _excluded(exclude)
+        self._templates: dict[tuple[str, str, str], str] = {}
         self._max_body_size = _optional_size("max_body_size", max_body_size)
         self._response_buffer_size = _size("response_buffer_size", response_buffer_size)
         self._is_failure = _status_rule(is_failure)
+        self._retry_after_rejected = _retry_after_rejected(retry_after_rejected)
+        _watch_windows()
 
     def command_name(self, scope: Scope) -> str | None:
         """The command an HTTP request runs as, or ``None`` when it passes through."""
@@ -438,10 +536,22 @@ class CircuitBreakerMiddleware:
 
     def route_template(self, scope: Scope) -> str:
         """The template of the route ``scope`` matches (``"/items/{item_id}"``), or ``"<unmatched>"``."""
+        # The router matches each request again: remember the answer per method and path (a
+        # bounded table, emptied when full), unless a Host route took part (it reads headers).
+        key = (scope["method"], scope["path"], scope.get("root_path", ""))
+        template = self._templates.get(key)
+        if template is not None:
+            return template
         for source in (self.app, scope.get("app"), scope.get("router")):
             routes = getattr(source, "routes", None)
             if routes is not None:
-                return _template(routes, scope, "") or UNMATCHED
+                by_host: list[bool] = []
+                template = _template(routes, scope, "", by_host) or UNMATCHED
+                if not by_host:
+                    if len(self._templates) >= _TEMPLATES:
+                        self._templates.clear()
+                    self._templates[key] = template
+                return template
         return UNMATCHED
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -453,6 +563,10 @@ class CircuitBreakerMiddleware:
             await self.app(scope, receive, send)
             return
         self._names.prepare(name)
+        shed = _door(name)
+        if shed is not None:
+            await self._answer(name, _door_error(shed[1]), scope, receive, send, _body_announced(scope))
+            return
         body = await self._read_body(name, scope, receive, send)
         if body is None:
             return  # answered 413, or the client left before sending it all
@@ -518,7 +632,10 @@ class CircuitBreakerMiddleware:
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    async def _answer(self, name: str, err: _errors.CircuitError, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _answer(
+        self, name: str, err: _errors.CircuitError, scope: Scope, receive: Receive, send: Send, close: bool = False
+    ) -> None:
+        """The fallback's answer, or the 503; ``close``: the request's body is left unread."""
         result: Any = None
         if self._fallback is not None:
             result = self._fallback(scope, err)
@@ -527,7 +644,23 @@ class CircuitBreakerMiddleware:
         if result is not None and not isinstance(result, tuple) and callable(result):
             await result(scope, receive, send)
             return
-        await _send_response(send, *(_rejection(name, err) if result is None else _response_triple(result)))
+        if result is None:
+            status, headers, body = _rejection(name, err, _retry_after(name, err, self._retry_after_rejected))
+        else:
+            status, headers, body = _response_triple(result)
+        if close:
+            headers.append(("connection", "close"))
+        await _send_response(send, status, headers, body)
+
+
+def _body_announced(scope: Scope) -> bool:
+    """The request comes with a body (a Content-Length above 0, or chunked)."""
+    for key, value in scope.get("headers", ()):
+        if key == b"content-length":
+            return value.strip() not in (b"0", b"")
+        if key == b"transfer-encoding":
+            return True
+    return False
 
 
 def _replaying(body: bytes, receive: Receive) -> Receive:
@@ -556,7 +689,7 @@ async def _send_response(send: Send, status: int, headers: list[tuple[str, str]]
     await send({"type": "http.response.body", "body": body})
 
 
-def _template(routes: Iterable[Any], scope: Scope, prefix: str) -> str | None:
+def _template(routes: Iterable[Any], scope: Scope, prefix: str, by_host: list[bool]) -> str | None:
     """The template of the route Starlette's router would pick for ``scope``, or ``None``.
 
     As the router does: the first full match wins, else the first partial one (the
@@ -567,18 +700,20 @@ def _template(routes: Iterable[Any], scope: Scope, prefix: str) -> str | None:
         matches = getattr(route, "matches", None)
         if matches is None:
             continue
+        if hasattr(route, "host"):
+            by_host.append(True)  # starlette.routing.Host: the answer depends on the Host header
         match, child = matches(scope)
         kind = getattr(match, "name", "NONE")  # starlette.routing.Match, without importing starlette
         if kind == "FULL":
-            return _route_template(route, {**scope, **child}, prefix)
+            return _route_template(route, {**scope, **child}, prefix, by_host)
         if kind == "PARTIAL" and partial is None:
             partial = (route, child)
     if partial is not None:
-        return _route_template(partial[0], {**scope, **partial[1]}, prefix)
+        return _route_template(partial[0], {**scope, **partial[1]}, prefix, by_host)
     return None
 
 
-def _route_template(route: Any, scope: Scope, prefix: str) -> str | None:
+def _route_template(route: Any, scope: Scope, prefix: str, by_host: list[bool]) -> str | None:
     path_format = getattr(route, "path_format", None)  # convertors stripped: "/items/{item_id}"
     if not hasattr(route, "routes"):
         return prefix + (path_format or "")
@@ -587,4 +722,4 @@ def _route_template(route: Any, scope: Scope, prefix: str) -> str | None:
     inner = route.routes
     if not inner:
         return prefix + (path_format or "/{path}")  # an app of its own: one template for all of it
-    return _template(inner, scope, mount_prefix)
+    return _template(inner, scope, mount_prefix, by_host)

@@ -12,6 +12,13 @@ own response. When the app is not run (the circuit is open, every ticket is take
 not answer in time, the client gets a 503 with a small JSON body naming the reason, or the
 response of ``fallback``.
 
+**Shedding at the door.** A request the route's circuit would turn away now (it is open
+and no trial is due, or every ticket is taken) is answered at once, before its body is
+read and without a worker thread: a 503 with ``Retry-After`` (what remains of the sleep
+window, rounded up to whole seconds, at least 1; ``retry_after_rejected`` seconds, default
+1, for want of a ticket), or the ``fallback``'s answer. It is counted as the command would
+count it (``short_circuits`` or ``rejects``).
+
 **What the command covers: the app, not the client.** The call of the app up to its
 status (``start_response``): with Flask, the view function and its request hooks. Nothing
 reaches the server before the command has ended, so a timed-out request can always be
@@ -51,23 +58,30 @@ from ._core import _errors
 from ._core._config import CommandConfig
 from ._integrations._middleware import (
     DEFAULT_MAX_BODY_SIZE,
+    DEFAULT_RETRY_AFTER_REJECTED,
     UNMATCHED,
     StatusRule,
     _content_length,
+    _door,
+    _door_error,
     _excluded,
     _method,
     _Names,
     _optional_size,
     _rejection,
     _response_triple,
+    _retry_after,
+    _retry_after_rejected,
     _ServerError,
     _status_rule,
     _too_large,
+    _watch_windows,
 )
 
-__all__ = ["DEFAULT_MAX_BODY_SIZE", "UNMATCHED", "CircuitBreakerMiddleware"]
+__all__ = ["DEFAULT_MAX_BODY_SIZE", "DEFAULT_RETRY_AFTER_REJECTED", "UNMATCHED", "CircuitBreakerMiddleware"]
 
 _READ_SIZE = 65536
+_TEMPLATES = 4096  # rules remembered per middleware, by method, path and host
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Callable[[bytes], object]]
@@ -252,6 +266,9 @@ class CircuitBreakerMiddleware:
     able to open the circuit; the client still gets the app's response): a predicate
     ``(status) -> bool`` or a collection of statuses (``{500, 502, 503, 504}``); default
     ``status >= 500``. A predicate that raises makes the request a failure.
+
+    ``retry_after_rejected``: the ``Retry-After`` (whole seconds, default 1) of a 503 for
+    want of a ticket. A short-circuit's is what remains of the sleep window (at least 1).
     """
 
     def __init__(
@@ -265,6 +282,7 @@ class CircuitBreakerMiddleware:
         url_map: Any = None,
         max_body_size: int | None = DEFAULT_MAX_BODY_SIZE,
         is_failure: StatusRule | None = None,
+        retry_after_rejected: int = DEFAULT_RETRY_AFTER_REJECTED,
     ) -> None:
         if not callable(app):
             raise TypeError(f"app must be a WSGI app, not {app!r}")
@@ -278,12 +296,15 @@ class CircuitBreakerMiddleware:
         if url_map is None:
             url_map = getattr(getattr(app, "__self__", None), "url_map", None)  # flask_app.wsgi_app
         self.url_map = url_map
+        self._templates: dict[tuple[str, ...], str] = {}
         self._name = name
         self._fallback = fallback
         self._names = _Names(config)
         self._excluded = _excluded(exclude)
         self._max_body_size = _optional_size("max_body_size", max_body_size)
         self._is_failure = _status_rule(is_failure)
+        self._retry_after_rejected = _retry_after_rejected(retry_after_rejected)
+        _watch_windows()
 
     def command_name(self, environ: Environ) -> str | None:
         """The command a request runs as, or ``None`` when it passes through."""
@@ -300,17 +321,38 @@ class CircuitBreakerMiddleware:
         """The rule the request matches (``"/items/<int:item_id>"``), or ``"<unmatched>"``."""
         if self.url_map is None:
             return UNMATCHED
+        # The app matches each request again: remember the answer per method, path and host (a
+        # bounded table, emptied when full).
+        key = (
+            environ.get("REQUEST_METHOD", ""),
+            environ.get("PATH_INFO", ""),
+            environ.get("SCRIPT_NAME", ""),
+            environ.get("HTTP_HOST", ""),
+            environ.get("wsgi.url_scheme", ""),
+        )
+        template = self._templates.get(key)
+        if template is not None:
+            return template
         try:
             rule, _ = self.url_map.bind_to_environ(environ).match(return_rule=True)
+            template = str(rule.rule)
         except Exception:  # NotFound, MethodNotAllowed, RequestRedirect: all one name
-            return UNMATCHED
-        return str(rule.rule)
+            template = UNMATCHED
+        templates = self._templates
+        if len(templates) >= _TEMPLATES:
+            templates.clear()
+        templates[key] = template
+        return template
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         name = self.command_name(environ)
         if name is None:
             return self.app(environ, start_response)
         self._names.prepare(name)
+        shed = _door(name)
+        if shed is not None:
+            unread = bool(environ.get("HTTP_TRANSFER_ENCODING")) or (environ.get("CONTENT_LENGTH") or "0") != "0"
+            return self._answer(name, _door_error(shed[1]), environ, start_response, unread)
         refused = self._read_body(name, environ)
         if refused is not None:
             status, headers, body = refused
@@ -360,11 +402,17 @@ class CircuitBreakerMiddleware:
         return None
 
     def _answer(
-        self, name: str, err: _errors.CircuitError, environ: Environ, start_response: StartResponse
+        self, name: str, err: _errors.CircuitError, environ: Environ, start_response: StartResponse, close: bool = False
     ) -> Iterable[bytes]:
+        """The fallback's answer, or the 503; ``close``: the request's body is left unread."""
         result: Any = None if self._fallback is None else self._fallback(environ, err)
         if result is not None and not isinstance(result, tuple) and callable(result):
             return result(environ, start_response)  # type: ignore[no-any-return]
-        status, headers, body = _rejection(name, err) if result is None else _response_triple(result)
+        if result is None:
+            status, headers, body = _rejection(name, err, _retry_after(name, err, self._retry_after_rejected))
+        else:
+            status, headers, body = _response_triple(result)
+        if close:
+            headers.append(("connection", "close"))
         start_response(_status_line(status), headers)
         return [body]

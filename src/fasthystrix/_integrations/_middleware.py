@@ -1,5 +1,6 @@
 """What the ASGI and WSGI middlewares share: command naming, exclusions, the request body's bound,
-and the 503 and 413 answers."""
+the door (requests the route's circuit would turn away, answered before anything else), and the
+503 and 413 answers."""
 
 from __future__ import annotations
 
@@ -9,15 +10,20 @@ import threading
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from .._core import _errors
-from .._core._config import CommandConfig
-from .._registry import configure_command, get_circuit_settings, get_settings
+from .._core import _errors, _transitions
+from .._core._config import CommandConfig, _count
+from .._core._events import NO_EVENT, REJECTED, SHORT_CIRCUIT
+from .._core._outcomes import error_for
+from .._registry import _circuits, configure_command, get_circuit_settings
 
 #: The route template of a request that matches no route.
 UNMATCHED = "<unmatched>"
 
 #: The default ``max_body_size``: the largest request body read before the command, in bytes (1 MiB).
 DEFAULT_MAX_BODY_SIZE = 1 << 20
+
+#: The default ``retry_after_rejected``: the ``Retry-After`` of a 503 for want of a ticket, in seconds.
+DEFAULT_RETRY_AFTER_REJECTED = 1
 
 # The methods a command name may carry; any other method string a client invents becomes
 # "OTHER", so methods cannot multiply circuits either.
@@ -142,13 +148,114 @@ def _too_large(name: str, limit: int) -> tuple[int, list[tuple[str, str]], bytes
     )
 
 
-def _rejection(name: str, err: _errors.CircuitError) -> tuple[int, list[tuple[str, str]], bytes]:
+def _retry_after_rejected(value: object) -> int:
+    """The ``retry_after_rejected`` option: whole seconds, an int >= 0 (``TypeError``/``ValueError`` naming it)."""
+    return _count("retry_after_rejected", value)
+
+
+# When the sleep window of each open circuit began, on the circuit's clock, as far as this
+# process saw it (the state listener below): the door sheds a short-circuit only while that
+# window lasts, and a 503's Retry-After is what remains of it. A circuit opened by another
+# process (host-wide circuits) has no entry: its requests take the command's own path.
+_window_starts: dict[str, int] = {}
+
+
+def _window_listener(name: str, old: str, new: str) -> None:
+    circuit = _circuits.get(name)
+    if circuit is None or new == "closed" or old == "forced-open":
+        # Closed, or no longer forced open: when its window began is unknown here (the command decides).
+        _window_starts.pop(name, None)
+        return
+    if new == "half-open":
+        if circuit.settings.probes:
+            _window_starts.pop(name, None)  # several trials may be admitted now: none shed at the door
+        else:
+            _window_starts[name] = circuit._clock()  # hystrix-go's trial restarts the window
+    elif new == "open" and not (old == "half-open" and name in _window_starts and not circuit.settings.probes):
+        # Tripped, or a half-open phase of several trials failed. (A failed single trial keeps
+        # the window its start began, as the circuit does.)
+        _window_starts[name] = circuit._clock()
+
+
+def _watch_windows() -> None:
+    """Make sure the window listener is installed (each middleware calls it when made)."""
+    if _window_listener not in _transitions._listeners:
+        _transitions.on_state_change(_window_listener)
+
+
+def _door(name: str) -> tuple[Any, int] | None:
+    """``(circuit, event)`` when the route's circuit would turn the request away now (the event is
+    counted, as the command would count it), else ``None``: the request goes on to its command.
+
+    Read without taking anything: a request that races another past the door is decided by
+    its command, which answers the same 503 after reading the body. Not shed here: trials
+    (their window has passed), and rejections by a full worker pool (thread isolation).
+    """
+    circuit = _circuits.get(name)
+    if circuit is None:
+        return None  # the first request: its command makes the circuit
+    state = circuit.state()
+    if state == "closed":
+        if circuit.settings.max_queue_wait_ns or circuit.tickets_in_use < circuit.concurrency_limit:
+            return None  # a ticket is free (the current limit, adaptive or not), or the command may wait for one
+        event = REJECTED
+    elif state == "open":
+        start = _window_starts.get(name)
+        if start is None or circuit._clock() - start > _sleep_ns(circuit):
+            return None  # a trial may be due: the command decides
+        event = SHORT_CIRCUIT
+    else:
+        event = SHORT_CIRCUIT  # forced open
+    now = circuit._clock()
+    # As do_async reports a call turned away: never ran, no ticket to give back.
+    circuit._report(event, NO_EVENT, now, -1, -1, 0, False)
+    return circuit, event
+
+
+def _door_error(event: int) -> _errors.CircuitError:
+    """The error a request turned away at the door stands for (what its command would raise)."""
+    return error_for(event)  # type: ignore[return-value]
+
+
+def _sleep_ns(circuit: Any) -> int:
+    wait = circuit.sleep_window_now
+    return (wait.days * 86_400 + wait.seconds) * 1_000_000_000 + wait.microseconds * 1000  # type: ignore[no-any-return]
+
+
+def _retry_after(name: str, err: _errors.CircuitError, rejected: int) -> int | None:
+    """The ``Retry-After`` of a 503, in whole seconds: for a short-circuit what remains of the
+    sleep window, rounded up, at least 1 (the whole window when its start is unknown); for a
+    rejection ``rejected``; none for a timeout."""
+    if isinstance(err, _errors.MaxConcurrencyError):
+        return rejected
+    if not isinstance(err, _errors.CircuitOpenError):
+        return None
+    circuit = _circuits.get(name)
+    if circuit is None:
+        return 1
+    left = _sleep_ns(circuit)
+    start = _window_starts.get(name)
+    if start is not None and circuit.state() == "open":
+        left = max(start + left - circuit._clock(), 0)
+    return max(1, math.ceil(left / 1e9))
+
+
+_bodies: dict[tuple[str, str], bytes] = {}
+
+
+def _rejection(
+    name: str, err: _errors.CircuitError, retry_after: int | None
+) -> tuple[int, list[tuple[str, str]], bytes]:
     """The default answer when the app was not run or did not answer in time."""
-    body = json.dumps({"error": err.message, "command": name}).encode()
+    key = (name, err.message)
+    body = _bodies.get(key)
+    if body is None:
+        if len(_bodies) >= 1024:
+            _bodies.clear()  # names come and go with flush(): keep the cache bounded
+        body = _bodies[key] = json.dumps({"error": err.message, "command": name}).encode()
     headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
-    if isinstance(err, _errors.CircuitOpenError):
-        sleep_window = get_settings(name).sleep_window.total_seconds()
-        headers.append(("retry-after", str(max(1, math.ceil(sleep_window)))))
+    if retry_after is not None:
+        headers.append(("retry-after", str(retry_after)))
     return 503, headers, body
 
 
