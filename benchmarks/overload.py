@@ -71,6 +71,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -199,9 +200,9 @@ def command_config(config: str, capacity: int, queue_wait_ms: float) -> Any:
     else:
         fields["rejections_count_as_errors"] = False
     if config == "queue":
-        fields["max_queue_wait"] = queue_wait_ms
+        fields["max_queue_wait"] = timedelta(milliseconds=queue_wait_ms)
     if config.startswith("adaptive-"):
-        limit = fasthystrix.AdaptiveLimit(algorithm=config.removeprefix("adaptive-"))  # type: ignore[attr-defined]
+        limit = fasthystrix.AdaptiveLimit(algorithm=config.removeprefix("adaptive-"))
         fields["max_concurrent_requests"] = limit
     return fasthystrix.CommandConfig(**fields)
 
