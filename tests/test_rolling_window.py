@@ -99,7 +99,7 @@ def test_bad_values_are_refused_and_change_nothing(config: dict[str, Any], error
     ("window", "buckets"),
     [
         (10, 1),  # the narrowest window: one bucket of 10 ms
-        (1000, MAX_ROLLING_BUCKETS),  # the most buckets, 10 ms each
+        (800, MAX_ROLLING_BUCKETS),  # the most buckets, 10 ms each
         (MAX_ROLLING_WINDOW_MS, MAX_ROLLING_BUCKETS),  # the widest window
         (MAX_ROLLING_WINDOW_MS, 1),
         (timedelta(seconds=2), 4),
@@ -285,7 +285,7 @@ def test_threads_recording_across_bucket_boundaries_lose_nothing(clock: FakeCloc
     _cumulative.acquire()
     try:
         circuit = _configure(
-            name, rolling_window=1000, rolling_buckets=100, max_concurrent_requests=100, request_volume_threshold=10**6
+            name, rolling_window=800, rolling_buckets=80, max_concurrent_requests=100, request_volume_threshold=10**6
         )
         _to_bucket_start(clock, 1000)
         calls = 2000
@@ -305,7 +305,7 @@ def test_threads_recording_across_bucket_boundaries_lose_nothing(clock: FakeCloc
 
         def mover() -> None:
             start.wait()
-            for _ in range(900):  # 900 ms in 1 ms steps: across 90 bucket boundaries
+            for _ in range(700):  # 700 ms in 1 ms steps, within the 800 ms window: across 70 bucket boundaries
                 clock.advance(ms=1)
 
         threads = [threading.Thread(target=caller, args=(k,)) for k in range(8)]
@@ -357,7 +357,7 @@ def _traced_per_circuit(names: list[str]) -> float:
         (None, None, 4096),  # the default window: what every circuit costs today
         (2000, 4, 4096),  # a few buckets: within the 4 KiB of any idle circuit
         (10_000, 10, 4096),  # the default, spelled out
-        (1000, MAX_ROLLING_BUCKETS, 4096 + MAX_ROLLING_BUCKETS * 200),  # only the buckets asked for
+        (800, MAX_ROLLING_BUCKETS, 4096 + MAX_ROLLING_BUCKETS * 200),  # only the buckets asked for
     ],
 )
 def test_an_idle_circuit_costs_its_buckets_only(window: int | None, buckets: int | None, bound: int) -> None:

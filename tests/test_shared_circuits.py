@@ -814,7 +814,7 @@ def test_window_changes_racing_calls_in_other_processes_lose_nothing(
     calls = 3000
     for worker in workers:
         worker.send("race_mixed", ["ok"] * calls)
-    geometries = [(2000, 4), (1000, 100), (10_000, 10), (500, 50)]
+    geometries = [(2000, 4), (800, 80), (10_000, 10), (500, 50)]
     changes = 0
     while sum(_window_events(parent).values()) < 2 * calls and changes < 2000:
         window, buckets = geometries[changes % len(geometries)]

@@ -76,7 +76,7 @@ typedef struct {
     int64_t slow;           /* running total of the window's slow calls (slow_call_duration) */
 } fh_window;
 
-#define FH_MAX_BUCKETS 100  /* _config.MAX_ROLLING_BUCKETS */
+#define FH_MAX_BUCKETS 80  /* _config.MAX_ROLLING_BUCKETS */
 
 /* A rolling window's geometry and its buckets (rows of FH_BUCKET_WIDTH words after the header).
  * A private window other than the default allocates one per geometry configured: never changed

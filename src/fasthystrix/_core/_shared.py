@@ -88,14 +88,15 @@ GEOM_HEADER = 32  # fh_geometry's width_ns, n and two unused words; then the buc
 GEOM_WIDTH = 0  # GEOM words: the bucket width in ns, the bucket count
 GEOM_BUCKETS = 1
 BUCKET_WORDS = 13  # FH_BUCKET_WIDTH: the 9 events, executed, max active, bad requests, slow calls
-GEOM_SIZE = GEOM_HEADER + MAX_ROLLING_BUCKETS * BUCKET_WORDS * 8  # 10432
-HIST = GEOM + GEOM_SIZE  # 13568: the histograms start on a cache line of their own
+# Rounded up to whole cache lines, so that HIST starts on one.
+GEOM_SIZE = (GEOM_HEADER + MAX_ROLLING_BUCKETS * BUCKET_WORDS * 8 + 63) // 64 * 64  # 8384
+HIST = GEOM + GEOM_SIZE  # 11520: the histograms start on a cache line of their own
 LATENCY_BUCKETS = (20 << 6) + 128
 HIST_SIZE = 4 * 2 * LATENCY_BUCKETS * 4  # 45056
 PROCS = HIST + HIST_SIZE  # 58624
 MAX_PROCESSES = 128
 PROC_SIZE = 64
-SIZE = PROCS + MAX_PROCESSES * PROC_SIZE  # 66816
+SIZE = PROCS + MAX_PROCESSES * PROC_SIZE  # 64768
 
 # LIMITS words.
 LIMIT_TIMEOUT_NS = 0
