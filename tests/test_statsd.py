@@ -213,8 +213,9 @@ def test_hystrix_go_names_types_and_values(client: StatsdCollectorClient, daemon
         p + "shortCircuits": 1,
         p + "fallbackSuccesses": 1,
     }
-    # The last command was short-circuited: hystrix-go's circuitOpen gauge says 1.
-    assert gauges == {p + "circuitOpen": "1"}
+    # The last command was short-circuited: hystrix-go's circuitOpen gauge says 1. The
+    # concurrency limit is a gauge of ours.
+    assert gauges == {p + "circuitOpen": "1", p + "maxConcurrentRequests": "4"}
     # Timings for every command, in milliseconds as Go formats them (zero when it did not run).
     assert timings[p + "runDuration"] == ["30", "30", "10", "0"]
     assert timings[p + "totalDuration"] == ["30", "30", "10", "0"]
@@ -236,8 +237,37 @@ def test_fractional_milliseconds_concurrency_and_gauge(
     assert timings[p + "runDuration"] == ["1.5", "1.5"]
     # The inner command reported while the outer one held 1 of 4 tickets: 100 * 1/4.
     assert timings[p + "concurrencyInUse"] == ["25", "0"]
-    assert gauges == {p + "circuitOpen": "0"}
+    assert gauges == {p + "circuitOpen": "0", p + "maxConcurrentRequests": "4"}
     assert counters[p + "successes"] == 2
+
+
+def test_the_concurrency_limit_gauge_is_the_current_limit(
+    client: StatsdCollectorClient, daemon: Daemon, clock: FakeClock
+) -> None:
+    p = "myapp.hystrix.limited."
+    limit = fasthystrix.AdaptiveLimit(algorithm="vegas", initial=5, min_limit=1, max_limit=50)
+    _configure("limited", max_concurrent_requests=limit)
+    fasthystrix.do("limited", lambda: None)
+    client.flush()
+    _, _, gauges = _parse(daemon.receive(_complete("myapp.hystrix.limited", 1)))
+    assert gauges[p + "maxConcurrentRequests"] == str(fasthystrix.get_circuit("limited")[0].concurrency_limit)
+    _configure("limited", max_concurrent_requests=9)  # reconfigured: the next flush says so
+    fasthystrix.do("limited", lambda: None)
+    client.flush()
+    _, _, gauges = _parse(daemon.receive(_complete("myapp.hystrix.limited", 2)))
+    assert gauges[p + "maxConcurrentRequests"] == "9"
+
+
+def test_a_circuit_flushed_before_its_results_are_sent_reports_no_limit(
+    client: StatsdCollectorClient, daemon: Daemon
+) -> None:
+    _configure("gone", max_concurrent_requests=3)
+    fasthystrix.do("gone", lambda: None)
+    fasthystrix.flush()  # the circuit is forgotten; its queued result is still sent
+    client.flush()
+    counters, _, gauges = _parse(daemon.receive(_complete("myapp.hystrix.gone", 1)))
+    assert counters["myapp.hystrix.gone.successes"] == 1
+    assert gauges == {"myapp.hystrix.gone.circuitOpen": "0"}
 
 
 def test_every_event_counter(daemon: Daemon, clock: FakeClock) -> None:
@@ -270,7 +300,8 @@ def test_every_event_counter(daemon: Daemon, clock: FakeClock) -> None:
         "all.rejects": 1,
         "all.contextCanceled": 1,
     }
-    assert gauges == {}  # neither a success nor a short-circuit: hystrix-go sends no circuitOpen
+    # Neither a success nor a short-circuit: hystrix-go sends no circuitOpen. The limit is 0 tickets.
+    assert gauges == {"all.maxConcurrentRequests": "0"}
 
 
 def test_burst_is_batched_into_few_packets(daemon: Daemon) -> None:

@@ -13,7 +13,8 @@ path); the thread formats hystrix-go's lines (``<prefix>.<name>.<metric>``,
 the circuit's name escaped by :func:`sanitize_name`) and sends them in
 packets of at most ``flush_bytes`` every ``flush_interval`` seconds, sooner
 when many are queued. Counters of one flush are summed (``successes:42|c``)
-and a circuit's gauge sent once, with its last value; timings are all sent.
+and a circuit's gauges sent once (``circuitOpen`` with its last value, and
+``maxConcurrentRequests``, the concurrency limit at the flush); timings are all sent.
 A daemon that is down, an address that does not resolve or a full queue
 drops metrics (counted in :attr:`StatsdCollectorClient.dropped_packets` and
 :attr:`~StatsdCollectorClient.dropped_commands`, logged at most once a
@@ -37,6 +38,7 @@ import weakref
 from datetime import timedelta
 from decimal import Decimal
 
+from . import _registry
 from ._core._errors import safe_repr
 from ._core._log import logger
 from .metric_collector import MetricResult, registry
@@ -136,10 +138,12 @@ def _milliseconds(duration: timedelta) -> str:
 class StatsdCollector:
     """One circuit's collector (hystrix-go's ``StatsdCollector``): queues each result for the client."""
 
-    __slots__ = ("_client", "prefix")
+    __slots__ = ("_client", "name", "prefix")
 
     def __init__(self, client: StatsdCollectorClient, name: str) -> None:
         self._client = client
+        #: The circuit's name, as given (its current concurrency limit is read by name at each flush).
+        self.name = name
         #: ``<prefix>.<sanitised name>.``: what every metric name of this circuit starts with.
         self.prefix = f"{client.prefix}.{sanitize_name(name)}." if client.prefix else f"{sanitize_name(name)}."
 
@@ -156,7 +160,7 @@ class StatsdCollector:
         if length >= client.max_queue:
             client._dropped(commands=1)
             return
-        queue.append((self.prefix, result))
+        queue.append((self, result))
         if length == _WAKE_AT:
             client._wake.set()
 
@@ -216,7 +220,7 @@ class StatsdCollectorClient:
         self.max_queue = max_queue
         self._suffix = "" if self.sample_rate >= 1.0 else f"|@{format(Decimal(repr(self.sample_rate)), 'f')}"
         self._random = random.random
-        self._queue: collections.deque[tuple[str, MetricResult]] = collections.deque()
+        self._queue: collections.deque[tuple[StatsdCollector, MetricResult]] = collections.deque()
         self._closed = False
         self._stopping = False
         self._registered = False
@@ -353,11 +357,13 @@ class StatsdCollectorClient:
         # Per circuit prefix: the counts of _COUNTERS, summed over the batch.
         counters: dict[str, list[int]] = {}
         gauges: dict[str, int] = {}
+        names: dict[str, str] = {}  # prefix -> circuit name, for the limit gauge
         timings: list[str] = []
         suffix = self._suffix
         popleft = queue.popleft
         for _ in range(len(queue)):
-            prefix, result = popleft()
+            collector, result = popleft()
+            prefix = collector.prefix
             try:
                 # The timings first: a result that cannot be formatted (a collector fed by hand
                 # with wrong types) is dropped alone, before it touches the batch's counts.
@@ -370,6 +376,7 @@ class StatsdCollectorClient:
                 self._dropped(commands=1, error=exc)
                 continue
             timings += timing
+            names[prefix] = collector.name
             counts = counters.get(prefix)
             if counts is None:
                 counts = counters[prefix] = [0] * len(_COUNTERS)
@@ -396,6 +403,13 @@ class StatsdCollectorClient:
             elif result.fallback_failures:
                 counts[_FALLBACK_FAILURES] += result.fallback_failures
         lines = [f"{prefix}circuitOpen:{value}|g{suffix}" for prefix, value in gauges.items()]
+        # The concurrency limit now (max_concurrent_requests, or an AdaptiveLimit's value), once per
+        # circuit of the batch; a circuit flushed or evicted since has none to report.
+        circuits = _registry._circuits
+        for prefix, name in names.items():
+            circuit = circuits.get(name)
+            if circuit is not None:
+                lines.append(f"{prefix}maxConcurrentRequests:{circuit.concurrency_limit}|g{suffix}")
         for prefix, counts in counters.items():
             lines += [
                 f"{prefix}{metric}:{value}|c{suffix}"
