@@ -187,6 +187,7 @@ SANITIZER_TESTS = [
     "test_public_extras.py",
     "test_queue_wait.py",
     "test_rolling.py",
+    "test_rolling_window.py",
     "test_shared_fork.py",
     "test_shared_layout.py",
     "test_smoke.py",
@@ -202,6 +203,7 @@ SANITIZER_SHARED_TESTS = [
     "test_stress.py",
     "test_crash_safety.py",
     "test_rolling.py",
+    "test_rolling_window.py",
     "test_half_open.py",
     "test_queue_wait.py",
 ]

@@ -227,6 +227,11 @@ class Ops:
     def settings(self) -> Any:
         return self.circuit.settings
 
+    def window(self) -> tuple[int, int]:
+        """``(bucket_ns, buckets)``: the geometry this process's window counts with."""
+        geometry: tuple[int, int] = self.circuit._default._rolling.window()
+        return geometry
+
     def configure(self, config: dict[str, Any]) -> Any:
         return fasthystrix.configure_command(self.name, config)
 

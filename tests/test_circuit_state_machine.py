@@ -60,7 +60,7 @@ class BadArgument(ValueError):
 
 
 # (rolling_window, rolling_buckets): mostly the default; host-wide circuits keep only the default.
-WINDOWS = [(10_000, 10)] if SHARED_TESTS else [(10_000, 10), (10_000, 10), (2000, 4), (1000, 1), (3000, 100), (500, 50)]
+WINDOWS = [(10_000, 10)] if SHARED_TESTS else [(10_000, 10), (10_000, 10), (2000, 4), (1000, 1), (2400, 80), (500, 50)]
 
 
 def _is_failed_value(result: object) -> bool:

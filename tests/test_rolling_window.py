@@ -2,7 +2,8 @@
 ``metrics.rollingStats.timeInMilliseconds`` and ``numBuckets``): validation and bounds, events
 leaving the window bucket by bucket, the breaker deciding on the configured window, reconfiguring,
 the stream's fields, a thread stress test, the memory of idle circuits, and host-wide circuits
-(which keep the default window), on a fake clock, in both implementations."""
+(whose window is their file's: tests/test_shared_circuits.py has the tests across processes), on a
+fake clock, in both implementations."""
 
 from __future__ import annotations
 
@@ -18,16 +19,12 @@ import pytest
 import fasthystrix
 from conftest import IMPLEMENTATION, SHARED_TESTS
 from fasthystrix import CommandConfig, _impl
+from fasthystrix._core import _shared
 from fasthystrix._core._config import MAX_ROLLING_BUCKETS, MAX_ROLLING_WINDOW_MS
 from fasthystrix._core._events import COUNTED_EVENT_NAMES
-from fasthystrix._core._rolling_py import SHARED_WINDOW_ERROR
 from fasthystrix._observability import _cumulative
 from fasthystrix._observability._stream_messages import messages, render
 from support import FakeClock, sharing
-
-# Host-wide circuits keep the default window (test_host_wide_circuits_refuse_another_window), so the
-# tests that configure another one run on private circuits only.
-private_only = pytest.mark.skipif(SHARED_TESTS, reason="host-wide circuits keep the default rolling window")
 
 
 def _configure(name: str, **extra: Any) -> Any:
@@ -86,25 +83,23 @@ def _to_bucket_start(clock: FakeClock, bucket_ms: int) -> None:
     ],
 )
 def test_bad_values_are_refused_and_change_nothing(config: dict[str, Any], error: type[Exception], match: str) -> None:
-    # (Host-wide circuits keep the default window: there, the settings before are the default ones.)
-    window = {} if SHARED_TESTS else {"rolling_window": 2000, "rolling_buckets": 4}
-    before = fasthystrix.configure_command("window-bad", {"request_volume_threshold": 7, **window})
+    before = fasthystrix.configure_command(
+        "window-bad", {"request_volume_threshold": 7, "rolling_window": 2000, "rolling_buckets": 4}
+    )
     with pytest.raises(error, match=match):
         fasthystrix.configure_command("window-bad", config)
     with pytest.raises(error, match=match):
         fasthystrix.configure({"window-ok": {}, "window-bad": config})
     assert fasthystrix.get_circuit_settings()["window-bad"] is before
     assert "window-ok" not in fasthystrix.get_circuit_settings()
-    expected = (timedelta(seconds=10), 10) if SHARED_TESTS else (timedelta(seconds=2), 4)
-    assert (before.rolling_window, before.rolling_buckets) == expected
+    assert (before.rolling_window, before.rolling_buckets) == (timedelta(seconds=2), 4)
 
 
-@private_only
 @pytest.mark.parametrize(
     ("window", "buckets"),
     [
         (10, 1),  # the narrowest window: one bucket of 10 ms
-        (1000, MAX_ROLLING_BUCKETS),  # the most buckets, 10 ms each
+        (800, MAX_ROLLING_BUCKETS),  # the most buckets, 10 ms each
         (MAX_ROLLING_WINDOW_MS, MAX_ROLLING_BUCKETS),  # the widest window
         (MAX_ROLLING_WINDOW_MS, 1),
         (timedelta(seconds=2), 4),
@@ -125,7 +120,6 @@ def test_the_default_is_hystrix_s_10_buckets_of_one_second() -> None:
     assert circuit._default._rolling.window() == (1_000_000_000, 10)
 
 
-@private_only
 def test_set_defaults_gives_new_commands_the_window() -> None:
     fasthystrix.set_defaults(CommandConfig(rolling_window=3000, rolling_buckets=6))
     circuit = fasthystrix.get_circuit("window-from-defaults")[0]
@@ -136,7 +130,6 @@ def test_set_defaults_gives_new_commands_the_window() -> None:
 # -- the window's behaviour -----------------------------------------------------------------
 
 
-@private_only
 @pytest.mark.parametrize("offset_ms", [0, 400])
 def test_an_event_leaves_with_its_bucket(clock: FakeClock, offset_ms: int) -> None:
     # 2 s in 4 buckets of 500 ms: an event at t leaves when its bucket does, at the start of the
@@ -154,7 +147,6 @@ def test_an_event_leaves_with_its_bucket(clock: FakeClock, offset_ms: int) -> No
     assert (snapshot.requests, snapshot.failures, snapshot.fallback_successes) == (0, 0, 0)
 
 
-@private_only
 def test_events_expire_bucket_by_bucket(clock: FakeClock) -> None:
     circuit = _configure("window-steps", rolling_window=400, rolling_buckets=4, request_volume_threshold=100)
     _to_bucket_start(clock, 100)
@@ -168,7 +160,6 @@ def test_events_expire_bucket_by_bucket(clock: FakeClock) -> None:
     assert seen == [3, 2, 1, 0, 0]
 
 
-@private_only
 def test_the_breaker_decides_on_the_configured_window(clock: FakeClock) -> None:
     name = "window-breaker"
     circuit = _configure(name, rolling_window=2000, rolling_buckets=4)
@@ -186,7 +177,6 @@ def test_the_breaker_decides_on_the_configured_window(clock: FakeClock) -> None:
     assert isinstance(fasthystrix.do(name, lambda: "ok", lambda err: err), fasthystrix.CircuitOpenError)
 
 
-@private_only
 def test_one_bucket_windows_empty_at_once(clock: FakeClock) -> None:
     name = "window-one-bucket"
     circuit = _configure(name, rolling_window=1000, rolling_buckets=1, request_volume_threshold=100)
@@ -198,7 +188,6 @@ def test_one_bucket_windows_empty_at_once(clock: FakeClock) -> None:
     assert circuit.metrics().successes == 0
 
 
-@private_only
 def test_reconfiguring_the_window_resets_its_counts_and_nothing_else(clock: FakeClock) -> None:
     name = "window-reconfigure"
     _cumulative.acquire()
@@ -261,7 +250,6 @@ def test_bad_geometries_are_refused_by_the_window() -> None:
 # -- reporting ------------------------------------------------------------------------------
 
 
-@private_only
 def test_the_stream_reports_the_configured_window(clock: FakeClock) -> None:
     name = "window-stream"
     circuit = _configure(name, rolling_window=2000, rolling_buckets=4, request_volume_threshold=100)
@@ -289,7 +277,6 @@ def test_the_stream_reports_the_default_window() -> None:
 # -- threads --------------------------------------------------------------------------------
 
 
-@private_only
 def test_threads_recording_across_bucket_boundaries_lose_nothing(clock: FakeClock) -> None:
     # 8 threads call while a 9th moves the fake clock through the 10 ms buckets of a 1 s window:
     # every call is counted in the window (the clock moves less than the window), in one bucket
@@ -298,7 +285,7 @@ def test_threads_recording_across_bucket_boundaries_lose_nothing(clock: FakeCloc
     _cumulative.acquire()
     try:
         circuit = _configure(
-            name, rolling_window=1000, rolling_buckets=100, max_concurrent_requests=100, request_volume_threshold=10**6
+            name, rolling_window=800, rolling_buckets=80, max_concurrent_requests=100, request_volume_threshold=10**6
         )
         _to_bucket_start(clock, 1000)
         calls = 2000
@@ -318,7 +305,7 @@ def test_threads_recording_across_bucket_boundaries_lose_nothing(clock: FakeCloc
 
         def mover() -> None:
             start.wait()
-            for _ in range(900):  # 900 ms in 1 ms steps: across 90 bucket boundaries
+            for _ in range(700):  # 700 ms in 1 ms steps, within the 800 ms window: across 70 bucket boundaries
                 clock.advance(ms=1)
 
         threads = [threading.Thread(target=caller, args=(k,)) for k in range(8)]
@@ -361,14 +348,16 @@ def _traced_per_circuit(names: list[str]) -> float:
     return used / len(names)
 
 
-@private_only
+# What a private circuit's window costs (a host-wide circuit's buckets are in its file, whose
+# mapping and process slot cost Python objects of their own, whatever the window).
+@pytest.mark.skipif(SHARED_TESTS, reason="measures private circuits: a host-wide window lives in its file")
 @pytest.mark.parametrize(
     ("window", "buckets", "bound"),
     [
         (None, None, 4096),  # the default window: what every circuit costs today
         (2000, 4, 4096),  # a few buckets: within the 4 KiB of any idle circuit
         (10_000, 10, 4096),  # the default, spelled out
-        (1000, MAX_ROLLING_BUCKETS, 4096 + MAX_ROLLING_BUCKETS * 200),  # only the buckets asked for
+        (800, MAX_ROLLING_BUCKETS, 4096 + MAX_ROLLING_BUCKETS * 200),  # only the buckets asked for
     ],
 )
 def test_an_idle_circuit_costs_its_buckets_only(window: int | None, buckets: int | None, bound: int) -> None:
@@ -384,38 +373,68 @@ def test_an_idle_circuit_costs_its_buckets_only(window: int | None, buckets: int
 # -- host-wide circuits ---------------------------------------------------------------------
 
 
-def test_host_wide_circuits_refuse_another_window(tmp_path: Path) -> None:
+def _file_geometry(circuit: Any) -> tuple[int, int]:
+    """The geometry in a host-wide circuit's file (the GEOM words every process counts with)."""
+    words = memoryview(circuit._shared.map).cast("q")
+    try:
+        return words[_shared.GEOM // 8 + _shared.GEOM_WIDTH], words[_shared.GEOM // 8 + _shared.GEOM_BUCKETS]
+    finally:
+        words.release()
+
+
+def test_host_wide_circuits_take_another_window(tmp_path: Path, clock: FakeClock) -> None:
+    name = "window-host"
     with sharing(tmp_path / "circuits"):
-        before = fasthystrix.configure_command("window-host", {"request_volume_threshold": 7})
-        with pytest.raises(ValueError, match="host-wide circuits") as info:
-            fasthystrix.configure_command("window-host", {"rolling_window": 2000, "rolling_buckets": 4})
-        assert str(info.value) == SHARED_WINDOW_ERROR
-        with pytest.raises(ValueError, match="host-wide circuits"):
-            fasthystrix.configure({"window-host": {"rolling_buckets": 5}})
-        assert fasthystrix.get_circuit_settings()["window-host"] == before
-        # The default window, spelled out, is fine.
-        settings = fasthystrix.configure_command("window-host", {"rolling_window": 10_000, "rolling_buckets": 10})
-        assert settings.default_window
-        circuit = fasthystrix.get_circuit("window-host")[0]
-        assert circuit._default._rolling.window() == (1_000_000_000, 10)
-        # A circuit object handed other settings directly refuses them too, unchanged.
-        with pytest.raises(ValueError, match="host-wide circuits"):
-            circuit._settings = fasthystrix.Settings.from_config(
-                CommandConfig(rolling_window=2000, rolling_buckets=4), fasthystrix.get_defaults()
-            )
-        assert circuit.settings.default_window
+        circuit = _configure(name, request_volume_threshold=100)
+        assert _file_geometry(circuit) == (1_000_000_000, 10)
+        for _ in range(3):
+            fasthystrix.do(name, lambda: "ok")
+        settings = fasthystrix.configure_command(
+            name,
+            {"isolation": "semaphore", "request_volume_threshold": 100, "rolling_window": 2000, "rolling_buckets": 4},
+        )
+        assert (settings.rolling_window, settings.rolling_buckets) == (timedelta(seconds=2), 4)
+        assert fasthystrix.get_circuit_settings()[name] == settings
+        assert circuit._default._rolling.window() == _file_geometry(circuit) == (500_000_000, 4)
+        assert circuit.metrics().successes == 0  # another window: emptied
+        _to_bucket_start(clock, 500)
+        fasthystrix.do(name, lambda: "ok")
+        clock.advance(ms=1999)
+        assert circuit.metrics().successes == 1
+        clock.advance(ms=1)
+        assert circuit.metrics().successes == 0
+        # Every call is in the window or the retired totals.
+        events = dict(zip(COUNTED_EVENT_NAMES, _cumulative_events(circuit), strict=True))
+        assert events["success"] == 4
+        # A bad window changes nothing, in the file either.
+        with pytest.raises(ValueError, match="rolling_buckets"):
+            fasthystrix.configure_command(name, {"rolling_buckets": 7})
+        assert _file_geometry(circuit) == (500_000_000, 4)
 
 
-@private_only  # it configures before sharing
-def test_a_window_set_before_sharing_is_refused_when_the_circuit_is_created(tmp_path: Path) -> None:
+def _cumulative_events(circuit: Any) -> tuple[int, ...]:
+    host = getattr(circuit, "_host", None)  # the pure twin's window is read under the host lock
+    if host is None:
+        return tuple(circuit._default._rolling.cumulative()[0])
+    with host.lock:
+        return tuple(circuit._default._rolling.cumulative()[0])
+
+
+def test_a_window_set_before_sharing_is_the_file_s(tmp_path: Path) -> None:
+    before = _shared.shared_dir()
     fasthystrix.flush()
-    configured = fasthystrix.configure_command("window-early", {"rolling_window": 2000, "rolling_buckets": 4})
-    fasthystrix.set_defaults(CommandConfig(rolling_window=3000, rolling_buckets=6))
-    with sharing(tmp_path / "circuits"):
-        for name in ("window-early", "window-by-default"):
-            with pytest.raises(ValueError, match="host-wide circuits"):
-                fasthystrix.get_circuit(name)
-            assert name not in fasthystrix._registry.circuits()
+    _shared._unshare()
+    try:
+        fasthystrix.configure_command("window-early", {"rolling_window": 2000, "rolling_buckets": 4})
+        fasthystrix.set_defaults(CommandConfig(rolling_window=3000, rolling_buckets=6))
+        with sharing(tmp_path / "circuits"):
+            early = fasthystrix.get_circuit("window-early")[0]
+            by_default = fasthystrix.get_circuit("window-by-default")[0]
+            assert _file_geometry(early) == early._default._rolling.window() == (500_000_000, 4)
+            assert _file_geometry(by_default) == by_default._default._rolling.window() == (500_000_000, 6)
+            assert by_default.settings.rolling_window == timedelta(seconds=3)
+    finally:
         fasthystrix.set_defaults()
-        assert fasthystrix.get_circuit("window-later")[0].settings.default_window
-    assert fasthystrix.get_circuit_settings()["window-early"] is configured
+        if before is not None:
+            fasthystrix.flush()
+            fasthystrix.share_circuits(before)

@@ -734,3 +734,94 @@ def test_a_corrupt_circuit_body_never_crashes_the_process(tmp_path: Path, seed: 
     )
     assert done.returncode == 0, done.stderr[-4000:]
     assert done.stdout.startswith(f"{IMPLEMENTATION} survived"), done.stdout
+
+
+# -- the rolling window, host-wide ----------------------------------------------------------------
+
+
+def _window_events(circuit: Any) -> dict[str, int]:
+    """The window's cumulative event counts (window plus retired totals), host-wide."""
+    from fasthystrix._core._events import COUNTED_EVENT_NAMES
+
+    host = getattr(circuit, "_host", None)  # the pure twin's window is read under the host lock
+    if host is None:
+        events = circuit._default._rolling.cumulative()[0]
+    else:
+        with host.lock:
+            events = circuit._default._rolling.cumulative()[0]
+    return dict(zip(COUNTED_EVENT_NAMES, events, strict=True))
+
+
+def test_a_configured_window_is_every_process_s_and_expires_bucket_by_bucket(
+    start_workers: StartWorkers, host_clock: Any
+) -> None:
+    name = "window-host-wide"
+    configure(name, rolling_window=2000, rolling_buckets=4, request_volume_threshold=1_000_000)
+    parent = open_circuit(name)
+    [worker] = start_workers(1, name)  # it adopts the file's settings, the window with them
+    assert worker.call("window") == parent._default._rolling.window() == (500_000_000, 4)
+    assert worker.call("settings").rolling_window.total_seconds() == 2
+    start = host_clock.value  # START_NS: a bucket's start
+    assert start % 500_000_000 == 0
+    assert worker.call("calls", ["ok", "ok", "ok"]) == ["ran"] * 3
+    host_clock.value = start + 500_000_000
+    assert do(name, "ok") == "ran"
+    host_clock.value = start + 2_000_000_000 - 1
+    assert parent.metrics().successes == worker.call("metrics").successes == 4
+    host_clock.value = start + 2_000_000_000  # the worker's bucket leaves, in both processes
+    assert worker.call("metrics").successes == parent.metrics().successes == 1
+    host_clock.value = start + 2_500_000_000
+    assert parent.metrics().successes == worker.call("metrics").successes == 0
+    assert _window_events(parent)["success"] == 4
+
+
+def test_a_window_reconfigured_in_one_process_is_seen_by_the_others(
+    start_workers: StartWorkers, host_clock: Any
+) -> None:
+    name = "window-reconfigured"
+    config = {"isolation": "semaphore", "request_volume_threshold": 1_000_000}
+    configure(name, **config)
+    parent = open_circuit(name)
+    first, second = start_workers(2, name)
+    assert first.call("calls", ["ok"] * 5) == ["ran"] * 5
+    do(name, "fail")
+    assert parent.metrics().requests == 6
+    # Another window in the second worker: emptied once, for everyone; every process counts with it.
+    second.call("configure", {**config, "rolling_window": 3000, "rolling_buckets": 6})
+    assert parent.metrics().requests == first.call("metrics").requests == 0
+    assert parent._default._rolling.window() == first.call("window") == (500_000_000, 6)
+    assert parent.settings.rolling_buckets == first.call("settings").rolling_buckets == 6
+    assert first.call("calls", ["ok", "ok"]) == ["ran"] * 2
+    do(name, "ok")
+    assert parent.metrics().successes == second.call("metrics").successes == 3
+    # The same window again, from another process: nothing changes.
+    first.call("configure", {**config, "rolling_window": 3000, "rolling_buckets": 6})
+    assert parent.metrics().successes == 3
+    events = _window_events(parent)
+    assert (events["success"], events["failure"]) == (8, 1)
+
+
+def test_window_changes_racing_calls_in_other_processes_lose_nothing(
+    start_workers: StartWorkers, host_clock: Any
+) -> None:
+    # Two workers call as fast as they can while this process changes the window again and again
+    # (and moves the clock): every call is in the window or the retired totals, host-wide.
+    name = "window-race"
+    config = {"isolation": "semaphore", "request_volume_threshold": 1_000_000, "max_concurrent_requests": 100}
+    configure(name, **config)
+    parent = open_circuit(name)
+    workers = start_workers(2, name, barrier=SPAWN.Barrier(2))
+    calls = 3000
+    for worker in workers:
+        worker.send("race_mixed", ["ok"] * calls)
+    geometries = [(2000, 4), (800, 80), (10_000, 10), (500, 50)]
+    changes = 0
+    while sum(_window_events(parent).values()) < 2 * calls and changes < 2000:
+        window, buckets = geometries[changes % len(geometries)]
+        fasthystrix.configure_command(name, {**config, "rolling_window": window, "rolling_buckets": buckets})
+        host_clock.value += 7_000_000
+        changes += 1
+    for worker in workers:
+        assert worker.reply() == ["ran"] * calls
+    events = _window_events(parent)
+    assert events["success"] == sum(events.values()) == 2 * calls

@@ -11,14 +11,59 @@ import pytest
 
 from fasthystrix import _impl
 from fasthystrix._core import _shared
+from fasthystrix._core._config import MAX_ROLLING_BUCKETS
 
 
 def test_regions_are_cache_line_aligned_and_fit_64_kib() -> None:
-    for offset in (_shared.LIMITS, _shared.STATE, _shared.TICKETS, _shared.WINDOW, _shared.HIST, _shared.PROCS):
+    regions = (
+        _shared.LIMITS,
+        _shared.STATE,
+        _shared.TICKETS,
+        _shared.WINDOW,
+        _shared.GEOM,
+        _shared.HIST,
+        _shared.PROCS,
+    )
+    for offset in regions:
         assert offset % 64 == 0, offset
-    assert _shared.SIZE <= 64 * 1024  # the bound: at most 64 KiB of shared state per circuit
-    assert _shared.WINDOW_SIZE <= _shared.HIST - _shared.WINDOW < _shared.WINDOW_SIZE + 64
+    # The sharing issue's bound, at most 64 KiB of shared state per circuit, the largest rolling
+    # window included (80 buckets of 13 words: 8 320 bytes).
+    assert _shared.SIZE <= 64 * 1024
+    assert _shared.WINDOW_SIZE <= _shared.GEOM - _shared.WINDOW < _shared.WINDOW_SIZE + 64
+    # Room for the most buckets, rounded up to whole cache lines.
+    rows = _shared.GEOM_HEADER + MAX_ROLLING_BUCKETS * _shared.BUCKET_WORDS * 8
+    assert rows <= _shared.GEOM_SIZE < rows + 64
+    assert _shared.HIST - _shared.GEOM == _shared.GEOM_SIZE
     assert _shared.PROCS - _shared.HIST == _shared.HIST_SIZE
+    assert _shared.LIMIT_LAST < _shared.LIMIT_WORDS
+
+
+def test_a_new_file_has_the_window_of_its_settings(tmp_path: Path) -> None:
+    from fasthystrix._core._config import CommandConfig, Settings, get_defaults
+
+    for config, geometry in [
+        (CommandConfig(), (1_000_000_000, 10)),
+        (CommandConfig(rolling_window=2000, rolling_buckets=4), (500_000_000, 4)),
+        (CommandConfig(rolling_window=800, rolling_buckets=MAX_ROLLING_BUCKETS), (10_000_000, MAX_ROLLING_BUCKETS)),
+    ]:
+        settings = Settings.from_config(config, get_defaults())
+        name = f"geometry-{geometry}"
+        shared = _shared.SharedCircuitFile(name, _impl.current().name, settings, tmp_path)
+        assert struct.unpack_from("<qq", shared.map, _shared.GEOM) == geometry
+        words = struct.unpack_from("<qq", shared.map, _shared.LIMITS + 8 * _shared.LIMIT_WINDOW_BUCKET_NS)
+        assert words == geometry
+        read = _shared.settings_from_words(struct.unpack_from("<32q", shared.map, _shared.LIMITS))
+        assert (read.rolling_window, read.rolling_buckets) == (settings.rolling_window, settings.rolling_buckets)
+
+
+def test_a_file_with_a_corrupt_window_is_refused(tmp_path: Path) -> None:
+    from fasthystrix._core._config import CommandConfig, Settings, get_defaults
+
+    settings = Settings.from_config(CommandConfig(), get_defaults())
+    first = _shared.SharedCircuitFile("corrupt-window", _impl.current().name, settings, tmp_path)
+    struct.pack_into("<q", first.map, _shared.GEOM + 8 * _shared.GEOM_BUCKETS, MAX_ROLLING_BUCKETS + 1)
+    with pytest.raises(_shared.SharedStateError, match=f"corrupt rolling window: {MAX_ROLLING_BUCKETS + 1} buckets"):
+        _shared.SharedCircuitFile("corrupt-window", _impl.current().name, settings, tmp_path)
 
 
 @pytest.mark.skipif(_impl.COMPILED is None, reason="the compiled core is not built")
@@ -49,6 +94,11 @@ def test_compiled_structs_match_the_file_layout() -> None:
     assert layout["window.stamp"] == 8 * (130 + 4 + 24)
     assert layout["window.retired"] == layout["window.stamp"] + 8 * 4
     assert layout["window.rejections"] == layout["window.retired"] + 8 * 16
+    assert layout["limits.window_bucket_ns"] == 8 * _shared.LIMIT_WINDOW_BUCKET_NS
+    assert layout["limits.window_buckets"] == 8 * _shared.LIMIT_WINDOW_BUCKETS
+    assert layout["geometry"] == _shared.GEOM_HEADER
+    assert layout["geometry.n"] == 8 * _shared.GEOM_BUCKETS
+    assert layout["geometry.buckets"] == _shared.GEOM_HEADER
     assert layout["proc"] == _shared.PROC_SIZE
     assert layout["proc.tickets"] == 8 * _shared.PROC_TICKETS
 
@@ -72,6 +122,7 @@ def test_a_file_from_an_earlier_boot_keeps_only_its_name_and_settings(tmp_path: 
     assert words[_shared.TICKETS // 8] == 0
     assert words[(_shared.PROCS + 64) // 8] in (0, os.getpid())
     assert words[_shared.LIMITS // 8 + _shared.LIMIT_MAX_CONCURRENT] == 3  # the settings stay
+    assert words[_shared.GEOM // 8 : _shared.GEOM // 8 + 2].tolist() == [1_000_000_000, 10]  # their window
     words.release()
     assert _shared.read_name(again.path) == "boot"
 

@@ -13,7 +13,6 @@ from ._core import _clock, _config, _shared, _transitions
 from ._core._config import CommandConfig, Settings, get_defaults
 from ._core._events import CONTEXT_DEADLINE_EXCEEDED
 from ._core._log import logger
-from ._core._rolling_py import SHARED_WINDOW_ERROR
 from ._isolation import _command
 from ._isolation._command import run_threaded
 from ._isolation._workers import timer, workers
@@ -90,7 +89,6 @@ def configure_command(name: str, config: CommandConfig | Mapping[str, Any]) -> S
     """
     _check_name(name)
     settings = Settings.from_config(CommandConfig.from_mapping(config), get_defaults())
-    _check_shareable(settings)
     with _lock:
         _settings[name] = _shared.intern(settings)
         _configured.add(name)
@@ -102,12 +100,6 @@ def configure_command(name: str, config: CommandConfig | Mapping[str, Any]) -> S
     return settings
 
 
-def _check_shareable(settings: Settings) -> None:
-    # The shared file's layout has the default window only (see SHARED_WINDOW_ERROR).
-    if _shared.shared_dir() is not None and not settings.default_window:
-        raise ValueError(SHARED_WINDOW_ERROR)
-
-
 def configure(mapping: Mapping[str, CommandConfig | Mapping[str, Any]]) -> dict[str, Settings]:
     """Configure several commands at once; all entries are validated before any is applied."""
     if not isinstance(mapping, Mapping):
@@ -117,7 +109,6 @@ def configure(mapping: Mapping[str, CommandConfig | Mapping[str, Any]]) -> dict[
         _check_name(name)
         try:
             resolved[name] = Settings.from_config(CommandConfig.from_mapping(config), get_defaults())
-            _check_shareable(resolved[name])
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"command {name!r}: {exc}") from None
     with _lock:
@@ -297,7 +288,6 @@ def _file(name: str) -> _shared.SharedCircuitFile:
     shared = _files.get(name)
     if shared is None or shared.path.parent != _shared.shared_dir():
         settings = _local_settings(name)
-        _check_shareable(settings)  # e.g. configured before share_circuits(), or set_defaults()
         shared = _files[name] = _shared.SharedCircuitFile(name, _impl.current().name, settings)
     return shared
 

@@ -39,7 +39,7 @@ from fasthystrix._core._atomic cimport (
     fh_store_relaxed,
     fh_store_release,
 )
-from fasthystrix._core._layout cimport fh_limits, fh_proc, fh_state, fh_tickets, fh_window
+from fasthystrix._core._layout cimport fh_geometry, fh_limits, fh_proc, fh_state, fh_tickets, fh_window
 from fasthystrix._core._pool cimport TicketPool
 from fasthystrix._core._rolling cimport (
     BAD_REQUEST,
@@ -134,8 +134,14 @@ def _layout():
     cdef fh_limits lim
     cdef fh_proc proc
     cdef fh_tickets tk
+    cdef fh_geometry geom
     base = <char *>&w
     return {
+        "geometry": sizeof(fh_geometry),
+        "geometry.n": <char *>&geom.n - <char *>&geom,
+        "geometry.buckets": <char *>&geom.buckets[0] - <char *>&geom,
+        "limits.window_bucket_ns": <char *>&lim.window_bucket_ns - <char *>&lim,
+        "limits.window_buckets": <char *>&lim.window_buckets - <char *>&lim,
         "limits": sizeof(fh_limits),
         "limits.version": <char *>&lim.version - <char *>&lim,
         "state": sizeof(fh_state),
@@ -397,8 +403,11 @@ cdef class CircuitBreaker:
         cdef int64_t slow_us = (settings.slow_call_duration_ns + 999) // 1000
         cdef int64_t slow_rate = settings.slow_call_rate_threshold
         cdef int64_t queue_wait_ns = settings.max_queue_wait_ns
+        cdef int64_t window_bucket_ns = settings.rolling_bucket_ns
+        cdef int64_t window_buckets = settings.rolling_buckets
         cdef int64_t version
-        # First: it refuses a window a host-wide circuit cannot keep, before anything changes.
+        # First: it refuses a window the window cannot keep, before anything changes (a shared
+        # window changes for every process, its counts emptied once, before the settings say so).
         self.metrics_c.configure_window(settings.rolling_bucket_ns, settings.rolling_buckets)
         adaptive_limit = settings.adaptive_limit
         limiter = None if adaptive_limit is None else adaptive_limit.limiter()
@@ -420,6 +429,8 @@ cdef class CircuitBreaker:
         fh_store_relaxed(&self.lim.half_open_wait_ns, half_open_wait_ns)
         fh_store_relaxed(&self.lim.slow_us, slow_us)
         fh_store_relaxed(&self.lim.slow_rate, slow_rate)
+        fh_store_relaxed(&self.lim.window_bucket_ns, window_bucket_ns)
+        fh_store_relaxed(&self.lim.window_buckets, window_buckets)
         # Release: a process that sees the new version sees the values (shared circuits: the
         # last writer's settings are every worker's).
         version = self.lim.version + 1
@@ -441,7 +452,7 @@ cdef class CircuitBreaker:
 
     cdef refresh_settings(self):
         # Another process wrote this shared circuit's settings: rebuild the Settings object.
-        cdef int64_t words[16]
+        cdef int64_t words[18]
         fh_spin_lock(&self.st.lock)
         words[0] = self.lim.timeout_ns
         words[1] = self.lim.sleep_window_ns
@@ -459,10 +470,12 @@ cdef class CircuitBreaker:
         words[13] = self.lim.half_open_wait_ns
         words[14] = self.lim.slow_us
         words[15] = self.lim.slow_rate
+        words[16] = self.lim.window_bucket_ns
+        words[17] = self.lim.window_buckets
         fh_spin_unlock(&self.st.lock)
         with cython.critical_section(self):
             local = self._settings_obj
-        settings = _shared.settings_from_words(tuple([words[i] for i in range(16)]), local)
+        settings = _shared.settings_from_words(tuple([words[i] for i in range(18)]), local)
         ignores = settings.ignores
         is_failure = settings.is_failure
         with cython.critical_section(self):
@@ -492,7 +505,7 @@ cdef class CircuitBreaker:
             raise RuntimeError(f"circuit {self.name!r} is already shared")
         if not 0 <= slot < _shared.MAX_PROCESSES or view.shape[0] != _shared.SIZE:
             raise ValueError(f"not a mapped circuit file with a process slot: {shared!r}")
-        self.metrics_c._attach(shared.map, _shared.WINDOW, _shared.HIST)
+        self.metrics_c._attach(shared.map, _shared.WINDOW, _shared.HIST, _shared.GEOM)
         self._keep = view
         self.lim = <fh_limits *>&view[_shared.LIMITS]
         self.st = <fh_state *>&view[_shared.STATE]

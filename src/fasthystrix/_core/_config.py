@@ -145,9 +145,10 @@ def _slow_rate(field_name: str, value: object) -> int:
     return value
 
 
-#: The rolling window's bounds: at most 100 buckets (each costs a private circuit 104 bytes), each
-#: at least 10 ms wide, and a window of at most 24 hours.
-MAX_ROLLING_BUCKETS = 100
+#: The rolling window's bounds: at most 80 buckets (each costs a private circuit 104 bytes; a shared
+#: circuit's file has room for 80, which keeps it within 64 KiB), each at least 10 ms wide, and a
+#: window of at most 24 hours.
+MAX_ROLLING_BUCKETS = 80
 MIN_ROLLING_BUCKET_MS = 10
 MAX_ROLLING_WINDOW_MS = 24 * 3600 * 1000
 DEFAULT_ROLLING_WINDOW = 10_000
@@ -310,7 +311,7 @@ class CommandConfig:
     #: milliseconds, 10 ms to 24 h; default 10 s) whose counts the breaker decides on and
     #: ``metrics()`` reports. The latency percentiles keep their own 60-second window.
     rolling_window: Duration | None = None
-    #: Hystrix's ``metrics.rollingStats.numBuckets``: the buckets (1 to 100; default 10) the window
+    #: Hystrix's ``metrics.rollingStats.numBuckets``: the buckets (1 to 80; default 10) the window
     #: expires by. ``rolling_window`` must divide evenly into them, at least 10 ms each.
     rolling_buckets: int | None = None
 

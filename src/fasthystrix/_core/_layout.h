@@ -29,7 +29,9 @@ typedef struct {
     int64_t half_open_wait_ns;          /* half_open_max_wait (0: no bound) */
     int64_t slow_us;                    /* slow_call_duration in us (0: off) */
     int64_t slow_rate;                  /* slow_call_rate_threshold (1..100) */
-    int64_t reserved[16];
+    int64_t window_bucket_ns;           /* rolling_window / rolling_buckets in ns (0: the default, 1 s) */
+    int64_t window_buckets;             /* rolling_buckets (0: the default, 10) */
+    int64_t reserved[14];
 } fh_limits;
 
 /* The state word and what changes with it (STATE region, one cache line). */
@@ -74,6 +76,24 @@ typedef struct {
     int64_t slow;           /* running total of the window's slow calls (slow_call_duration) */
 } fh_window;
 
+#define FH_MAX_BUCKETS 80  /* _config.MAX_ROLLING_BUCKETS */
+
+/* A rolling window's geometry and its buckets (rows of FH_BUCKET_WIDTH words after the header).
+ * A private window other than the default allocates one per geometry configured: never changed
+ * once published, linked through prev. A shared circuit's file holds one (GEOM region, room for
+ * FH_MAX_BUCKETS rows), used for every geometry, the default included: its width and count
+ * change in place under the window's lock (readers load them atomically; every row is counted). */
+typedef struct fh_geometry {
+    int64_t width_ns;
+    int64_t n;
+    union {
+        struct fh_geometry *prev;   /* private geometries only */
+        int64_t link;               /* (the word's size in a file on every platform) */
+    };
+    int64_t reserved;
+    int64_t buckets[];
+} fh_geometry;
+
 /* One process' slot in a shared file (PROCS region). */
 typedef struct {
     int64_t pid;
@@ -90,5 +110,6 @@ FH_LAYOUT_CHECK(state, sizeof(fh_state) == 64);
 FH_LAYOUT_CHECK(tickets, sizeof(fh_tickets) == 64);
 FH_LAYOUT_CHECK(window, sizeof(fh_window) == 1440);
 FH_LAYOUT_CHECK(proc, sizeof(fh_proc) == 64);
+FH_LAYOUT_CHECK(geometry, sizeof(fh_geometry) == 32);
 
 #endif /* FASTHYSTRIX_LAYOUT_H */

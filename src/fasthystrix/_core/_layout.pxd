@@ -21,6 +21,8 @@ cdef extern from "_layout.h" nogil:
         int64_t half_open_wait_ns
         int64_t slow_us
         int64_t slow_rate
+        int64_t window_bucket_ns
+        int64_t window_buckets
 
     ctypedef struct fh_state:
         int64_t state_word
@@ -47,6 +49,14 @@ cdef extern from "_layout.h" nogil:
         int64_t retired[16]
         int64_t rejections
         int64_t slow
+
+    enum: FH_MAX_BUCKETS
+
+    ctypedef struct fh_geometry:
+        int64_t width_ns
+        int64_t n
+        fh_geometry *prev
+        int64_t buckets[1]  # a flexible array member: n rows of 13 words
 
     ctypedef struct fh_proc:
         int64_t pid

@@ -1,7 +1,7 @@
 # cython: language_level=3
 from libc.stdint cimport int64_t, uint32_t
 
-from fasthystrix._core._layout cimport fh_window
+from fasthystrix._core._layout cimport FH_MAX_BUCKETS, fh_geometry, fh_window
 from fasthystrix._core._atomic cimport (
     fh_add32_relaxed,
     fh_add_relaxed,
@@ -79,15 +79,10 @@ cdef inline void atomic_max(int64_t *p, int64_t v) noexcept nogil:
         pass
 
 
-# A window other than the default 10 one-second buckets: its width and bucket count with its own
-# buckets (``n`` rows of BUCKET_WIDTH words after the struct, one allocation). Never changed once
-# published and never freed before its RollingMetrics, so a reader holding a stale pointer writes
-# into memory that is still owned (and still counted by cumulative()).
-cdef struct fh_geometry:
-    int64_t width_ns
-    int64_t n
-    int64_t *buckets
-    fh_geometry *prev
+# A window's geometry (fh_geometry, _layout.h): private, one allocation per geometry configured
+# (its rows after the header), never changed once published and never freed before its
+# RollingMetrics, so a reader holding a stale pointer writes into memory that is still owned (and
+# still counted by cumulative()); shared, the file's GEOM region, changed in place under the lock.
 
 
 cdef class RollingMetrics:
@@ -103,16 +98,19 @@ cdef class RollingMetrics:
         uint32_t *hist[LATENCY_SLOTS][2]
         bint shared
         object _keep
-        # NULL for the default window (w.buckets, one-second buckets: constant arithmetic on the
-        # hot path); else the configured one (a division by its width on the fast paths).
+        # NULL for the default window of a private circuit (w.buckets, one-second buckets:
+        # constant arithmetic on the hot path); else the configured one (a division by its width
+        # on the fast paths). A shared window's is the file's, never NULL, whatever its geometry.
         fh_geometry *geom
         # Every geometry ever configured (a list through prev), reused when configured again.
         fh_geometry *geoms
 
     cdef int64_t *_bucket(self, int64_t now_ns) noexcept nogil
-    cdef bint _advance(self, int64_t tick, fh_geometry *g) noexcept nogil
+    cdef bint _advance(self, int64_t tick, fh_geometry *g, int64_t width) noexcept nogil
     cdef void _health_custom(self, fh_geometry *g, int64_t now_ns, int64_t *requests, int64_t *errors) noexcept nogil
     cdef void _reset(self) noexcept nogil
+    cdef void _empty_window(self) noexcept nogil
+    cdef void _sum_rows(self, fh_geometry *g, int64_t n, int64_t *events) noexcept nogil
     cdef void _retire_buckets(self) noexcept nogil
     cdef void _retire_bucket(self, int64_t *bucket) noexcept nogil
     cdef void _retire_slot(self, int slot) noexcept nogil
@@ -133,7 +131,7 @@ cdef class RollingMetrics:
             return
         second = now_ns // NS_PER_S
         if second > fh_load_acquire(&self.w.second):
-            self._advance(second, NULL)
+            self._advance(second, NULL, NS_PER_S)
         requests[0] = fh_load_relaxed(&self.w.requests)
         errors[0] = fh_load_relaxed(&self.w.errors)
 
@@ -149,9 +147,9 @@ cdef class RollingMetrics:
             else:
                 bucket = self._bucket(now_ns)
         else:
-            second = now_ns // g.width_ns
+            second = now_ns // fh_load_relaxed(&g.width_ns)
             if second == fh_load_acquire(&self.w.second):
-                bucket = g.buckets + (second % g.n) * BUCKET_WIDTH
+                bucket = g.buckets + (second % fh_load_relaxed(&g.n)) * BUCKET_WIDTH
             else:
                 bucket = self._bucket(now_ns)
         fh_add_relaxed(&bucket[EXECUTED], 1)
@@ -178,11 +176,11 @@ cdef class RollingMetrics:
                 return
             bucket = self.w.buckets[second % COUNTER_BUCKETS]
         else:
-            tick = now_ns // g.width_ns
+            tick = now_ns // fh_load_relaxed(&g.width_ns)
             if tick != fh_load_acquire(&self.w.second):
                 self.record_c(event, -1, now_ns, us, us, slow_us)
                 return
-            bucket = g.buckets + (tick % g.n) * BUCKET_WIDTH
+            bucket = g.buckets + (tick % fh_load_relaxed(&g.n)) * BUCKET_WIDTH
         fh_add_relaxed(&bucket[event], 1)
         fh_add_relaxed(&self.w.requests, 1)
         if FAILURE <= event <= TIMEOUT:

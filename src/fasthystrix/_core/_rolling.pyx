@@ -18,7 +18,7 @@ from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree
 from libc.stdint cimport INT64_MAX, int32_t, int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
-from fasthystrix._core._layout cimport fh_window
+from fasthystrix._core._layout cimport FH_MAX_BUCKETS, fh_geometry, fh_window
 from fasthystrix._core._atomic cimport (
     fh_add32_relaxed,
     fh_add_relaxed,
@@ -42,7 +42,6 @@ from fasthystrix._core._rolling_py import (
     EVENT_NAMES,
     NS_PER_SECOND,
     PERCENTILES,
-    SHARED_WINDOW_ERROR,
     LatencySummary,
     latency_bucket_bounds,
     latency_bucket_index,
@@ -55,7 +54,6 @@ __all__ = [
     "LATENCY_SLOTS",
     "LATENCY_SLOT_SECONDS",
     "PERCENTILES",
-    "SHARED_WINDOW_ERROR",
     "LatencySummary",
     "RollingMetrics",
     "latency_bucket_bounds",
@@ -107,18 +105,22 @@ cdef class RollingMetrics:
             PyMem_RawFree(self.hist[slot][0])
             PyMem_RawFree(self.hist[slot][1])
 
-    def _attach(self, mapping, Py_ssize_t window, Py_ssize_t hist):
+    def _attach(self, mapping, Py_ssize_t window, Py_ssize_t hist, Py_ssize_t geometry):
         """Keep the window in ``mapping`` (a shared circuit's file) from now on: its WINDOW region at
-        byte ``window``, its histograms at ``hist``. Only on a new, unused window."""
+        byte ``window``, its histograms at ``hist``, its geometry and buckets at ``geometry`` (the
+        file's geometry, whatever this window had). Only on a new, unused window."""
         cdef unsigned char[::1] view = mapping
         cdef int slot, kind
+        cdef fh_geometry *g
         if self.shared or fh_load_relaxed(&self._own.second) != 0:
             raise RuntimeError("a rolling window is attached once, before its first use")
-        if self.geom != NULL:
-            raise ValueError(SHARED_WINDOW_ERROR)
-        if window < 0 or hist < 0 or window + <Py_ssize_t>sizeof(fh_window) > view.shape[0] or (
-                hist + LATENCY_SLOTS * 2 * LATENCY_BUCKETS * 4 > view.shape[0]):
-            raise ValueError("window or histograms outside the mapping")
+        if window < 0 or hist < 0 or geometry < 0 or window + <Py_ssize_t>sizeof(fh_window) > view.shape[0] or (
+                hist + LATENCY_SLOTS * 2 * LATENCY_BUCKETS * 4 > view.shape[0]) or (
+                geometry + <Py_ssize_t>(sizeof(fh_geometry) + FH_MAX_BUCKETS * BUCKET_WIDTH * 8) > view.shape[0]):
+            raise ValueError("window, histograms or geometry outside the mapping")
+        g = <fh_geometry *>&view[geometry]
+        if fh_load_relaxed(&g.width_ns) <= 0 or not 1 <= fh_load_relaxed(&g.n) <= FH_MAX_BUCKETS:
+            raise ValueError(f"bad shared rolling window: {g.n!r} buckets of {g.width_ns!r} ns")
         for slot in range(LATENCY_SLOTS):
             for kind in range(2):
                 PyMem_RawFree(self.hist[slot][kind])
@@ -126,6 +128,8 @@ cdef class RollingMetrics:
         self._keep = view  # an exported buffer: the mapping cannot be closed under us
         self.shared = True
         self.w = <fh_window *>&view[window]
+        # (A private geometry configured before stays in geoms, unused and empty, until dealloc.)
+        fh_store_ptr_release(<void **>&self.geom, g)
 
     cdef void _reset(self) noexcept nogil:
         # Atomic exchanges, not memset: other threads (other processes, for a shared window) may
@@ -150,11 +154,14 @@ cdef class RollingMetrics:
 
     cdef void _retire_buckets(self) noexcept nogil:
         # Every bucket of every geometry (lock held): a writer holding a stale geometry may have
-        # counted into one that is not the current one.
+        # counted into one that is not the current one (shared: into any row of the file's).
         cdef int i
         cdef fh_geometry *g = self.geoms
         for i in range(COUNTER_BUCKETS):
             self._retire_bucket(self.w.buckets[i])
+        if self.shared:
+            for i in range(FH_MAX_BUCKETS):
+                self._retire_bucket(self.geom.buckets + i * BUCKET_WIDTH)
         while g != NULL:
             for i in range(g.n):
                 self._retire_bucket(g.buckets + i * BUCKET_WIDTH)
@@ -166,13 +173,20 @@ cdef class RollingMetrics:
         cdef fh_geometry *g
         cdef fh_geometry *cur
         cdef int64_t cur_width, cur_n
-        if bucket_ns <= 0 or not 1 <= buckets <= 1_000_000:
+        if bucket_ns <= 0 or not 1 <= buckets <= 1_000_000 or (self.shared and buckets > FH_MAX_BUCKETS):
             raise ValueError(f"bad rolling window: {buckets!r} buckets of {bucket_ns!r} ns")
-        if self.shared:
-            if bucket_ns == NS_PER_S and buckets == COUNTER_BUCKETS:
-                return
-            raise ValueError(SHARED_WINDOW_ERROR)
         fh_spin_lock(&self.w.lock)
+        if self.shared:
+            # The file's geometry, changed in place: every process counts with it from its next call.
+            g = self.geom
+            if fh_load_relaxed(&g.width_ns) == bucket_ns and fh_load_relaxed(&g.n) == buckets:
+                fh_spin_unlock(&self.w.lock)
+                return
+            fh_store_relaxed(&g.width_ns, bucket_ns)
+            fh_store_relaxed(&g.n, buckets)
+            self._empty_window()
+            fh_spin_unlock(&self.w.lock)
+            return
         cur = self.geom
         cur_width = NS_PER_S if cur == NULL else cur.width_ns
         cur_n = COUNTER_BUCKETS if cur == NULL else cur.n
@@ -191,26 +205,30 @@ cdef class RollingMetrics:
                     raise MemoryError()
                 g.width_ns = bucket_ns
                 g.n = buckets
-                g.buckets = <int64_t *>(g + 1)
                 g.prev = self.geoms
                 self.geoms = g
         # Publish first, then empty every bucket: a writer that still counts into the old
         # geometry's buckets after this is counted by cumulative() and retired by the next reset.
         fh_store_ptr_release(<void **>&self.geom, g)
+        self._empty_window()
+        fh_spin_unlock(&self.w.lock)
+
+    cdef void _empty_window(self) noexcept nogil:
+        # A new geometry (lock held): every bucket to the retired counts, the totals to zero, and
+        # the next call moves the window on from nothing.
         self._retire_buckets()
         fh_store_relaxed(&self.w.requests, 0)
         fh_store_relaxed(&self.w.errors, 0)
         fh_store_relaxed(&self.w.rejections, 0)
         fh_store_relaxed(&self.w.slow, 0)
         fh_store_release(&self.w.second, 0)
-        fh_spin_unlock(&self.w.lock)
 
     def window(self):
         """``(bucket_ns, buckets)``: the rolling window's geometry."""
         cdef fh_geometry *g = <fh_geometry *>fh_load_ptr_acquire(<void **>&self.geom)
         if g == NULL:
             return NS_PER_S, COUNTER_BUCKETS
-        return g.width_ns, g.n
+        return fh_load_relaxed(&g.width_ns), fh_load_relaxed(&g.n)
 
     cdef void _retire_bucket(self, int64_t *bucket) noexcept nogil:
         # Empty a bucket into the retired counts (lock held).
@@ -266,11 +284,10 @@ cdef class RollingMetrics:
             events[NUM_EVENTS] += fh_load_relaxed(&self.w.buckets[i][BAD_REQUEST])
         g = self.geoms
         while g != NULL:
-            for i in range(g.n):
-                for event in range(NUM_EVENTS):
-                    events[event] += fh_load_relaxed(&g.buckets[i * BUCKET_WIDTH + event])
-                events[NUM_EVENTS] += fh_load_relaxed(&g.buckets[i * BUCKET_WIDTH + BAD_REQUEST])
+            self._sum_rows(g, g.n, events)
             g = g.prev
+        if self.shared:
+            self._sum_rows(self.geom, FH_MAX_BUCKETS, events)
         run_count = fh_load_relaxed(&self.w.retired[RETIRED_RUN_COUNT])
         run_sum = fh_load_relaxed(&self.w.retired[RETIRED_RUN_SUM])
         total_count = fh_load_relaxed(&self.w.retired[RETIRED_TOTAL_COUNT])
@@ -295,26 +312,36 @@ cdef class RollingMetrics:
         fh_spin_unlock(&self.w.lock)
         return tuple([events[i] for i in range(NUM_EVENTS + 1)]), run_count, run_sum, total_count, total_sum
 
+    cdef void _sum_rows(self, fh_geometry *g, int64_t n, int64_t *events) noexcept nogil:
+        # Add the 9 events and bad requests of ``n`` rows of ``g`` to ``events`` (cumulative()).
+        cdef int64_t i
+        cdef int event
+        for i in range(n):
+            for event in range(NUM_EVENTS):
+                events[event] += fh_load_relaxed(&g.buckets[i * BUCKET_WIDTH + event])
+            events[NUM_EVENTS] += fh_load_relaxed(&g.buckets[i * BUCKET_WIDTH + BAD_REQUEST])
+
     def reset(self):
         """Forget every event and sample."""
         self._reset()
 
-    cdef bint _advance(self, int64_t second, fh_geometry *g) noexcept nogil:
-        # Move the window to bucket number ``second`` of geometry ``g`` (NULL: the default one);
-        # false if the geometry changed meanwhile (the caller starts again with the new one).
+    cdef bint _advance(self, int64_t second, fh_geometry *g, int64_t width) noexcept nogil:
+        # Move the window to bucket number ``second`` of geometry ``g`` (NULL: the default one),
+        # buckets of ``width`` ns; false if the geometry changed meanwhile (the caller starts
+        # again with the new one: a shared window's changes in place).
         cdef int64_t last, s, start, n, requests = 0, errors = 0, rejections = 0, slow = 0
         cdef int64_t i
         cdef int64_t *b
         cdef int64_t *rows
         fh_spin_lock(&self.w.lock)
-        if self.geom != g:
+        if self.geom != g or (g != NULL and fh_load_relaxed(&g.width_ns) != width):
             fh_spin_unlock(&self.w.lock)
             return False
         if g == NULL:
             n = COUNTER_BUCKETS
             rows = self.w.buckets[0]
         else:
-            n = g.n
+            n = fh_load_relaxed(&g.n)
             rows = g.buckets
         last = fh_load_relaxed(&self.w.second)
         if second > last:
@@ -346,27 +373,30 @@ cdef class RollingMetrics:
     cdef int64_t *_bucket(self, int64_t now_ns) noexcept nogil:
         # The bucket of ``now_ns``, moving the window on first if it ends before it.
         cdef fh_geometry *g
-        cdef int64_t second, last
+        cdef int64_t second, last, width
         while True:
             g = <fh_geometry *>fh_load_ptr_acquire(<void **>&self.geom)
-            second = now_ns // (NS_PER_S if g == NULL else g.width_ns)
+            width = NS_PER_S if g == NULL else fh_load_relaxed(&g.width_ns)
+            second = now_ns // width
             last = fh_load_acquire(&self.w.second)
             if second > last:
-                if not self._advance(second, g):
+                if not self._advance(second, g, width):
                     continue
             elif second < last:
                 # Stamped a moment before another thread moved the window on: count it now.
                 second = last
             if g == NULL:
                 return self.w.buckets[second % COUNTER_BUCKETS]
-            return g.buckets + (second % g.n) * BUCKET_WIDTH
+            # (A shared window's count may change meanwhile: any row of the file's is counted.)
+            return g.buckets + (second % fh_load_relaxed(&g.n)) * BUCKET_WIDTH
 
     cdef void _health_custom(self, fh_geometry *g, int64_t now_ns, int64_t *requests,
                              int64_t *errors) noexcept nogil:
         # health_c for a configured window: its bucket width is not a constant.
-        cdef int64_t second = now_ns // g.width_ns
+        cdef int64_t width = fh_load_relaxed(&g.width_ns)
+        cdef int64_t second = now_ns // width
         if second > fh_load_acquire(&self.w.second):
-            self._advance(second, g)
+            self._advance(second, g, width)
         requests[0] = fh_load_relaxed(&self.w.requests)
         errors[0] = fh_load_relaxed(&self.w.errors)
 
@@ -497,7 +527,7 @@ cdef class RollingMetrics:
             n = COUNTER_BUCKETS
             rows = self.w.buckets[0]
         else:
-            n = g.n
+            n = fh_load_relaxed(&g.n)
             rows = g.buckets
         memset(sums, 0, sizeof(sums))
         for i in range(n):

@@ -29,7 +29,6 @@ __all__ = [
     "LATENCY_SLOTS",
     "LATENCY_SLOT_SECONDS",
     "PERCENTILES",
-    "SHARED_WINDOW_ERROR",
     "LatencySummary",
     "RollingMetrics",
     "latency_bucket_bounds",
@@ -71,11 +70,6 @@ LATENCY_SLOT_SECONDS = 15
 _SUB_BITS = 7  # 128 exact values, then 64 sub-buckets per power of two
 _MAX_SHIFT = 20  # top bucket starts at 2**27 us (134 s); longer samples are clamped into it
 LATENCY_BUCKETS = (_MAX_SHIFT << 6) + 128
-#: Why a host-wide circuit refuses a window other than the default one.
-SHARED_WINDOW_ERROR = (
-    "host-wide circuits (share_circuits) keep the default rolling window: rolling_window=10000 ms and "
-    "rolling_buckets=10"
-)
 PERCENTILES = (0.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 100.0)
 
 

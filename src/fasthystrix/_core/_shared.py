@@ -17,7 +17,9 @@ A file is ``SIZE`` bytes, made of 64-byte aligned regions (offsets below):
 - ``STATE``: the state word, the time it opened (or of its last trial), the open
   episode, the circuit's spinlock, the process slot of the last trial;
 - ``TICKETS``: the host's tickets in use;
-- ``WINDOW``: the rolling window (``_rolling``'s counters, totals, latency stats);
+- ``WINDOW``: the rolling window (``_rolling``'s totals, latency stats);
+- ``GEOM``: the window's geometry (bucket width in ns, bucket count) and its buckets, room for
+  ``MAX_ROLLING_BUCKETS`` of them (every geometry, the default included, counts here);
 - ``HIST``: the latency histograms, 4 slots x (run, total) x ``LATENCY_BUCKETS`` uint32;
 - ``PROCS``: ``MAX_PROCESSES`` process slots of 64 bytes (pid, start time, tickets it holds).
 
@@ -45,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from ._backoff import PPM, ppm
-from ._config import Settings
+from ._config import MAX_ROLLING_BUCKETS, Settings
 
 __all__ = [
     "MAX_CIRCUITS",
@@ -66,7 +68,7 @@ class SharedStateError(RuntimeError):
 
 
 MAGIC = b"FHCIRC\x00\x01"
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 IMPL_CODES = {"compiled": 1, "pure": 2}
 SUFFIX = ".circuit"
 
@@ -81,13 +83,20 @@ STATE = LIMITS + 8 * LIMIT_WORDS  # 1536
 TICKETS = STATE + 64  # 1600
 WINDOW = TICKETS + 64  # 1664
 WINDOW_SIZE = 1440
-HIST = WINDOW + WINDOW_SIZE + 32  # 3136: the histograms start on a cache line of their own
+GEOM = WINDOW + WINDOW_SIZE + 32  # 3136: a cache line of its own
+GEOM_HEADER = 32  # fh_geometry's width_ns, n and two unused words; then the buckets
+GEOM_WIDTH = 0  # GEOM words: the bucket width in ns, the bucket count
+GEOM_BUCKETS = 1
+BUCKET_WORDS = 13  # FH_BUCKET_WIDTH: the 9 events, executed, max active, bad requests, slow calls
+# Rounded up to whole cache lines, so that HIST starts on one.
+GEOM_SIZE = (GEOM_HEADER + MAX_ROLLING_BUCKETS * BUCKET_WORDS * 8 + 63) // 64 * 64  # 8384
+HIST = GEOM + GEOM_SIZE  # 11520: the histograms start on a cache line of their own
 LATENCY_BUCKETS = (20 << 6) + 128
 HIST_SIZE = 4 * 2 * LATENCY_BUCKETS * 4  # 45056
-PROCS = HIST + HIST_SIZE  # 48192
+PROCS = HIST + HIST_SIZE  # 58624
 MAX_PROCESSES = 128
 PROC_SIZE = 64
-SIZE = PROCS + MAX_PROCESSES * PROC_SIZE  # 56384
+SIZE = PROCS + MAX_PROCESSES * PROC_SIZE  # 64768
 
 # LIMITS words.
 LIMIT_TIMEOUT_NS = 0
@@ -106,7 +115,9 @@ LIMIT_HALF_OPEN_CALLS = 12  # half_open_max_calls (0 reads as 1)
 LIMIT_HALF_OPEN_WAIT_NS = 13  # half_open_max_wait in ns (0: no bound)
 LIMIT_SLOW_US = 14  # slow_call_duration in us (0: off)
 LIMIT_SLOW_RATE = 15  # slow_call_rate_threshold (0 reads as 100)
-LIMIT_LAST = LIMIT_SLOW_RATE
+LIMIT_WINDOW_BUCKET_NS = 16  # rolling_window / rolling_buckets in ns (0 reads as 1 s)
+LIMIT_WINDOW_BUCKETS = 17  # rolling_buckets (0 reads as 10)
+LIMIT_LAST = LIMIT_WINDOW_BUCKETS
 
 # STATE words.
 STATE_WORD = 0
@@ -130,7 +141,7 @@ PROC_PROBE_PHASE = 3  # the half-open phase whose trials this process runs (thei
 PROC_PROBES = 4  # how many of them it runs now (the reaper counts a dead process's as failed)
 
 MAX_CIRCUITS = 1024
-"""Circuit files a shared directory may hold (at most 1024 x 55 KiB = 55 MiB of shared memory);
+"""Circuit files a shared directory may hold (at most 1024 x 65.25 KiB = 65.25 MiB of shared memory);
 a new name past it raises :class:`SharedStateError`."""
 
 REAP_INTERVAL = 0.1
@@ -396,12 +407,7 @@ class SharedCircuitFile:
         m = self.map
         m[NAME : NAME + len(encoded)] = encoded
         write_settings(m, settings, bump=False)
-        words = memoryview(m).cast("q")
-        # Latency slots start unused (stamp -1), as a private window's do.
-        stamps = (WINDOW + 8 * (130 + 4 + 24)) // 8
-        for i in range(4):
-            words[stamps + i] = -1
-        words.release()
+        _initialize_window(m)
         _Q.pack_into(m, BOOT, _BOOT_ID)
         # The header last: a file whose magic is there is complete.
         _HEADER.pack_into(m, HEADER, MAGIC, LAYOUT_VERSION, IMPL_CODES[self.impl], SIZE, len(encoded))
@@ -412,11 +418,7 @@ class SharedCircuitFile:
         settings, start everything else afresh (no process of that boot can still use it)."""
         m = self.map
         m[STATE:SIZE] = bytes(SIZE - STATE)
-        words = memoryview(m).cast("q")
-        stamps = (WINDOW + 8 * (130 + 4 + 24)) // 8
-        for i in range(4):
-            words[stamps + i] = -1
-        words.release()
+        _initialize_window(m)
         _Q.pack_into(m, BOOT, _BOOT_ID)
 
     def _validate(self, encoded: bytes) -> None:
@@ -437,6 +439,9 @@ class SharedCircuitFile:
             )
         if length != len(encoded) or self.map[NAME : NAME + length] != encoded:
             raise SharedStateError(f"{where} holds another command's circuit (hash collision or corrupt name)")
+        width, buckets = struct.unpack_from("<qq", self.map, GEOM)
+        if width <= 0 or not 1 <= buckets <= MAX_ROLLING_BUCKETS:
+            raise SharedStateError(f"{where} has a corrupt rolling window: {buckets} buckets of {width} ns")
 
     # -- process slots (claimed and freed under the file lock) -----------------------------
 
@@ -528,6 +533,18 @@ class SharedCircuitFile:
         return n
 
 
+def _initialize_window(m: Any) -> None:
+    """A new (or zeroed) window: latency slots unused (stamp -1), as a private window's, and the
+    geometry of the settings in the LIMITS words (the window's, whose counts are gone)."""
+    words = memoryview(m).cast("q")
+    stamps = (WINDOW + 8 * (130 + 4 + 24)) // 8
+    for i in range(4):
+        words[stamps + i] = -1
+    words[GEOM // 8 + GEOM_WIDTH] = words[LIMITS // 8 + LIMIT_WINDOW_BUCKET_NS] or 1_000_000_000
+    words[GEOM // 8 + GEOM_BUCKETS] = words[LIMITS // 8 + LIMIT_WINDOW_BUCKETS] or 10
+    words.release()
+
+
 # -- settings, as int64 words ------------------------------------------------------------------
 
 
@@ -553,6 +570,8 @@ def write_settings(m: Any, settings: Settings, bump: bool = True) -> None:
     _Q.pack_into(m, base + 8 * LIMIT_HALF_OPEN_WAIT_NS, settings.half_open_max_wait_ns)
     _Q.pack_into(m, base + 8 * LIMIT_SLOW_US, (settings.slow_call_duration_ns + 999) // 1000)
     _Q.pack_into(m, base + 8 * LIMIT_SLOW_RATE, settings.slow_call_rate_threshold)
+    _Q.pack_into(m, base + 8 * LIMIT_WINDOW_BUCKET_NS, settings.rolling_bucket_ns)
+    _Q.pack_into(m, base + 8 * LIMIT_WINDOW_BUCKETS, settings.rolling_buckets)
     if bump:
         (version,) = _Q.unpack_from(m, base + 8 * LIMIT_VERSION)
         _Q.pack_into(m, base + 8 * LIMIT_VERSION, version + 1)
@@ -580,15 +599,14 @@ def _words(settings: Settings) -> tuple[int, ...]:
         settings.half_open_max_wait_ns,
         (settings.slow_call_duration_ns + 999) // 1000,
         settings.slow_call_rate_threshold,
+        settings.rolling_bucket_ns,
+        settings.rolling_buckets,
     )
 
 
 def intern(settings: Settings) -> Settings:
     """Remember ``settings`` as the object that its words read back as (see ``settings_from_words``)."""
-    # Only the default rolling window can be read back from the words (a shared file has no
-    # other): settings with another window never stand for a file's settings.
-    if settings.default_window:
-        _interned[_words(settings)] = settings
+    _interned[_words(settings)] = settings
     return settings
 
 
@@ -598,6 +616,11 @@ def settings_from_words(words: tuple[int, ...], local: Settings | None = None) -
     code cannot be shared, each process keeps its own."""
     words = (*words[:LIMIT_HALF_OPEN_CALLS], max(words[LIMIT_HALF_OPEN_CALLS], 1), *words[LIMIT_HALF_OPEN_CALLS + 1 :])
     words = (*words[:LIMIT_SLOW_RATE], words[LIMIT_SLOW_RATE] or 100, *words[LIMIT_SLOW_RATE + 1 :])
+    words = (
+        *words[:LIMIT_WINDOW_BUCKET_NS],
+        words[LIMIT_WINDOW_BUCKET_NS] or 1_000_000_000,
+        words[LIMIT_WINDOW_BUCKETS] or 10,
+    )
     key = (*words[:6], *words[LIMIT_BREAKER_DISABLED : LIMIT_LAST + 1])
     known = _interned.get(key)
     if known is not None:
@@ -622,6 +645,8 @@ def settings_from_words(words: tuple[int, ...], local: Settings | None = None) -
         else None,
         slow_call_duration=timedelta(microseconds=words[LIMIT_SLOW_US]) if words[LIMIT_SLOW_US] else None,
         slow_call_rate_threshold=words[LIMIT_SLOW_RATE],
+        rolling_window=timedelta(microseconds=words[LIMIT_WINDOW_BUCKET_NS] * words[LIMIT_WINDOW_BUCKETS] // 1000),
+        rolling_buckets=words[LIMIT_WINDOW_BUCKETS],
     )
     _interned[key] = settings
     return _with_code_of(settings, local)

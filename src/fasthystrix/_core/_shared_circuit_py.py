@@ -448,7 +448,9 @@ def attach(circuit: CircuitBreaker, shared: _shared.SharedCircuitFile, configure
         raise RuntimeError(f"no process slot claimed in {str(shared.path)!r}")
     host = _Host(shared)
     if configured is not None:
-        host.write_settings(configured)
+        with host.lock:  # the window first, as the settings setter: a new window empties it once
+            host.window.configure_window(configured.rolling_bucket_ns, configured.rolling_buckets)
+            host.write_settings(configured)
     else:
         # The file's settings, with this process's code-valued fields (see settings_from_words).
         host.settings = circuit._settings_obj

@@ -1,10 +1,11 @@
 """The rolling window of a shared circuit, in its file's mapping (pure-Python twin).
 
 The same counters, totals and latency histograms as the compiled ``_rolling``
-keeps in a shared file, at the same offsets (``_shared.WINDOW`` and
-``_shared.HIST``) and with the same rules: one-second buckets stamped by the
-window's second, the request and error totals recounted from the buckets when
-the window moves, 15-second latency slots restarted when stale, and each
+keeps in a shared file, at the same offsets (``_shared.WINDOW``, ``_shared.GEOM``
+and ``_shared.HIST``) and with the same rules: buckets of the file's geometry
+(default: ten of one second, changed by any process's ``configure_window``)
+stamped by the window's bucket number, the request and error totals recounted
+from the buckets when the window moves, 15-second latency slots restarted when stale, and each
 slot's total-latency histogram kept as its difference from the run-latency one.
 
 Every method expects the caller to hold the circuit's host lock (its threads'
@@ -19,6 +20,7 @@ import mmap
 from array import array
 
 from . import _shared
+from ._config import MAX_ROLLING_BUCKETS
 from ._events import (
     BAD_REQUEST,
     CONTEXT_DEADLINE_EXCEEDED,
@@ -42,7 +44,6 @@ from ._rolling_py import (
     MAX_ACTIVE,
     NS_PER_SECOND,
     NUM_EVENTS,
-    SHARED_WINDOW_ERROR,
     _Histogram,
     latency_bucket_index,
 )
@@ -52,9 +53,9 @@ __all__ = ["SharedRollingMetrics"]
 _REQUEST_EVENTS = CONTEXT_DEADLINE_EXCEEDED + 1  # events below this index are requests
 
 # The WINDOW region as int64 word indices into the whole file (fh_window in _layout.h):
-# buckets[10][13], requests, errors, second, lock, stats[4][2][3], stamp[4], retired[16].
+# buckets[10][13] (unused: a shared window counts in GEOM's), requests, errors, second, lock,
+# stats[4][2][3], stamp[4], retired[16].
 _W = _shared.WINDOW // 8
-_BUCKETS = _W
 _REQUESTS = _W + COUNTER_BUCKETS * BUCKET_WIDTH
 _ERRORS = _REQUESTS + 1
 _SECOND = _REQUESTS + 2
@@ -72,6 +73,13 @@ _RETIRED_SLOW_CALL = _RETIRED + 14
 _SLOW = _RETIRED + 17
 assert _SLOW < (_shared.WINDOW + _shared.WINDOW_SIZE) // 8
 assert LATENCY_BUCKETS == _shared.LATENCY_BUCKETS
+assert BUCKET_WIDTH == _shared.BUCKET_WORDS
+# The GEOM region (fh_geometry): the bucket width in ns, the bucket count, then the buckets
+# (room for MAX_ROLLING_BUCKETS: a bucket index is the bucket number modulo the count).
+_WIDTH = _shared.GEOM // 8 + _shared.GEOM_WIDTH
+_COUNT = _shared.GEOM // 8 + _shared.GEOM_BUCKETS
+_ROWS = (_shared.GEOM + _shared.GEOM_HEADER) // 8
+# Every write holds the host lock and uses the current count: the rows past it stay empty.
 
 # stats[slot][kind][stat]: kind RUN counts run latencies, TOTAL the total latencies as a
 # difference from them (see _add_latency); stat is their sum, min and max.
@@ -85,7 +93,7 @@ _U32 = 0xFFFFFFFF
 
 _HIST_BYTES = 4 * LATENCY_BUCKETS  # one histogram: [slot][kind] at HIST + (slot * 2 + kind) * this
 _ZERO_HIST = bytes(_HIST_BYTES)
-_ZERO_BUCKETS = bytes(8 * COUNTER_BUCKETS * BUCKET_WIDTH)
+_ZERO_BUCKETS = bytes(8 * BUCKET_WIDTH)
 
 
 def _stat(slot: int, kind: int, stat: int) -> int:
@@ -93,7 +101,7 @@ def _stat(slot: int, kind: int, stat: int) -> int:
 
 
 class SharedRollingMetrics:
-    """Counters of every event over the last 10 seconds and latencies over the last 60, host-wide.
+    """Counters of every event over the rolling window and latencies over the last 60 s, host-wide.
 
     What a shared circuit and its default collector use in place of a
     ``RollingMetrics``, with the same methods; every call must hold the circuit's
@@ -122,25 +130,42 @@ class SharedRollingMetrics:
         pass  # the circuit closes the gate after changes; it is closed already
 
     def configure_window(self, bucket_ns: int, buckets: int) -> None:
-        """The shared layout keeps the default window only: anything else is a ``ValueError``."""
-        if (bucket_ns, buckets) != (NS_PER_SECOND, COUNTER_BUCKETS):
-            raise ValueError(SHARED_WINDOW_ERROR)
+        """Use ``buckets`` buckets of ``bucket_ns`` each from now on, in every process. A change
+        empties the window (its counts go to the retired totals); the same geometry again changes
+        nothing."""
+        if bucket_ns <= 0 or not 1 <= buckets <= MAX_ROLLING_BUCKETS:
+            raise ValueError(f"bad rolling window: {buckets!r} buckets of {bucket_ns!r} ns")
+        words = self._words
+        if words[_WIDTH] == bucket_ns and words[_COUNT] == buckets:
+            return
+        for b in self._rows():
+            self._retire_bucket(b)
+        words[_WIDTH] = bucket_ns
+        words[_COUNT] = buckets
+        words[_REQUESTS] = 0
+        words[_ERRORS] = 0
+        words[_SLOW] = 0
+        words[_SECOND] = 0  # the next call moves the window on from nothing, as the compiled twin
 
     def window(self) -> tuple[int, int]:
-        """``(bucket_ns, buckets)``: always the default, 10 buckets of one second."""
-        return NS_PER_SECOND, COUNTER_BUCKETS
+        """``(bucket_ns, buckets)``: the rolling window's geometry (the file's)."""
+        return self._words[_WIDTH], self._words[_COUNT]
+
+    def _rows(self) -> range:
+        """The first word of each bucket of the current geometry."""
+        return range(_ROWS, _ROWS + self._words[_COUNT] * BUCKET_WIDTH, BUCKET_WIDTH)
 
     def _unadmit(self) -> None:
-        """Take back one admission counted in the window's current second."""
+        """Take back one admission counted in the window's current bucket."""
         words = self._words
-        index = _BUCKETS + (words[_SECOND] % COUNTER_BUCKETS) * BUCKET_WIDTH + EXECUTED
+        index = _ROWS + (words[_SECOND] % words[_COUNT]) * BUCKET_WIDTH + EXECUTED
         if words[index] > 0:
             words[index] -= 1
 
     def reset(self) -> None:
         """Forget every event and sample (moved to the retired counts, see :meth:`cumulative`)."""
         words = self._words
-        for b in range(_BUCKETS, _REQUESTS, BUCKET_WIDTH):
+        for b in self._rows():
             self._retire_bucket(b)
         for slot in range(LATENCY_SLOTS):
             if words[_STAMP + slot] >= 0:
@@ -157,7 +182,7 @@ class SharedRollingMetrics:
             words[_RETIRED + event] += words[b + event]
         words[_RETIRED_BAD_REQUEST] += words[b + BAD_REQUEST]
         words[_RETIRED_SLOW_CALL] += words[b + SLOW_CALL]
-        self._map[8 * b : 8 * (b + BUCKET_WIDTH)] = _ZERO_BUCKETS[: 8 * BUCKET_WIDTH]
+        self._map[8 * b : 8 * (b + BUCKET_WIDTH)] = _ZERO_BUCKETS
 
     def _retire_slot(self, slot: int) -> None:
         words = self._words
@@ -183,7 +208,7 @@ class SharedRollingMetrics:
         words = self._words
         events = [words[_RETIRED + e] for e in range(NUM_EVENTS)]
         events.append(words[_RETIRED_BAD_REQUEST])
-        for b in range(_BUCKETS, _REQUESTS, BUCKET_WIDTH):
+        for b in self._rows():
             for e in range(NUM_EVENTS):
                 events[e] += words[b + e]
             events[NUM_EVENTS] += words[b + BAD_REQUEST]
@@ -201,15 +226,17 @@ class SharedRollingMetrics:
         return tuple(events), run_count, run_sum, total_count, total_sum
 
     def _advance(self, second: int) -> None:
+        # ``second``: a bucket number (the time over the bucket width), as the window's second word.
         words = self._words
         last = words[_SECOND]
         if second <= last:
             return
-        for s in range(max(last + 1, second - COUNTER_BUCKETS + 1), second + 1):
-            self._retire_bucket(_BUCKETS + (s % COUNTER_BUCKETS) * BUCKET_WIDTH)
+        n = words[_COUNT]
+        for s in range(max(last + 1, second - n + 1), second + 1):
+            self._retire_bucket(_ROWS + (s % n) * BUCKET_WIDTH)
         # Recount the totals from the buckets, as the compiled twin does when the window moves.
         requests = errors = slow = 0
-        for b in range(_BUCKETS, _REQUESTS, BUCKET_WIDTH):
+        for b in self._rows():
             requests += sum(words[b : b + _REQUEST_EVENTS])
             errors += words[b + FAILURE] + words[b + REJECTED] + words[b + SHORT_CIRCUIT] + words[b + TIMEOUT]
             slow += words[b + SLOW_CALL]
@@ -218,20 +245,22 @@ class SharedRollingMetrics:
         words[_SLOW] = slow
         words[_SECOND] = second
 
-    def _bucket(self, second: int) -> int:
-        """The first word of ``second``'s bucket, moving the window on if ``second`` is new."""
-        last = self._words[_SECOND]
+    def _bucket(self, now_ns: int) -> int:
+        """The first word of the bucket of ``now_ns``, moving the window on if that bucket is new."""
+        words = self._words
+        second = now_ns // words[_WIDTH]
+        last = words[_SECOND]
         if second > last:
             self._advance(second)
         elif second < last:
             # Stamped a moment before another caller moved the window on: count it now.
             second = last
-        return _BUCKETS + (second % COUNTER_BUCKETS) * BUCKET_WIDTH
+        return _ROWS + (second % words[_COUNT]) * BUCKET_WIDTH
 
     def rejections(self) -> int:
         """Rejections in the window as of its last :meth:`health` (which moves it on)."""
         words = self._words
-        return sum(words[b + REJECTED] for b in range(_BUCKETS, _REQUESTS, BUCKET_WIDTH))
+        return sum(words[b + REJECTED] for b in self._rows())
 
     def slow_calls(self) -> int:
         """Slow calls in the window as of its last :meth:`health` (which moves it on)."""
@@ -240,7 +269,7 @@ class SharedRollingMetrics:
     def health(self, now_ns: int) -> tuple[int, int]:
         """``(requests, errors)`` in the window ending at ``now_ns``."""
         words = self._words
-        second = now_ns // NS_PER_SECOND
+        second = now_ns // words[_WIDTH]
         if second > words[_SECOND]:
             self._advance(second)
         return words[_REQUESTS], words[_ERRORS]
@@ -256,7 +285,7 @@ class SharedRollingMetrics:
             raise ValueError(f"bad event {event!r} / fallback event {fallback_event!r}")
         words = self._words
         second = now_ns // NS_PER_SECOND
-        bucket = self._bucket(second)
+        bucket = self._bucket(now_ns)
         words[bucket + event] += 1
         if event < _REQUEST_EVENTS:
             words[_REQUESTS] += 1
@@ -277,7 +306,7 @@ class SharedRollingMetrics:
     def record_executed(self, now_ns: int, active: int) -> None:
         """Count a command that took a ticket, with the tickets in use after it did."""
         words = self._words
-        bucket = self._bucket(now_ns // NS_PER_SECOND)
+        bucket = self._bucket(now_ns)
         words[bucket + EXECUTED] += 1
         if active > words[bucket + MAX_ACTIVE]:
             words[bucket + MAX_ACTIVE] = active
@@ -323,11 +352,11 @@ class SharedRollingMetrics:
 
     def counts(self, now_ns: int) -> tuple[int, ...]:
         """Window totals of every bucket slot, as ``RollingMetrics.counts`` (``MAX_ACTIVE``: the max)."""
-        self._bucket(now_ns // NS_PER_SECOND)
+        self._bucket(now_ns)
         words = self._words
         sums = [0] * BUCKET_WIDTH
         peak = 0
-        for b in range(_BUCKETS, _REQUESTS, BUCKET_WIDTH):
+        for b in self._rows():
             for event in range(BUCKET_WIDTH):
                 sums[event] += words[b + event]
             peak = max(peak, words[b + MAX_ACTIVE])
