@@ -134,6 +134,97 @@ def test_route_templates_are_remembered_per_path_unless_a_host_route_decides() -
     assert len(middleware._templates) <= 4096
 
 
+def call_in_process(middleware: Any, scope: dict[str, Any], messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Call ``middleware`` once, without a server: ``messages`` are what the client sends; the
+    messages the app sends back are returned."""
+    sent: list[dict[str, Any]] = []
+    incoming = list(messages)
+
+    async def receive() -> dict[str, Any]:
+        if incoming:
+            return incoming.pop(0)
+        await asyncio.Event().wait()  # the client stays connected
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    base = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "path": "/",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [],
+    }
+    asyncio.run(middleware({**base, **scope}, receive, send))
+    return sent
+
+
+def test_command_names_are_remembered_per_method_and_path_unless_a_callable_or_a_host_decides() -> None:
+    async def thing(request: Request) -> Response:
+        return PlainTextResponse("thing")
+
+    app = Starlette(
+        routes=[
+            Route("/items/{item_id:int}", item),  # matched before the Host route is consulted
+            Host("api.example", app=Starlette(routes=[Route("/x", thing)])),
+        ]
+    )
+    by_template = CircuitBreakerMiddleware(app, exclude=("/ops",))
+    for _ in range(2):
+        call_in_process(by_template, {"path": "/items/1"}, [])
+        call_in_process(by_template, {"path": "/ops/x"}, [])
+        call_in_process(by_template, {"path": "/x", "headers": [(b"host", b"api.example")]}, [])
+        call_in_process(by_template, {"path": "/x", "headers": [(b"host", b"other")]}, [])
+    # The template's and the excluded path's answers are remembered; the host-matched path's is not.
+    assert by_template._commands == {("GET", "/items/1", ""): "GET /items/{item_id}", ("GET", "/ops/x", ""): None}
+    assert metrics("GET /x").successes == 2 and metrics("GET <unmatched>").requests == 2
+    asked: list[str] = []
+
+    def name(scope: dict[str, Any]) -> str:
+        asked.append(scope["path"])
+        return "tenant-" + scope["headers"][0][1].decode()
+
+    by_callable = CircuitBreakerMiddleware(app, name=name)
+    for tenant in (b"a", b"b", b"a"):
+        call_in_process(by_callable, {"path": "/items/1", "headers": [(b"x-tenant", tenant)]}, [])
+    assert asked == ["/items/1"] * 3 and by_callable._commands == {}  # asked every time: it may read anything
+    assert (metrics("tenant-a").successes, metrics("tenant-b").successes) == (2, 1)
+    # Bounded: a client choosing paths cannot grow the table without end.
+    for i in range(5000):
+        by_template._command_of(
+            {"type": "http", "method": "GET", "path": f"/items/{i}", "root_path": ""}, ("GET", f"/items/{i}", "")
+        )
+    assert 0 < len(by_template._commands) <= 4096
+
+
+def test_a_request_without_a_body_reaches_the_app_as_the_client_sent_it() -> None:
+    """HTTP/1.x without Content-Length or Transfer-Encoding has no body: the app's receive() is
+    the client's own. Any other request's body is read first and replayed whole, HTTP/2's too."""
+    seen: list[dict[str, Any]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(await receive())
+        await PlainTextResponse("ok")(scope, receive, send)
+
+    middleware = CircuitBreakerMiddleware(app, name="bodies")
+    empty = {"type": "http.request", "body": b"", "more_body": False}
+    call_in_process(middleware, {}, [empty])
+    assert seen[-1] is empty  # the client's own message, not a replayed copy
+    chunks = [{"type": "http.request", "body": b"ab", "more_body": True}, {"type": "http.request", "body": b"c"}]
+    for scope in (
+        {"http_version": "2", "method": "POST"},  # no Content-Length: HTTP/2 may still send a body
+        {"method": "POST", "headers": [(b"transfer-encoding", b"chunked")]},
+        {"method": "POST", "headers": [(b"content-length", b"3")]},
+    ):
+        call_in_process(middleware, scope, [dict(c) for c in chunks])
+        assert seen[-1] == {"type": "http.request", "body": b"abc", "more_body": False}, scope
+    assert metrics("bodies").successes == 4
+
+
 def test_wrapping_the_app_directly_and_a_plain_asgi_app() -> None:
     starlette_app = Starlette(routes=[Route("/items/{item_id:int}", item)])
 

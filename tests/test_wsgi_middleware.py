@@ -564,6 +564,37 @@ def test_bodies_are_read_first_replayed_to_the_app_and_bounded() -> None:
 # -- fallbacks ------------------------------------------------------------------------------------
 
 
+def test_a_request_without_a_body_keeps_the_servers_stream() -> None:
+    """HTTP/1.x without Content-Length or Transfer-Encoding has no body: nothing is read before
+    the command, and the app reads the server's own stream. Any other body is read first."""
+    import io
+    import wsgiref.util
+
+    seen: list[Any] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.append((environ["wsgi.input"], environ["wsgi.input"].read()))
+        start_response("200 OK", [("content-type", "text/plain")])
+        return [b"ok"]
+
+    middleware = CircuitBreakerMiddleware(app, name="wsgi-bodies")
+
+    def call(**extra: Any) -> None:
+        environ: dict[str, Any] = {}
+        wsgiref.util.setup_testing_defaults(environ)
+        environ.update(extra)
+        assert b"".join(middleware(environ, lambda status, headers, exc_info=None: None)) == b"ok"
+
+    stream = io.BytesIO(b"")
+    call(SERVER_PROTOCOL="HTTP/1.1", **{"wsgi.input": stream})
+    assert seen[-1] == (stream, b"")  # the server's own stream
+    for extra in ({"CONTENT_LENGTH": "3"}, {"SERVER_PROTOCOL": "HTTP/2", "wsgi.input_terminated": True}):
+        stream = io.BytesIO(b"abc")
+        call(**{"SERVER_PROTOCOL": "HTTP/1.1", "wsgi.input": stream, **extra})
+        assert seen[-1][0] is not stream and seen[-1][1] == b"abc", extra  # read first, replayed
+    assert metrics("wsgi-bodies").successes == 3
+
+
 def test_fallback_response_replaces_the_503() -> None:
     errors: list[BaseException] = []
 

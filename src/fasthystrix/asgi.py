@@ -42,6 +42,7 @@ from typing import Any
 
 from ._core import _errors
 from ._core._config import CommandConfig
+from ._core._outcomes import COROUTINE as _COROUTINE
 from ._integrations._middleware import (
     DEFAULT_MAX_BODY_SIZE,
     DEFAULT_RETRY_AFTER_REJECTED,
@@ -58,6 +59,7 @@ from ._integrations._middleware import (
     _response_triple,
     _retry_after,
     _retry_after_rejected,
+    _server_error,
     _ServerError,
     _size,
     _status_rule,
@@ -74,7 +76,9 @@ __all__ = [
     "CircuitBreakerMiddleware",
 ]
 
-_TEMPLATES = 4096  # route templates remembered per middleware, by method and path
+_TEMPLATES = 4096  # route templates (and command names) remembered per middleware, by method and path
+_UNSEEN: Any = object()  # a key not in the table of command names
+_ENDED: Any = object()  # where an app's coroutine was left: it has ended
 
 #: The default ``response_buffer_size``: body bytes of a response held for a slow client while the
 #: command runs (256 KiB).
@@ -115,14 +119,17 @@ class _Outbox:
         if self.error is not None:
             self._raised = True
             raise self.error
-        size = len(message.get("body", b""))
         if self._task is not None:
             # The pump is waiting for the client: queue behind it, to keep the order.
             self._queue.append(message)
-            self.buffered += size
+            self.buffered += len(message.get("body", b""))
             return
         # One step of the server's send(), on the caller's task, as awaiting it would take.
-        sending = self._send(message).__await__()
+        awaitable = self._send(message)
+        # A coroutine steps as its own iterator: one object less than its __await__().
+        sending: Generator[Any, None, Any] = (
+            awaitable if type(awaitable) is _COROUTINE else awaitable.__await__()  # type: ignore[assignment]
+        )
         try:
             blocked_on = sending.send(None)
         except StopIteration:
@@ -131,6 +138,7 @@ class _Outbox:
             self._raised = True
             self.error = exc
             raise
+        size = len(message.get("body", b""))
         self.buffered += size
         self._task = asyncio.ensure_future(self._pump(_Resumed(sending, blocked_on), size))
 
@@ -220,43 +228,49 @@ class _Resumed:
                 return stop.value
 
 
-class _Exchange:
-    """One request's run of the app: its body to replay, the response status seen so far, whether it is complete."""
+class _Exchange(_Outbox):
+    """One request's run of the app: its body to replay, the response status seen so far, whether it is complete.
+
+    It is the outbox of the app's response too (one object per request rather than two).
+    """
 
     __slots__ = (
         "app",
+        "app_steps",
         "body",
         "buffer_size",
         "complete",
         "detached",
         "disconnected",
         "is_failure",
-        "outbox",
+        "late_error",
         "raised",
         "receive_upstream",
         "scope",
         "started",
         "status",
-        "steps",
         "trailers",
+        "waiting",
+        "wake",
     )
 
     def __init__(
         self,
         app: ASGIApp,
         scope: Scope,
-        body: bytes,
+        body: bytes | None,
         receive: Receive,
         send: Send,
         buffer_size: int,
         is_failure: Callable[[int], bool],
     ) -> None:
+        _Outbox.__init__(self, send)
         self.app = app
         self.is_failure = is_failure
         self.scope = scope
-        self.body: bytes | None = body
+        # The body read before the command, replayed by receive(); None: receive() is the client's.
+        self.body = body
         self.receive_upstream = receive
-        self.outbox = _Outbox(send)
         self.buffer_size = buffer_size
         self.status = 0
         self.started = False
@@ -266,7 +280,11 @@ class _Exchange:
         self.disconnected = False
         self.trailers = False
         self.raised: BaseException | None = None
-        self.steps: _AppSteps | None = None
+        # The app's coroutine, while run() steps it (see __await__), and where it was left.
+        self.app_steps: Generator[Any, None, Any] | None = None
+        self.waiting: Any = _ENDED
+        self.late_error: BaseException | None = None  # raised by the app after its response
+        self.wake: asyncio.Future[None] | None = None
 
     async def receive(self) -> Message:
         body = self.body
@@ -285,9 +303,8 @@ class _Exchange:
             self.status = int(message["status"])
             self.started = True
             self.trailers = bool(message.get("trailers", False))
-        outbox = self.outbox
         try:
-            outbox.put(message)
+            self.put(message)
         except OSError:
             # The client went away (ASGI 2.4 servers raise an OSError): not the app's failure.
             self.disconnected = True
@@ -298,41 +315,40 @@ class _Exchange:
             or kind == "http.response.pathsend"
         ):
             self.complete = True
-            if self.steps is not None:
-                self.steps.response_ended()
+            if self.wake is not None:
+                self.response_ended()
             return
         if not self.detached:
-            if outbox.buffered <= self.buffer_size:
+            if self.buffered <= self.buffer_size:
                 return  # the command goes on, the client's pace aside
             self.detached = True
-            if self.steps is not None:
-                self.steps.response_ended()
+            self.response_ended()
         # Outside the command now: the app goes at the client's pace.
-        await outbox.drained()
-        if isinstance(outbox.error, OSError):
+        await self.drained()
+        if isinstance(self.error, OSError):
             self.disconnected = True
-            raise outbox.error
+            raise self.error
 
     async def run(self) -> None:
         """The command: the app, stepped on the request's own task, until its response is complete
         (or detached).
 
-        The command ends with the response, not with the app: :class:`_AppSteps` drives the
+        The command ends with the response, not with the app: :meth:`__await__` drives the
         app's coroutine, as a task would, and stops driving it at the step that completed
         the response, leaving it suspended. What the app does after that (Starlette's
         background tasks, or the rest of a response larger than the buffer) is outside the
         command's timeout, latency and ticket: :meth:`finish` drives it to its end.
         """
-        steps = self.steps = _AppSteps(self)
+        self.app_steps = self.app(self.scope, self.receive, self.send).__await__()
         try:
-            await steps
+            await self
         except asyncio.CancelledError:
             # The timeout (or the server) cancelled the command: the app has unwound (the
             # cancellation went into it), so its ticket can come back.
             raise
         except BaseException as exc:
             if self.complete or self.detached:
-                steps.error = exc  # raised after the response: finish() raises it (the server logs it)
+                self.late_error = exc  # raised after the response: finish() raises it (the server logs it)
             else:
                 self.raised = exc
                 if self.disconnected and isinstance(exc, Exception):
@@ -345,48 +361,34 @@ class _Exchange:
                 raise _errors.ContextCanceledError()
             if not self.started:
                 raise _ServerError(500)  # the server answers 500 to an app that sent nothing
-        if self.is_failure(self.status):
-            raise _ServerError(self.status)
+        status = self.status
+        if status >= 500 if self.is_failure is _server_error else self.is_failure(status):
+            raise _ServerError(status)
 
     async def finish(self) -> None:
         """Drive what the app does after the command; its errors propagate (the server logs them)."""
-        steps = self.steps
-        if steps is None:
+        app_steps = self.app_steps
+        if app_steps is None:
             return
-        if steps.waiting is not _ENDED:
-            await _Resumed(steps.app, steps.waiting)
-        elif steps.error is not None and steps.error is not self.raised:
-            raise steps.error
-
-
-_ENDED = object()
-
-
-class _AppSteps:
-    """The app's coroutine, driven step by step on the awaiting task until the response is
-    complete (or detached), or the app ends.
-
-    Each step is what a task would do: ``send(None)`` into the app's iterator, or ``throw``
-    what the waiting raised (the deadline's cancellation), then yield what the app yielded
-    (a future, or ``None``) to the task, unchanged. When a step completes the response,
-    awaiting this returns with the app suspended on ``waiting`` (``_ENDED`` if it has
-    ended); ``_Resumed(app, waiting)`` goes on from there. Invariant: the app's iterator is
-    driven by one task, this one, at a time (tests/test_asgi_middleware.py,
-    test_a_complete_stream_and_background_work_after_the_response, covers the hand-over).
-    """
-
-    __slots__ = ("app", "error", "exchange", "waiting", "wake")
-
-    def __init__(self, exchange: _Exchange) -> None:
-        self.exchange = exchange
-        self.app: Generator[Any, None, Any] = exchange.app(exchange.scope, exchange.receive, exchange.send).__await__()
-        self.waiting: Any = _ENDED
-        self.error: BaseException | None = None
-        self.wake: asyncio.Future[None] | None = None
+        if self.waiting is not _ENDED:
+            await _Resumed(app_steps, self.waiting)
+        elif self.late_error is not None and self.late_error is not self.raised:
+            raise self.late_error
 
     def __await__(self) -> Generator[Any, None, None]:
-        app = self.app
-        exchange = self.exchange
+        """The app's coroutine (``app_steps``), driven step by step on the awaiting task until the
+        response is complete (or detached), or the app ends.
+
+        Each step is what a task would do: ``send(None)`` into the app's iterator, or ``throw``
+        what the waiting raised (the deadline's cancellation), then yield what the app yielded
+        (a future, or ``None``) to the task, unchanged. When a step completes the response,
+        awaiting this returns with the app suspended on ``waiting`` (``_ENDED`` if it has
+        ended); ``_Resumed(app_steps, waiting)`` goes on from there. Invariant: the app's
+        iterator is driven by one task, this one, at a time (tests/test_asgi_middleware.py,
+        test_a_complete_stream_and_background_work_after_the_response, covers the hand-over).
+        """
+        app = self.app_steps
+        assert app is not None, "run() sets the app's coroutine before awaiting it"
         # What the task threw in (a cancellation) goes into the app, as a task would: the app's
         # handling decides. A nested command's deadline cancels this task too, and the app's
         # do_async takes that cancellation back; the route's own deadline is do_async's to tell.
@@ -401,7 +403,7 @@ class _AppSteps:
                 self.waiting = _ENDED
                 raise
             throw = None
-            if exchange.complete or exchange.detached:
+            if self.complete or self.detached:
                 self.waiting = yielded
                 return
             add_done_callback = getattr(yielded, "add_done_callback", None)
@@ -517,6 +519,8 @@ class CircuitBreakerMiddleware:
         self._names = _Names(config)
         self._excluded = _excluded(exclude)
         self._templates: dict[tuple[str, str, str], str] = {}
+        # The command of each (method, path, root_path) seen, when nothing else decides it.
+        self._commands: dict[tuple[str, str, str], str | None] = {}
         self._max_body_size = _optional_size("max_body_size", max_body_size)
         self._response_buffer_size = _size("response_buffer_size", response_buffer_size)
         self._is_failure = _status_rule(is_failure)
@@ -533,6 +537,23 @@ class CircuitBreakerMiddleware:
         if isinstance(name, str):
             return name
         return name(scope)
+
+    def _command_of(self, scope: Scope, key: tuple[str, str, str]) -> str | None:
+        """:meth:`command_name`, its ``config`` applied, remembered for ``key`` (a bounded table,
+        emptied when full) unless it may change with more than the method and path: a callable
+        ``name``, or a route matched by host."""
+        name = self.command_name(scope)
+        if name is not None:
+            self._names.prepare(name)
+        naming = self._name
+        if not isinstance(naming, str) and (
+            naming is not None or (name is not None and self._templates.get(key) is None)
+        ):
+            return name
+        if len(self._commands) >= _TEMPLATES:
+            self._commands.clear()
+        self._commands[key] = name
+        return name
 
     def route_template(self, scope: Scope) -> str:
         """The template of the route ``scope`` matches (``"/items/{item_id}"``), or ``"<unmatched>"``."""
@@ -558,18 +579,22 @@ class CircuitBreakerMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)  # websocket, lifespan: untouched
             return
-        name = self.command_name(scope)
+        key = (scope["method"], scope["path"], scope.get("root_path", ""))
+        name = self._commands.get(key, _UNSEEN)
+        if name is _UNSEEN:
+            name = self._command_of(scope, key)
         if name is None:
             await self.app(scope, receive, send)
             return
-        self._names.prepare(name)
         shed = _door(name)
         if shed is not None:
             await self._answer(name, _door_error(shed[1]), scope, receive, send, _body_announced(scope))
             return
-        body = await self._read_body(name, scope, receive, send)
-        if body is None:
-            return  # answered 413, or the client left before sending it all
+        body: bytes | None = None  # a request without a body: the app's receive() is the client's
+        if not _bodiless(scope):
+            body = await self._read_body(name, scope, receive, send)
+            if body is None:
+                return  # answered 413, or the client left before sending it all
         exchange = _Exchange(self.app, scope, body, receive, send, self._response_buffer_size, self._is_failure)
         try:
             try:
@@ -588,18 +613,20 @@ class CircuitBreakerMiddleware:
                         # Timed out mid-response: no 503 can follow a started response. What the app
                         # sent reaches the client, then raising makes the server close the
                         # connection, so the client sees it was cut short.
-                        await exchange.outbox.close()
+                        await exchange.close()
                         raise
                     # Complete (or detached), but past its deadline: counted as a timeout; the client
                     # gets it all.
                 else:
-                    await self._answer(name, err, scope, _replaying(body, receive), send)
+                    await self._answer(name, err, scope, _replaying(body or b"", receive), send)
                     return
-            await exchange.finish()
-            if not exchange.outbox.idle:
-                await exchange.outbox.close()
+            if exchange.waiting is not _ENDED or exchange.late_error is not None:
+                await exchange.finish()
+            if exchange._task is not None or exchange.error is not None:
+                await exchange.close()
         finally:
-            exchange.outbox.abort()
+            if exchange._task is not None or exchange._queue:
+                exchange.abort()
 
     async def _read_body(self, name: str, scope: Scope, receive: Receive, send: Send) -> bytes | None:
         """The whole request body, read before the command; ``None`` once answered 413 or the client has left."""
@@ -651,6 +678,17 @@ class CircuitBreakerMiddleware:
         if close:
             headers.append(("connection", "close"))
         await _send_response(send, status, headers, body)
+
+
+def _bodiless(scope: Scope) -> bool:
+    """The request has no body: a Content-Length of 0, or HTTP/1.x with neither Content-Length nor
+    Transfer-Encoding (RFC 9112, 6.3). An HTTP/2 request without either may still have one."""
+    for key, value in scope.get("headers", ()):
+        if key == b"content-length":
+            return bool(value.strip() == b"0")
+        if key == b"transfer-encoding":
+            return False
+    return scope.get("http_version") in ("1.0", "1.1")
 
 
 def _body_announced(scope: Scope) -> bool:

@@ -378,6 +378,12 @@ class CircuitBreakerMiddleware:
         stream = environ.get("wsgi.input")
         if stream is None:
             return None
+        if (
+            (environ.get("CONTENT_LENGTH") or "0") == "0"
+            and not environ.get("HTTP_TRANSFER_ENCODING")
+            and environ.get("SERVER_PROTOCOL") in ("HTTP/1.0", "HTTP/1.1")
+        ):
+            return None  # no body (RFC 9112, 6.3): nothing to read, the app's stream stays the server's
         limit = self._max_body_size
         length = _content_length(environ.get("CONTENT_LENGTH") or None)
         if limit is not None and length is not None and length > limit:

@@ -227,6 +227,12 @@ async def do_async(
     end = clock()
     if timed_out:
         _uncancel(task)  # run swallowed our cancellation: take the request back
+    elif settings.is_failure is None and end - start <= settings.timeout_ns:
+        # outcome()'s rule for a value in time with no is_failure, without a coroutine for
+        # _ended: SUCCESS (test_outcome_options and the parity tests hold both paths to it).
+        run_us = (end - start) // _NS_PER_US
+        circuit._report(SUCCESS, NO_EVENT, end, run_us, run_us, verdict, True)
+        return value
     return await _ended(circuit, value, None, start, end, start + settings.timeout_ns, verdict, fallback)
 
 
