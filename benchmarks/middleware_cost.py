@@ -18,7 +18,10 @@ measures the cost, not shedding) and the default 1 s timeout. One more variant p
 ``middleware-shed``, measures the 503 path: its command has no ticket (``max_concurrent_requests=0``),
 so every request is shed at the door (503, ``Retry-After: 1``, the app never runs); its throughput
 against the served middleware's, in the same rounds, is what a rejection costs against a served
-request (its 503s are expected, not counted as failures). The load is closed-loop: ``wrk -t1
+request (its 503s are expected, not counted as failures). And one reference variant for Starlette
+and FastAPI, ``minimal-wrapper``: not fasthystrix, but the least any ASGI middleware that reads the
+response's status does (it wraps ``send()`` and counts statuses). Its ratio is the floor for a
+middleware written in Python under the same server, in the same rounds. The load is closed-loop: ``wrk -t1
 -c10`` (``--connections``), or, where wrk is not installed, a Python client of as many keep-alive
 connections in a process of its own. With two cores or more the servers run on the first core and
 the load tool on the second (``sched_setaffinity``), so they do not compete with each other.
@@ -51,12 +54,15 @@ from typing import Any
 TARGET = 0.97
 FRAMEWORKS = ("starlette", "fastapi", "flask")
 VARIANTS = {
-    "starlette": ("bare", "middleware", "middleware-shed"),
-    "fastapi": ("bare", "middleware", "middleware-shed"),
+    "starlette": ("bare", "middleware", "middleware-shed", "minimal-wrapper"),
+    "fastapi": ("bare", "middleware", "middleware-shed", "minimal-wrapper"),
     "flask": ("bare", "middleware-thread", "middleware-semaphore", "middleware-shed"),
 }
 TICKETS = 1000  # max_concurrent_requests: never a rejection
 SHED = "middleware-shed"  # no ticket at all: every request answered 503 at the door
+# Not fasthystrix: the least any ASGI middleware that sees the response's status does (it wraps
+# send()). What it costs under the same server is the floor of a middleware written in Python.
+MINIMAL = "minimal-wrapper"
 
 
 def tickets(variant: str) -> int:
@@ -68,8 +74,30 @@ def tickets(variant: str) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
+class StatusCounter:
+    """The reference middleware (``minimal-wrapper``): counts the statuses of the app's responses,
+    and does nothing else."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.statuses: dict[int, int] = {}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        statuses = self.statuses
+
+        async def counted(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                statuses[message["status"]] = statuses.get(message["status"], 0) + 1
+            await send(message)
+
+        await self.app(scope, receive, counted)
+
+
 def asgi_app(framework: str, variant: str, name: str | None = None) -> Any:
-    """The Starlette or FastAPI app, bare or with the middleware."""
+    """The Starlette or FastAPI app, bare, with the middleware, or with the reference wrapper."""
     import fasthystrix
     from fasthystrix.asgi import CircuitBreakerMiddleware
 
@@ -84,6 +112,8 @@ def asgi_app(framework: str, variant: str, name: str | None = None) -> Any:
             return PlainTextResponse("ok")
 
         app: Any = Starlette(routes=[Route("/", index)])
+        if variant == MINIMAL:
+            return StatusCounter(app)
         return app if variant == "bare" else CircuitBreakerMiddleware(app, config=config, name=name)
     from fastapi import FastAPI
     from fastapi.responses import PlainTextResponse as FastAPIText
@@ -94,7 +124,9 @@ def asgi_app(framework: str, variant: str, name: str | None = None) -> Any:
     async def root() -> str:
         return "ok"
 
-    if variant != "bare":
+    if variant == MINIMAL:
+        api.add_middleware(StatusCounter)
+    elif variant != "bare":
         api.add_middleware(CircuitBreakerMiddleware, config=config, name=name)
     return api
 
@@ -436,6 +468,77 @@ def measure(framework: str, args: argparse.Namespace, load: Load, server_core: i
     return result
 
 
+# --------------------------------------------------------------------------------------------------
+# --callgrind: instructions per request under uvicorn (``middleware_cost.py _counted FRAMEWORK VARIANT N``)
+# --------------------------------------------------------------------------------------------------
+
+_CLIENT = """
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+for _ in range(int(sys.argv[2])):
+    s.sendall(b"GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+    answer = b""
+    while not answer.endswith(b"ok"):
+        chunk = s.recv(4096)
+        if not chunk:
+            sys.exit("the server closed the connection")
+        answer += chunk
+"""
+
+
+def counted_serve(framework: str, variant: str, requests: int) -> None:
+    """Serve ``requests`` requests, one after the other on one keep-alive connection, from a client
+    process of its own (valgrind does not follow it), then exit. uvicorn with uvloop and h11."""
+    import uvicorn
+
+    app = asgi_app(framework, variant)
+    sock = listening_socket()
+    config = uvicorn.Config(app, log_level="critical", lifespan="off", loop="uvloop", http="h11", access_log=False)
+    server = uvicorn.Server(config)
+
+    async def run() -> None:
+        serving = asyncio.ensure_future(server.serve(sockets=[sock]))
+        client = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _CLIENT, str(sock.getsockname()[1]), str(requests)
+        )
+        if await client.wait() != 0:
+            raise SystemExit(f"the client failed ({variant})")
+        server.should_exit = True
+        await serving
+
+    asyncio.run(run())
+
+
+def callgrind(frameworks: list[str], low: int, high: int) -> None:
+    """Per ASGI variant: the server's instructions per request, (Ir(high) - Ir(low)) / (high - low)."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--callgrind needs valgrind (apt-get install valgrind)")
+    print("| framework (server) | variant | instructions per request | over bare |")
+    print("|---|---|---|---|")
+    for framework in frameworks:
+        if framework == "flask":
+            continue  # gunicorn's worker threads: not one process valgrind can follow alone
+        per_request: dict[str, float] = {}
+        for variant in ("bare", "middleware", MINIMAL):
+            counts = []
+            for n in (low, high):
+                valgrind = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+                out = subprocess.run(
+                    [*valgrind, sys.executable, __file__, "_counted", framework, variant, str(n)],
+                    capture_output=True,
+                    text=True,
+                    env={**os.environ, "PYTHONHASHSEED": "0"},
+                )
+                found = re.search(r"Collected : (\d+)", out.stderr)
+                if out.returncode != 0 or found is None:
+                    raise SystemExit(f"valgrind failed for {framework} {variant}:\n{out.stderr[-2000:]}")
+                counts.append(int(found.group(1)))
+            per_request[variant] = (counts[1] - counts[0]) / (high - low)
+            over = per_request[variant] / per_request["bare"] - 1
+            extra = "" if variant == "bare" else f"{over:+.1%}"
+            print(f"| {framework} (uvicorn) | {variant} | {per_request[variant]:,.0f} | {extra} |", flush=True)
+
+
 def cores() -> tuple[int | None, int | None]:
     """The servers' core and the load tool's: the first two this process may use, when there are two."""
     try:
@@ -475,6 +578,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--profile-requests", type=int, default=20_000, help="requests per --profile round (20000)")
     parser.add_argument("--top", type=int, default=25, help="functions shown per --profile (25)")
+    parser.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="instead: the ASGI server's instructions per request (valgrind), bare and with the middleware",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.seconds, args.warmup = 1, 1.0, 0.5
@@ -484,6 +592,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown framework(s) {unknown}; choose from {', '.join(FRAMEWORKS)}")
     import fasthystrix
 
+    if args.callgrind:
+        print(
+            f"# middleware cost under callgrind: fasthystrix {fasthystrix.__version__} ({fasthystrix.implementation})"
+        )
+        print("# uvicorn (uvloop, h11); requests one after the other on one keep-alive connection\n")
+        callgrind(frameworks, *((50, 150) if args.quick else (300, 1300)))
+        return 0
     if args.profile:
         print(f"# middleware cost, in-process: fasthystrix {fasthystrix.__version__} ({fasthystrix.implementation})")
         print(f"# {machine()}")
@@ -510,6 +625,8 @@ def main(argv: list[str] | None = None) -> int:
             if variant == SHED:
                 continue
             met = "" if variant == "bare" else ("met" if v["ratio"] >= TARGET else "NOT met")
+            if variant == MINIMAL:
+                met = "(reference: not fasthystrix)"
             rounds = ", ".join(f"{r:.3f}" for r in v["ratios"])
             print(
                 f"| {result['framework']} ({server}) | {variant} | {v['requests_per_s']:,.0f} | {v['ratio']:.1%} "
@@ -539,6 +656,8 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     if len(sys.argv) == 5 and sys.argv[1] == "_serve":
         serve(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    elif len(sys.argv) == 5 and sys.argv[1] == "_counted":
+        counted_serve(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     elif len(sys.argv) == 5 and sys.argv[1] == "_client":
         print(json.dumps(asyncio.run(python_client(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])))))
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -104,7 +105,7 @@ def test_downstream_shares_and_releases() -> None:
 def test_middleware_cost_quick_reports_every_variant() -> None:
     out = run("middleware_cost.py", "--frameworks", "starlette,flask")
     for framework, variants in (
-        ("starlette", ("bare", "middleware")),
+        ("starlette", ("bare", "middleware", "minimal-wrapper")),
         ("flask", ("bare", "middleware-thread", "middleware-semaphore")),
     ):
         for variant in variants:
@@ -118,3 +119,15 @@ def test_middleware_cost_quick_reports_every_variant() -> None:
         row = next(line for line in out.splitlines() if line.startswith(f"| {framework} (") and "x (" in line)
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert float(cells[1].replace(",", "")) > 0, row
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="--callgrind needs valgrind (apt-get install valgrind)")
+def test_middleware_cost_callgrind_counts_each_variants_instructions() -> None:
+    out = run("middleware_cost.py", "--callgrind", "--frameworks", "starlette")
+    counts = {}
+    for variant in ("bare", "middleware", "minimal-wrapper"):
+        row = next(line for line in out.splitlines() if line.startswith("| starlette (") and f"| {variant} |" in line)
+        counts[variant] = int(row.strip("|").split("|")[2].strip().replace(",", ""))
+    # Each variant ran its own app: wrapping it does more work than the bare app, and the
+    # middleware (a command per request) more than a send() wrapper.
+    assert 0 < counts["bare"] < counts["minimal-wrapper"] < counts["middleware"], out
