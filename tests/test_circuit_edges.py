@@ -97,3 +97,49 @@ def test_admission_verdicts_are_the_named_ones(clock: Any) -> None:
     assert _events.turned_away_event(_events.QUEUE_TIMEOUT) == _events.TIMEOUT
     assert _events.turned_away_event(_events.QUEUE_CANCELED) == _events.CONTEXT_CANCELED
     assert _events.turned_away_event(_events.QUEUE_DEADLINE) == _events.CONTEXT_DEADLINE_EXCEEDED
+
+
+def test_shed_until_is_when_the_next_trial_may_come(clock: Any) -> None:
+    """``_shed_until`` (the middlewares' door) says what admission does: no trial up to it, one
+    just after it; 0 whenever a call may be admitted or the wait is not the sleep window's."""
+    fasthystrix.configure_command(
+        "shed-until",
+        fasthystrix.CommandConfig(request_volume_threshold=1, sleep_window=100, sleep_window_multiplier=2.0),
+    )
+    circuit = fasthystrix.get_circuit("shed-until")[0]
+    assert circuit._shed_until() == 0  # closed
+    circuit._report(_events.FAILURE, _events.NO_EVENT, clock(), 1, 1, circuit._acquire(clock()), True)
+    opened = clock()
+    assert circuit._acquire(opened) == _events.TRIPPED
+    assert circuit._shed_until() == opened + 100_000_000
+    clock.advance(ms=100)
+    assert clock() == circuit._shed_until() and circuit._acquire(clock()) == _events.SHORT_CIRCUITED
+    clock.advance_ns(1)
+    trial = circuit._acquire(clock())
+    assert trial > 0  # just past it: the trial, which restarts the window
+    started = clock()
+    assert circuit._shed_until() == started + 100_000_000
+    circuit._report(_events.FAILURE, _events.NO_EVENT, clock(), 1, 1, trial, True)
+    assert circuit._shed_until() == started + 200_000_000  # the failed trial doubled the wait
+    circuit.force_open = True
+    assert (circuit.state(), circuit._shed_until()) == ("forced-open", 0)
+    circuit.force_open = False
+    circuit.force_closed = True
+    assert (circuit.state(), circuit._shed_until()) == ("closed", 0)
+
+
+def test_shed_until_is_0_while_several_trials_may_be_admitted(clock: Any) -> None:
+    fasthystrix.configure_command(
+        "shed-until-probes",
+        fasthystrix.CommandConfig(request_volume_threshold=1, sleep_window=100, half_open_max_calls=3),
+    )
+    circuit = fasthystrix.get_circuit("shed-until-probes")[0]
+    circuit._report(_events.FAILURE, _events.NO_EVENT, clock(), 1, 1, circuit._acquire(clock()), True)
+    assert circuit._acquire(clock()) == _events.TRIPPED
+    assert circuit._shed_until() == clock() + 100_000_000
+    clock.advance(ms=101)
+    trial = circuit._acquire(clock())
+    assert trial > 0  # the half-open phase's first trial
+    assert circuit._shed_until() == 0  # two more trials may be admitted: nothing to shed
+    circuit._report(_events.SUCCESS, _events.NO_EVENT, clock(), 1, 1, trial, True)
+    assert circuit._shed_until() == 0

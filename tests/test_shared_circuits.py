@@ -825,3 +825,52 @@ def test_window_changes_racing_calls_in_other_processes_lose_nothing(
         assert worker.reply() == ["ran"] * calls
     events = _window_events(parent)
     assert events["success"] == sum(events.values()) == 2 * calls
+
+
+def test_the_middlewares_door_sheds_a_circuit_another_process_opened(
+    start_workers: StartWorkers, host_clock: Any
+) -> None:
+    """The door reads the sleep window from the circuit itself, so a circuit a worker opened is
+    shed here before the request's body is read, with what remains of the window as Retry-After."""
+    import asyncio
+
+    from fasthystrix.asgi import CircuitBreakerMiddleware
+
+    name = "door"
+    configure(name, request_volume_threshold=1, error_percent_threshold=50, sleep_window=5000)
+    parent = open_circuit(name)
+    [worker] = start_workers(1, name)
+    assert worker.call("calls", ["fail", "ok"]) == ["fallback:ValueError", "fallback:CircuitOpenError"]
+    assert parent.state() == "open"
+    ran: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        ran.append((await receive())["body"].decode())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    middleware = CircuitBreakerMiddleware(app, name=name)
+
+    def post() -> tuple[int, dict[bytes, bytes]]:
+        sent: list[dict[str, Any]] = []
+        body = [{"type": "http.request", "body": b"hello", "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            return body.pop(0)
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "http_version": "1.1", "method": "POST", "path": "/", "root_path": "",
+                 "headers": [(b"content-length", b"5")]}  # fmt: skip
+        asyncio.run(middleware(scope, receive, send))
+        return sent[0]["status"], dict(sent[0]["headers"])
+
+    host_clock.value += 2 * SECOND_NS  # 3 s of the worker's sleep window left
+    status, headers = post()
+    assert (status, headers[b"retry-after"], headers[b"connection"]) == (503, b"3", b"close")
+    assert ran == [] and parent.metrics().short_circuits == 2  # shed at the door, body unread
+    host_clock.value += 3 * SECOND_NS + 1  # past the window: the trial runs, and closes the circuit
+    assert post()[0] == 200
+    assert ran == ["hello"] and parent.state() == "closed"
+    assert worker.call("state") == "closed"

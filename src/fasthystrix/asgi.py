@@ -20,7 +20,8 @@ JSON body naming the reason, or the response of ``fallback``.
 
 **What the command covers: the app, not the client.** The request body is read before
 the command starts (at most ``max_body_size`` bytes; a larger one is answered 413 and the
-app never runs) and replayed to the app by its ``receive()``, so a client that sends its
+app never runs; a request without one, HTTP/1.x with neither Content-Length nor
+Transfer-Encoding, has nothing to read) and replayed to the app by its ``receive()``, so a client that sends its
 body slowly, or never finishes it, holds no ticket and adds nothing to the route's
 latency: only the server's own timeouts end it. The app's ``send()`` never waits for the
 client while the command runs: a message the server cannot take at once (its buffers
@@ -64,7 +65,6 @@ from ._integrations._middleware import (
     _size,
     _status_rule,
     _too_large,
-    _watch_windows,
 )
 from ._isolation._asyncio import do_async
 
@@ -525,7 +525,6 @@ class CircuitBreakerMiddleware:
         self._response_buffer_size = _size("response_buffer_size", response_buffer_size)
         self._is_failure = _status_rule(is_failure)
         self._retry_after_rejected = _retry_after_rejected(retry_after_rejected)
-        _watch_windows()
 
     def command_name(self, scope: Scope) -> str | None:
         """The command an HTTP request runs as, or ``None`` when it passes through."""

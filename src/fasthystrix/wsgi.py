@@ -75,7 +75,6 @@ from ._integrations._middleware import (
     _ServerError,
     _status_rule,
     _too_large,
-    _watch_windows,
 )
 
 __all__ = ["DEFAULT_MAX_BODY_SIZE", "DEFAULT_RETRY_AFTER_REJECTED", "UNMATCHED", "CircuitBreakerMiddleware"]
@@ -304,7 +303,6 @@ class CircuitBreakerMiddleware:
         self._max_body_size = _optional_size("max_body_size", max_body_size)
         self._is_failure = _status_rule(is_failure)
         self._retry_after_rejected = _retry_after_rejected(retry_after_rejected)
-        _watch_windows()
 
     def command_name(self, environ: Environ) -> str | None:
         """The command a request runs as, or ``None`` when it passes through."""

@@ -641,6 +641,23 @@ cdef class CircuitBreaker:
             wait = fh_load_relaxed(&self.lim.sleep_window_ns)
         return _timedelta(microseconds=wait // 1000)
 
+    def _shed_until(self):
+        """The clock time until which this open circuit lets no trial through: when it opened (or
+        let its last trial through) plus the sleep window or its backoff. ``0`` when a call may be
+        admitted now or the wait is not the circuit's: closed, forced open or closed, disabled, or
+        in a half-open phase of several trials. Read without the lock (the middlewares' door:
+        advisory, the command decides); host-wide circuits read the file, so a circuit another
+        process opened is seen too."""
+        cdef int64_t wait
+        if fh_load_relaxed(&self.lim.breaker_disabled) or fh_load_acquire(&self.st.state_word) != STATE_OPEN:
+            return 0
+        if self.several_probes() and fh_load_acquire(self.probes) != 0:
+            return 0
+        wait = fh_load_relaxed(&self.st.sleep_ns)
+        if wait == 0:
+            wait = fh_load_relaxed(&self.lim.sleep_window_ns)
+        return fh_load_acquire(&self.st.opened_ns) + wait
+
     @property
     def concurrency_limit(self):
         """The ticket limit admission applies now: ``max_concurrent_requests``, or an adaptive

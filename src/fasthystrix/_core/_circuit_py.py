@@ -314,6 +314,21 @@ class CircuitBreaker:
         or its backoff after failed trials."""
         return timedelta(microseconds=(self._sleep_ns or self._settings_obj.sleep_window_ns) // 1000)
 
+    def _shed_until(self) -> int:
+        """The clock time until which this open circuit lets no trial through: when it opened (or
+        let its last trial through) plus the sleep window or its backoff. ``0`` when a call may be
+        admitted now or the wait is not the circuit's: closed, forced open or closed, disabled, or
+        in a half-open phase of several trials. Read without the lock (the middlewares' door:
+        advisory, the command decides); host-wide circuits read the file, so a circuit another
+        process opened is seen too."""
+        settings = self._settings_obj
+        if not settings.circuit_breaker_enabled or not self._open or self._force_open or self._force_closed:
+            return 0
+        if settings.probes and self._probes:
+            return 0
+        until: int = self._opened_ns + (self._sleep_ns or settings.sleep_window_ns)
+        return until
+
     @property
     def concurrency_limit(self) -> int:
         """The ticket limit admission applies now: ``max_concurrent_requests``, or an adaptive

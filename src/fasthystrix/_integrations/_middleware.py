@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from .._core import _errors, _transitions
+from .._core import _errors
 from .._core._config import CommandConfig, _count
 from .._core._events import NO_EVENT, REJECTED, SHORT_CIRCUIT
 from .._core._outcomes import error_for
@@ -153,39 +153,11 @@ def _retry_after_rejected(value: object) -> int:
     return _count("retry_after_rejected", value)
 
 
-# When the sleep window of each open circuit began, on the circuit's clock, as far as this
-# process saw it (the state listener below): the door sheds a short-circuit only while that
-# window lasts, and a 503's Retry-After is what remains of it. A circuit opened by another
-# process (host-wide circuits) has no entry: its requests take the command's own path.
-_window_starts: dict[str, int] = {}
-
-
-def _window_listener(name: str, old: str, new: str) -> None:
-    circuit = _circuits.get(name)
-    if circuit is None or new == "closed" or old == "forced-open":
-        # Closed, or no longer forced open: when its window began is unknown here (the command decides).
-        _window_starts.pop(name, None)
-        return
-    if new == "half-open":
-        if circuit.settings.probes:
-            _window_starts.pop(name, None)  # several trials may be admitted now: none shed at the door
-        else:
-            _window_starts[name] = circuit._clock()  # hystrix-go's trial restarts the window
-    elif new == "open" and not (old == "half-open" and name in _window_starts and not circuit.settings.probes):
-        # Tripped, or a half-open phase of several trials failed. (A failed single trial keeps
-        # the window its start began, as the circuit does.)
-        _window_starts[name] = circuit._clock()
-
-
-def _watch_windows() -> None:
-    """Make sure the window listener is installed (each middleware calls it when made)."""
-    if _window_listener not in _transitions._listeners:
-        _transitions.on_state_change(_window_listener)
-
-
 def _door(name: str) -> tuple[Any, int] | None:
     """``(circuit, event)`` when the route's circuit would turn the request away now (the event is
     counted, as the command would count it), else ``None``: the request goes on to its command.
+    The sleep window is the circuit's own (``_shed_until``): with host-wide circuits, one that
+    another worker opened is shed here too.
 
     Read without taking anything: a request that races another past the door is decided by
     its command, which answers the same 503 after reading the body. Not shed here: trials
@@ -200,9 +172,8 @@ def _door(name: str) -> tuple[Any, int] | None:
             return None  # a ticket is free (the current limit, adaptive or not), or the command may wait for one
         event = REJECTED
     elif state == "open":
-        start = _window_starts.get(name)
-        if start is None or circuit._clock() - start > _sleep_ns(circuit):
-            return None  # a trial may be due: the command decides
+        if circuit._clock() > circuit._shed_until():
+            return None  # a trial may be due (or several trials are on): the command decides
         event = SHORT_CIRCUIT
     else:
         event = SHORT_CIRCUIT  # forced open
@@ -224,8 +195,8 @@ def _sleep_ns(circuit: Any) -> int:
 
 def _retry_after(name: str, err: _errors.CircuitError, rejected: int) -> int | None:
     """The ``Retry-After`` of a 503, in whole seconds: for a short-circuit what remains of the
-    sleep window, rounded up, at least 1 (the whole window when its start is unknown); for a
-    rejection ``rejected``; none for a timeout."""
+    sleep window, rounded up, at least 1 (the whole window when forced open, or in a half-open
+    phase of several trials); for a rejection ``rejected``; none for a timeout."""
     if isinstance(err, _errors.MaxConcurrencyError):
         return rejected
     if not isinstance(err, _errors.CircuitOpenError):
@@ -234,9 +205,9 @@ def _retry_after(name: str, err: _errors.CircuitError, rejected: int) -> int | N
     if circuit is None:
         return 1
     left = _sleep_ns(circuit)
-    start = _window_starts.get(name)
-    if start is not None and circuit.state() == "open":
-        left = max(start + left - circuit._clock(), 0)
+    until = circuit._shed_until()
+    if until:
+        left = max(until - circuit._clock(), 0)
     return max(1, math.ceil(left / 1e9))
 
 
