@@ -89,8 +89,10 @@ def test_commands_are_named_after_route_templates_not_urls() -> None:
         assert client.get("/ops/a").text == client.get("/ops/b/c").text == "an app of its own"
         for _ in range(3):
             assert client.get(f"/{uuid.uuid4().hex}/{uuid.uuid4().hex}").status_code == 404
-        assert client.request("BREW", "/items/3").status_code == 405
-        assert client.request("BREW", f"/{uuid.uuid4().hex}").status_code == 404
+        # PURGE: outside the standard methods (so "OTHER"), yet one that both of uvicorn's parsers
+        # accept (httptools answers 400 itself to a method llhttp does not know, such as BREW).
+        assert client.request("PURGE", "/items/3").status_code == 405
+        assert client.request("PURGE", f"/{uuid.uuid4().hex}").status_code == 404
     assert sorted(_registry.circuits()) == [
         "GET /api/things/{thing_id}",
         "GET /items/{item_id}",
