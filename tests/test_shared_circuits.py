@@ -466,6 +466,20 @@ def test_thread_isolation_and_go_use_the_host_wide_circuit(shared_dir: Path) -> 
     wait_until(lambda: circuit.tickets_in_use == 0, "every ticket back")
 
 
+def test_flushes_racing_each_other_and_new_circuits_all_return(shared_dir: Path) -> None:
+    """flush() stops the reaper thread, and the next shared circuit starts another: flushes on
+    several threads, while go() creates the circuit again, must all return. (Each stop must reach
+    the reaper it stopped: one flush finishing must not take back another's stop request, which
+    left that flush waiting forever on a reaper that never stopped.)"""
+    fasthystrix.configure_command("racing-flush", {"timeout": int(WAIT * 1000)})
+    for attempt in range(30):
+        futures = [fasthystrix.go("racing-flush", lambda: fasthystrix.flush() or 1) for _ in range(10)]
+        assert [f.result(WAIT) for f in futures] == [1] * 10, f"attempt {attempt}"
+    wait_until(lambda: fasthystrix.get_circuit("racing-flush")[0].tickets_in_use == 0, "every ticket back")
+    fasthystrix.flush()
+    assert not [t for t in threading.enumerate() if t.name == "fasthystrix-reaper" and t.is_alive()]
+
+
 def test_reset_state_closes_and_empties_a_private_circuit(clock: FakeClock) -> None:
     configure("private-reset", request_volume_threshold=1)
     assert do("private-reset", "fail") == "fallback:ValueError"

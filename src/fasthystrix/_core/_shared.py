@@ -684,18 +684,28 @@ def _with_code_of(settings: Settings, local: Settings | None) -> Settings:
 # -- the reaper -----------------------------------------------------------------------------------
 
 _mapped: weakref.WeakSet[Any] = weakref.WeakSet()  # circuits attached to a file in this process
-_reaper: threading.Thread | None = None
-_reaper_wake = threading.Event()
+# The reaper thread and the event that stops it. Each reaper has an event of its own, set once and
+# never cleared: a stop request reaches the thread it was made for whatever other flush() calls
+# start or stop meanwhile (with one event for all, a flush that had stopped its reaper cleared it
+# while another flush's reaper had yet to see it, and that flush waited forever).
+_reaper: tuple[threading.Thread, threading.Event] | None = None
+
+
+def _start_reaper() -> None:
+    """Start a reaper thread (with ``_lock`` held, or in a forked child before other threads)."""
+    global _reaper
+    stop = threading.Event()
+    thread = threading.Thread(target=_reap_forever, args=(stop,), name="fasthystrix-reaper", daemon=True)
+    _reaper = (thread, stop)
+    thread.start()
 
 
 def register(circuit: Any) -> None:
     """Watch ``circuit``'s file for dead processes (starts the reaper thread once)."""
-    global _reaper
     with _lock:
         _mapped.add(circuit)
-        if _reaper is None or not _reaper.is_alive():
-            _reaper = threading.Thread(target=_reap_forever, name="fasthystrix-reaper", daemon=True)
-            _reaper.start()
+        if _reaper is None or not _reaper[0].is_alive():
+            _start_reaper()
 
 
 def reap_once(full: bool = True) -> int:
@@ -738,27 +748,21 @@ _PIDS = struct.Struct("<" + "qq48x" * MAX_PROCESSES)  # (pid, start) of each pro
 
 
 def stop_reaper() -> None:
-    """Stop the reaper thread (``flush()``: nothing is mapped any more); ``register`` starts it again."""
+    """Stop the reaper thread and wait for it to end (``flush()``: nothing is mapped any more);
+    ``register`` starts another."""
     global _reaper
     with _lock:
-        thread, _reaper = _reaper, None
-    if thread is not None and thread is not threading.current_thread():
-        _reaper_stop.set()
-        _reaper_wake.set()
-        thread.join()
-        _reaper_stop.clear()
+        reaper, _reaper = _reaper, None
+    if reaper is not None:
+        thread, stop = reaper
+        stop.set()
+        if thread is not threading.current_thread():
+            thread.join()
 
 
-_reaper_stop = threading.Event()
-
-
-def _reap_forever() -> None:
+def _reap_forever(stop: threading.Event) -> None:
     rounds = 0
-    while not _reaper_stop.is_set():
-        _reaper_wake.wait(REAP_INTERVAL)
-        _reaper_wake.clear()
-        if _reaper_stop.is_set():
-            return
+    while not stop.wait(REAP_INTERVAL):
         rounds += 1
         try:
             reap_once(full=rounds % FULL_ROUNDS == 0)
@@ -790,8 +794,7 @@ def _after_fork_in_child() -> None:
                 continue
             circuit._attach_slot()
     if circuits:
-        _reaper = threading.Thread(target=_reap_forever, name="fasthystrix-reaper", daemon=True)
-        _reaper.start()
+        _start_reaper()
 
 
 # _after_fork_in_child is called by the registry's own fork handler, after the circuits have
