@@ -176,14 +176,19 @@ def test_each_entry_point_feeds_a_sample(entry: str, isolation: str) -> None:
 
 @pytest.mark.parametrize("isolation", ["thread", "semaphore"])
 def test_failures_feed_a_sample_and_timeouts_a_drop(isolation: str) -> None:
-    circuit = _configure("a", AdaptiveLimit("aimd", initial=10, max_limit=100), isolation=isolation, timeout=20)
+    # The failure under a timeout it cannot reach, even on a busy machine; the timeout below under a
+    # 20 ms one, on a command of its own.
+    failing = _configure(
+        "f", AdaptiveLimit("aimd", initial=10, max_limit=100), isolation=isolation, timeout=int(WAIT * 1000)
+    )
 
     def fail() -> None:
         raise RuntimeError("down")
 
     with pytest.raises(RuntimeError):
-        fasthystrix.do("a", fail)
-    assert circuit.concurrency_limit == 10  # a failure is no drop: AIMD holds (application-limited)
+        fasthystrix.do("f", fail)
+    assert failing.concurrency_limit == 10  # a failure is no drop: AIMD holds (application-limited)
+    circuit = _configure("a", AdaptiveLimit("aimd", initial=10, max_limit=100), isolation=isolation, timeout=20)
     release = threading.Event()
 
     def slow() -> None:

@@ -518,8 +518,8 @@ def _call(via: str, name: str, run: Callable[..., Any], fallback: Callable[..., 
     if via == "do_c":
         return fasthystrix.do_c(ctx, name, lambda _ctx: run(), lambda _ctx, err: fallback(err))
     if via == "go":
-        return fasthystrix.go(name, run, fallback).result(2)
-    return fasthystrix.go_c(ctx, name, lambda _ctx: run(), lambda _ctx, err: fallback(err)).result(2)
+        return fasthystrix.go(name, run, fallback).result(WAIT)
+    return fasthystrix.go_c(ctx, name, lambda _ctx: run(), lambda _ctx, err: fallback(err)).result(WAIT)
 
 
 @pytest.mark.parametrize("isolation", ["thread", "semaphore"])

@@ -307,7 +307,8 @@ def test_5xx_and_exceptions_trip_the_circuit_and_it_recovers() -> None:
             # Starlette's ServerErrorMiddleware answers, then re-raises, and uvicorn closes the
             # connection: ask for that, so that no request races the close on a kept-alive one.
             assert client.get("/flaky", headers={"connection": "close"}).status_code == 500
-        assert metrics("GET /flaky").failures == 4
+        # Recorded once the command ends, after the app's response has gone out.
+        wait_until(lambda: metrics("GET /flaky").failures == 4, "the four failures recorded")
         assert state["calls"] == 4
 
         response = client.get("/flaky")
@@ -616,7 +617,8 @@ def test_a_handler_that_awaits_while_it_unwinds_from_the_timeout(swallow: bool) 
         else:
             assert (response.status_code, response.json()["error"]) == (503, "timeout")
         assert cleaned.is_set()  # the answer came after the handler had unwound
-        assert fasthystrix.get_circuit("GET /stubborn")[0].tickets_in_use == 0
+        # A complete response goes out before its command ends: the ticket comes back just after.
+        wait_until(lambda: fasthystrix.get_circuit("GET /stubborn")[0].tickets_in_use == 0, "the ticket back")
     assert metrics("GET /stubborn").timeouts == 1
 
 

@@ -387,7 +387,7 @@ def test_largest_values_are_accepted_and_work() -> None:
     assert fasthystrix.do("largest", lambda: "ran") == "ran"
     fasthystrix.configure_command("largest", {**largest, "isolation": "thread"})
     assert fasthystrix.do("largest", lambda: "ran") == "ran"
-    assert fasthystrix.go("largest", lambda: "ran").result(2) == "ran"
+    assert fasthystrix.go("largest", lambda: "ran").result(WAIT) == "ran"
     assert fasthystrix.get_circuit("largest")[0].metrics().successes == 3
 
 

@@ -235,7 +235,9 @@ def test_run_demo_in_process(impl: str) -> None:
         [str(count), name] for name, count in errors.items() if count
     ]
     assert failing.as_expected is None and not failing.complete and failing.missed == ()
-    assert checks["counts"]["success"] == healthy.events["success"]
+    # The failing phase's on_phase reads the counts just after the healthy phase was closed: calls
+    # in flight then (at most the load's 32) may have succeeded in between.
+    assert 0 <= checks["counts"]["success"] - healthy.events["success"] <= 32
     # Exact over the run: every request answered is one command, and the API call made from
     # on_phase is a command too (one more success than HTTP 200s from the load). Per phase, a
     # call in flight at the boundary may have its event in one phase and its answer in the next.

@@ -183,6 +183,7 @@ def test_a_late_nudge_does_not_wake_an_idle_worker() -> None:
         time.sleep(0.05)
         assert len(pool.threads()) == 1
         _ran(pool, pool.submit)
+        _until_idle(pool)  # the worker is idle again only once its task has returned, after _ran sees it run
         _ran(pool, lambda task: pool.submit(task, post=True))
         assert len(pool.threads()) == 1
     finally:

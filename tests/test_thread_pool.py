@@ -462,10 +462,19 @@ def test_each_command_keeps_its_own_spin_budget_on_the_shared_pool(long_timeouts
     assert slow._workers.pool is fast._workers.pool is _workers.workers
     assert slow._workers.result_waits is not fast._workers.result_waits
     threads = set()
+
+    def one_idle_worker() -> None:
+        # A call that finds no idle worker starts a thread, and its wait may not be counted (the
+        # run can end before it); a worker is idle again only after the caller has its result.
+        wait_until(lambda: len(_workers.workers._idle) == 1, "the worker idle")
+
+    assert fasthystrix.do("budget-warm-up", lambda: None) is None
     for _ in range(8):
+        one_idle_worker()
         assert (
             fasthystrix.do("budget-slow", lambda: threads.add(threading.current_thread()) or time.sleep(0.005)) is None
         )
+    one_idle_worker()
     assert fasthystrix.do("budget-fast", lambda: threads.add(threading.current_thread())) is None
     assert len(threads) == 1, "both commands ran on the same worker"
     budget = fast._workers.result_waits
