@@ -819,9 +819,16 @@ def test_window_changes_racing_calls_in_other_processes_lose_nothing(
     start_workers: StartWorkers, host_clock: Any
 ) -> None:
     # Two workers call as fast as they can while this process changes the window again and again
-    # (and moves the clock): every call is in the window or the retired totals, host-wide.
+    # (and moves the clock): every call is in the window or the retired totals, host-wide. The
+    # timeout is a day of the test's clock: a worker stalled by a busy machine while this process
+    # moves the clock on (7 ms a change, up to 14 s) must not see its call time out.
     name = "window-race"
-    config = {"isolation": "semaphore", "request_volume_threshold": 1_000_000, "max_concurrent_requests": 100}
+    config = {
+        "isolation": "semaphore",
+        "request_volume_threshold": 1_000_000,
+        "max_concurrent_requests": 100,
+        "timeout": 86_400_000,
+    }
     configure(name, **config)
     parent = open_circuit(name)
     workers = start_workers(2, name, barrier=SPAWN.Barrier(2))
