@@ -2,6 +2,7 @@
 
 nox            # tests on each interpreter, then lint
 nox -s tests-3.12
+nox -s tests-shared   # the suite with every test's circuits host-wide (3.11, both implementations)
 nox -s docs    # the documentation site, built in strict mode into site/
 nox -s bench   # benchmarks against the peers (not part of the default run)
 nox -s bench-smoke   # each benchmark once, untimed (part of the default run)
@@ -24,7 +25,7 @@ import nox
 
 PYTHONS = ["3.10", "3.11", "3.12", "3.13", "3.14"]
 
-nox.options.sessions = ["tests", "lint", "docs"]
+nox.options.sessions = ["tests", "tests-shared", "lint", "docs"]
 nox.options.error_on_missing_interpreters = False
 nox.options.reuse_existing_virtualenvs = False
 
@@ -64,6 +65,19 @@ def tests(session: nox.Session) -> None:
     session.install("-e", ".[test,docs]")
     session.run("python", "-m", "pytest", *session.posargs, env={"FASTHYSTRIX_NO_EXTENSIONS": "0"})
     session.run("python", "-m", "pytest", *session.posargs, env={"FASTHYSTRIX_NO_EXTENSIONS": "1"})
+
+
+@nox.session(name="tests-shared", python="3.11")
+def tests_shared(session: nox.Session) -> None:
+    """The whole suite again with every test's circuits host-wide, once per implementation.
+
+    ``FASTHYSTRIX_TEST_SHARED=1`` shares each test's circuits through a directory of its own:
+    sharing must change nothing one process can see, but what the tests name (a skip's reason,
+    or the shared answer asserted beside the private one)."""
+    session.install("-e", ".[test,docs]")
+    for no_extensions in ("0", "1"):
+        env = {"FASTHYSTRIX_NO_EXTENSIONS": no_extensions, "FASTHYSTRIX_TEST_SHARED": "1"}
+        session.run("python", "-m", "pytest", *session.posargs, env=env)
 
 
 @nox.session(python="3.11")

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 import fasthystrix
-from conftest import FakeClock, fasthystrix_threads
+from conftest import SHARED_TESTS, FakeClock, fasthystrix_threads
 from fasthystrix import Context, _registry
 from support import WAIT, wait_until
 
@@ -23,11 +23,17 @@ def _wait_no_threads(timeout: float = WAIT) -> list[str]:
         time.sleep(0.01)
 
 
+# What flush() forgets of a private circuit, a shared one keeps in its file: circuits() and
+# get_circuit_settings() list the host's (docs/deployment.md).
+_HOST_WIDE = "the host's circuits and settings outlive a flush() in their files"
+
+
 def _wait_tickets(name: str) -> None:
     circuit = fasthystrix.get_circuit(name)[0]
     wait_until(lambda: circuit.tickets_in_use == 0, f"every ticket of {name} back")
 
 
+@pytest.mark.skipif(SHARED_TESTS, reason=_HOST_WIDE)
 def test_flush_forgets_circuits_and_resets_metrics() -> None:
     fasthystrix.do("a", lambda: None)
     with pytest.raises(ZeroDivisionError):
@@ -47,6 +53,7 @@ def test_flush_forgets_circuits_and_resets_metrics() -> None:
     assert fasthystrix.get_circuit("a") == (new_a, False)
 
 
+@pytest.mark.skipif(SHARED_TESTS, reason=_HOST_WIDE)
 def test_flush_keeps_configured_settings() -> None:
     settings = fasthystrix.configure_command("kept", {"timeout": 42, "max_concurrent_requests": 3})
     fasthystrix.do("auto", lambda: None)

@@ -35,6 +35,10 @@ ISOLATIONS = ("thread", "semaphore")
 IN_FLIGHT = 10
 TIMEOUT_MS = 5000  # a child's call that waited for a dead worker would take this long
 
+# These tests hold a child to a private circuit's rule: the parent's calls in flight hold no ticket
+# of the child's. A shared circuit's tickets are the host's (test_shared_fork.py covers its forks).
+_PRIVATE_TICKETS = "a private circuit's tickets after a fork (a shared circuit's are the host's)"
+
 CHILD_OK = 0
 CHILD_FAILED = 1  # an assertion or an error in the child; the details come through the pipe
 
@@ -144,6 +148,7 @@ def _calls_complete_at_once(name: str, calls: int) -> None:
     wait_until(lambda: circuit.tickets_in_use == 0, "the child's tickets back")
 
 
+@pytest.mark.skipif(SHARED_TESTS, reason=_PRIVATE_TICKETS)
 @pytest.mark.parametrize("isolation", ISOLATIONS)
 def test_child_forked_with_calls_in_flight_on_other_threads_works(isolation: str) -> None:
     name = f"fork-in-flight-{isolation}"
@@ -227,6 +232,7 @@ def _boom() -> None:
     raise ValueError("down")
 
 
+@pytest.mark.skipif(SHARED_TESTS, reason=_PRIVATE_TICKETS)
 def test_go_started_before_the_fork_resolves_in_the_child_at_its_deadline() -> None:
     # The run is on a parent worker that the child does not have: the child's deadline timer
     # (a new thread) still ends the command, and the child's own go() calls run on new workers.
@@ -507,6 +513,7 @@ def _pool_task(args: tuple[str, int]) -> tuple[int, int, list[str]]:
     return before, circuit.tickets_in_use, values
 
 
+@pytest.mark.skipif(SHARED_TESTS, reason=_PRIVATE_TICKETS)
 @pytest.mark.parametrize("isolation", ISOLATIONS)
 def test_multiprocessing_fork_pool_with_calls_in_flight(isolation: str) -> None:
     name = f"fork-mp-{isolation}"

@@ -29,8 +29,8 @@ import pytest
 
 import fasthystrix
 import shared_worker
-from conftest import IMPLEMENTATION, FakeClock
-from fasthystrix import _impl
+from conftest import IMPLEMENTATION, SHARED_TESTS, FakeClock
+from fasthystrix import _impl, _registry
 from fasthystrix._core import _clock, _shared
 from fasthystrix._core._config import CommandConfig, Settings, get_defaults
 from fasthystrix._core._events import FAILURE, FALLBACK_FAILURE, FALLBACK_SUCCESS, NO_EVENT, SUCCESS, TIMEOUT
@@ -55,6 +55,16 @@ open_circuit = shared_worker.open_circuit
 
 
 # -- fixtures and helpers -------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _own_sharing() -> None:
+    """These tests share circuits themselves: under FASTHYSTRIX_TEST_SHARED, the directory the
+    suite gave this test gives way first (conftest shares a fresh one again after the test)."""
+    if SHARED_TESTS:
+        _shared._unshare()
+        _registry._files.clear()
+        _registry._holders.clear()
 
 
 @pytest.fixture
@@ -480,6 +490,7 @@ def test_flushes_racing_each_other_and_new_circuits_all_return(shared_dir: Path)
     assert not [t for t in threading.enumerate() if t.name == "fasthystrix-reaper" and t.is_alive()]
 
 
+@pytest.mark.skipif(SHARED_TESTS, reason="a private circuit's reset (every circuit is shared in this run)")
 def test_reset_state_closes_and_empties_a_private_circuit(clock: FakeClock) -> None:
     configure("private-reset", request_volume_threshold=1)
     assert do("private-reset", "fail") == "fallback:ValueError"

@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 
 import fasthystrix
+from conftest import SHARED_TESTS
 from fasthystrix import _impl, _registry, stream
 from fasthystrix._observability import _stream_messages
-from support import WAIT, wait_until
+from support import BEYOND_SHARED_BOUNDS, WAIT, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -188,6 +189,7 @@ class _Read:
         return self._state
 
 
+@pytest.mark.skipif(SHARED_TESTS, reason=BEYOND_SHARED_BOUNDS)
 def test_a_tick_of_ten_thousand_circuits_is_built_within_200_ms() -> None:
     """Every circuit has events and latencies in its window. With the compiled core, a whole
     tick takes under 200 ms. The pure core's reading of 10 000 windows alone takes longer (it is

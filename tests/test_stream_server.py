@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 import fasthystrix
+from conftest import SHARED_TESTS
 from fasthystrix import stream
 from fasthystrix._observability import _http
-from support import WAIT, wait_until
+from support import BEYOND_SHARED_BOUNDS, WAIT, wait_until
 
 
 def fds() -> set[str]:
@@ -350,6 +351,7 @@ def test_a_stream_client_queues_at_most_max_pending_ticks() -> None:
     assert dropped == [True] and client.dropped and client.take_nowait() is None
 
 
+@pytest.mark.skipif(SHARED_TESTS, reason=BEYOND_SHARED_BOUNDS)
 def test_a_stalled_stream_client_holds_bounded_bytes_and_is_dropped() -> None:
     for i in range(20):
         fasthystrix.do(f"{'y' * 4000}-{i}", lambda: 1)

@@ -232,7 +232,12 @@ def acquire() -> None:
         # Checked against the registry itself, not a flag, so a registry cleared behind our back heals.
         if CumulativeCollector not in registry.factories:
             registry.register(CumulativeCollector)
-    uncounted = sorted(name for name, circuit in _registry.circuits().items() if cumulative_of(circuit) is None)
+    # A shared circuit's totals are its file's, kept whenever it was created: never uncounted.
+    uncounted = sorted(
+        name
+        for name, circuit in _registry.circuits().items()
+        if cumulative_of(circuit) is None and getattr(circuit, "_shared", None) is None
+    )
     if uncounted:
         logger.warning(
             "circuits created before the metrics exporter have no cumulative counters until flush(): %s",
