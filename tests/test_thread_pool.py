@@ -30,7 +30,8 @@ def worker_threads() -> list[threading.Thread]:
 def empty_pool() -> None:
     """Each test starts with no worker thread: flush() stopped the idle ones, and runs that earlier
     tests left running (each past its ticket's return) get a moment to end."""
-    wait_until(lambda: not _workers.workers._workers, "the pool empty")
+    # Both: a worker leaves the pool's set just before its thread ends.
+    wait_until(lambda: not _workers.workers._workers and not worker_threads(), "the pool empty")
 
 
 @pytest.fixture
@@ -241,7 +242,10 @@ def test_lowering_the_maximum_stops_busy_threads_beyond_it_once_done(long_timeou
     held.release.set()
     assert [f.result(WAIT) for f in futures] == ["ran"] * 6
     # The pool was above its new maximum: its busy threads exit once done; new ones start on demand.
-    wait_until(lambda: not _workers.workers._workers, "the threads busy when the maximum was lowered gone")
+    wait_until(
+        lambda: not _workers.workers._workers and not worker_threads(),
+        "the threads busy when the maximum was lowered gone",
+    )
     assert fasthystrix.do("lower-busy-after", lambda: 1) == 1
     assert len(worker_threads()) == 1
 
