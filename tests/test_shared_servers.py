@@ -289,10 +289,12 @@ def test_one_trial_per_sleep_window_host_wide(serve: Any, dependency: Dependency
     hits = sorted(dependency.started)
     assert len(outcomes) > 100, "too little load to test anything"
     assert 1 <= len(hits) <= 7, hits
-    # One trial per sleep window, whichever worker: consecutive trials start at least a window
-    # apart (each run starts microseconds after its admission, in the worker that admitted it).
+    # One trial per sleep window, whichever worker: consecutive trials are admitted at least a
+    # window apart. The dependency sees each a little after its admission, later on a busy machine
+    # (a worker's thread may wait for a core in between): 100 ms of slack, and two trials in one
+    # window would also show as more than 7 hits above.
     gaps = [b - a for a, b in itertools.pairwise(hits)]
-    assert all(g >= sleep_window - 0.005 for g in gaps), gaps
+    assert all(g >= sleep_window - 0.1 for g in gaps), gaps
     assert outcomes.count("failure") == len(hits)
 
 
