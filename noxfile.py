@@ -186,6 +186,7 @@ SANITIZER_TESTS = [
     "test_clock.py",
     "test_context.py",
     "test_crash_safety.py",
+    "test_deadlines.py",
     "test_decorator.py",
     "test_flush.py",
     "test_fork.py",

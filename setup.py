@@ -19,7 +19,13 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 # The compiled modules (none yet: the hot path moves to Cython in its own change).
-EXTENSIONS: list[str] = ["_core._rolling", "_core._pool", "_core._circuit", "_isolation._handoff"]
+EXTENSIONS: list[str] = [
+    "_core._rolling",
+    "_core._pool",
+    "_core._circuit",
+    "_isolation._handoff",
+    "_isolation._deadlines",
+]
 
 NO_EXTENSIONS = os.environ.get("FASTHYSTRIX_NO_EXTENSIONS", "") not in ("", "0")
 UNDER_CIBUILDWHEEL = os.environ.get("CIBUILDWHEEL", "") == "1"

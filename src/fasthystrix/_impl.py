@@ -16,20 +16,28 @@ from types import ModuleType
 from typing import Any
 
 from ._core import _circuit_py, _rolling_py
-from ._isolation import _handoff_py
+from ._isolation import _deadlines_py, _handoff_py
 
 __all__ = ["EVENT_NAMES", "Implementation", "available", "current"]
 
 EVENT_NAMES = _rolling_py.EVENT_NAMES
 
 # The compiled modules; each replaces its pure twin ``<name>_py``.
-COMPILED_MODULES: tuple[str, ...] = ("_core._circuit", "_isolation._handoff", "_core._pool", "_core._rolling")
+COMPILED_MODULES: tuple[str, ...] = (
+    "_core._circuit",
+    "_isolation._handoff",
+    "_core._pool",
+    "_core._rolling",
+    "_isolation._deadlines",
+)
 
 
 class Implementation:
     """One consistent set of hot-path modules (``name`` is ``"compiled"`` or ``"pure"``)."""
 
-    def __init__(self, name: str, circuit: ModuleType, rolling: ModuleType, handoff: ModuleType) -> None:
+    def __init__(
+        self, name: str, circuit: ModuleType, rolling: ModuleType, handoff: ModuleType, deadlines: ModuleType
+    ) -> None:
         self.name = name
         self.CircuitBreaker: Any = circuit.CircuitBreaker
         self.do: Any = circuit.do
@@ -39,12 +47,13 @@ class Implementation:
         self.summarize: Any = rolling.summarize
         self.Completion: Any = handoff.Completion
         self.SpinBudget: Any = handoff.SpinBudget
+        self.Deadlines: Any = deadlines.Deadlines
 
     def __repr__(self) -> str:
         return f"<fasthystrix implementation {self.name!r}>"
 
 
-PURE = Implementation("pure", _circuit_py, _rolling_py, _handoff_py)
+PURE = Implementation("pure", _circuit_py, _rolling_py, _handoff_py, _deadlines_py)
 
 
 def _load_compiled() -> tuple[Implementation | None, str]:
@@ -59,10 +68,10 @@ def _load_compiled() -> tuple[Implementation | None, str]:
         return None, f"compiled modules not built: {', '.join(missing)} (was a C compiler available at install?)"
     try:
         from ._core import _circuit, _pool, _rolling  # noqa: F401
-        from ._isolation import _handoff
+        from ._isolation import _deadlines, _handoff
     except ImportError as exc:
         return None, f"compiled modules not importable: {exc}"
-    return Implementation("compiled", _circuit, _rolling, _handoff), ""
+    return Implementation("compiled", _circuit, _rolling, _handoff, _deadlines), ""
 
 
 COMPILED, WHY_PURE = _load_compiled()

@@ -10,13 +10,13 @@ caller cancels ``run`` too: that is recorded as ``context_canceled`` and the
 from __future__ import annotations
 
 import asyncio
-import heapq
 import inspect
 import sys
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .. import _impl
 from .._core import _queue
 from .._core._errors import FallbackError
 from .._core._events import (
@@ -39,84 +39,17 @@ from .._registry import _circuits, get_or_create
 
 __all__ = ["do_async", "go_async"]
 
-_PENDING, _DONE, _FIRED = 0, 1, 2
-_MAX_TIMER_DELAY = 0.1  # seconds: the deadline timer never sleeps longer, so it stops soon after idling
+# One timer per event loop for every do_async in flight on it (_deadlines_py tells how);
+# the compiled twin when the compiled modules are in use.
+_Deadlines = _impl.current().Deadlines
 
 
-class _Deadlines:
-    """One timer per event loop for every ``do_async`` in flight on it.
-
-    A ``TimerHandle`` per call (what ``asyncio.timeout`` does) costs more than the
-    rest of the command; here a call pushes its deadline on a heap, and a single
-    timer cancels the tasks whose deadline has passed. The timer fires at the
-    earliest deadline or 100 ms from when it was armed, whichever is sooner, and
-    is not re-armed once nothing is in flight: an idle loop holds nothing of
-    fasthystrix's within 100 ms, and a busy one costs at most ten timer callbacks
-    a second beyond the deadlines themselves.
-    """
-
-    __slots__ = ("__weakref__", "armed_at", "handle", "heap", "live", "loop", "seq")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.heap: list[list[Any]] = []
-        self.handle: asyncio.TimerHandle | None = None
-        self.armed_at = 0.0
-        self.live = 0
-        self.seq = 0
-
-    def add(self, when: float, task: asyncio.Task[Any]) -> list[Any]:
-        """Cancel ``task`` at loop time ``when`` unless :meth:`done` comes first."""
-        self.seq += 1
-        entry = [when, self.seq, task, _PENDING]
-        heap = self.heap
-        if len(heap) > 2 * self.live + 64:
-            # Finished calls wait at their place in the heap; under steady load sweep them
-            # out whenever they outnumber the live ones (amortised O(1) per call).
-            heap[:] = [e for e in heap if e[3] == _PENDING]
-            heapq.heapify(heap)
-        heapq.heappush(heap, entry)
-        self.live += 1
-        if self.handle is None or when < self.armed_at:
-            self._arm(when)
-        return entry
-
-    def done(self, entry: list[Any]) -> bool:
-        """The call of ``entry`` has ended; whether its deadline fired first."""
-        fired: bool = entry[3] == _FIRED
-        entry[3] = _DONE
-        self.live -= 1
-        if self.live == 0:
-            # Keep the timer: cancelling and re-arming it around every call is what costs.
-            self.heap.clear()
-        return fired
-
-    def _arm(self, when: float) -> None:
-        if self.handle is not None:
-            self.handle.cancel()
-        when = min(when, self.loop.time() + _MAX_TIMER_DELAY)
-        self.handle = self.loop.call_at(when, self._fire)
-        self.armed_at = when
-
-    def _fire(self) -> None:
-        self.handle = None
-        heap = self.heap
-        now = self.loop.time()
-        while heap and (heap[0][0] <= now or heap[0][3] != _PENDING):
-            entry = heapq.heappop(heap)
-            if entry[3] == _PENDING:
-                entry[3] = _FIRED
-                entry[2].cancel()
-        if self.live:
-            self._arm(heap[0][0] if heap else now + _MAX_TIMER_DELAY)
-
-
-_deadlines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Deadlines] = weakref.WeakKeyDictionary()
+_deadlines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
 # The loop seen last and its deadlines: a WeakKeyDictionary lookup makes a weakref per call.
-_last_deadlines: tuple[weakref.ref[asyncio.AbstractEventLoop], _Deadlines] | None = None
+_last_deadlines: tuple[weakref.ref[asyncio.AbstractEventLoop], Any] | None = None
 
 
-def _deadlines_of(loop: asyncio.AbstractEventLoop) -> _Deadlines:
+def _deadlines_of(loop: asyncio.AbstractEventLoop) -> Any:
     global _last_deadlines
     deadlines = _deadlines.get(loop)
     if deadlines is None:
