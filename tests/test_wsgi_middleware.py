@@ -141,6 +141,68 @@ def test_rules_are_remembered_per_method_path_and_host_in_a_bounded_table() -> N
     assert len(middleware._templates) <= 4096
 
 
+def test_command_names_are_remembered_per_request_key_unless_a_callable_decides() -> None:
+    matched: list[str] = []
+    url_map = Map([Rule("/users/<name>", methods=["GET"])])
+    real_bind = url_map.bind_to_environ
+
+    def bind_to_environ(environ: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        matched.append(environ["PATH_INFO"])
+        return real_bind(environ, *args, **kwargs)
+
+    url_map.bind_to_environ = bind_to_environ  # type: ignore[method-assign]
+
+    def plain(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"plain"]
+
+    def environ(path: str, host: str = "example") -> dict[str, Any]:
+        return {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": path,
+            "SCRIPT_NAME": "",
+            "QUERY_STRING": "",
+            "HTTP_HOST": host,
+            "SERVER_NAME": host,
+            "SERVER_PORT": "80",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "wsgi.url_scheme": "http",
+        }
+
+    def call(middleware: Any, env: dict[str, Any]) -> bytes:
+        return b"".join(middleware(env, lambda status, headers, exc_info=None: None))
+
+    by_rule = CircuitBreakerMiddleware(plain, url_map=url_map, exclude=("/ops",))
+    for _ in range(3):
+        assert call(by_rule, environ("/users/ann")) == b"plain"
+        assert call(by_rule, environ("/ops/x")) == b"plain"
+        assert call(by_rule, environ("/users/ann", host="other")) == b"plain"
+    # Matched once per request key (the host is part of it), then answered from the table.
+    assert matched == ["/users/ann", "/users/ann"]
+    assert by_rule._commands == {
+        ("GET", "/users/ann", "", "example", "http"): "GET /users/<name>",
+        ("GET", "/ops/x", "", "example", "http"): None,
+        ("GET", "/users/ann", "", "other", "http"): "GET /users/<name>",
+    }
+    assert metrics("GET /users/<name>").successes == 6
+    asked: list[str] = []
+
+    def name(env: dict[str, Any]) -> str:
+        asked.append(env["PATH_INFO"])
+        return "tenant-" + env["HTTP_X_TENANT"]
+
+    by_callable = CircuitBreakerMiddleware(plain, name=name)
+    for tenant in ("a", "b", "a"):
+        assert call(by_callable, {**environ("/users/ann"), "HTTP_X_TENANT": tenant}) == b"plain"
+    assert asked == ["/users/ann"] * 3 and by_callable._commands == {}  # asked every time: it may read anything
+    assert (metrics("tenant-a").successes, metrics("tenant-b").successes) == (2, 1)
+    # Bounded: a client choosing paths cannot grow the table without end.
+    for i in range(5000):
+        assert call(by_rule, environ(f"/users/{i}")) == b"plain"
+    assert 0 < len(by_rule._commands) <= 4096
+    assert metrics("GET /users/<name>").successes == 5006
+
+
 def test_name_callable_string_and_exclude() -> None:
     def name(environ: dict[str, Any]) -> str | None:
         path = environ["PATH_INFO"]

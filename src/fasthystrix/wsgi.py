@@ -80,7 +80,11 @@ from ._integrations._middleware import (
 __all__ = ["DEFAULT_MAX_BODY_SIZE", "DEFAULT_RETRY_AFTER_REJECTED", "UNMATCHED", "CircuitBreakerMiddleware"]
 
 _READ_SIZE = 65536
-_TEMPLATES = 4096  # rules remembered per middleware, by method, path and host
+_TEMPLATES = 4096  # rules (and command names) remembered per middleware, by method, path and host
+_UNSEEN: Any = object()  # a key not in the table of command names
+# The command function of the implementation in use (chosen once per process, at import).
+_do = _impl.current().do
+
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Callable[[bytes], object]]
@@ -88,6 +92,20 @@ WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 #: What a fallback may return: ``None`` (the default 503), ``(status, headers, body)``, or a WSGI app
 #: (a Flask or werkzeug ``Response`` is one).
 FallbackResult = None | tuple[int, Any, bytes | str] | WSGIApp
+
+
+_RequestKey = tuple[str, str, str, str, str]
+
+
+def _request_key(environ: Environ) -> _RequestKey:
+    """What a request's rule and command name depend on: its method, path, script name, host and scheme."""
+    return (
+        environ.get("REQUEST_METHOD", ""),
+        environ.get("PATH_INFO", ""),
+        environ.get("SCRIPT_NAME", ""),
+        environ.get("HTTP_HOST", ""),
+        environ.get("wsgi.url_scheme", ""),
+    )
 
 
 def _status_line(status: int) -> str:
@@ -295,7 +313,9 @@ class CircuitBreakerMiddleware:
         if url_map is None:
             url_map = getattr(getattr(app, "__self__", None), "url_map", None)  # flask_app.wsgi_app
         self.url_map = url_map
-        self._templates: dict[tuple[str, ...], str] = {}
+        self._templates: dict[_RequestKey, str] = {}
+        # The command of each request key seen, unless a callable ``name`` decides it.
+        self._commands: dict[_RequestKey, str | None] = {}
         self._name = name
         self._fallback = fallback
         self._names = _Names(config)
@@ -321,13 +341,7 @@ class CircuitBreakerMiddleware:
             return UNMATCHED
         # The app matches each request again: remember the answer per method, path and host (a
         # bounded table, emptied when full).
-        key = (
-            environ.get("REQUEST_METHOD", ""),
-            environ.get("PATH_INFO", ""),
-            environ.get("SCRIPT_NAME", ""),
-            environ.get("HTTP_HOST", ""),
-            environ.get("wsgi.url_scheme", ""),
-        )
+        key = _request_key(environ)
         template = self._templates.get(key)
         if template is not None:
             return template
@@ -342,11 +356,27 @@ class CircuitBreakerMiddleware:
         templates[key] = template
         return template
 
-    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    def _command_of(self, environ: Environ, key: _RequestKey) -> str | None:
+        """:meth:`command_name`, its ``config`` applied, remembered for ``key`` (a bounded table,
+        emptied when full) unless a callable ``name`` decides it."""
         name = self.command_name(environ)
+        if name is not None:
+            self._names.prepare(name)
+        naming = self._name
+        if naming is not None and not isinstance(naming, str):
+            return name
+        if len(self._commands) >= _TEMPLATES:
+            self._commands.clear()
+        self._commands[key] = name
+        return name
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        key = _request_key(environ)
+        name = self._commands.get(key, _UNSEEN)
+        if name is _UNSEEN:
+            name = self._command_of(environ, key)
         if name is None:
             return self.app(environ, start_response)
-        self._names.prepare(name)
         shed = _door(name)
         if shed is not None:
             unread = bool(environ.get("HTTP_TRANSFER_ENCODING")) or (environ.get("CONTENT_LENGTH") or "0") != "0"
@@ -358,7 +388,7 @@ class CircuitBreakerMiddleware:
             return [body]
         exchange = _Exchange(self.app, environ, self._is_failure)
         try:
-            _impl.current().do(name, exchange.run)
+            _do(name, exchange.run)
         except _ServerError:
             pass  # counted as a failure; the client gets the app's response
         except _errors.CircuitError as err:
