@@ -3,12 +3,13 @@
 import asyncio
 from typing import Any
 
-__all__ = ["DONE", "FIRED", "MAX_TIMER_DELAY", "PENDING", "Deadlines"]
+__all__ = ["DONE", "FIRED", "MAX_TIMER_DELAY", "PENDING", "SWEEP_SLACK", "Deadlines"]
 
 PENDING: int
 DONE: int
 FIRED: int
 MAX_TIMER_DELAY: float
+SWEEP_SLACK: int
 
 class Deadlines:
     """One timer per event loop for every ``do_async`` in flight on it."""

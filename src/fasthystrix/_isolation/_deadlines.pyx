@@ -12,16 +12,20 @@ nothing here needs a lock; ``boundscheck`` stays on: the heap is indexed by hand
 cimport cython
 from libc.stdint cimport uint64_t
 
-__all__ = ["DONE", "FIRED", "MAX_TIMER_DELAY", "PENDING", "Deadlines"]
+__all__ = ["DONE", "FIRED", "MAX_TIMER_DELAY", "PENDING", "SWEEP_SLACK", "Deadlines"]
 
-PENDING, DONE, FIRED = 0, 1, 2
-MAX_TIMER_DELAY = 0.1
-SWEEP_SLACK = 64
-
+# C constants on the hot path (a module global would be a dictionary lookup and a Python
+# addition); the Python names mirror the twin's (tests/test_deadlines.py compares them).
 cdef enum:
     _PENDING = 0
     _DONE = 1
     _FIRED = 2
+    _SWEEP_SLACK = 64
+cdef double _MAX_TIMER_DELAY = 0.1
+
+PENDING, DONE, FIRED = _PENDING, _DONE, _FIRED
+MAX_TIMER_DELAY = _MAX_TIMER_DELAY
+SWEEP_SLACK = _SWEEP_SLACK
 
 
 @cython.freelist(16)  # a call's entry is short-lived: reuse the memory of the last ones
@@ -117,7 +121,7 @@ cdef class Deadlines:
         entry.seq = self.seq
         entry.task = task
         entry.state = _PENDING
-        if len(heap) > 2 * self.live + SWEEP_SLACK:
+        if len(heap) > 2 * self.live + _SWEEP_SLACK:
             # Finished calls wait at their place in the heap; sweep them out whenever they
             # outnumber the live ones (amortised O(1) per call).
             heap[:] = [e for e in heap if (<_Entry?>e).state == _PENDING]
@@ -143,7 +147,7 @@ cdef class Deadlines:
     cdef int _arm(self, double when) except -1:
         if self.handle is not None:
             self.handle.cancel()
-        when = min(when, self.loop.time() + MAX_TIMER_DELAY)
+        when = min(when, <double>self.loop.time() + _MAX_TIMER_DELAY)
         self.handle = self.loop.call_at(when, self._fire)
         self.armed_at = when
         return 0
@@ -160,4 +164,4 @@ cdef class Deadlines:
                 entry.state = _FIRED
                 entry.task.cancel()
         if self.live:
-            self._arm((<_Entry?>heap[0]).when if heap else now + MAX_TIMER_DELAY)
+            self._arm((<_Entry?>heap[0]).when if heap else now + _MAX_TIMER_DELAY)

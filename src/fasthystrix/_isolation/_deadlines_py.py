@@ -15,7 +15,7 @@ import asyncio
 import heapq
 from typing import Any
 
-__all__ = ["DONE", "FIRED", "MAX_TIMER_DELAY", "PENDING", "Deadlines"]
+__all__ = ["DONE", "FIRED", "MAX_TIMER_DELAY", "PENDING", "SWEEP_SLACK", "Deadlines"]
 
 PENDING, DONE, FIRED = 0, 1, 2  # an entry's state
 MAX_TIMER_DELAY = 0.1  # seconds: the timer never sleeps longer, so it stops soon after the loop idles
