@@ -43,10 +43,13 @@ import os
 import platform
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -469,7 +472,7 @@ def measure(framework: str, args: argparse.Namespace, load: Load, server_core: i
 
 
 # --------------------------------------------------------------------------------------------------
-# --callgrind: instructions per request under uvicorn (``middleware_cost.py _counted FRAMEWORK VARIANT N``)
+# --callgrind: instructions per request under the server (``middleware_cost.py _counted FRAMEWORK VARIANT N``)
 # --------------------------------------------------------------------------------------------------
 
 _CLIENT = """
@@ -488,7 +491,11 @@ for _ in range(int(sys.argv[2])):
 
 def counted_serve(framework: str, variant: str, requests: int) -> None:
     """Serve ``requests`` requests, one after the other on one keep-alive connection, from a client
-    process of its own (valgrind does not follow it), then exit. uvicorn with uvloop and h11."""
+    process of its own (valgrind does not follow it), then exit. uvicorn with uvloop and h11; Flask
+    under gunicorn (one ``gthread`` worker of one thread: its process is the one counted)."""
+    if framework == "flask":
+        counted_serve_wsgi(variant, requests)
+        return
     import uvicorn
 
     app = asgi_app(framework, variant)
@@ -509,34 +516,86 @@ def counted_serve(framework: str, variant: str, requests: int) -> None:
     asyncio.run(run())
 
 
+def counted_serve_wsgi(variant: str, requests: int) -> None:
+    """gunicorn's arbiter in this process, its worker forked from it; once the client is done, the
+    arbiter is told to stop (SIGTERM: the worker finishes and exits, and valgrind writes its count)."""
+    from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped,unused-ignore]
+
+    app = wsgi_app(variant)
+    sock = listening_socket()
+    sock.set_inheritable(True)
+    arbiter = os.getpid()
+
+    def client() -> None:
+        code = subprocess.call([sys.executable, "-c", _CLIENT, str(sock.getsockname()[1]), str(requests)])
+        if code != 0:
+            print(f"the client failed ({variant})", file=sys.stderr, flush=True)
+        os.kill(arbiter, signal.SIGTERM)
+
+    class Gunicorn(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            settings = {
+                "bind": f"fd://{sock.fileno()}",
+                "workers": 1,
+                "worker_class": "gthread",
+                "threads": 1,
+                "keepalive": 30,
+                "loglevel": "critical",
+                "accesslog": None,
+            }
+            for key, value in settings.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            return app
+
+    threading.Thread(target=client, daemon=True).start()  # the arbiter's only: the worker forks without it
+    Gunicorn().run()
+
+
+def _counted(framework: str, variant: str, n: int) -> int:
+    """Instructions of the process that served ``n`` requests (gunicorn: its worker's, not the arbiter's)."""
+    with tempfile.TemporaryDirectory() as out_dir:
+        valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/callgrind.%p"]
+        with subprocess.Popen(
+            [*valgrind, sys.executable, __file__, "_counted", framework, variant, str(n)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": "0"},
+        ) as process:
+            _, stderr = process.communicate()
+    counts = {int(pid): int(count) for pid, count in re.findall(r"==(\d+)== Collected : (\d+)", stderr)}
+    if process.returncode != 0 or process.pid not in counts or "the client failed" in stderr:
+        raise SystemExit(f"valgrind failed for {framework} {variant}:\n{stderr[-2000:]}")
+    if framework != "flask":
+        return counts[process.pid]
+    workers = [pid for pid in counts if pid != process.pid]  # valgrind runs the arbiter as the process it started
+    if len(workers) != 1:
+        raise SystemExit(f"expected one gunicorn worker for {variant}, found the processes {sorted(counts)}")
+    return counts[workers[0]]
+
+
 def callgrind(frameworks: list[str], low: int, high: int) -> None:
-    """Per ASGI variant: the server's instructions per request, (Ir(high) - Ir(low)) / (high - low)."""
+    """Per variant: the server's instructions per request, (Ir(high) - Ir(low)) / (high - low)."""
     if shutil.which("valgrind") is None:
         raise SystemExit("--callgrind needs valgrind (apt-get install valgrind)")
     print("| framework (server) | variant | instructions per request | over bare |")
     print("|---|---|---|---|")
     for framework in frameworks:
-        if framework == "flask":
-            continue  # gunicorn's worker threads: not one process valgrind can follow alone
+        server = "gunicorn gthread" if framework == "flask" else "uvicorn"
+        variants = (
+            ("bare", "middleware-semaphore", "middleware-thread")
+            if framework == "flask"
+            else ("bare", "middleware", MINIMAL)
+        )
         per_request: dict[str, float] = {}
-        for variant in ("bare", "middleware", MINIMAL):
-            counts = []
-            for n in (low, high):
-                valgrind = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
-                out = subprocess.run(
-                    [*valgrind, sys.executable, __file__, "_counted", framework, variant, str(n)],
-                    capture_output=True,
-                    text=True,
-                    env={**os.environ, "PYTHONHASHSEED": "0"},
-                )
-                found = re.search(r"Collected : (\d+)", out.stderr)
-                if out.returncode != 0 or found is None:
-                    raise SystemExit(f"valgrind failed for {framework} {variant}:\n{out.stderr[-2000:]}")
-                counts.append(int(found.group(1)))
+        for variant in variants:
+            counts = [_counted(framework, variant, n) for n in (low, high)]
             per_request[variant] = (counts[1] - counts[0]) / (high - low)
             over = per_request[variant] / per_request["bare"] - 1
             extra = "" if variant == "bare" else f"{over:+.1%}"
-            print(f"| {framework} (uvicorn) | {variant} | {per_request[variant]:,.0f} | {extra} |", flush=True)
+            print(f"| {framework} ({server}) | {variant} | {per_request[variant]:,.0f} | {extra} |", flush=True)
 
 
 def cores() -> tuple[int | None, int | None]:
@@ -581,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--callgrind",
         action="store_true",
-        help="instead: the ASGI server's instructions per request (valgrind), bare and with the middleware",
+        help="instead: the server's instructions per request (valgrind), bare and with the middleware",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -596,7 +655,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"# middleware cost under callgrind: fasthystrix {fasthystrix.__version__} ({fasthystrix.implementation})"
         )
-        print("# uvicorn (uvloop, h11); requests one after the other on one keep-alive connection\n")
+        print("# uvicorn (uvloop, h11), gunicorn (one gthread worker of one thread: the worker counted);")
+        print("# requests one after the other on one keep-alive connection\n")
         callgrind(frameworks, *((50, 150) if args.quick else (300, 1300)))
         return 0
     if args.profile:

@@ -131,3 +131,15 @@ def test_middleware_cost_callgrind_counts_each_variants_instructions() -> None:
     # Each variant ran its own app: wrapping it does more work than the bare app, and the
     # middleware (a command per request) more than a send() wrapper.
     assert 0 < counts["bare"] < counts["minimal-wrapper"] < counts["middleware"], out
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="--callgrind needs valgrind (apt-get install valgrind)")
+def test_middleware_cost_callgrind_counts_gunicorns_worker() -> None:
+    out = run("middleware_cost.py", "--callgrind", "--frameworks", "flask")
+    counts = {}
+    for variant in ("bare", "middleware-semaphore", "middleware-thread"):
+        row = next(line for line in out.splitlines() if line.startswith("| flask (") and f"| {variant} |" in line)
+        counts[variant] = int(row.strip("|").split("|")[2].strip().replace(",", ""))
+    # The worker's count, not the arbiter's (which serves no request): the middleware adds work to
+    # each request, and handing it to a worker thread (thread isolation) adds more.
+    assert 0 < counts["bare"] < counts["middleware-semaphore"] < counts["middleware-thread"], out
