@@ -9,7 +9,8 @@ open-fallback-thread (the open circuit in thread isolation), success-thread (the
 worker thread and back; valgrind runs one thread at a time, so this counts the work of both sides),
 success-outcomes (success with ``ignore`` and ``is_failure`` set, the predicate a C function: what
 the check itself costs), success-outcomes-def (the same with a predicate written in Python: plus one
-Python call).
+Python call), async-bare (``await`` of a coroutine function that returns at once, in one task of
+asyncio's loop) and async-success (the same awaited through ``do_async``, its timeout enforced).
 The set-up (implementation, configuration, circuit creation and WARMUP calls) is the same whatever
 N is, so instructions(N) - instructions(0) is the cost of N calls alone. ``--measure`` runs
 
@@ -34,6 +35,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 PATHS = (
     "bare",
@@ -47,6 +49,8 @@ PATHS = (
     "success-thread",
     "success-outcomes",
     "success-outcomes-def",
+    "async-bare",
+    "async-success",
 )
 WARMUP = 2000
 
@@ -57,6 +61,10 @@ def ok() -> int:
 
 def fail() -> None:
     raise ValueError
+
+
+async def anoop() -> int:
+    return 1
 
 
 def never(result: object) -> bool:
@@ -78,6 +86,8 @@ def build(path: str, impl: str) -> Callable[[], object]:
         return ok
     if path == "raise-catch":
         return caught(fail)
+    if path == "async-bare":
+        return anoop
     import fasthystrix
 
     fasthystrix.flush()
@@ -103,6 +113,8 @@ def build(path: str, impl: str) -> Callable[[], object]:
     circuit = fasthystrix.get_circuit(name)[0]
     assert fasthystrix.implementation == impl, fasthystrix.implementation
     do = fasthystrix.do
+    if path == "async-success":
+        return functools.partial(fasthystrix.do_async, name, anoop)
     if path.startswith("success"):
         return functools.partial(do, name, ok)
     if path == "failure":
@@ -119,10 +131,26 @@ def build(path: str, impl: str) -> Callable[[], object]:
 
 def run(path: str, n: int, impl: str) -> None:
     f = build(path, impl)
+    if path.startswith("async-"):
+        run_async(f, n)
+        return
     for _ in itertools.repeat(None, WARMUP):
         f()
     for _ in itertools.repeat(None, n):
         f()
+
+
+def run_async(f: Callable[[], Any], n: int) -> None:
+    """Await ``f()`` in one task of asyncio's own event loop, after the warm-up calls, ``n`` times."""
+    import asyncio
+
+    async def calls() -> None:
+        for _ in itertools.repeat(None, WARMUP):
+            await f()
+        for _ in itertools.repeat(None, n):
+            await f()
+
+    asyncio.run(calls())
 
 
 def collected(path: str, n: int, impl: str) -> tuple[int, dict[str, int]]:
@@ -186,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     base, base_functions = collected(args.path, 0, args.impl)
     total, functions = collected(args.path, args.n, args.impl)
-    impl = "" if args.path in ("bare", "raise-catch") else f" ({args.impl})"
+    impl = "" if args.path in ("bare", "raise-catch", "async-bare") else f" ({args.impl})"
     print(
         f"{args.path}{impl}: {(total - base) / args.n:,.1f} instructions per call "
         f"({total:,} Ir with {args.n:,} calls, {base:,} Ir with 0; Python {sys.version.split()[0]})"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -143,3 +144,23 @@ def test_middleware_cost_callgrind_counts_gunicorns_worker() -> None:
     # The worker's count, not the arbiter's (which serves no request): the middleware adds work to
     # each request, and handing it to a worker thread (thread isolation) adds more.
     assert 0 < counts["bare"] < counts["middleware-semaphore"] < counts["middleware-thread"], out
+
+
+@pytest.mark.parametrize("impl", ["compiled", "pure"])
+def test_callgrind_do_runs_every_path(impl: str) -> None:
+    # Without --measure the script only makes the calls (valgrind runs it so): each path must work.
+    sys.path.insert(0, str(HERE))
+    try:
+        import callgrind_do
+    finally:
+        sys.path.remove(str(HERE))
+    env = dict(os.environ, FASTHYSTRIX_NO_EXTENSIONS="1" if impl == "pure" else "0")
+    for path in callgrind_do.PATHS:
+        done = subprocess.run(
+            [sys.executable, str(HERE / "callgrind_do.py"), path, "10", "--impl", impl],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        assert done.returncode == 0, (path, done.stderr)
