@@ -166,34 +166,39 @@ def listening_socket() -> socket.socket:
     return sock
 
 
+def gunicorn(app: Any, sock: socket.socket, threads: int, loglevel: str) -> Any:
+    """A gunicorn application serving ``app`` on ``sock``: one ``gthread`` worker of ``threads`` threads."""
+    from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped,unused-ignore]
+
+    sock.set_inheritable(True)
+
+    class Gunicorn(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            settings = {
+                "bind": f"fd://{sock.fileno()}",
+                "workers": 1,
+                "worker_class": "gthread",
+                "threads": threads,
+                "keepalive": 30,
+                "loglevel": loglevel,
+                "accesslog": None,
+            }
+            for key, value in settings.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            return app
+
+    return Gunicorn()
+
+
 def serve(framework: str, variant: str, threads: int) -> None:
     """Serve one variant on a loopback port of its own; print the port first."""
     sock = listening_socket()
     if framework == "flask":
-        from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped,unused-ignore]
-
-        app = wsgi_app(variant)
-        sock.set_inheritable(True)
-
-        class Gunicorn(BaseApplication):  # type: ignore[misc]
-            def load_config(self) -> None:
-                settings = {
-                    "bind": f"fd://{sock.fileno()}",
-                    "workers": 1,
-                    "worker_class": "gthread",
-                    "threads": threads,
-                    "keepalive": 30,
-                    "loglevel": "warning",
-                    "accesslog": None,
-                }
-                for key, value in settings.items():
-                    self.cfg.set(key, value)
-
-            def load(self) -> Any:
-                return app
-
+        server = gunicorn(wsgi_app(variant), sock, threads, "warning")
         print(sock.getsockname()[1], flush=True)
-        Gunicorn().run()
+        server.run()
         return
     import uvicorn
 
@@ -519,11 +524,7 @@ def counted_serve(framework: str, variant: str, requests: int) -> None:
 def counted_serve_wsgi(variant: str, requests: int) -> None:
     """gunicorn's arbiter in this process, its worker forked from it; once the client is done, the
     arbiter is told to stop (SIGTERM: the worker finishes and exits, and valgrind writes its count)."""
-    from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped,unused-ignore]
-
-    app = wsgi_app(variant)
     sock = listening_socket()
-    sock.set_inheritable(True)
     arbiter = os.getpid()
 
     def client() -> None:
@@ -532,25 +533,9 @@ def counted_serve_wsgi(variant: str, requests: int) -> None:
             print(f"the client failed ({variant})", file=sys.stderr, flush=True)
         os.kill(arbiter, signal.SIGTERM)
 
-    class Gunicorn(BaseApplication):  # type: ignore[misc]
-        def load_config(self) -> None:
-            settings = {
-                "bind": f"fd://{sock.fileno()}",
-                "workers": 1,
-                "worker_class": "gthread",
-                "threads": 1,
-                "keepalive": 30,
-                "loglevel": "critical",
-                "accesslog": None,
-            }
-            for key, value in settings.items():
-                self.cfg.set(key, value)
-
-        def load(self) -> Any:
-            return app
-
+    server = gunicorn(wsgi_app(variant), sock, 1, "critical")
     threading.Thread(target=client, daemon=True).start()  # the arbiter's only: the worker forks without it
-    Gunicorn().run()
+    server.run()
 
 
 def _counted(framework: str, variant: str, n: int) -> int:

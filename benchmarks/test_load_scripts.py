@@ -123,27 +123,26 @@ def test_middleware_cost_quick_reports_every_variant() -> None:
 
 
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="--callgrind needs valgrind (apt-get install valgrind)")
-def test_middleware_cost_callgrind_counts_each_variants_instructions() -> None:
-    out = run("middleware_cost.py", "--callgrind", "--frameworks", "starlette")
-    counts = {}
-    for variant in ("bare", "middleware", "minimal-wrapper"):
-        row = next(line for line in out.splitlines() if line.startswith("| starlette (") and f"| {variant} |" in line)
-        counts[variant] = int(row.strip("|").split("|")[2].strip().replace(",", ""))
-    # Each variant ran its own app: wrapping it does more work than the bare app, and the
-    # middleware (a command per request) more than a send() wrapper.
-    assert 0 < counts["bare"] < counts["minimal-wrapper"] < counts["middleware"], out
-
-
-@pytest.mark.skipif(shutil.which("valgrind") is None, reason="--callgrind needs valgrind (apt-get install valgrind)")
-def test_middleware_cost_callgrind_counts_gunicorns_worker() -> None:
-    out = run("middleware_cost.py", "--callgrind", "--frameworks", "flask")
-    counts = {}
-    for variant in ("bare", "middleware-semaphore", "middleware-thread"):
-        row = next(line for line in out.splitlines() if line.startswith("| flask (") and f"| {variant} |" in line)
-        counts[variant] = int(row.strip("|").split("|")[2].strip().replace(",", ""))
-    # The worker's count, not the arbiter's (which serves no request): the middleware adds work to
-    # each request, and handing it to a worker thread (thread isolation) adds more.
-    assert 0 < counts["bare"] < counts["middleware-semaphore"] < counts["middleware-thread"], out
+@pytest.mark.parametrize(
+    ("framework", "variants"),
+    [
+        # Wrapping the app does more work than the bare app, and the middleware (a command per
+        # request) more than a send() wrapper.
+        ("starlette", ("bare", "minimal-wrapper", "middleware")),
+        # gunicorn's worker is counted, not its arbiter (which serves no request): handing each
+        # request to a worker thread (thread isolation) does more than running it in place.
+        ("flask", ("bare", "middleware-semaphore", "middleware-thread")),
+    ],
+)
+def test_middleware_cost_callgrind_counts_each_variants_instructions(framework: str, variants: tuple[str, ...]) -> None:
+    out = run("middleware_cost.py", "--callgrind", "--frameworks", framework)
+    counts = []
+    for variant in variants:
+        row = next(
+            line for line in out.splitlines() if line.startswith(f"| {framework} (") and f"| {variant} |" in line
+        )
+        counts.append(int(row.strip("|").split("|")[2].strip().replace(",", "")))
+    assert 0 < counts[0] < counts[1] < counts[2], out
 
 
 @pytest.mark.parametrize("impl", ["compiled", "pure"])
