@@ -187,6 +187,7 @@ SANITIZER_TESTS = [
     "test_context.py",
     "test_crash_safety.py",
     "test_deadlines.py",
+    "test_do_async_protocol.py",
     "test_decorator.py",
     "test_flush.py",
     "test_fork.py",

@@ -25,6 +25,7 @@ EXTENSIONS: list[str] = [
     "_core._circuit",
     "_isolation._handoff",
     "_isolation._deadlines",
+    "_isolation._do_async",
 ]
 
 NO_EXTENSIONS = os.environ.get("FASTHYSTRIX_NO_EXTENSIONS", "") not in ("", "0")

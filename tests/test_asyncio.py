@@ -332,20 +332,24 @@ def test_command_rejects_bad_arguments() -> None:
 
 
 def test_idle_loop_holds_no_timer_of_ours(run_async: Any) -> None:
-    from fasthystrix._isolation import _asyncio
+    from fasthystrix._isolation._do_async_py import deadlines_of
 
     _semaphore("a-idle", timeout=60_000, max_concurrent_requests=1000)
 
+    async def suspending() -> int:
+        await asyncio.sleep(0)  # a run that waits once: its deadline is armed
+        return 42
+
     async def scenario() -> tuple[int, int, bool]:
         loop = asyncio.get_running_loop()
+        deadlines = deadlines_of(loop)
         largest = 0
         for _ in range(3000):  # sequential calls with a minute left on each deadline
-            await fasthystrix.do_async("a-idle", answer)
-            largest = max(largest, len(_asyncio._deadlines[loop].heap))
-        pending = [asyncio.ensure_future(fasthystrix.do_async("a-idle", answer)) for _ in range(50)]
+            await fasthystrix.do_async("a-idle", suspending)
+            largest = max(largest, len(deadlines.heap))
+        pending = [asyncio.ensure_future(fasthystrix.do_async("a-idle", suspending)) for _ in range(50)]
         await asyncio.gather(*pending)
         await asyncio.sleep(0.15)  # the timer stops within 100 ms of the loop going idle
-        deadlines = _asyncio._deadlines[loop]
         return largest, len(deadlines.heap), deadlines.handle is None
 
     largest, left, disarmed = run_async(scenario())

@@ -17,6 +17,7 @@ PAIRS = [
     ("_core._pool", "_core._pool_py"),
     ("_isolation._handoff", "_isolation._handoff_py"),
     ("_isolation._deadlines", "_isolation._deadlines_py"),
+    ("_isolation._do_async", "_isolation._do_async_py"),
 ]
 PACKAGE_DIR = Path(_impl.__file__).parent
 

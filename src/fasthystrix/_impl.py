@@ -29,6 +29,8 @@ COMPILED_MODULES: tuple[str, ...] = (
     "_core._pool",
     "_core._rolling",
     "_isolation._deadlines",
+    # Imported by _isolation._asyncio, not here: it needs the registry, which needs this module.
+    "_isolation._do_async",
 )
 
 

@@ -1,0 +1,428 @@
+# cython: language_level=3, boundscheck=True, wraparound=False, freethreading_compatible=True
+"""``do_async`` as a compiled awaitable (the compiled twin of ``_do_async_py``).
+
+``do_async(name, run, fallback)`` returns a :class:`DoAsync`: an object with the
+coroutine protocol (``send``, ``throw``, ``close``, ``__await__``) that runs the
+command when awaited. Its common path is C: the circuit's admission, ``run``'s steps
+(``PyIter_Send``, as a task steps a coroutine), and a success in time, counted by
+the circuit's ``report_c``. Every other ending (a failure, a timeout, the caller's
+cancellation, a result ``is_failure`` must judge, a call not admitted at once) is
+handed to the coroutines of ``_do_async_py`` (:func:`concluded`, :func:`not_admitted`),
+which both twins share, so both count and answer alike.
+
+Why an object and not a coroutine: a coroutine of its own (a frame, its creation,
+its ``try``) and a deadline per call were most of what ``do_async`` cost. The
+deadline is armed only when ``run`` first waits (its first step yields to the event
+loop): a ``run`` that finishes in its first step cannot be cancelled by a timer,
+which only fires when the task yields, so it needs none. A late success is still
+a timeout: the elapsed time is checked at the end, as ``do()`` checks it.
+"""
+
+cimport cython
+from cpython.object cimport PyObject
+from libc.stdint cimport int64_t
+
+from fasthystrix._core._atomic cimport fh_load_relaxed
+from fasthystrix._core._circuit cimport ADMITTED, CircuitBreaker
+
+import asyncio
+import collections.abc
+import inspect
+import types
+
+from fasthystrix._core._outcomes import COROUTINE as _COROUTINE
+from fasthystrix._isolation._do_async_py import (
+    NotAwaitable,
+    check,
+    concluded,
+    deadlines_of,
+    not_admitted,
+)
+from fasthystrix._registry import _circuits, get_or_create
+
+__all__ = ["do_async"]
+
+cdef extern from "Python.h":
+    ctypedef enum PySendResult:
+        PYGEN_RETURN
+        PYGEN_ERROR
+        PYGEN_NEXT
+    PySendResult PyIter_Send(object iterator, object arg, PyObject **presult)
+    bint PyIter_Check(object o)
+
+cdef extern from "_capi.h":
+    object fh_own(PyObject *o)
+    object fh_fetch()
+    object fh_lookup(object table, object name)  # a strong reference: the command owns its circuit
+
+cdef extern from *:
+    """
+    /* The compiled step of a DoAsync (set at import): what it waits on, or with *finished set
+     * its result; NULL with an exception set. */
+    typedef PyObject *(*fh_step_t)(PyObject *self, PyObject *value, int *finished);
+    static fh_step_t fh_do_async_step = NULL;
+
+    /* StopIteration carrying value, as a coroutine's return sets it (_PyGen_SetStopIterationValue):
+     * a tuple or an exception would be taken for the exception's arguments or the exception itself,
+     * so those are wrapped first. */
+    static void fh_set_stop_iteration(PyObject *value) {
+        if (value == Py_None) {
+            PyErr_SetNone(PyExc_StopIteration);
+            return;
+        }
+        if (PyTuple_Check(value) || PyExceptionInstance_Check(value)) {
+            PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, value);
+            if (stop != NULL) {
+                PyErr_SetObject(PyExc_StopIteration, stop);
+                Py_DECREF(stop);
+            }
+            return;
+        }
+        PyErr_SetObject(PyExc_StopIteration, value);
+    }
+
+    /* tp_iternext, the slot `await` steps (the SEND opcode calls it when sending None). In C
+     * because a Cython __next__ that ends with StopIteration adds a traceback entry (a frame)
+     * to it on every call; here the result goes out as a coroutine's does. */
+    static PyObject *fh_do_async_iternext(PyObject *self) {
+        int finished = 0;
+        PyObject *result = fh_do_async_step(self, Py_None, &finished);
+        if (result == NULL || !finished) {
+            return result;
+        }
+        fh_set_stop_iteration(result);
+        Py_DECREF(result);
+        return NULL;
+    }
+
+    /* Once, at import: DoAsync's tp_iternext becomes fh_do_async_iternext (its Python-visible
+     * __next__ stays Cython's: the same step, with a traceback entry). */
+    static void fh_install_iternext(PyObject *type) {
+        ((PyTypeObject *)type)->tp_iternext = fh_do_async_iternext;
+        PyType_Modified((PyTypeObject *)type);
+    }
+    """
+    ctypedef PyObject *(*fh_step_t)(PyObject *self, PyObject *value, int *finished)
+    fh_step_t fh_do_async_step
+    void fh_install_iternext(object type)
+
+cdef extern from *:
+    """
+    /* co_flags bit of a generator-based coroutine (types.coroutine): awaitable as it is. */
+    #define FH_CO_ITERABLE_COROUTINE 0x0100
+    """
+    const int FH_CO_ITERABLE_COROUTINE
+
+# The event and "no fallback event" codes of _events (tests/test_do_async_awaitable.py checks them).
+cdef enum:
+    _SUCCESS = 0
+    _FAILURE = 1
+    _NO_EVENT = -1
+
+cdef enum:
+    _NEW = 0        # not started: nothing acquired
+    _RUNNING = 1    # admitted, run's awaitable in progress (``iterator``), the ticket held
+    _DELEGATED = 2  # a coroutine of _do_async_py finishes the command (``delegate``)
+    _DONE = 3
+
+cdef object _CancelledError = asyncio.CancelledError
+cdef object _current_task = asyncio.current_task
+cdef object _get_running_loop = asyncio.get_running_loop
+cdef object _GeneratorType = types.GeneratorType
+cdef object _isawaitable = inspect.isawaitable
+cdef object _NOT_IN_TASK = "do_async() must be awaited in an asyncio task"
+
+
+# No @cython.freelist: an object taken from a freelist keeps the "finalized" mark of the one
+# before it, so its __del__ would never run (test_stopped_while_waiting..., "collected", fails).
+@cython.final
+cdef class DoAsync:
+    """One ``do_async`` call, run when awaited (``await``, a task, ``asyncio.run``).
+
+    Like a coroutine it runs once: awaiting it again raises ``RuntimeError``. Nothing is
+    acquired before its first step; dropped while ``run`` waits, it is closed (``run``
+    sees ``GeneratorExit``, the command counts a failure and its ticket comes back), as a
+    coroutine is.
+    """
+
+    cdef object name
+    cdef object run
+    cdef object fallback
+    cdef CircuitBreaker circuit
+    cdef object iterator   # run's awaitable, stepped while _RUNNING
+    cdef object delegate   # the coroutine that finishes the command while _DELEGATED
+    cdef object task       # the task the deadline cancels, once armed
+    cdef object deadlines
+    cdef object entry      # the armed deadline, or None
+    cdef int64_t start
+    cdef int64_t verdict
+    cdef int state
+    cdef bint executing    # a step is in progress: a re-entrant one would step run twice at once
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        cdef bint finished = False
+        result = self.step(None, None, &finished)
+        if finished:
+            raise StopIteration(result)
+        return result
+
+    def send(self, value):
+        """Resume with ``value`` (``None`` to start): what it waits on next, or ``StopIteration``."""
+        cdef bint finished = False
+        result = self.step(value, None, &finished)
+        if finished:
+            raise StopIteration(result)
+        return result
+
+    def throw(self, typ, val=None, tb=None):
+        """Raise an exception where it waits (a cancellation goes into ``run``)."""
+        cdef bint finished = False
+        if val is None:
+            exc = typ() if isinstance(typ, type) else typ
+        elif isinstance(val, BaseException):
+            exc = val
+        else:
+            exc = typ(val)
+        if tb is not None:
+            exc = exc.with_traceback(tb)
+        result = self.step(None, exc, &finished)
+        if finished:
+            raise StopIteration(result)
+        return result
+
+    def close(self):
+        """Stop it where it waits: ``run`` sees ``GeneratorExit``, the command ends counted."""
+        if self.state != _RUNNING and self.state != _DELEGATED:
+            self.state = _DONE
+            return
+        try:
+            self.throw(GeneratorExit)
+        except (GeneratorExit, StopIteration):
+            return
+        raise RuntimeError("do_async() ignored GeneratorExit")
+
+    def __del__(self):
+        if self.state == _RUNNING or self.state == _DELEGATED:
+            self.close()
+
+    @property
+    def __name__(self):
+        return "do_async"
+
+    @property
+    def __qualname__(self):
+        return "do_async"
+
+    @property
+    def cr_running(self):
+        return False
+
+    def __repr__(self):
+        return f"<do_async {self.name!r} at {id(self):#x}>"
+
+    cdef object step(self, object value, object exc, bint *finished):
+        if self.executing:
+            raise ValueError("do_async() already executing")
+        self.executing = True
+        try:
+            return self.step_once(value, exc, finished)
+        finally:
+            self.executing = False
+
+    cdef object step_once(self, object value, object exc, bint *finished):
+        if self.state == _RUNNING:
+            return self.resume(value, exc, finished)
+        if self.state == _NEW:
+            if exc is not None:
+                self.state = _DONE  # thrown in before it started: nothing acquired, nothing to count
+                raise exc
+            if value is not None:
+                raise TypeError("can't send non-None value to a just-started do_async()")
+            return self.begin(finished)
+        if self.state == _DELEGATED:
+            return self.step_delegate(value, exc, finished)
+        if exc is not None:
+            raise exc
+        raise RuntimeError("cannot reuse already awaited do_async()")
+
+    cdef object begin(self, bint *finished):
+        """Admission, then run's first step (check() inlined for the common case, as in the twin)."""
+        cdef CircuitBreaker circuit
+        cdef int64_t start, verdict
+        name, run, fallback = self.name, self.run, self.fallback
+        self.state = _DONE  # until admitted: an error below leaves nothing to finish
+        if type(name) is str and callable(run) and (fallback is None or callable(fallback)):
+            found = fh_lookup(_circuits, name)
+            if found is None:
+                found = get_or_create(name)
+        else:
+            found = check(name, run, fallback)
+        circuit = <CircuitBreaker?>found
+        self.circuit = circuit
+        start = circuit.now()
+        verdict = circuit.acquire_c(start)
+        self.start = start
+        self.verdict = verdict
+        if verdict < 0:
+            return self.hand_over(not_admitted(circuit, start, verdict, run, fallback), finished)
+        self.state = _RUNNING  # from here the ticket is held: every way out goes through end()
+        try:
+            awaitable = run()
+            if type(awaitable) is _COROUTINE:
+                iterator = awaitable
+            elif type(awaitable) is _GeneratorType and awaitable.gi_code.co_flags & FH_CO_ITERABLE_COROUTINE:
+                iterator = awaitable
+            elif _isawaitable(awaitable):
+                iterator = awaitable.__await__()
+                if not PyIter_Check(iterator):
+                    raise TypeError(f"__await__() returned non-iterator of type '{type(iterator).__name__}'")
+            else:
+                raise NotAwaitable(awaitable)
+        except BaseException as error:
+            return self.end(PYGEN_ERROR, None, error, finished)
+        self.iterator = iterator
+        return self.resume(None, None, finished)
+
+    cdef object resume(self, object value, object exc, bint *finished):
+        """One step of run's awaitable: what it waits on, or the command's end."""
+        cdef PyObject *result = NULL
+        cdef PySendResult sent
+        if exc is None:
+            sent = PyIter_Send(self.iterator, value, &result)
+            # A new reference, or NULL with the exception set (taken at once: no traceback entry of ours).
+            outcome = fh_own(result) if sent != PYGEN_ERROR else fh_fetch()
+        else:
+            sent, outcome = _thrown(self.iterator, exc)
+        if sent == PYGEN_NEXT:
+            if self.entry is None:
+                self.arm()
+            return outcome
+        if sent == PYGEN_RETURN:
+            return self.end(PYGEN_RETURN, outcome, None, finished)
+        return self.end(PYGEN_ERROR, None, outcome, finished)
+
+    cdef arm(self):
+        """run waits for the first time: the deadline, what is left of the timeout from ``start``."""
+        cdef CircuitBreaker circuit = self.circuit
+        try:
+            task = _current_task()
+        except RuntimeError:  # no running loop: driven by hand
+            task = None
+        if task is None:
+            # Not in a task (driven by hand): nothing could enforce the timeout. Stop run, count a
+            # failure, give the ticket back.
+            self.iterator.close()
+            self.iterator = None
+            self.state = _DONE
+            end = circuit.now()
+            circuit.report_c(_FAILURE, _NO_EVENT, end, -1, (end - self.start) // 1000, self.verdict, True)
+            raise RuntimeError(_NOT_IN_TASK)
+        loop = _get_running_loop()
+        deadlines = deadlines_of(loop)
+        left_ns = self.start + fh_load_relaxed(&circuit.lim.timeout_ns) - circuit.now()
+        self.entry = deadlines.add(loop.time() + left_ns / 1e9, task)
+        self.deadlines = deadlines
+        self.task = task
+
+    cdef object end(self, PySendResult sent, object value, object error, bint *finished):
+        """run's awaitable has ended (returned ``value`` or raised ``error``): count it and answer."""
+        cdef CircuitBreaker circuit = self.circuit
+        cdef int64_t end, elapsed_us
+        cdef bint timed_out = False
+        self.iterator = None
+        if self.entry is not None:
+            timed_out = self.deadlines.done(self.entry)
+            self.entry = None
+        end = circuit.now()
+        if (
+            sent == PYGEN_RETURN
+            and not timed_out
+            and not circuit.slow_success
+            and end - self.start <= fh_load_relaxed(&circuit.lim.timeout_ns)
+        ):
+            # A success in time with nothing to judge it: outcome()'s rule, as do() inlines it.
+            self.state = _DONE
+            elapsed_us = (end - self.start) // 1000
+            circuit.report_c(_SUCCESS, _NO_EVENT, end, elapsed_us, elapsed_us, self.verdict, True)
+            finished[0] = True
+            return value
+        return self.hand_over(
+            concluded(circuit, self.start, end, self.verdict, value, error, timed_out, self.task, self.fallback),
+            finished,
+        )
+
+    cdef object hand_over(self, object coroutine, bint *finished):
+        self.delegate = coroutine
+        self.state = _DELEGATED
+        return self.step_delegate(None, None, finished)
+
+    cdef object step_delegate(self, object value, object exc, bint *finished):
+        cdef PyObject *result = NULL
+        cdef PySendResult sent
+        if exc is None:
+            sent = PyIter_Send(self.delegate, value, &result)
+            outcome = fh_own(result) if sent != PYGEN_ERROR else fh_fetch()
+        else:
+            sent, outcome = _thrown(self.delegate, exc)
+        if sent == PYGEN_NEXT:
+            return outcome
+        self.delegate = None
+        self.state = _DONE
+        if sent == PYGEN_RETURN:
+            finished[0] = True
+            return outcome
+        raise outcome
+
+
+cdef tuple _thrown(object iterator, object exc):
+    """``iterator.throw(exc)`` as ``(send result, what it yielded, returned or raised)``."""
+    try:
+        yielded = iterator.throw(exc)
+    except StopIteration as stop:
+        return PYGEN_RETURN, stop.value
+    except BaseException as error:
+        return PYGEN_ERROR, error
+    return PYGEN_NEXT, yielded
+
+
+collections.abc.Coroutine.register(DoAsync)
+
+
+def do_async(name, run, fallback=None):
+    """Await ``run()`` as command ``name``; the asyncio twin of :func:`fasthystrix.do`.
+
+    ``run`` is an async function (or any callable returning an awaitable) taking no
+    arguments; ``fallback(err)`` may be sync or async. At the timeout ``run`` is
+    cancelled and the command answers with ``TimeoutError`` or the fallback.
+
+    A sync ``run`` (one that returns something not awaitable) raises ``TypeError``
+    pointing to :func:`fasthystrix.do`: it has run by the time its value shows it, so
+    the command counts as a failure, its ticket comes back, and no fallback runs.
+    """
+    cdef DoAsync call = DoAsync.__new__(DoAsync)  # state _NEW: zeroed memory
+    call.name = name
+    call.run = run
+    call.fallback = fallback
+    return call
+
+
+cdef object _step_none(object call, object value, int *finished):
+    return (<DoAsync>call).step(value, None, <bint *>finished)
+
+
+fh_do_async_step = <fh_step_t>_step_none
+fh_install_iternext(DoAsync)
+
+
+# What asyncio.iscoroutinefunction and inspect.iscoroutinefunction (3.12+) look for: do_async is
+# awaited like an async function.
+if hasattr(inspect, "markcoroutinefunction"):
+    inspect.markcoroutinefunction(do_async)
+if hasattr(asyncio.coroutines, "_is_coroutine"):
+    do_async._is_coroutine = asyncio.coroutines._is_coroutine
