@@ -227,6 +227,33 @@ def test_a_request_without_a_body_reaches_the_app_as_the_client_sent_it() -> Non
     assert metrics("bodies").successes == 4
 
 
+def test_the_apps_send_and_receive_raise_where_awaited_and_may_be_awaited_later() -> None:
+    """The app's send() and receive() (ready awaitables in the compiled core, coroutines in the
+    pure one) behave as coroutines would: an error is raised where the app awaits, a send made
+    now and awaited later has gone out in order, and what a step returns comes back unchanged."""
+    seen: list[Any] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        broken = send({"status": 200})  # no "type": raised where awaited, not here
+        with pytest.raises(KeyError):
+            await broken
+        start = send({"type": "http.response.start", "status": 201, "headers": []})
+        body = send({"type": "http.response.body", "body": b"late"})
+        seen.append(await start)
+        seen.append(await body)
+        seen.append(await receive())
+
+    middleware = CircuitBreakerMiddleware(app, name="awaitables")
+    sent = call_in_process(
+        middleware,
+        {"method": "POST", "headers": [(b"content-length", b"2")]},
+        [{"type": "http.request", "body": b"hi"}],
+    )
+    assert [m.get("status", m.get("body")) for m in sent] == [201, b"late"]
+    assert seen == [None, None, {"type": "http.request", "body": b"hi", "more_body": False}]
+    assert metrics("awaitables").successes == 1
+
+
 def test_wrapping_the_app_directly_and_a_plain_asgi_app() -> None:
     starlette_app = Starlette(routes=[Route("/items/{item_id:int}", item)])
 

@@ -16,6 +16,7 @@ from types import ModuleType
 from typing import Any
 
 from ._core import _circuit_py, _rolling_py
+from ._integrations import _asgi_core_py
 from ._isolation import _deadlines_py, _handoff_py
 
 __all__ = ["EVENT_NAMES", "Implementation", "available", "current"]
@@ -31,6 +32,7 @@ COMPILED_MODULES: tuple[str, ...] = (
     "_isolation._deadlines",
     # Imported by _isolation._asyncio, not here: it needs the registry, which needs this module.
     "_isolation._do_async",
+    "_integrations._asgi_core",
 )
 
 
@@ -38,7 +40,13 @@ class Implementation:
     """One consistent set of hot-path modules (``name`` is ``"compiled"`` or ``"pure"``)."""
 
     def __init__(
-        self, name: str, circuit: ModuleType, rolling: ModuleType, handoff: ModuleType, deadlines: ModuleType
+        self,
+        name: str,
+        circuit: ModuleType,
+        rolling: ModuleType,
+        handoff: ModuleType,
+        deadlines: ModuleType,
+        asgi_core: ModuleType,
     ) -> None:
         self.name = name
         self.CircuitBreaker: Any = circuit.CircuitBreaker
@@ -50,12 +58,14 @@ class Implementation:
         self.Completion: Any = handoff.Completion
         self.SpinBudget: Any = handoff.SpinBudget
         self.Deadlines: Any = deadlines.Deadlines
+        self.OutboxCore: Any = asgi_core.OutboxCore
+        self.ExchangeCore: Any = asgi_core.ExchangeCore
 
     def __repr__(self) -> str:
         return f"<fasthystrix implementation {self.name!r}>"
 
 
-PURE = Implementation("pure", _circuit_py, _rolling_py, _handoff_py, _deadlines_py)
+PURE = Implementation("pure", _circuit_py, _rolling_py, _handoff_py, _deadlines_py, _asgi_core_py)
 
 
 def _load_compiled() -> tuple[Implementation | None, str]:
@@ -70,10 +80,11 @@ def _load_compiled() -> tuple[Implementation | None, str]:
         return None, f"compiled modules not built: {', '.join(missing)} (was a C compiler available at install?)"
     try:
         from ._core import _circuit, _pool, _rolling  # noqa: F401
+        from ._integrations import _asgi_core
         from ._isolation import _deadlines, _handoff
     except ImportError as exc:
         return None, f"compiled modules not importable: {exc}"
-    return Implementation("compiled", _circuit, _rolling, _handoff, _deadlines), ""
+    return Implementation("compiled", _circuit, _rolling, _handoff, _deadlines, _asgi_core), ""
 
 
 COMPILED, WHY_PURE = _load_compiled()

@@ -35,15 +35,16 @@ sends wait for the client, outside the command's timeout and ticket.
 from __future__ import annotations
 
 import asyncio
-import collections
 import functools
 import inspect
+import types
 from collections.abc import Awaitable, Callable, Collection, Generator, Iterable, Mapping, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from . import _impl
 from ._core import _errors
 from ._core._config import CommandConfig
-from ._core._outcomes import COROUTINE as _COROUTINE
+from ._integrations._asgi_core_py import ENDED, Resumed
 from ._integrations._middleware import (
     DEFAULT_MAX_BODY_SIZE,
     DEFAULT_RETRY_AFTER_REJECTED,
@@ -78,7 +79,17 @@ __all__ = [
 
 _TEMPLATES = 4096  # route templates (and command names) remembered per middleware, by method and path
 _UNSEEN: Any = object()  # a key not in the table of command names
-_ENDED: Any = object()  # where an app's coroutine was left: it has ended
+# The per-request cores, compiled or pure (_integrations/_asgi_core), completed by the mixins below
+# (which the type checker sees as subclasses of the pure cores, whose attributes they use).
+if TYPE_CHECKING:
+    from ._integrations._asgi_core_py import ExchangeCore as _ExchangeCore, OutboxCore as _OutboxCore
+
+    _OutboxBase = _OutboxCore
+    _ExchangeBase = _ExchangeCore
+else:
+    _OutboxCore = _impl.current().OutboxCore
+    _ExchangeCore = _impl.current().ExchangeCore
+    _OutboxBase = _ExchangeBase = object
 
 #: The default ``response_buffer_size``: body bytes of a response held for a slow client while the
 #: command runs (256 KiB).
@@ -94,56 +105,19 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 FallbackResult = None | tuple[int, Any, bytes | str] | ASGIApp
 
 
-class _Outbox:
-    """The app's response messages on their way to the client: :meth:`put` never waits for the client.
+class _OutboxPaths(_OutboxBase):
+    """The outbox's paths off the common one: the pump, waiting for it, closing.
 
-    A message is handed to the server's ``send()`` at once, and that is all when the
-    server takes it without waiting (the common case: its buffers have room). When the
-    server's ``send()`` has to wait for the client, the rest of it, and every message put
-    meanwhile, are sent in order by a task of their own (the pump), and ``buffered``
-    counts their body bytes. A send that fails stops the pump; the app's next
-    :meth:`put` raises its error (an ``OSError``: the client went away).
+    Its core (``OutboxCore``, compiled or pure: ``_integrations/_asgi_core``) holds the state
+    and :meth:`put`, which never waits for the client: a message the server cannot take at
+    once is finished by :meth:`_pump`, a task of its own, with the ones put after it.
     """
 
-    __slots__ = ("_queue", "_raised", "_send", "_task", "buffered", "error")
+    __slots__ = ()
 
-    def __init__(self, send: Send) -> None:
-        self._send = send
-        self._queue: collections.deque[Message] = collections.deque()
-        self._task: asyncio.Future[None] | None = None
-        self._raised = False
-        self.buffered = 0
-        self.error: BaseException | None = None
-
-    def put(self, message: Message) -> None:
-        if self.error is not None:
-            self._raised = True
-            raise self.error
-        if self._task is not None:
-            # The pump is waiting for the client: queue behind it, to keep the order.
-            self._queue.append(message)
-            self.buffered += len(message.get("body", b""))
-            return
-        # One step of the server's send(), on the caller's task, as awaiting it would take.
-        awaitable = self._send(message)
-        # A coroutine steps as its own iterator: one object less than its __await__().
-        sending: Generator[Any, None, Any] = (
-            awaitable if type(awaitable) is _COROUTINE else awaitable.__await__()  # type: ignore[assignment]
-        )
-        try:
-            blocked_on = sending.send(None)
-        except StopIteration:
-            return  # taken without waiting
-        except BaseException as exc:
-            self._raised = True
-            self.error = exc
-            raise
-        size = len(message.get("body", b""))
-        self.buffered += size
-        self._task = asyncio.ensure_future(self._pump(_Resumed(sending, blocked_on), size))
-
-    async def _pump(self, first: _Resumed, size: int) -> None:
+    async def _pump(self, first: Resumed, size: int) -> None:
         queue = self._queue
+        assert queue is not None, "put() makes the queue before it starts the pump"
         try:
             await first
             self.buffered -= size
@@ -189,172 +163,61 @@ class _Outbox:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-        self._queue.clear()
+        if self._queue:
+            self._queue.clear()
 
 
-class _Resumed:
-    """The rest of an awaitable's iterator (``__await__()``) that was stepped once by hand and
-    suspended on ``blocked_on``.
+class _Outbox(_OutboxPaths, _OutboxCore):
+    """The app's response messages on their way to the client: ``put()`` never waits for the client
+    (the core's docstring tells how)."""
 
-    Awaiting it does what an asyncio task does with any coroutine: it waits on what the
-    iterator yielded (a future, or ``None`` for a bare yield), then resumes it with
-    ``send(None)``, or throws into it what the waiting raised (cancellation), until it
-    returns. Invariant: what it yielded reaches the task that awaits this unchanged, so
-    the task waits on it exactly as it would have (tests/test_asgi_middleware.py,
-    test_a_send_that_waits_is_finished_in_order_by_the_pump, fails otherwise).
-    """
-
-    __slots__ = ("_blocked_on", "_iterator")
-
-    def __init__(self, iterator: Generator[Any, None, Any], blocked_on: Any) -> None:
-        self._iterator = iterator
-        self._blocked_on = blocked_on
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        iterator = self._iterator
-        yielded = self._blocked_on
-        while True:
-            try:
-                yield yielded
-            except BaseException as exc:  # cancelled while waiting: the send unwinds itself
-                try:
-                    yielded = iterator.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-                continue
-            try:
-                yielded = iterator.send(None)
-            except StopIteration as stop:
-                return stop.value
+    __slots__ = ()
 
 
-class _Exchange(_Outbox):
-    """One request's run of the app: its body to replay, the response status seen so far, whether it is complete.
+class _ExchangePaths(_OutboxPaths, _ExchangeBase):
+    """The exchange's paths off the common one (its core, ``ExchangeCore``, compiled or pure, holds
+    the state, the app's ``receive()`` and ``send()``, and the first step of :meth:`run`)."""
 
-    It is the outbox of the app's response too (one object per request rather than two).
-    """
+    __slots__ = ()
 
-    __slots__ = (
-        "app",
-        "app_steps",
-        "body",
-        "buffer_size",
-        "complete",
-        "detached",
-        "disconnected",
-        "is_failure",
-        "late_error",
-        "raised",
-        "receive_upstream",
-        "scope",
-        "started",
-        "status",
-        "trailers",
-        "waiting",
-        "wake",
-    )
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        scope: Scope,
-        body: bytes | None,
-        receive: Receive,
-        send: Send,
-        buffer_size: int,
-        is_failure: Callable[[int], bool],
-    ) -> None:
-        _Outbox.__init__(self, send)
-        self.app = app
-        self.is_failure = is_failure
-        self.scope = scope
-        # The body read before the command, replayed by receive(); None: receive() is the client's.
-        self.body = body
-        self.receive_upstream = receive
-        self.buffer_size = buffer_size
-        self.status = 0
-        self.started = False
-        self.complete = False
-        # The command ended before the response did: more than buffer_size bytes wait for the client.
-        self.detached = False
-        self.disconnected = False
-        self.trailers = False
-        self.raised: BaseException | None = None
-        # The app's coroutine, while run() steps it (see __await__), and where it was left.
-        self.app_steps: Generator[Any, None, Any] | None = None
-        self.waiting: Any = _ENDED
-        self.late_error: BaseException | None = None  # raised by the app after its response
-        self.wake: asyncio.Future[None] | None = None
-
-    async def receive(self) -> Message:
-        body = self.body
-        if body is not None:
-            # The body read before the command, whole; then the client's own messages (a disconnect).
-            self.body = None
-            return {"type": "http.request", "body": body, "more_body": False}
+    async def _receive_upstream(self) -> Message:
         message = await self.receive_upstream()
         if message["type"] == "http.disconnect":
             self.disconnected = True
         return message
 
-    async def send(self, message: Message) -> None:
-        kind = message["type"]
-        if kind == "http.response.start":
-            self.status = int(message["status"])
-            self.started = True
-            self.trailers = bool(message.get("trailers", False))
-        try:
-            self.put(message)
-        except OSError:
-            # The client went away (ASGI 2.4 servers raise an OSError): not the app's failure.
-            self.disconnected = True
-            raise
-        if (
-            (kind == "http.response.body" and not message.get("more_body", False) and not self.trailers)
-            or (kind == "http.response.trailers" and not message.get("more_trailers", False))
-            or kind == "http.response.pathsend"
-        ):
-            self.complete = True
-            if self.wake is not None:
-                self.response_ended()
-            return
-        if not self.detached:
-            if self.buffered <= self.buffer_size:
-                return  # the command goes on, the client's pace aside
-            self.detached = True
-            self.response_ended()
-        # Outside the command now: the app goes at the client's pace.
+    async def _at_client_pace(self) -> None:
+        """The app's send() once the command is over (detached): it waits for the client."""
         await self.drained()
         if isinstance(self.error, OSError):
             self.disconnected = True
             raise self.error
 
-    async def run(self) -> None:
-        """The command: the app, stepped on the request's own task, until its response is complete
-        (or detached).
-
-        The command ends with the response, not with the app: :meth:`__await__` drives the
-        app's coroutine, as a task would, and stops driving it at the step that completed
-        the response, leaving it suspended. What the app does after that (Starlette's
-        background tasks, or the rest of a response larger than the buffer) is outside the
-        command's timeout, latency and ticket: :meth:`finish` drives it to its end.
-        """
-        self.app_steps = self.app(self.scope, self.receive, self.send).__await__()
+    async def _run_from(self, yielded: Any) -> None:
+        """The rest of the command, from the app's first wait (``yielded``) on."""
         try:
-            await self
-        except asyncio.CancelledError:
+            await self._resumed(yielded)
+        except BaseException as exc:
+            self._failed(exc)
+        self._check_response()
+
+    def _failed(self, exc: BaseException) -> None:
+        """The app raised ``exc``: propagate it, as the command's error, or keep it for :meth:`finish`."""
+        if isinstance(exc, asyncio.CancelledError):
             # The timeout (or the server) cancelled the command: the app has unwound (the
             # cancellation went into it), so its ticket can come back.
-            raise
-        except BaseException as exc:
-            if self.complete or self.detached:
-                self.late_error = exc  # raised after the response: finish() raises it (the server logs it)
-            else:
-                self.raised = exc
-                if self.disconnected and isinstance(exc, Exception):
-                    # The client left: not the app's failure. Counted as context_canceled, not an error.
-                    raise _errors.ContextCanceledError() from exc
-                raise
+            raise exc
+        if self.complete or self.detached:
+            self.late_error = exc  # raised after the response: finish() raises it (the server logs it)
+            return
+        self.raised = exc
+        if self.disconnected and isinstance(exc, Exception):
+            # The client left: not the app's failure. Counted as context_canceled, not an error.
+            raise _errors.ContextCanceledError() from exc
+        raise exc
+
+    def _check_response(self) -> None:
+        """The app has answered, or returned: raise if the command failed (the client keeps the app's response)."""
         if not self.complete and not self.detached:
             # The app returned without finishing its response.
             if self.disconnected:
@@ -362,7 +225,7 @@ class _Exchange(_Outbox):
             if not self.started:
                 raise _ServerError(500)  # the server answers 500 to an app that sent nothing
         status = self.status
-        if status >= 500 if self.is_failure is _server_error else self.is_failure(status):
+        if status >= 500 if self.is_failure is None else self.is_failure(status):
             raise _ServerError(status)
 
     async def finish(self) -> None:
@@ -370,39 +233,31 @@ class _Exchange(_Outbox):
         app_steps = self.app_steps
         if app_steps is None:
             return
-        if self.waiting is not _ENDED:
-            await _Resumed(app_steps, self.waiting)
+        if self.waiting is not ENDED:
+            await Resumed(app_steps, self.waiting)
         elif self.late_error is not None and self.late_error is not self.raised:
             raise self.late_error
 
-    def __await__(self) -> Generator[Any, None, None]:
-        """The app's coroutine (``app_steps``), driven step by step on the awaiting task until the
-        response is complete (or detached), or the app ends.
+    @types.coroutine
+    def _resumed(self, yielded: Any) -> Generator[Any, None, None]:
+        """The app's coroutine (``app_steps``), waiting on ``yielded``, driven step by step on the
+        awaiting task until the response is complete (or detached), or the app ends.
 
-        Each step is what a task would do: ``send(None)`` into the app's iterator, or ``throw``
-        what the waiting raised (the deadline's cancellation), then yield what the app yielded
-        (a future, or ``None``) to the task, unchanged. When a step completes the response,
-        awaiting this returns with the app suspended on ``waiting`` (``_ENDED`` if it has
-        ended); ``_Resumed(app_steps, waiting)`` goes on from there. Invariant: the app's
-        iterator is driven by one task, this one, at a time (tests/test_asgi_middleware.py,
+        Each step is what a task would do: yield what the app yielded (a future, or ``None``)
+        to the task, unchanged, then ``send(None)`` into the app's iterator, or ``throw`` what
+        the waiting raised (the deadline's cancellation). When a step completes the response,
+        this returns with the app suspended on ``waiting`` (``ENDED`` if it has ended);
+        ``Resumed(app_steps, waiting)`` goes on from there. Invariant: the app's iterator is
+        driven by one task, this one, at a time (tests/test_asgi_middleware.py,
         test_a_complete_stream_and_background_work_after_the_response, covers the hand-over).
         """
         app = self.app_steps
-        assert app is not None, "run() sets the app's coroutine before awaiting it"
+        assert app is not None, "run() sets the app's coroutine before its first step"
         # What the task threw in (a cancellation) goes into the app, as a task would: the app's
         # handling decides. A nested command's deadline cancels this task too, and the app's
         # do_async takes that cancellation back; the route's own deadline is do_async's to tell.
         throw: BaseException | None = None
         while True:
-            try:
-                yielded = app.send(None) if throw is None else app.throw(throw)
-            except StopIteration:
-                self.waiting = _ENDED
-                return
-            except BaseException:
-                self.waiting = _ENDED
-                raise
-            throw = None
             if self.complete or self.detached:
                 self.waiting = yielded
                 return
@@ -412,30 +267,45 @@ class _Exchange(_Outbox):
                     yield yielded
                 except BaseException as exc:
                     throw = exc
-                continue
-            # The task waits on a future of ours, done with the app's, or sooner when the app's
-            # response completes in another task (a streaming response's): the command ends then.
-            wake = self.wake = asyncio.get_running_loop().create_future()
-            wake._asyncio_future_blocking = True  # what a future's __await__ sets before yielding itself
-            add_done_callback(functools.partial(_wake_up, wake))
+            else:
+                # The task waits on a future of ours, done with the app's, or sooner when the app's
+                # response completes in another task (a streaming response's): the command ends then.
+                wake = self.wake = asyncio.get_running_loop().create_future()
+                wake._asyncio_future_blocking = True  # what a future's __await__ sets before yielding itself
+                add_done_callback(functools.partial(_wake_up, wake))
+                try:
+                    yield wake
+                except BaseException as exc:  # cancelled: the app's future too, as a task would
+                    yielded.cancel()
+                    throw = exc
+                finally:
+                    self.wake = None
+                if throw is None and not yielded.done():
+                    # Woken by the response's end: the app still waits on its future.
+                    self.waiting = yielded
+                    return
             try:
-                yield wake
-            except BaseException as exc:  # cancelled: the app's future too, as a task would
-                yielded.cancel()
-                throw = exc
-                continue
-            finally:
-                self.wake = None
-            if not yielded.done():
-                # Woken by the response's end: the app still waits on its future.
-                self.waiting = yielded
+                yielded = app.send(None) if throw is None else app.throw(throw)
+            except StopIteration:
+                self.waiting = ENDED
                 return
+            except BaseException:
+                self.waiting = ENDED
+                raise
+            throw = None
 
     def response_ended(self) -> None:
         """The response is complete (or detached): wake the command if it waits on the app."""
         wake = self.wake
         if wake is not None and not wake.done():
             wake.set_result(None)
+
+
+class _Exchange(_ExchangePaths, _ExchangeCore):
+    """One request's run of the app: its body to replay, the response status seen so far, whether
+    it is complete; the outbox of its response too (one object per request rather than two)."""
+
+    __slots__ = ()
 
 
 def _wake_up(wake: asyncio.Future[None], done: object) -> None:
@@ -524,6 +394,8 @@ class CircuitBreakerMiddleware:
         self._max_body_size = _optional_size("max_body_size", max_body_size)
         self._response_buffer_size = _size("response_buffer_size", response_buffer_size)
         self._is_failure = _status_rule(is_failure)
+        # What the exchange checks a status with: None for the default rule (>= 500), inlined.
+        self._exchange_rule = None if self._is_failure is _server_error else self._is_failure
         self._retry_after_rejected = _retry_after_rejected(retry_after_rejected)
 
     def command_name(self, scope: Scope) -> str | None:
@@ -594,7 +466,7 @@ class CircuitBreakerMiddleware:
             body = await self._read_body(name, scope, receive, send)
             if body is None:
                 return  # answered 413, or the client left before sending it all
-        exchange = _Exchange(self.app, scope, body, receive, send, self._response_buffer_size, self._is_failure)
+        exchange = _Exchange(self.app, scope, body, receive, send, self._response_buffer_size, self._exchange_rule)
         try:
             try:
                 await do_async(name, exchange.run)
@@ -619,7 +491,7 @@ class CircuitBreakerMiddleware:
                 else:
                     await self._answer(name, err, scope, _replaying(body or b"", receive), send)
                     return
-            if exchange.waiting is not _ENDED or exchange.late_error is not None:
+            if exchange.waiting is not ENDED or exchange.late_error is not None:
                 await exchange.finish()
             if exchange._task is not None or exchange.error is not None:
                 await exchange.close()

@@ -43,6 +43,7 @@ from fasthystrix._registry import _circuits, get_or_create
 __all__ = ["do_async"]
 
 cdef extern from "Python.h":
+    PyObject *PyErr_Occurred()
     ctypedef enum PySendResult:
         PYGEN_RETURN
         PYGEN_ERROR
@@ -55,56 +56,12 @@ cdef extern from "_capi.h":
     object fh_fetch()
     object fh_lookup(object table, object name)  # a strong reference: the command owns its circuit
 
-cdef extern from *:
-    """
-    /* The compiled step of a DoAsync (set at import): what it waits on, or with *finished set
-     * its result; NULL with an exception set. */
-    typedef PyObject *(*fh_step_t)(PyObject *self, PyObject *value, int *finished);
-    static fh_step_t fh_do_async_step = NULL;
-
-    /* StopIteration carrying value, as a coroutine's return sets it (_PyGen_SetStopIterationValue):
-     * a tuple or an exception would be taken for the exception's arguments or the exception itself,
-     * so those are wrapped first. */
-    static void fh_set_stop_iteration(PyObject *value) {
-        if (value == Py_None) {
-            PyErr_SetNone(PyExc_StopIteration);
-            return;
-        }
-        if (PyTuple_Check(value) || PyExceptionInstance_Check(value)) {
-            PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, value);
-            if (stop != NULL) {
-                PyErr_SetObject(PyExc_StopIteration, stop);
-                Py_DECREF(stop);
-            }
-            return;
-        }
-        PyErr_SetObject(PyExc_StopIteration, value);
-    }
-
-    /* tp_iternext, the slot `await` steps (the SEND opcode calls it when sending None). In C
-     * because a Cython __next__ that ends with StopIteration adds a traceback entry (a frame)
-     * to it on every call; here the result goes out as a coroutine's does. */
-    static PyObject *fh_do_async_iternext(PyObject *self) {
-        int finished = 0;
-        PyObject *result = fh_do_async_step(self, Py_None, &finished);
-        if (result == NULL || !finished) {
-            return result;
-        }
-        fh_set_stop_iteration(result);
-        Py_DECREF(result);
-        return NULL;
-    }
-
-    /* Once, at import: DoAsync's tp_iternext becomes fh_do_async_iternext (its Python-visible
-     * __next__ stays Cython's: the same step, with a traceback entry). */
-    static void fh_install_iternext(PyObject *type) {
-        ((PyTypeObject *)type)->tp_iternext = fh_do_async_iternext;
-        PyType_Modified((PyTypeObject *)type);
-    }
-    """
-    ctypedef PyObject *(*fh_step_t)(PyObject *self, PyObject *value, int *finished)
-    fh_step_t fh_do_async_step
-    void fh_install_iternext(object type)
+cdef extern from "_awaitable.h":
+    ctypedef PyObject *(*fh_step_t)(PyObject *self, int *finished)
+    ctypedef PyObject *(*iternextfunc)(PyObject *self)
+    PyObject *fh_iternext(fh_step_t step, PyObject *self)
+    PyObject *fh_await_iterator(object o)
+    void fh_install_iternext(object type, iternextfunc next)
 
 cdef extern from *:
     """
@@ -255,6 +212,7 @@ cdef class DoAsync:
         """Admission, then run's first step (check() inlined for the common case, as in the twin)."""
         cdef CircuitBreaker circuit
         cdef int64_t start, verdict
+        cdef PyObject *found_iterator
         name, run, fallback = self.name, self.run, self.fallback
         self.state = _DONE  # until admitted: an error below leaves nothing to finish
         if type(name) is str and callable(run) and (fallback is None or callable(fallback)):
@@ -278,12 +236,20 @@ cdef class DoAsync:
                 iterator = awaitable
             elif type(awaitable) is _GeneratorType and awaitable.gi_code.co_flags & FH_CO_ITERABLE_COROUTINE:
                 iterator = awaitable
-            elif _isawaitable(awaitable):
-                iterator = awaitable.__await__()
+            else:
+                # What `await` takes (the type's am_await: a class with __await__), as the twin's
+                # inspect.isawaitable() does without its ABC check.
+                found_iterator = fh_await_iterator(awaitable)
+                if found_iterator is NULL:
+                    if PyErr_Occurred():
+                        raise fh_fetch()
+                    if not _isawaitable(awaitable):
+                        raise NotAwaitable(awaitable)
+                    iterator = awaitable.__await__()  # an Awaitable by registration alone
+                else:
+                    iterator = fh_own(found_iterator)
                 if not PyIter_Check(iterator):
                     raise TypeError(f"__await__() returned non-iterator of type '{type(iterator).__name__}'")
-            else:
-                raise NotAwaitable(awaitable)
         except BaseException as error:
             return self.end(PYGEN_ERROR, None, error, finished)
         self.iterator = iterator
@@ -412,13 +378,16 @@ def do_async(name, run, fallback=None):
     return call
 
 
-cdef object _step_none(object call, object value, int *finished):
-    return (<DoAsync>call).step(value, None, <bint *>finished)
+cdef object _step(object call, int *finished):
+    return (<DoAsync>call).step(None, None, <bint *>finished)
 
 
-fh_do_async_step = <fh_step_t>_step_none
-fh_install_iternext(DoAsync)
+cdef PyObject *_iternext(PyObject *call) noexcept:
+    # tp_iternext, the slot `await` steps (the SEND opcode calls it when sending None).
+    return fh_iternext(<fh_step_t>_step, call)
 
+
+fh_install_iternext(DoAsync, _iternext)
 
 # What asyncio.iscoroutinefunction and inspect.iscoroutinefunction (3.12+) look for: do_async is
 # awaited like an async function.

@@ -1,0 +1,372 @@
+# cython: language_level=3, boundscheck=True, wraparound=False, freethreading_compatible=True
+"""The per-request hot path of the ASGI middleware in C (the compiled twin of ``_asgi_core_py``).
+
+The same two cores as the twin, whose docstring tells what each does, completed by the
+same mixins of ``asgi.py``. What C changes: the app's ``send()`` and ``receive()`` return
+ready awaitables (:class:`Ready`) instead of coroutines, the server's ``send()`` is stepped
+with ``PyIter_Send`` (no ``StopIteration`` to raise and catch when it takes a message at
+once), and :meth:`ExchangeCore.run` is an awaitable (:class:`_Run`) that steps the app
+once in C and hands it to the mixin's ``_run_from`` coroutine if it has to wait.
+
+One request's task touches its exchange (the pump is a task of the same loop), so nothing
+here needs a lock.
+"""
+
+cimport cython
+from cpython.object cimport PyObject
+
+import asyncio
+from collections import deque
+
+from fasthystrix._core._outcomes import COROUTINE as _COROUTINE
+from fasthystrix._integrations._asgi_core_py import ENDED, Resumed
+
+__all__ = ["ENDED", "ExchangeCore", "OutboxCore", "Resumed"]
+
+cdef extern from "Python.h":
+    ctypedef enum PySendResult:
+        PYGEN_RETURN
+        PYGEN_ERROR
+        PYGEN_NEXT
+    PySendResult PyIter_Send(object iterator, object arg, PyObject **presult)
+
+cdef extern from "_capi.h":
+    object fh_own(PyObject *o)
+    object fh_fetch()
+
+cdef extern from "_awaitable.h":
+    ctypedef PyObject *(*fh_step_t)(PyObject *self, int *finished)
+    ctypedef PyObject *(*iternextfunc)(PyObject *self)
+    PyObject *fh_iternext(fh_step_t step, PyObject *self)
+    void fh_install_iternext(object type, iternextfunc next)
+
+cdef object _ensure_future = asyncio.ensure_future
+cdef object _EMPTY = b""
+cdef str _TYPE = "type"
+cdef str _BODY = "body"
+cdef str _MORE_BODY = "more_body"
+cdef str _START = "http.response.start"
+cdef str _RESPONSE_BODY = "http.response.body"
+cdef str _TRAILERS = "http.response.trailers"
+cdef str _PATHSEND = "http.response.pathsend"
+
+
+@cython.final
+cdef class Ready:
+    """An awaitable that is done: awaiting it returns ``value``, or raises ``error``.
+
+    What the app's ``send()`` returns when the message is handed over (``READY``: one for
+    all), and its ``receive()`` when it replays the body read before the command.
+    """
+
+    cdef readonly object value
+    cdef readonly object error
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        cdef bint finished = False
+        result = self.step(&finished)
+        raise StopIteration(result)
+
+    def send(self, value):
+        cdef bint finished = False
+        raise StopIteration(self.step(&finished))
+
+    def throw(self, typ, val=None, tb=None):
+        if val is None:
+            raise typ
+        raise val
+
+    def close(self):
+        pass
+
+    cdef object step(self, bint *finished):
+        if self.error is not None:
+            raise self.error
+        finished[0] = True
+        return self.value
+
+
+cdef Ready _ready(object value, object error):
+    cdef Ready ready = Ready.__new__(Ready)
+    ready.value = value
+    ready.error = error
+    return ready
+
+
+cdef Ready READY = _ready(None, None)
+
+
+cdef object _ready_step(object ready, int *finished):
+    return (<Ready>ready).step(<bint *>finished)
+
+
+cdef PyObject *_ready_next(PyObject *ready) noexcept:
+    return fh_iternext(<fh_step_t>_ready_step, ready)
+
+
+fh_install_iternext(Ready, _ready_next)
+
+
+cdef class OutboxCore:
+    """The app's response messages on their way to the client: :meth:`put` never waits for the client.
+
+    The compiled twin of ``_asgi_core_py.OutboxCore``, whose docstring tells how: ``put`` in C.
+    """
+
+    cdef public object _send
+    cdef public object _queue
+    cdef public object _task
+    cdef public bint _raised
+    cdef public Py_ssize_t buffered
+    cdef public object error
+
+    def __init__(self, send):
+        self._send = send
+
+    cpdef put(self, message):
+        """Hand ``message`` to the server's ``send()``, or queue it behind the pump."""
+        cdef PyObject *result = NULL
+        cdef PySendResult sent
+        cdef Py_ssize_t size
+        if self.error is not None:
+            self._raised = True
+            raise self.error
+        if self._task is not None:
+            # The pump is waiting for the client: queue behind it, to keep the order.
+            self._queue.append(message)
+            self.buffered += len(message.get(_BODY, _EMPTY))
+            return None
+        # One step of the server's send(), on the caller's task, as awaiting it would take.
+        awaitable = self._send(message)
+        sending = awaitable if type(awaitable) is _COROUTINE else awaitable.__await__()
+        sent = PyIter_Send(sending, None, &result)
+        if sent == PYGEN_RETURN:
+            fh_own(result)  # the send's return value, dropped
+            return None  # taken without waiting
+        if sent == PYGEN_ERROR:
+            error = fh_fetch()
+            self._raised = True
+            self.error = error
+            raise error
+        blocked_on = fh_own(result)
+        size = len(message.get(_BODY, _EMPTY))
+        self.buffered += size
+        if self._queue is None:
+            self._queue = deque()
+        self._task = _ensure_future(self._pump(Resumed(sending, blocked_on), size))
+        return None
+
+
+cdef class ExchangeCore(OutboxCore):
+    """One request's run of the app: its body to replay, the response status seen so far, whether it is complete.
+
+    The compiled twin of ``_asgi_core_py.ExchangeCore``: ``send``, ``receive`` and ``run``'s
+    first step in C.
+    """
+
+    cdef public object app
+    cdef public object app_steps
+    cdef public object body
+    cdef public Py_ssize_t buffer_size
+    cdef public bint complete
+    cdef public bint detached
+    cdef public bint disconnected
+    cdef public object is_failure
+    cdef public object late_error
+    cdef public object raised
+    cdef public object receive_upstream
+    cdef public object scope
+    cdef public bint started
+    cdef public object status
+    cdef public bint trailers
+    cdef public object waiting
+    cdef public object wake
+
+    def __init__(self, app, scope, body, receive, send, Py_ssize_t buffer_size, is_failure):
+        self._send = send
+        self.app = app
+        self.is_failure = is_failure
+        self.scope = scope
+        self.body = body
+        self.receive_upstream = receive
+        self.buffer_size = buffer_size
+        self.status = 0
+        self.waiting = ENDED
+
+    def receive(self):
+        """The app's ``receive()``: the body read before the command, whole; then the client's messages."""
+        body = self.body
+        if body is not None:
+            self.body = None
+            return _ready({"type": "http.request", "body": body, "more_body": False}, None)
+        return self._receive_upstream()
+
+    def send(self, message):
+        """The app's ``send()``: never waits for the client while the command runs."""
+        cdef bint ended
+        try:
+            kind = message[_TYPE]
+            if kind == _START:
+                self.status = int(message["status"])
+                self.started = True
+                self.trailers = bool(message.get("trailers", False))
+            self.put(message)
+        except BaseException as error:
+            if isinstance(error, OSError):
+                # The client went away (ASGI 2.4 servers raise an OSError): not the app's failure.
+                self.disconnected = True
+            return _ready(None, error)  # raised where the app awaits, as a coroutine would raise it
+        if kind == _RESPONSE_BODY:
+            ended = not message.get(_MORE_BODY, False) and not self.trailers
+        elif kind == _START:
+            ended = False
+        else:
+            ended = (kind == _TRAILERS and not message.get("more_trailers", False)) or kind == _PATHSEND
+        if ended:
+            self.complete = True
+            if self.wake is not None:
+                self.response_ended()
+            return READY
+        if not self.detached:
+            if self.buffered <= self.buffer_size:
+                return READY  # the command goes on, the client's pace aside
+            self.detached = True
+            self.response_ended()
+        return self._at_client_pace()
+
+    def run(self):
+        """The command (see the twin): an awaitable that steps the app once, then hands it to
+        ``_run_from`` if it has to wait before its response is complete."""
+        cdef _Run run = _Run.__new__(_Run)
+        run.exchange = self
+        return run
+
+
+@cython.final
+cdef class _Run:
+    """``ExchangeCore.run()`` awaited: its first step in C, the rest (if any) the mixin's coroutine."""
+
+    cdef ExchangeCore exchange
+    cdef object delegate
+    cdef int state  # 0: not started, 1: delegated, 2: done
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        cdef bint finished = False
+        result = self.step(None, None, &finished)
+        if finished:
+            raise StopIteration(result)
+        return result
+
+    def send(self, value):
+        cdef bint finished = False
+        result = self.step(value, None, &finished)
+        if finished:
+            raise StopIteration(result)
+        return result
+
+    def throw(self, typ, val=None, tb=None):
+        cdef bint finished = False
+        if val is None:
+            exc = typ() if isinstance(typ, type) else typ
+        elif isinstance(val, BaseException):
+            exc = val
+        else:
+            exc = typ(val)
+        if tb is not None:
+            exc = exc.with_traceback(tb)
+        result = self.step(None, exc, &finished)
+        if finished:
+            raise StopIteration(result)
+        return result
+
+    def close(self):
+        if self.state == 1:
+            self.delegate.close()
+        self.state = 2
+
+    cdef object step(self, object value, object exc, bint *finished):
+        cdef PyObject *result = NULL
+        cdef PySendResult sent
+        if self.state == 1:
+            if exc is None:
+                sent = PyIter_Send(self.delegate, value, &result)
+                outcome = fh_own(result) if sent != PYGEN_ERROR else fh_fetch()
+            else:
+                try:
+                    outcome = self.delegate.throw(exc)
+                    sent = PYGEN_NEXT
+                except StopIteration as stop:
+                    outcome = stop.value
+                    sent = PYGEN_RETURN
+                except BaseException as error:
+                    outcome = error
+                    sent = PYGEN_ERROR
+            if sent == PYGEN_NEXT:
+                return outcome
+            self.delegate = None
+            self.state = 2
+            if sent == PYGEN_ERROR:
+                raise outcome
+            finished[0] = True
+            return outcome
+        if self.state == 2:
+            if exc is not None:
+                raise exc
+            raise RuntimeError("cannot reuse an exchange's finished run()")
+        self.state = 2
+        if exc is not None:
+            raise exc  # thrown in before it started: the app never ran
+        return self.first_step(finished)
+
+    cdef object first_step(self, bint *finished):
+        cdef ExchangeCore exchange = self.exchange
+        cdef PyObject *result = NULL
+        cdef PySendResult sent
+        app_steps = exchange.app(exchange.scope, exchange.receive, exchange.send)
+        if type(app_steps) is not _COROUTINE:
+            app_steps = app_steps.__await__()
+        exchange.app_steps = app_steps
+        sent = PyIter_Send(app_steps, None, &result)
+        if sent == PYGEN_RETURN:
+            fh_own(result)  # the app's return value, dropped
+            exchange.waiting = ENDED
+        elif sent == PYGEN_ERROR:
+            exchange.waiting = ENDED
+            exchange._failed(fh_fetch())  # raises, or keeps an error raised after the response
+        else:
+            yielded = fh_own(result)
+            if not exchange.complete and not exchange.detached:
+                self.delegate = exchange._run_from(yielded)
+                self.state = 1
+                return self.step(None, None, finished)
+            exchange.waiting = yielded
+        # _check_response's common case inlined: a complete response whose status is no failure.
+        if (exchange.complete or exchange.detached) and exchange.is_failure is None and exchange.status < 500:
+            finished[0] = True
+            return None
+        exchange._check_response()
+        finished[0] = True
+        return None
+
+
+cdef object _run_step(object run, int *finished):
+    return (<_Run>run).step(None, None, <bint *>finished)
+
+
+cdef PyObject *_run_next(PyObject *run) noexcept:
+    return fh_iternext(<fh_step_t>_run_step, run)
+
+
+fh_install_iternext(_Run, _run_next)
