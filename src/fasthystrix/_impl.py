@@ -60,6 +60,7 @@ class Implementation:
         self.Deadlines: Any = deadlines.Deadlines
         self.OutboxCore: Any = asgi_core.OutboxCore
         self.ExchangeCore: Any = asgi_core.ExchangeCore
+        self.serve_asgi: Any = asgi_core.serve_asgi
 
     def __repr__(self) -> str:
         return f"<fasthystrix implementation {self.name!r}>"

@@ -396,6 +396,8 @@ class CircuitBreakerMiddleware:
         self._is_failure = _status_rule(is_failure)
         # What the exchange checks a status with: None for the default rule (>= 500), inlined.
         self._exchange_rule = None if self._is_failure is _server_error else self._is_failure
+        # What the compiled __call__ reads of this middleware per request, in one attribute.
+        self._fast = (app, self._commands, self._response_buffer_size, self._exchange_rule, _Exchange)
         self._retry_after_rejected = _retry_after_rejected(retry_after_rejected)
 
     def command_name(self, scope: Scope) -> str | None:
@@ -446,7 +448,14 @@ class CircuitBreakerMiddleware:
                 return template
         return UNMATCHED
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    #: An ASGI app: ``await middleware(scope, receive, send)``. In C for a request on the common
+    #: path (an HTTP request whose command is known, its circuit closed with a ticket free, no body),
+    #: else :meth:`_serve` (``_integrations/_asgi_core``: ``serve``). Marked as a coroutine function,
+    #: so that servers which ask (uvicorn) see an ASGI 3 app.
+    __call__ = _impl.current().serve_asgi
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The request, the whole way: what ``__call__`` does, for any request."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)  # websocket, lifespan: untouched
             return
@@ -468,29 +477,50 @@ class CircuitBreakerMiddleware:
                 return  # answered 413, or the client left before sending it all
         exchange = _Exchange(self.app, scope, body, receive, send, self._response_buffer_size, self._exchange_rule)
         try:
-            try:
-                await do_async(name, exchange.run)
-            except _ServerError:
-                pass  # counted as a failure; the client has the app's response
-            except _errors.ContextCanceledError:
-                if not exchange.disconnected:
-                    raise
-                return  # the client left mid-response: nobody to answer, nothing to log
-            except _errors.CircuitError as err:
-                if err is exchange.raised:
-                    raise  # the app's own (a nested command's) error: a plain failure, already counted
-                if exchange.started:
-                    if not exchange.complete and not exchange.detached:
-                        # Timed out mid-response: no 503 can follow a started response. What the app
-                        # sent reaches the client, then raising makes the server close the
-                        # connection, so the client sees it was cut short.
-                        await exchange.close()
+            await do_async(name, exchange.run)
+        except BaseException as error:
+            await self._ended(name, exchange, error, scope, body, receive, send)
+            return
+        if exchange.waiting is not ENDED or exchange.late_error is not None or not exchange.idle:
+            await self._ended(name, exchange, None, scope, body, receive, send)
+
+    async def _ended(
+        self,
+        name: str,
+        exchange: _Exchange,
+        error: BaseException | None,
+        scope: Scope,
+        body: bytes | None,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """The end of a request whose command raised ``error``, or left work behind it: the app's work
+        after its response, or messages still on their way to a slow client."""
+        try:
+            if error is not None:
+                try:
+                    raise error
+                except _ServerError:
+                    pass  # counted as a failure; the client has the app's response
+                except _errors.ContextCanceledError:
+                    if not exchange.disconnected:
                         raise
-                    # Complete (or detached), but past its deadline: counted as a timeout; the client
-                    # gets it all.
-                else:
-                    await self._answer(name, err, scope, _replaying(body or b"", receive), send)
-                    return
+                    return  # the client left mid-response: nobody to answer, nothing to log
+                except _errors.CircuitError as err:
+                    if err is exchange.raised:
+                        raise  # the app's own (a nested command's) error: a plain failure, already counted
+                    if exchange.started:
+                        if not exchange.complete and not exchange.detached:
+                            # Timed out mid-response: no 503 can follow a started response. What the app
+                            # sent reaches the client, then raising makes the server close the
+                            # connection, so the client sees it was cut short.
+                            await exchange.close()
+                            raise
+                        # Complete (or detached), but past its deadline: counted as a timeout; the client
+                        # gets it all.
+                    else:
+                        await self._answer(name, err, scope, _replaying(body or b"", receive), send)
+                        return
             if exchange.waiting is not ENDED or exchange.late_error is not None:
                 await exchange.finish()
             if exchange._task is not None or exchange.error is not None:

@@ -36,12 +36,28 @@ __all__ = [
     "coroutine_returned",
     "error_for",
     "failed_result",
+    "mark_coroutine_function",
     "outcome",
     "notify_collectors",
 ]
 
 #: The type of what calling an ``async def`` function returns: a sync command's run must not.
 COROUTINE = CoroutineType
+
+
+def mark_coroutine_function(func: Any) -> Any:
+    """Mark ``func``, a function returning an awaitable that is not a coroutine function of its own
+    (compiled, or a plain ``def``), as one: for ``asyncio.iscoroutinefunction`` and, from 3.12,
+    ``inspect.iscoroutinefunction`` (uvicorn asks, to tell an ASGI 3 app)."""
+    import asyncio.coroutines
+    import inspect
+
+    if hasattr(inspect, "markcoroutinefunction"):
+        inspect.markcoroutinefunction(func)
+    marker = getattr(asyncio.coroutines, "_is_coroutine", None)
+    if marker is not None:
+        func._is_coroutine = marker
+    return func
 
 
 def check_arguments(name: object, run: object, fallback: object) -> None:

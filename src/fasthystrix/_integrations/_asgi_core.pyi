@@ -3,7 +3,7 @@
 from collections.abc import Awaitable, Callable, Generator, MutableMapping
 from typing import Any
 
-__all__ = ["ENDED", "ExchangeCore", "OutboxCore", "Resumed"]
+__all__ = ["ENDED", "ExchangeCore", "OutboxCore", "Resumed", "serve_asgi"]
 
 ENDED: Any
 Message = MutableMapping[str, Any]
@@ -59,3 +59,6 @@ class ExchangeCore(OutboxCore):
     def receive(self) -> Awaitable[Message]: ...
     def send(self, message: Message) -> Awaitable[None]: ...
     def run(self) -> Awaitable[None]: ...
+
+def serve_asgi(self: Any, scope: MutableMapping[str, Any], receive: Any, send: Any) -> Awaitable[None]:
+    """``CircuitBreakerMiddleware.__call__``: the request (the common case in C)."""

@@ -14,14 +14,18 @@ here needs a lock.
 
 cimport cython
 from cpython.object cimport PyObject
+from libc.stdint cimport int64_t
+
+from fasthystrix._core._atomic cimport fh_load_acquire, fh_load_relaxed
+from fasthystrix._core._circuit cimport STATE_FORCED, STATE_FORCED_CLOSED, CircuitBreaker
 
 import asyncio
 from collections import deque
 
-from fasthystrix._core._outcomes import COROUTINE as _COROUTINE
+from fasthystrix._core._outcomes import COROUTINE as _COROUTINE, mark_coroutine_function
 from fasthystrix._integrations._asgi_core_py import ENDED, Resumed
 
-__all__ = ["ENDED", "ExchangeCore", "OutboxCore", "Resumed"]
+__all__ = ["ENDED", "ExchangeCore", "OutboxCore", "Resumed", "serve_asgi"]
 
 cdef extern from "Python.h":
     ctypedef enum PySendResult:
@@ -33,6 +37,7 @@ cdef extern from "Python.h":
 cdef extern from "_capi.h":
     object fh_own(PyObject *o)
     object fh_fetch()
+    object fh_lookup(object table, object name)  # a strong reference
 
 cdef extern from "_awaitable.h":
     ctypedef PyObject *(*fh_step_t)(PyObject *self, int *finished)
@@ -370,3 +375,214 @@ cdef PyObject *_run_next(PyObject *run) noexcept:
 
 
 fh_install_iternext(_Run, _run_next)
+
+
+# -- the request ---------------------------------------------------------------------------
+
+# The registry's table and the compiled do_async: imported at the first request (both need the
+# registry, which imports _impl, which imports this module).
+cdef object _circuits = None
+cdef object _do_async = None
+cdef bytes _CONTENT_LENGTH = b"content-length"
+cdef bytes _TRANSFER_ENCODING = b"transfer-encoding"
+
+
+@mark_coroutine_function
+def serve_asgi(self, scope, receive, send):
+    """``CircuitBreakerMiddleware.__call__``: the request, as an awaitable that serves the common case
+    in C (an HTTP request whose command is known, its circuit closed with a ticket free, no body)
+    and hands any other to the middleware's ``_serve`` (and a command that did not simply succeed
+    to its ``_ended``)."""
+    cdef _Serve serve = _Serve.__new__(_Serve)
+    serve.middleware = self
+    serve.scope = scope
+    serve.server_receive = receive
+    serve.server_send = send
+    return serve
+
+
+cdef bint _door_open(object name) except -1:
+    """The door's verdict when it lets the request through without a doubt: the circuit closed
+    (or forced closed, or disabled) and a ticket free or a wait for one allowed. Anything else
+    (no circuit yet, open, full) is the middleware's ``_door`` to decide."""
+    cdef CircuitBreaker circuit
+    cdef int64_t word
+    found = fh_lookup(_circuits, name)
+    if type(found) is not CircuitBreaker:
+        return False
+    circuit = <CircuitBreaker>found
+    if not fh_load_relaxed(&circuit.lim.breaker_disabled):
+        word = fh_load_acquire(&circuit.st.state_word)
+        if word != 0 and (word & STATE_FORCED or not (word & STATE_FORCED_CLOSED)):
+            return False  # open, or forced open
+    if fh_load_relaxed(&circuit.queue_wait_ns):
+        return True
+    return fh_load_relaxed(circuit.tickets.count) < fh_load_relaxed(&circuit.lim.max_concurrent)
+
+
+cdef bint _bodiless(object scope) except -1:
+    """``asgi._bodiless``: HTTP/1.x without Content-Length or Transfer-Encoding, or a Content-Length of 0."""
+    cdef object key
+    for key, value in scope.get("headers", ()):
+        if type(key) is bytes:
+            if <bytes>key == _CONTENT_LENGTH:
+                return value.strip() == b"0"
+            if <bytes>key == _TRANSFER_ENCODING:
+                return False
+        elif key == _CONTENT_LENGTH or key == _TRANSFER_ENCODING:
+            return False  # not bytes: _serve's own reading decides
+    version = scope.get("http_version")
+    return version == "1.1" or version == "1.0"
+
+
+@cython.final
+cdef class _Serve:
+    """One request through the middleware (see :func:`serve_asgi`)."""
+
+    cdef object middleware
+    cdef object scope
+    cdef object server_receive
+    cdef object server_send
+    cdef object name
+    cdef object exchange
+    cdef object delegate  # the command (a do_async), or a coroutine of the middleware's
+    cdef int state  # 0: not started, 1: the command runs, 2: a coroutine of the middleware's, 3: done
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        cdef bint finished = False
+        result = self.step(None, None, &finished)
+        if finished:
+            raise StopIteration(result)
+        return result
+
+    def send(self, value):
+        cdef bint finished = False
+        result = self.step(value, None, &finished)
+        if finished:
+            raise StopIteration(result)
+        return result
+
+    def throw(self, typ, val=None, tb=None):
+        cdef bint finished = False
+        if val is None:
+            exc = typ() if isinstance(typ, type) else typ
+        elif isinstance(val, BaseException):
+            exc = val
+        else:
+            exc = typ(val)
+        if tb is not None:
+            exc = exc.with_traceback(tb)
+        result = self.step(None, exc, &finished)
+        if finished:
+            raise StopIteration(result)
+        return result
+
+    def close(self):
+        if self.state == 1 or self.state == 2:
+            self.state = 3
+            self.delegate.close()
+        self.state = 3
+
+    @property
+    def __qualname__(self):
+        return "CircuitBreakerMiddleware.__call__"
+
+    cdef object step(self, object value, object exc, bint *finished):
+        cdef PyObject *result = NULL
+        cdef PySendResult sent
+        if self.state == 1 or self.state == 2:
+            if exc is None:
+                sent = PyIter_Send(self.delegate, value, &result)
+                outcome = fh_own(result) if sent != PYGEN_ERROR else fh_fetch()
+            else:
+                try:
+                    outcome = self.delegate.throw(exc)
+                    sent = PYGEN_NEXT
+                except StopIteration as stop:
+                    outcome = stop.value
+                    sent = PYGEN_RETURN
+                except BaseException as error:
+                    outcome = error
+                    sent = PYGEN_ERROR
+            if sent == PYGEN_NEXT:
+                return outcome
+            if self.state == 1:
+                return self.command_ended(sent, outcome, finished)
+            self.delegate = None
+            self.state = 3
+            if sent == PYGEN_ERROR:
+                raise outcome
+            finished[0] = True
+            return outcome
+        if self.state == 0:
+            self.state = 3
+            if exc is not None:
+                raise exc  # thrown in before it started: nothing happened
+            return self.begin(finished)
+        if exc is not None:
+            raise exc
+        raise RuntimeError("cannot reuse an awaited CircuitBreakerMiddleware call")
+
+    cdef object hand_over(self, object coroutine, bint *finished):
+        self.delegate = coroutine
+        self.state = 2
+        return self.step(None, None, finished)
+
+    cdef object begin(self, bint *finished):
+        global _circuits, _do_async
+        middleware = self.middleware
+        scope = self.scope
+        app, commands, buffer_size, rule, exchange_type = middleware._fast
+        if _do_async is None:
+            from fasthystrix._isolation._do_async import do_async
+            from fasthystrix._registry import _circuits as circuits
+            _circuits = circuits
+            _do_async = do_async
+        name = None
+        if scope["type"] == "http":
+            name = (<dict?>commands).get((scope["method"], scope["path"], scope.get("root_path", "")))
+        # Not HTTP, not seen yet, passed through, possibly shed, or with a body: the whole way in Python.
+        if name is None or not _door_open(name) or not _bodiless(scope):
+            return self.hand_over(middleware._serve(scope, self.server_receive, self.server_send), finished)
+        exchange = exchange_type(app, scope, None, self.server_receive, self.server_send, buffer_size, rule)
+        self.name = name
+        self.exchange = exchange
+        self.delegate = _do_async(name, exchange.run)
+        self.state = 1
+        return self.step(None, None, finished)
+
+    cdef object command_ended(self, PySendResult sent, object outcome, bint *finished):
+        cdef ExchangeCore exchange = <ExchangeCore?>self.exchange
+        if (
+            sent == PYGEN_RETURN
+            and exchange.waiting is ENDED
+            and exchange.late_error is None
+            and exchange._task is None
+            and exchange.error is None
+        ):
+            # A success that left nothing behind: no work after the response, nothing still to send.
+            self.delegate = None
+            self.state = 3
+            finished[0] = True
+            return None
+        error = outcome if sent == PYGEN_ERROR else None
+        return self.hand_over(
+            self.middleware._ended(self.name, exchange, error, self.scope, None, self.server_receive, self.server_send), finished
+        )
+
+
+cdef object _serve_step(object serve, int *finished):
+    return (<_Serve>serve).step(None, None, <bint *>finished)
+
+
+cdef PyObject *_serve_next(PyObject *serve) noexcept:
+    return fh_iternext(<fh_step_t>_serve_step, serve)
+
+
+fh_install_iternext(_Serve, _serve_next)

@@ -21,9 +21,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Generator, MutableMapping
 from typing import Any
 
-from .._core._outcomes import COROUTINE as _COROUTINE
+from .._core._outcomes import COROUTINE as _COROUTINE, mark_coroutine_function
 
-__all__ = ["ENDED", "ExchangeCore", "OutboxCore", "Resumed"]
+__all__ = ["ENDED", "ExchangeCore", "OutboxCore", "Resumed", "serve_asgi"]
 
 #: Where an app's coroutine was left: it has ended.
 ENDED: Any = object()
@@ -243,3 +243,9 @@ class ExchangeCore(OutboxCore):
                 return
             self.waiting = yielded
         self._check_response()  # type: ignore[attr-defined]
+
+
+@mark_coroutine_function
+def serve_asgi(self: Any, scope: MutableMapping[str, Any], receive: Any, send: Any) -> Awaitable[None]:
+    """``CircuitBreakerMiddleware.__call__``: the request, as the middleware's ``_serve`` runs it."""
+    return self._serve(scope, receive, send)  # type: ignore[no-any-return]

@@ -30,7 +30,7 @@ import collections.abc
 import inspect
 import types
 
-from fasthystrix._core._outcomes import COROUTINE as _COROUTINE
+from fasthystrix._core._outcomes import COROUTINE as _COROUTINE, mark_coroutine_function
 from fasthystrix._isolation._do_async_py import (
     NotAwaitable,
     check,
@@ -389,9 +389,4 @@ cdef PyObject *_iternext(PyObject *call) noexcept:
 
 fh_install_iternext(DoAsync, _iternext)
 
-# What asyncio.iscoroutinefunction and inspect.iscoroutinefunction (3.12+) look for: do_async is
-# awaited like an async function.
-if hasattr(inspect, "markcoroutinefunction"):
-    inspect.markcoroutinefunction(do_async)
-if hasattr(asyncio.coroutines, "_is_coroutine"):
-    do_async._is_coroutine = asyncio.coroutines._is_coroutine
+mark_coroutine_function(do_async)  # awaited like an async function
