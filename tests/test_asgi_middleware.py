@@ -597,6 +597,46 @@ def test_forced_open_sheds_with_the_sleep_window() -> None:
     assert metrics("GET /ok").short_circuits == 1
 
 
+def test_every_circuit_state_the_door_reads_gets_its_answer() -> None:
+    """The compiled __call__ serves a request itself only when the circuit is closed (forced closed,
+    or its breaker disabled) and a ticket is free or may be waited for; every other state goes the
+    whole way through _serve. Each state, in turn, on one route, gets the answer it should."""
+    calls: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        calls.append(scope["path"])
+        await PlainTextResponse("ok")(scope, receive, send)
+
+    middleware = CircuitBreakerMiddleware(app, config={"max_concurrent_requests": 1, "sleep_window": 60_000})
+
+    def status() -> int:
+        return int(call_in_process(middleware, {"path": "/door"}, [])[0]["status"])
+
+    assert status() == 200  # the first request: no circuit yet, made by its command
+    circuit = fasthystrix.get_circuit("GET <unmatched>")[0]
+    assert status() == 200  # closed, a ticket free: served in C (compiled)
+    circuit.force_open = True
+    assert status() == 503  # forced open: shed
+    circuit.force_closed = True
+    assert status() == 503  # forced open beats forced closed
+    circuit.force_open = False
+    assert status() == 200  # forced closed
+    circuit.force_closed = False
+    fasthystrix.configure_command("GET <unmatched>", fasthystrix.CommandConfig(max_concurrent_requests=0))
+    assert status() == 503  # no ticket: shed (rejected)
+    fasthystrix.configure_command(
+        "GET <unmatched>", fasthystrix.CommandConfig(max_concurrent_requests=0, max_queue_wait=1)
+    )
+    assert status() == 503  # may wait for one, which never comes: rejected after the wait
+    fasthystrix.configure_command("GET <unmatched>", fasthystrix.CommandConfig(max_concurrent_requests=1))
+    circuit.force_open = True
+    fasthystrix.configure_command("GET <unmatched>", fasthystrix.CommandConfig(circuit_breaker_enabled=False))
+    assert status() == 200  # the breaker disabled: never short-circuits, forced open included
+    m = metrics("GET <unmatched>")
+    assert (m.successes, m.short_circuits, m.rejects) == (4, 2, 2)
+    assert len(calls) == 4
+
+
 def test_timeout_answers_503_and_really_cancels_the_handler() -> None:
     cancelled = threading.Event()
 
