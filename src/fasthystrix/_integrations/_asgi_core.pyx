@@ -27,11 +27,17 @@ from fasthystrix._integrations._asgi_core_py import ENDED, Resumed
 
 __all__ = ["ENDED", "ExchangeCore", "OutboxCore", "Resumed", "serve_asgi"]
 
+from fasthystrix._isolation._do_async cimport (
+    PYGEN_ERROR,
+    PYGEN_NEXT,
+    PYGEN_RETURN,
+    Awaitable,
+    PySendResult,
+    awaitable_next,
+    send_into,
+)
+
 cdef extern from "Python.h":
-    ctypedef enum PySendResult:
-        PYGEN_RETURN
-        PYGEN_ERROR
-        PYGEN_NEXT
     PySendResult PyIter_Send(object iterator, object arg, PyObject **presult)
 
 cdef extern from "_capi.h":
@@ -40,9 +46,7 @@ cdef extern from "_capi.h":
     object fh_lookup(object table, object name)  # a strong reference
 
 cdef extern from "_awaitable.h":
-    ctypedef PyObject *(*fh_step_t)(PyObject *self, int *finished)
     ctypedef PyObject *(*iternextfunc)(PyObject *self)
-    PyObject *fh_iternext(fh_step_t step, PyObject *self)
     void fh_install_iternext(object type, iternextfunc next)
 
 cdef object _ensure_future = asyncio.ensure_future
@@ -57,7 +61,7 @@ cdef str _PATHSEND = "http.response.pathsend"
 
 
 @cython.final
-cdef class Ready:
+cdef class Ready(Awaitable):
     """An awaitable that is done: awaiting it returns ``value``, or raises ``error``.
 
     What the app's ``send()`` returns when the message is handed over (``READY``: one for
@@ -67,30 +71,9 @@ cdef class Ready:
     cdef readonly object value
     cdef readonly object error
 
-    def __await__(self):
-        return self
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        cdef bint finished = False
-        result = self.step(&finished)
-        raise StopIteration(result)
-
-    def send(self, value):
-        cdef bint finished = False
-        raise StopIteration(self.step(&finished))
-
-    def throw(self, typ, val=None, tb=None):
-        if val is None:
-            raise typ
-        raise val
-
-    def close(self):
-        pass
-
-    cdef object step(self, bint *finished):
+    cdef object step(self, object value, object exc, bint *finished):
+        if exc is not None:
+            raise exc
         if self.error is not None:
             raise self.error
         finished[0] = True
@@ -107,15 +90,7 @@ cdef Ready _ready(object value, object error):
 cdef Ready READY = _ready(None, None)
 
 
-cdef object _ready_step(object ready, int *finished):
-    return (<Ready>ready).step(<bint *>finished)
-
-
-cdef PyObject *_ready_next(PyObject *ready) noexcept:
-    return fh_iternext(<fh_step_t>_ready_step, ready)
-
-
-fh_install_iternext(Ready, _ready_next)
+fh_install_iternext(Ready, awaitable_next)
 
 
 cdef class OutboxCore:
@@ -254,70 +229,17 @@ cdef class ExchangeCore(OutboxCore):
 
 
 @cython.final
-cdef class _Run:
+cdef class _Run(Awaitable):
     """``ExchangeCore.run()`` awaited: its first step in C, the rest (if any) the mixin's coroutine."""
 
     cdef ExchangeCore exchange
     cdef object delegate
     cdef int state  # 0: not started, 1: delegated, 2: done
 
-    def __await__(self):
-        return self
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        cdef bint finished = False
-        result = self.step(None, None, &finished)
-        if finished:
-            raise StopIteration(result)
-        return result
-
-    def send(self, value):
-        cdef bint finished = False
-        result = self.step(value, None, &finished)
-        if finished:
-            raise StopIteration(result)
-        return result
-
-    def throw(self, typ, val=None, tb=None):
-        cdef bint finished = False
-        if val is None:
-            exc = typ() if isinstance(typ, type) else typ
-        elif isinstance(val, BaseException):
-            exc = val
-        else:
-            exc = typ(val)
-        if tb is not None:
-            exc = exc.with_traceback(tb)
-        result = self.step(None, exc, &finished)
-        if finished:
-            raise StopIteration(result)
-        return result
-
-    def close(self):
-        if self.state == 1:
-            self.delegate.close()
-        self.state = 2
-
     cdef object step(self, object value, object exc, bint *finished):
-        cdef PyObject *result = NULL
         cdef PySendResult sent
         if self.state == 1:
-            if exc is None:
-                sent = PyIter_Send(self.delegate, value, &result)
-                outcome = fh_own(result) if sent != PYGEN_ERROR else fh_fetch()
-            else:
-                try:
-                    outcome = self.delegate.throw(exc)
-                    sent = PYGEN_NEXT
-                except StopIteration as stop:
-                    outcome = stop.value
-                    sent = PYGEN_RETURN
-                except BaseException as error:
-                    outcome = error
-                    sent = PYGEN_ERROR
+            outcome = send_into(self.delegate, value, exc, &sent)
             if sent == PYGEN_NEXT:
                 return outcome
             self.delegate = None
@@ -366,15 +288,7 @@ cdef class _Run:
         return None
 
 
-cdef object _run_step(object run, int *finished):
-    return (<_Run>run).step(None, None, <bint *>finished)
-
-
-cdef PyObject *_run_next(PyObject *run) noexcept:
-    return fh_iternext(<fh_step_t>_run_step, run)
-
-
-fh_install_iternext(_Run, _run_next)
+fh_install_iternext(_Run, awaitable_next)
 
 
 # -- the request ---------------------------------------------------------------------------
@@ -436,7 +350,7 @@ cdef bint _bodiless(object scope) except -1:
 
 
 @cython.final
-cdef class _Serve:
+cdef class _Serve(Awaitable):
     """One request through the middleware (see :func:`serve_asgi`)."""
 
     cdef object middleware
@@ -448,68 +362,14 @@ cdef class _Serve:
     cdef object delegate  # the command (a do_async), or a coroutine of the middleware's
     cdef int state  # 0: not started, 1: the command runs, 2: a coroutine of the middleware's, 3: done
 
-    def __await__(self):
-        return self
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        cdef bint finished = False
-        result = self.step(None, None, &finished)
-        if finished:
-            raise StopIteration(result)
-        return result
-
-    def send(self, value):
-        cdef bint finished = False
-        result = self.step(value, None, &finished)
-        if finished:
-            raise StopIteration(result)
-        return result
-
-    def throw(self, typ, val=None, tb=None):
-        cdef bint finished = False
-        if val is None:
-            exc = typ() if isinstance(typ, type) else typ
-        elif isinstance(val, BaseException):
-            exc = val
-        else:
-            exc = typ(val)
-        if tb is not None:
-            exc = exc.with_traceback(tb)
-        result = self.step(None, exc, &finished)
-        if finished:
-            raise StopIteration(result)
-        return result
-
-    def close(self):
-        if self.state == 1 or self.state == 2:
-            self.state = 3
-            self.delegate.close()
-        self.state = 3
-
     @property
     def __qualname__(self):
         return "CircuitBreakerMiddleware.__call__"
 
     cdef object step(self, object value, object exc, bint *finished):
-        cdef PyObject *result = NULL
         cdef PySendResult sent
         if self.state == 1 or self.state == 2:
-            if exc is None:
-                sent = PyIter_Send(self.delegate, value, &result)
-                outcome = fh_own(result) if sent != PYGEN_ERROR else fh_fetch()
-            else:
-                try:
-                    outcome = self.delegate.throw(exc)
-                    sent = PYGEN_NEXT
-                except StopIteration as stop:
-                    outcome = stop.value
-                    sent = PYGEN_RETURN
-                except BaseException as error:
-                    outcome = error
-                    sent = PYGEN_ERROR
+            outcome = send_into(self.delegate, value, exc, &sent)
             if sent == PYGEN_NEXT:
                 return outcome
             if self.state == 1:
@@ -577,12 +437,4 @@ cdef class _Serve:
         )
 
 
-cdef object _serve_step(object serve, int *finished):
-    return (<_Serve>serve).step(None, None, <bint *>finished)
-
-
-cdef PyObject *_serve_next(PyObject *serve) noexcept:
-    return fh_iternext(<fh_step_t>_serve_step, serve)
-
-
-fh_install_iternext(_Serve, _serve_next)
+fh_install_iternext(_Serve, awaitable_next)

@@ -31,23 +31,11 @@ import inspect
 import types
 
 from fasthystrix._core._outcomes import COROUTINE as _COROUTINE, mark_coroutine_function
-from fasthystrix._isolation._do_async_py import (
-    NotAwaitable,
-    check,
-    concluded,
-    deadlines_of,
-    not_admitted,
-)
-from fasthystrix._registry import _circuits, get_or_create
 
 __all__ = ["do_async"]
 
 cdef extern from "Python.h":
     PyObject *PyErr_Occurred()
-    ctypedef enum PySendResult:
-        PYGEN_RETURN
-        PYGEN_ERROR
-        PYGEN_NEXT
     PySendResult PyIter_Send(object iterator, object arg, PyObject **presult)
     bint PyIter_Check(object o)
 
@@ -89,32 +77,36 @@ cdef object _GeneratorType = types.GeneratorType
 cdef object _isawaitable = inspect.isawaitable
 cdef object _NOT_IN_TASK = "do_async() must be awaited in an asyncio task"
 
+# The registry's table and creator, and the endings _do_async_py holds: imported at the first call
+# (they import the registry, which imports _impl; this module must import without them, as
+# _integrations/_asgi_core cimports it while _impl chooses the implementation).
+cdef object _circuits = None
+cdef object get_or_create = None
+cdef object NotAwaitable = None
+cdef object check = None
+cdef object concluded = None
+cdef object deadlines_of = None
+cdef object not_admitted = None
 
-# No @cython.freelist: an object taken from a freelist keeps the "finalized" mark of the one
-# before it, so its __del__ would never run (test_stopped_while_waiting..., "collected", fails).
-@cython.final
-cdef class DoAsync:
-    """One ``do_async`` call, run when awaited (``await``, a task, ``asyncio.run``).
 
-    Like a coroutine it runs once: awaiting it again raises ``RuntimeError``. Nothing is
-    acquired before its first step; dropped while ``run`` waits, it is closed (``run``
-    sees ``GeneratorExit``, the command counts a failure and its ticket comes back), as a
-    coroutine is.
-    """
+cdef int _import_the_python_side() except -1:
+    global _circuits, get_or_create, NotAwaitable, check, concluded, deadlines_of, not_admitted
+    from fasthystrix._isolation import _do_async_py
+    from fasthystrix import _registry
+    NotAwaitable = _do_async_py.NotAwaitable
+    check = _do_async_py.check
+    concluded = _do_async_py.concluded
+    deadlines_of = _do_async_py.deadlines_of
+    not_admitted = _do_async_py.not_admitted
+    get_or_create = _registry.get_or_create
+    _circuits = _registry._circuits
+    return 0
 
-    cdef object name
-    cdef object run
-    cdef object fallback
-    cdef CircuitBreaker circuit
-    cdef object iterator   # run's awaitable, stepped while _RUNNING
-    cdef object delegate   # the coroutine that finishes the command while _DELEGATED
-    cdef object task       # the task the deadline cancels, once armed
-    cdef object deadlines
-    cdef object entry      # the armed deadline, or None
-    cdef int64_t start
-    cdef int64_t verdict
-    cdef int state
-    cdef bint executing    # a step is in progress: a re-entrant one would step run twice at once
+
+cdef class Awaitable:
+    """The coroutine protocol (``__await__``, ``send``, ``throw``, ``close``) over one C method,
+    :meth:`step`: what the compiled awaitables have in common. ``await`` steps it through its
+    ``tp_iternext`` (:func:`awaitable_next`, installed on each concrete type)."""
 
     def __await__(self):
         return self
@@ -138,7 +130,7 @@ cdef class DoAsync:
         return result
 
     def throw(self, typ, val=None, tb=None):
-        """Raise an exception where it waits (a cancellation goes into ``run``)."""
+        """Raise an exception where it waits (a cancellation goes into what it awaits)."""
         cdef bint finished = False
         if val is None:
             exc = typ() if isinstance(typ, type) else typ
@@ -154,15 +146,73 @@ cdef class DoAsync:
         return result
 
     def close(self):
-        """Stop it where it waits: ``run`` sees ``GeneratorExit``, the command ends counted."""
-        if self.state != _RUNNING and self.state != _DELEGATED:
-            self.state = _DONE
-            return
+        """Stop it where it waits: what it awaits sees ``GeneratorExit``."""
         try:
             self.throw(GeneratorExit)
         except (GeneratorExit, StopIteration):
             return
-        raise RuntimeError("do_async() ignored GeneratorExit")
+        raise RuntimeError(f"{type(self).__name__} ignored GeneratorExit")
+
+    cdef object step(self, object value, object exc, bint *finished):
+        """One step: what it waits on, or (``finished`` set) its result. ``exc``: thrown in."""
+        raise NotImplementedError
+
+
+cdef object send_into(object iterator, object value, object exc, PySendResult *sent):
+    """One step of ``iterator`` (``send(value)``, or ``throw(exc)``): what it yielded, returned or
+    raised, and which in ``sent``. Never raises: an error is returned."""
+    cdef PyObject *result = NULL
+    if exc is None:
+        sent[0] = PyIter_Send(iterator, value, &result)
+        # A new reference, or NULL with the exception set (taken at once: no traceback entry of ours).
+        return fh_own(result) if sent[0] != PYGEN_ERROR else fh_fetch()
+    try:
+        yielded = iterator.throw(exc)
+    except StopIteration as stop:
+        sent[0] = PYGEN_RETURN
+        return stop.value
+    except BaseException as error:
+        sent[0] = PYGEN_ERROR
+        return error
+    sent[0] = PYGEN_NEXT
+    return yielded
+
+
+cdef object _awaitable_step(object awaitable, int *finished):
+    return (<Awaitable>awaitable).step(None, None, <bint *>finished)
+
+
+cdef PyObject *awaitable_next(PyObject *awaitable) noexcept:
+    """The ``tp_iternext`` of a compiled awaitable: the slot `await` steps (the SEND opcode calls it
+    when sending None), ending as a coroutine ends (_awaitable.h)."""
+    return fh_iternext(<fh_step_t>_awaitable_step, awaitable)
+
+
+# No @cython.freelist: an object taken from a freelist keeps the "finalized" mark of the one
+# before it, so its __del__ would never run (test_stopped_while_waiting..., "collected", fails).
+@cython.final
+cdef class DoAsync(Awaitable):
+    """One ``do_async`` call, run when awaited (``await``, a task, ``asyncio.run``).
+
+    Like a coroutine it runs once: awaiting it again raises ``RuntimeError``. Nothing is
+    acquired before its first step; dropped while ``run`` waits, it is closed (``run``
+    sees ``GeneratorExit``, the command counts a failure and its ticket comes back), as a
+    coroutine is.
+    """
+
+    cdef object name
+    cdef object run
+    cdef object fallback
+    cdef CircuitBreaker circuit
+    cdef object iterator   # run's awaitable, stepped while _RUNNING
+    cdef object delegate   # the coroutine that finishes the command while _DELEGATED
+    cdef object task       # the task the deadline cancels, once armed
+    cdef object deadlines
+    cdef object entry      # the armed deadline, or None
+    cdef int64_t start
+    cdef int64_t verdict
+    cdef int state
+    cdef bint executing    # a step is in progress: a re-entrant one would step run twice at once
 
     def __del__(self):
         if self.state == _RUNNING or self.state == _DELEGATED:
@@ -215,6 +265,8 @@ cdef class DoAsync:
         cdef PyObject *found_iterator
         name, run, fallback = self.name, self.run, self.fallback
         self.state = _DONE  # until admitted: an error below leaves nothing to finish
+        if _circuits is None:
+            _import_the_python_side()
         if type(name) is str and callable(run) and (fallback is None or callable(fallback)):
             found = fh_lookup(_circuits, name)
             if found is None:
@@ -257,14 +309,8 @@ cdef class DoAsync:
 
     cdef object resume(self, object value, object exc, bint *finished):
         """One step of run's awaitable: what it waits on, or the command's end."""
-        cdef PyObject *result = NULL
         cdef PySendResult sent
-        if exc is None:
-            sent = PyIter_Send(self.iterator, value, &result)
-            # A new reference, or NULL with the exception set (taken at once: no traceback entry of ours).
-            outcome = fh_own(result) if sent != PYGEN_ERROR else fh_fetch()
-        else:
-            sent, outcome = _thrown(self.iterator, exc)
+        outcome = send_into(self.iterator, value, exc, &sent)
         if sent == PYGEN_NEXT:
             if self.entry is None:
                 self.arm()
@@ -329,13 +375,8 @@ cdef class DoAsync:
         return self.step_delegate(None, None, finished)
 
     cdef object step_delegate(self, object value, object exc, bint *finished):
-        cdef PyObject *result = NULL
         cdef PySendResult sent
-        if exc is None:
-            sent = PyIter_Send(self.delegate, value, &result)
-            outcome = fh_own(result) if sent != PYGEN_ERROR else fh_fetch()
-        else:
-            sent, outcome = _thrown(self.delegate, exc)
+        outcome = send_into(self.delegate, value, exc, &sent)
         if sent == PYGEN_NEXT:
             return outcome
         self.delegate = None
@@ -344,17 +385,6 @@ cdef class DoAsync:
             finished[0] = True
             return outcome
         raise outcome
-
-
-cdef tuple _thrown(object iterator, object exc):
-    """``iterator.throw(exc)`` as ``(send result, what it yielded, returned or raised)``."""
-    try:
-        yielded = iterator.throw(exc)
-    except StopIteration as stop:
-        return PYGEN_RETURN, stop.value
-    except BaseException as error:
-        return PYGEN_ERROR, error
-    return PYGEN_NEXT, yielded
 
 
 collections.abc.Coroutine.register(DoAsync)
@@ -378,15 +408,6 @@ def do_async(name, run, fallback=None):
     return call
 
 
-cdef object _step(object call, int *finished):
-    return (<DoAsync>call).step(None, None, <bint *>finished)
-
-
-cdef PyObject *_iternext(PyObject *call) noexcept:
-    # tp_iternext, the slot `await` steps (the SEND opcode calls it when sending None).
-    return fh_iternext(<fh_step_t>_step, call)
-
-
-fh_install_iternext(DoAsync, _iternext)
+fh_install_iternext(DoAsync, awaitable_next)
 
 mark_coroutine_function(do_async)  # awaited like an async function
