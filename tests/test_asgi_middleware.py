@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -252,6 +254,20 @@ def test_the_apps_send_and_receive_raise_where_awaited_and_may_be_awaited_later(
     assert [m.get("status", m.get("body")) for m in sent] == [201, b"late"]
     assert seen == [None, None, {"type": "http.request", "body": b"hi", "more_body": False}]
     assert metrics("awaitables").successes == 1
+
+
+def test_servers_see_an_asgi3_app() -> None:
+    """uvicorn tells ASGI 3 from ASGI 2 by asking whether the app's __call__ is a coroutine function:
+    the compiled __call__ (which returns an awaitable written in C) is marked as one."""
+    from uvicorn.config import Config
+
+    middleware = CircuitBreakerMiddleware(app_with([]))
+    assert asyncio.iscoroutinefunction(middleware.__call__)
+    if sys.version_info >= (3, 12):
+        assert inspect.iscoroutinefunction(middleware.__call__)
+    config = Config(middleware)
+    config.load()
+    assert config.asgi_version == "3.0"
 
 
 def test_wrapping_the_app_directly_and_a_plain_asgi_app() -> None:
