@@ -270,6 +270,19 @@ def test_servers_see_an_asgi3_app() -> None:
     assert config.asgi_version == "3.0"
 
 
+def test_the_wrapped_app_is_read_per_request() -> None:
+    async def first(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await PlainTextResponse("first")(scope, receive, send)
+
+    async def second(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await PlainTextResponse("second")(scope, receive, send)
+
+    middleware = CircuitBreakerMiddleware(first, name="swapped")
+    assert [call_in_process(middleware, {}, [])[1]["body"] for _ in range(2)] == [b"first", b"first"]
+    middleware.app = second  # the compiled path serves it now (the command is known, the circuit closed)
+    assert call_in_process(middleware, {}, [])[1]["body"] == b"second"
+
+
 def test_wrapping_the_app_directly_and_a_plain_asgi_app() -> None:
     starlette_app = Starlette(routes=[Route("/items/{item_id:int}", item)])
 

@@ -396,8 +396,8 @@ class CircuitBreakerMiddleware:
         self._is_failure = _status_rule(is_failure)
         # What the exchange checks a status with: None for the default rule (>= 500), inlined.
         self._exchange_rule = None if self._is_failure is _server_error else self._is_failure
-        # What the compiled __call__ reads of this middleware per request, in one attribute.
-        self._fast = (app, self._commands, self._response_buffer_size, self._exchange_rule, _Exchange)
+        # What the compiled __call__ reads of this middleware per request (besides the app), in one attribute.
+        self._fast = (self._commands, self._response_buffer_size, self._exchange_rule, _Exchange)
         self._retry_after_rejected = _retry_after_rejected(retry_after_rejected)
 
     def command_name(self, scope: Scope) -> str | None:

@@ -398,7 +398,7 @@ cdef class _Serve(Awaitable):
         global _circuits, _do_async
         middleware = self.middleware
         scope = self.scope
-        app, commands, buffer_size, rule, exchange_type = middleware._fast
+        commands, buffer_size, rule, exchange_type = middleware._fast
         if _do_async is None:
             from fasthystrix._isolation._do_async import do_async
             from fasthystrix._registry import _circuits as circuits
@@ -410,7 +410,7 @@ cdef class _Serve(Awaitable):
         # Not HTTP, not seen yet, passed through, possibly shed, or with a body: the whole way in Python.
         if name is None or not _door_open(name) or not _bodiless(scope):
             return self.hand_over(middleware._serve(scope, self.server_receive, self.server_send), finished)
-        exchange = exchange_type(app, scope, None, self.server_receive, self.server_send, buffer_size, rule)
+        exchange = exchange_type(middleware.app, scope, None, self.server_receive, self.server_send, buffer_size, rule)
         self.name = name
         self.exchange = exchange
         self.delegate = _do_async(name, exchange.run)
