@@ -48,15 +48,26 @@ COROUTINE = CoroutineType
 def mark_coroutine_function(func: Any) -> Any:
     """Mark ``func``, a function returning an awaitable that is not a coroutine function of its own
     (compiled, or a plain ``def``), as one: for ``asyncio.iscoroutinefunction`` and, from 3.12,
-    ``inspect.iscoroutinefunction`` (uvicorn asks, to tell an ASGI 3 app)."""
+    ``inspect.iscoroutinefunction`` (uvicorn asks, to tell an ASGI 3 app). Returns what to use in
+    its place: ``func`` itself, or on CPython 3.10, where a Cython function's ``_is_coroutine`` is
+    read-only, a plain function that calls it and carries the marks (one more call)."""
     import asyncio.coroutines
+    import functools
     import inspect
 
-    if hasattr(inspect, "markcoroutinefunction"):
-        inspect.markcoroutinefunction(func)
     marker = getattr(asyncio.coroutines, "_is_coroutine", None)
-    if marker is not None:
-        func._is_coroutine = marker
+    try:
+        if marker is not None:
+            func._is_coroutine = marker
+        if hasattr(inspect, "markcoroutinefunction"):
+            inspect.markcoroutinefunction(func)
+    except AttributeError:
+
+        @functools.wraps(func)
+        def marked(*args: Any, **kwargs: Any) -> Any:
+            return func(*args, **kwargs)
+
+        return mark_coroutine_function(marked)
     return func
 
 

@@ -410,4 +410,4 @@ def do_async(name, run, fallback=None):
 
 fh_install_iternext(DoAsync, awaitable_next)
 
-mark_coroutine_function(do_async)  # awaited like an async function
+do_async = mark_coroutine_function(do_async)  # awaited like an async function
