@@ -283,6 +283,15 @@ def test_the_wrapped_app_is_read_per_request() -> None:
     assert call_in_process(middleware, {}, [])[1]["body"] == b"second"
 
 
+def test_a_response_buffer_larger_than_memory_is_no_bound() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await PlainTextResponse("ok")(scope, receive, send)
+
+    middleware = CircuitBreakerMiddleware(app, name="huge-buffer", response_buffer_size=10**30)
+    assert [call_in_process(middleware, {}, [])[0]["status"] for _ in range(2)] == [200, 200]
+    assert metrics("huge-buffer").successes == 2
+
+
 def test_wrapping_the_app_directly_and_a_plain_asgi_app() -> None:
     starlette_app = Starlette(routes=[Route("/items/{item_id:int}", item)])
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import sys
 import types
 from collections.abc import Awaitable, Callable, Collection, Generator, Iterable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
@@ -392,7 +393,9 @@ class CircuitBreakerMiddleware:
         # The command of each (method, path, root_path) seen, when nothing else decides it.
         self._commands: dict[tuple[str, str, str], str | None] = {}
         self._max_body_size = _optional_size("max_body_size", max_body_size)
-        self._response_buffer_size = _size("response_buffer_size", response_buffer_size)
+        # No buffer can hold more than sys.maxsize bytes: a larger bound is the same bound, and fits the
+        # compiled exchange's C size.
+        self._response_buffer_size = min(_size("response_buffer_size", response_buffer_size), sys.maxsize)
         self._is_failure = _status_rule(is_failure)
         # What the exchange checks a status with: None for the default rule (>= 500), inlined.
         self._exchange_rule = None if self._is_failure is _server_error else self._is_failure
