@@ -108,6 +108,37 @@ def test_commands_are_named_after_route_templates_not_urls() -> None:
     assert (unmatched.requests, unmatched.failures) == (3, 0)  # one shared circuit; 404s are not failures
 
 
+def test_a_bare_asgi_app_without_a_router_has_its_commands_remembered() -> None:
+    # No routes anywhere: every request is unmatched, and its command known from the table (the
+    # compiled path serves only requests whose command is known), bounded like the rest.
+    async def bare(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    middleware = CircuitBreakerMiddleware(bare)
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def requests() -> None:
+        for path in ("/a", "/a", "/b"):
+            scope = {"type": "http", "method": "GET", "path": path, "root_path": "", "headers": []}
+            scope.update(http_version="1.1")
+            await middleware(scope, receive, send)
+
+    asyncio.run(requests())
+    assert [m.get("status") for m in sent if m["type"] == "http.response.start"] == [200, 200, 200]
+    assert middleware._commands == {("GET", "/a", ""): "GET <unmatched>", ("GET", "/b", ""): "GET <unmatched>"}
+    assert metrics("GET <unmatched>").successes == 3
+    for i in range(5000):
+        middleware.route_template({"type": "http", "method": "GET", "path": f"/{i}", "headers": []})
+    assert len(middleware._templates) <= 4096
+
+
 def test_route_templates_are_remembered_per_path_unless_a_host_route_decides() -> None:
     async def thing(request: Request) -> Response:
         return PlainTextResponse("thing")
@@ -521,6 +552,14 @@ def test_a_full_route_sheds_at_the_door_without_reading_the_body() -> None:
     assert (metrics("slow").successes, metrics("slow").rejects) == (1, 2)
     # No ticket outlives its request (the autouse fixture checks it too).
     assert fasthystrix.get_circuit("slow")[0].tickets_in_use == 0
+
+
+def test_the_exchange_adds_no_init_to_its_core() -> None:
+    # The compiled path makes each request's exchange without calling __init__ (the core's fields
+    # are set in C): an __init__ a mixin added would be skipped there.
+    from fasthystrix import _impl, asgi
+
+    assert asgi._Exchange.__init__ is _impl.current().ExchangeCore.__init__
 
 
 def test_a_full_route_with_max_queue_wait_lets_the_request_wait_for_a_ticket() -> None:

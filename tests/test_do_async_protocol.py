@@ -50,6 +50,30 @@ def test_every_value_comes_back_unchanged(result: object, suspend: bool) -> None
     assert _metrics("p-values").successes == 1
 
 
+@pytest.mark.parametrize("result", [None, "value"], ids=repr)
+def test_stepped_by_hand_it_ends_as_an_iterator_ends(result: object) -> None:
+    # The compiled awaitable ends a None result without a StopIteration at all (an exhausted
+    # tp_iternext): next() and `yield from` must still read it as a return of None.
+    async def run() -> object:
+        return result
+
+    @types.coroutine
+    def delegating() -> Generator[Any, None, object]:
+        return (yield from fasthystrix.do_async("p-by-hand", run).__await__())
+
+    async def main() -> list[object]:  # in a task, as do_async must be
+        ends = []
+        for steps in (fasthystrix.do_async("p-by-hand", run).__await__(), delegating()):
+            with pytest.raises(StopIteration) as stop:
+                next(steps)
+            ends.append(stop.value.value)
+        return ends
+
+    _semaphore("p-by-hand")
+    assert asyncio.run(main()) == [result, result]
+    assert _metrics("p-by-hand").successes == 2
+
+
 def test_the_event_codes_the_compiled_twin_uses() -> None:
     assert (_events.SUCCESS, _events.FAILURE, _events.NO_EVENT) == (0, 1, -1)
 

@@ -449,6 +449,11 @@ class CircuitBreakerMiddleware:
                         self._templates.clear()
                     self._templates[key] = template
                 return template
+        # No router anywhere (a bare ASGI app): every request is unmatched, and remembered so, so
+        # that its command is known and the request takes the compiled path.
+        if len(self._templates) >= _TEMPLATES:
+            self._templates.clear()
+        self._templates[key] = UNMATCHED
         return UNMATCHED
 
     #: An ASGI app: ``await middleware(scope, receive, send)``. In C for a request on the common

@@ -13,6 +13,8 @@
 /* One step of an awaitable (a Cython cdef function): what it waits on, or with *finished set
  * its result; a new reference, or NULL with an exception set. */
 typedef PyObject *(*fh_step_t)(PyObject *self, int *finished);
+/* The same, resumed with a value (send_into's direct step of a compiled awaitable). */
+typedef PyObject *(*fh_send_t)(PyObject *self, PyObject *value, int *finished);
 
 /* StopIteration carrying value, as a coroutine's return sets it (_PyGen_SetStopIterationValue):
  * a tuple or an exception would be taken for the exception's arguments or for the exception
@@ -40,7 +42,13 @@ static inline PyObject *fh_iternext(fh_step_t step, PyObject *self) {
     if (result == NULL || !finished) {
         return result;
     }
-    fh_set_stop_iteration(result);
+    if (result != Py_None) {
+        fh_set_stop_iteration(result);
+    }
+    /* A result of None ends without an exception at all: a tp_iternext that returns NULL with
+     * none set is exhausted, and `await` (PyIter_Send, _PyGen_FetchStopIterationValue) reads
+     * that as a return of None. Most awaits end so (every ASGI send()): no StopIteration to
+     * make, set and fetch at once. */
     Py_DECREF(result);
     return NULL;
 }

@@ -14,16 +14,18 @@ here needs a lock.
 
 cimport cython
 from cpython.object cimport PyObject
-from libc.stdint cimport int64_t
 
-from fasthystrix._core._atomic cimport fh_load_acquire, fh_load_relaxed
-from fasthystrix._core._circuit cimport STATE_FORCED, STATE_FORCED_CLOSED, CircuitBreaker
+from fasthystrix._core._circuit cimport CircuitBreaker
+from fasthystrix._integrations._door cimport door_open
 
 import asyncio
 from collections import deque
 
 from fasthystrix._core._outcomes import COROUTINE as _COROUTINE, mark_coroutine_function
 from fasthystrix._integrations._asgi_core_py import ENDED, Resumed
+
+# The twin's sentinel, held in C: the hot path compares with it several times a request.
+cdef object _ENDED = ENDED
 
 __all__ = ["ENDED", "ExchangeCore", "OutboxCore", "Resumed", "serve_asgi"]
 
@@ -34,6 +36,7 @@ from fasthystrix._isolation._do_async cimport (
     Awaitable,
     PySendResult,
     awaitable_next,
+    command_of,
     send_into,
 )
 
@@ -43,7 +46,15 @@ cdef extern from "Python.h":
 cdef extern from "_capi.h":
     object fh_own(PyObject *o)
     object fh_fetch()
-    object fh_lookup(object table, object name)  # a strong reference
+
+cdef extern from *:
+    """
+    /* An instance of `type` as type_call() makes it, without __init__ (the caller sets the fields). */
+    static PyObject *fh_type_new(PyObject *type, PyObject *no_args) {
+        return ((PyTypeObject *)type)->tp_new((PyTypeObject *)type, no_args, NULL);
+    }
+    """
+    object fh_type_new(object type, tuple no_args)
 
 cdef extern from "_awaitable.h":
     ctypedef PyObject *(*iternextfunc)(PyObject *self)
@@ -58,6 +69,14 @@ cdef str _START = "http.response.start"
 cdef str _RESPONSE_BODY = "http.response.body"
 cdef str _TRAILERS = "http.response.trailers"
 cdef str _PATHSEND = "http.response.pathsend"
+
+
+cdef inline object _get(object mapping, object key, object default):
+    """``mapping.get(key, default)``, without the method call when it is a dict (servers' scopes,
+    apps' messages)."""
+    if type(mapping) is dict:
+        return (<dict>mapping).get(key, default)
+    return mapping.get(key, default)
 
 
 @cython.final
@@ -120,7 +139,7 @@ cdef class OutboxCore:
         if self._task is not None:
             # The pump is waiting for the client: queue behind it, to keep the order.
             self._queue.append(message)
-            self.buffered += len(message.get(_BODY, _EMPTY))
+            self.buffered += len(_get(message, _BODY, _EMPTY))
             return None
         # One step of the server's send(), on the caller's task, as awaiting it would take.
         awaitable = self._send(message)
@@ -135,7 +154,7 @@ cdef class OutboxCore:
             self.error = error
             raise error
         blocked_on = fh_own(result)
-        size = len(message.get(_BODY, _EMPTY))
+        size = len(_get(message, _BODY, _EMPTY))
         self.buffered += size
         if self._queue is None:
             self._queue = deque()
@@ -177,7 +196,7 @@ cdef class ExchangeCore(OutboxCore):
         self.receive_upstream = receive
         self.buffer_size = buffer_size
         self.status = 0
-        self.waiting = ENDED
+        self.waiting = _ENDED
 
     def receive(self):
         """The app's ``receive()``: the body read before the command, whole; then the client's messages."""
@@ -195,7 +214,7 @@ cdef class ExchangeCore(OutboxCore):
             if kind == _START:
                 self.status = int(message["status"])
                 self.started = True
-                self.trailers = bool(message.get("trailers", False))
+                self.trailers = bool(_get(message, "trailers", False))
             self.put(message)
         except BaseException as error:
             if isinstance(error, OSError):
@@ -203,11 +222,11 @@ cdef class ExchangeCore(OutboxCore):
                 self.disconnected = True
             return _ready(None, error)  # raised where the app awaits, as a coroutine would raise it
         if kind == _RESPONSE_BODY:
-            ended = not message.get(_MORE_BODY, False) and not self.trailers
+            ended = not _get(message, _MORE_BODY, False) and not self.trailers
         elif kind == _START:
             ended = False
         else:
-            ended = (kind == _TRAILERS and not message.get("more_trailers", False)) or kind == _PATHSEND
+            ended = (kind == _TRAILERS and not _get(message, "more_trailers", False)) or kind == _PATHSEND
         if ended:
             self.complete = True
             if self.wake is not None:
@@ -223,9 +242,31 @@ cdef class ExchangeCore(OutboxCore):
     def run(self):
         """The command (see the twin): an awaitable that steps the app once, then hands it to
         ``_run_from`` if it has to wait before its response is complete."""
-        cdef _Run run = _Run.__new__(_Run)
-        run.exchange = self
-        return run
+        return _run_of(self)
+
+
+cdef _Run _run_of(ExchangeCore exchange):
+    cdef _Run run = _Run.__new__(_Run)
+    run.exchange = exchange
+    return run
+
+
+cdef ExchangeCore _new_exchange(
+    object exchange_type, object app, object scope, object receive, object send, Py_ssize_t buffer_size, object is_failure
+):
+    """``exchange_type(app, scope, None, receive, send, buffer_size, is_failure)`` without the
+    call's argument parsing: ``__init__``'s fields, set here. ``exchange_type`` is ExchangeCore
+    completed by mixins that add no ``__init__`` (``asgi._Exchange``; a test checks it)."""
+    cdef ExchangeCore exchange = <ExchangeCore?>fh_type_new(exchange_type, ())
+    exchange._send = send
+    exchange.app = app
+    exchange.is_failure = is_failure
+    exchange.scope = scope
+    exchange.receive_upstream = receive
+    exchange.buffer_size = buffer_size
+    exchange.status = 0
+    exchange.waiting = _ENDED
+    return exchange
 
 
 @cython.final
@@ -235,6 +276,10 @@ cdef class _Run(Awaitable):
     cdef ExchangeCore exchange
     cdef object delegate
     cdef int state  # 0: not started, 1: delegated, 2: done
+
+    def __call__(self):
+        """Itself: the ``run`` of the command that awaits it, should it wait for a ticket."""
+        return self
 
     cdef object step(self, object value, object exc, bint *finished):
         cdef PySendResult sent
@@ -268,9 +313,9 @@ cdef class _Run(Awaitable):
         sent = PyIter_Send(app_steps, None, &result)
         if sent == PYGEN_RETURN:
             fh_own(result)  # the app's return value, dropped
-            exchange.waiting = ENDED
+            exchange.waiting = _ENDED
         elif sent == PYGEN_ERROR:
-            exchange.waiting = ENDED
+            exchange.waiting = _ENDED
             exchange._failed(fh_fetch())  # raises, or keeps an error raised after the response
         else:
             yielded = fh_own(result)
@@ -293,10 +338,9 @@ fh_install_iternext(_Run, awaitable_next)
 
 # -- the request ---------------------------------------------------------------------------
 
-# The registry's table and the compiled do_async: imported at the first request (both need the
-# registry, which imports _impl, which imports this module).
+# The registry's table: imported at the first request (the registry imports _impl, which imports
+# this module).
 cdef object _circuits = None
-cdef object _do_async = None
 cdef bytes _CONTENT_LENGTH = b"content-length"
 cdef bytes _TRANSFER_ENCODING = b"transfer-encoding"
 
@@ -315,29 +359,10 @@ def serve_asgi(self, scope, receive, send):
     return serve
 
 
-cdef bint _door_open(object name) except -1:
-    """The door's verdict when it lets the request through without a doubt: the circuit closed
-    (or forced closed, or disabled) and a ticket free or a wait for one allowed. Anything else
-    (no circuit yet, open, full) is the middleware's ``_door`` to decide."""
-    cdef CircuitBreaker circuit
-    cdef int64_t word
-    found = fh_lookup(_circuits, name)
-    if type(found) is not CircuitBreaker:
-        return False
-    circuit = <CircuitBreaker>found
-    if not fh_load_relaxed(&circuit.lim.breaker_disabled):
-        word = fh_load_acquire(&circuit.st.state_word)
-        if word != 0 and (word & STATE_FORCED or not (word & STATE_FORCED_CLOSED)):
-            return False  # open, or forced open
-    if fh_load_relaxed(&circuit.queue_wait_ns):
-        return True
-    return fh_load_relaxed(circuit.tickets.count) < fh_load_relaxed(&circuit.lim.max_concurrent)
-
-
 cdef bint _bodiless(object scope) except -1:
     """``asgi._bodiless``: HTTP/1.x without Content-Length or Transfer-Encoding, or a Content-Length of 0."""
     cdef object key
-    for key, value in scope.get("headers", ()):
+    for key, value in _get(scope, "headers", ()):
         if type(key) is bytes:
             if <bytes>key == _CONTENT_LENGTH:
                 return value.strip() == b"0"
@@ -345,7 +370,7 @@ cdef bint _bodiless(object scope) except -1:
                 return False
         elif key == _CONTENT_LENGTH or key == _TRANSFER_ENCODING:
             return False  # not bytes: _serve's own reading decides
-    version = scope.get("http_version")
+    version = _get(scope, "http_version", None)
     return version == "1.1" or version == "1.0"
 
 
@@ -395,25 +420,30 @@ cdef class _Serve(Awaitable):
         return self.step(None, None, finished)
 
     cdef object begin(self, bint *finished):
-        global _circuits, _do_async
+        global _circuits
+        cdef CircuitBreaker circuit = None
+        cdef ExchangeCore exchange
         middleware = self.middleware
         scope = self.scope
         commands, buffer_size, rule, exchange_type = middleware._fast
-        if _do_async is None:
-            from fasthystrix._isolation._do_async import do_async
+        if _circuits is None:
             from fasthystrix._registry import _circuits as circuits
             _circuits = circuits
-            _do_async = do_async
         name = None
         if scope["type"] == "http":
-            name = (<dict?>commands).get((scope["method"], scope["path"], scope.get("root_path", "")))
+            name = (<dict?>commands).get((scope["method"], scope["path"], _get(scope, "root_path", "")))
+            if name is not None:
+                circuit = door_open(_circuits, name)
         # Not HTTP, not seen yet, passed through, possibly shed, or with a body: the whole way in Python.
-        if name is None or not _door_open(name) or not _bodiless(scope):
+        if circuit is None or not _bodiless(scope):
             return self.hand_over(middleware._serve(scope, self.server_receive, self.server_send), finished)
-        exchange = exchange_type(middleware.app, scope, None, self.server_receive, self.server_send, buffer_size, rule)
+        exchange = _new_exchange(
+            exchange_type, middleware.app, scope, self.server_receive, self.server_send, buffer_size, rule
+        )
+        run = _run_of(exchange)
         self.name = name
         self.exchange = exchange
-        self.delegate = _do_async(name, exchange.run)
+        self.delegate = command_of(name, circuit, run, run)
         self.state = 1
         return self.step(None, None, finished)
 
@@ -421,7 +451,7 @@ cdef class _Serve(Awaitable):
         cdef ExchangeCore exchange = <ExchangeCore?>self.exchange
         if (
             sent == PYGEN_RETURN
-            and exchange.waiting is ENDED
+            and exchange.waiting is _ENDED
             and exchange.late_error is None
             and exchange._task is None
             and exchange.error is None

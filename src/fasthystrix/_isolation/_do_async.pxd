@@ -3,6 +3,8 @@
 # _integrations/_asgi_core.
 from cpython.object cimport PyObject
 
+from fasthystrix._core._circuit cimport CircuitBreaker
+
 
 cdef extern from "Python.h":
     ctypedef enum PySendResult:
@@ -17,3 +19,4 @@ cdef class Awaitable:
 
 cdef object send_into(object iterator, object value, object exc, PySendResult *sent)
 cdef PyObject *awaitable_next(PyObject *awaitable) noexcept
+cdef object command_of(object name, CircuitBreaker circuit, object run, object iterator)

@@ -46,6 +46,7 @@ cdef extern from "_capi.h":
 
 cdef extern from "_awaitable.h":
     ctypedef PyObject *(*fh_step_t)(PyObject *self, int *finished)
+    ctypedef PyObject *(*fh_send_t)(PyObject *self, PyObject *value, int *finished)
     ctypedef PyObject *(*iternextfunc)(PyObject *self)
     PyObject *fh_iternext(fh_step_t step, PyObject *self)
     PyObject *fh_await_iterator(object o)
@@ -158,11 +159,25 @@ cdef class Awaitable:
         raise NotImplementedError
 
 
+cdef object _awaitable_send(object awaitable, object value, int *finished):
+    return (<Awaitable>awaitable).step(value, None, <bint *>finished)
+
+
 cdef object send_into(object iterator, object value, object exc, PySendResult *sent):
     """One step of ``iterator`` (``send(value)``, or ``throw(exc)``): what it yielded, returned or
     raised, and which in ``sent``. Never raises: an error is returned."""
     cdef PyObject *result = NULL
+    cdef int finished = 0
     if exc is None:
+        if isinstance(iterator, Awaitable):
+            # A compiled awaitable (the middleware's command and its run): its step itself, rather
+            # than through its tp_iternext and back, with the result in a StopIteration.
+            result = (<fh_send_t>_awaitable_send)(<PyObject *>iterator, <PyObject *>value, &finished)
+            if result is NULL:
+                sent[0] = PYGEN_ERROR
+                return fh_fetch()
+            sent[0] = PYGEN_RETURN if finished else PYGEN_NEXT
+            return fh_own(result)
         sent[0] = PyIter_Send(iterator, value, &result)
         # A new reference, or NULL with the exception set (taken at once: no traceback entry of ours).
         return fh_own(result) if sent[0] != PYGEN_ERROR else fh_fetch()
@@ -267,21 +282,27 @@ cdef class DoAsync(Awaitable):
         self.state = _DONE  # until admitted: an error below leaves nothing to finish
         if _circuits is None:
             _import_the_python_side()
-        if type(name) is str and callable(run) and (fallback is None or callable(fallback)):
-            found = fh_lookup(_circuits, name)
-            if found is None:
-                found = get_or_create(name)
+        if self.circuit is not None:
+            circuit = self.circuit  # command_of(): the caller found it
         else:
-            found = check(name, run, fallback)
-        circuit = <CircuitBreaker?>found
-        self.circuit = circuit
+            if type(name) is str and callable(run) and (fallback is None or callable(fallback)):
+                found = fh_lookup(_circuits, name)
+                if found is None:
+                    found = get_or_create(name)
+            else:
+                found = check(name, run, fallback)
+            circuit = <CircuitBreaker?>found
+            self.circuit = circuit
         start = circuit.now()
         verdict = circuit.acquire_c(start)
         self.start = start
         self.verdict = verdict
         if verdict < 0:
+            self.iterator = None  # command_of()'s: run() gives it again once a ticket is free
             return self.hand_over(not_admitted(circuit, start, verdict, run, fallback), finished)
         self.state = _RUNNING  # from here the ticket is held: every way out goes through end()
+        if self.iterator is not None:
+            return self.resume(None, None, finished)  # command_of(): run's awaitable is given
         try:
             awaitable = run()
             if type(awaitable) is _COROUTINE:
@@ -405,6 +426,19 @@ def do_async(name, run, fallback=None):
     call.name = name
     call.run = run
     call.fallback = fallback
+    return call
+
+
+cdef object command_of(object name, CircuitBreaker circuit, object run, object iterator):
+    """``do_async(name, run)`` for a caller in C that has found the command's circuit and made
+    the iterator ``run()`` would give (the ASGI middleware's exchange): neither is looked for
+    again. ``name`` is a ``str`` and ``run`` returns ``iterator``; ``run`` is called only if the
+    call waits for a ticket (``not_admitted``). Nothing happens until it is awaited."""
+    cdef DoAsync call = DoAsync.__new__(DoAsync)
+    call.name = name
+    call.run = run
+    call.circuit = circuit
+    call.iterator = iterator
     return call
 
 
