@@ -27,6 +27,7 @@ EXTENSIONS: list[str] = [
     "_isolation._deadlines",
     "_isolation._do_async",
     "_integrations._asgi_core",
+    "_integrations._wsgi_core",
 ]
 
 NO_EXTENSIONS = os.environ.get("FASTHYSTRIX_NO_EXTENSIONS", "") not in ("", "0")

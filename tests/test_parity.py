@@ -19,6 +19,7 @@ PAIRS = [
     ("_isolation._deadlines", "_isolation._deadlines_py"),
     ("_isolation._do_async", "_isolation._do_async_py"),
     ("_integrations._asgi_core", "_integrations._asgi_core_py"),
+    ("_integrations._wsgi_core", "_integrations._wsgi_core_py"),
 ]
 PACKAGE_DIR = Path(_impl.__file__).parent
 

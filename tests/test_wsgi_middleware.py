@@ -746,3 +746,81 @@ def test_flask_example_serves_through_the_middleware() -> None:
             example.prometheus_collector.close()
     assert {"GET /api/price", "GET /api/items/<int:item_id>", "pricing-service"} <= set(_registry.circuits())
     assert metrics("GET /api/items/<int:item_id>").failures == 1
+
+
+def test_an_abandon_racing_the_run_closes_the_apps_response_exactly_once() -> None:
+    # Thread isolation: the worker's run() publishes the app's response while the server's thread
+    # may abandon it at the timeout. Whichever comes first, the response is closed once, by one of
+    # them, and never handed on after it was abandoned (the compiled exchange settles it with one
+    # atomic word, the pure one with a lock).
+    from fasthystrix import wsgi
+
+    class Result(list[bytes]):
+        def close(self) -> None:
+            closed.append(self)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Result:
+        start_response("200 OK", [])
+        return Result([b"ok"])
+
+    closed: list[Result] = []
+    rounds = 1500
+    for _ in range(rounds):
+        exchange = wsgi._Exchange(app, {}, None)
+        lined_up = threading.Barrier(2)
+
+        def run(exchange: Any = exchange, lined_up: threading.Barrier = lined_up) -> None:
+            lined_up.wait()
+            exchange.run()
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        lined_up.wait()
+        exchange.abandon()
+        worker.join()
+        assert exchange.abandoned and exchange.result is None
+    assert len(closed) == rounds and len({id(r) for r in closed}) == rounds
+
+
+def test_the_compiled_path_serves_what_the_python_path_serves() -> None:
+    # The same requests through __call__ (compiled where it can) and through _serve (Python):
+    # the same statuses, bodies and counts, the common path and the ones it hands on.
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        path = environ["PATH_INFO"]
+        if path == "/boom":
+            start_response("500 Internal Server Error", [("content-type", "text/plain")])
+            return [b"boom"]
+        if path == "/raise":
+            raise ValueError("the app failed")
+        start_response("200 OK", [("content-type", "text/plain")])
+        return [path.encode()]
+
+    answers = {}
+    for way in ("__call__", "_serve"):
+        config = fasthystrix.CommandConfig(isolation="semaphore", request_volume_threshold=10**6)
+        middleware = CircuitBreakerMiddleware(app, name=f"parity-{way}", config=config)
+        seen = []
+        for path in ("/ok", "/ok", "/boom", "/raise", "/ok"):
+            environ = {
+                "REQUEST_METHOD": "GET",
+                "PATH_INFO": path,
+                "SCRIPT_NAME": "",
+                "SERVER_PROTOCOL": "HTTP/1.1",
+                "wsgi.url_scheme": "http",
+                "wsgi.input": None,
+            }
+            statuses: list[str] = []
+
+            def start_response(status: str, headers: Any, exc_info: Any = None, into: list[str] = statuses) -> None:
+                into.append(status)
+
+            try:
+                body = b"".join(getattr(middleware, way)(environ, start_response))
+            except ValueError as exc:
+                seen.append(("raised", str(exc)))
+                continue
+            seen.append((statuses[0], body))
+        m = fasthystrix.get_circuit(f"parity-{way}")[0].metrics()
+        answers[way] = (seen, m.successes, m.failures)
+    assert answers["__call__"] == answers["_serve"]
+    assert answers["__call__"][1:] == (3, 2)

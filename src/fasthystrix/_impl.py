@@ -33,6 +33,8 @@ COMPILED_MODULES: tuple[str, ...] = (
     # Imported by _isolation._asyncio, not here: it needs the registry, which needs this module.
     "_isolation._do_async",
     "_integrations._asgi_core",
+    # Imported by wsgi, not here: it imports the middleware helpers, which need the registry.
+    "_integrations._wsgi_core",
 )
 
 

@@ -48,8 +48,7 @@ from __future__ import annotations
 
 import io
 import json
-import threading
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -72,6 +71,7 @@ from ._integrations._middleware import (
     _response_triple,
     _retry_after,
     _retry_after_rejected,
+    _server_error,
     _ServerError,
     _status_rule,
     _too_large,
@@ -82,8 +82,14 @@ __all__ = ["DEFAULT_MAX_BODY_SIZE", "DEFAULT_RETRY_AFTER_REJECTED", "UNMATCHED",
 _READ_SIZE = 65536
 _TEMPLATES = 4096  # rules (and command names) remembered per middleware, by method, path and host
 _UNSEEN: Any = object()  # a key not in the table of command names
-# The command function of the implementation in use (chosen once per process, at import).
+# The command function and the per-request core of the implementation in use (chosen once per
+# process, at import): the compiled core serves the common request in C.
 _do = _impl.current().do
+if _impl.current().name == "compiled":
+    from ._integrations import _wsgi_core as _core
+else:
+    from ._integrations import _wsgi_core_py as _core  # type: ignore[no-redef]
+_Exchange = _core.Exchange
 
 
 Environ = dict[str, Any]
@@ -115,27 +121,6 @@ def _status_line(status: int) -> str:
         return f"{status} Unknown"
 
 
-class _Body:
-    """The response body after chunks were pulled early to learn the status: those, then the rest."""
-
-    __slots__ = ("_head", "_rest", "_result")
-
-    def __init__(self, head: list[bytes], rest: Iterator[bytes] | None, result: Iterable[bytes]) -> None:
-        self._head = head
-        self._rest = rest
-        self._result = result
-
-    def __iter__(self) -> Iterator[bytes]:
-        yield from self._head
-        if self._rest is not None:
-            yield from self._rest
-
-    def close(self) -> None:
-        close = getattr(self._result, "close", None)
-        if close is not None:
-            close()
-
-
 def _incomplete(name: str) -> tuple[int, list[tuple[str, str]], bytes]:
     """The answer to a request whose body ended before its Content-Length: the app never runs."""
     body = json.dumps({"error": "incomplete request body", "command": name}).encode()
@@ -144,104 +129,6 @@ def _incomplete(name: str) -> tuple[int, list[tuple[str, str]], bytes]:
         [("content-type", "application/json"), ("content-length", str(len(body))), ("connection", "close")],
         body,
     )
-
-
-def _close(result: Iterable[bytes] | None) -> None:
-    close = getattr(result, "close", None)
-    if close is not None:
-        close()
-
-
-class _Exchange:
-    """One request's call of the app: its status, headers and body, captured until the command has ended."""
-
-    __slots__ = (
-        "abandoned",
-        "app",
-        "downstream_start",
-        "environ",
-        "head",
-        "headers",
-        "is_failure",
-        "lock",
-        "raised",
-        "rest",
-        "result",
-        "status_line",
-    )
-
-    def __init__(self, app: WSGIApp, environ: Environ, is_failure: Callable[[int], bool]) -> None:
-        self.app = app
-        self.environ = environ
-        self.is_failure = is_failure
-        self.status_line: str | None = None
-        self.headers: list[tuple[str, str]] = []
-        self.head: list[bytes] = []  # write() calls and chunks pulled before the status was known
-        self.rest: Iterator[bytes] | None = None
-        self.result: Iterable[bytes] | None = None
-        self.raised: BaseException | None = None
-        self.abandoned = False
-        self.downstream_start: StartResponse | None = None
-        self.lock = threading.Lock()
-
-    def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-        downstream = self.downstream_start
-        if downstream is not None:
-            # Called again while the body streams (an error with exc_info): the server decides.
-            return downstream(status, headers, exc_info)
-        if exc_info is None and self.status_line is not None:
-            raise RuntimeError("start_response() called a second time without exc_info")
-        self.status_line = status
-        self.headers = list(headers)
-        return self.head.append
-
-    def run(self) -> None:
-        """The command: call the app and pull its body until it has called ``start_response``."""
-        try:
-            result = self.app(self.environ, self.start_response)
-        except BaseException as exc:
-            self.raised = exc
-            raise
-        rest: Iterator[bytes] | None = None
-        try:
-            if self.status_line is None:
-                # PEP 3333 lets an app call start_response as late as its first non-empty chunk.
-                rest = iter(result)
-                while self.status_line is None:
-                    chunk = next(rest, None)
-                    if chunk is None:
-                        raise RuntimeError("the WSGI app returned without calling start_response()")
-                    self.head.append(chunk)
-        except BaseException as exc:
-            self.raised = exc
-            _close(result)
-            raise
-        with self.lock:
-            abandoned = self.abandoned
-            if not abandoned:
-                self.result, self.rest = result, rest
-        if abandoned:
-            _close(result)  # the caller answered without it (thread isolation, after the timeout)
-            return
-        status = int(self.status_line[:3])
-        if self.is_failure(status):
-            raise _ServerError(status)
-
-    def abandon(self) -> None:
-        """The caller answers without the app's response: close it, now or when it arrives."""
-        with self.lock:
-            self.abandoned = True
-            result, self.result = self.result, None
-        _close(result)
-
-    def respond(self, start_response: StartResponse) -> Iterable[bytes]:
-        result = self.result
-        assert result is not None and self.status_line is not None
-        start_response(self.status_line, self.headers)
-        self.downstream_start = start_response
-        if not self.head and self.rest is None:
-            return result  # untouched: keeps wsgi.file_wrapper and the app's close()
-        return _Body(self.head, self.rest, result)
 
 
 class CircuitBreakerMiddleware:
@@ -322,6 +209,9 @@ class CircuitBreakerMiddleware:
         self._excluded = _excluded(exclude)
         self._max_body_size = _optional_size("max_body_size", max_body_size)
         self._is_failure = _status_rule(is_failure)
+        # What the compiled __call__ reads per request: the table of command names, and the status
+        # rule (None for the default, a 5xx, which the exchange tests without a call).
+        self._fast = (self._commands, None if self._is_failure is _server_error else self._is_failure)
         self._retry_after_rejected = _retry_after_rejected(retry_after_rejected)
 
     def command_name(self, environ: Environ) -> str | None:
@@ -370,7 +260,13 @@ class CircuitBreakerMiddleware:
         self._commands[key] = name
         return name
 
-    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    #: A WSGI app: ``middleware(environ, start_response)``. In C for a request on the common path (its
+    #: command known, its circuit closed with a ticket free, no body), else :meth:`_serve`
+    #: (``_integrations/_wsgi_core``: ``serve_wsgi``).
+    __call__ = _core.serve_wsgi
+
+    def _serve(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        """The request, the whole way: what ``__call__`` does, for any request."""
         key = _request_key(environ)
         name = self._commands.get(key, _UNSEEN)
         if name is _UNSEEN:
@@ -386,7 +282,7 @@ class CircuitBreakerMiddleware:
             status, headers, body = refused
             start_response(_status_line(status), headers)
             return [body]
-        exchange = _Exchange(self.app, environ, self._is_failure)
+        exchange = _Exchange(self.app, environ, self._fast[1])
         try:
             _do(name, exchange.run)
         except _ServerError:

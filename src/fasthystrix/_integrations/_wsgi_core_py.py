@@ -1,0 +1,153 @@
+"""The per-request hot path of the WSGI middleware in Python (the pure twin of ``_wsgi_core``).
+
+- :class:`Exchange`: one request's call of the app, its status, headers and body captured
+  until the command has ended (:meth:`~Exchange.run` is the command), then handed to the
+  server (:meth:`~Exchange.respond`), or closed unseen (:meth:`~Exchange.abandon`) when
+  the client is answered without it.
+- :func:`serve_wsgi`: ``CircuitBreakerMiddleware.__call__``. Here it is the middleware's
+  ``_serve``, the whole way in Python; the compiled twin serves the common request in C
+  (its command known, its circuit closed with a ticket free, no body) and hands any other
+  to ``_serve``.
+
+Both are held to the middleware's tests.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from ._middleware import _ServerError
+
+__all__ = ["Exchange", "serve_wsgi"]
+
+Environ = dict[str, Any]
+StartResponse = Callable[..., Callable[[bytes], object]]
+
+
+def _close(result: Iterable[bytes] | None) -> None:
+    close = getattr(result, "close", None)
+    if close is not None:
+        close()
+
+
+class _Body:
+    """The response body after chunks were pulled early to learn the status: those, then the rest."""
+
+    __slots__ = ("_head", "_rest", "_result")
+
+    def __init__(self, head: list[bytes], rest: Iterator[bytes] | None, result: Iterable[bytes]) -> None:
+        self._head = head
+        self._rest = rest
+        self._result = result
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._head
+        if self._rest is not None:
+            yield from self._rest
+
+    def close(self) -> None:
+        _close(self._result)
+
+
+class Exchange:
+    """One request's call of the app: its status, headers and body, captured until the command has ended.
+
+    ``is_failure``: the status rule, or ``None`` for the default (a 5xx is a failure).
+    """
+
+    __slots__ = (
+        "abandoned",
+        "app",
+        "downstream_start",
+        "environ",
+        "head",
+        "headers",
+        "is_failure",
+        "lock",
+        "raised",
+        "rest",
+        "result",
+        "status_line",
+    )
+
+    def __init__(self, app: Any, environ: Environ, is_failure: Callable[[int], bool] | None) -> None:
+        self.app = app
+        self.environ = environ
+        self.is_failure = is_failure
+        self.status_line: str | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.head: list[bytes] = []  # write() calls and chunks pulled before the status was known
+        self.rest: Iterator[bytes] | None = None
+        self.result: Iterable[bytes] | None = None
+        self.raised: BaseException | None = None
+        self.abandoned = False
+        self.downstream_start: StartResponse | None = None
+        self.lock = threading.Lock()
+
+    def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        """The app's ``start_response``: the status and headers kept until the command has ended."""
+        downstream = self.downstream_start
+        if downstream is not None:
+            # Called again while the body streams (an error with exc_info): the server decides.
+            return downstream(status, headers, exc_info)
+        if exc_info is None and self.status_line is not None:
+            raise RuntimeError("start_response() called a second time without exc_info")
+        self.status_line = status
+        self.headers = list(headers)
+        return self.head.append
+
+    def run(self) -> None:
+        """The command: call the app and pull its body until it has called ``start_response``."""
+        try:
+            result = self.app(self.environ, self.start_response)
+        except BaseException as exc:
+            self.raised = exc
+            raise
+        rest: Iterator[bytes] | None = None
+        try:
+            if self.status_line is None:
+                # PEP 3333 lets an app call start_response as late as its first non-empty chunk.
+                rest = iter(result)
+                while self.status_line is None:
+                    chunk = next(rest, None)
+                    if chunk is None:
+                        raise RuntimeError("the WSGI app returned without calling start_response()")
+                    self.head.append(chunk)
+        except BaseException as exc:
+            self.raised = exc
+            _close(result)
+            raise
+        with self.lock:
+            abandoned = self.abandoned
+            if not abandoned:
+                self.result, self.rest = result, rest
+        if abandoned:
+            _close(result)  # the caller answered without it (thread isolation, after the timeout)
+            return
+        status = int(self.status_line[:3])
+        if status >= 500 if self.is_failure is None else self.is_failure(status):
+            raise _ServerError(status)
+
+    def abandon(self) -> None:
+        """The caller answers without the app's response: close it, now or when it arrives."""
+        with self.lock:
+            self.abandoned = True
+            result, self.result = self.result, None
+        _close(result)
+
+    def respond(self, start_response: StartResponse) -> Iterable[bytes]:
+        """Hand the app's status, headers and body to the server."""
+        result = self.result
+        assert result is not None and self.status_line is not None
+        start_response(self.status_line, self.headers)
+        self.downstream_start = start_response
+        if not self.head and self.rest is None:
+            return result  # untouched: keeps wsgi.file_wrapper and the app's close()
+        return _Body(self.head, self.rest, result)
+
+
+def serve_wsgi(self: Any, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """``CircuitBreakerMiddleware.__call__``: the request, as the middleware's ``_serve`` runs it."""
+    return self._serve(environ, start_response)  # type: ignore[no-any-return]
