@@ -189,6 +189,7 @@ SANITIZER_TESTS = [
     "test_deadlines.py",
     "test_do_async_protocol.py",
     "test_asgi_middleware.py",
+    "test_wsgi_middleware.py",
     "test_decorator.py",
     "test_flush.py",
     "test_fork.py",
