@@ -72,7 +72,6 @@ from ._integrations._middleware import (
     _retry_after,
     _retry_after_rejected,
     _server_error,
-    _ServerError,
     _status_rule,
     _too_large,
 )
@@ -82,9 +81,8 @@ __all__ = ["DEFAULT_MAX_BODY_SIZE", "DEFAULT_RETRY_AFTER_REJECTED", "UNMATCHED",
 _READ_SIZE = 65536
 _TEMPLATES = 4096  # rules (and command names) remembered per middleware, by method, path and host
 _UNSEEN: Any = object()  # a key not in the table of command names
-# The command function and the per-request core of the implementation in use (chosen once per
-# process, at import): the compiled core serves the common request in C.
-_do = _impl.current().do
+# The per-request core of the implementation in use (chosen once per process, at import): the
+# compiled core serves the common request in C.
 if _impl.current().name == "compiled":
     from ._integrations import _wsgi_core as _core
 else:
@@ -282,20 +280,7 @@ class CircuitBreakerMiddleware:
             status, headers, body = refused
             start_response(_status_line(status), headers)
             return [body]
-        exchange = _Exchange(self.app, environ, self._fast[1])
-        try:
-            _do(name, exchange.run)
-        except _ServerError:
-            pass  # counted as a failure; the client gets the app's response
-        except _errors.CircuitError as err:
-            exchange.abandon()
-            if err is exchange.raised:
-                raise  # the app's own (a nested command's) error: a plain failure, already counted
-            return self._answer(name, err, environ, start_response)
-        except BaseException:
-            exchange.abandon()
-            raise
-        return exchange.respond(start_response)
+        return _core.run_command(self, name, _Exchange(self.app, environ, self._fast[1]), environ, start_response)
 
     def _read_body(self, name: str, environ: Environ) -> tuple[int, list[tuple[str, str]], bytes] | None:
         """Read the whole request body into ``wsgi.input``, before the command; else the answer to give."""

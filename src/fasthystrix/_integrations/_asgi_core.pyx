@@ -188,15 +188,7 @@ cdef class ExchangeCore(OutboxCore):
     cdef public object wake
 
     def __init__(self, app, scope, body, receive, send, Py_ssize_t buffer_size, is_failure):
-        self._send = send
-        self.app = app
-        self.is_failure = is_failure
-        self.scope = scope
-        self.body = body
-        self.receive_upstream = receive
-        self.buffer_size = buffer_size
-        self.status = 0
-        self.waiting = _ENDED
+        _fill_exchange(self, app, scope, body, receive, send, buffer_size, is_failure)
 
     def receive(self):
         """The app's ``receive()``: the body read before the command, whole; then the client's messages."""
@@ -251,6 +243,22 @@ cdef _Run _run_of(ExchangeCore exchange):
     return run
 
 
+cdef int _fill_exchange(
+    ExchangeCore exchange, app, scope, body, receive, send, Py_ssize_t buffer_size, is_failure
+) except -1:
+    """``ExchangeCore.__init__``'s fields (``_new_exchange`` sets them without the call)."""
+    exchange._send = send
+    exchange.app = app
+    exchange.is_failure = is_failure
+    exchange.scope = scope
+    exchange.body = body
+    exchange.receive_upstream = receive
+    exchange.buffer_size = buffer_size
+    exchange.status = 0
+    exchange.waiting = _ENDED
+    return 0
+
+
 cdef ExchangeCore _new_exchange(
     object exchange_type, object app, object scope, object receive, object send, Py_ssize_t buffer_size, object is_failure
 ):
@@ -258,14 +266,7 @@ cdef ExchangeCore _new_exchange(
     call's argument parsing: ``__init__``'s fields, set here. ``exchange_type`` is ExchangeCore
     completed by mixins that add no ``__init__`` (``asgi._Exchange``; a test checks it)."""
     cdef ExchangeCore exchange = <ExchangeCore?>fh_type_new(exchange_type, ())
-    exchange._send = send
-    exchange.app = app
-    exchange.is_failure = is_failure
-    exchange.scope = scope
-    exchange.receive_upstream = receive
-    exchange.buffer_size = buffer_size
-    exchange.status = 0
-    exchange.waiting = _ENDED
+    _fill_exchange(exchange, app, scope, None, receive, send, buffer_size, is_failure)
     return exchange
 
 

@@ -3,7 +3,7 @@
 from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["Exchange", "serve_wsgi"]
+__all__ = ["Exchange", "run_command", "serve_wsgi"]
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Callable[[bytes], object]]
@@ -29,4 +29,7 @@ class Exchange:
     def abandon(self) -> None: ...
     def respond(self, start_response: StartResponse) -> Iterable[bytes]: ...
 
+def run_command(
+    middleware: Any, name: str, exchange: Exchange, environ: Environ, start_response: StartResponse
+) -> Iterable[bytes]: ...
 def serve_wsgi(self: Any, environ: Environ, start_response: StartResponse) -> Iterable[bytes]: ...

@@ -22,7 +22,7 @@ from fasthystrix._core import _errors
 from fasthystrix._integrations._middleware import _ServerError
 from fasthystrix._integrations._wsgi_core_py import _Body, _close
 
-__all__ = ["Exchange", "serve_wsgi"]
+__all__ = ["Exchange", "run_command", "serve_wsgi"]
 
 # Exchange.state: who has the app's result.
 cdef enum:
@@ -155,16 +155,21 @@ cdef inline bint _bodiless(dict environ):
     return protocol == "HTTP/1.1" or protocol == "HTTP/1.0"
 
 
+cdef int _import_the_python_side() except -1:
+    global _circuits, _do
+    from fasthystrix import _impl, _registry
+    _circuits = _registry._circuits
+    _do = _impl.current().do
+    return 0
+
+
 def serve_wsgi(self, environ, start_response):
     """``CircuitBreakerMiddleware.__call__``: the common request (its command known, its circuit
     closed with a ticket free, no body) in C; any other through the middleware's ``_serve``."""
-    global _circuits, _do
     cdef CircuitBreaker circuit = None
     cdef Exchange exchange
     if _do is None:
-        from fasthystrix import _impl, _registry
-        _circuits = _registry._circuits
-        _do = _impl.current().do
+        _import_the_python_side()
     commands, is_failure = self._fast
     if type(environ) is dict:
         key = (
@@ -185,6 +190,10 @@ def serve_wsgi(self, environ, start_response):
     exchange.is_failure = is_failure
     exchange.headers = []
     exchange.head = []
+    return _run_command(self, name, exchange, environ, start_response)
+
+
+cdef object _run_command(middleware, name, Exchange exchange, environ, start_response):
     try:
         _do(name, exchange.run)
     except _ServerError:
@@ -193,8 +202,17 @@ def serve_wsgi(self, environ, start_response):
         exchange.abandon()
         if err is exchange.raised:
             raise  # the app's own (a nested command's) error: a plain failure, already counted
-        return self._answer(name, err, environ, start_response)
+        return middleware._answer(name, err, environ, start_response)
     except BaseException:
         exchange.abandon()
         raise
     return exchange.respond(start_response)
+
+
+def run_command(middleware, name, Exchange exchange, environ, start_response):
+    """Run ``exchange.run`` as command ``name`` and answer: the app's response, or the
+    middleware's own answer (``_answer``: its fallback, or the 503) when the command did not run
+    the app or not in time. The exchange is abandoned on every way out but the app's response."""
+    if _do is None:
+        _import_the_python_side()
+    return _run_command(middleware, name, exchange, environ, start_response)

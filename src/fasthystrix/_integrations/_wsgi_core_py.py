@@ -18,9 +18,14 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from .. import _impl
+from .._core import _errors
 from ._middleware import _ServerError
 
-__all__ = ["Exchange", "serve_wsgi"]
+__all__ = ["Exchange", "run_command", "serve_wsgi"]
+
+# The command function of the implementation in use (imported after it is chosen: by wsgi.py).
+_do = _impl.current().do
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Callable[[bytes], object]]
@@ -146,6 +151,27 @@ class Exchange:
         if not self.head and self.rest is None:
             return result  # untouched: keeps wsgi.file_wrapper and the app's close()
         return _Body(self.head, self.rest, result)
+
+
+def run_command(
+    middleware: Any, name: str, exchange: Exchange, environ: Environ, start_response: StartResponse
+) -> Iterable[bytes]:
+    """Run ``exchange.run`` as command ``name`` and answer: the app's response, or the
+    middleware's own answer (``_answer``: its fallback, or the 503) when the command did not run
+    the app or not in time. The exchange is abandoned on every way out but the app's response."""
+    try:
+        _do(name, exchange.run)
+    except _ServerError:
+        pass  # counted as a failure; the client gets the app's response
+    except _errors.CircuitError as err:
+        exchange.abandon()
+        if err is exchange.raised:
+            raise  # the app's own (a nested command's) error: a plain failure, already counted
+        return middleware._answer(name, err, environ, start_response)  # type: ignore[no-any-return]
+    except BaseException:
+        exchange.abandon()
+        raise
+    return exchange.respond(start_response)
 
 
 def serve_wsgi(self: Any, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
