@@ -136,9 +136,13 @@ def driver(site: Path) -> Iterator[Any]:
 
 
 def _wait(driver: Any, condition: Any, what: str) -> Any:
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, WAIT).until(lambda d: condition(d), message=what)
+    # An element the page draws again (the search results, redrawn as the query runs) can go stale
+    # between finding and reading it: the condition is tried again, as for one not there yet.
+    ignored = (NoSuchElementException, StaleElementReferenceException)
+    return WebDriverWait(driver, WAIT, ignored_exceptions=ignored).until(lambda d: condition(d), message=what)
 
 
 def test_without_mkdocs_skips_unless_required(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -212,13 +216,13 @@ def test_search_finds_pages(served: tuple[str, list[tuple[int, str]]], driver: A
     _wait(driver, lambda d: field.is_displayed(), "the search field shown")
     field.click()
     field.send_keys("rejections_count_as_errors")
-    results = _wait(
-        driver,
-        lambda d: d.find_elements(By.CSS_SELECTOR, ".md-search-result__item a") or None,
-        "search results",
-    )
-    links = [r.get_attribute("href") for r in results]
-    assert any("/configuration/" in link for link in links), links
+
+    def configuration_found(d: Any) -> list[str] | None:
+        # Read in the condition: the list is redrawn while the search runs.
+        links = [r.get_attribute("href") for r in d.find_elements(By.CSS_SELECTOR, ".md-search-result__item a")]
+        return links if any("/configuration/" in link for link in links) else None
+
+    assert _wait(driver, configuration_found, "a search result on the configuration page")
     # A query that matches nothing says so.
     field.clear()
     field.send_keys("zzqxjvw")
