@@ -203,6 +203,20 @@ def test_command_names_are_remembered_per_request_key_unless_a_callable_decides(
     assert metrics("GET /users/<name>").successes == 5006
 
 
+def test_the_request_key_reads_any_mapping_and_defaults_to_empty_strings() -> None:
+    # The key of the middleware's tables, from one definition in the core (the compiled __call__
+    # and the Python path both use it): a missing variable is "", a mapping that is not a dict
+    # gives the same key.
+    from types import MappingProxyType
+
+    from fasthystrix import wsgi
+
+    env = {"REQUEST_METHOD": "GET", "PATH_INFO": "/a", "HTTP_HOST": "h", "wsgi.url_scheme": "https"}
+    assert wsgi._core.request_key(env) == ("GET", "/a", "", "h", "https")
+    assert wsgi._core.request_key(MappingProxyType(env)) == ("GET", "/a", "", "h", "https")
+    assert wsgi._core.request_key({}) == ("", "", "", "", "")
+
+
 def test_name_callable_string_and_exclude() -> None:
     def name(environ: dict[str, Any]) -> str | None:
         path = environ["PATH_INFO"]

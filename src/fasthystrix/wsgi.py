@@ -98,18 +98,7 @@ WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 FallbackResult = None | tuple[int, Any, bytes | str] | WSGIApp
 
 
-_RequestKey = tuple[str, str, str, str, str]
-
-
-def _request_key(environ: Environ) -> _RequestKey:
-    """What a request's rule and command name depend on: its method, path, script name, host and scheme."""
-    return (
-        environ.get("REQUEST_METHOD", ""),
-        environ.get("PATH_INFO", ""),
-        environ.get("SCRIPT_NAME", ""),
-        environ.get("HTTP_HOST", ""),
-        environ.get("wsgi.url_scheme", ""),
-    )
+_RequestKey = tuple[str, str, str, str, str]  # what _core.request_key gives
 
 
 def _status_line(status: int) -> str:
@@ -229,7 +218,7 @@ class CircuitBreakerMiddleware:
             return UNMATCHED
         # The app matches each request again: remember the answer per method, path and host (a
         # bounded table, emptied when full).
-        key = _request_key(environ)
+        key = _core.request_key(environ)
         template = self._templates.get(key)
         if template is not None:
             return template
@@ -265,7 +254,7 @@ class CircuitBreakerMiddleware:
 
     def _serve(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         """The request, the whole way: what ``__call__`` does, for any request."""
-        key = _request_key(environ)
+        key = _core.request_key(environ)
         name = self._commands.get(key, _UNSEEN)
         if name is _UNSEEN:
             name = self._command_of(environ, key)

@@ -441,10 +441,9 @@ cdef class _Serve(Awaitable):
         exchange = _new_exchange(
             exchange_type, middleware.app, scope, self.server_receive, self.server_send, buffer_size, rule
         )
-        run = _run_of(exchange)
         self.name = name
         self.exchange = exchange
-        self.delegate = command_of(name, circuit, run, run)
+        self.delegate = command_of(name, circuit, _run_of(exchange))
         self.state = 1
         return self.step(None, None, finished)
 

@@ -3,10 +3,11 @@
 from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["Exchange", "run_command", "serve_wsgi"]
+__all__ = ["Exchange", "request_key", "run_command", "serve_wsgi"]
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Callable[[bytes], object]]
+RequestKey = tuple[str, str, str, str, str]
 
 class Exchange:
     """One request's call of the app: its status, headers and body, captured until the command has ended."""
@@ -29,6 +30,7 @@ class Exchange:
     def abandon(self) -> None: ...
     def respond(self, start_response: StartResponse) -> Iterable[bytes]: ...
 
+def request_key(environ: Environ) -> RequestKey: ...
 def run_command(
     middleware: Any, name: str, exchange: Exchange, environ: Environ, start_response: StartResponse
 ) -> Iterable[bytes]: ...

@@ -22,7 +22,7 @@ from fasthystrix._core import _errors
 from fasthystrix._integrations._middleware import _ServerError
 from fasthystrix._integrations._wsgi_core_py import _Body, _close
 
-__all__ = ["Exchange", "run_command", "serve_wsgi"]
+__all__ = ["Exchange", "request_key", "run_command", "serve_wsgi"]
 
 # Exchange.state: who has the app's result.
 cdef enum:
@@ -140,8 +140,22 @@ cdef object _circuits = None
 cdef object _do = None
 
 
-cdef inline object _environ_get(dict environ, str key):
+cdef inline object _environ_get(object environ, str key):
+    """``environ.get(key, "")``, without the method call for a dict (what servers pass)."""
+    if type(environ) is dict:
+        return (<dict>environ).get(key, _EMPTY)
     return environ.get(key, _EMPTY)
+
+
+cpdef tuple request_key(environ):
+    """What a request's rule and command name depend on: its method, path, script name, host and scheme."""
+    return (
+        _environ_get(environ, "REQUEST_METHOD"),
+        _environ_get(environ, "PATH_INFO"),
+        _environ_get(environ, "SCRIPT_NAME"),
+        _environ_get(environ, "HTTP_HOST"),
+        _environ_get(environ, "wsgi.url_scheme"),
+    )
 
 
 cdef inline bint _bodiless(dict environ):
@@ -172,14 +186,7 @@ def serve_wsgi(self, environ, start_response):
         _import_the_python_side()
     commands, is_failure = self._fast
     if type(environ) is dict:
-        key = (
-            _environ_get(<dict>environ, "REQUEST_METHOD"),
-            _environ_get(<dict>environ, "PATH_INFO"),
-            _environ_get(<dict>environ, "SCRIPT_NAME"),
-            _environ_get(<dict>environ, "HTTP_HOST"),
-            _environ_get(<dict>environ, "wsgi.url_scheme"),
-        )
-        name = (<dict?>commands).get(key)
+        name = (<dict?>commands).get(request_key(environ))
         if name is not None and _bodiless(<dict>environ):
             circuit = door_open(_circuits, name)
     if circuit is None:

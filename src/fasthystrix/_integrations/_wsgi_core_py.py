@@ -4,6 +4,8 @@
   until the command has ended (:meth:`~Exchange.run` is the command), then handed to the
   server (:meth:`~Exchange.respond`), or closed unseen (:meth:`~Exchange.abandon`) when
   the client is answered without it.
+- :func:`request_key`: what a request's rule and command name depend on (the key of the
+  middleware's tables).
 - :func:`serve_wsgi`: ``CircuitBreakerMiddleware.__call__``. Here it is the middleware's
   ``_serve``, the whole way in Python; the compiled twin serves the common request in C
   (its command known, its circuit closed with a ticket free, no body) and hands any other
@@ -22,13 +24,25 @@ from .. import _impl
 from .._core import _errors
 from ._middleware import _ServerError
 
-__all__ = ["Exchange", "run_command", "serve_wsgi"]
+__all__ = ["Exchange", "request_key", "run_command", "serve_wsgi"]
 
 # The command function of the implementation in use (imported after it is chosen: by wsgi.py).
 _do = _impl.current().do
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Callable[[bytes], object]]
+RequestKey = tuple[str, str, str, str, str]
+
+
+def request_key(environ: Environ) -> RequestKey:
+    """What a request's rule and command name depend on: its method, path, script name, host and scheme."""
+    return (
+        environ.get("REQUEST_METHOD", ""),
+        environ.get("PATH_INFO", ""),
+        environ.get("SCRIPT_NAME", ""),
+        environ.get("HTTP_HOST", ""),
+        environ.get("wsgi.url_scheme", ""),
+    )
 
 
 def _close(result: Iterable[bytes] | None) -> None:

@@ -19,4 +19,4 @@ cdef class Awaitable:
 
 cdef object send_into(object iterator, object value, object exc, PySendResult *sent)
 cdef PyObject *awaitable_next(PyObject *awaitable) noexcept
-cdef object command_of(object name, CircuitBreaker circuit, object run, object iterator)
+cdef object command_of(object name, CircuitBreaker circuit, object run)

@@ -429,16 +429,16 @@ def do_async(name, run, fallback=None):
     return call
 
 
-cdef object command_of(object name, CircuitBreaker circuit, object run, object iterator):
-    """``do_async(name, run)`` for a caller in C that has found the command's circuit and made
-    the iterator ``run()`` would give (the ASGI middleware's exchange): neither is looked for
-    again. ``name`` is a ``str`` and ``run`` returns ``iterator``; ``run`` is called only if the
+cdef object command_of(object name, CircuitBreaker circuit, object run):
+    """``do_async(name, run)`` for a caller in C that has found the command's circuit, and whose
+    ``run`` is an iterator that ``run()`` returns unchanged (the ASGI middleware's exchange's
+    ``_Run``): neither is looked for again. ``name`` is a ``str``; ``run()`` is called only if the
     call waits for a ticket (``not_admitted``). Nothing happens until it is awaited."""
     cdef DoAsync call = DoAsync.__new__(DoAsync)
     call.name = name
     call.run = run
     call.circuit = circuit
-    call.iterator = iterator
+    call.iterator = run
     return call
 
 
