@@ -139,6 +139,29 @@ def test_a_bare_asgi_app_without_a_router_has_its_commands_remembered() -> None:
     assert len(middleware._templates) <= 4096
 
 
+def test_strings_of_a_str_subclass_or_equal_but_other_objects_read_as_their_value() -> None:
+    # The compiled path compares a message's type, the scope's type and its HTTP version by
+    # length, kind and bytes, and hands anything that is not an exact str to ==: either way the
+    # value is what counts. Each path twice: the second request takes the compiled path.
+    class Text(str):
+        pass
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        status = 500 if scope["path"] == "/boom" else 200
+        await send({"type": Text("http.response.start"), "status": status, "headers": []})
+        await send({"type": "".join(["http.response.", "body"]), "body": b"x"})
+
+    middleware = CircuitBreakerMiddleware(app)
+    for path in ("/ok", "/boom", "/ok", "/boom"):
+        sent = call_in_process(middleware, {"type": Text("http"), "path": path, "http_version": Text("1.1")}, [])
+        assert [(m["type"], m.get("status")) for m in sent] == [
+            ("http.response.start", 500 if path == "/boom" else 200),
+            ("http.response.body", None),
+        ]
+    counted = metrics("GET <unmatched>")
+    assert (counted.successes, counted.failures) == (2, 2)
+
+
 def test_route_templates_are_remembered_per_path_unless_a_host_route_decides() -> None:
     async def thing(request: Request) -> Response:
         return PlainTextResponse("thing")

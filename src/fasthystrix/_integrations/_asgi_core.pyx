@@ -49,12 +49,29 @@ cdef extern from "_capi.h":
 
 cdef extern from *:
     """
+    /* a == b for `b` an exact str: 1 or 0, or -1 when `a` is not an exact str (then ask `==`).
+     * Cython's own str == str calls PyUnicode_Compare, which orders the two and so reads their
+     * common prefix ("http.response." in every message type); equal strings have equal lengths
+     * and kinds, which this compares first, as str's own == does. */
+    static inline int fh_str_eq(PyObject *a, PyObject *b) {
+        Py_ssize_t length;
+        if (a == b)
+            return 1;
+        if (!PyUnicode_CheckExact(a))
+            return -1;
+        length = PyUnicode_GET_LENGTH(a);
+        if (length != PyUnicode_GET_LENGTH(b) || PyUnicode_KIND(a) != PyUnicode_KIND(b))
+            return 0;
+        return memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)length * PyUnicode_KIND(a)) == 0;
+    }
+
     /* An instance of `type` as type_call() makes it, without __init__ (the caller sets the fields). */
     static PyObject *fh_type_new(PyObject *type, PyObject *no_args) {
         return ((PyTypeObject *)type)->tp_new((PyTypeObject *)type, no_args, NULL);
     }
     """
     object fh_type_new(object type, tuple no_args)
+    int fh_str_eq(object a, str b)
 
 cdef extern from "_awaitable.h":
     ctypedef PyObject *(*iternextfunc)(PyObject *self)
@@ -69,6 +86,14 @@ cdef str _START = "http.response.start"
 cdef str _RESPONSE_BODY = "http.response.body"
 cdef str _TRAILERS = "http.response.trailers"
 cdef str _PATHSEND = "http.response.pathsend"
+
+
+cdef inline bint _is(object value, str constant) except -1:
+    """``value == constant``: a message's type, a scope's, an HTTP version (see fh_str_eq)."""
+    cdef int equal = fh_str_eq(value, constant)
+    if equal < 0:
+        return value == constant
+    return equal
 
 
 cdef inline object _get(object mapping, object key, object default):
@@ -203,22 +228,22 @@ cdef class ExchangeCore(OutboxCore):
         cdef bint ended
         try:
             kind = message[_TYPE]
-            if kind == _START:
+            if _is(kind, _START):
                 self.status = int(message["status"])
                 self.started = True
                 self.trailers = bool(_get(message, "trailers", False))
-            self.put(message)
+            OutboxCore.put(self, message)  # no subclass overrides it: the C function, not a lookup
         except BaseException as error:
             if isinstance(error, OSError):
                 # The client went away (ASGI 2.4 servers raise an OSError): not the app's failure.
                 self.disconnected = True
             return _ready(None, error)  # raised where the app awaits, as a coroutine would raise it
-        if kind == _RESPONSE_BODY:
+        if _is(kind, _RESPONSE_BODY):
             ended = not _get(message, _MORE_BODY, False) and not self.trailers
-        elif kind == _START:
+        elif _is(kind, _START):
             ended = False
         else:
-            ended = (kind == _TRAILERS and not _get(message, "more_trailers", False)) or kind == _PATHSEND
+            ended = (_is(kind, _TRAILERS) and not _get(message, "more_trailers", False)) or _is(kind, _PATHSEND)
         if ended:
             self.complete = True
             if self.wake is not None:
@@ -372,7 +397,7 @@ cdef bint _bodiless(object scope) except -1:
         elif key == _CONTENT_LENGTH or key == _TRANSFER_ENCODING:
             return False  # not bytes: _serve's own reading decides
     version = _get(scope, "http_version", None)
-    return version == "1.1" or version == "1.0"
+    return _is(version, "1.1") or _is(version, "1.0")
 
 
 @cython.final
@@ -431,7 +456,7 @@ cdef class _Serve(Awaitable):
             from fasthystrix._registry import _circuits as circuits
             _circuits = circuits
         name = None
-        if scope["type"] == "http":
+        if _is(scope["type"], "http"):
             name = (<dict?>commands).get((scope["method"], scope["path"], _get(scope, "root_path", "")))
             if name is not None:
                 circuit = door_open(_circuits, name)
