@@ -3,6 +3,7 @@
     python benchmarks/middleware_cost.py                 # Starlette, FastAPI (uvicorn), Flask (gunicorn); about 4 min
     python benchmarks/middleware_cost.py --quick         # a smoke run of seconds (CI): asserts nothing
     python benchmarks/middleware_cost.py --frameworks flask --rounds 7 --seconds 5
+    python benchmarks/middleware_cost.py --callgrind --cache-sim  # instructions, L1 misses, mispredictions (valgrind)
 
 Each framework's route (``GET /``, answering ``ok``) is served by a real server in a subprocess of
 its own, one per variant, all started at once:
@@ -538,10 +539,13 @@ def counted_serve_wsgi(variant: str, requests: int) -> None:
     server.run()
 
 
-def _counted(framework: str, variant: str, n: int) -> int:
-    """Instructions of the process that served ``n`` requests (gunicorn: its worker's, not the arbiter's)."""
+def _counted(framework: str, variant: str, n: int, cache_sim: bool = False) -> dict[str, int]:
+    """Callgrind's totals (``Ir``, and with ``cache_sim`` the simulated cache misses and branch
+    mispredictions) of the process that served ``n`` requests (gunicorn: its worker's, not the arbiter's)."""
     with tempfile.TemporaryDirectory() as out_dir:
         valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/callgrind.%p"]
+        if cache_sim:
+            valgrind += ["--cache-sim=yes", "--branch-sim=yes"]
         with subprocess.Popen(
             [*valgrind, sys.executable, __file__, "_counted", framework, variant, str(n)],
             stdout=subprocess.DEVNULL,
@@ -550,23 +554,45 @@ def _counted(framework: str, variant: str, n: int) -> int:
             env={**os.environ, "PYTHONHASHSEED": "0"},
         ) as process:
             _, stderr = process.communicate()
-    counts = {int(pid): int(count) for pid, count in re.findall(r"==(\d+)== Collected : (\d+)", stderr)}
-    if process.returncode != 0 or process.pid not in counts or "the client failed" in stderr:
+        totals = {int(name.rsplit(".", 1)[1]): _totals(os.path.join(out_dir, name)) for name in os.listdir(out_dir)}
+    if process.returncode != 0 or process.pid not in totals or "the client failed" in stderr:
         raise SystemExit(f"valgrind failed for {framework} {variant}:\n{stderr[-2000:]}")
     if framework != "flask":
-        return counts[process.pid]
-    workers = [pid for pid in counts if pid != process.pid]  # valgrind runs the arbiter as the process it started
+        return totals[process.pid]
+    workers = [pid for pid in totals if pid != process.pid]  # valgrind runs the arbiter as the process it started
     if len(workers) != 1:
-        raise SystemExit(f"expected one gunicorn worker for {variant}, found the processes {sorted(counts)}")
-    return counts[workers[0]]
+        raise SystemExit(f"expected one gunicorn worker for {variant}, found the processes {sorted(totals)}")
+    return totals[workers[0]]
 
 
-def callgrind(frameworks: list[str], low: int, high: int) -> None:
-    """Per variant: the server's instructions per request, (Ir(high) - Ir(low)) / (high - low)."""
+def _totals(path: str) -> dict[str, int]:
+    """A callgrind output file's events and their totals (its ``events:`` and ``summary:`` lines)."""
+    events: list[str] = []
+    totals: list[int] = []
+    with open(path) as f:
+        for line in f:
+            if line.startswith("events:"):
+                events = line.split()[1:]
+            elif line.startswith(("summary:", "totals:")):
+                totals = [int(x) for x in line.split()[1:]]
+    return dict(zip(events, totals, strict=True))
+
+
+#: --cache-sim's columns: callgrind's events (simulated L1 caches of the machine's sizes, and its branch predictor).
+CACHE_COLUMNS = (("I1mr", "L1 instruction misses"), ("D1mr", "L1 data read misses"), ("Bcm", "mispredicted branches"))
+
+
+def callgrind(frameworks: list[str], low: int, high: int, cache_sim: bool = False) -> None:
+    """Per variant: the server's instructions per request, (Ir(high) - Ir(low)) / (high - low); with
+    ``cache_sim``, its cache misses and mispredicted branches per request too (and their difference to bare)."""
     if shutil.which("valgrind") is None:
         raise SystemExit("--callgrind needs valgrind (apt-get install valgrind)")
-    print("| framework (server) | variant | instructions per request | over bare |")
-    print("|---|---|---|---|")
+    columns = CACHE_COLUMNS if cache_sim else ()
+    print(
+        "| framework (server) | variant | instructions per request | over bare |"
+        + "".join(f" {c[1]} |" for c in columns)
+    )
+    print("|---|---|---|---|" + "---|" * len(columns))
     for framework in frameworks:
         server = "gunicorn gthread" if framework == "flask" else "uvicorn"
         variants = (
@@ -574,13 +600,17 @@ def callgrind(frameworks: list[str], low: int, high: int) -> None:
             if framework == "flask"
             else ("bare", "middleware", MINIMAL)
         )
-        per_request: dict[str, float] = {}
+        per_request: dict[str, dict[str, float]] = {}
         for variant in variants:
-            counts = [_counted(framework, variant, n) for n in (low, high)]
-            per_request[variant] = (counts[1] - counts[0]) / (high - low)
-            over = per_request[variant] / per_request["bare"] - 1
-            extra = "" if variant == "bare" else f"{over:+.1%}"
-            print(f"| {framework} ({server}) | {variant} | {per_request[variant]:,.0f} | {extra} |", flush=True)
+            counts = [_counted(framework, variant, n, cache_sim) for n in (low, high)]
+            per_request[variant] = {k: (counts[1][k] - counts[0][k]) / (high - low) for k in counts[0]}
+            row, bare = per_request[variant], per_request["bare"]
+            extra = "" if variant == "bare" else f"{row['Ir'] / bare['Ir'] - 1:+.1%}"
+            cells = "".join(
+                f" {row[c]:,.0f} |" if variant == "bare" else f" {row[c]:,.0f} ({row[c] - bare[c]:+,.0f}) |"
+                for c, _ in columns
+            )
+            print(f"| {framework} ({server}) | {variant} | {row['Ir']:,.0f} | {extra} |{cells}", flush=True)
 
 
 def cores() -> tuple[int | None, int | None]:
@@ -627,6 +657,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="instead: the server's instructions per request (valgrind), bare and with the middleware",
     )
+    parser.add_argument(
+        "--cache-sim",
+        action="store_true",
+        help="with --callgrind: also the simulated L1 cache misses and mispredicted branches per request",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.seconds, args.warmup = 1, 1.0, 0.5
@@ -642,7 +677,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print("# uvicorn (uvloop, h11), gunicorn (one gthread worker of one thread: the worker counted);")
         print("# requests one after the other on one keep-alive connection\n")
-        callgrind(frameworks, *((50, 150) if args.quick else (300, 1300)))
+        callgrind(frameworks, *((50, 150) if args.quick else (300, 1300)), cache_sim=args.cache_sim)
         return 0
     if args.profile:
         print(f"# middleware cost, in-process: fasthystrix {fasthystrix.__version__} ({fasthystrix.implementation})")
