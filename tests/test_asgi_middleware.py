@@ -579,10 +579,12 @@ def test_a_full_route_sheds_at_the_door_without_reading_the_body() -> None:
 
 def test_the_exchange_adds_no_init_to_its_core() -> None:
     # The compiled path makes each request's exchange without calling __init__ (the core's fields
-    # are set in C): an __init__ a mixin added would be skipped there.
+    # are set in C), and its send() calls the core's put() directly: an __init__ or a put() a mixin
+    # added would be skipped there.
     from fasthystrix import _impl, asgi
 
     assert asgi._Exchange.__init__ is _impl.current().ExchangeCore.__init__
+    assert asgi._Exchange.put is _impl.current().ExchangeCore.put is _impl.current().OutboxCore.put
 
 
 def test_a_full_route_with_max_queue_wait_lets_the_request_wait_for_a_ticket() -> None:
