@@ -791,6 +791,27 @@ def test_a_handler_that_awaits_while_it_unwinds_from_the_timeout(swallow: bool) 
     assert metrics("GET /stubborn").timeouts == 1
 
 
+def test_a_handler_that_answers_without_waiting_is_judged_by_its_time(clock: FakeClock) -> None:
+    # The compiled path ends a request whose app answered in its first step itself, without a
+    # do_async: a success in time counts as one, a late or slow one as do_async would count it.
+    durations = iter([0.05, 0.3, 0.15])
+
+    async def busy(request: Request) -> Response:
+        clock.advance(next(durations))  # the handler's time, spent without awaiting
+        return PlainTextResponse("done")
+
+    config = fasthystrix.CommandConfig(timeout=200, slow_call_duration=100)
+    with serve(app_with([Route("/busy", busy)], config=config)) as client:
+        # A complete response goes out before its command ends, whatever the command counts.
+        assert [client.get("/busy").text for _ in range(3)] == ["done"] * 3
+        circuit = fasthystrix.get_circuit("GET /busy")[0]
+        wait_until(lambda: circuit.tickets_in_use == 0, "every ticket back")
+    m = metrics("GET /busy")
+    # 50 ms: a success; 300 ms: past the timeout, a timeout; 150 ms: a slow success (a timeout is
+    # not counted as a slow call).
+    assert (m.successes, m.timeouts, m.failures, m.slow_calls) == (2, 1, 0, 1)
+
+
 def test_a_nested_commands_timeout_is_its_own_not_the_routes() -> None:
     async def slow_dependency() -> str:
         await asyncio.sleep(2 * WAIT)

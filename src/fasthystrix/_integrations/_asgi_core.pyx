@@ -14,6 +14,7 @@ here needs a lock.
 
 cimport cython
 from cpython.object cimport PyObject
+from libc.stdint cimport int64_t
 
 from fasthystrix._core._circuit cimport CircuitBreaker
 from fasthystrix._integrations._door cimport door_open
@@ -36,8 +37,10 @@ from fasthystrix._isolation._do_async cimport (
     Awaitable,
     PySendResult,
     awaitable_next,
-    command_of,
+    command_running,
+    conclusion,
     send_into,
+    turned_away,
 )
 
 cdef extern from "Python.h":
@@ -410,7 +413,7 @@ cdef class _Serve(Awaitable):
     cdef object server_send
     cdef object name
     cdef object exchange
-    cdef object delegate  # the command (a do_async), or a coroutine of the middleware's
+    cdef object delegate  # the command (a DoAsync, or a coroutine of _do_async_py), or one of the middleware's
     cdef int state  # 0: not started, 1: the command runs, 2: a coroutine of the middleware's, 3: done
 
     @property
@@ -468,7 +471,39 @@ cdef class _Serve(Awaitable):
         )
         self.name = name
         self.exchange = exchange
-        self.delegate = command_of(name, circuit, _run_of(exchange))
+        return self.command(circuit, _run_of(exchange), finished)
+
+    cdef object command(self, CircuitBreaker circuit, _Run run, bint *finished):
+        """``await do_async(self.name, run)``, its first step here: the request whose app answers
+        in its first step (the common case) makes no ``DoAsync`` (an allocation, a finalizer, a
+        layer of steps, and their code in the CPU's caches); one whose app waits is handed to one
+        (``command_running``), and one not admitted at once to ``not_admitted``, as ``DoAsync``
+        hands them. The success is counted by ``conclusion``, ``DoAsync``'s own ending."""
+        cdef int64_t start, verdict
+        cdef PySendResult sent
+        try:
+            start = circuit.now()
+            verdict = circuit.acquire_c(start)
+            if verdict < 0:
+                rest = turned_away(circuit, start, verdict, run)
+            else:
+                # Admitted: the ticket is held, and every way out ends the command (conclusion, or
+                # the DoAsync that takes it over).
+                outcome = send_into(run, None, None, &sent)
+                if sent == PYGEN_NEXT:
+                    self.delegate = command_running(self.name, circuit, run, start, verdict)
+                    self.state = 1
+                    return outcome
+                if sent == PYGEN_RETURN:
+                    rest = conclusion(circuit, start, verdict, sent, outcome, None, False, None, None)
+                else:
+                    rest = conclusion(circuit, start, verdict, sent, None, outcome, False, None, None)
+        except BaseException as error:
+            # What DoAsync would raise from its first step (it ends the command first).
+            return self.command_ended(PYGEN_ERROR, error, finished)
+        if rest is None:
+            return self.command_ended(PYGEN_RETURN, None, finished)  # a success, counted
+        self.delegate = rest
         self.state = 1
         return self.step(None, None, finished)
 

@@ -282,27 +282,21 @@ cdef class DoAsync(Awaitable):
         self.state = _DONE  # until admitted: an error below leaves nothing to finish
         if _circuits is None:
             _import_the_python_side()
-        if self.circuit is not None:
-            circuit = self.circuit  # command_of(): the caller found it
+        if type(name) is str and callable(run) and (fallback is None or callable(fallback)):
+            found = fh_lookup(_circuits, name)
+            if found is None:
+                found = get_or_create(name)
         else:
-            if type(name) is str and callable(run) and (fallback is None or callable(fallback)):
-                found = fh_lookup(_circuits, name)
-                if found is None:
-                    found = get_or_create(name)
-            else:
-                found = check(name, run, fallback)
-            circuit = <CircuitBreaker?>found
-            self.circuit = circuit
+            found = check(name, run, fallback)
+        circuit = <CircuitBreaker?>found
+        self.circuit = circuit
         start = circuit.now()
         verdict = circuit.acquire_c(start)
         self.start = start
         self.verdict = verdict
         if verdict < 0:
-            self.iterator = None  # command_of()'s: run() gives it again once a ticket is free
             return self.hand_over(not_admitted(circuit, start, verdict, run, fallback), finished)
         self.state = _RUNNING  # from here the ticket is held: every way out goes through end()
-        if self.iterator is not None:
-            return self.resume(None, None, finished)  # command_of(): run's awaitable is given
         try:
             awaitable = run()
             if type(awaitable) is _COROUTINE:
@@ -365,30 +359,17 @@ cdef class DoAsync(Awaitable):
 
     cdef object end(self, PySendResult sent, object value, object error, bint *finished):
         """run's awaitable has ended (returned ``value`` or raised ``error``): count it and answer."""
-        cdef CircuitBreaker circuit = self.circuit
-        cdef int64_t end, elapsed_us
         cdef bint timed_out = False
         self.iterator = None
         if self.entry is not None:
             timed_out = self.deadlines.done(self.entry)
             self.entry = None
-        end = circuit.now()
-        if (
-            sent == PYGEN_RETURN
-            and not timed_out
-            and not circuit.slow_success
-            and end - self.start <= fh_load_relaxed(&circuit.lim.timeout_ns)
-        ):
-            # A success in time with nothing to judge it: outcome()'s rule, as do() inlines it.
-            self.state = _DONE
-            elapsed_us = (end - self.start) // 1000
-            circuit.report_c(_SUCCESS, _NO_EVENT, end, elapsed_us, elapsed_us, self.verdict, True)
+        self.state = _DONE
+        rest = conclusion(self.circuit, self.start, self.verdict, sent, value, error, timed_out, self.task, self.fallback)
+        if rest is None:
             finished[0] = True
             return value
-        return self.hand_over(
-            concluded(circuit, self.start, end, self.verdict, value, error, timed_out, self.task, self.fallback),
-            finished,
-        )
+        return self.hand_over(rest, finished)
 
     cdef object hand_over(self, object coroutine, bint *finished):
         self.delegate = coroutine
@@ -429,16 +410,63 @@ def do_async(name, run, fallback=None):
     return call
 
 
-cdef object command_of(object name, CircuitBreaker circuit, object run):
-    """``do_async(name, run)`` for a caller in C that has found the command's circuit, and whose
-    ``run`` is an iterator that ``run()`` returns unchanged (the ASGI middleware's exchange's
-    ``_Run``): neither is looked for again. ``name`` is a ``str``; ``run()`` is called only if the
-    call waits for a ticket (``not_admitted``). Nothing happens until it is awaited."""
+cdef object conclusion(
+    CircuitBreaker circuit,
+    int64_t start,
+    int64_t verdict,
+    PySendResult sent,
+    object value,
+    object error,
+    bint timed_out,
+    object task,
+    object fallback,
+):
+    """The end of an admitted command (admitted at ``start`` with ticket ``verdict``) whose ``run``
+    has just returned ``value`` (``sent`` is ``PYGEN_RETURN``) or raised ``error``: ``None`` when it
+    was a success in time, counted here; else the coroutine (``concluded``) that counts it and
+    answers. ``DoAsync`` ends here, and the ASGI middleware's request that its first step served."""
+    cdef int64_t end, elapsed_us
+    end = circuit.now()
+    if (
+        sent == PYGEN_RETURN
+        and not timed_out
+        and not circuit.slow_success
+        and end - start <= fh_load_relaxed(&circuit.lim.timeout_ns)
+    ):
+        # A success in time with nothing to judge it: outcome()'s rule, as do() inlines it.
+        elapsed_us = (end - start) // 1000
+        circuit.report_c(_SUCCESS, _NO_EVENT, end, elapsed_us, elapsed_us, verdict, True)
+        return None
+    if concluded is None:
+        _import_the_python_side()
+    return concluded(circuit, start, end, verdict, value, error, timed_out, task, fallback)
+
+
+cdef object turned_away(CircuitBreaker circuit, int64_t start, int64_t verdict, object run):
+    """The coroutine that finishes a call without fallback that ``circuit.acquire_c`` did not admit
+    at once (``verdict < 0``): ``not_admitted``, as ``DoAsync`` hands it over."""
+    if not_admitted is None:
+        _import_the_python_side()
+    return not_admitted(circuit, start, verdict, run, None)
+
+
+cdef object command_running(object name, CircuitBreaker circuit, object iterator, int64_t start, int64_t verdict):
+    """``do_async(name, run)`` taken over after its first step, for a caller in C that admitted the
+    call itself (``circuit.acquire_c(start)`` gave ``verdict``) and stepped ``run``'s awaitable
+    ``iterator`` once, which now waits: the rest as ``DoAsync`` would do it (the deadline armed
+    now, as it is when ``run`` first waits). The ticket is the command's from here, even when this
+    raises (no task to arm a deadline in: the command has counted a failure and stopped ``run``)."""
     cdef DoAsync call = DoAsync.__new__(DoAsync)
+    if deadlines_of is None:
+        _import_the_python_side()
     call.name = name
-    call.run = run
+    call.run = iterator
     call.circuit = circuit
-    call.iterator = run
+    call.iterator = iterator
+    call.start = start
+    call.verdict = verdict
+    call.state = _RUNNING
+    call.arm()
     return call
 
 
