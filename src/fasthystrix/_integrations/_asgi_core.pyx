@@ -218,6 +218,7 @@ cdef class ExchangeCore(OutboxCore):
     def __init__(self, app, scope, body, receive, send, Py_ssize_t buffer_size, is_failure):
         _fill_exchange(self, app, scope, body, receive, send, buffer_size, is_failure)
 
+    @cython.always_allow_keywords(False)  # METH_NOARGS / METH_O: no keyword parsing
     def receive(self):
         """The app's ``receive()``: the body read before the command, whole; then the client's messages."""
         body = self.body
@@ -226,6 +227,7 @@ cdef class ExchangeCore(OutboxCore):
             return _ready({"type": "http.request", "body": body, "more_body": False}, None)
         return self._receive_upstream()
 
+    @cython.always_allow_keywords(False)  # METH_NOARGS / METH_O: no keyword parsing
     def send(self, message):
         """The app's ``send()``: never waits for the client while the command runs."""
         cdef bint ended
@@ -332,34 +334,58 @@ cdef class _Run(Awaitable):
         return self.first_step(finished)
 
     cdef object first_step(self, bint *finished):
-        cdef ExchangeCore exchange = self.exchange
-        cdef PyObject *result = NULL
         cdef PySendResult sent
+        outcome = _app_first_step(self.exchange, &sent)
+        if sent == PYGEN_NEXT:
+            return _waits(self, outcome).step(None, None, finished)
+        if sent == PYGEN_ERROR:
+            raise outcome
+        finished[0] = True
+        return None
+
+
+cdef _Run _waits(_Run run, object yielded):
+    """``run`` once its app has waited (``yielded``) before its response is complete: the rest is
+    the mixin's ``_run_from``, which ``run`` steps from now on."""
+    run.delegate = run.exchange._run_from(yielded)
+    run.state = 1
+    return run
+
+
+cdef object _app_first_step(ExchangeCore exchange, PySendResult *sent):
+    """The app's first step, which a request's command takes (``_Run``'s, or the request's own, which
+    makes a ``_Run`` only when the app waits): ``PYGEN_RETURN`` when the command is over (the app
+    returned, or completed its response and waits for what comes after it), ``PYGEN_NEXT`` and
+    what the app yielded when it waits before its response is complete (then ``_run_from`` goes
+    on), ``PYGEN_ERROR`` and the command's error. Never raises: an error is returned."""
+    cdef PyObject *result = NULL
+    cdef PySendResult app_sent
+    try:
         app_steps = exchange.app(exchange.scope, exchange.receive, exchange.send)
         if type(app_steps) is not _COROUTINE:
             app_steps = app_steps.__await__()
         exchange.app_steps = app_steps
-        sent = PyIter_Send(app_steps, None, &result)
-        if sent == PYGEN_RETURN:
+        app_sent = PyIter_Send(app_steps, None, &result)
+        if app_sent == PYGEN_RETURN:
             fh_own(result)  # the app's return value, dropped
             exchange.waiting = _ENDED
-        elif sent == PYGEN_ERROR:
+        elif app_sent == PYGEN_ERROR:
             exchange.waiting = _ENDED
             exchange._failed(fh_fetch())  # raises, or keeps an error raised after the response
         else:
             yielded = fh_own(result)
             if not exchange.complete and not exchange.detached:
-                self.delegate = exchange._run_from(yielded)
-                self.state = 1
-                return self.step(None, None, finished)
+                sent[0] = PYGEN_NEXT
+                return yielded
             exchange.waiting = yielded
         # _check_response's common case inlined: a complete response whose status is no failure.
-        if (exchange.complete or exchange.detached) and exchange.is_failure is None and exchange.status < 500:
-            finished[0] = True
-            return None
-        exchange._check_response()
-        finished[0] = True
-        return None
+        if not ((exchange.complete or exchange.detached) and exchange.is_failure is None and exchange.status < 500):
+            exchange._check_response()
+    except BaseException as error:
+        sent[0] = PYGEN_ERROR
+        return error
+    sent[0] = PYGEN_RETURN
+    return None
 
 
 fh_install_iternext(_Run, awaitable_next)
@@ -471,9 +497,9 @@ cdef class _Serve(Awaitable):
         )
         self.name = name
         self.exchange = exchange
-        return self.command(circuit, _run_of(exchange), finished)
+        return self.command(circuit, exchange, finished)
 
-    cdef object command(self, CircuitBreaker circuit, _Run run, bint *finished):
+    cdef object command(self, CircuitBreaker circuit, ExchangeCore exchange, bint *finished):
         """``await do_async(self.name, run)``, its first step here: the request whose app answers
         in its first step (the common case) makes no ``DoAsync`` (an allocation, a finalizer, a
         layer of steps, and their code in the CPU's caches); one whose app waits is handed to one
@@ -485,11 +511,15 @@ cdef class _Serve(Awaitable):
             start = circuit.now()
             verdict = circuit.acquire_c(start)
             if verdict < 0:
-                rest = turned_away(circuit, start, verdict, run)
+                rest = turned_away(circuit, start, verdict, _run_of(exchange))
             else:
                 # Admitted: the ticket is held, and every way out ends the command (conclusion, or
                 # the DoAsync that takes it over).
-                outcome = send_into(run, None, None, &sent)
+                outcome = _app_first_step(exchange, &sent)
+                if sent == PYGEN_NEXT:
+                    # The app waits: its run goes on as the command's (_Run.first_step's way on).
+                    run = _waits(_run_of(exchange), outcome)
+                    outcome = send_into(run, None, None, &sent)
                 if sent == PYGEN_NEXT:
                     self.delegate = command_running(self.name, circuit, run, start, verdict)
                     self.state = 1
