@@ -587,6 +587,23 @@ def test_the_exchange_adds_no_init_to_its_core() -> None:
     assert asgi._Exchange.put is _impl.current().ExchangeCore.put is _impl.current().OutboxCore.put
 
 
+def test_the_apps_send_takes_its_message_by_position_only() -> None:
+    # The compiled send() is a one-argument C method (no keyword parsing): both cores take the
+    # message as the ASGI spec passes it, by position, and turn a keyword away alike.
+    from fasthystrix import asgi
+
+    async def server_send(message: Any) -> None:
+        sent.append(message)
+
+    sent: list[Any] = []
+    exchange = asgi._Exchange(None, {"type": "http"}, None, None, server_send, 1024, None)
+    message = {"type": "http.response.start", "status": 200, "headers": []}
+    with pytest.raises(TypeError):
+        exchange.send(message=message)
+    asyncio.run(exchange.send(message))
+    assert (sent, exchange.status) == ([message], 200)
+
+
 def test_a_full_route_with_max_queue_wait_lets_the_request_wait_for_a_ticket() -> None:
     release = threading.Event()
     calls: list[str] = []

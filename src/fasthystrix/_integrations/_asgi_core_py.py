@@ -186,7 +186,7 @@ class ExchangeCore(OutboxCore):
             return {"type": "http.request", "body": body, "more_body": False}
         return await self._receive_upstream()  # type: ignore[attr-defined,no-any-return]
 
-    async def send(self, message: Message) -> None:
+    async def send(self, message: Message, /) -> None:
         """The app's ``send()``: never waits for the client while the command runs."""
         kind = message["type"]
         if kind == "http.response.start":
