@@ -33,6 +33,13 @@ ratio is the variant's requests/s over the bare server's in that round, and the 
 median over the rounds: load from elsewhere that comes and goes hits both sides of a pair alike.
 The target is at least 97 % of the bare throughput. Responses other than 2xx are counted (wrk's
 "Non-2xx") and reported: there must be none.
+
+**The server's CPU time per request** (Linux: read from ``/proc`` for the server's process group
+before and after each round) is reported beside the throughput: bare's over the variant's, per
+round, and its median. With the server busy all the time (one core, a closed loop of 10
+connections) it is what the throughput ratio measures, without the load tool's share of the noise:
+wrk's own scheduling, and what else runs on a shared machine, move a round's throughput by a few
+per cent, and the CPU time a request takes much less.
 """
 
 from __future__ import annotations
@@ -275,23 +282,44 @@ class Load:
         if self.core is not None:
             os.sched_setaffinity(0, {self.core})
 
-    def run(self, port: int, seconds: float) -> tuple[float, int]:
+    def run(self, port: int, seconds: float) -> tuple[float, int, int]:
+        """requests/s, responses other than 2xx (and socket errors), requests answered."""
         if self.wrk:
             duration = max(1, round(seconds))
             command = [self.wrk, "-t1", f"-c{self.connections}", f"-d{duration}s", f"http://127.0.0.1:{port}/"]
             out = subprocess.run(command, capture_output=True, text=True, check=True, preexec_fn=self._preexec).stdout
             rate = re.search(r"Requests/sec:\s*([\d.]+)", out)
+            count = re.search(r"(\d+) requests in", out)
             bad = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", out)
             errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-            if rate is None:
+            if rate is None or count is None:
                 raise RuntimeError(f"cannot read wrk's output:\n{out}")
             failures = int(bad.group(1)) if bad else 0
             failures += sum(int(g) for g in errors.groups()) if errors else 0
-            return float(rate.group(1)), failures
+            return float(rate.group(1)), failures, int(count.group(1))
         command = [sys.executable, __file__, "_client", str(port), str(self.connections), str(seconds)]
         out = subprocess.run(command, capture_output=True, text=True, check=True, preexec_fn=self._preexec).stdout
         ok, other = json.loads(out)
-        return ok / seconds, other
+        return ok / seconds, other, ok + other
+
+
+def group_cpu_seconds(group: int) -> float | None:
+    """The CPU time (user and system) of the processes of process group ``group`` so far (the
+    server and, under gunicorn, its worker), from ``/proc``; ``None`` where there is no ``/proc``."""
+    if not os.path.isdir("/proc/self"):
+        return None
+    ticks = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[2]) == group:  # pgrp; fields[11] and [12]: utime and stime, in clock ticks
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -454,13 +482,19 @@ def measure(framework: str, args: argparse.Namespace, load: Load, server_core: i
         for server in servers.values():
             load.run(server.port, args.warmup)
         rates: dict[str, list[float]] = {v: [] for v in variants}
+        cpu_us: dict[str, list[float]] = {v: [] for v in variants}
         failures = dict.fromkeys(variants, 0)
         for round_ in range(args.rounds):
             order = variants if round_ % 2 == 0 else tuple(reversed(variants))
             for variant in order:
-                rate, bad = load.run(servers[variant].port, args.seconds)
+                group = servers[variant].process.pid  # its own session: the group of the server and its workers
+                before = group_cpu_seconds(group)
+                rate, bad, answered = load.run(servers[variant].port, args.seconds)
+                after = group_cpu_seconds(group)
                 rates[variant].append(rate)
                 failures[variant] += bad
+                if before is not None and after is not None and answered:
+                    cpu_us[variant].append((after - before) / answered * 1e6)
     finally:
         for server in servers.values():
             server.stop()
@@ -474,6 +508,13 @@ def measure(framework: str, args: argparse.Namespace, load: Load, server_core: i
             "ratios": ratios,
             "failures": failures[variant],
         }
+        if len(cpu_us[variant]) == len(cpu_us["bare"]) == args.rounds:
+            # The server's CPU time per request: bare's over the variant's, per round, is what the
+            # throughput ratio would be with the server always busy, without the load tool's noise.
+            cpu_ratios = [b / c for b, c in zip(cpu_us["bare"], cpu_us[variant], strict=True)]
+            result["variants"][variant].update(
+                cpu_us_per_request=statistics.median(cpu_us[variant]), cpu_ratio=statistics.median(cpu_ratios)
+            )
     return result
 
 
@@ -696,9 +737,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {machine()} at end\n")
     print(
         "| framework (server) | variant | requests/s (median) | vs bare (median of paired rounds) | rounds "
+        "| server CPU µs/request (median) | bare's CPU/request over its (median of paired rounds) "
         "| non-2xx/errors | target >= 97 % |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for result in results:
         server = "gunicorn" if result["framework"] == "flask" else "uvicorn"
         for variant, v in result["variants"].items():
@@ -708,9 +750,10 @@ def main(argv: list[str] | None = None) -> int:
             if variant == MINIMAL:
                 met = "(reference: not fasthystrix)"
             rounds = ", ".join(f"{r:.3f}" for r in v["ratios"])
+            cpu = f"{v['cpu_us_per_request']:.1f} | {v['cpu_ratio']:.1%}" if "cpu_ratio" in v else "n/a | n/a"
             print(
                 f"| {result['framework']} ({server}) | {variant} | {v['requests_per_s']:,.0f} | {v['ratio']:.1%} "
-                f"| {rounds} | {v['failures']} | {met} |"
+                f"| {rounds} | {cpu} | {v['failures']} | {met} |"
             )
     print("\nThe 503 path (every request shed at the door) against a served request through the middleware:\n")
     print("| framework (server) | 503s/s (median) | served/s (median) | 503s per served request, per round (median) |")

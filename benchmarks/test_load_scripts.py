@@ -115,7 +115,9 @@ def test_middleware_cost_quick_reports_every_variant() -> None:
             )
             cells = [c.strip() for c in row.strip("|").split("|")]
             assert float(cells[2].replace(",", "")) > 0, row  # it served requests
-            assert cells[5] == "0", row  # and every answer was a 2xx
+            if sys.platform == "linux":
+                assert float(cells[5]) > 0, row  # the server's CPU time per request, from /proc
+            assert cells[7] == "0", row  # and every answer was a 2xx
         # The 503 path, measured in the same rounds: a rate of 503s, and its ratio to served requests.
         row = next(line for line in out.splitlines() if line.startswith(f"| {framework} (") and "x (" in line)
         cells = [c.strip() for c in row.strip("|").split("|")]
