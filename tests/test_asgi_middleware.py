@@ -829,6 +829,32 @@ def test_a_handler_that_answers_without_waiting_is_judged_by_its_time(clock: Fak
     assert (m.successes, m.timeouts, m.failures, m.slow_calls) == (2, 1, 0, 1)
 
 
+def test_an_error_where_the_command_goes_on_after_the_apps_first_wait_is_the_commands(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The compiled path admits the command and takes the app's first step itself: what fails when
+    # the command goes on from the app's first wait is the command's failure, its ticket back.
+    from fasthystrix import asgi
+
+    def broken(self: Any, yielded: Any) -> Any:
+        raise RuntimeError("the rest of the command cannot start")
+
+    async def waits(request: Request) -> Response:
+        await asyncio.sleep(0)
+        return PlainTextResponse("never")
+
+    monkeypatch.setattr(asgi._Exchange, "_run_from", broken)
+    with serve(app_with([Route("/waits", waits)])) as client:
+        # The first request of a route takes the Python path (its command is not known yet); the
+        # second the compiled one. A request that ends in an error can leave its connection closed
+        # behind its 500, which a reused keep-alive connection then meets as a reset: one a request.
+        close = {"connection": "close"}
+        assert [client.get("/waits", headers=close).status_code for _ in range(2)] == [500, 500]
+        assert fasthystrix.get_circuit("GET /waits")[0].tickets_in_use == 0
+    m = metrics("GET /waits")
+    assert (m.successes, m.failures) == (0, 2)
+
+
 def test_a_nested_commands_timeout_is_its_own_not_the_routes() -> None:
     async def slow_dependency() -> str:
         await asyncio.sleep(2 * WAIT)

@@ -517,9 +517,15 @@ cdef class _Serve(Awaitable):
                 # the DoAsync that takes it over).
                 outcome = _app_first_step(exchange, &sent)
                 if sent == PYGEN_NEXT:
-                    # The app waits: its run goes on as the command's (_Run.first_step's way on).
-                    run = _waits(_run_of(exchange), outcome)
-                    outcome = send_into(run, None, None, &sent)
+                    # The app waits: its run goes on as the command's (_Run.first_step's way on),
+                    # and what fails on the way is the command's error, as it is there.
+                    try:
+                        run = _waits(_run_of(exchange), outcome)
+                    except BaseException as error:
+                        outcome = error
+                        sent = PYGEN_ERROR
+                    else:
+                        outcome = send_into(run, None, None, &sent)
                 if sent == PYGEN_NEXT:
                     self.delegate = command_running(self.name, circuit, run, start, verdict)
                     self.state = 1
