@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import fasthystrix
-from conftest import SHARED_TESTS, FakeClock
+from conftest import IMPLEMENTATION, SHARED_TESTS, FakeClock
 from fasthystrix._core import _shared
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -166,3 +166,63 @@ def exported_label(name: str) -> str:
     """What the Prometheus and OpenTelemetry exporters publish for circuit ``name``: every
     surrogate code point replaced by U+FFFD, everything else as it is."""
     return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in name)
+
+
+#: A test of what a failed allocation inside the library leaves behind: the compiled paths are
+#: hardened (no ticket kept); the pure twin is not (an allocation between its ticket and the try
+#: that ends the command can fail and keep the ticket).
+hardened_against_failed_allocations = pytest.mark.skipif(
+    IMPLEMENTATION != "compiled", reason="the pure twin is not hardened against failed allocations"
+)
+
+
+async def first_step_failing_allocation(
+    awaitable: Any, number: int, after_step: Callable[[str], object] | None = None
+) -> str:
+    """Await ``awaitable`` with allocation ``number`` (0: the first) of its first step failing with
+    ``MemoryError`` (CPython's ``_testcapi`` counts every allocation of the process: the step runs
+    here at once), then, if it waited, the rest without failures: ``"returned"`` or ``"raised"``,
+    or ``"returned after waiting"`` or ``"raised after waiting"``. Nothing of it outlives the call
+    (no error returned, which would keep its frames): what it left behind is what it leaves.
+    ``after_step(outcome)`` is called when the first step returned or raised, before ``awaitable``
+    is dropped: what holds while the caller still has it."""
+    testcapi = pytest.importorskip("_testcapi")
+    steps = awaitable.__await__()
+    del awaitable
+    testcapi.set_nomemory(number, number + 1)
+    try:
+        try:
+            yielded = steps.send(None)
+        finally:
+            testcapi.remove_mem_hooks()
+    except StopIteration:
+        outcome = "returned"
+    except BaseException:
+        outcome = "raised"
+    else:
+        outcome = None
+    if outcome is not None:
+        if after_step is not None:
+            after_step(outcome)
+        return outcome
+    try:
+        await _Rest(steps, yielded)
+    except BaseException:
+        return "raised after waiting"
+    return "returned after waiting"
+
+
+class _Rest:
+    """The rest of an awaitable whose first step was taken by hand (it yielded ``yielded``)."""
+
+    def __init__(self, steps: Any, yielded: Any) -> None:
+        self.steps, self.yielded = steps, yielded
+
+    def __await__(self) -> Any:
+        value = yield self.yielded
+        while True:
+            try:
+                yielded = self.steps.send(value)
+            except StopIteration as stop:
+                return stop.value
+            value = yield yielded

@@ -21,7 +21,7 @@ from conftest import FakeClock
 from fasthystrix import _registry
 from fasthystrix.asgi import UNMATCHED, CircuitBreakerMiddleware
 from slow_clients import SlowReaders, SlowUploads
-from support import WAIT, load_example, wait_until
+from support import WAIT, first_step_failing_allocation, hardened_against_failed_allocations, load_example, wait_until
 
 uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
@@ -853,6 +853,46 @@ def test_an_error_where_the_command_goes_on_after_the_apps_first_wait_is_the_com
         assert fasthystrix.get_circuit("GET /waits")[0].tickets_in_use == 0
     m = metrics("GET /waits")
     assert (m.successes, m.failures) == (0, 2)
+
+
+@hardened_against_failed_allocations
+@pytest.mark.parametrize("waits", [False, True], ids=["answers at once", "waits first"])
+def test_a_failed_allocation_in_a_requests_first_step_keeps_no_ticket(waits: bool) -> None:
+    # Out of memory anywhere in the request's first step (the compiled path admits the command,
+    # steps the app, and makes the DoAsync that takes a waiting one over): the request fails or
+    # answers, and the ticket comes back either way.
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if waits:
+            await asyncio.sleep(0)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    scope = {"type": "http", "method": "GET", "path": "/", "root_path": "", "http_version": "1.1", "headers": []}
+    statuses: list[int] = []
+
+    async def receive() -> Any:
+        return {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    async def sweep() -> list[str]:
+        config = fasthystrix.CommandConfig(request_volume_threshold=10_000)  # never open: every request runs
+        middleware = CircuitBreakerMiddleware(app, name="allocations", config=config)
+        await middleware(scope, receive, send)  # the first request of a route learns its command
+        outcomes = []
+        for number in range(150):
+            outcome = await first_step_failing_allocation(middleware(scope, receive, send), number)
+            assert fasthystrix.get_circuit("allocations")[0].tickets_in_use == 0, (number, outcome)
+            outcomes.append(outcome)
+        return outcomes
+
+    outcomes = asyncio.run(sweep())
+    assert "raised" in outcomes  # some allocation failed, and the error reached the server
+    # The sweep went past the first step's last allocation: the last requests were served.
+    assert outcomes[-10:] == ["returned after waiting" if waits else "returned"] * 10, outcomes
+    assert statuses[-10:] == [200] * 10
 
 
 def test_a_nested_commands_timeout_is_its_own_not_the_routes() -> None:

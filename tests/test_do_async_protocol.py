@@ -20,6 +20,7 @@ from hypothesis import given, settings, strategies as st
 
 import fasthystrix
 from fasthystrix._core import _events
+from support import first_step_failing_allocation, hardened_against_failed_allocations
 
 
 def _semaphore(name: str, **fields: Any) -> None:
@@ -210,6 +211,39 @@ def test_driven_outside_a_task_a_run_that_waits_fails_cleanly() -> None:
         steps.send(None)
     m = _metrics("p-no-task")
     assert (m.failures, m.concurrent) == (1, 0)
+
+
+@hardened_against_failed_allocations
+def test_a_failed_allocation_where_run_first_waits_keeps_no_ticket() -> None:
+    # Out of memory while the command arms its deadline (the task, the loop's deadlines, the entry):
+    # a failure, counted, and the ticket back, as when there is no task to arm it in.
+    async def waits() -> str:
+        await asyncio.sleep(0)
+        return "done"
+
+    async def sweep() -> list[str]:
+        fasthystrix.configure_command("p-allocations", fasthystrix.CommandConfig(request_volume_threshold=10_000))
+
+        def ended_at_once(outcome: str) -> None:
+            # A command whose first step raised has ended: its ticket is back before its awaitable
+            # is dropped (not when a finalizer collects it).
+            assert fasthystrix.get_circuit("p-allocations")[0].tickets_in_use == 0, (number, outcome)
+
+        outcomes = []
+        for number in range(150):
+            call = fasthystrix.do_async("p-allocations", waits)
+            outcome = await first_step_failing_allocation(call, number, ended_at_once)
+            del call
+            assert fasthystrix.get_circuit("p-allocations")[0].tickets_in_use == 0, (number, outcome)
+            outcomes.append(outcome)
+        return outcomes
+
+    outcomes = asyncio.run(sweep())
+    m = _metrics("p-allocations")
+    # A step that failed after the command was admitted is its failure (one before admits nothing).
+    assert 0 < m.failures <= outcomes.count("raised")
+    assert m.successes == outcomes.count("returned after waiting")
+    assert outcomes[-10:] == ["returned after waiting"] * 10, outcomes  # past the first step's allocations
 
 
 def test_awaiting_itself_is_an_error_not_a_second_run() -> None:

@@ -338,22 +338,25 @@ cdef class DoAsync(Awaitable):
         """run waits for the first time: the deadline, what is left of the timeout from ``start``."""
         cdef CircuitBreaker circuit = self.circuit
         try:
-            task = _current_task()
-        except RuntimeError:  # no running loop: driven by hand
-            task = None
-        if task is None:
-            # Not in a task (driven by hand): nothing could enforce the timeout. Stop run, count a
-            # failure, give the ticket back.
-            self.iterator.close()
+            try:
+                task = _current_task()
+            except RuntimeError:  # no running loop: driven by hand
+                task = None
+            if task is None:
+                raise RuntimeError(_NOT_IN_TASK)
+            loop = _get_running_loop()
+            deadlines = deadlines_of(loop)
+            left_ns = self.start + fh_load_relaxed(&circuit.lim.timeout_ns) - circuit.now()
+            entry = deadlines.add(loop.time() + left_ns / 1e9, task)
+        except BaseException:
+            # Not in a task (driven by hand: nothing could enforce the timeout), or out of memory
+            # on the way: the command ends here, a failure, its ticket back.
+            iterator = self.iterator
             self.iterator = None
             self.state = _DONE
-            end = circuit.now()
-            circuit.report_c(_FAILURE, _NO_EVENT, end, -1, (end - self.start) // 1000, self.verdict, True)
-            raise RuntimeError(_NOT_IN_TASK)
-        loop = _get_running_loop()
-        deadlines = deadlines_of(loop)
-        left_ns = self.start + fh_load_relaxed(&circuit.lim.timeout_ns) - circuit.now()
-        self.entry = deadlines.add(loop.time() + left_ns / 1e9, task)
+            stop_admitted(circuit, self.start, self.verdict, iterator)
+            raise
+        self.entry = entry
         self.deadlines = deadlines
         self.task = task
 
@@ -442,6 +445,21 @@ cdef object conclusion(
     return concluded(circuit, start, end, verdict, value, error, timed_out, task, fallback)
 
 
+cdef int stop_admitted(CircuitBreaker circuit, int64_t start, int64_t verdict, object iterator) except -1:
+    """An admitted command that cannot go on (see ``arm``, ``command_running``): a failure counted
+    and its ticket back first, whatever fails after (the clock, stopping ``iterator``), then
+    ``iterator`` (``run``'s awaitable, waiting) stopped."""
+    cdef int64_t end = start
+    try:
+        end = circuit.now()
+    finally:
+        try:
+            circuit.report_c(_FAILURE, _NO_EVENT, end, -1, (end - start) // 1000, verdict, True)
+        finally:
+            iterator.close()
+    return 0
+
+
 cdef object turned_away(CircuitBreaker circuit, int64_t start, int64_t verdict, object run):
     """The coroutine that finishes a call without fallback that ``circuit.acquire_c`` did not admit
     at once (``verdict < 0``): ``not_admitted``, as ``DoAsync`` hands it over."""
@@ -455,10 +473,17 @@ cdef object command_running(object name, CircuitBreaker circuit, object iterator
     call itself (``circuit.acquire_c(start)`` gave ``verdict``) and stepped ``run``'s awaitable
     ``iterator`` once, which now waits: the rest as ``DoAsync`` would do it (the deadline armed
     now, as it is when ``run`` first waits). The ticket is the command's from here, even when this
-    raises (no task to arm a deadline in: the command has counted a failure and stopped ``run``)."""
-    cdef DoAsync call = DoAsync.__new__(DoAsync)
-    if deadlines_of is None:
-        _import_the_python_side()
+    raises (out of memory, or no task to arm a deadline in: the command has counted a failure
+    and stopped ``run``)."""
+    cdef DoAsync call
+    try:
+        call = DoAsync.__new__(DoAsync)
+        if deadlines_of is None:
+            _import_the_python_side()
+    except BaseException:
+        # No DoAsync to take it over (out of memory): the command ends here, its ticket back.
+        stop_admitted(circuit, start, verdict, iterator)
+        raise
     call.name = name
     call.run = iterator
     call.circuit = circuit
