@@ -16,6 +16,7 @@ import pytest
 import fasthystrix
 from conftest import IMPLEMENTATION, SHARED_TESTS, FakeClock
 from fasthystrix._core import _shared
+from fasthystrix._integrations._asgi_core_py import Resumed
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -206,23 +207,7 @@ async def first_step_failing_allocation(
             after_step(outcome)
         return outcome
     try:
-        await _Rest(steps, yielded)
+        await Resumed(steps, yielded)
     except BaseException:
         return "raised after waiting"
     return "returned after waiting"
-
-
-class _Rest:
-    """The rest of an awaitable whose first step was taken by hand (it yielded ``yielded``)."""
-
-    def __init__(self, steps: Any, yielded: Any) -> None:
-        self.steps, self.yielded = steps, yielded
-
-    def __await__(self) -> Any:
-        value = yield self.yielded
-        while True:
-            try:
-                yielded = self.steps.send(value)
-            except StopIteration as stop:
-                return stop.value
-            value = yield yielded
