@@ -14,8 +14,9 @@ import pytest
 import fasthystrix
 from conftest import SHARED_TESTS, FakeClock, fasthystrix_threads
 from fasthystrix import _registry
+from fasthystrix._core import _clock
 from fasthystrix._isolation import _workers
-from support import WAIT, wait_until
+from support import WAIT, hardened_against_failed_allocations, wait_until
 
 # A shared directory holds at most 1 024 circuits (_shared.MAX_CIRCUITS): fewer names there.
 NAMES = 1_000 if SHARED_TESTS else 20_000
@@ -484,3 +485,100 @@ def test_each_command_keeps_its_own_spin_budget_on_the_shared_pool(long_timeouts
     budget = fast._workers.result_waits
     assert budget.spun + budget.skipped == 1
     assert slow._workers.result_waits.spun + slow._workers.result_waits.skipped == 8
+
+
+# -- interrupted and out of memory on the way: no ticket kept, no worker left waiting ------------
+
+
+class InterruptingClock:
+    """The monotonic clock, but its call number ``at`` (1: the first) raises ``KeyboardInterrupt``."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+        self.calls = 0
+
+    def __call__(self) -> int:
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        return time.monotonic_ns()
+
+
+def wait_tickets_back(circuit: Any, when: str) -> None:
+    wait_until(lambda: circuit.tickets_in_use == 0, f"the ticket back ({when})")
+
+
+@pytest.mark.parametrize("with_context", [False, True], ids=["do", "do_c"])
+def test_an_interrupt_at_any_clock_read_keeps_no_ticket_and_no_worker_waiting(with_context: bool) -> None:
+    # The worker is posted and woken from inside the caller's first wait: an interrupt before that
+    # wait (the clock read that sizes it) must still wake it, or it waits for ever with the ticket.
+    # Every clock read of the call in turn; once past them all, the call just succeeds.
+    outcomes = []
+    for at in range(1, 40):
+        clock = InterruptingClock(at)
+        _clock.set_clock(clock)
+        fasthystrix.flush()
+        try:
+            name = f"interrupted-{at}"
+            fasthystrix.configure_command(name, fasthystrix.CommandConfig(timeout=LONG_MS))
+            circuit = fasthystrix.get_circuit(name)[0]
+            try:
+                if with_context:
+                    result = fasthystrix.do_c(fasthystrix.Context.background().with_cancel(), name, lambda ctx: None)
+                else:
+                    result = fasthystrix.do(name, lambda: None)
+            except KeyboardInterrupt:
+                outcomes.append("interrupted")
+            else:
+                assert result is None
+                outcomes.append("done")
+            wait_tickets_back(circuit, f"clock read {at}")
+        finally:
+            _clock.set_clock(None)
+        if outcomes[-1] == "done" and clock.calls < at:
+            break  # every clock read of a call was interrupted in turn
+    else:
+        pytest.fail(f"the call read the clock more than 40 times: {outcomes}")
+    assert "interrupted" in outcomes
+    # An interrupted call whose run had been handed to a worker still ran it (the worker owns the
+    # ticket until its run ends), and the ticket came back: no interrupt left a worker posted.
+    wait_until(lambda: len(_workers.workers._idle) == len(worker_threads()), "every worker idle")
+
+
+@hardened_against_failed_allocations
+@pytest.mark.parametrize("with_context", [False, True], ids=["do", "do_c"])
+def test_a_failed_allocation_in_a_threaded_call_keeps_no_ticket(with_context: bool) -> None:
+    # Out of memory at each allocation of a call in turn (CPython's _testcapi counts every
+    # allocation of the process): on the way to the worker, in the caller's wait, and in the
+    # worker's bookkeeping after the run. Whatever the call raised, its ticket comes back.
+    testcapi = pytest.importorskip("_testcapi")
+    fasthystrix.configure_command(
+        "t-allocations", fasthystrix.CommandConfig(timeout=200, request_volume_threshold=10_000)
+    )
+    circuit = fasthystrix.get_circuit("t-allocations")[0]
+    outcomes: dict[str, int] = {}
+    for number in range(300):  # past the call's allocations on every CPython version
+        # An idle worker first (started here, not while allocations fail: CPython's Thread.start()
+        # waits for ever on a thread whose start failed), so the call hands its run to it.
+        assert fasthystrix.do("t-allocations", lambda: "warm") == "warm"
+        wait_until(lambda: len(_workers.workers._idle) >= 1, "a worker idle")
+        # Made before allocations fail: what is under test is the call (CPython 3.13 crashes later
+        # when making a function object fails).
+        ctx = fasthystrix.Context.background().with_cancel()
+        run_with_context = lambda ctx: 1  # noqa: E731
+        run = lambda: 1  # noqa: E731
+        testcapi.set_nomemory(number, number + 1)
+        try:
+            try:
+                if with_context:
+                    fasthystrix.do_c(ctx, "t-allocations", run_with_context)
+                else:
+                    fasthystrix.do("t-allocations", run)
+            finally:
+                testcapi.remove_mem_hooks()
+            outcome = "done"
+        except BaseException as exc:  # MemoryError, or what it became (a timeout, a rejection...)
+            outcome = type(exc).__name__
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        wait_tickets_back(circuit, f"allocation {number}: {outcome}")
+    assert outcomes.get("MemoryError", 0) > 0 and outcomes.get("done", 0) > 0, outcomes

@@ -1153,6 +1153,7 @@ cdef class CircuitBreaker:
         cdef int64_t start, end, elapsed, verdict, timeout
         cdef int event, kind
         cdef PyObject *result
+        cdef object start_arg, verdict_arg, timeout_arg
         start = self.now()
         # Admission first, whatever the isolation: a call the circuit turns away costs the same
         # in thread and semaphore mode.
@@ -1171,10 +1172,13 @@ cdef class CircuitBreaker:
                 if args is not None:
                     fallback = bind_fallback(fallback, args, kwargs)
                     run = partial(run, *args, **(kwargs or {}))
+                # run_threaded's arguments made here, where a failure (out of memory) still ends the
+                # command: once called, run_threaded owns the ticket.
+                start_arg, verdict_arg, timeout_arg = start, verdict, timeout
             except BaseException:
                 self.report_end(FAILURE, NO_EVENT, start, -1, verdict, True)
                 raise
-            return _run_threaded(self, run, fallback, None, start, verdict, timeout)
+            return _run_threaded(self, run, fallback, None, start_arg, verdict_arg, timeout_arg)
         result = fh_call0(run) if args is None else fh_call(run, args, kwargs)
         if result is NULL:
             # Taken from the thread state at once (through the C API: no traceback entry of ours),
@@ -1242,6 +1246,7 @@ cdef class CircuitBreaker:
     cdef object run_command_ctx(self, object ctx, object run, object fallback, PyObject **raised):
         cdef int64_t start, end, verdict, timeout_at, elapsed
         cdef int event
+        cdef object start_arg, verdict_arg, timeout_arg
         start = self.now()
         kind = ctx._done_kind(start)
         if kind is not None:
@@ -1256,7 +1261,13 @@ cdef class CircuitBreaker:
         if verdict > 0 and (verdict < FH_PROBE or verdict & FH_FIRST_PROBE):
             _transitions.trial(self.name)
         if not fh_load_relaxed(&self.lim.semaphore):
-            return _run_threaded(self, run, fallback, ctx, start, verdict, fh_load_relaxed(&self.lim.timeout_ns))
+            try:
+                # As in run_command: run_threaded owns the ticket once called, not before.
+                start_arg, verdict_arg, timeout_arg = start, verdict, fh_load_relaxed(&self.lim.timeout_ns)
+            except BaseException:
+                self.report_end(FAILURE, NO_EVENT, start, -1, verdict, True)
+                raise
+            return _run_threaded(self, run, fallback, ctx, start_arg, verdict_arg, timeout_arg)
         timeout_at = start + fh_load_relaxed(&self.lim.timeout_ns)
         try:
             child = Context(ctx, timeout_at)

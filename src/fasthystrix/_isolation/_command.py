@@ -130,23 +130,30 @@ class _Execution:
         error: BaseException | None = None
         ctx = self.ctx
         child = None
+        end = self.start  # if reading the clock after the run fails: no latency
         try:
-            if ctx is None:
-                value = self.run()
-            else:
-                child = Context(ctx, self.deadline)
-                value = self.run(child)
+            try:
+                if ctx is None:
+                    value = self.run()
+                else:
+                    child = Context(ctx, self.deadline)
+                    value = self.run(child)
+            except BaseException as exc:
+                error = exc
+            end = circuit._clock()
+            if child is not None:
+                child.cancel()
+            if type(value) is COROUTINE:
+                # Closed here, whoever decides the outcome, so it never warns that it was not awaited.
+                error = coroutine_returned(value)
+                value = _RETURNED_COROUTINE
         except BaseException as exc:
-            error = exc
-        end = circuit._clock()
-        if child is not None:
-            child.cancel()
-        if type(value) is COROUTINE:
-            # Closed here, whoever decides the outcome, so it never warns that it was not awaited.
-            error = coroutine_returned(value)
-            value = _RETURNED_COROUTINE
-        # The run has really ended: only now may another call have its ticket.
-        circuit._release()
+            # Interrupted or out of memory after the run: the command's error, still handed to the
+            # caller now (not at its deadline).
+            value, error = None, exc
+        finally:
+            # The run has really ended: only now may another call have its ticket.
+            circuit._release()
         with self.lock:
             won = self.state == PENDING
             if won:
@@ -306,13 +313,18 @@ def run_threaded(
     """``do``/``do_c`` in thread isolation, for a call the circuit admitted at ``start`` (``verdict``
     >= 0, its ticket taken): run on a worker, wait here until done or the deadline."""
     clock = circuit._clock
-    deadline = start + timeout_ns
-    execution = _Execution(circuit, run, fallback, ctx, start, deadline, verdict, None, circuit._workers.completion())
-    watch = ctx is not None and ctx is not Context.background()
-    if watch:
-        assert ctx is not None
-        ctx._add_done_callback(execution.wake.set)
+    watch = False
+    # Everything up to the hand-off to a worker is in the try: the ticket is this thread's until
+    # the worker has the execution, and an error on the way (out of memory making the execution)
+    # ends the command here rather than keeping the ticket.
     try:
+        deadline = start + timeout_ns
+        execution = _Execution(
+            circuit, run, fallback, ctx, start, deadline, verdict, None, circuit._workers.completion()
+        )
+        if ctx is not None and ctx is not Context.background():
+            ctx._add_done_callback(execution.wake.set)
+            watch = True
         kick = circuit._workers.submit(execution.work, defer=True)
     except BaseException as exc:
         if watch:
@@ -325,19 +337,24 @@ def run_threaded(
         # Interrupted or out of memory on the way to a worker: a failure, and the ticket goes back.
         circuit._report(FAILURE, NO_EVENT, clock(), -1, (clock() - start) // _NS_PER_US, verdict, True)
         raise
-    wait_until = deadline
-    if ctx is not None and ctx._deadline_ns is not None and ctx._deadline_ns < wait_until:
-        wait_until = ctx._deadline_ns
-    wake = execution.wake
     try:
+        # The worker is posted, not woken (``kick``): until this thread has passed it on, waking the
+        # worker is its duty, even when it is interrupted (or out of memory) first.
+        wait_until = deadline
+        if ctx is not None and ctx._deadline_ns is not None and ctx._deadline_ns < wait_until:
+            wait_until = ctx._deadline_ns
+        wake = execution.wake
         while True:
             remaining = wait_until - clock()
             if remaining > 0:
-                # The worker is woken from inside the wait, once this thread has let go of the GIL.
-                wake.wait(remaining / 1e9, kick)
+                seconds = remaining / 1e9
+                # Handed to the wait, which wakes the worker once this thread has let go of the GIL;
+                # nothing can raise between the two (no call, no allocation).
+                first, kick = kick, None
+                wake.wait(seconds, first)
             elif kick is not None:
                 kick.set()
-            kick = None
+                kick = None
             with execution.lock:
                 if execution.state == DONE:
                     break
@@ -349,6 +366,10 @@ def run_threaded(
     except BaseException:
         # Interrupted while waiting (KeyboardInterrupt): count a failure, as for a BaseException
         # out of run; the worker still owns the ticket and returns it when run ends.
+        if kick is not None:
+            # Interrupted before the first wait: the worker, posted, would wait for its kick for
+            # ever, with the ticket.
+            kick.set()
         with execution.lock:
             interrupted = execution.state == PENDING
             if interrupted:

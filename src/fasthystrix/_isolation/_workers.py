@@ -168,12 +168,13 @@ class WorkerPool:
         return None
 
     def _loop(self, worker: _Worker) -> None:
+        kick: Any = None
         try:
             while True:
                 task, worker.task = worker.task, None
                 if task is None:
                     return
-                kick: Any = None
+                kick = None
                 try:
                     kick = task()
                 except BaseException:  # tasks handle their own errors; this is a last resort
@@ -202,9 +203,32 @@ class WorkerPool:
                     # submit() popped this worker just as the wait timed out: its task is coming.
                     worker.wake.wait()
                 worker.wake.clear()
+        except BaseException:
+            # The pool's own bookkeeping failed (out of memory), not a task: this worker ends,
+            # and nothing is left waiting on it.
+            self._worker_failed(worker, kick)
         finally:
             with self._lock:
                 self._workers.discard(worker)
+
+    def _worker_failed(self, worker: _Worker, kick: Any) -> None:
+        if kick is not None:
+            kick.set()  # the caller of its last task, woken now rather than at its deadline
+        with self._lock:
+            if worker in self._idle:
+                self._idle.remove(worker)
+            task, worker.task = worker.task, None
+        logger.error("fasthystrix worker of pool %s ended on an error of its own", self.name, exc_info=True)
+        if task is not None:
+            # Handed to it as it failed: run here before the thread ends, not lost (its caller's
+            # kick then sets this worker's signal, which nobody waits on: harmless).
+            try:
+                kick = task()
+            except BaseException:
+                logger.exception("fasthystrix worker task failed in pool %s", self.name)
+            else:
+                if kick is not None:
+                    kick.set()
 
     def _after_fork_in_child(self) -> None:
         """In a forked child, before any other thread runs: forget the parent's threads.
