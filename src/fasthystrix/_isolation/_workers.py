@@ -218,7 +218,10 @@ class WorkerPool:
             if worker in self._idle:
                 self._idle.remove(worker)
             task, worker.task = worker.task, None
-        logger.error("fasthystrix worker of pool %s ended on an error of its own", self.name, exc_info=True)
+        try:
+            logger.error("fasthystrix worker of pool %s ended on an error of its own", self.name, exc_info=True)
+        except BaseException:  # the log is best effort: out of memory may fail it too
+            pass
         if task is not None:
             # Handed to it as it failed: run here before the thread ends, not lost (its caller's
             # kick then sets this worker's signal, which nobody waits on: harmless).
