@@ -174,11 +174,8 @@ class WorkerPool:
                 task, worker.task = worker.task, None
                 if task is None:
                     return
-                kick = None
-                try:
-                    kick = task()
-                except BaseException:  # tasks handle their own errors; this is a last resort
-                    logger.exception("fasthystrix worker task failed in pool %s", self.name)
+                kick = None  # not the last task's, should running this one fail past its log
+                kick = self._run(task)
                 del task
                 with self._lock:
                     # Retired (flush, a lower maximum) or the pool shut down: exit, not idle.
@@ -225,13 +222,17 @@ class WorkerPool:
         if task is not None:
             # Handed to it as it failed: run here before the thread ends, not lost (its caller's
             # kick then sets this worker's signal, which nobody waits on: harmless).
-            try:
-                kick = task()
-            except BaseException:
-                logger.exception("fasthystrix worker task failed in pool %s", self.name)
-            else:
-                if kick is not None:
-                    kick.set()
+            kick = self._run(task)
+            if kick is not None:
+                kick.set()
+
+    def _run(self, task: Callable[[], Any]) -> Any:
+        """Run one task: what wakes its caller (its kick), or ``None`` if it raised."""
+        try:
+            return task()
+        except BaseException:  # tasks handle their own errors; this is a last resort
+            logger.exception("fasthystrix worker task failed in pool %s", self.name)
+            return None
 
     def _after_fork_in_child(self) -> None:
         """In a forked child, before any other thread runs: forget the parent's threads.
