@@ -704,6 +704,42 @@ def test_a_failed_trial_keeps_the_window_it_began(clock: FakeClock) -> None:
     assert state["calls"] == 2
 
 
+class Interrupt(BaseException):
+    """What a state listener may raise past the logging of its errors (as ``KeyboardInterrupt`` does)."""
+
+
+def test_a_trial_whose_announcement_raises_keeps_no_ticket(clock: FakeClock) -> None:
+    state = {"fail": True}
+
+    async def flaky(request: Request) -> Response:
+        return PlainTextResponse("fine", status_code=500 if state["fail"] else 200)
+
+    def interrupting(name: str, old: str, new: str) -> None:
+        if new == "half-open":
+            raise Interrupt(name)
+
+    config = fasthystrix.CommandConfig(request_volume_threshold=2, error_percent_threshold=50, sleep_window=1000)
+    middleware = app_with([Route("/flaky", flaky)], config=config)
+    request = [{"type": "http.request", "body": b"", "more_body": False}]
+
+    def status() -> int:
+        return int(call_in_process(middleware, {"path": "/flaky"}, request)[0]["status"])
+
+    assert [status() for _ in range(3)] == [500, 500, 503]  # the third trips the circuit
+    circuit, _ = fasthystrix.get_circuit("GET /flaky")
+    remove = fasthystrix.on_state_change(interrupting)
+    state["fail"] = False
+    clock.advance(1.5)
+    with pytest.raises(Interrupt):
+        status()  # the trial: its announcement raises
+    assert circuit.tickets_in_use == 0
+    assert circuit.state() == "open"  # counted as a failed trial: another sleep window
+    remove()
+    clock.advance(1.5)
+    assert status() == 200
+    assert circuit.state() == "closed"
+
+
 def test_forced_open_sheds_with_the_sleep_window() -> None:
     async def ok(request: Request) -> Response:
         return PlainTextResponse("ok")

@@ -205,3 +205,58 @@ def test_threads_tripping_together_report_one_opening(recorder: Recorder) -> Non
     for t in threads:
         t.join()
     assert recorder.changes == [("race", "closed", "open")]
+
+
+class Interrupt(BaseException):
+    """What a listener may raise past the logging of its errors (as ``KeyboardInterrupt`` does)."""
+
+
+def _interrupting(name: str, old: str, new: str) -> None:
+    if new == "half-open":
+        raise Interrupt(f"{name}: {old} -> {new}")
+
+
+async def _ok_async() -> str:
+    return "ok"
+
+
+def _trial_by(entry: str, name: str) -> Any:
+    """One call of ``name`` through ``entry``, which the open circuit takes as its trial."""
+    if entry == "do":
+        return fasthystrix.do(name, lambda: "ok")
+    if entry == "do_c":
+        return fasthystrix.do_c(fasthystrix.Context(), name, lambda ctx: "ok")
+    if entry == "command":
+        return fasthystrix.command(name)(lambda value: value)("ok")
+    if entry == "go":
+        return fasthystrix.go(name, lambda: "ok").result()
+    if entry == "do_async":
+        return asyncio.run(fasthystrix.do_async(name, _ok_async))
+    raise AssertionError(entry)
+
+
+@pytest.mark.parametrize("probes", [None, 3], ids=["one-trial", "three-trials"])
+@pytest.mark.parametrize("isolation", ["semaphore", "thread"])
+@pytest.mark.parametrize("entry", ["do", "do_c", "command", "go", "do_async"])
+def test_an_interrupted_trial_announcement_keeps_no_ticket(
+    clock: FakeClock, entry: str, isolation: str, probes: int | None
+) -> None:
+    """A listener (or the log) that raises past its error handling as a trial starts: the trial
+    ends as failed, its ticket comes back, and the next sleep window's trial can close the circuit."""
+    name = f"interrupted-{entry}-{isolation}-{probes}"
+    configure(name, isolation, half_open_max_calls=probes)
+    trip(name)
+    circuit = fasthystrix.get_circuit(name)[0]
+    remove = fasthystrix.on_state_change(_interrupting)
+    clock.advance(1.5)
+    with pytest.raises(Interrupt):
+        _trial_by(entry, name)
+    assert circuit.tickets_in_use == 0
+    assert circuit.state() == "open"  # the trial counts as failed: another sleep window
+    assert circuit.metrics().failures >= 3
+    remove()
+    clock.advance(1.5)
+    for _ in range(probes or 1):
+        assert _trial_by(entry, name) == "ok"
+    assert circuit.state() == "closed"
+    assert circuit.tickets_in_use == 0

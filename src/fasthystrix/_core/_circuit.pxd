@@ -103,6 +103,7 @@ cdef class CircuitBreaker:
     cdef int probe_ended_c(self, int64_t phase, bint failed, int64_t now) noexcept nogil
     cdef int64_t admit(self, int64_t now) noexcept nogil
     cdef int64_t acquire_c(self, int64_t now) except? -9
+    cdef int trial_started(self, int64_t start, int64_t verdict) except -1
     cdef int64_t wait_for_ticket(self, int64_t start, object ctx) except? -99
     cdef int report_c(self, int event, int fallback_event, int64_t now, int64_t run_us, int64_t total_us,
                       int64_t trial, bint release) except -1

@@ -912,11 +912,23 @@ cdef class CircuitBreaker:
         if verdict == TRIPPED:
             _transitions.opened(self.name)
         elif verdict > 0:
-            if verdict < FH_PROBE or verdict & FH_FIRST_PROBE:
-                _transitions.trial(self.name)
+            self.trial_started(now, verdict)
         elif verdict == EXPIRED:
             _transitions.reopened(self.name)
         return verdict
+
+    cdef int trial_started(self, int64_t start, int64_t verdict) except -1:
+        """Tell that an admitted trial (``verdict > 0``) starts: the log line and the listeners
+        (once a half-open phase). Should that raise (an interrupt in a listener or a log handler,
+        out of memory), the trial ends at once as failed, its ticket back: the caller never gets
+        to run it, and nothing else would end it."""
+        if verdict < FH_PROBE or verdict & FH_FIRST_PROBE:
+            try:
+                _transitions.trial(self.name)
+            except BaseException:
+                self.report_end(FAILURE, NO_EVENT, start, -1, verdict, True)
+                raise
+        return 0
 
     cdef int64_t wait_for_ticket(self, int64_t start, object ctx) except? -99:
         """A call admitted by the breaker found no ticket: wait up to ``max_queue_wait`` for one
@@ -1164,8 +1176,8 @@ cdef class CircuitBreaker:
             if args is not None:
                 fallback = bind_fallback(fallback, args, kwargs)
             return self.turned_away(verdict, start, fallback, None, raised)
-        if verdict > 0 and (verdict < FH_PROBE or verdict & FH_FIRST_PROBE):
-            _transitions.trial(self.name)
+        if verdict > 0:
+            self.trial_started(start, verdict)
         timeout = fh_load_relaxed(&self.lim.timeout_ns)
         if not fh_load_relaxed(&self.lim.semaphore):
             try:
@@ -1258,8 +1270,8 @@ cdef class CircuitBreaker:
             verdict = self.wait_for_ticket(start, ctx)
         if verdict < 0:
             return self.turned_away(verdict, start, fallback, ctx, raised)
-        if verdict > 0 and (verdict < FH_PROBE or verdict & FH_FIRST_PROBE):
-            _transitions.trial(self.name)
+        if verdict > 0:
+            self.trial_started(start, verdict)
         if not fh_load_relaxed(&self.lim.semaphore):
             try:
                 # As in run_command: run_threaded owns the ticket once called, not before.

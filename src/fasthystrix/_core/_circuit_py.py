@@ -595,9 +595,14 @@ class CircuitBreaker:
             self._open_gate_locked()
         if verdict == TRIPPED:
             _transitions.opened(self.name)
-        elif verdict > 0:
-            if not verdict & PROBE or verdict & FIRST_PROBE:
+        elif verdict > 0 and (not verdict & PROBE or verdict & FIRST_PROBE):
+            try:
                 _transitions.trial(self.name)
+            except BaseException:
+                # An interrupt in a listener or a log handler (or out of memory) as the trial
+                # starts: the caller never gets to run it, and nothing else would end it.
+                self._report_end(FAILURE, NO_EVENT, now, -1, verdict, True)
+                raise
         elif verdict == EXPIRED:
             _transitions.reopened(self.name)
         return verdict
