@@ -44,11 +44,14 @@ class ClockLoop:
     def __init__(self) -> None:
         self.now = 100.0
         self.handles: list[Handle] = []
+        self.failing: BaseException | None = None  # what call_at raises, if set (a closed loop, out of memory)
 
     def time(self) -> float:
         return self.now
 
     def call_at(self, when: float, callback: Any) -> Handle:
+        if self.failing is not None:
+            raise self.failing
         return Handle(self, when, callback)
 
     def armed(self) -> list[Handle]:
@@ -159,6 +162,35 @@ def test_an_earlier_deadline_rearms_the_timer(deadlines_class: Any) -> None:
     assert [h.when for h in loop.armed()] == [pytest.approx(100.01)]
     loop.advance(100.01)
     assert early.cancels == 1
+
+
+def test_a_timer_that_cannot_be_armed_leaves_nothing_pending(deadlines_class: Any) -> None:
+    """``add`` raises when the loop cannot arm its timer; the call it was for ends on that error,
+    so its entry must not stay pending (to cancel its task later, at whatever it then awaits), and
+    the timer already armed for the other calls must stay armed."""
+    loop = ClockLoop()
+    deadlines = deadlines_class(loop)
+    loop.failing = MemoryError()
+    alone = Task("alone")
+    with pytest.raises(MemoryError):
+        deadlines.add(100.02, alone)  # the first call: no timer yet
+    assert (deadlines.live, deadlines.handle) == (0, None)
+    loop.failing = None
+    first = Task("first")
+    deadlines.add(100.05, first)
+    loop.failing = RuntimeError("Event loop is closed")
+    early = Task("early")
+    with pytest.raises(RuntimeError):
+        deadlines.add(100.01, early)  # earlier than the timer: re-arming it fails
+    assert deadlines.live == 1
+    loop.failing = None
+    loop.advance(101.0)
+    assert (alone.cancels, early.cancels) == (0, 0)  # their calls ended on the error
+    assert first.cancels == 1  # its timer was still armed
+    later = Task("later")
+    deadlines.add(101.03, later)  # and the timer is armed again for the calls that follow
+    loop.advance(101.03)
+    assert later.cancels == 1
 
 
 def test_finished_entries_are_swept_under_steady_load(deadlines_class: Any) -> None:

@@ -131,7 +131,12 @@ cdef class Deadlines:
         _sift_down(heap, 0, len(heap) - 1)
         self.live += 1
         if self.handle is None or when < self.armed_at:
-            self._arm(when)
+            try:
+                self._arm(when)
+            except BaseException:
+                # As in the twin: the call ends on this error without its entry.
+                self.done(entry)
+                raise
         return entry
 
     def done(self, _Entry entry not None):
@@ -145,10 +150,12 @@ cdef class Deadlines:
         return fired
 
     cdef int _arm(self, double when) except -1:
+        when = min(when, <double>self.loop.time() + _MAX_TIMER_DELAY)
+        handle = self.loop.call_at(when, self._fire)
+        # The old timer goes once the new one is armed: should arming fail, it still serves.
         if self.handle is not None:
             self.handle.cancel()
-        when = min(when, <double>self.loop.time() + _MAX_TIMER_DELAY)
-        self.handle = self.loop.call_at(when, self._fire)
+        self.handle = handle
         self.armed_at = when
         return 0
 

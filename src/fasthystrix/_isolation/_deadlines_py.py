@@ -48,7 +48,13 @@ class Deadlines:
         heapq.heappush(heap, entry)
         self.live += 1
         if self.handle is None or when < self.armed_at:
-            self._arm(when)
+            try:
+                self._arm(when)
+            except BaseException:
+                # The loop could not arm the timer (closed, out of memory): the call ends on this
+                # error without its entry, which must not cancel its task later.
+                self.done(entry)
+                raise
         return entry
 
     def done(self, entry: list[Any]) -> bool:
@@ -62,10 +68,12 @@ class Deadlines:
         return fired
 
     def _arm(self, when: float) -> None:
+        when = min(when, self.loop.time() + MAX_TIMER_DELAY)
+        handle = self.loop.call_at(when, self._fire)
+        # The old timer goes once the new one is armed: should arming fail, it still serves.
         if self.handle is not None:
             self.handle.cancel()
-        when = min(when, self.loop.time() + MAX_TIMER_DELAY)
-        self.handle = self.loop.call_at(when, self._fire)
+        self.handle = handle
         self.armed_at = when
 
     def _fire(self) -> None:
