@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import platform
@@ -220,18 +221,8 @@ def serve(framework: str, variant: str, threads: int) -> None:
 
 def server_stack() -> tuple[str, str]:
     """uvicorn's event loop and HTTP parser: uvloop and httptools when installed."""
-    try:
-        import uvloop  # noqa: F401
-
-        loop = "uvloop"
-    except ImportError:
-        loop = "asyncio"
-    try:
-        import httptools  # noqa: F401
-
-        http = "httptools"
-    except ImportError:
-        http = "h11"
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
     return loop, http
 
 
@@ -374,6 +365,7 @@ def direct_app(framework: str, variant: str) -> Callable[[int], None]:
         for _ in range(n):
             await asgi(dict(scope), receive, send)
 
+    loop: asyncio.AbstractEventLoop
     try:
         import uvloop
 

@@ -50,7 +50,7 @@ import io
 import json
 from collections.abc import Callable, Collection, Iterable, Mapping
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _impl
 from ._core import _errors
@@ -76,6 +76,9 @@ from ._integrations._middleware import (
     _too_large,
 )
 
+if TYPE_CHECKING:
+    from ._integrations._wsgi_core_py import RequestKey as _RequestKey  # what _core.request_key gives
+
 __all__ = ["DEFAULT_MAX_BODY_SIZE", "DEFAULT_RETRY_AFTER_REJECTED", "UNMATCHED", "CircuitBreakerMiddleware"]
 
 _READ_SIZE = 65536
@@ -96,9 +99,6 @@ WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 #: What a fallback may return: ``None`` (the default 503), ``(status, headers, body)``, or a WSGI app
 #: (a Flask or werkzeug ``Response`` is one).
 FallbackResult = None | tuple[int, Any, bytes | str] | WSGIApp
-
-
-_RequestKey = tuple[str, str, str, str, str]  # what _core.request_key gives
 
 
 def _status_line(status: int) -> str:
