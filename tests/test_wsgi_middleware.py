@@ -796,6 +796,21 @@ def test_an_abandon_racing_the_run_closes_the_apps_response_exactly_once() -> No
     assert len(closed) == rounds and len({id(r) for r in closed}) == rounds
 
 
+def test_an_exchange_says_whether_it_was_abandoned_and_only_abandon_sets_it() -> None:
+    from fasthystrix import wsgi
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    exchange = wsgi._Exchange(app, {}, None)
+    assert exchange.abandoned is False
+    with pytest.raises(AttributeError):
+        exchange.abandoned = True  # read-only in both cores: abandon() closes the response too
+    exchange.abandon()
+    assert exchange.abandoned is True
+
+
 def test_the_compiled_path_serves_what_the_python_path_serves() -> None:
     # The same requests through __call__ (compiled where it can) and through _serve (Python):
     # the same statuses, bodies and counts, the common path and the ones it hands on.

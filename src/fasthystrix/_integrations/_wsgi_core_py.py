@@ -77,7 +77,7 @@ class Exchange:
     """
 
     __slots__ = (
-        "abandoned",
+        "_abandoned",
         "app",
         "downstream_start",
         "environ",
@@ -101,9 +101,14 @@ class Exchange:
         self.rest: Iterator[bytes] | None = None
         self.result: Iterable[bytes] | None = None
         self.raised: BaseException | None = None
-        self.abandoned = False
+        self._abandoned = False
         self.downstream_start: StartResponse | None = None
         self.lock = threading.Lock()
+
+    @property
+    def abandoned(self) -> bool:
+        """The caller answered without the app's response."""
+        return self._abandoned
 
     def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
         """The app's ``start_response``: the status and headers kept until the command has ended."""
@@ -139,7 +144,7 @@ class Exchange:
             _close(result)
             raise
         with self.lock:
-            abandoned = self.abandoned
+            abandoned = self._abandoned
             if not abandoned:
                 self.result, self.rest = result, rest
         if abandoned:
@@ -152,7 +157,7 @@ class Exchange:
     def abandon(self) -> None:
         """The caller answers without the app's response: close it, now or when it arrives."""
         with self.lock:
-            self.abandoned = True
+            self._abandoned = True
             result, self.result = self.result, None
         _close(result)
 
