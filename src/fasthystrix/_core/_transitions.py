@@ -37,7 +37,9 @@ def on_state_change(listener: StateListener) -> Callable[[], None]:
     Called on the thread of the command that caused the change (or of the
     code that set ``force_open``), after the circuit's lock is released. An
     exception in a listener is logged on the ``fasthystrix`` logger, never
-    raised into the command.
+    raised into the command. A ``BaseException`` that is not an ``Exception``
+    (``KeyboardInterrupt``) goes on to the caller; when it interrupts the
+    start of a trial, the trial ends first, as failed, its ticket back.
     """
     global _listeners
     if not callable(listener):
