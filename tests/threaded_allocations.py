@@ -13,6 +13,7 @@ import _testcapi
 import json
 import sys
 import time
+from collections.abc import Callable
 
 import fasthystrix
 from fasthystrix._isolation import _workers
@@ -20,9 +21,9 @@ from fasthystrix._isolation import _workers
 WAIT = 10.0
 
 
-def wait_for(condition: object) -> bool:
+def wait_for(condition: Callable[[], object]) -> bool:
     deadline = time.monotonic() + WAIT
-    while not condition():  # type: ignore[operator]
+    while not condition():
         if time.monotonic() > deadline:
             return False
         time.sleep(0.002)
