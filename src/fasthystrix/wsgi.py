@@ -36,7 +36,7 @@ and an error while streaming it is not counted.
 - ``"thread"`` (the default) calls the app on a worker thread of the process's pool; the
   server's thread waits for it, and at the timeout answers the 503 while the app keeps
   running on its worker (holding its ticket) until it returns; its response is then
-  closed and discarded. Real timeouts, for a thread hand-off per request (30 to 60 µs of
+  closed and discarded. Real timeouts, for a thread hand-off per request (30 to 65 µs of
   CPU: a trivial Flask view keeps about 83 % of its throughput) and up to
   ``max_concurrent_requests`` worker threads per route (``set_max_threads`` in all).
 - ``"semaphore"`` calls the app on the server's thread: nothing interrupts a slow view,
